@@ -1,0 +1,79 @@
+"""The frozen CLIP backbone, built and queried through open_clip's public API.
+
+Weights come only from local files: nothing here downloads.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import open_clip
+import torch
+
+from inctrl.config import InCTRLConfig
+from inctrl.residual import unit
+
+
+class ImageFeatures(NamedTuple):
+    """What the image encoder gives for a batch of B images."""
+
+    embedding: torch.Tensor  # B x E: class token -> ln_post -> proj, not normalized
+    patches: torch.Tensor  # B x L x P x D: tapped blocks' patch tokens, unit L2 norm
+
+
+def build_clip(config: InCTRLConfig) -> open_clip.CLIP:
+    """An open_clip CLIP with the config's shapes (nn.GELU, fp32), randomly initialized.
+
+    Presets with a ``backbone_seed`` are initialized from that seed, so the same preset always
+    gives the same backbone.
+    """
+    vision = config.vision
+    text = config.text
+    vision_cfg = open_clip.CLIPVisionCfg(
+        layers=vision.layers,
+        width=vision.width,
+        head_width=vision.head_width,
+        mlp_ratio=vision.mlp_ratio,
+        patch_size=vision.patch_size,
+        image_size=vision.image_size,
+    )
+    text_cfg = open_clip.CLIPTextCfg(
+        context_length=text.context_length,
+        vocab_size=text.vocab_size,
+        width=text.width,
+        heads=text.heads,
+        layers=text.layers,
+    )
+    if config.backbone_seed is None:
+        return open_clip.CLIP(config.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.backbone_seed)
+        return open_clip.CLIP(config.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+
+
+def encode_images(clip: open_clip.CLIP, config: InCTRLConfig, pixels: torch.Tensor) -> ImageFeatures:
+    """Run the image tower once: embeddings and the tapped blocks' unit-norm patch tokens.
+
+    Args:
+        pixels: B x 3 x S x S preprocessed images.
+    """
+    out = clip.visual.forward_intermediates(
+        pixels, indices=config.vision.tapped_indices, output_fmt="NLC"
+    )
+    # NLC intermediates exclude the class token: each is B x P x D, patches row-major.
+    patches = torch.stack(out["image_intermediates"], dim=1)
+    return ImageFeatures(embedding=out["image_features"], patches=unit(patches))
+
+
+def make_tokenizer(config: InCTRLConfig) -> open_clip.SimpleTokenizer:
+    """The CLIP BPE tokenizer (its vocabulary ships inside open_clip; no download)."""
+    return open_clip.SimpleTokenizer(context_length=config.text.context_length)
+
+
+def encode_texts(
+    clip: open_clip.CLIP, tokenizer: open_clip.SimpleTokenizer, texts: list[str]
+) -> torch.Tensor:
+    """Unit-norm text embeddings, T x E (EOT token -> ln_final -> text_projection)."""
+    device = clip.token_embedding.weight.device
+    tokens = tokenizer(texts).to(device)
+    return unit(clip.encode_text(tokens))

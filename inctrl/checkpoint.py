@@ -1,0 +1,139 @@
+"""Reading and writing model weights without ever executing code from a file.
+
+Three kinds of file:
+- the authors' ``.pyth`` (a torch pickle, read with ``weights_only=True``): a state dict or
+  ``{"model_state": state_dict}`` in the open_clip CLIP layout plus ``adapter.*``,
+  ``diff_head.*`` and ``diff_head_ref.*``;
+- open_clip CLIP weights (``.pt``/``.bin`` torch pickle or ``.safetensors``);
+- our checkpoint: one safetensors file whose metadata holds the config and where the backbone
+  comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from inctrl.errors import InputError
+from inctrl.files import atomic_path
+
+CHECKPOINT_KIND = "inctrl.checkpoint"
+FORMAT_VERSION = "1"
+
+# Our module keeps the open_clip model under this attribute; the authors' keys have no prefix.
+BACKBONE_PREFIX = "clip."
+HEAD_PREFIXES = ("adapter.", "diff_head.", "diff_head_ref.")
+# Present in open_clip models and weight files, unused by InCTRL, absent from the authors' files.
+OPTIONAL_KEYS = frozenset({"clip.logit_scale"})
+
+
+def is_head_key(key: str) -> bool:
+    return key.startswith(HEAD_PREFIXES)
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    for wrapper in ("model_state", "state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{path}: holds no state dict of tensors")
+    # DistributedDataParallel saves keys under "module.".
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file or a torch pickle (loaded with weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            return {k: handle.get_tensor(k) for k in handle.keys()}, metadata  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError):
+        pass  # not safetensors: try a torch pickle
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or hostile files
+        reason = str(err).strip().split("\n")[0][:200] or type(err).__name__
+        raise InputError(
+            f"{path}: not a readable checkpoint ({reason}); give a torch state dict (.pyth/.pt) "
+            "or a safetensors file"
+        ) from None
+    return _unwrap(obj, path), {}
+
+
+def authors_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename authors'/open_clip keys to our module's: backbone keys go under ``clip.``."""
+    return {(k if is_head_key(k) else BACKBONE_PREFIX + k): v for k, v in state.items()}
+
+
+def ours_to_authors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`authors_to_ours`, without the keys the authors' files lack."""
+    return {
+        k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k not in OPTIONAL_KEYS
+    }
+
+
+def _preview(keys: Iterable[str], limit: int = 4) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_state(
+    expected: Mapping[str, torch.Tensor],
+    got: Mapping[str, torch.Tensor],
+    source: str,
+    target: str,
+    optional: Iterable[str] = OPTIONAL_KEYS,
+) -> None:
+    """Raise one readable InputError if ``got`` does not fit ``expected`` key for key and shape."""
+    optional = set(optional)
+    missing = set(expected) - set(got) - optional
+    unexpected = set(got) - set(expected)
+    wrong = [
+        f"{k} {tuple(got[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in got and tuple(got[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_preview(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_preview(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:3])}")
+    if problems:
+        raise InputError(f"{source}: does not fit {target}: " + "; ".join(problems))
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    state: Mapping[str, torch.Tensor],
+    config: dict,
+    backbone: str,
+    extra: Mapping[str, str] | None = None,
+) -> None:
+    """Write our checkpoint atomically: tensors plus config and backbone identity as metadata.
+
+    ``backbone`` says where the backbone comes from: ``included`` (its tensors are in the file),
+    ``seed:<n>`` or ``file:<sha256>`` of the CLIP weights file it must be loaded with.
+    """
+    metadata = {
+        "kind": CHECKPOINT_KIND,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(config),
+        "backbone": backbone,
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)

@@ -1,0 +1,294 @@
+"""The InCTRL model: a frozen open_clip backbone, an adapter and two residual heads.
+
+Scoring is split as in DESIGN.md: the image encoder runs once per image; a category's
+``TextPrior`` and a prompt set's ``ReferenceBank`` are values computed once and passed in; the
+head is the pure arithmetic of ``inctrl.residual``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Union
+
+import open_clip
+import torch
+from torch import nn
+
+from inctrl import residual
+from inctrl.backbone import ImageFeatures, build_clip, encode_images, encode_texts
+from inctrl.checkpoint import (
+    BACKBONE_PREFIX,
+    CHECKPOINT_KIND,
+    authors_to_ours,
+    check_state,
+    is_head_key,
+    read_state_dict,
+    save_checkpoint,
+)
+from inctrl.config import PRESETS, InCTRLConfig, get_config
+from inctrl.errors import InputError
+from inctrl.files import file_sha256
+from inctrl.heads import Adapter, ResidualHead
+from inctrl.preprocess import ImageSource, Preprocessing, describe, pixel_digest, preprocess_many
+from inctrl.residual import Scores
+from inctrl.state import ReferenceBank, TextPrior
+from inctrl.text import prompt_ensemble
+
+Images = Union[Sequence[ImageSource], torch.Tensor]
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(context_length: int) -> open_clip.SimpleTokenizer:
+    return open_clip.SimpleTokenizer(context_length=context_length)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+class InCTRL(nn.Module):
+    """InCTRL scoring on open_clip. Build with ``from_checkpoint`` or ``from_clip_weights``."""
+
+    def __init__(self, config: InCTRLConfig, clip: open_clip.CLIP | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = clip if clip is not None else build_clip(config)
+        self.adapter = Adapter(config.embed_dim, config.head.adapter_reduction)
+        self.diff_head = ResidualHead(config.vision.num_patches, config.head.hidden)
+        self.diff_head_ref = ResidualHead(config.embed_dim, config.head.hidden)
+        self.clip.requires_grad_(False)
+        self.precision = "fp32"
+        # Where the backbone weights came from: "seed:<n>", "file:<sha256>" or "included".
+        self.backbone_origin = (
+            f"seed:{config.backbone_seed}" if config.backbone_seed is not None else "random"
+        )
+        self.preprocessing = Preprocessing(size=config.vision.image_size)
+        self.eval()
+
+    # ----------------------------------------------------------------- construction, weights
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        clip_weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> InCTRL:
+        """Load the authors' ``.pyth`` (backbone included) or our safetensors checkpoint.
+
+        Our checkpoints that hold only head weights name their backbone; give ``clip_weights``
+        (the open_clip weights file) when it is a file.
+        """
+        state, metadata = read_state_dict(path)
+        if metadata.get("kind") == CHECKPOINT_KIND:
+            model = cls._from_our_checkpoint(path, state, metadata, clip_weights)
+        else:
+            ours = authors_to_ours(state)
+            model = cls(_infer_config(ours, path))
+            model._load_checked(ours, str(path))
+            model.backbone_origin = "included"
+        return model.to_device(device, precision)
+
+    @classmethod
+    def _from_our_checkpoint(cls, path, state, metadata, clip_weights) -> InCTRL:
+        config = InCTRLConfig.from_dict(json.loads(metadata["config"]))
+        origin = metadata.get("backbone", "included")
+        model = cls(config)
+        if origin != "included":
+            if clip_weights is not None:
+                model.load_clip_weights(clip_weights)
+            elif origin.startswith("file:"):
+                raise InputError(
+                    f"{path}: holds head weights only; its backbone is a CLIP weights file "
+                    f"(sha256 {origin[5:17]}...): pass it with --clip-weights"
+                )
+            state = {**{k: v for k, v in model.state_dict().items() if not is_head_key(k)},
+                     **state}
+        model._load_checked(state, str(path))
+        model.backbone_origin = origin
+        return model
+
+    @classmethod
+    def from_clip_weights(
+        cls,
+        clip_weights: str | os.PathLike,
+        heads: str | os.PathLike | None = None,
+        preset: str = "ViT-B-16-plus-240",
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> InCTRL:
+        """Build from an open_clip weights file plus head weights (ours or the authors' file).
+
+        Without ``heads`` the adapter and heads keep their fresh initialization (for training).
+        """
+        model = cls(get_config(preset))
+        model.load_clip_weights(clip_weights)
+        if heads is not None:
+            state, _ = read_state_dict(heads)
+            head_state = {k: v for k, v in state.items() if is_head_key(k)}
+            expected = {k: v for k, v in model.state_dict().items() if is_head_key(k)}
+            check_state(expected, head_state, str(heads), "the InCTRL heads")
+            model.load_state_dict(head_state, strict=False)
+        return model.to_device(device, precision)
+
+    def load_clip_weights(self, path: str | os.PathLike) -> None:
+        """Load open_clip CLIP weights (a local file; nothing is downloaded)."""
+        state, _ = read_state_dict(path)
+        ours = {BACKBONE_PREFIX + k: v for k, v in state.items()}
+        expected = {k: v for k, v in self.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
+        check_state(expected, ours, str(path), f"open_clip {self.config.name}")
+        self.load_state_dict(ours, strict=False)
+        self.backbone_origin = f"file:{file_sha256(path)}"
+
+    def _load_checked(self, state: dict[str, torch.Tensor], source: str) -> None:
+        check_state(self.state_dict(), state, source, f"InCTRL {self.config.name}")
+        self.load_state_dict(state, strict=False)
+
+    def save(self, path: str | os.PathLike, include_backbone: bool | None = None) -> None:
+        """Write our checkpoint (safetensors). By default the backbone is included unless it
+        came from a CLIP weights file, in which case that file's sha256 is recorded."""
+        if include_backbone is None:
+            include_backbone = not self.backbone_origin.startswith("file:")
+        state = self.state_dict()
+        if not include_backbone:
+            state = {k: v for k, v in state.items() if is_head_key(k)}
+        origin = "included" if include_backbone else self.backbone_origin
+        save_checkpoint(path, state, self.config.to_dict(), origin)
+
+    def to_device(self, device: str | torch.device = "cpu", precision: str = "fp32") -> InCTRL:
+        """Move to a device and pick the encoder precision (fp16/bf16 run under autocast)."""
+        device = _resolve_device(device)
+        if precision not in PRECISIONS:
+            raise InputError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+        if precision == "fp16" and device.type != "cuda":
+            raise InputError("fp16 needs a CUDA device; on CPU use fp32 or bf16")
+        self.precision = precision
+        return self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.fc[0].weight.device
+
+    # ----------------------------------------------------------------------- the model proper
+    @contextlib.contextmanager
+    def _encoder_precision(self) -> Iterator[None]:
+        if self.precision == "fp32":
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
+                yield
+
+    def pixels(self, images: Images) -> torch.Tensor:
+        """Preprocess image sources into a B x 3 x S x S tensor on the model's device."""
+        if isinstance(images, torch.Tensor):
+            return images.to(self.device, torch.float32)
+        return torch.from_numpy(preprocess_many(images, self.preprocessing)).to(self.device)
+
+    def encode(self, pixels: torch.Tensor) -> ImageFeatures:
+        """Image features in fp32 whatever the encoder precision."""
+        with self._encoder_precision():
+            features = encode_images(self.clip, self.config, pixels)
+        return ImageFeatures(features.embedding.float(), features.patches.float())
+
+    def head(self, features: ImageFeatures, bank: ReferenceBank, prior: TextPrior) -> Scores:
+        """Score encoded queries against a reference bank and a text prior."""
+        patch_map = residual.patch_residual_map(features.patches, bank.patches)
+        image_score = self.diff_head_ref(
+            residual.image_residual(self.adapter(features.embedding), bank.adapted_mean)
+        )
+        text_score = residual.text_anomaly_score(
+            features.embedding, prior.matrix(), self.config.head.text_temperature
+        )
+        holistic = self.diff_head(residual.holistic_map(patch_map, text_score, image_score))
+        max_patch = patch_map.amax(dim=1)
+        return Scores(
+            score=residual.final_score(holistic, max_patch),
+            holistic_score=holistic,
+            image_residual_score=image_score,
+            text_score=text_score,
+            max_patch_residual=max_patch,
+            patch_residual_map=patch_map,
+        )
+
+    def forward(self, pixels: torch.Tensor, bank: ReferenceBank, prior: TextPrior) -> Scores:
+        return self.head(self.encode(pixels), bank, prior)
+
+    # ------------------------------------------------------------------- few-shot state, scoring
+    @torch.no_grad()
+    def reference(self, prompt_images: Images, batch_size: int = 16) -> ReferenceBank:
+        """Encode the k normal prompt images of a category once into a ReferenceBank."""
+        if len(prompt_images) == 0:
+            raise InputError("no prompt images: give at least one normal image of the category")
+        pixels = self.pixels(prompt_images)
+        features = [self.encode(chunk) for chunk in pixels.split(batch_size)]
+        embedding = torch.cat([f.embedding for f in features])
+        patches = torch.cat([f.patches for f in features])  # k x L x P x D
+        shots, layers, _, width = patches.shape
+        sources = (
+            tuple(f"<tensor {i}>" for i in range(shots))
+            if isinstance(prompt_images, torch.Tensor)
+            else tuple(describe(s) for s in prompt_images)
+        )
+        return ReferenceBank(
+            patches=patches.transpose(0, 1).reshape(layers, -1, width).contiguous(),
+            adapted_mean=self.adapter(embedding).mean(dim=0),
+            shots=shots,
+            sources=sources,
+            digests=tuple(pixel_digest(p) for p in pixels.cpu().numpy()),
+        )
+
+    @torch.no_grad()
+    def text_prior(self, category: str) -> TextPrior:
+        """Encode a category's prompt ensemble once into a TextPrior (242 prompts, or 2)."""
+        if not category or not category.strip():
+            raise InputError("empty category name")
+        normal_texts, anomaly_texts = prompt_ensemble(category)
+        tokenizer = _tokenizer(self.config.text.context_length)
+        with self._encoder_precision():
+            embeddings = encode_texts(self.clip, tokenizer, normal_texts + anomaly_texts).float()
+        normal, anomaly = embeddings.split([len(normal_texts), len(anomaly_texts)])
+        return TextPrior(
+            category=category,
+            normal=residual.unit(normal.mean(dim=0)),
+            anomaly=residual.unit(anomaly.mean(dim=0)),
+        )
+
+    @torch.no_grad()
+    def score(
+        self, images: Images, bank: ReferenceBank, prior: TextPrior, batch_size: int = 16
+    ) -> Scores:
+        """Score query images in batches of ``batch_size``; each query's score is independent
+        of the batch it lands in."""
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        if len(images) == 0:
+            raise InputError("no query images given")
+        bank, prior = bank.to(self.device), prior.to(self.device)
+        chunks = [
+            self(self.pixels(images[i : i + batch_size]), bank, prior)
+            for i in range(0, len(images), batch_size)
+        ]
+        return Scores(*(torch.cat(field) for field in zip(*chunks)))
+
+
+def _infer_config(state: dict[str, torch.Tensor], path: str | os.PathLike) -> InCTRLConfig:
+    """Pick the preset whose shapes a checkpoint in the authors' layout has."""
+    conv = state.get(BACKBONE_PREFIX + "visual.conv1.weight")
+    if conv is None:
+        raise InputError(f"{path}: has no 'visual.conv1.weight'; not an InCTRL/CLIP checkpoint")
+    for make in PRESETS.values():
+        config = make()
+        if config.vision.width == conv.shape[0] and config.vision.patch_size == conv.shape[-1]:
+            return config
+    raise InputError(
+        f"{path}: vision width {conv.shape[0]} matches no preset ({', '.join(PRESETS)})"
+    )

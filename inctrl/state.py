@@ -1,0 +1,116 @@
+"""Few-shot state as explicit values: the reference bank of a prompt set and a category's text prior.
+
+Both are computed once, passed to scoring, and saved or loaded as safetensors (no pickle). Files
+are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from inctrl.errors import InputError
+from inctrl.files import atomic_path
+
+_BANK_KIND = "inctrl.reference_bank"
+_PRIOR_KIND = "inctrl.text_prior"
+
+
+def _read(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err})") from None
+    if metadata.get("kind") != kind:
+        raise InputError(f"{path}: not a {kind} file (it says {metadata.get('kind')!r})")
+    return tensors, metadata
+
+
+@dataclass(frozen=True)
+class ReferenceBank:
+    """Everything the k normal prompt images of one category contribute to scoring.
+
+    Attributes:
+        patches: L x N x D tapped patch tokens of all prompts (N = k * P), unit L2 norm.
+        adapted_mean: E, mean over prompts of the adapted embeddings ``A(e(s_j))``.
+        shots: k, the number of prompt images.
+        sources: where each prompt image came from (path or a description).
+        digests: sha256 of each preprocessed prompt image.
+    """
+
+    patches: torch.Tensor
+    adapted_mean: torch.Tensor
+    shots: int
+    sources: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()
+
+    def to(self, device: torch.device | str) -> ReferenceBank:
+        return ReferenceBank(
+            self.patches.to(device), self.adapted_mean.to(device), self.shots, self.sources,
+            self.digests,
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        metadata = {
+            "kind": _BANK_KIND,
+            "shots": str(self.shots),
+            "sources": json.dumps(list(self.sources)),
+            "digests": json.dumps(list(self.digests)),
+        }
+        tensors = {
+            "patches": self.patches.detach().float().cpu().contiguous(),
+            "adapted_mean": self.adapted_mean.detach().float().cpu().contiguous(),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ReferenceBank:
+        tensors, meta = _read(path, _BANK_KIND)
+        return cls(
+            patches=tensors["patches"],
+            adapted_mean=tensors["adapted_mean"],
+            shots=int(meta["shots"]),
+            sources=tuple(json.loads(meta.get("sources", "[]"))),
+            digests=tuple(json.loads(meta.get("digests", "[]"))),
+        )
+
+
+@dataclass(frozen=True)
+class TextPrior:
+    """The normal and anomaly text directions of one category, each a unit vector of size E."""
+
+    category: str
+    normal: torch.Tensor
+    anomaly: torch.Tensor
+
+    def matrix(self) -> torch.Tensor:
+        """2 x E, rows (normal, anomaly): the layout the scoring functions take."""
+        return torch.stack([self.normal, self.anomaly])
+
+    def to(self, device: torch.device | str) -> TextPrior:
+        return TextPrior(self.category, self.normal.to(device), self.anomaly.to(device))
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {
+            "normal": self.normal.detach().float().cpu().contiguous(),
+            "anomaly": self.anomaly.detach().float().cpu().contiguous(),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"kind": _PRIOR_KIND, "category": self.category})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TextPrior:
+        tensors, meta = _read(path, _PRIOR_KIND)
+        return cls(meta["category"], tensors["normal"], tensors["anomaly"])
