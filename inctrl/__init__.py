@@ -1,9 +1,9 @@
 """inctrl: InCTRL few-shot anomaly detection on open_clip, exact, batched and fast.
 
-    model = inctrl.InCTRL.from_checkpoint("inctrl_k2.pyth")
-    bank = model.reference(["good_1.png", "good_2.png"])
-    prior = model.text_prior("candle")
-    scores = model.score(["query.png"], bank, prior)
+model = inctrl.InCTRL.from_checkpoint("inctrl_k2.pyth")
+bank = model.reference(["good_1.png", "good_2.png"])
+prior = model.text_prior("candle")
+scores = model.score(["query.png"], bank, prior)
 """
 
 from inctrl.backbone import ImageFeatures

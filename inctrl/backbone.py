@@ -51,7 +51,9 @@ def build_clip(config: InCTRLConfig) -> open_clip.CLIP:
         return open_clip.CLIP(config.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
 
 
-def encode_images(clip: open_clip.CLIP, config: InCTRLConfig, pixels: torch.Tensor) -> ImageFeatures:
+def encode_images(
+    clip: open_clip.CLIP, config: InCTRLConfig, pixels: torch.Tensor
+) -> ImageFeatures:
     """Run the image tower once: embeddings and the tapped blocks' unit-norm patch tokens.
 
     Args:

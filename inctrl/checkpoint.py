@@ -77,9 +77,7 @@ def authors_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def ours_to_authors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`authors_to_ours`, without the keys the authors' files lack."""
-    return {
-        k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k not in OPTIONAL_KEYS
-    }
+    return {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k not in OPTIONAL_KEYS}
 
 
 def _preview(keys: Iterable[str], limit: int = 4) -> str:

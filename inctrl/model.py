@@ -12,7 +12,6 @@ import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import Union
 
 import open_clip
 import torch
@@ -38,7 +37,7 @@ from inctrl.residual import Scores
 from inctrl.state import ReferenceBank, TextPrior
 from inctrl.text import prompt_ensemble
 
-Images = Union[Sequence[ImageSource], torch.Tensor]
+Images = Sequence[ImageSource] | torch.Tensor
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -111,8 +110,7 @@ class InCTRL(nn.Module):
                     f"{path}: holds head weights only; its backbone is a CLIP weights file "
                     f"(sha256 {origin[5:17]}...): pass it with --clip-weights"
                 )
-            state = {**{k: v for k, v in model.state_dict().items() if not is_head_key(k)},
-                     **state}
+            state = {**{k: v for k, v in model.state_dict().items() if not is_head_key(k)}, **state}
         model._load_checked(state, str(path))
         model.backbone_origin = origin
         return model
@@ -277,7 +275,7 @@ class InCTRL(nn.Module):
             self(self.pixels(images[i : i + batch_size]), bank, prior)
             for i in range(0, len(images), batch_size)
         ]
-        return Scores(*(torch.cat(field) for field in zip(*chunks)))
+        return Scores(*(torch.cat(field) for field in zip(*chunks, strict=True)))
 
 
 def _infer_config(state: dict[str, torch.Tensor], path: str | os.PathLike) -> InCTRLConfig:

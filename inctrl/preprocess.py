@@ -12,14 +12,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from inctrl.errors import InputError
 
-ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 
@@ -47,7 +46,8 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
         array = array[:, :, 0]
     if array.dtype == np.uint16 and array.ndim == 2:
         return Image.fromarray(array)  # mode I;16, as Pillow reads a 16-bit PNG
-    if array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+    color = array.ndim == 3 and array.shape[2] in (3, 4)
+    if array.dtype == np.uint8 and (array.ndim == 2 or color):
         return Image.fromarray(array)
     raise InputError(
         f"{name}: unsupported array (dtype {array.dtype}, shape {array.shape}); give uint8 "
@@ -89,7 +89,7 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """The (left, top, right, bottom) of a centered ``size`` crop; Python's round, as torchvision."""
+    """(left, top, right, bottom) of a centered ``size`` crop, rounded as torchvision does."""
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
     return left, top, left + size, top + size

@@ -1,4 +1,4 @@
-"""Few-shot state as explicit values: the reference bank of a prompt set and a category's text prior.
+"""Few-shot state as explicit values: a prompt set's reference bank, a category's text prior.
 
 Both are computed once, passed to scoring, and saved or loaded as safetensors (no pickle). Files
 are written atomically.
@@ -57,7 +57,10 @@ class ReferenceBank:
 
     def to(self, device: torch.device | str) -> ReferenceBank:
         return ReferenceBank(
-            self.patches.to(device), self.adapted_mean.to(device), self.shots, self.sources,
+            self.patches.to(device),
+            self.adapted_mean.to(device),
+            self.shots,
+            self.sources,
             self.digests,
         )
 

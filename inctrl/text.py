@@ -4,8 +4,19 @@ from __future__ import annotations
 
 # Categories for which the authors use a single prompt pair instead of the ensemble.
 SINGLE_PROMPT_CATEGORIES = frozenset(
-    {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-     "animal"}
+    {
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+        "animal",
+    }
 )
 
 NORMAL_STATES = (
