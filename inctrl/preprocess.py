@@ -42,6 +42,8 @@ def describe(source: ImageSource) -> str:
 
 
 def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
+    if array.size == 0:
+        raise InputError(f"{name}: empty array (shape {array.shape})")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.dtype == np.uint16 and array.ndim == 2:
@@ -95,13 +97,20 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
     return left, top, left + size, top + size
 
 
-def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> np.ndarray:
-    """One PIL image -> normalized float32 array 3 x size x size."""
+def model_view(image: Image.Image, config: Preprocessing = Preprocessing()) -> Image.Image:
+    """The resized, center-cropped RGB picture the model sees (and heatmaps are drawn on)."""
+    if image.width == 0 or image.height == 0:
+        raise InputError(f"{describe(image)}: empty image (0 pixels)")
     new_size = resized_size(image.width, image.height, config.size)
     if new_size != image.size:
         image = image.resize(new_size, Image.BICUBIC)
     image = image.crop(center_crop_box(image.width, image.height, config.size))
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    return image.convert("RGB")
+
+
+def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> np.ndarray:
+    """One PIL image -> normalized float32 array 3 x size x size."""
+    pixels = np.asarray(model_view(image, config), dtype=np.float32) / np.float32(255.0)
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))

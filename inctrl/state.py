@@ -22,7 +22,9 @@ _BANK_KIND = "inctrl.reference_bank"
 _PRIOR_KIND = "inctrl.text_prior"
 
 
-def _read(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read(
+    path: str | os.PathLike, kind: str, tensor_names: tuple[str, ...], meta_names: tuple[str, ...]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -34,6 +36,11 @@ def _read(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], 
         raise InputError(f"{path}: not a readable safetensors file ({err})") from None
     if metadata.get("kind") != kind:
         raise InputError(f"{path}: not a {kind} file (it says {metadata.get('kind')!r})")
+    missing = [n for n in tensor_names if n not in tensors] + [
+        n for n in meta_names if n not in metadata
+    ]
+    if missing:
+        raise InputError(f"{path}: incomplete {kind} file, lacks {', '.join(missing)}; recreate it")
     return tensors, metadata
 
 
@@ -80,7 +87,7 @@ class ReferenceBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferenceBank:
-        tensors, meta = _read(path, _BANK_KIND)
+        tensors, meta = _read(path, _BANK_KIND, ("patches", "adapted_mean"), ("shots",))
         return cls(
             patches=tensors["patches"],
             adapted_mean=tensors["adapted_mean"],
@@ -115,5 +122,5 @@ class TextPrior:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TextPrior:
-        tensors, meta = _read(path, _PRIOR_KIND)
+        tensors, meta = _read(path, _PRIOR_KIND, ("normal", "anomaly"), ("category",))
         return cls(meta["category"], tensors["normal"], tensors["anomaly"])

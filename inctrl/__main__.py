@@ -1,0 +1,3 @@
+from inctrl.cli import main
+
+main()

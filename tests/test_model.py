@@ -1,0 +1,180 @@
+"""The whole model: a naive re-implementation, batch invariance, input types, full architecture."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import perturb_heads, random_images
+from PIL import Image
+
+from inctrl import InCTRL, InputError, get_config
+from inctrl.backbone import encode_texts, make_tokenizer
+from inctrl.text import prompt_ensemble
+
+
+def naive_score(model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], category: str):
+    """The authors' algorithm for one query, written as plainly as possible: loops over layers
+    and query patches, everything re-encoded, no shared code with the vectorized head."""
+    with torch.no_grad():
+        pixels = model.pixels([query])
+        out = model.clip.visual.forward_intermediates(
+            pixels, indices=model.config.vision.tapped_indices, output_fmt="NLC"
+        )
+        prompt_out = model.clip.visual.forward_intermediates(
+            model.pixels(prompts), indices=model.config.vision.tapped_indices, output_fmt="NLC"
+        )
+        layer_maps = []
+        for layer, query_tokens in enumerate(out["image_intermediates"]):
+            prompt_tokens = prompt_out["image_intermediates"][layer].reshape(
+                -1, query_tokens.shape[-1]
+            )
+            prompt_tokens = prompt_tokens / prompt_tokens.norm(dim=-1, keepdim=True)
+            distances = []
+            for i in range(query_tokens.shape[1]):
+                q = query_tokens[0, i] / query_tokens[0, i].norm()
+                distances.append((0.5 * (1 - prompt_tokens @ q)).min())
+            layer_maps.append(torch.stack(distances))
+        patch_map = torch.stack(layer_maps).mean(dim=0)
+        max_patch = patch_map.max()
+
+        embedding = out["image_features"][0]
+        prompt_embeddings = prompt_out["image_features"]
+        adapted_prompts = torch.stack([model.adapter(e) for e in prompt_embeddings]).mean(dim=0)
+        image_score = model.diff_head_ref((adapted_prompts - model.adapter(embedding))[None])[0]
+
+        tokenizer = make_tokenizer(model.config)
+        normal, anomaly = prompt_ensemble(category)
+        t_n = encode_texts(model.clip, tokenizer, normal).mean(dim=0)
+        t_a = encode_texts(model.clip, tokenizer, anomaly).mean(dim=0)
+        t_n, t_a = t_n / t_n.norm(), t_a / t_a.norm()
+        v = embedding / embedding.norm()
+        logit_n, logit_a = 100 * float(v @ t_n), 100 * float(v @ t_a)
+        text_score = 1.0 / (1.0 + math.exp(logit_n - logit_a))
+
+        holistic = model.diff_head((text_score + image_score + patch_map)[None])[0]
+        return {
+            "score": float((holistic + max_patch) / 2),
+            "holistic_score": float(holistic),
+            "image_residual_score": float(image_score),
+            "text_score": text_score,
+            "max_patch_residual": float(max_patch),
+            "patch_residual_map": patch_map,
+        }
+
+
+@pytest.mark.parametrize("category", ["metal_nut", "cat"])
+def test_vectorized_scores_equal_a_naive_loop(tiny_model, images, category) -> None:
+    prompts, queries = images[:3], images[3:6]
+    scores = tiny_model.score(
+        queries, tiny_model.reference(prompts), tiny_model.text_prior(category), batch_size=3
+    )
+    for b, query in enumerate(queries):
+        expected = naive_score(tiny_model, query, prompts, category)
+        for name, value in expected.items():
+            got = getattr(scores, name)[b]
+            assert torch.allclose(got, torch.as_tensor(value), atol=1e-6, rtol=0), name
+
+
+def test_scores_do_not_depend_on_the_batch(tiny_model, images) -> None:
+    bank = tiny_model.reference(images[:2])
+    prior = tiny_model.text_prior("candle")
+    together = tiny_model.score(images[2:7], bank, prior, batch_size=5)
+    for b in range(5):
+        alone = tiny_model.score([images[2 + b]], bank, prior, batch_size=1)
+        for name, value in alone._asdict().items():
+            assert torch.allclose(getattr(together, name)[b], value[0], atol=1e-5, rtol=0), name
+    # An uneven split gives the same too.
+    split = tiny_model.score(images[2:7], bank, prior, batch_size=2)
+    assert torch.allclose(split.score, together.score, atol=1e-5, rtol=0)
+
+
+def test_shapes_ranges_and_bank_layout(tiny_model, images) -> None:
+    config = tiny_model.config
+    bank = tiny_model.reference(images[:3])
+    assert bank.shots == 3
+    assert bank.patches.shape == (3, 3 * 225, config.vision.width)
+    assert torch.allclose(bank.patches.norm(dim=-1), torch.ones(3, 675), atol=1e-5)
+    assert bank.adapted_mean.shape == (config.embed_dim,)
+    prior = tiny_model.text_prior("candle")
+    assert torch.allclose(prior.matrix().norm(dim=-1), torch.ones(2), atol=1e-6)
+    scores = tiny_model.score(images[3:5], bank, prior)
+    assert scores.patch_residual_map.shape == (2, 225)
+    for name, value in scores._asdict().items():
+        assert ((value >= 0) & (value <= 1)).all(), name
+    # A prompt image scored against its own bank has a zero patch residual everywhere.
+    self_scores = tiny_model.score(images[:1], bank, prior)
+    assert float(self_scores.max_patch_residual[0]) < 1e-5
+
+
+def test_input_types_agree(tiny_model, images, tmp_path) -> None:
+    bank = tiny_model.reference(images[:2])
+    prior = tiny_model.text_prior("candle")
+    path = tmp_path / "query.png"
+    Image.fromarray(images[4]).save(path)
+    as_path = tiny_model.score([path], bank, prior).score
+    as_str = tiny_model.score([str(path)], bank, prior).score
+    as_pil = tiny_model.score([Image.open(path)], bank, prior).score
+    as_array = tiny_model.score([images[4]], bank, prior).score
+    as_tensor = tiny_model.score(tiny_model.pixels([images[4]]), bank, prior).score
+    for other in (as_str, as_pil, as_array, as_tensor):
+        assert torch.equal(as_path, other)
+
+
+def test_bad_arguments_are_input_errors(tiny_model, images) -> None:
+    with pytest.raises(InputError, match="no prompt images"):
+        tiny_model.reference([])
+    bank = tiny_model.reference(images[:1])
+    prior = tiny_model.text_prior("candle")
+    with pytest.raises(InputError, match="no query images"):
+        tiny_model.score([], bank, prior)
+    with pytest.raises(InputError, match="batch size"):
+        tiny_model.score(images[:1], bank, prior, batch_size=0)
+    with pytest.raises(InputError, match="empty category"):
+        tiny_model.text_prior(" ")
+    with pytest.raises(InputError, match="fp16 needs a CUDA"):
+        tiny_model.to_device("cpu", "fp16")
+    with pytest.raises(InputError, match="unknown precision"):
+        tiny_model.to_device("cpu", "int3")
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(images) -> None:
+    model = perturb_heads(InCTRL(get_config("tiny")))
+    bank, prior = model.reference(images[:2]), model.text_prior("candle")
+    fp32 = model.score(images[2:4], bank, prior).score
+    model.to_device("cpu", "bf16")
+    bf16 = model.score(images[2:4], bank, prior).score
+    assert bf16.dtype == torch.float32
+    assert torch.allclose(fp32, bf16, atol=5e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_matches_cpu(images, precision) -> None:
+    cpu = perturb_heads(InCTRL(get_config("tiny")))
+    bank, prior = cpu.reference(images[:2]), cpu.text_prior("candle")
+    expected = cpu.score(images[2:6], bank, prior)
+    gpu = perturb_heads(InCTRL(get_config("tiny"))).to_device("cuda", precision)
+    got = gpu.score(images[2:6], gpu.reference(images[:2]), gpu.text_prior("candle"))
+    atol = 1e-4 if precision == "fp32" else 5e-3
+    assert torch.allclose(got.score.cpu(), expected.score, atol=atol)
+
+
+def test_full_architecture_shapes_and_batch_invariance() -> None:
+    model = perturb_heads(InCTRL(get_config("ViT-B-16-plus-240")))
+    assert sum(p.numel() for p in model.clip.visual.parameters()) > 100_000_000
+    images = random_images(4, seed=3, size=(250, 320))
+    features = model.encode(model.pixels(images[:2]))
+    assert features.embedding.shape == (2, 640)
+    assert features.patches.shape == (2, 3, 225, 896)
+    bank = model.reference(images[:2])
+    prior = model.text_prior("cat")  # two prompts keep the full text tower quick
+    assert bank.patches.shape == (3, 450, 896) and prior.normal.shape == (640,)
+    together = model.score(images[2:4], bank, prior, batch_size=2)
+    alone = model.score(images[3:4], bank, prior, batch_size=1)
+    assert torch.allclose(together.score[1], alone.score[0], atol=1e-5, rtol=0)
+    assert torch.allclose(
+        together.patch_residual_map[1], alone.patch_residual_map[0], atol=1e-5, rtol=0
+    )
