@@ -102,14 +102,21 @@ class InCTRL(nn.Module):
         config = InCTRLConfig.from_dict(json.loads(metadata["config"]))
         origin = metadata.get("backbone", "included")
         model = cls(config)
-        if origin != "included":
-            if clip_weights is not None:
-                model.load_clip_weights(clip_weights)
-            elif origin.startswith("file:"):
+        if origin.startswith("file:"):
+            if clip_weights is None:
                 raise InputError(
                     f"{path}: holds head weights only; its backbone is a CLIP weights file "
                     f"(sha256 {origin[5:17]}...): pass it with --clip-weights"
                 )
+            model.load_clip_weights(clip_weights)
+            if model.backbone_origin != origin:
+                raise InputError(
+                    f"{clip_weights}: not the CLIP weights {path} was made with (sha256 "
+                    f"{model.backbone_origin[5:17]}..., expected {origin[5:17]}...)"
+                )
+        elif origin != "included" and origin != f"seed:{config.backbone_seed}":
+            raise InputError(f"{path}: unknown backbone origin {origin!r}; recreate the file")
+        if origin != "included":
             state = {**{k: v for k, v in model.state_dict().items() if not is_head_key(k)}, **state}
         model._load_checked(state, str(path))
         model.backbone_origin = origin
@@ -156,6 +163,11 @@ class InCTRL(nn.Module):
         came from a CLIP weights file, in which case that file's sha256 is recorded."""
         if include_backbone is None:
             include_backbone = not self.backbone_origin.startswith("file:")
+        if not include_backbone and not self.backbone_origin.startswith(("file:", "seed:")):
+            raise InputError(
+                f"cannot save heads only: the backbone ({self.backbone_origin}) could not be "
+                "rebuilt from a file or seed; save with the backbone included"
+            )
         state = self.state_dict()
         if not include_backbone:
             state = {k: v for k, v in state.items() if is_head_key(k)}
@@ -288,5 +300,6 @@ def _infer_config(state: dict[str, torch.Tensor], path: str | os.PathLike) -> In
         if config.vision.width == conv.shape[0] and config.vision.patch_size == conv.shape[-1]:
             return config
     raise InputError(
-        f"{path}: vision width {conv.shape[0]} matches no preset ({', '.join(PRESETS)})"
+        f"{path}: 'visual.conv1.weight' has shape {tuple(conv.shape)} (width {conv.shape[0]}, "
+        f"patch {conv.shape[-1]}), which fits no preset ({', '.join(PRESETS)})"
     )

@@ -1,0 +1,1 @@
+"""inctrl_bench: latency and throughput measurements of inctrl's backends."""

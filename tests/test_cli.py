@@ -1,0 +1,156 @@
+"""The `inctrl score` contract: JSON schema and order, table output, exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import perturb_heads, random_images
+from PIL import Image
+
+from inctrl import InCTRL, get_config
+from inctrl.checkpoint import ours_to_authors
+from inctrl.cli import SCORE_FIELDS, run_score
+
+KEYS = ["image", *SCORE_FIELDS]
+
+
+def inctrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inctrl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A tiny checkpoint (ours and the authors' layout) and a few PNG images."""
+    root = tmp_path_factory.mktemp("cli")
+    model = perturb_heads(InCTRL(get_config("tiny")))
+    model.save(root / "tiny.safetensors")
+    torch.save({"model_state": ours_to_authors(model.state_dict())}, root / "tiny_authors.pyth")
+    for i, array in enumerate(random_images(5, seed=7)):
+        Image.fromarray(array).save(root / f"img{i}.png")
+    return root
+
+
+def test_json_contract_and_values(workspace) -> None:
+    queries = ["img4.png", "img2.png", "img3.png"]  # not sorted: order must be kept
+    result = inctrl(
+        "score",
+        "--checkpoint",
+        "tiny.safetensors",
+        "--category",
+        "metal_nut",
+        "--shot",
+        "img0.png",
+        "--shot",
+        "img1.png",
+        "--batch-size",
+        "2",
+        "--json",
+        *queries,
+        cwd=workspace,
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert [r["image"] for r in records] == queries
+    for record in records:
+        assert list(record) == KEYS
+        assert len(record["patch_residual_map"]) == 225
+        assert all(isinstance(v, float) for v in record["patch_residual_map"])
+    # Same numbers as the Python API.
+    model = InCTRL.from_checkpoint(workspace / "tiny.safetensors")
+    bank = model.reference([workspace / "img0.png", workspace / "img1.png"])
+    scores = model.score([workspace / q for q in queries], bank, model.text_prior("metal_nut"))
+    for b, record in enumerate(records):
+        for name in SCORE_FIELDS:
+            expected = getattr(scores, name)[b]
+            assert torch.allclose(torch.tensor(record[name]), expected, atol=1e-6), name
+
+
+def test_authors_checkpoint_gives_the_same_scores(workspace) -> None:
+    common = dict(
+        category="candle", shots=[workspace / "img0.png"], queries=[workspace / "img3.png"]
+    )
+    ours = run_score(workspace / "tiny.safetensors", **common)
+    authors = run_score(workspace / "tiny_authors.pyth", **common)
+    assert ours[0]["score"] == pytest.approx(authors[0]["score"], abs=1e-7)
+
+
+def test_table_output_and_heatmaps(workspace, tmp_path) -> None:
+    result = inctrl(
+        "score",
+        "-c",
+        "tiny.safetensors",
+        "--category",
+        "candle",
+        "-s",
+        "img0.png",
+        "--heatmaps",
+        str(tmp_path / "maps"),
+        "img2.png",
+        "img3.png",
+        cwd=workspace,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "img2.png" in result.stdout and "score" in result.stdout
+    maps = sorted((tmp_path / "maps").iterdir())
+    assert [m.name for m in maps] == ["0000_img2.png", "0001_img3.png"]
+    with Image.open(maps[0]) as heatmap:
+        assert heatmap.size == (240, 240) and heatmap.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--category", "c", "-s", "img0.png", "img1.png"], "no --checkpoint"),
+        (["-c", "tiny.safetensors", "-s", "img0.png", "img1.png"], "no --category"),
+        (["-c", "tiny.safetensors", "--category", "c", "img1.png"], "no --shot"),
+        (["-c", "tiny.safetensors", "--category", "c", "-s", "img0.png"], "no query images"),
+        (["-c", "tiny.safetensors", "--category", "c", "-s", "img0.png", "nope.png"], "nope.png"),
+        (["-c", "tiny.safetensors", "--category", "c", "-s", "gone.png", "img1.png"], "gone.png"),
+        (["-c", "missing.pyth", "--category", "c", "-s", "img0.png", "img1.png"], "missing.pyth"),
+        (["-c", "garbage.pyth", "--category", "c", "-s", "img0.png", "img1.png"], "garbage.pyth"),
+        (["-c", "wrongkeys.pyth", "--category", "c", "-s", "img0.png", "img1.png"], "missing key"),
+        (
+            ["-c", "tiny.safetensors", "--category", "c", "-s", "img0.png", "corrupt.png"],
+            "corrupt.png",
+        ),
+        (
+            [
+                "-c",
+                "tiny.safetensors",
+                "--category",
+                "c",
+                "-s",
+                "img0.png",
+                "--batch-size",
+                "0",
+                "img1.png",
+            ],
+            "--batch-size",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(workspace, args, message) -> None:
+    (workspace / "garbage.pyth").write_bytes(b"\x00not a checkpoint" * 10)
+    (workspace / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 20)
+    if not (workspace / "wrongkeys.pyth").exists():
+        state = torch.load(workspace / "tiny_authors.pyth", weights_only=True)["model_state"]
+        del state["diff_head.bn1.running_mean"]
+        torch.save(state, workspace / "wrongkeys.pyth")
+    result = inctrl("score", "--json", *args, cwd=workspace)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.stderr
