@@ -17,11 +17,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from inctrl.errors import InputError
-from inctrl.files import atomic_path
+from inctrl.files import atomic_path, read_safetensors
 
 CHECKPOINT_KIND = "inctrl.checkpoint"
 FORMAT_VERSION = "1"
@@ -54,9 +54,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint file")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            return {k: handle.get_tensor(k) for k in handle.keys()}, metadata  # noqa: SIM118
+        return read_safetensors(path)
     except (SafetensorError, OSError, ValueError):
         pass  # not safetensors: try a torch pickle
     try:

@@ -28,6 +28,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """All tensors (torch) and the metadata of a safetensors file.
+
+    Raises ``SafetensorError``, ``OSError`` or ``ValueError`` for anything else.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        return {key: handle.get_tensor(key) for key in handle.keys()}, metadata  # noqa: SIM118
+
+
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

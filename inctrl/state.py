@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from inctrl.errors import InputError
-from inctrl.files import atomic_path
+from inctrl.files import atomic_path, read_safetensors
 
 _BANK_KIND = "inctrl.reference_bank"
 _PRIOR_KIND = "inctrl.text_prior"
@@ -29,10 +29,8 @@ def _read(
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as err:
+        tensors, metadata = read_safetensors(path)
+    except (SafetensorError, OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable safetensors file ({err})") from None
     if metadata.get("kind") != kind:
         raise InputError(f"{path}: not a {kind} file (it says {metadata.get('kind')!r})")
