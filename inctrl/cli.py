@@ -30,9 +30,15 @@ app = typer.Typer(
 stderr = Console(stderr=True)
 
 
+data_app = typer.Typer(
+    help="Data sets: generate synthetic MVTec-layout data.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
 @app.callback()
 def _root() -> None:
-    """InCTRL few-shot anomaly detection (torch side): score, and more commands to come."""
+    """InCTRL few-shot anomaly detection (torch side)."""
 
 
 SCORE_FIELDS = (
@@ -184,6 +190,44 @@ def score(
         sys.stdout.write(json.dumps(records) + "\n")
     else:
         print_table(records)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(  # noqa: B008
+        None, "--out", help="Folder to create (must not exist or be empty).", show_default=False
+    ),
+    seed: int = typer.Option(0, help="Same seed, same files (byte for byte)."),
+    categories: int = typer.Option(4, help="How many synthetic categories (1-7)."),
+    images_per_category: int = typer.Option(12, help="Normal training images per category."),
+    size: int = typer.Option(256, help="Image side in pixels."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Generate a deterministic anomaly data set in the MVTec AD layout (textures and objects
+    with scratches, holes, stains, cut-paste patches and warps, plus ground-truth masks)."""
+    from inctrl.synth import synthesize
+
+    if out is None:
+        raise InputError("no --out given: name a new folder for the data set, e.g. --out synth")
+    with (
+        stderr.status(f"writing {out}", spinner="dots")
+        if sys.stderr.isatty()
+        else (contextlib.nullcontext())
+    ):
+        summary = synthesize(out, seed, categories, images_per_category, size)
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    table = Table(title=f"synthetic data set in {summary['root']} (seed {seed})")
+    for column in ("category", "kind", "train good", "test good", "test anomalous"):
+        table.add_column(column, justify="left" if column in ("category", "kind") else "right")
+    for name, info in summary["categories"].items():
+        test = info["test"]
+        anomalous = sum(n for label, n in test.items() if label != "good")
+        table.add_row(
+            name, info["kind"], str(info["train"]["good"]), str(test["good"]), str(anomalous)
+        )
+    Console().print(table)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

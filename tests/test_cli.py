@@ -154,3 +154,16 @@ def test_bad_input_is_one_line_and_exit_2(workspace, args, message) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_data_synth_command(tmp_path) -> None:
+    args = ["data", "synth", "--categories", "2", "--images-per-category", "4", "--size", "64"]
+    result = inctrl(*args, "--out", "synth", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert list(summary["categories"]) == ["synth_fabric", "synth_washer"]
+    assert len(list((tmp_path / "synth" / "synth_fabric" / "train" / "good").iterdir())) == 4
+    again = inctrl(*args, "--out", "synth", cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.startswith("error: synth: folder is not empty")
+    assert len(again.stderr.strip().splitlines()) == 1
