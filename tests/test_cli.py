@@ -14,7 +14,7 @@ from PIL import Image
 
 from inctrl import InCTRL, get_config
 from inctrl.checkpoint import ours_to_authors
-from inctrl.cli import SCORE_FIELDS, run_score
+from inctrl.cli.score import SCORE_FIELDS, run_score
 
 KEYS = ["image", *SCORE_FIELDS]
 

@@ -1,0 +1,48 @@
+"""What every ``inctrl`` command shares: the typer apps, the stderr console, progress helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from inctrl.errors import InputError
+
+app = typer.Typer(
+    name="inctrl",
+    help="InCTRL few-shot anomaly detection: score images against a few normal examples.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Data sets: synthetic data, JSON indexes.", no_args_is_help=True)
+prompts_app = typer.Typer(help="Few-shot prompt sets (k normal images).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(prompts_app, name="prompts")
+
+stderr = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """InCTRL few-shot anomaly detection (torch side)."""
+
+
+def interactive() -> bool:
+    """Progress bars and spinners go to stderr, and only when a person is watching."""
+    return sys.stderr.isatty()
+
+
+def status(message: str) -> contextlib.AbstractContextManager:
+    """A spinner on stderr while something slow runs (nothing when not interactive)."""
+    return stderr.status(message, spinner="dots") if interactive() else contextlib.nullcontext()
+
+
+def require_files(paths: Sequence[Path], what: str) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such {what} file")

@@ -1,0 +1,48 @@
+"""``inctrl data ...`` and ``inctrl prompts ...``: data sets and few-shot prompt sets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inctrl.cli.common import data_app, status
+from inctrl.errors import InputError
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(  # noqa: B008
+        None, "--out", help="Folder to create (must not exist or be empty).", show_default=False
+    ),
+    seed: int = typer.Option(0, help="Same seed, same files (byte for byte)."),
+    categories: int = typer.Option(4, help="How many synthetic categories (1-7)."),
+    images_per_category: int = typer.Option(12, help="Normal training images per category."),
+    size: int = typer.Option(256, help="Image side in pixels."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Generate a deterministic anomaly data set in the MVTec AD layout (textures and objects
+    with scratches, holes, stains, cut-paste patches and warps, plus ground-truth masks)."""
+    from inctrl.synth import synthesize
+
+    if out is None:
+        raise InputError("no --out given: name a new folder for the data set, e.g. --out synth")
+    with status(f"writing {out}"):
+        summary = synthesize(out, seed, categories, images_per_category, size)
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    table = Table(title=f"synthetic data set in {summary['root']} (seed {seed})")
+    for column in ("category", "kind", "train good", "test good", "test anomalous"):
+        table.add_column(column, justify="left" if column in ("category", "kind") else "right")
+    for name, info in summary["categories"].items():
+        test = info["test"]
+        anomalous = sum(n for label, n in test.items() if label != "good")
+        table.add_row(
+            name, info["kind"], str(info["train"]["good"]), str(test["good"]), str(anomalous)
+        )
+    Console().print(table)
