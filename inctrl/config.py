@@ -114,9 +114,22 @@ def _tiny() -> InCTRLConfig:
     )
 
 
+def _demo() -> InCTRLConfig:
+    # The embedded demo: a reduced ViT with a seeded (untrained) backbone and heads trained on
+    # synthetic data (see README). Small enough to ship inside the package.
+    return InCTRLConfig(
+        name="demo",
+        embed_dim=128,
+        vision=VisionConfig(width=128, layers=6, head_width=32, tapped_blocks=(2, 4, 6)),
+        text=TextConfig(width=32, heads=2, layers=2),
+        backbone_seed=2024,
+    )
+
+
 PRESETS = {
     "ViT-B-16-plus-240": _vit_b_16_plus_240,
     "tiny": _tiny,
+    "demo": _demo,
 }
 
 

@@ -211,12 +211,23 @@ class InCTRL(nn.Module):
 
     def head(self, features: ImageFeatures, bank: ReferenceBank, prior: TextPrior) -> Scores:
         """Score encoded queries against a reference bank and a text prior."""
-        patch_map = residual.patch_residual_map(features.patches, bank.patches)
+        return self.residual_scores(features, bank.patches, bank.adapted_mean, prior.matrix())
+
+    def residual_scores(
+        self,
+        features: ImageFeatures,
+        ref_patches: torch.Tensor,
+        ref_adapted: torch.Tensor,
+        text_prior: torch.Tensor,
+    ) -> Scores:
+        """The head on tensors: ``ref_patches`` L x N x D, ``ref_adapted`` E and ``text_prior``
+        2 x E shared by the batch, or B x L x N x D, B x E and B x 2 x E, one per query."""
+        patch_map = residual.patch_residual_map(features.patches, ref_patches)
         image_score = self.diff_head_ref(
-            residual.image_residual(self.adapter(features.embedding), bank.adapted_mean)
+            residual.image_residual(self.adapter(features.embedding), ref_adapted)
         )
         text_score = residual.text_anomaly_score(
-            features.embedding, prior.matrix(), self.config.head.text_temperature
+            features.embedding, text_prior, self.config.head.text_temperature
         )
         holistic = self.diff_head(residual.holistic_map(patch_map, text_score, image_score))
         max_patch = patch_map.amax(dim=1)

@@ -35,21 +35,24 @@ def patch_residual_map(query_patches: torch.Tensor, ref_patches: torch.Tensor) -
 
     Args:
         query_patches: B x L x P x D, unit L2 norm.
-        ref_patches: L x N x D, unit L2 norm (all prompt images' patches of one category).
+        ref_patches: L x N x D, unit L2 norm, all prompt patches of one category shared by the
+            batch; or B x L x N x D, each query with its own prompts (training).
 
     Returns:
         B x P: ``mean_l min_j 0.5 * (1 - cos(q_l,i, r_l,j))``.
     """
+    if ref_patches.dim() == 3:
+        ref_patches = ref_patches.unsqueeze(0)
     # One batched matmul over all layers: B x L x P x N cosine similarities.
-    similarity = torch.matmul(query_patches, ref_patches.transpose(-1, -2).unsqueeze(0))
+    similarity = torch.matmul(query_patches, ref_patches.transpose(-1, -2))
     # 0.5 * (1 - x) is decreasing, so the min distance is taken at the max similarity.
     nearest = 0.5 * (1.0 - similarity.amax(dim=-1))
     return nearest.mean(dim=1)
 
 
 def image_residual(query_adapted: torch.Tensor, ref_adapted_mean: torch.Tensor) -> torch.Tensor:
-    """Prompt-minus-query residual of adapted embeddings: B x E from B x E and E."""
-    return ref_adapted_mean.unsqueeze(0) - query_adapted
+    """Prompt-minus-query residual of adapted embeddings: B x E from B x E and E (or B x E)."""
+    return ref_adapted_mean - query_adapted
 
 
 def text_anomaly_score(
@@ -59,13 +62,13 @@ def text_anomaly_score(
 
     Args:
         embedding: B x E image embeddings (not normalized).
-        text_prior: 2 x E, rows (normal, anomaly), unit norm.
+        text_prior: 2 x E, rows (normal, anomaly), unit norm; or B x 2 x E, one per query.
 
     Returns:
         B: ``softmax(temperature * [v . t_n, v . t_a])[1]`` with ``v = e / |e|``.
     """
-    logits = temperature * unit(embedding) @ text_prior.T
-    return logits.softmax(dim=-1)[:, 1]
+    similarity = torch.matmul(unit(embedding).unsqueeze(1), text_prior.transpose(-1, -2))
+    return (temperature * similarity.squeeze(1)).softmax(dim=-1)[:, 1]
 
 
 def holistic_map(

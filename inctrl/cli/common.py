@@ -42,6 +42,11 @@ def status(message: str) -> contextlib.AbstractContextManager:
     return stderr.status(message, spinner="dots") if interactive() else contextlib.nullcontext()
 
 
+def warn(message: str) -> None:
+    """One line on stderr that a person should see (never on stdout, which may carry JSON)."""
+    stderr.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def require_files(paths: Sequence[Path], what: str) -> None:
     for path in paths:
         if not path.is_file():

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from inctrl.cli.common import app, interactive, require_files, status, stderr
+from inctrl.cli.common import app, interactive, require_files, status, stderr, warn
+from inctrl.demo import load_model
 from inctrl.errors import InputError
 
 SCORE_FIELDS = (
@@ -41,8 +42,6 @@ def run_score(
     Each record holds ``image`` (the path as given) and every head output, the patch map as a
     flat list of P floats (row-major over the patch grid).
     """
-    if checkpoint is None:
-        raise InputError("no --checkpoint given: name an InCTRL checkpoint (.pyth or ours)")
     if not category:
         raise InputError("no --category given: name the product category, e.g. --category candle")
     if not shots:
@@ -51,15 +50,13 @@ def run_score(
         raise InputError("no query images given: list the images to score after the options")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    require_files([checkpoint], "checkpoint")
+    if checkpoint is not None:
+        require_files([checkpoint], "checkpoint")
     require_files(shots, "--shot image")
     require_files(queries, "query image")
 
-    # torch loads slowly; import it only once the arguments are known to be sane.
-    from inctrl.model import InCTRL
-
     with status("loading model"):
-        model = InCTRL.from_checkpoint(checkpoint, clip_weights, device=device, precision=precision)
+        model = load_model(checkpoint, clip_weights, device, precision, notice=warn)
         bank = model.reference(list(shots))
         prior = model.text_prior(category)
 
@@ -106,7 +103,7 @@ def score(
         None,
         "--checkpoint",
         "-c",
-        help="InCTRL checkpoint: the authors' .pyth or ours.",
+        help="InCTRL checkpoint: the authors' .pyth or ours. Default: the embedded demo model.",
         show_default=False,
     ),
     category: str = typer.Option(

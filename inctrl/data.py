@@ -1,0 +1,177 @@
+"""Data sets as lists of samples: MVTec-layout folders and the authors' JSON lists (SPEC.md).
+
+A folder is either a data set root (``<root>/<category>/train/good/...``) or one category
+(``<category>/train/good/...``). JSON lists hold ``{"image_path", "target", "type"}`` objects.
+numpy-free and torch-free: only paths and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from inctrl.errors import InputError
+from inctrl.files import atomic_path
+from inctrl.preprocess import IMAGE_SUFFIXES
+
+NORMAL, ANOMALOUS = 0, 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its label: ``target`` 0 normal, 1 anomalous; ``split`` train or test."""
+
+    image_path: str
+    target: int
+    category: str
+    split: str = "test"
+    defect: str = "good"
+    mask_path: str | None = None
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_category_folder(folder: Path) -> bool:
+    return (folder / "train").is_dir() or (folder / "test").is_dir()
+
+
+def _mask_for(folder: Path, defect: str, image: Path) -> str | None:
+    for candidate in (f"{image.stem}_mask.png", f"{image.stem}.png"):
+        mask = folder / "ground_truth" / defect / candidate
+        if mask.is_file():
+            return str(mask)
+    return None
+
+
+def scan_category(folder: str | os.PathLike, category: str | None = None) -> list[Sample]:
+    """All samples of one MVTec-layout category folder, train then test, sorted by path."""
+    folder = Path(folder)
+    category = category or folder.name
+    samples = [
+        Sample(str(p), NORMAL, category, "train") for p in _images(folder / "train" / "good")
+    ]
+    test = folder / "test"
+    defects = sorted(d.name for d in test.iterdir() if d.is_dir()) if test.is_dir() else []
+    for defect in ["good", *(d for d in defects if d != "good")]:
+        target = NORMAL if defect == "good" else ANOMALOUS
+        for image in _images(test / defect):
+            mask = _mask_for(folder, defect, image) if target == ANOMALOUS else None
+            samples.append(Sample(str(image), target, category, "test", defect, mask))
+    return samples
+
+
+def category_folders(root: str | os.PathLike) -> list[Path]:
+    """The category folders of a data set root, or the root itself if it is one category."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such data folder")
+    if is_category_folder(root):
+        return [root]
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and is_category_folder(d))
+    if not folders:
+        raise InputError(
+            f"{root}: no MVTec-layout category here (expected <category>/train/good/*.png or "
+            "<category>/test/<defect>/*.png)"
+        )
+    return folders
+
+
+def read_json_list(path: str | os.PathLike) -> list[Sample]:
+    """Samples of one of the authors' JSON lists; relative image paths are relative to the file."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable JSON list ({err})") from None
+    if not isinstance(entries, list):
+        raise InputError(f"{path}: expected a JSON list of {{image_path, target, type}} objects")
+    samples = []
+    for index, entry in enumerate(entries):
+        try:
+            image = Path(entry["image_path"])
+            target = int(entry["target"])
+            category = str(entry["type"])
+        except (TypeError, KeyError, ValueError):
+            raise InputError(f"{path}: entry {index} lacks image_path, target or type") from None
+        if target not in (NORMAL, ANOMALOUS):
+            raise InputError(f"{path}: entry {index} has target {target}; use 0 or 1")
+        if not image.is_absolute() and not image.exists():
+            image = path.parent / image  # the authors' paths are relative to their cwd
+        split = "train" if "train" in image.parts else "test"
+        defect = image.parent.name if target == ANOMALOUS else "good"
+        samples.append(Sample(str(image), target, category, split, defect))
+    return samples
+
+
+def load_samples(sources: Iterable[str | os.PathLike]) -> list[Sample]:
+    """Samples from folders (data set roots or category folders) and JSON lists, in order."""
+    samples: list[Sample] = []
+    for source in sources:
+        source = Path(source)
+        if source.suffix.lower() == ".json":
+            if not source.is_file():
+                raise InputError(f"{source}: no such JSON file")
+            samples.extend(read_json_list(source))
+        else:
+            for folder in category_folders(source):
+                samples.extend(scan_category(folder))
+    if not samples:
+        raise InputError("no images found in " + ", ".join(str(s) for s in sources))
+    return samples
+
+
+def by_category(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
+    """Samples grouped by category, categories in first-seen order."""
+    groups: dict[str, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.category, []).append(sample)
+    return groups
+
+
+def normal_pool(samples: Sequence[Sample], category: str, split: str = "train") -> list[Sample]:
+    """Normal images of a category in one split: where few-shot prompts are drawn from."""
+    return [
+        s for s in samples if s.category == category and s.target == NORMAL and s.split == split
+    ]
+
+
+def _write_list(path: Path, samples: Sequence[Sample]) -> None:
+    entries = [
+        {"image_path": str(Path(s.image_path).resolve()), "target": s.target, "type": s.category}
+        for s in samples
+    ]
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+
+
+def index_to_json(root: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+    """Write the authors' JSON lists for every category of an MVTec-layout data set.
+
+    Per category: ``<c>_val_normal.json`` (test/good) and ``<c>_val_outlier.json`` (test
+    anomalies) for testing; ``<c>_normal.json`` (train/good and test/good) and
+    ``<c>_outlier.json`` (test anomalies) for training on it as auxiliary data.
+    """
+    out = Path(out)
+    written = []
+    for folder in category_folders(root):
+        samples = scan_category(folder)
+        category = folder.name
+        test_normal = [s for s in samples if s.split == "test" and s.target == NORMAL]
+        outliers = [s for s in samples if s.target == ANOMALOUS]
+        train_normal = [s for s in samples if s.split == "train"] + test_normal
+        for name, chosen in (
+            (f"{category}_val_normal.json", test_normal),
+            (f"{category}_val_outlier.json", outliers),
+            (f"{category}_normal.json", train_normal),
+            (f"{category}_outlier.json", outliers),
+        ):
+            _write_list(out / name, chosen)
+            written.append(out / name)
+    return written
