@@ -46,3 +46,21 @@ def data_synth(
             name, info["kind"], str(info["train"]["good"]), str(test["good"]), str(anomalous)
         )
     Console().print(table)
+
+
+@data_app.command("index")
+def data_index(
+    root: Path = typer.Argument(..., help="MVTec-layout data set root (or one category folder)."),  # noqa: B008
+    out: Path = typer.Option(  # noqa: B008
+        None, "--out", help="Folder for the JSON lists.", show_default=False
+    ),
+) -> None:
+    """Write the authors' JSON lists for every category: <c>_val_normal.json and
+    <c>_val_outlier.json (test), <c>_normal.json and <c>_outlier.json (training)."""
+    from inctrl.data import index_to_json
+
+    if out is None:
+        raise InputError("no --out given: name a folder for the JSON lists, e.g. --out json")
+    written = index_to_json(root, out)
+    for path in written:
+        sys.stdout.write(f"{path}\n")
