@@ -44,8 +44,13 @@ def heatmap_overlay(
     return Image.blend(model_view(image, config), colors, alpha)
 
 
-def save_heatmap(image: Image.Image, patch_map: np.ndarray, path: str | os.PathLike) -> None:
+def save_heatmap(
+    image: Image.Image,
+    patch_map: np.ndarray,
+    path: str | os.PathLike,
+    config: Preprocessing | None = None,
+) -> None:
     """Write the overlay as a PNG, atomically."""
-    overlay = heatmap_overlay(image, patch_map)
+    overlay = heatmap_overlay(image, patch_map, config=config)
     with atomic_path(path) as tmp:
         overlay.save(tmp, format="PNG")

@@ -15,6 +15,7 @@ from rich.table import Table
 from inctrl.cli.common import app, interactive, require_files, status, stderr, warn
 from inctrl.demo import load_model
 from inctrl.errors import InputError
+from inctrl.preprocess import Preprocessing, load_image
 
 SCORE_FIELDS = (
     "score",
@@ -72,14 +73,14 @@ def run_score(
     return records
 
 
-def _write_heatmaps(records: list[dict], folder: Path, preprocessing) -> None:
-    from inctrl.preprocess import load_image
+def _write_heatmaps(records: list[dict], folder: Path, preprocessing: Preprocessing) -> None:
     from inctrl.visualize import save_heatmap
 
     folder.mkdir(parents=True, exist_ok=True)
     for index, record in enumerate(records):
         name = f"{index:04d}_{Path(record['image']).stem}.png"
-        save_heatmap(load_image(record["image"]), record["patch_residual_map"], folder / name)
+        image = load_image(record["image"])
+        save_heatmap(image, record["patch_residual_map"], folder / name, preprocessing)
         record["heatmap"] = str(folder / name)
 
 
