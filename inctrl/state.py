@@ -22,9 +22,11 @@ _BANK_KIND = "inctrl.reference_bank"
 _PRIOR_KIND = "inctrl.text_prior"
 
 
-def _read(
+def read_kind(
     path: str | os.PathLike, kind: str, tensor_names: tuple[str, ...], meta_names: tuple[str, ...]
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of one of our safetensors files, checked: its ``kind`` metadata and
+    the tensors and metadata entries it must hold. Anything else is a one-line InputError."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -85,7 +87,7 @@ class ReferenceBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferenceBank:
-        tensors, meta = _read(path, _BANK_KIND, ("patches", "adapted_mean"), ("shots",))
+        tensors, meta = read_kind(path, _BANK_KIND, ("patches", "adapted_mean"), ("shots",))
         return cls(
             patches=tensors["patches"],
             adapted_mean=tensors["adapted_mean"],
@@ -120,5 +122,5 @@ class TextPrior:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TextPrior:
-        tensors, meta = _read(path, _PRIOR_KIND, ("normal", "anomaly"), ("category",))
+        tensors, meta = read_kind(path, _PRIOR_KIND, ("normal", "anomaly"), ("category",))
         return cls(meta["category"], tensors["normal"], tensors["anomaly"])

@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from inctrl.cli import data, score  # noqa: F401  (importing registers the commands)
+# Importing the command modules registers their commands on the app.
+from inctrl.cli import data, demo, evaluate, prompts, score, train  # noqa: F401
 from inctrl.cli.common import app, stderr
 from inctrl.errors import InputError
 

@@ -6,6 +6,7 @@ import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,7 +22,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Data sets: synthetic data, JSON indexes.", no_args_is_help=True)
 prompts_app = typer.Typer(help="Few-shot prompt sets (k normal images).", no_args_is_help=True)
+demo_app = typer.Typer(
+    help="The embedded demo model: facts, and how to rebuild it.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
+app.add_typer(demo_app, name="demo")
 app.add_typer(prompts_app, name="prompts")
 
 stderr = Console(stderr=True)
@@ -30,6 +35,27 @@ stderr = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """InCTRL few-shot anomaly detection (torch side)."""
+
+
+# Options that several commands share, declared once.
+ModelCheckpoint = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="InCTRL checkpoint: the authors' .pyth or ours. Default: the embedded demo model.",
+        show_default=False,
+    ),
+]
+ClipWeights = Annotated[
+    Path | None,
+    typer.Option(
+        "--clip-weights",
+        help="open_clip weights file, for our checkpoints that hold head weights only.",
+        show_default=False,
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
 
 
 def interactive() -> bool:

@@ -16,7 +16,7 @@ from inctrl.errors import InputError
 
 @data_app.command("synth")
 def data_synth(
-    out: Path = typer.Option(  # noqa: B008
+    out: Path = typer.Option(
         None, "--out", help="Folder to create (must not exist or be empty).", show_default=False
     ),
     seed: int = typer.Option(0, help="Same seed, same files (byte for byte)."),
@@ -50,10 +50,8 @@ def data_synth(
 
 @data_app.command("index")
 def data_index(
-    root: Path = typer.Argument(..., help="MVTec-layout data set root (or one category folder)."),  # noqa: B008
-    out: Path = typer.Option(  # noqa: B008
-        None, "--out", help="Folder for the JSON lists.", show_default=False
-    ),
+    root: Path = typer.Argument(..., help="MVTec-layout data set root (or one category folder)."),
+    out: Path = typer.Option(None, "--out", help="Folder for the JSON lists.", show_default=False),
 ) -> None:
     """Write the authors' JSON lists for every category: <c>_val_normal.json and
     <c>_val_outlier.json (test), <c>_normal.json and <c>_outlier.json (training)."""

@@ -12,7 +12,17 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from inctrl.cli.common import app, interactive, require_files, status, stderr, warn
+from inctrl.cli.common import (
+    ClipWeights,
+    Device,
+    ModelCheckpoint,
+    app,
+    interactive,
+    require_files,
+    status,
+    stderr,
+    warn,
+)
 from inctrl.demo import load_model
 from inctrl.errors import InputError
 from inctrl.preprocess import Preprocessing, load_image
@@ -97,38 +107,28 @@ def print_table(records: list[dict]) -> None:
 
 @app.command()
 def score(
-    queries: list[Path] = typer.Argument(  # noqa: B008
+    queries: list[Path] = typer.Argument(
         None, help="Query images to score (png, jpg, ..., npy).", show_default=False
     ),
-    checkpoint: Path = typer.Option(  # noqa: B008
-        None,
-        "--checkpoint",
-        "-c",
-        help="InCTRL checkpoint: the authors' .pyth or ours. Default: the embedded demo model.",
-        show_default=False,
-    ),
+    checkpoint: ModelCheckpoint = None,
     category: str = typer.Option(
         None,
         "--category",
         help="Product category, e.g. candle or metal_nut (picks the text prior).",
         show_default=False,
     ),
-    shot: list[Path] = typer.Option(  # noqa: B008
+    shot: list[Path] = typer.Option(
         None,
         "--shot",
         "-s",
         help="A normal example image; repeat for k shots.",
         show_default=False,
     ),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    device: Device = "cpu",
     precision: str = typer.Option("fp32", help="Encoder precision: fp32, or fp16/bf16 on CUDA."),
     batch_size: int = typer.Option(16, help="Query images per encoder pass."),
-    clip_weights: Path = typer.Option(  # noqa: B008
-        None,
-        help="open_clip weights file, for our checkpoints that hold head weights only.",
-        show_default=False,
-    ),
-    heatmaps: Path = typer.Option(  # noqa: B008
+    clip_weights: ClipWeights = None,
+    heatmaps: Path = typer.Option(
         None,
         help="Write a heatmap PNG per query (patch residuals over the image) here.",
         show_default=False,

@@ -1,0 +1,170 @@
+"""``inctrl evaluate``: image AUROC / AUPRC (and pixel AUROC) per category over prompt draws."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inctrl.cli.common import (
+    ClipWeights,
+    Device,
+    ModelCheckpoint,
+    app,
+    interactive,
+    require_files,
+    status,
+    warn,
+)
+from inctrl.demo import load_model
+from inctrl.errors import InputError
+from inctrl.files import atomic_path
+
+if TYPE_CHECKING:
+    from inctrl.evaluation import EvaluationReport
+
+DEFAULT_RUNS = 5
+STDOUT = "-"
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def run_evaluate(
+    data: Sequence[Path],
+    shots: int | None,
+    checkpoint: Path | None = None,
+    clip_weights: Path | None = None,
+    seeds: int | None = None,
+    prompts: Path | None = None,
+    json_out: Path | None = None,
+    markdown_out: Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
+    pixel: bool = True,
+) -> EvaluationReport:
+    """Evaluate a checkpoint (default: the embedded demo) on data sets; runs use seeds
+    0..``seeds``-1, or the authors' prompt files in ``prompts``. Writes the report as JSON to
+    ``json_out`` (unless it is ``-``, which the command prints) and as markdown to
+    ``markdown_out``, each atomically, and returns it."""
+    from inctrl.data import load_samples
+    from inctrl.evaluation import check_arguments, evaluate
+
+    if not data:
+        raise InputError("no --data given: name a data set root, category folder or JSON list")
+    if shots is None:
+        raise InputError("no --shots given: say how many normal prompts per run, e.g. --shots 2")
+    if prompts is not None and seeds is not None:
+        warn("--seeds is ignored with --prompts: the prompt files make a single run")
+    runs = DEFAULT_RUNS if seeds is None else seeds
+    check_arguments(shots, batch_size, range(runs), prompts)
+    if checkpoint is not None:
+        require_files([checkpoint], "checkpoint")
+    samples = load_samples(data)
+    with status("loading model"):
+        model = load_model(checkpoint, clip_weights, device, notice=warn)
+    report = evaluate(
+        model,
+        samples,
+        shots,
+        seeds=range(runs),
+        prompts_dir=prompts,
+        batch_size=batch_size,
+        pixel=pixel,
+        progress=interactive(),
+        checkpoint_name=str(checkpoint) if checkpoint is not None else "the embedded DEMO model",
+    )
+    if json_out is not None and str(json_out) != STDOUT:
+        _write_text(json_out, json.dumps(report.to_dict(), indent=1) + "\n")
+    if markdown_out is not None:
+        _write_text(markdown_out, report.to_markdown())
+    return report
+
+
+def print_table(report: EvaluationReport) -> None:
+    """The report as a table on stdout: mean ± std over runs per category, then the mean."""
+    from inctrl.evaluation import TABLE_COLUMNS
+
+    table = Table(title=report.settings.describe())
+    for column in TABLE_COLUMNS:
+        table.add_column(column, justify="left" if column == "category" else "right")
+    rows = report.rows()
+    for row in rows[:-1]:
+        table.add_row(*row)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    Console().print(table)
+
+
+@app.command()
+def evaluate(
+    data: list[Path] = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="MVTec-layout data set root, category folder or the authors' JSON list; repeatable.",
+        show_default=False,
+    ),
+    shots: int = typer.Option(
+        None, "--shots", "-k", help="Normal prompt images per run (k).", show_default=False
+    ),
+    checkpoint: ModelCheckpoint = None,
+    clip_weights: ClipWeights = None,
+    seeds: int = typer.Option(
+        None,
+        "--seeds",
+        help=f"Runs, drawing prompts from train/good with seeds 0..N-1 (default {DEFAULT_RUNS}).",
+        show_default=False,
+    ),
+    prompts: Path = typer.Option(
+        None,
+        "--prompts",
+        help="Folder of the authors' <category>.pt prompt files: one run with exactly those.",
+        show_default=False,
+    ),
+    json_out: Path = typer.Option(
+        None,
+        "--json",
+        help="Write the full report (per run, per image scores) as JSON here; '-' prints it "
+        "instead of the table.",
+        show_default=False,
+    ),
+    markdown_out: Path = typer.Option(
+        None, "--markdown", help="Write the table as markdown here.", show_default=False
+    ),
+    device: Device = "cpu",
+    batch_size: int = typer.Option(16, help="Images per encoder pass."),
+    pixel: bool = typer.Option(
+        True, "--pixel/--no-pixel", help="Pixel AUROC where ground-truth masks exist."
+    ),
+) -> None:
+    """Measure image AUROC and AUPRC per category (mean ± std over prompt draws), and pixel
+    AUROC where masks exist.
+
+    Example: inctrl evaluate -c inctrl_k2.pyth --data mvtec --shots 2 --json report.json
+    """
+    report = run_evaluate(
+        data or [],
+        shots,
+        checkpoint=checkpoint,
+        clip_weights=clip_weights,
+        seeds=seeds,
+        prompts=prompts,
+        json_out=json_out,
+        markdown_out=markdown_out,
+        device=device,
+        batch_size=batch_size,
+        pixel=pixel,
+    )
+    if json_out is not None and str(json_out) == STDOUT:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
+    else:
+        print_table(report)

@@ -1,0 +1,114 @@
+"""``inctrl prompts ...``: few-shot prompt sets, in the authors' ``.pt`` form and as our banks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, prompts_app, status, warn
+from inctrl.errors import InputError
+from inctrl.files import atomic_path
+
+
+def run_prompts_make(
+    root: Path,
+    category: str,
+    shots: int,
+    seed: int,
+    out: Path,
+    checkpoint: Path | None = None,
+    clip_weights: Path | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Pick k normal training images of a category and write them three ways into ``out``:
+    ``<category>.pt`` (the authors' prompt file), ``<category>.bank.safetensors`` (our
+    ReferenceBank, encoded by the given or demo model) and ``<category>.prompts.json`` (which
+    images, seed, k). The draw is the one ``inctrl evaluate`` makes for the same seed."""
+    from inctrl.data import by_category, load_samples, normal_pool
+    from inctrl.demo import load_model
+    from inctrl.evaluation import draw_prompts
+    from inctrl.prompt_files import write_prompt_file
+
+    if shots < 1:
+        raise InputError(f"--shots must be at least 1, got {shots}")
+    groups = by_category(load_samples([root]))
+    if category not in groups:
+        raise InputError(f"{root}: no category {category!r}; found: {', '.join(groups)}")
+    pool = normal_pool(groups[category], category, split="train")
+    if shots > len(pool):
+        raise InputError(
+            f"{root}: category {category!r} has {len(pool)} normal training images, fewer than "
+            f"--shots {shots}"
+        )
+    chosen = draw_prompts(pool, shots, seed, category)
+    with status("encoding prompts"):
+        model = load_model(checkpoint, clip_weights, device, notice=warn)
+        pixels = model.pixels([s.image_path for s in chosen])
+        bank = model.reference(pixels)
+    paths = {
+        "authors": out / f"{category}.pt",
+        "bank": out / f"{category}.bank.safetensors",
+        "listing": out / f"{category}.prompts.json",
+    }
+    write_prompt_file(paths["authors"], pixels.cpu())
+    bank.save(paths["bank"])
+    listing = {
+        "category": category,
+        "shots": shots,
+        "seed": seed,
+        "images": [s.image_path for s in chosen],
+        "model": model.config.name,
+        "files": {name: str(path) for name, path in paths.items()},
+    }
+    with atomic_path(paths["listing"]) as tmp:
+        tmp.write_text(json.dumps(listing, indent=1) + "\n")
+    return listing
+
+
+@prompts_app.command("make")
+def prompts_make(
+    root: Path = typer.Argument(..., help="MVTec-layout data set root or category folder."),
+    category: str = typer.Option(
+        None, "--category", help="Category to draw from.", show_default=False
+    ),
+    shots: int = typer.Option(
+        None, "--shots", help="k, the number of normal images.", show_default=False
+    ),
+    seed: int = typer.Option(0, help="Seed of the draw (the same draw as `inctrl evaluate`)."),
+    out: Path = typer.Option(None, "--out", help="Folder to write into.", show_default=False),
+    checkpoint: ModelCheckpoint = None,
+    clip_weights: ClipWeights = None,
+    device: Device = "cpu",
+) -> None:
+    """Draw k normal training images of a category: writes the authors' <category>.pt prompt
+    file, our ReferenceBank and a JSON listing of the chosen images."""
+    for value, flag in ((category, "--category"), (shots, "--shots"), (out, "--out")):
+        if value is None:
+            raise InputError(f"no {flag} given (see inctrl prompts make --help)")
+    listing = run_prompts_make(root, category, shots, seed, out, checkpoint, clip_weights, device)
+    sys.stdout.write(json.dumps(listing) + "\n")
+
+
+@prompts_app.command("bank")
+def prompts_bank(
+    prompt_file: Path = typer.Argument(..., help="An authors' <category>.pt prompt file."),
+    out: Path = typer.Option(
+        None, "--out", help="ReferenceBank file to write.", show_default=False
+    ),
+    checkpoint: ModelCheckpoint = None,
+    clip_weights: ClipWeights = None,
+    device: Device = "cpu",
+) -> None:
+    """Encode the k images of an authors' .pt prompt file into our ReferenceBank."""
+    from inctrl.demo import load_model
+    from inctrl.prompt_files import read_prompt_file
+
+    if out is None:
+        raise InputError("no --out given: name the bank file, e.g. --out candle.bank.safetensors")
+    pixels = read_prompt_file(prompt_file)
+    model = load_model(checkpoint, clip_weights, device, notice=warn)
+    model.reference(pixels).save(out)
+    sys.stdout.write(f"{out}\n")
