@@ -111,7 +111,6 @@ def test_table_output_and_heatmaps(workspace, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--category", "c", "-s", "img0.png", "img1.png"], "embedded demo model is missing"),
         (["-c", "tiny.safetensors", "-s", "img0.png", "img1.png"], "no --category"),
         (["-c", "tiny.safetensors", "--category", "c", "img1.png"], "no --shot"),
         (["-c", "tiny.safetensors", "--category", "c", "-s", "img0.png"], "no query images"),

@@ -97,9 +97,9 @@ def _write_heatmaps(records: list[dict], folder: Path, preprocessing: Preprocess
 def print_table(records: list[dict]) -> None:
     """A readable table of the scalar scores, larger scores more anomalous."""
     table = Table(title="InCTRL anomaly scores (higher = more anomalous)")
-    table.add_column("image", overflow="fold")
-    for name in SCORE_FIELDS[:-1]:
-        table.add_column(name.replace("_", " "), justify="right")
+    table.add_column("image", overflow="fold", ratio=1)
+    for header in ("score", "holistic", "image res.", "text", "max patch"):
+        table.add_column(header, justify="right", no_wrap=True)
     for record in records:
         table.add_row(record["image"], *(f"{record[n]:.4f}" for n in SCORE_FIELDS[:-1]))
     Console().print(table)
