@@ -40,3 +40,17 @@ def random_images(
 @pytest.fixture(scope="session")
 def images() -> list[np.ndarray]:
     return random_images(8, seed=0)
+
+
+def run_inctrl(*args: str, cwd=None, timeout: float = 300):
+    """Run the real `inctrl` command line in a subprocess (as a user would) and capture it."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "inctrl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

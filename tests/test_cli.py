@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturb_heads, random_images
+from conftest import perturb_heads, random_images, run_inctrl
 from PIL import Image
 
 from inctrl import InCTRL, get_config
@@ -17,16 +15,6 @@ from inctrl.checkpoint import ours_to_authors
 from inctrl.cli.score import SCORE_FIELDS, run_score
 
 KEYS = ["image", *SCORE_FIELDS]
-
-
-def inctrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "inctrl", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +31,7 @@ def workspace(tmp_path_factory) -> Path:
 
 def test_json_contract_and_values(workspace) -> None:
     queries = ["img4.png", "img2.png", "img3.png"]  # not sorted: order must be kept
-    result = inctrl(
+    result = run_inctrl(
         "score",
         "--checkpoint",
         "tiny.safetensors",
@@ -86,7 +74,7 @@ def test_authors_checkpoint_gives_the_same_scores(workspace) -> None:
 
 
 def test_table_output_and_heatmaps(workspace, tmp_path) -> None:
-    result = inctrl(
+    result = run_inctrl(
         "score",
         "-c",
         "tiny.safetensors",
@@ -146,7 +134,7 @@ def test_bad_input_is_one_line_and_exit_2(workspace, args, message) -> None:
         state = torch.load(workspace / "tiny_authors.pyth", weights_only=True)["model_state"]
         del state["diff_head.bn1.running_mean"]
         torch.save(state, workspace / "wrongkeys.pyth")
-    result = inctrl("score", "--json", *args, cwd=workspace)
+    result = run_inctrl("score", "--json", *args, cwd=workspace)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -157,12 +145,12 @@ def test_bad_input_is_one_line_and_exit_2(workspace, args, message) -> None:
 
 def test_data_synth_command(tmp_path) -> None:
     args = ["data", "synth", "--categories", "2", "--images-per-category", "4", "--size", "64"]
-    result = inctrl(*args, "--out", "synth", "--json", cwd=tmp_path)
+    result = run_inctrl(*args, "--out", "synth", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert list(summary["categories"]) == ["synth_fabric", "synth_washer"]
     assert len(list((tmp_path / "synth" / "synth_fabric" / "train" / "good").iterdir())) == 4
-    again = inctrl(*args, "--out", "synth", cwd=tmp_path)
+    again = run_inctrl(*args, "--out", "synth", cwd=tmp_path)
     assert again.returncode == 2
     assert again.stderr.startswith("error: synth: folder is not empty")
     assert len(again.stderr.strip().splitlines()) == 1

@@ -4,11 +4,10 @@ it never saw."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_inctrl
 from PIL import Image
 
 from inctrl import InCTRL
@@ -16,16 +15,6 @@ from inctrl.data import load_samples
 from inctrl.demo import DEMO_CHECKPOINT, HELD_OUT_CATEGORIES, MAX_DEMO_BYTES, build_demo
 from inctrl.evaluation import evaluate
 from inctrl.synth import synthesize
-
-
-def inctrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "inctrl", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,7 @@ def test_demo_beats_chance_on_a_held_out_category(fresh_data) -> None:
 def test_commands_default_to_the_demo_and_say_so(fresh_data, tmp_path) -> None:
     good = sorted((fresh_data / "synth_stripes" / "train" / "good").iterdir())
     scratch = sorted((fresh_data / "synth_stripes" / "test" / "scratch").iterdir())[0]
-    result = inctrl(
+    result = run_inctrl(
         "score",
         "--category",
         "synth_stripes",
@@ -73,7 +62,7 @@ def test_commands_default_to_the_demo_and_say_so(fresh_data, tmp_path) -> None:
     assert "DEMO" in result.stderr
     normal, anomalous = json.loads(result.stdout)
     assert anomalous["score"] > normal["score"]
-    evaluated = inctrl(
+    evaluated = run_inctrl(
         "evaluate",
         "--data",
         str(fresh_data / "synth_stripes"),
@@ -88,7 +77,7 @@ def test_commands_default_to_the_demo_and_say_so(fresh_data, tmp_path) -> None:
     assert evaluated.returncode == 0, evaluated.stderr
     assert "DEMO" in evaluated.stderr
     assert json.loads(evaluated.stdout)["settings"]["shots"] == 2
-    info = inctrl("demo", "info", cwd=tmp_path)
+    info = run_inctrl("demo", "info", cwd=tmp_path)
     assert info.returncode == 0 and "synth_ring" in info.stdout
 
 

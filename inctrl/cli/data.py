@@ -25,8 +25,10 @@ def data_synth(
     size: int = typer.Option(256, help="Image side in pixels."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Generate a deterministic anomaly data set in the MVTec AD layout (textures and objects
-    with scratches, holes, stains, cut-paste patches and warps, plus ground-truth masks)."""
+    """Generate a deterministic anomaly data set in the MVTec AD layout.
+
+    Textures and objects with scratches, holes, stains, cut-paste patches and warps, plus
+    ground-truth masks."""
     from inctrl.synth import synthesize
 
     if out is None:
@@ -53,8 +55,10 @@ def data_index(
     root: Path = typer.Argument(..., help="MVTec-layout data set root (or one category folder)."),
     out: Path = typer.Option(None, "--out", help="Folder for the JSON lists.", show_default=False),
 ) -> None:
-    """Write the authors' JSON lists for every category: <c>_val_normal.json and
-    <c>_val_outlier.json (test), <c>_normal.json and <c>_outlier.json (training)."""
+    """Write the authors' JSON lists for every category of a data set.
+
+    <c>_val_normal.json and <c>_val_outlier.json (test), <c>_normal.json and <c>_outlier.json
+    (training)."""
     from inctrl.data import index_to_json
 
     if out is None:

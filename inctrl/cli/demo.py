@@ -37,8 +37,10 @@ def demo_build(
     out: Path = typer.Option(None, help="Where to write the model (default: inside the package)."),
     seed: int = typer.Option(0, help="Seed of the data and of training."),
 ) -> None:
-    """Rebuild the demo: synthesize data, train the heads (paper recipe), evaluate held-out
-    categories, write the model and its record. About a minute or two on a laptop CPU."""
+    """Rebuild the demo model from scratch (about a minute on a laptop CPU).
+
+    Synthesizes data, trains the heads (paper recipe), evaluates the held-out categories and
+    writes the model and its record."""
     from inctrl.demo import DEMO_CHECKPOINT, build_demo
 
     record = build_demo(

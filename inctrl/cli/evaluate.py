@@ -146,8 +146,9 @@ def evaluate(
         True, "--pixel/--no-pixel", help="Pixel AUROC where ground-truth masks exist."
     ),
 ) -> None:
-    """Measure image AUROC and AUPRC per category (mean ± std over prompt draws), and pixel
-    AUROC where masks exist.
+    """Image AUROC/AUPRC per category over prompt draws, pixel AUROC where masks exist.
+
+    Mean ± std over runs that draw k prompts from train/good (or the authors' .pt prompts).
 
     Example: inctrl evaluate -c inctrl_k2.pyth --data mvtec --shots 2 --json report.json
     """

@@ -83,8 +83,10 @@ def prompts_make(
     clip_weights: ClipWeights = None,
     device: Device = "cpu",
 ) -> None:
-    """Draw k normal training images of a category: writes the authors' <category>.pt prompt
-    file, our ReferenceBank and a JSON listing of the chosen images."""
+    """Draw k normal training images of a category as a prompt set.
+
+    Writes the authors' <category>.pt prompt file, our ReferenceBank and a JSON listing of the
+    chosen images."""
     for value, flag in ((category, "--category"), (shots, "--shots"), (out, "--out")):
         if value is None:
             raise InputError(f"no {flag} given (see inctrl prompts make --help)")

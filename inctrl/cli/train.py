@@ -84,10 +84,12 @@ def train_command(
     log_every: int = typer.Option(0, help="Also write a metrics line every N steps (0: never)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Train InCTRL's adapter and heads (the CLIP backbone stays frozen) as the authors do: each
-    query, normal or anomalous, with k normal prompts of its category drawn at random; AdamW,
-    focal loss. The defaults are the paper's. Under torchrun (e.g. torchrun --nproc_per_node 4
-    -m inctrl train ...) the same command trains with DistributedDataParallel.
+    """Train the adapter and heads on auxiliary data, as the authors do.
+
+    The CLIP backbone stays frozen. Each query, normal or anomalous, meets k normal prompts of
+    its category drawn at random; AdamW, focal loss; the defaults are the paper's. Under
+    torchrun (e.g. torchrun --nproc_per_node 4 -m inctrl train ...) the same command trains
+    with DistributedDataParallel.
 
     Example: inctrl train --data mvtec --clip-weights vit_b_16_plus_240.pt -k 2 --out runs/k2
     """
