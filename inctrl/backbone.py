@@ -78,4 +78,23 @@ def encode_texts(
     """Unit-norm text embeddings, T x E (EOT token -> ln_final -> text_projection)."""
     device = clip.token_embedding.weight.device
     tokens = tokenizer(texts).to(device)
-    return unit(clip.encode_text(tokens))
+    if clip.text_pool_type != "argmax" or clip.attn_mask is None:
+        return unit(clip.encode_text(tokens))
+    return unit(_encode_text_prefix(clip, tokens))
+
+
+def _encode_text_prefix(clip: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text`` on the tokens up to the last EOT only.
+
+    Attention is causal and the embedding is read at the EOT token, so the padding after it
+    never reaches the result: dropping it is exact, and several times faster (the prompt
+    ensembles use about 15 of the 77 positions).
+    """
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast_dtype) + clip.positional_embedding[:length]
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)
+    pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    return pooled @ clip.text_projection
