@@ -23,8 +23,20 @@ import numpy as np
 import torch
 
 from inctrl import InCTRL, get_config
+from inctrl.backbone import make_tokenizer
 from inctrl.residual import Scores
+from inctrl.state import TextPrior
 from inctrl.text import prompt_ensemble
+
+
+def authors_text_prior(model: InCTRL, category: str) -> TextPrior:
+    """The text prior as the authors compute it: open_clip's text forward over the full
+    77-token context, normal and anomaly prompts in two calls (ours drops the padding)."""
+    tokenizer = make_tokenizer(model.config)
+    normal, anomaly = prompt_ensemble(category)
+    t_n = model.clip.encode_text(tokenizer(normal), normalize=True).mean(dim=0)
+    t_a = model.clip.encode_text(tokenizer(anomaly), normalize=True).mean(dim=0)
+    return TextPrior(category, t_n / t_n.norm(), t_a / t_a.norm())
 
 
 def authors_way(
@@ -32,7 +44,7 @@ def authors_way(
 ) -> Scores:
     """One query scored the authors' way: nothing is reused between queries."""
     bank = model.reference(prompts)
-    prior = model.text_prior(category)
+    prior = authors_text_prior(model, category)
     return model.score([query], bank, prior, batch_size=1)
 
 
