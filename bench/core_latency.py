@@ -82,6 +82,9 @@ def measure(preset: str, shots: int, queries: int, category: str, seed: int = 0)
         prior_start = time.perf_counter()
         prior = model.text_prior(category)
         prior_s = time.perf_counter() - prior_start
+        authors_prior_start = time.perf_counter()
+        authors_text_prior(model, category)
+        authors_prior_s = time.perf_counter() - authors_prior_start
 
         model.score(query_images[:1], bank, prior, batch_size=1)  # warm-up
         cached = _timed(lambda: model.score([next(it)], bank, prior, batch_size=1), queries)
@@ -98,6 +101,7 @@ def measure(preset: str, shots: int, queries: int, category: str, seed: int = 0)
         "weights": "random (seeded)",
         "reference_bank_s": bank_s,
         "text_prior_s": prior_s,
+        "text_prior_authors_way_s": authors_prior_s,
         "cached": _summary(cached),
         "authors": _summary(authors),
         "speedup_cached_vs_authors": statistics.median(authors) / statistics.median(cached),
