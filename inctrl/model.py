@@ -283,6 +283,23 @@ class InCTRL(nn.Module):
             anomaly=residual.unit(anomaly.mean(dim=0)),
         )
 
+    def check_compatible(self, bank: ReferenceBank, prior: TextPrior) -> None:
+        """Refuse few-shot state made by a model of other shapes, in one readable line."""
+        config = self.config
+        expected = (len(config.vision.tapped_blocks), config.vision.width)
+        found = (bank.patches.shape[0], bank.patches.shape[-1])
+        if found != expected or bank.adapted_mean.shape[-1] != config.embed_dim:
+            raise InputError(
+                f"reference bank ({', '.join(bank.sources[:2]) or 'given'}) was made by another "
+                f"model: {found[0]} layers x width {found[1]}, this {config.name} model has "
+                f"{expected[0]} x {expected[1]}; rebuild it with this model"
+            )
+        if prior.normal.shape[-1] != config.embed_dim:
+            raise InputError(
+                f"text prior of {prior.category!r} has {prior.normal.shape[-1]} dims, this "
+                f"{config.name} model {config.embed_dim}; recompute it with this model"
+            )
+
     @torch.no_grad()
     def score(
         self, images: Images, bank: ReferenceBank, prior: TextPrior, batch_size: int = 16
@@ -293,6 +310,7 @@ class InCTRL(nn.Module):
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         if len(images) == 0:
             raise InputError("no query images given")
+        self.check_compatible(bank, prior)
         bank, prior = bank.to(self.device), prior.to(self.device)
         chunks = [
             self(self.pixels(images[i : i + batch_size]), bank, prior)

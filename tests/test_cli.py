@@ -13,6 +13,7 @@ from PIL import Image
 from inctrl import InCTRL, get_config
 from inctrl.checkpoint import ours_to_authors
 from inctrl.cli.score import SCORE_FIELDS, run_score
+from inctrl.errors import InputError
 
 KEYS = ["image", *SCORE_FIELDS]
 
@@ -154,3 +155,21 @@ def test_data_synth_command(tmp_path) -> None:
     assert again.returncode == 2
     assert again.stderr.startswith("error: synth: folder is not empty")
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_a_saved_bank_replaces_the_shots(workspace, tmp_path) -> None:
+    model = InCTRL.from_checkpoint(workspace / "tiny.safetensors")
+    model.reference([workspace / "img0.png", workspace / "img1.png"]).save(tmp_path / "b.st")
+    common = dict(checkpoint=workspace / "tiny.safetensors", category="candle")
+    queries = [workspace / "img3.png"]
+    from_shots = run_score(
+        shots=[workspace / "img0.png", workspace / "img1.png"], queries=queries, **common
+    )
+    from_bank = run_score(shots=[], queries=queries, bank_file=tmp_path / "b.st", **common)
+    assert from_bank == from_shots
+    with pytest.raises(InputError, match="either --shot images or --bank"):
+        run_score(shots=queries, queries=queries, bank_file=tmp_path / "b.st", **common)
+    other = InCTRL(get_config("demo")).reference([workspace / "img0.png"])
+    other.save(tmp_path / "other.st")
+    with pytest.raises(InputError, match="made by another model"):
+        run_score(shots=[], queries=queries, bank_file=tmp_path / "other.st", **common)

@@ -47,16 +47,20 @@ def run_score(
     batch_size: int = 16,
     clip_weights: Path | None = None,
     heatmaps: Path | None = None,
+    bank_file: Path | None = None,
 ) -> list[dict]:
     """Score query images against k normal shots of a category; one record per query, in order.
 
     Each record holds ``image`` (the path as given) and every head output, the patch map as a
-    flat list of P floats (row-major over the patch grid).
+    flat list of P floats (row-major over the patch grid). ``bank_file`` (a ReferenceBank saved
+    by ``inctrl prompts make`` or the Python API) replaces the shots.
     """
     if not category:
         raise InputError("no --category given: name the product category, e.g. --category candle")
-    if not shots:
+    if not shots and bank_file is None:
         raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
+    if shots and bank_file is not None:
+        raise InputError("give either --shot images or --bank, not both")
     if not queries:
         raise InputError("no query images given: list the images to score after the options")
     if batch_size < 1:
@@ -64,11 +68,14 @@ def run_score(
     if checkpoint is not None:
         require_files([checkpoint], "checkpoint")
     require_files(shots, "--shot image")
+    require_files([bank_file] if bank_file else [], "--bank")
     require_files(queries, "query image")
+
+    from inctrl.state import ReferenceBank  # torch: only once the arguments are sane
 
     with status("loading model"):
         model = load_model(checkpoint, clip_weights, device, precision, notice=warn)
-        bank = model.reference(list(shots))
+        bank = ReferenceBank.load(bank_file) if bank_file else model.reference(list(shots))
         prior = model.text_prior(category)
 
     records: list[dict] = []
@@ -133,6 +140,11 @@ def score(
         help="Write a heatmap PNG per query (patch residuals over the image) here.",
         show_default=False,
     ),
+    bank: Path = typer.Option(
+        None,
+        help="A saved ReferenceBank (inctrl prompts make) instead of --shot images.",
+        show_default=False,
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
     """Score QUERIES against a few normal --shot images of one --category.
@@ -149,6 +161,7 @@ def score(
         batch_size=batch_size,
         clip_weights=clip_weights,
         heatmaps=heatmaps,
+        bank_file=bank,
     )
     if as_json:
         sys.stdout.write(json.dumps(records) + "\n")
