@@ -364,3 +364,16 @@ def test_bad_input_in_a_real_process(workspace, bad_inputs) -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: category 'widget': no anomalous test images")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_plot_shows_every_category(report, tmp_path) -> None:
+    from PIL import Image
+
+    from inctrl.plots import plot_report
+
+    plot_report(report, tmp_path / "plots" / "report.png")
+    assert [p.name for p in (tmp_path / "plots").iterdir()] == ["report.png"]
+    with Image.open(tmp_path / "plots" / "report.png") as picture:
+        assert picture.format == "PNG"
+        # one column (ROC above, histogram below) per category
+        assert picture.width > picture.height * 0.8 * len(report.categories) / 2

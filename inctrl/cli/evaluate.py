@@ -50,11 +50,13 @@ def run_evaluate(
     device: str = "cpu",
     batch_size: int = 16,
     pixel: bool = True,
+    plot: Path | None = None,
 ) -> EvaluationReport:
     """Evaluate a checkpoint (default: the embedded demo) on data sets; runs use seeds
     0..``seeds``-1, or the authors' prompt files in ``prompts``. Writes the report as JSON to
     ``json_out`` (unless it is ``-``, which the command prints) and as markdown to
-    ``markdown_out``, each atomically, and returns it."""
+    ``markdown_out`` and ROC curves with score histograms as a PNG to ``plot``, each
+    atomically, and returns it."""
     from inctrl.data import load_samples
     from inctrl.evaluation import check_arguments, evaluate
 
@@ -86,6 +88,10 @@ def run_evaluate(
         _write_text(json_out, json.dumps(report.to_dict(), indent=1) + "\n")
     if markdown_out is not None:
         _write_text(markdown_out, report.to_markdown())
+    if plot is not None:
+        from inctrl.plots import plot_report
+
+        plot_report(report, plot)
     return report
 
 
@@ -145,6 +151,11 @@ def evaluate(
     pixel: bool = typer.Option(
         True, "--pixel/--no-pixel", help="Pixel AUROC where ground-truth masks exist."
     ),
+    plot: Path = typer.Option(
+        None,
+        help="Write ROC curves and score histograms per category as a PNG here.",
+        show_default=False,
+    ),
 ) -> None:
     """Image AUROC/AUPRC per category over prompt draws, pixel AUROC where masks exist.
 
@@ -164,6 +175,7 @@ def evaluate(
         device=device,
         batch_size=batch_size,
         pixel=pixel,
+        plot=plot,
     )
     if json_out is not None and str(json_out) == STDOUT:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
