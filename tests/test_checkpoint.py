@@ -7,127 +7,34 @@ statistics and a perturbed backbone, so a part that is not loaded changes the sc
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import os
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 import torch
-from safetensors import safe_open
+from checkpoint_fixtures import (  # noqa: F401  (helpers and fixtures)
+    AUTHORS_CFG,
+    CATEGORY,
+    FULL,
+    TINY,
+    assert_same_scores,
+    assert_same_state,
+    authors_file,
+    authors_layout,
+    clip_file,
+    images,
+    perturb_backbone,
+    random_images,
+    randomize_heads,
+    scores_of,
+    tiny,
+    tiny_scores,
+)
 from safetensors.torch import save_file
 
-from inctrl import InCTRL, InputError, Scores, get_config
+from inctrl import InCTRL, InputError, get_config
 from inctrl.checkpoint import OPTIONAL_KEYS, is_head_key, ours_to_authors
-from inctrl.files import file_sha256
-
-TINY = get_config("tiny")
-FULL = "ViT-B-16-plus-240"
-CATEGORY = "candle"
-# The authors' training code saves this around the state dict (pyslowfast-style checkpoint).
-AUTHORS_CFG = "TRAIN:\n  BATCH_SIZE: 16\nSHOT: 2\n"
-
-
-def random_images(seed: int, count: int) -> list[np.ndarray]:
-    """``count`` seeded uint8 images, some not square, so preprocessing resizes and crops."""
-    rng = np.random.default_rng(seed)
-    shapes = [(240, 240, 3), (260, 300, 3), (320, 250, 3)]
-    return [rng.integers(0, 256, shapes[i % 3], dtype=np.uint8) for i in range(count)]
-
-
-def scores_of(
-    model: InCTRL, prompts: list[np.ndarray], queries: list[np.ndarray], category: str = CATEGORY
-) -> Scores:
-    return model.score(queries, model.reference(prompts), model.text_prior(category))
-
-
-def assert_same_scores(got: Scores, want: Scores) -> None:
-    for name, a, b in zip(Scores._fields, got, want, strict=True):
-        assert a.shape == b.shape, name
-        assert (a - b).abs().max().item() <= 1e-7, f"{name}: {a} != {b}"
-
-
-def assert_same_state(got: InCTRL, want: InCTRL, unused: frozenset[str] = frozenset()) -> None:
-    """Equal tensors under every key, except ``unused`` ones a checkpoint need not hold."""
-    got_state, want_state = got.state_dict(), want.state_dict()
-    assert got_state.keys() == want_state.keys()
-    for key, value in want_state.items():
-        if key not in unused:
-            assert torch.equal(got_state[key], value), key
-
-
-@torch.no_grad()
-def randomize_heads(model: InCTRL, seed: int) -> None:
-    """Fill the adapter's and heads' weights and batch-norm statistics with seeded values."""
-    gen = torch.Generator().manual_seed(seed)
-    for key, tensor in model.state_dict().items():
-        if not is_head_key(key):
-            continue
-        if key.endswith("num_batches_tracked"):
-            tensor.fill_(int(torch.randint(1, 1000, (), generator=gen)))
-        elif key.endswith("running_var"):
-            tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-        else:
-            scale = tensor.shape[-1] ** -0.5 if tensor.dim() == 2 else 0.3
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) * scale)
-
-
-@torch.no_grad()
-def perturb_backbone(model: InCTRL, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for param in model.clip.parameters():
-        param.add_(0.02 * torch.randn(param.shape, generator=gen))
-
-
-def authors_layout(model: InCTRL, wrap: str) -> object:
-    """What the authors' training code would have saved for ``model``."""
-    state = ours_to_authors(model.state_dict())
-    if wrap == "ddp":
-        return {"epoch": 9, "model_state": {f"module.{k}": v for k, v in state.items()}}
-    if wrap == "model_state":
-        return {"epoch": 9, "model_state": state, "cfg": AUTHORS_CFG}
-    return state
-
-
-# --------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def images() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Two prompt images and three queries."""
-    return random_images(1, 2), random_images(2, 3)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> InCTRL:
-    model = InCTRL(TINY)
-    perturb_backbone(model, seed=10)
-    randomize_heads(model, seed=11)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tiny_scores(tiny, images) -> Scores:
-    return scores_of(tiny, *images)
-
-
-@pytest.fixture(scope="module")
-def authors_file(tmp_path_factory, tiny) -> Path:
-    path = tmp_path_factory.mktemp("authors") / "inctrl_tiny.pyth"
-    torch.save(authors_layout(tiny, "model_state"), path)
-    return path
-
-
-@pytest.fixture(scope="module", params=["pt", "safetensors"])
-def clip_file(request, tmp_path_factory, tiny) -> Path:
-    """The tiny model's (perturbed) backbone as an open_clip weights file."""
-    path = tmp_path_factory.mktemp("clip") / f"tiny_clip.{request.param}"
-    state = {k: v.contiguous() for k, v in tiny.clip.state_dict().items()}
-    if request.param == "pt":
-        torch.save(state, path)
-    else:
-        save_file(state, str(path))
-    return path
 
 
 # ------------------------------------------------------------------- the authors' key layout
@@ -330,128 +237,3 @@ def test_missing_file_gives_input_error(tmp_path):
     path = tmp_path / "nowhere.pyth"
     with pytest.raises(InputError, match="nowhere.pyth"):
         InCTRL.from_checkpoint(path)
-
-
-# ------------------------------------------------------------------ our safetensors format
-def test_our_checkpoint_round_trip_includes_backbone(tmp_path, tiny, tiny_scores, images):
-    path = tmp_path / "tiny.safetensors"
-    tiny.save(path)
-    with safe_open(str(path), framework="pt") as handle:
-        assert handle.metadata()["backbone"] == "included"
-        assert set(handle.keys()) == set(tiny.state_dict())
-    loaded = InCTRL.from_checkpoint(path)
-    assert loaded.config == TINY
-    assert_same_state(loaded, tiny)
-    assert_same_scores(scores_of(loaded, *images), tiny_scores)
-
-
-def test_heads_only_checkpoint_needs_its_clip_weights(tmp_path, clip_file, images):
-    model = InCTRL.from_clip_weights(clip_file, preset="tiny")
-    assert model.backbone_origin == f"file:{file_sha256(clip_file)}"
-    randomize_heads(model, seed=21)
-    want = scores_of(model, *images)
-
-    path = tmp_path / "heads.safetensors"
-    model.save(path)
-    with safe_open(str(path), framework="pt") as handle:
-        keys = set(handle.keys())
-        assert handle.metadata()["backbone"] == model.backbone_origin
-    assert not any(k.startswith("clip.") for k in keys)
-    assert keys == {k for k in model.state_dict() if is_head_key(k)}
-
-    with pytest.raises(InputError) as info:
-        InCTRL.from_checkpoint(path)
-    assert "--clip-weights" in str(info.value)
-    assert str(path) in str(info.value)
-
-    loaded = InCTRL.from_checkpoint(path, clip_weights=clip_file)
-    assert_same_state(loaded, model)
-    assert_same_scores(scores_of(loaded, *images), want)
-
-
-def test_from_clip_weights_with_authors_heads(clip_file, authors_file, tiny, tiny_scores, images):
-    loaded = InCTRL.from_clip_weights(clip_file, heads=authors_file, preset="tiny")
-    assert_same_state(loaded, tiny)
-    assert_same_scores(scores_of(loaded, *images), tiny_scores)
-
-
-def test_from_clip_weights_with_our_heads_file(tmp_path, clip_file, tiny, tiny_scores, images):
-    heads = tmp_path / "heads.safetensors"
-    tiny.save(heads, include_backbone=False)
-    loaded = InCTRL.from_clip_weights(clip_file, heads=heads, preset="tiny")
-    assert_same_state(loaded, tiny)
-    assert_same_scores(scores_of(loaded, *images), tiny_scores)
-
-
-def test_heads_only_checkpoint_of_unreproducible_backbone_is_refused(tmp_path):
-    # A randomly initialized backbone without a seed cannot be rebuilt at load time, so a
-    # heads-only checkpoint of it must be refused when written or when read, never load
-    # silently onto another random backbone.
-    model = InCTRL(dataclasses.replace(TINY, backbone_seed=None))
-    path = tmp_path / "heads.safetensors"
-    with pytest.raises(InputError):
-        model.save(path, include_backbone=False)
-        InCTRL.from_checkpoint(path)
-
-
-def test_clip_weights_of_another_architecture_give_readable_error(tmp_path):
-    other = open_clip.CLIP(
-        32,
-        vision_cfg=open_clip.CLIPVisionCfg(
-            layers=2, width=48, head_width=16, patch_size=16, image_size=240
-        ),
-        text_cfg=open_clip.CLIPTextCfg(width=32, heads=2, layers=2),
-    )
-    path = tmp_path / "other_clip.pt"
-    torch.save(other.state_dict(), path)
-    with pytest.raises(InputError) as info:
-        InCTRL.from_clip_weights(path, preset="tiny")
-    message = str(info.value)
-    assert str(path) in message
-    assert "tiny" in message
-    assert "missing" in message and "transformer.resblocks.2" in message
-    assert "shape mismatch" in message
-    assert "\n" not in message
-
-
-def test_inctrl_checkpoint_given_as_clip_weights_gives_readable_error(authors_file):
-    with pytest.raises(InputError) as info:
-        InCTRL.from_clip_weights(authors_file, preset="tiny")
-    message = str(info.value)
-    assert str(authors_file) in message
-    assert "unexpected" in message and "adapter.fc.0.weight" in message
-
-
-# ------------------------------------------------------------------------ full architecture
-def test_full_architecture_authors_checkpoint_loads_exactly(tmp_path):
-    torch.manual_seed(0)
-    model = InCTRL(get_config(FULL))
-    randomize_heads(model, seed=31)
-    prompts, queries = random_images(3, 1), random_images(4, 2)
-    # "bird" takes the 2-prompt text ensemble: the full text tower on 242 prompts is slow.
-    want = scores_of(model, prompts, queries, category="bird")
-    path = tmp_path / "inctrl_full_k1.pyth"
-    try:
-        torch.save(authors_layout(model, "model_state"), path)
-        del model
-        gc.collect()
-        loaded = InCTRL.from_checkpoint(path)
-        assert loaded.config == get_config(FULL)
-        assert loaded.backbone_origin == "included"
-        assert_same_scores(scores_of(loaded, prompts, queries, category="bird"), want)
-        del loaded
-        gc.collect()
-    finally:
-        path.unlink(missing_ok=True)  # 830 MB: do not leave it in pytest's kept temp dirs
-
-
-def test_heads_only_checkpoint_refuses_other_clip_weights(tmp_path, clip_file):
-    model = InCTRL.from_clip_weights(clip_file, preset="tiny")
-    path = tmp_path / "heads.safetensors"
-    model.save(path)
-    other = tmp_path / "other_clip.pt"
-    state = {k: v.clone() for k, v in model.clip.state_dict().items()}
-    state["ln_final.bias"] += 0.5
-    torch.save(state, other)
-    with pytest.raises(InputError, match="not the CLIP weights"):
-        InCTRL.from_checkpoint(path, clip_weights=other)

@@ -1,0 +1,159 @@
+"""Checkpoints in our safetensors format (with and without the backbone, with CLIP weights
+files) and the full ViT-B-16-plus-240 architecture in the authors' layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+
+import open_clip
+import pytest
+import torch
+from checkpoint_fixtures import (  # noqa: F401  (helpers and fixtures)
+    AUTHORS_CFG,
+    CATEGORY,
+    FULL,
+    TINY,
+    assert_same_scores,
+    assert_same_state,
+    authors_file,
+    authors_layout,
+    clip_file,
+    images,
+    perturb_backbone,
+    random_images,
+    randomize_heads,
+    scores_of,
+    tiny,
+    tiny_scores,
+)
+from safetensors import safe_open
+
+from inctrl import InCTRL, InputError, get_config
+from inctrl.checkpoint import is_head_key
+from inctrl.files import file_sha256
+
+
+# ------------------------------------------------------------------ our safetensors format
+def test_our_checkpoint_round_trip_includes_backbone(tmp_path, tiny, tiny_scores, images):
+    path = tmp_path / "tiny.safetensors"
+    tiny.save(path)
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["backbone"] == "included"
+        assert set(handle.keys()) == set(tiny.state_dict())
+    loaded = InCTRL.from_checkpoint(path)
+    assert loaded.config == TINY
+    assert_same_state(loaded, tiny)
+    assert_same_scores(scores_of(loaded, *images), tiny_scores)
+
+
+def test_heads_only_checkpoint_needs_its_clip_weights(tmp_path, clip_file, images):
+    model = InCTRL.from_clip_weights(clip_file, preset="tiny")
+    assert model.backbone_origin == f"file:{file_sha256(clip_file)}"
+    randomize_heads(model, seed=21)
+    want = scores_of(model, *images)
+
+    path = tmp_path / "heads.safetensors"
+    model.save(path)
+    with safe_open(str(path), framework="pt") as handle:
+        keys = set(handle.keys())
+        assert handle.metadata()["backbone"] == model.backbone_origin
+    assert not any(k.startswith("clip.") for k in keys)
+    assert keys == {k for k in model.state_dict() if is_head_key(k)}
+
+    with pytest.raises(InputError) as info:
+        InCTRL.from_checkpoint(path)
+    assert "--clip-weights" in str(info.value)
+    assert str(path) in str(info.value)
+
+    loaded = InCTRL.from_checkpoint(path, clip_weights=clip_file)
+    assert_same_state(loaded, model)
+    assert_same_scores(scores_of(loaded, *images), want)
+
+
+def test_from_clip_weights_with_authors_heads(clip_file, authors_file, tiny, tiny_scores, images):
+    loaded = InCTRL.from_clip_weights(clip_file, heads=authors_file, preset="tiny")
+    assert_same_state(loaded, tiny)
+    assert_same_scores(scores_of(loaded, *images), tiny_scores)
+
+
+def test_from_clip_weights_with_our_heads_file(tmp_path, clip_file, tiny, tiny_scores, images):
+    heads = tmp_path / "heads.safetensors"
+    tiny.save(heads, include_backbone=False)
+    loaded = InCTRL.from_clip_weights(clip_file, heads=heads, preset="tiny")
+    assert_same_state(loaded, tiny)
+    assert_same_scores(scores_of(loaded, *images), tiny_scores)
+
+
+def test_heads_only_checkpoint_of_unreproducible_backbone_is_refused(tmp_path):
+    # A randomly initialized backbone without a seed cannot be rebuilt at load time, so a
+    # heads-only checkpoint of it must be refused when written or when read, never load
+    # silently onto another random backbone.
+    model = InCTRL(dataclasses.replace(TINY, backbone_seed=None))
+    path = tmp_path / "heads.safetensors"
+    with pytest.raises(InputError):
+        model.save(path, include_backbone=False)
+        InCTRL.from_checkpoint(path)
+
+
+def test_clip_weights_of_another_architecture_give_readable_error(tmp_path):
+    other = open_clip.CLIP(
+        32,
+        vision_cfg=open_clip.CLIPVisionCfg(
+            layers=2, width=48, head_width=16, patch_size=16, image_size=240
+        ),
+        text_cfg=open_clip.CLIPTextCfg(width=32, heads=2, layers=2),
+    )
+    path = tmp_path / "other_clip.pt"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(InputError) as info:
+        InCTRL.from_clip_weights(path, preset="tiny")
+    message = str(info.value)
+    assert str(path) in message
+    assert "tiny" in message
+    assert "missing" in message and "transformer.resblocks.2" in message
+    assert "shape mismatch" in message
+    assert "\n" not in message
+
+
+def test_inctrl_checkpoint_given_as_clip_weights_gives_readable_error(authors_file):
+    with pytest.raises(InputError) as info:
+        InCTRL.from_clip_weights(authors_file, preset="tiny")
+    message = str(info.value)
+    assert str(authors_file) in message
+    assert "unexpected" in message and "adapter.fc.0.weight" in message
+
+
+# ------------------------------------------------------------------------ full architecture
+def test_full_architecture_authors_checkpoint_loads_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = InCTRL(get_config(FULL))
+    randomize_heads(model, seed=31)
+    prompts, queries = random_images(3, 1), random_images(4, 2)
+    # "bird" takes the 2-prompt text ensemble: the full text tower on 242 prompts is slow.
+    want = scores_of(model, prompts, queries, category="bird")
+    path = tmp_path / "inctrl_full_k1.pyth"
+    try:
+        torch.save(authors_layout(model, "model_state"), path)
+        del model
+        gc.collect()
+        loaded = InCTRL.from_checkpoint(path)
+        assert loaded.config == get_config(FULL)
+        assert loaded.backbone_origin == "included"
+        assert_same_scores(scores_of(loaded, prompts, queries, category="bird"), want)
+        del loaded
+        gc.collect()
+    finally:
+        path.unlink(missing_ok=True)  # 830 MB: do not leave it in pytest's kept temp dirs
+
+
+def test_heads_only_checkpoint_refuses_other_clip_weights(tmp_path, clip_file):
+    model = InCTRL.from_clip_weights(clip_file, preset="tiny")
+    path = tmp_path / "heads.safetensors"
+    model.save(path)
+    other = tmp_path / "other_clip.pt"
+    state = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    state["ln_final.bias"] += 0.5
+    torch.save(state, other)
+    with pytest.raises(InputError, match="not the CLIP weights"):
+        InCTRL.from_checkpoint(path, clip_weights=other)
