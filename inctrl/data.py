@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inctrl.errors import InputError
-from inctrl.files import atomic_path
+from inctrl.files import write_json
 from inctrl.preprocess import IMAGE_SUFFIXES
 
 NORMAL, ANOMALOUS = 0, 1
@@ -147,8 +147,7 @@ def _write_list(path: Path, samples: Sequence[Sample]) -> None:
         {"image_path": str(Path(s.image_path).resolve()), "target": s.target, "type": s.category}
         for s in samples
     ]
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+    write_json(path, entries)
 
 
 def index_to_json(root: str | os.PathLike, out: str | os.PathLike) -> list[Path]:

@@ -74,12 +74,11 @@ def build_demo(
     4. ``inctrl evaluate`` on the two HELD_OUT_CATEGORIES (never trained on), 5 prompt draws,
        stored beside it as ``<out>.json`` with the settings and wall times.
     """
-    import json
     import time
 
     from inctrl.data import load_samples
     from inctrl.evaluation import evaluate
-    from inctrl.files import atomic_path
+    from inctrl.files import write_json
     from inctrl.model import InCTRL
     from inctrl.synth import synthesize
     from inctrl.training import TrainConfig, train
@@ -120,6 +119,5 @@ def build_demo(
         "held_out": report.to_dict(),
         "held_out_markdown": report.to_markdown(),
     }
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_json(out.with_suffix(".json"), record, default=str)
     return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +31,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, value: object, default=None) -> None:
+    """Write ``value`` as indented JSON (one trailing newline), atomically."""
+    write_text(path, json.dumps(value, indent=1, default=default) + "\n")
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_inctrl
 
 from inctrl.data import (
     ANOMALOUS,
@@ -110,21 +109,9 @@ def test_bad_folders(tmp_path) -> None:
 
 
 def test_data_index_command(dataset, tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "inctrl", "data", "index", str(dataset), "--out", "json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_inctrl("data", "index", str(dataset), "--out", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 8
     assert len(list((tmp_path / "json").iterdir())) == 8
-    missing = subprocess.run(
-        [sys.executable, "-m", "inctrl", "data", "index", "nowhere", "--out", "json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = run_inctrl("data", "index", "nowhere", "--out", "json", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error: nowhere: no such data")

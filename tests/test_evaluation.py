@@ -7,15 +7,13 @@ import json
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import perturb_heads
+from conftest import perturb_heads, run_inctrl
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -293,15 +291,10 @@ def test_json_and_markdown_files(workspace, tmp_path) -> None:
     assert len(lines) == 7
 
 
-def inctrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "inctrl", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 def test_command_end_to_end(workspace, model, samples, tmp_path) -> None:
     checkpoint = str(workspace / "tiny.safetensors")
     common = ["evaluate", "-c", checkpoint, "--data", str(workspace / "synth"), "--shots", "2"]
-    result = inctrl(*common, "--seeds", "2", "--json", "-", "--markdown", "r.md", cwd=tmp_path)
+    result = run_inctrl(*common, "--seeds", "2", "--json", "-", "--markdown", "r.md", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     expected = evaluate(model, samples, shots=2, seeds=(0, 1), checkpoint_name=checkpoint)
@@ -310,7 +303,7 @@ def test_command_end_to_end(workspace, model, samples, tmp_path) -> None:
     assert printed["mean"]["pixel_auroc"] == pytest.approx(expected.pixel_auroc._asdict())
     assert (tmp_path / "r.md").read_text() == expected.to_markdown()
 
-    table = inctrl(*common, "--seeds", "1", "--no-pixel", cwd=tmp_path)
+    table = run_inctrl(*common, "--seeds", "1", "--no-pixel", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert "synth_fabric" in table.stdout and "mean" in table.stdout
     assert "± 0.000" in table.stdout and "3 / 5" in table.stdout
@@ -360,7 +353,7 @@ def test_bad_input_is_one_line_and_exit_2(
 
 def test_bad_input_in_a_real_process(workspace, bad_inputs) -> None:
     args = ["evaluate", "-c", "tiny.safetensors", "--data", "bad/only_good", "--shots", "2"]
-    result = inctrl(*args, cwd=workspace)
+    result = run_inctrl(*args, cwd=workspace)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: category 'widget': no anomalous test images")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_inctrl
 
 from inctrl import InCTRL, ReferenceBank, get_config
 from inctrl.cli.prompts import run_prompts_make
@@ -46,22 +45,14 @@ def test_make_writes_matching_pt_bank_and_listing(setup, tmp_path) -> None:
 def test_bank_command_reads_an_authors_prompt_file(setup, tmp_path) -> None:
     data, checkpoint = setup
     run_prompts_make(data, "synth_fabric", 2, 0, tmp_path, checkpoint)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "inctrl",
-            "prompts",
-            "bank",
-            str(tmp_path / "synth_fabric.pt"),
-            "--out",
-            str(tmp_path / "from_pt.safetensors"),
-            "-c",
-            str(checkpoint),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_inctrl(
+        "prompts",
+        "bank",
+        str(tmp_path / "synth_fabric.pt"),
+        "--out",
+        str(tmp_path / "from_pt.safetensors"),
+        "-c",
+        str(checkpoint),
     )
     assert result.returncode == 0, result.stderr
     made = ReferenceBank.load(tmp_path / "synth_fabric.bank.safetensors")
@@ -76,26 +67,18 @@ def test_bad_requests(setup, tmp_path) -> None:
         run_prompts_make(data, "nope", 2, 0, tmp_path, checkpoint)
     with pytest.raises(InputError, match="fewer than --shots 9"):
         run_prompts_make(data, "synth_fabric", 9, 0, tmp_path, checkpoint)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "inctrl",
-            "prompts",
-            "make",
-            str(data),
-            "--category",
-            "synth_fabric",
-            "--shots",
-            "0",
-            "--out",
-            str(tmp_path),
-            "-c",
-            str(checkpoint),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_inctrl(
+        "prompts",
+        "make",
+        str(data),
+        "--category",
+        "synth_fabric",
+        "--shots",
+        "0",
+        "--out",
+        str(tmp_path),
+        "-c",
+        str(checkpoint),
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --shots must be at least 1, got 0"

@@ -24,18 +24,13 @@ from inctrl.cli.common import (
 )
 from inctrl.demo import load_model
 from inctrl.errors import InputError
-from inctrl.files import atomic_path
+from inctrl.files import write_json, write_text
 
 if TYPE_CHECKING:
     from inctrl.evaluation import EvaluationReport
 
 DEFAULT_RUNS = 5
 STDOUT = "-"
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def run_evaluate(
@@ -85,9 +80,9 @@ def run_evaluate(
         checkpoint_name=str(checkpoint) if checkpoint is not None else "the embedded DEMO model",
     )
     if json_out is not None and str(json_out) != STDOUT:
-        _write_text(json_out, json.dumps(report.to_dict(), indent=1) + "\n")
+        write_json(json_out, report.to_dict())
     if markdown_out is not None:
-        _write_text(markdown_out, report.to_markdown())
+        write_text(markdown_out, report.to_markdown())
     if plot is not None:
         from inctrl.plots import plot_report
 

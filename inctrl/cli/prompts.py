@@ -10,7 +10,7 @@ import typer
 
 from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, prompts_app, status, warn
 from inctrl.errors import InputError
-from inctrl.files import atomic_path
+from inctrl.files import write_json
 
 
 def run_prompts_make(
@@ -63,8 +63,7 @@ def run_prompts_make(
         "model": model.config.name,
         "files": {name: str(path) for name, path in paths.items()},
     }
-    with atomic_path(paths["listing"]) as tmp:
-        tmp.write_text(json.dumps(listing, indent=1) + "\n")
+    write_json(paths["listing"], listing)
     return listing
 
 
