@@ -15,7 +15,7 @@ from pathlib import Path
 
 from inctrl.errors import InputError
 from inctrl.files import write_json
-from inctrl.preprocess import IMAGE_SUFFIXES
+from inctrl_runtime.preprocess import IMAGE_SUFFIXES
 
 NORMAL, ANOMALOUS = 0, 1
 

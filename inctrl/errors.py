@@ -1,5 +1,8 @@
-"""The one exception type for user mistakes: bad paths, bad images, bad checkpoints."""
+"""The one exception type for user mistakes: bad paths, bad images, bad checkpoints.
 
+Defined in the torch-free runtime so that all packages share one class.
+"""
 
-class InputError(Exception):
-    """A problem with what the user gave us. Command lines print it as one line and exit 2."""
+from inctrl_runtime.errors import InputError
+
+__all__ = ["InputError"]

@@ -32,10 +32,16 @@ from inctrl.config import PRESETS, InCTRLConfig, get_config
 from inctrl.errors import InputError
 from inctrl.files import file_sha256
 from inctrl.heads import Adapter, ResidualHead
-from inctrl.preprocess import ImageSource, Preprocessing, describe, pixel_digest, preprocess_many
 from inctrl.residual import Scores
 from inctrl.state import ReferenceBank, TextPrior
 from inctrl.text import prompt_ensemble
+from inctrl_runtime.preprocess import (
+    ImageSource,
+    Preprocessing,
+    describe,
+    pixel_digest,
+    preprocess_many,
+)
 
 Images = Sequence[ImageSource] | torch.Tensor
 
@@ -219,13 +225,17 @@ class InCTRL(nn.Module):
         ref_patches: torch.Tensor,
         ref_adapted: torch.Tensor,
         text_prior: torch.Tensor,
+        adapted: torch.Tensor | None = None,
     ) -> Scores:
         """The head on tensors: ``ref_patches`` L x N x D, ``ref_adapted`` E and ``text_prior``
-        2 x E shared by the batch, or B x L x N x D, B x E and B x 2 x E, one per query."""
+        2 x E shared by the batch, or B x L x N x D, B x E and B x 2 x E, one per query.
+
+        ``adapted`` (B x E, the adapter on the embeddings) is computed here unless given, as the
+        exported encoder gives it."""
+        if adapted is None:
+            adapted = self.adapter(features.embedding)
         patch_map = residual.patch_residual_map(features.patches, ref_patches)
-        image_score = self.diff_head_ref(
-            residual.image_residual(self.adapter(features.embedding), ref_adapted)
-        )
+        image_score = self.diff_head_ref(residual.image_residual(adapted, ref_adapted))
         text_score = residual.text_anomaly_score(
             features.embedding, text_prior, self.config.head.text_temperature
         )

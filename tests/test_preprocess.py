@@ -11,7 +11,7 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from inctrl.errors import InputError
-from inctrl.preprocess import (
+from inctrl_runtime.preprocess import (
     Preprocessing,
     center_crop_box,
     load_image,

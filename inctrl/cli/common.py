@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from inctrl.errors import InputError
+from inctrl_runtime.console import interactive, require_files, status, stderr, warn
 
 app = typer.Typer(
     name="inctrl",
@@ -29,7 +25,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(demo_app, name="demo")
 app.add_typer(prompts_app, name="prompts")
 
-stderr = Console(stderr=True)
+__all__ = ["interactive", "require_files", "status", "stderr", "warn"]
 
 
 @app.callback()
@@ -56,24 +52,3 @@ ClipWeights = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
-
-
-def interactive() -> bool:
-    """Progress bars and spinners go to stderr, and only when a person is watching."""
-    return sys.stderr.isatty()
-
-
-def status(message: str) -> contextlib.AbstractContextManager:
-    """A spinner on stderr while something slow runs (nothing when not interactive)."""
-    return stderr.status(message, spinner="dots") if interactive() else contextlib.nullcontext()
-
-
-def warn(message: str) -> None:
-    """One line on stderr that a person should see (never on stdout, which may carry JSON)."""
-    stderr.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
-
-
-def require_files(paths: Sequence[Path], what: str) -> None:
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path}: no such {what} file")

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import track
-from rich.table import Table
 
 from inctrl.cli.common import (
     ClipWeights,
@@ -25,16 +23,7 @@ from inctrl.cli.common import (
 )
 from inctrl.demo import load_model
 from inctrl.errors import InputError
-from inctrl.preprocess import Preprocessing, load_image
-
-SCORE_FIELDS = (
-    "score",
-    "holistic_score",
-    "image_residual_score",
-    "text_score",
-    "max_patch_residual",
-    "patch_residual_map",
-)
+from inctrl_runtime.results import SCORE_FIELDS, print_table, write_heatmaps
 
 
 def run_score(
@@ -86,30 +75,8 @@ def run_score(
         for i, path in enumerate(chunk):
             records.append({"image": str(path), **{n: values[n][i] for n in SCORE_FIELDS}})
     if heatmaps is not None:
-        _write_heatmaps(records, heatmaps, model.preprocessing)
+        write_heatmaps(records, heatmaps, model.preprocessing)
     return records
-
-
-def _write_heatmaps(records: list[dict], folder: Path, preprocessing: Preprocessing) -> None:
-    from inctrl.visualize import save_heatmap
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, record in enumerate(records):
-        name = f"{index:04d}_{Path(record['image']).stem}.png"
-        image = load_image(record["image"])
-        save_heatmap(image, record["patch_residual_map"], folder / name, preprocessing)
-        record["heatmap"] = str(folder / name)
-
-
-def print_table(records: list[dict]) -> None:
-    """A readable table of the scalar scores, larger scores more anomalous."""
-    table = Table(title="InCTRL anomaly scores (higher = more anomalous)")
-    table.add_column("image", overflow="fold", ratio=1)
-    for header in ("score", "holistic", "image res.", "text", "max patch"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for record in records:
-        table.add_row(record["image"], *(f"{record[n]:.4f}" for n in SCORE_FIELDS[:-1]))
-    Console().print(table)
 
 
 @app.command()

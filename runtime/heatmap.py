@@ -7,8 +7,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from inctrl.files import atomic_path
-from inctrl.preprocess import Preprocessing, model_view
+from inctrl_runtime.files import atomic_path
+from inctrl_runtime.preprocess import Preprocessing, model_view
 
 # A perceptually ordered dark-blue -> yellow ramp (viridis-like), interpolated in numpy.
 _RAMP = np.array(

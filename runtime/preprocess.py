@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from inctrl.errors import InputError
+from inctrl_runtime.errors import InputError
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
@@ -30,6 +30,33 @@ class Preprocessing:
     size: int = 240
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    def to_manifest(self) -> dict:
+        """The steps spelled out for the bundle manifest (what ``from_manifest`` accepts)."""
+        return {
+            "resize_shorter_side": self.size,
+            "interpolation": "bicubic",
+            "center_crop": self.size,
+            "color": "RGB",
+            "scale": 1 / 255,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_manifest(cls, record: dict) -> Preprocessing:
+        """Read the manifest's preprocessing; steps this code does not implement are refused
+        rather than approximated."""
+        expected = cls(size=record["resize_shorter_side"]).to_manifest()
+        fixed = ("interpolation", "center_crop", "color", "scale")
+        different = [k for k in fixed if record.get(k) != expected[k]]
+        if different:
+            raise ValueError(f"unsupported preprocessing steps: {', '.join(different)}")
+        return cls(
+            size=int(record["resize_shorter_side"]),
+            mean=tuple(float(v) for v in record["mean"]),
+            std=tuple(float(v) for v in record["std"]),
+        )
 
 
 def describe(source: ImageSource) -> str:

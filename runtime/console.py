@@ -1,0 +1,60 @@
+"""What every command line of the project shares: stderr, progress, one-line errors, exit codes.
+
+Progress and notes go to stderr (stdout may carry JSON); user mistakes print one line
+(``error: ...``) and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from inctrl_runtime.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+
+stderr = Console(stderr=True)
+
+
+def interactive() -> bool:
+    """Progress bars and spinners go to stderr, and only when a person is watching."""
+    return sys.stderr.isatty()
+
+
+def status(message: str) -> contextlib.AbstractContextManager:
+    """A spinner on stderr while something slow runs (nothing when not interactive)."""
+    return stderr.status(message, spinner="dots") if interactive() else contextlib.nullcontext()
+
+
+def warn(message: str) -> None:
+    """One line on stderr that a person should see (never on stdout, which may carry JSON)."""
+    stderr.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def require_files(paths: Sequence[Path], what: str) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such {what} file")
+
+
+def run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> None:
+    """Run a typer app, turning user mistakes into one line and exit code 2, and Python
+    warnings (a provider fallback, a demo model) into notes."""
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        warn(str(message))
+
+    warnings.showwarning = show_warning
+    try:
+        app(args=argv, prog_name=prog_name, standalone_mode=True)
+    except InputError as err:
+        stderr.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_INPUT_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(130)
