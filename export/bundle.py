@@ -1,0 +1,234 @@
+"""``inctrl-export onnx``: an InCTRL checkpoint -> a checked, self-describing bundle folder.
+
+The bundle is built in a hidden staging folder beside ``out``: graphs, text priors, a manifest,
+then the self-check through ``inctrl_runtime``; the manifest is rewritten with the check's
+summary and the folder renamed into place. A failure at any step leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inctrl.demo import HELD_OUT_CATEGORIES, TRAIN_CATEGORIES, load_model, resolve_checkpoint
+from inctrl.errors import InputError
+from inctrl.model import InCTRL
+from inctrl_export.graphs import graph_specs, wrappers
+from inctrl_export.onnx_files import TRACE_SHOTS, check_opset, export_graph
+from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
+from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION, check_category_name
+from inctrl_runtime.files import file_sha256, write_json
+
+PRECISIONS = tuple(DEFAULT_ATOL)
+# The self-check differs from the tracing inputs (batch 2, k = 2) in both batch and k.
+CHECK_SHOTS = 3
+CHECK_QUERIES = 3
+CHECK_SEED = 20240617
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    """What ``export_bundle`` made: the folder, its files' sizes, step times, the self-check."""
+
+    path: Path
+    file_bytes: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: ParityReport | None = None
+
+
+def export_bundle(
+    out: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    categories: Sequence[str] = (),
+    clip_weights: str | os.PathLike | None = None,
+    opset: int = 17,
+    precision: str = "fp32",
+    verify: bool = True,
+    atol: float | None = None,
+    force: bool = False,
+    log: Log = lambda message: None,
+) -> ExportResult:
+    """Export a checkpoint (default: the embedded demo) as a bundle for ``categories``.
+
+    Args:
+        out: the bundle folder to create (refused if it exists, unless ``force``).
+        categories: product categories whose text priors go in (default for the demo: its
+            synthetic categories).
+        precision: ``fp32``, or ``fp16`` (encoder weights and most arithmetic in half precision).
+        verify: run the self-check; with ``atol`` (default: the contract's tolerance for
+            ``precision``) as the pass mark.
+        log: called with one line per finished step.
+    """
+    out = Path(out)
+    checkpoint_path, is_demo = resolve_checkpoint(checkpoint)
+    categories = _check_arguments(out, categories, is_demo, precision, opset, force)
+    atol = DEFAULT_ATOL[precision] if atol is None else atol
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "load", log, "loaded the model"):
+        model = load_model(checkpoint, clip_weights, notice=log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _write_graphs(model, staging, opset, precision, seconds, log)
+        with _timed(seconds, "priors", log, f"text priors of {len(categories)} categories"):
+            _write_priors(model, categories, staging / PRIORS)
+        manifest = _manifest(model, staging, checkpoint_path, is_demo, categories, opset, precision)
+        write_json(staging / MANIFEST, manifest)
+        report = None
+        if verify:
+            with _timed(seconds, "verify", log, "checked against PyTorch"):
+                report = self_check(model, staging, categories[0], atol)
+            manifest["verification"] = report.to_dict()
+        manifest["export_seconds"] = seconds
+        write_json(staging / MANIFEST, manifest)
+        _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    file_bytes = {name: record["bytes"] for name, record in manifest["files"].items()}
+    return ExportResult(out, file_bytes, seconds, report)
+
+
+def _check_arguments(
+    out: Path, categories: Sequence[str], is_demo: bool, precision: str, opset: int, force: bool
+) -> list[str]:
+    """Everything that can be refused before any work; returns the categories to export."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown --precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+    check_opset(opset)
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(
+            f"{out}: already exists; choose another --out, or --force to replace it (its "
+            "registered references go with it)"
+        )
+    categories = list(dict.fromkeys(categories))
+    if not categories:
+        if not is_demo:
+            raise InputError("no --category given: name the product categories to score")
+        categories = [*TRAIN_CATEGORIES, *HELD_OUT_CATEGORIES]
+    for category in categories:
+        check_category_name(category)
+    return categories
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], step: str, log: Log, done: str) -> Iterator[None]:
+    began = time.perf_counter()
+    yield
+    seconds[step] = time.perf_counter() - began
+    log(f"{done} ({seconds[step]:.1f} s)")
+
+
+def _write_graphs(model, folder, opset, precision, seconds, log) -> None:
+    specs = graph_specs(model.config)
+    modules = wrappers(model)
+    prompt_patches = TRACE_SHOTS * model.config.vision.num_patches
+    for name, spec in specs.items():
+        graph_precision = precision if name == "encoder" else "fp32"
+        path = folder / spec.file
+        with _timed(seconds, name, log, f"wrote {spec.file} ({graph_precision})"):
+            export_graph(modules[name], spec, path, opset, prompt_patches, graph_precision)
+
+
+def _write_priors(model: InCTRL, categories: Sequence[str], path: Path) -> None:
+    priors = {}
+    for category in categories:
+        prior = model.text_prior(category)
+        priors[category] = {"normal": prior.normal.tolist(), "anomaly": prior.anomaly.tolist()}
+    write_json(path, priors)
+
+
+def _manifest(model, folder, checkpoint, is_demo, categories, opset, precision) -> dict:
+    import onnx
+    import onnxruntime
+    import open_clip
+    import torch
+
+    import inctrl
+
+    config = model.config
+    specs = graph_specs(config)
+    graphs = {
+        name: {**spec.to_manifest(), "opset": opset, "precision": "fp32"}
+        for name, spec in specs.items()
+    }
+    graphs["encoder"]["precision"] = precision
+    files = [spec.file for spec in specs.values()] + [PRIORS]
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": config.name,
+            "backbone": f"open_clip ViT (preset {config.name})",
+            "image_size": config.vision.image_size,
+            "patch_size": config.vision.patch_size,
+            "grid": config.vision.image_size // config.vision.patch_size,
+            "num_patches": config.vision.num_patches,
+            "tapped_blocks": list(config.vision.tapped_blocks),
+            "width": config.vision.width,
+            "embed_dim": config.embed_dim,
+            "text_temperature": config.head.text_temperature,
+            "config": config.to_dict(),
+        },
+        "preprocessing": model.preprocessing.to_manifest(),
+        "graphs": graphs,
+        "categories": list(categories),
+        "files": {
+            name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
+            for name in files
+        },
+        "source": {
+            "checkpoint": str(checkpoint),
+            "sha256": file_sha256(checkpoint),
+            "demo": is_demo,
+            "backbone": model.backbone_origin,
+        },
+        "versions": {
+            "inctrl": inctrl.__version__,
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def check_images(count: int, seed: int) -> list[np.ndarray]:
+    """Seeded RGB images of assorted sizes and aspect ratios (so resizing and cropping run)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(260, 300), (240, 240), (320, 250), (300, 420), (250, 250), (480, 270)]
+    return [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(count)]
+
+
+def self_check(model: InCTRL, folder: Path, category: str, atol: float) -> ParityReport:
+    """The bundle in ``folder`` vs PyTorch on seeded images: k = 3 prompts, a batch of 3."""
+    from inctrl_runtime.detector import Detector
+
+    detector = Detector.open(folder, device="cpu")
+    images = check_images(CHECK_SHOTS + CHECK_QUERIES, CHECK_SEED)
+    prompts, queries = images[:CHECK_SHOTS], images[CHECK_SHOTS:]
+    return compare(model, detector, category, prompts, queries, atol, batch_size=CHECK_QUERIES)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished bundle onto ``out``; an old bundle there is removed only after."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

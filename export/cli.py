@@ -1,0 +1,181 @@
+"""``inctrl-export``: InCTRL checkpoints -> deployable bundles, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import typer
+
+from inctrl_runtime.console import run_app, status, stderr
+
+EXIT_PARITY_FAILED = 1
+
+app = typer.Typer(
+    name="inctrl-export",
+    help=(
+        "Export InCTRL to a bundle (ONNX encoder + head, text priors, manifest) for the lean "
+        "runtime (inctrl-run), and check any bundle against PyTorch."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Checkpoint = typer.Option(
+    None,
+    "--checkpoint",
+    "-c",
+    help="InCTRL checkpoint: the authors' .pyth or ours. Default: the embedded DEMO model.",
+    show_default=False,
+)
+ClipWeights = typer.Option(
+    None,
+    "--clip-weights",
+    help="open_clip weights file, for our checkpoints that hold head weights only.",
+    show_default=False,
+)
+Atol = typer.Option(
+    None,
+    "--atol",
+    help="Pass mark for the max abs difference of every output. Default: the parity contract, "
+    "1e-4 for fp32, 5e-3 for fp16.",
+    show_default=False,
+)
+
+
+def _log(message: str) -> None:
+    stderr.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _report(report, json_file: Path | None) -> None:
+    from inctrl_runtime.files import write_json
+
+    stderr.print(report.table())
+    if json_file is not None:
+        if str(json_file) == "-":
+            sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+        else:
+            write_json(json_file, report.to_dict())
+    if not report.passed:
+        worst = max(report.outputs, key=lambda d: d.max_abs / report.atol)
+        stderr.print(
+            f"error: parity FAILED: {worst.name} differs by {worst.max_abs:.2e} > atol "
+            f"{report.atol:g} (see the table; --atol to change the mark)",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_PARITY_FAILED)
+
+
+@app.command()
+def onnx(
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to create."),
+    checkpoint: Path = Checkpoint,
+    category: list[str] = typer.Option(
+        None,
+        "--category",
+        help="A product category to precompute the text prior of; repeat for several. "
+        "Default for the demo: its synthetic categories.",
+        show_default=False,
+    ),
+    opset: int = typer.Option(17, help="ONNX opset, 17 or newer."),
+    precision: str = typer.Option(
+        "fp32", help="Encoder precision: fp32, or fp16 (LayerNorm, softmax, norms stay fp32)."
+    ),
+    clip_weights: Path = ClipWeights,
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify", help="Check the bundle against PyTorch after writing it."
+    ),
+    atol: float = Atol,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+    json_file: Path = typer.Option(
+        None,
+        "--json",
+        help="Write the parity report as JSON to this file (- for stdout).",
+        show_default=False,
+    ),  # fmt: skip
+) -> None:
+    """Export a checkpoint as a bundle: encoder.onnx, head.onnx, priors.json, manifest.json.
+
+    The bundle is then run through inctrl_runtime on seeded images (other batch size and k than
+    the tracing inputs) and compared with PyTorch; the exit code is 1 if an output differs by
+    more than --atol. Example:
+
+        inctrl-export onnx -c inctrl_k2.pyth --category candle --category pcb1 --out candle_pcb
+    """
+    from inctrl_export.bundle import export_bundle
+
+    stderr.print(f"exporting to {out}", markup=False, highlight=False)
+    with status("exporting (tracing, text priors, self-check)"):
+        result = export_bundle(
+            out,
+            checkpoint,
+            category or [],
+            clip_weights,
+            opset=opset,
+            precision=precision,
+            verify=verify,
+            atol=atol,
+            force=force,
+            log=_log,
+        )
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.file_bytes.items())
+    stderr.print(f"wrote {out}: {sizes}", markup=False, highlight=False, soft_wrap=True)
+    if result.report is not None:
+        _report(result.report, json_file)
+
+
+@app.command("verify")
+def verify_command(
+    bundle: Path = typer.Argument(..., help="Bundle folder (made by inctrl-export onnx)."),
+    checkpoint: Path = Checkpoint,
+    clip_weights: Path = ClipWeights,
+    images: Path = typer.Option(
+        None,
+        "--images",
+        help="A folder of images (the first --shots are the prompts, the rest the queries), or "
+        "a category folder in MVTec layout (prompts from train/good, labelled test images: "
+        "AUROC on both sides). Default: the export's seeded check images.",
+        show_default=False,
+    ),
+    category: str = typer.Option(
+        None,
+        "--category",
+        help="Category whose text prior to use. Default: the images folder's name if the bundle "
+        "has it, else its first category.",
+        show_default=False,
+    ),
+    shots: int = typer.Option(3, "--shots", "-k", help="Number of prompt images (k)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] (both sides)."),
+    atol: float = Atol,
+    batch_size: int = typer.Option(16, help="Queries per batch on both sides."),
+    json_file: Path = typer.Option(
+        None,
+        "--json",
+        help="Write the report as JSON to this file (- for stdout).",
+        show_default=False,
+    ),  # fmt: skip
+) -> None:
+    """Compare a bundle with PyTorch: per output max abs / max rel difference and the tolerance
+    that would pass, rank agreement of scores, AUROC on labelled data, batch invariance.
+
+    Exit code 1 if an output differs by more than --atol. Example:
+
+        inctrl-export verify candle_pcb -c inctrl_k2.pyth --images mvtec/candle -k 2
+    """
+    from inctrl_export.verify import verify_bundle
+
+    with status("scoring with PyTorch and with the bundle"):
+        report = verify_bundle(
+            bundle, checkpoint, clip_weights, images, category, shots, device, atol, batch_size,
+            log=_log,
+        )  # fmt: skip
+    _report(report, json_file)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``inctrl-export``."""
+    run_app(app, "inctrl-export", argv)

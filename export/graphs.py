@@ -1,0 +1,130 @@
+"""The two exported graphs: wrapper modules, and their names, shapes and dynamic axes in one place.
+
+``encoder``: image -> embedding, adapted embedding, unit-norm patch tokens of the tapped blocks.
+``head``: query features + a category's reference bank + its text prior -> every field of
+``inctrl.Scores``. Symbolic dimensions (strings) are the dynamic axes: ``batch`` everywhere and
+``prompt_patches`` (N = k * P) on the bank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from inctrl.backbone import ImageFeatures
+from inctrl.config import InCTRLConfig
+from inctrl.model import InCTRL
+from inctrl.residual import Scores, unit
+
+Shape = tuple[int | str, ...]
+
+BATCH = "batch"
+PROMPT_PATCHES = "prompt_patches"
+# Inputs that hold unit vectors (the dummies are normalized the same way).
+UNIT_INPUTS = ("patches", "ref_patches", "text_prior")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph's file name and its named, shaped inputs and outputs (all float32)."""
+
+    name: str
+    inputs: dict[str, Shape]
+    outputs: dict[str, Shape]
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """For ``torch.onnx.export``: every symbolic dimension of every input and output."""
+        named = {**self.inputs, **self.outputs}
+        axes = {n: {i: d for i, d in enumerate(s) if isinstance(d, str)} for n, s in named.items()}
+        return {name: dims for name, dims in axes.items() if dims}
+
+    def to_manifest(self) -> dict:
+        def entries(tensors: dict[str, Shape]) -> list[dict]:
+            return [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in tensors.items()]
+
+        return {"file": self.file, "inputs": entries(self.inputs), "outputs": entries(self.outputs)}
+
+
+def graph_specs(config: InCTRLConfig) -> dict[str, GraphSpec]:
+    """The encoder and head signatures of a model config (DESIGN.md, "The bundle")."""
+    size, layers = config.vision.image_size, len(config.vision.tapped_blocks)
+    patches, width, embed = config.vision.num_patches, config.vision.width, config.embed_dim
+    features = {
+        "embedding": (BATCH, embed),
+        "adapted": (BATCH, embed),
+        "patches": (BATCH, layers, patches, width),
+    }
+    outputs = {name: (BATCH,) for name in Scores._fields}
+    outputs["patch_residual_map"] = (BATCH, patches)
+    return {
+        "encoder": GraphSpec("encoder", {"image": (BATCH, 3, size, size)}, features),
+        "head": GraphSpec(
+            "head",
+            {
+                **features,
+                "ref_patches": (layers, PROMPT_PATCHES, width),
+                "ref_adapted": (embed,),
+                "text_prior": (2, embed),
+            },
+            outputs,
+        ),
+    }
+
+
+def dummy_inputs(
+    spec: GraphSpec, batch: int, prompt_patches: int, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Seeded random inputs of a graph, its symbolic dimensions set to the given sizes."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = {BATCH: batch, PROMPT_PATCHES: prompt_patches}
+    inputs = {}
+    for name, shape in spec.inputs.items():
+        value = torch.randn(*(sizes.get(d, d) for d in shape), generator=generator)
+        inputs[name] = unit(value) if name in UNIT_INPUTS else value
+    return inputs
+
+
+class EncoderGraph(nn.Module):
+    """The image tower of an InCTRL model, plus the adapter: what a query or prompt needs once."""
+
+    def __init__(self, model: InCTRL) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.model.encode(image)
+        return features.embedding, self.model.adapter(features.embedding), features.patches
+
+
+class HeadGraph(nn.Module):
+    """The residual head on encoded queries, a shared reference bank and a text prior."""
+
+    def __init__(self, model: InCTRL) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        embedding: torch.Tensor,
+        adapted: torch.Tensor,
+        patches: torch.Tensor,
+        ref_patches: torch.Tensor,
+        ref_adapted: torch.Tensor,
+        text_prior: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        features = ImageFeatures(embedding, patches)
+        scores = self.model.residual_scores(
+            features, ref_patches, ref_adapted, text_prior, adapted=adapted
+        )
+        return tuple(scores)
+
+
+def wrappers(model: InCTRL) -> dict[str, nn.Module]:
+    """The wrapper module of each graph, keyed as ``graph_specs``."""
+    return {"encoder": EncoderGraph(model).eval(), "head": HeadGraph(model).eval()}

@@ -1,0 +1,192 @@
+"""Parity of a bundle with PyTorch: the export's self-check and ``inctrl-export verify``.
+
+Both sides get the same images; each builds its own reference bank from the prompt images and
+scores the queries. Per output we report the max abs and max relative difference and the
+smallest tolerance that would pass (Polygraphy's "minimum required tolerance"), plus the rank
+agreement of the scores, AUROC on both sides when labels are known, and the runtime's batch
+invariance (DESIGN.md, "Numerical parity").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from inctrl.model import InCTRL
+from inctrl_runtime.detector import Detector
+from inctrl_runtime.preprocess import ImageSource
+from inctrl_runtime.results import SCORE_FIELDS
+
+# The contract: ONNX Runtime fp32 vs inctrl 1e-4; reduced precision vs inctrl fp32 5e-3.
+DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 5e-3}
+# Relative differences are taken against max(|reference|, this), so exact zeros do not blow up.
+_REL_FLOOR = 1e-6
+# Queries scored one at a time as well, to measure the runtime's batch invariance.
+_BATCH_CHECK = 4
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    """How far one output of the bundle is from PyTorch's."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    passes: bool
+
+    @property
+    def tolerance_to_pass(self) -> float:
+        """The smallest absolute tolerance under which this output would pass."""
+        return self.max_abs
+
+
+@dataclass
+class ParityReport:
+    """The comparison of one bundle with PyTorch on one set of images."""
+
+    precision: str
+    category: str
+    shots: int
+    queries: int
+    batch_size: int
+    atol: float
+    outputs: list[OutputDiff] = field(default_factory=list)
+    rank: dict[str, float] | None = None
+    auroc: dict[str, float] | None = None
+    batch_invariance: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(diff.passes for diff in self.outputs)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(diff.max_abs for diff in self.outputs)
+
+    def to_dict(self) -> dict:
+        """The summary stored in the manifest and written by ``--json``."""
+        record = asdict(self)
+        record["outputs"] = [
+            {**asdict(d), "shape": list(d.shape), "tolerance_to_pass": d.tolerance_to_pass}
+            for d in self.outputs
+        ]
+        return {"passed": self.passed, "max_abs_diff": self.max_abs_diff, **record}
+
+    def table(self):
+        """A rich renderable: one table row per output, then rank agreement, AUROC, batch
+        invariance and the verdict as lines below."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(
+            title=(
+                f"onnxruntime ({self.precision}) vs PyTorch fp32: category {self.category!r}, "
+                f"k={self.shots}, {self.queries} queries, batch {self.batch_size}"
+            )
+        )
+        table.add_column("output", no_wrap=True)
+        for header in ("shape", "max abs", "max rel", "atol to pass", "ok"):
+            table.add_column(header, justify="right", no_wrap=True)
+        for d in self.outputs:
+            mark = "[green]yes[/]" if d.passes else "[red]NO[/]"
+            shape = "x".join(map(str, d.shape))
+            table.add_row(d.name, shape, f"{d.max_abs:.2e}", f"{d.max_rel:.2e}",
+                          f"{d.tolerance_to_pass:.2e}", mark)  # fmt: skip
+        lines = []
+        if self.batch_invariance is not None:
+            lines.append(f"score, batch vs one at a time: max abs {self.batch_invariance:.2e}")
+        if self.rank is not None:
+            lines.append("rank agreement of scores: " + ", ".join(
+                f"{k.replace('_', ' ')} {v:.4f}" for k, v in self.rank.items()))  # fmt: skip
+        if self.auroc is not None:
+            lines.append("image AUROC: " + ", ".join(
+                f"{k} {v:+.4f}" if k == "change" else f"{k} {v:.4f}"
+                for k, v in self.auroc.items()))  # fmt: skip
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines.append(f"parity {verdict}: max abs diff {self.max_abs_diff:.2e}, atol {self.atol:g}")
+        return Group(table, *(Text(line) for line in lines))
+
+
+def compare(
+    model: InCTRL,
+    detector: Detector,
+    category: str,
+    prompts: Sequence[ImageSource],
+    queries: Sequence[ImageSource],
+    atol: float,
+    batch_size: int = 16,
+    labels: Sequence[int] | None = None,
+) -> ParityReport:
+    """Score the same queries with PyTorch and the bundle and compare every output."""
+    torch_bank = model.reference(list(prompts))
+    torch_prior = model.text_prior(category)
+    torch_scores = model.score(list(queries), torch_bank, torch_prior, batch_size=batch_size)
+    bank = detector.reference(prompts)
+    scores = detector.scores(category, queries, bank=bank, batch_size=batch_size)
+
+    pairs = {
+        "bank.patches": (bank.patches, torch_bank.patches),
+        "bank.adapted_mean": (bank.adapted_mean, torch_bank.adapted_mean),
+        "text_prior": (detector.bundle.prior(category), torch_prior.matrix()),
+        **{name: (getattr(scores, name), getattr(torch_scores, name)) for name in SCORE_FIELDS},
+    }
+    report = ParityReport(
+        precision=detector.bundle.graphs["encoder"].precision,
+        category=category,
+        shots=len(prompts),
+        queries=len(queries),
+        batch_size=batch_size,
+        atol=atol,
+        outputs=[
+            _diff(name, ours, np.asarray(ref.cpu()), atol) for name, (ours, ref) in pairs.items()
+        ],  # fmt: skip
+    )
+    reference = np.asarray(torch_scores.score.cpu(), dtype=np.float64)
+    if len(queries) > 1:
+        report.rank = rank_agreement(scores.score, reference)
+    if labels is not None and 0 < sum(labels) < len(labels):
+        report.auroc = _auroc_change(labels, reference, scores.score)
+    few = queries[:_BATCH_CHECK]
+    one_by_one = detector.scores(category, few, bank=bank, batch_size=1).score
+    report.batch_invariance = float(np.abs(one_by_one - scores.score[: len(few)]).max())
+    return report
+
+
+def _diff(name: str, ours: np.ndarray, reference: np.ndarray, atol: float) -> OutputDiff:
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    if ours.shape != reference.shape:
+        return OutputDiff(name, ours.shape, float("inf"), float("inf"), False)
+    error = np.abs(ours - reference)
+    relative = error / np.maximum(np.abs(reference), _REL_FLOOR)
+    max_abs = float(error.max(initial=0.0))
+    return OutputDiff(name, ours.shape, max_abs, float(relative.max(initial=0.0)), max_abs <= atol)
+
+
+def rank_agreement(scores: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Spearman's rho and Kendall's tau between two score lists, and the fraction of query
+    pairs they order alike."""
+    from scipy.stats import kendalltau, spearmanr
+
+    a, b = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    upper = np.triu_indices(len(a), k=1)
+    sign = np.sign(a[:, None] - a[None, :])[upper] * np.sign(b[:, None] - b[None, :])[upper]
+    constant = np.ptp(a) == 0 or np.ptp(b) == 0
+    return {
+        "spearman": 1.0 if constant else float(spearmanr(a, b).statistic),
+        "kendall_tau": 1.0 if constant else float(kendalltau(a, b).statistic),
+        "same_order": float((sign >= 0).mean()),
+    }
+
+
+def _auroc_change(
+    labels: Sequence[int], reference: np.ndarray, scores: np.ndarray
+) -> dict[str, float]:
+    from inctrl.metrics import image_metrics
+
+    torch_auroc, _ = image_metrics(labels, reference)
+    bundle_auroc, _ = image_metrics(labels, scores)
+    return {"pytorch": torch_auroc, "bundle": bundle_auroc, "change": bundle_auroc - torch_auroc}

@@ -1,0 +1,89 @@
+"""``inctrl-export verify``: a bundle's parity report with PyTorch, on demand, on real images.
+
+Given a folder of images, the first k (sorted by name) are the prompts and the rest the queries;
+given a category folder in MVTec layout, the prompts are the first k of ``train/good`` and the
+queries the test images, whose labels give AUROC on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from inctrl.data import is_category_folder, scan_category
+from inctrl.demo import load_model
+from inctrl.errors import InputError
+from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
+from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
+from inctrl_runtime.detector import Detector
+from inctrl_runtime.files import file_sha256
+from inctrl_runtime.preprocess import IMAGE_SUFFIXES
+
+
+def verify_bundle(
+    bundle: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    clip_weights: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    category: str | None = None,
+    shots: int = CHECK_SHOTS,
+    device: str = "cpu",
+    atol: float | None = None,
+    batch_size: int = 16,
+    log=lambda message: None,
+) -> ParityReport:
+    """Compare a bundle with the checkpoint it was exported from (default: the demo, for a demo
+    bundle), on ``images`` or, without them, on the export's seeded check images."""
+    if shots < 1:
+        raise InputError(f"--shots must be at least 1, got {shots}")
+    detector = Detector.open(bundle, device=device)
+    source = detector.bundle.manifest.get("source", {})
+    if checkpoint is None and not source.get("demo"):
+        raise InputError(
+            f"{bundle}: exported from {source.get('checkpoint')}; name it with --checkpoint"
+        )
+    if checkpoint is not None and file_sha256(checkpoint) != source.get("sha256"):
+        raise InputError(
+            f"{checkpoint}: not the checkpoint {bundle} was exported from (that one had sha256 "
+            f"{str(source.get('sha256'))[:12]}...); name the right --checkpoint"
+        )
+    model = load_model(checkpoint, clip_weights, device=device, notice=log)
+    category = category or _default_category(detector, images)
+    prompts, queries, labels = _images(images, shots)
+    precision = detector.bundle.graphs["encoder"].precision
+    atol = DEFAULT_ATOL.get(precision, DEFAULT_ATOL["fp16"]) if atol is None else atol
+    return compare(model, detector, category, prompts, queries, atol, batch_size, labels)
+
+
+def _default_category(detector: Detector, images: str | os.PathLike | None) -> str:
+    """The images folder's name when the bundle knows it, else the bundle's first category."""
+    if images is not None and Path(images).name in detector.categories:
+        return Path(images).name
+    return detector.categories[0]
+
+
+def _images(folder: str | os.PathLike | None, shots: int) -> tuple[list, list, list[int] | None]:
+    """(prompts, queries, labels or None) from a folder, or the seeded check images."""
+    if folder is None:
+        images = check_images(shots + CHECK_QUERIES, CHECK_SEED)
+        return images[:shots], images[shots:], None
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder of images")
+    if is_category_folder(folder):
+        samples = scan_category(folder)
+        normal = [s.image_path for s in samples if s.split == "train" and s.target == 0]
+        test = [s for s in samples if s.split == "test"]
+        if len(normal) < shots or not test:
+            raise InputError(
+                f"{folder}: needs at least {shots} images in train/good and some in test/ "
+                f"(found {len(normal)} and {len(test)})"
+            )
+        return normal[:shots], [s.image_path for s in test], [s.target for s in test]
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(paths) <= shots:
+        raise InputError(
+            f"{folder}: has {len(paths)} images; needs more than --shots {shots} (the first "
+            f"{shots} are the prompts, the rest the queries)"
+        )
+    return paths[:shots], paths[shots:], None

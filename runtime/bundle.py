@@ -1,0 +1,183 @@
+"""The bundle as the runtime reads it: a manifest it trusts only after checking it.
+
+``Bundle.open`` refuses, in one line that names the file and what to do, a folder without a
+manifest, a manifest of another schema version, a missing file, or a file whose size or sha256
+differ from what the manifest recorded (DESIGN.md, "The bundle").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.files import file_sha256
+from inctrl_runtime.preprocess import Preprocessing
+
+FORMAT = "inctrl.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+PRIORS = "priors.json"
+REFERENCES = "references"
+GRAPHS = ("encoder", "head")
+REEXPORT = "re-export it with inctrl-export onnx"
+
+_CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """One graph of the bundle: its file, and its inputs and outputs as (name, shape) pairs."""
+
+    file: Path
+    inputs: tuple[tuple[str, tuple[int | str, ...]], ...]
+    outputs: tuple[tuple[str, tuple[int | str, ...]], ...]
+    precision: str
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.outputs)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A checked bundle: manifest, graphs, preprocessing and the text prior of each category."""
+
+    path: Path
+    manifest: dict
+    preprocessing: Preprocessing
+    graphs: dict[str, GraphInfo]
+    priors: dict[str, np.ndarray]  # category -> 2 x E float32, rows (normal, anomaly)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, check_files: bool = True) -> Bundle:
+        """Read and check a bundle folder; ``check_files=False`` skips the sha256 of each file
+        (sizes are still checked)."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        _check_files(path, manifest, check_files)
+        try:
+            graphs = {name: _graph_info(path, manifest["graphs"][name]) for name in GRAPHS}
+            preprocessing = Preprocessing.from_manifest(manifest["preprocessing"])
+            embed_dim = int(manifest["model"]["embed_dim"])
+        except (KeyError, TypeError, ValueError) as err:
+            message = f"{path / MANIFEST}: incomplete manifest ({err}); {REEXPORT}"
+            raise BundleError(message) from None
+        priors = read_priors(path / PRIORS, embed_dim)
+        return cls(path, manifest, preprocessing, graphs, priors)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(self.priors)
+
+    @property
+    def encoder_sha256(self) -> str:
+        """Identifies the encoder that reference banks of this bundle were made with."""
+        return self.manifest["files"][self.graphs["encoder"].file.name]["sha256"]
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.manifest.get("source", {}).get("demo", False))
+
+    def prior(self, category: str) -> np.ndarray:
+        """The 2 x E text prior of a category; unknown categories are a one-line error."""
+        if category not in self.priors:
+            known = ", ".join(self.categories)
+            raise InputError(
+                f"category {category!r} has no text prior in {self.path} (it has: {known}); "
+                f"export the bundle again with --category {category}"
+            )
+        return self.priors[category]
+
+    def reference_path(self, category: str) -> Path:
+        """Where the registered reference bank of a category lives: references/<category>.npz."""
+        check_category_name(category)
+        return self.path / REFERENCES / f"{category}.npz"
+
+
+def check_category_name(category: str) -> None:
+    """Category names become file names: letters, digits and ``_ . + -``, not starting with a
+    dot, so that no name can point outside the bundle."""
+    if not _CATEGORY_NAME.match(category or ""):
+        raise InputError(
+            f"category name {category!r} is not usable: use letters, digits, '_', '-', '.', '+'"
+        )
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of a bundle folder, with its format and schema version checked."""
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder (make one with inctrl-export onnx)")
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: has no {MANIFEST}, so it is not an inctrl bundle; {REEXPORT}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{manifest_path}: not readable JSON ({err}); {REEXPORT}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path}: not an inctrl bundle manifest; {REEXPORT}")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle schema version {version!r}, but this inctrl_runtime reads "
+            f"version {SCHEMA_VERSION}; {REEXPORT} from the same inctrl release"
+        )
+    return manifest
+
+
+def _check_files(path: Path, manifest: dict, check_sha256: bool) -> None:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{path / MANIFEST}: lists no files; {REEXPORT}")
+    for name, record in files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: missing from the bundle; {REEXPORT}")
+        if file.stat().st_size != record.get("bytes"):
+            raise BundleError(
+                f"{file}: {file.stat().st_size} bytes, the manifest says {record.get('bytes')} "
+                f"(truncated or replaced); {REEXPORT}"
+            )
+        if check_sha256 and file_sha256(file) != record.get("sha256"):
+            raise BundleError(
+                f"{file}: sha256 differs from the manifest (tampered with or damaged); {REEXPORT}"
+            )
+
+
+def _graph_info(path: Path, record: dict) -> GraphInfo:
+    def pairs(entries: list[dict]) -> tuple:
+        return tuple((e["name"], tuple(e["shape"])) for e in entries)
+
+    return GraphInfo(
+        file=path / record["file"],
+        inputs=pairs(record["inputs"]),
+        outputs=pairs(record["outputs"]),
+        precision=record["precision"],
+    )
+
+
+def read_priors(path: Path, embed_dim: int) -> dict[str, np.ndarray]:
+    """``priors.json``: category -> {normal: [E], anomaly: [E]}, as 2 x E float32 arrays."""
+    try:
+        raw = json.loads(path.read_text())
+        priors = {
+            category: np.asarray([value["normal"], value["anomaly"]], dtype=np.float32)
+            for category, value in raw.items()
+        }
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}: not readable JSON ({err}); {REEXPORT}") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{path}: not a priors file ({err}); {REEXPORT}") from None
+    for category, prior in priors.items():
+        if prior.shape != (2, embed_dim):
+            raise BundleError(
+                f"{path}: the prior of {category!r} has shape {prior.shape}, the model needs "
+                f"(2, {embed_dim}); {REEXPORT}"
+            )
+    return priors

@@ -1,0 +1,170 @@
+"""``inctrl-run``: register normal examples and score images with a bundle; no torch needed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import typer
+
+from inctrl_runtime.console import interactive, require_files, run_app, status, stderr, warn
+from inctrl_runtime.errors import InputError
+
+app = typer.Typer(
+    name="inctrl-run",
+    help="Score images with an exported InCTRL bundle (onnxruntime; no torch).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+BundleArgument = typer.Argument(..., help="Bundle folder (made by inctrl-export onnx).")
+CategoryOption = typer.Option(
+    None,
+    "--category",
+    help="Product category; the bundle must hold its text prior.",
+    show_default=False,
+)
+DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda[:N] or tensorrt[:N].")
+ThreadsOption = typer.Option(
+    None, "--threads", help="Intra-op threads (default: all cores).", show_default=False
+)
+
+
+def _open(bundle: Path, device: str, threads: int | None):
+    from inctrl_runtime.detector import Detector
+
+    with status("opening the bundle"):
+        detector = Detector.open(bundle, device=device, threads=threads)
+    if detector.bundle.is_demo:
+        warn("this bundle holds the embedded DEMO model (synthetic data only, not for inspection)")
+    return detector
+
+
+def run_register(
+    bundle: Path,
+    category: str | None,
+    shots: Sequence[Path],
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Path:
+    """Encode the shots of a category into ``references/<category>.npz``; returns its path."""
+    if not category:
+        raise InputError("no --category given: name the product category, e.g. --category candle")
+    if not shots:
+        raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
+    require_files(shots, "--shot image")
+    detector = _open(bundle, device, threads)
+    with status(f"encoding {len(shots)} normal images"):
+        detector.register(category, list(shots))
+    return detector.bundle.reference_path(category)
+
+
+def run_score(
+    bundle: Path,
+    category: str | None,
+    queries: Sequence[Path],
+    shots: Sequence[Path] = (),
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int = 16,
+    heatmaps: Path | None = None,
+) -> list[dict]:
+    """Score queries; one record per query, as ``inctrl score --json`` writes them.
+
+    ``shots`` replace the category's registered bank for this call (nothing is saved).
+    """
+    from inctrl_runtime.results import write_heatmaps
+
+    if not category:
+        raise InputError("no --category given: name the product category, e.g. --category candle")
+    if not queries:
+        raise InputError("no query images given: list the images to score after the options")
+    require_files(shots, "--shot image")
+    require_files(queries, "query image")
+    detector = _open(bundle, device, threads)
+    detector.bundle.prior(category)
+    bank = detector.reference(list(shots)) if shots else detector.registered(category)
+    records = [r.record() for r in _score(detector, category, list(queries), bank, batch_size)]
+    if heatmaps is not None:
+        write_heatmaps(records, heatmaps, detector.bundle.preprocessing)
+    return records
+
+
+def _score(detector, category, queries, bank, batch_size):
+    if not interactive():
+        return detector.score(category, queries, bank, batch_size)
+    from rich.progress import Progress
+
+    with Progress(console=stderr, transient=True) as progress:
+        task = progress.add_task("scoring", total=len(queries))
+        return detector.score(
+            category, queries, bank, batch_size, lambda done: progress.update(task, completed=done)
+        )
+
+
+@app.command()
+def register(
+    bundle: Path = BundleArgument,
+    category: str = CategoryOption,
+    shot: list[Path] = typer.Option(
+        None, "--shot", "-s", help="A normal example image; repeat for k shots.", show_default=False
+    ),
+    device: str = DeviceOption,
+    threads: int = ThreadsOption,
+) -> None:
+    """Encode a few normal --shot images of a --category once and keep them in the bundle
+    (references/<category>.npz), for later `inctrl-run score` calls.
+
+    Example: inctrl-run register bundle/ --category candle -s good1.png -s good2.png
+    """
+    path = run_register(bundle, category, shot or [], device, threads)
+    stderr.print(f"registered {len(shot)} shots of {category!r} in {path}", markup=False)
+
+
+@app.command()
+def score(
+    bundle: Path = BundleArgument,
+    queries: list[Path] = typer.Argument(
+        None, help="Query images to score (png, jpg, ..., npy).", show_default=False
+    ),
+    category: str = CategoryOption,
+    shot: list[Path] = typer.Option(
+        None,
+        "--shot",
+        "-s",
+        help="Normal example images to use for this call instead of the registered ones.",
+        show_default=False,
+    ),
+    device: str = DeviceOption,
+    threads: int = ThreadsOption,
+    batch_size: int = typer.Option(16, help="Query images per encoder pass."),
+    heatmaps: Path = typer.Option(
+        None,
+        help="Write a heatmap PNG per query (patch residuals over the image) here.",
+        show_default=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """Score QUERIES of a --category against its registered normal images (or --shot images).
+
+    The JSON is that of `inctrl score --json`. Example:
+
+        inctrl-run score bundle/ --category candle --json q1.png q2.png
+    """
+    from inctrl_runtime.results import print_table
+
+    records = run_score(
+        bundle, category, queries or [], shot or [], device, threads, batch_size, heatmaps
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(records) + "\n")
+    else:
+        print_table(records)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``inctrl-run``."""
+    run_app(app, "inctrl-run", argv)

@@ -1,0 +1,232 @@
+"""The lean scorer: a checked bundle, two ONNX Runtime sessions, and the few-shot state.
+
+    det = Detector.open("bundle/", device="cpu")
+    det.register("candle", ["good_1.png", "good_2.png"])      # references/candle.npz
+    for result in det.score("candle", ["a.png", "b.png"]):
+        print(result.score); result.heatmap().save("a_map.png")
+
+A query costs one encoder pass and the head; the encoder's outputs feed the head as they are
+(numpy arrays on the CPU, device buffers through IO binding on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inctrl_runtime.bundle import Bundle, check_category_name
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.preprocess import ImageSource, describe, pixel_digest, preprocess_many
+from inctrl_runtime.references import ReferenceBank
+from inctrl_runtime.results import Result, Scores, results
+from inctrl_runtime.sessions import Placement, open_session, place
+
+Features = dict[str, "np.ndarray | ort.OrtValue"]
+
+
+class VerificationWarning(UserWarning):
+    """The bundle's own export check found outputs outside the parity tolerance."""
+
+
+class Detector:
+    """Scores images of a category against its registered normal examples, with no torch."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        encoder: ort.InferenceSession,
+        head: ort.InferenceSession,
+        placement: Placement,
+    ) -> None:
+        self.bundle = bundle
+        self.encoder = encoder
+        self.head_session = head
+        self.placement = placement
+
+    @classmethod
+    def open(
+        cls,
+        bundle: str | os.PathLike,
+        device: str = "cpu",
+        threads: int | None = None,
+        strict: bool = True,
+        check_files: bool = True,
+    ) -> Detector:
+        """Check a bundle and start its sessions.
+
+        Args:
+            device: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` (onnxruntime execution providers).
+            threads: intra-op threads per session (None: onnxruntime's default, all cores).
+            strict: refuse a device whose provider is missing; False warns and uses the CPU.
+            check_files: verify each file's sha256 against the manifest (sizes always are).
+        """
+        checked = Bundle.open(bundle, check_files=check_files)
+        verification = checked.manifest.get("verification") or {}
+        if verification and not verification.get("passed", False):
+            warnings.warn(
+                f"{checked.path}: this bundle failed its export check against PyTorch "
+                f"(max abs diff {verification.get('max_abs_diff')}); see its manifest",
+                VerificationWarning,
+                stacklevel=2,
+            )
+        placement = place(device, strict=strict)
+        sessions = {
+            name: open_session(graph.file, placement, threads, strict, graph.precision)
+            for name, graph in checked.graphs.items()
+        }
+        return cls(checked, sessions["encoder"], sessions["head"], placement)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Categories this bundle has text priors for."""
+        return self.bundle.categories
+
+    # ------------------------------------------------------------------------------- features
+    def pixels(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """B x 3 x S x S float32, preprocessed as the manifest says."""
+        return preprocess_many(images, self.bundle.preprocessing)
+
+    def encode(self, pixels: np.ndarray, on_device: bool = False) -> Features:
+        """The encoder's outputs (embedding, adapted, patches) for preprocessed images.
+
+        ``on_device`` keeps them in GPU memory (OrtValues) when the session runs on a GPU.
+        """
+        return self._run(self.encoder, {"image": pixels}, on_device and self.placement.on_gpu)
+
+    def _run(self, session: ort.InferenceSession, inputs: dict, on_device: bool) -> dict:
+        names = [output.name for output in session.get_outputs()]
+        if not self.placement.on_gpu:
+            return dict(zip(names, session.run(names, inputs), strict=True))
+        binding = session.io_binding()
+        for name, value in inputs.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            if on_device:
+                binding.bind_output(name, "cuda", self.placement.device_id)
+            else:
+                binding.bind_output(name)
+        session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return {n: v if on_device else v.numpy() for n, v in zip(names, outputs, strict=True)}
+
+    # ------------------------------------------------------------------------- few-shot state
+    def reference(
+        self, prompt_images: Sequence[ImageSource], batch_size: int = 16
+    ) -> ReferenceBank:
+        """Encode k normal prompt images into a ReferenceBank (not saved)."""
+        if len(prompt_images) == 0:
+            raise InputError("no prompt images: give at least one normal image of the category")
+        pixels = self.pixels(prompt_images)
+        starts = range(0, len(pixels), batch_size)
+        chunks = [self.encode(pixels[i : i + batch_size]) for i in starts]
+        patches = np.concatenate([c["patches"] for c in chunks])  # k x L x P x D
+        adapted = np.concatenate([c["adapted"] for c in chunks])
+        shots, layers, _, width = patches.shape
+        return ReferenceBank(
+            patches=np.ascontiguousarray(patches.transpose(1, 0, 2, 3).reshape(layers, -1, width)),
+            adapted_mean=adapted.mean(axis=0, dtype=np.float32),
+            shots=shots,
+            sources=tuple(describe(s) for s in prompt_images),
+            digests=tuple(pixel_digest(p) for p in pixels),
+            encoder_sha256=self.bundle.encoder_sha256,
+        )
+
+    def register(
+        self, category: str, prompt_images: Sequence[ImageSource], batch_size: int = 16
+    ) -> ReferenceBank:
+        """Build a category's bank and save it as ``references/<category>.npz`` (atomically)."""
+        self.bundle.prior(category)  # an unknown category fails before any work
+        bank = self.reference(prompt_images, batch_size)
+        bank.save(self.bundle.reference_path(category))
+        return bank
+
+    def registered(self, category: str) -> ReferenceBank:
+        """The bank saved by ``register`` for a category."""
+        check_category_name(category)
+        path = self.bundle.reference_path(category)
+        if not path.is_file():
+            raise InputError(
+                f"category {category!r} is not registered in {self.bundle.path}: run "
+                f"inctrl-run register {self.bundle.path} --category {category} --shot IMG ..."
+            )
+        return ReferenceBank.load(path, self.bundle.encoder_sha256)
+
+    # ---------------------------------------------------------------------------------- scoring
+    def head(self, features: Features, bank_inputs: dict) -> Scores:
+        """The residual head on encoded queries and a category's bank and prior inputs."""
+        inputs = {name: features[name] for name in ("embedding", "adapted", "patches")}
+        outputs = self._run(self.head_session, {**inputs, **bank_inputs}, on_device=False)
+        return Scores(**{name: outputs[name] for name in Scores._fields})
+
+    def scores(
+        self,
+        category: str,
+        images: Sequence[ImageSource] | np.ndarray,
+        bank: ReferenceBank | None = None,
+        batch_size: int = 16,
+        progress: Callable[[int], None] | None = None,
+    ) -> Scores:
+        """Every head output for the queries, in order, batch by batch.
+
+        ``images`` are image sources or already preprocessed B x 3 x S x S pixels; ``bank``
+        defaults to the category's registered one; ``progress`` is called with the number of
+        queries done after each batch.
+        """
+        if batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        if len(images) == 0:
+            raise InputError("no query images given")
+        prior = self.bundle.prior(category)
+        bank = bank if bank is not None else self.registered(category)
+        if bank.encoder_sha256 != self.bundle.encoder_sha256:
+            raise InputError(
+                f"the reference bank ({', '.join(bank.sources[:2])}) was made with another "
+                "encoder than this bundle's; register the category again"
+            )
+        bank_inputs = self._to_device(
+            {"ref_patches": bank.patches, "ref_adapted": bank.adapted_mean, "text_prior": prior}
+        )
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            pixels = batch if isinstance(batch, np.ndarray) else self.pixels(batch)
+            chunks.append(self.head(self.encode(pixels, on_device=True), bank_inputs))
+            if progress is not None:
+                progress(start + len(batch))
+        return Scores(*(np.concatenate(field) for field in zip(*chunks, strict=True)))
+
+    def _to_device(self, arrays: dict[str, np.ndarray]) -> dict:
+        """Upload the bank and prior once per call on a GPU; on the CPU they stay as they are."""
+        if not self.placement.on_gpu:
+            return arrays
+        device_id = self.placement.device_id
+        return {
+            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", device_id)
+            for name, a in arrays.items()
+        }
+
+    def score(
+        self,
+        category: str,
+        images: Sequence[ImageSource],
+        bank: ReferenceBank | None = None,
+        batch_size: int = 16,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Result]:
+        """Score query images of a category: one Result per image, with ``heatmap()``."""
+        scores = self.scores(category, images, bank, batch_size, progress)
+        return results(images, scores, self.bundle.preprocessing)
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({str(Path(self.bundle.path))!r}, device={self.placement.device!r}, "
+            f"categories={list(self.categories)})"
+        )
