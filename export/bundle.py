@@ -59,11 +59,14 @@ def export_bundle(
     atol: float | None = None,
     force: bool = False,
     log: Log = lambda message: None,
+    model: InCTRL | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the embedded demo) as a bundle for ``categories``.
 
     Args:
         out: the bundle folder to create (refused if it exists, unless ``force``).
+        model: export this loaded model instead of reading ``checkpoint`` (the manifest then
+            names no source file).
         categories: product categories whose text priors go in (default for the demo: its
             synthetic categories).
         precision: ``fp32``, or ``fp16`` (encoder weights and most arithmetic in half precision).
@@ -72,12 +75,15 @@ def export_bundle(
         log: called with one line per finished step.
     """
     out = Path(out)
-    checkpoint_path, is_demo = resolve_checkpoint(checkpoint)
+    checkpoint_path, is_demo = (None, False) if model else resolve_checkpoint(checkpoint)
     categories = _check_arguments(out, categories, is_demo, precision, opset, force)
     atol = DEFAULT_ATOL[precision] if atol is None else atol
     seconds: dict[str, float] = {}
-    with _timed(seconds, "load", log, "loaded the model"):
-        model = load_model(checkpoint, clip_weights, notice=log)
+    if model is None:
+        with _timed(seconds, "load", log, "loaded the model"):
+            model = load_model(checkpoint, clip_weights, notice=log)
+    elif model.device.type != "cpu" or model.precision != "fp32":
+        raise InputError("export traces on the CPU in fp32: call model.to_device('cpu') first")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -190,8 +196,8 @@ def _manifest(model, folder, checkpoint, is_demo, categories, opset, precision) 
             for name in files
         },
         "source": {
-            "checkpoint": str(checkpoint),
-            "sha256": file_sha256(checkpoint),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "sha256": file_sha256(checkpoint) if checkpoint else None,
             "demo": is_demo,
             "backbone": model.backbone_origin,
         },

@@ -41,7 +41,8 @@ Atol = typer.Option(
     None,
     "--atol",
     help="Pass mark for the max abs difference of every output. Default: the parity contract, "
-    "1e-4 for fp32, 5e-3 for fp16.",
+    "1e-4 for fp32, 5e-3 for fp16, 5e-2 for int8 (judge int8 by its AUROC change: verify "
+    "--images).",
     show_default=False,
 )
 
@@ -83,7 +84,9 @@ def onnx(
     ),
     opset: int = typer.Option(17, help="ONNX opset, 17 or newer."),
     precision: str = typer.Option(
-        "fp32", help="Encoder precision: fp32, or fp16 (LayerNorm, softmax, norms stay fp32)."
+        "fp32",
+        help="Encoder precision: fp32; fp16 (for GPUs; LayerNorm, softmax, norms stay fp32); "
+        "int8 (for CPUs: dynamic quantization of the matrix-product weights).",
     ),
     clip_weights: Path = ClipWeights,
     verify: bool = typer.Option(
@@ -108,7 +111,6 @@ def onnx(
     """
     from inctrl_export.bundle import export_bundle
 
-    stderr.print(f"exporting to {out}", markup=False, highlight=False)
     with status("exporting (tracing, text priors, self-check)"):
         result = export_bundle(
             out,

@@ -45,6 +45,9 @@ def _traceable() -> Iterator[None]:
             # The tracer warns about shape arithmetic it records as constants; the dynamic axes
             # are checked by running the graph at other sizes (parity.py).
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # The TorchScript exporter is deprecated in favour of the torch.export one, which
+            # needs onnxscript; ours stays dependency-free until that one is required.
+            warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(enabled)
@@ -61,7 +64,8 @@ def export_graph(
     """Trace ``module`` with ``spec``'s names and dynamic axes into an ONNX file at ``path``.
 
     ``precision="fp16"`` stores the weights and most arithmetic in half precision, keeps the
-    inputs and outputs float32 and keeps ``FP32_OPS`` in float32.
+    inputs and outputs float32 and keeps ``FP32_OPS`` in float32; ``"int8"`` quantizes the
+    weights of the matrix products (dynamic quantization, for CPUs).
     """
     inputs = dummy_inputs(spec, TRACE_BATCH, prompt_patches)
     with _traceable(), torch.no_grad():
@@ -77,6 +81,8 @@ def export_graph(
         )
     if precision == "fp16":
         _to_fp16(Path(path))
+    elif precision == "int8":
+        _to_int8(Path(path))
     onnx.checker.check_model(str(path), full_check=True)
 
 
@@ -88,6 +94,27 @@ def _to_fp16(path: Path) -> None:
     )
     _sort_nodes(model.graph)
     onnx.save(model, str(path))
+
+
+def _to_int8(path: Path) -> None:
+    """Dynamic int8 quantization of the weights of MatMul and Gemm (per output channel);
+    activations are quantized on the fly, everything else stays fp32 (a CPU variant)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = path.with_name(f".{path.name}.int8")
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its advice to pre-process the model is not for us
+    try:
+        quantize_dynamic(
+            path, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+            weight_type=QuantType.QInt8,
+        )  # fmt: skip
+    finally:
+        logger.setLevel(level)
+    os.replace(quantized, path)
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:

@@ -19,8 +19,9 @@ from inctrl_runtime.detector import Detector
 from inctrl_runtime.preprocess import ImageSource
 from inctrl_runtime.results import SCORE_FIELDS
 
-# The contract: ONNX Runtime fp32 vs inctrl 1e-4; reduced precision vs inctrl fp32 5e-3.
-DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 5e-3}
+# The contract: ONNX Runtime fp32 vs inctrl 1e-4; fp16 vs inctrl fp32 5e-3. int8 is outside
+# the contract: its mark only catches a broken graph; judge it by its AUROC change (verify).
+DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 5e-3, "int8": 5e-2}
 # Relative differences are taken against max(|reference|, this), so exact zeros do not blow up.
 _REL_FLOOR = 1e-6
 # Queries scored one at a time as well, to measure the runtime's batch invariance.

@@ -51,7 +51,7 @@ def verify_bundle(
     category = category or _default_category(detector, images)
     prompts, queries, labels = _images(images, shots)
     precision = detector.bundle.graphs["encoder"].precision
-    atol = DEFAULT_ATOL.get(precision, DEFAULT_ATOL["fp16"]) if atol is None else atol
+    atol = DEFAULT_ATOL[precision] if atol is None else atol
     return compare(model, detector, category, prompts, queries, atol, batch_size, labels)
 
 

@@ -42,15 +42,40 @@ def images() -> list[np.ndarray]:
     return random_images(8, seed=0)
 
 
-def run_inctrl(*args: str, cwd=None, timeout: float = 300):
-    """Run the real `inctrl` command line in a subprocess (as a user would) and capture it."""
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model: InCTRL):
+    """The tiny model (seeded backbone, perturbed heads) saved as our checkpoint."""
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors"
+    tiny_model.save(path)
+    return path
+
+
+BUNDLE_CATEGORIES = ("candle", "metal_nut")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint):
+    """The tiny checkpoint exported (fp32) with its self-check; copy it before changing it."""
+    from inctrl_export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(out, tiny_checkpoint, BUNDLE_CATEGORIES)
+    return out
+
+
+def run_command(module: str, *args: str, cwd=None, timeout: float = 300):
+    """Run a real command line (the ``main`` of ``module``, e.g. ``inctrl_runtime.cli``) in a
+    subprocess, as a user would, and capture it."""
     import subprocess
     import sys
 
+    code = f"import sys; from {module} import main; main(sys.argv[1:])"
     return subprocess.run(
-        [sys.executable, "-m", "inctrl", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
         timeout=timeout,
-    )
+    )  # fmt: skip
+
+
+def run_inctrl(*args: str, cwd=None, timeout: float = 300):
+    """Run the real `inctrl` command line in a subprocess and capture it."""
+    return run_command("inctrl.cli", *args, cwd=cwd, timeout=timeout)
