@@ -46,6 +46,13 @@ Atol = typer.Option(
     show_default=False,
 )
 
+JsonReport = typer.Option(
+    None,
+    "--json",
+    help="Write the parity report as JSON to this file (- for stdout).",
+    show_default=False,
+)
+
 
 def _log(message: str) -> None:
     stderr.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
@@ -94,12 +101,7 @@ def onnx(
     ),
     atol: float = Atol,
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
-    json_file: Path = typer.Option(
-        None,
-        "--json",
-        help="Write the parity report as JSON to this file (- for stdout).",
-        show_default=False,
-    ),  # fmt: skip
+    json_file: Path = JsonReport,
 ) -> None:
     """Export a checkpoint as a bundle: encoder.onnx, head.onnx, priors.json, manifest.json.
 
@@ -154,12 +156,7 @@ def verify_command(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] (both sides)."),
     atol: float = Atol,
     batch_size: int = typer.Option(16, help="Queries per batch on both sides."),
-    json_file: Path = typer.Option(
-        None,
-        "--json",
-        help="Write the report as JSON to this file (- for stdout).",
-        show_default=False,
-    ),  # fmt: skip
+    json_file: Path = JsonReport,
 ) -> None:
     """Compare a bundle with PyTorch: per output max abs / max rel difference and the tolerance
     that would pass, rank agreement of scores, AUROC on labelled data, batch invariance.

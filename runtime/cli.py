@@ -9,7 +9,18 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import interactive, require_files, run_app, status, stderr, warn
+from inctrl_runtime.console import (
+    BatchSize,
+    Heatmaps,
+    JsonFlag,
+    QueryImages,
+    interactive,
+    require_files,
+    run_app,
+    status,
+    stderr,
+    warn,
+)
 from inctrl_runtime.errors import InputError
 
 app = typer.Typer(
@@ -127,9 +138,7 @@ def register(
 @app.command()
 def score(
     bundle: Path = BundleArgument,
-    queries: list[Path] = typer.Argument(
-        None, help="Query images to score (png, jpg, ..., npy).", show_default=False
-    ),
+    queries: QueryImages = None,
     category: str = CategoryOption,
     shot: list[Path] = typer.Option(
         None,
@@ -140,13 +149,9 @@ def score(
     ),
     device: str = DeviceOption,
     threads: int = ThreadsOption,
-    batch_size: int = typer.Option(16, help="Query images per encoder pass."),
-    heatmaps: Path = typer.Option(
-        None,
-        help="Write a heatmap PNG per query (patch residuals over the image) here.",
-        show_default=False,
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    batch_size: BatchSize = 16,
+    heatmaps: Heatmaps = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Score QUERIES of a --category against its registered normal images (or --shot images).
 

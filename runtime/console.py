@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +21,21 @@ from inctrl_runtime.errors import InputError
 EXIT_INPUT_ERROR = 2
 
 stderr = Console(stderr=True)
+
+# Options of the scoring commands (``inctrl score``, ``inctrl-run score``), declared once.
+QueryImages = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Query images to score (png, jpg, ..., npy).", show_default=False),
+]
+BatchSize = Annotated[int, typer.Option(help="Query images per encoder pass.")]
+Heatmaps = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write a heatmap PNG per query (patch residuals over the image) here.",
+        show_default=False,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")]
 
 
 def interactive() -> bool:

@@ -226,3 +226,17 @@ def test_int8_bundle_is_smaller_and_close(
     encoder = onnx.load(str(tmp_path / "int8" / "encoder.onnx"))
     assert any(n.op_type == "MatMulInteger" for n in encoder.graph.node)
     assert result.file_bytes["encoder.onnx"] < 0.6 * (tiny_bundle / "encoder.onnx").stat().st_size
+
+
+def test_cli_verify_on_a_plain_folder(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path):
+    from PIL import Image
+
+    for i, array in enumerate(random_images(4, seed=70, size=(280, 240))):
+        Image.fromarray(array).save(tmp_path / f"{i}.png")
+    args = ["verify", str(tiny_bundle), "-c", str(tiny_checkpoint), "--images", str(tmp_path)]
+    done = run_command("inctrl_export.cli", *args, "-k", "2", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["shots"], report["queries"], report["auroc"]) == (2, 2, None)
+    too_few = run_command("inctrl_export.cli", *args, "-k", "4")
+    assert too_few.returncode == 2 and "needs more than --shots 4" in too_few.stderr

@@ -23,6 +23,7 @@ from inctrl.cli.common import (
 )
 from inctrl.demo import load_model
 from inctrl.errors import InputError
+from inctrl_runtime.console import BatchSize, Heatmaps, JsonFlag, QueryImages
 from inctrl_runtime.results import SCORE_FIELDS, print_table, write_heatmaps
 
 
@@ -81,9 +82,7 @@ def run_score(
 
 @app.command()
 def score(
-    queries: list[Path] = typer.Argument(
-        None, help="Query images to score (png, jpg, ..., npy).", show_default=False
-    ),
+    queries: QueryImages = None,
     checkpoint: ModelCheckpoint = None,
     category: str = typer.Option(
         None,
@@ -100,19 +99,15 @@ def score(
     ),
     device: Device = "cpu",
     precision: str = typer.Option("fp32", help="Encoder precision: fp32, or fp16/bf16 on CUDA."),
-    batch_size: int = typer.Option(16, help="Query images per encoder pass."),
+    batch_size: BatchSize = 16,
     clip_weights: ClipWeights = None,
-    heatmaps: Path = typer.Option(
-        None,
-        help="Write a heatmap PNG per query (patch residuals over the image) here.",
-        show_default=False,
-    ),
+    heatmaps: Heatmaps = None,
     bank: Path = typer.Option(
         None,
         help="A saved ReferenceBank (inctrl prompts make) instead of --shot images.",
         show_default=False,
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    as_json: JsonFlag = False,
 ) -> None:
     """Score QUERIES against a few normal --shot images of one --category.
 
