@@ -59,6 +59,10 @@ class Result:
             load_image(self.source), self.patch_residual_map, config=self.preprocessing
         )
 
+    def save_heatmap(self, path: str | os.PathLike) -> None:
+        """Write ``heatmap()`` as a PNG, atomically."""
+        save_heatmap(load_image(self.source), self.patch_residual_map, path, self.preprocessing)
+
 
 def results(
     sources: Sequence[ImageSource], scores: Scores, preprocessing: Preprocessing

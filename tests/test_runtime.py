@@ -133,6 +133,9 @@ def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path
     overlay = results[0].heatmap()
     assert overlay.size == (240, 240) and overlay.mode == "RGB"
     assert np.asarray(overlay).std() > 0
+    results[1].save_heatmap(tmp_path / "one.png")
+    assert Image.open(tmp_path / "one.png").size == (240, 240)
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "one.png")), np.asarray(overlay))
     maps = tmp_path / "maps"
     args = ["score", str(bundle), "--category", "metal_nut", "--heatmaps", str(maps), "--json"]
     done = run_command(RUN, *args, *map(str, pictures["queries"]))
