@@ -23,29 +23,8 @@ import numpy as np
 import torch
 
 from inctrl import InCTRL, get_config
-from inctrl.backbone import make_tokenizer
-from inctrl.residual import Scores
-from inctrl.state import TextPrior
 from inctrl.text import prompt_ensemble
-
-
-def authors_text_prior(model: InCTRL, category: str) -> TextPrior:
-    """The text prior as the authors compute it: open_clip's text forward over the full
-    77-token context, normal and anomaly prompts in two calls (ours drops the padding)."""
-    tokenizer = make_tokenizer(model.config)
-    normal, anomaly = prompt_ensemble(category)
-    t_n = model.clip.encode_text(tokenizer(normal), normalize=True).mean(dim=0)
-    t_a = model.clip.encode_text(tokenizer(anomaly), normalize=True).mean(dim=0)
-    return TextPrior(category, t_n / t_n.norm(), t_a / t_a.norm())
-
-
-def authors_way(
-    model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], category: str
-) -> Scores:
-    """One query scored the authors' way: nothing is reused between queries."""
-    bank = model.reference(prompts)
-    prior = authors_text_prior(model, category)
-    return model.score([query], bank, prior, batch_size=1)
+from inctrl_bench.torch_side import authors_text_prior, authors_way
 
 
 def _timed(fn, repeats: int) -> list[float]:

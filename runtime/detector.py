@@ -184,16 +184,7 @@ class Detector:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         if len(images) == 0:
             raise InputError("no query images given")
-        prior = self.bundle.prior(category)
-        bank = bank if bank is not None else self.registered(category)
-        if bank.encoder_sha256 != self.bundle.encoder_sha256:
-            raise InputError(
-                f"the reference bank ({', '.join(bank.sources[:2])}) was made with another "
-                "encoder than this bundle's; register the category again"
-            )
-        bank_inputs = self._to_device(
-            {"ref_patches": bank.patches, "ref_adapted": bank.adapted_mean, "text_prior": prior}
-        )
+        bank_inputs = self.bank_inputs(category, bank)
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
@@ -203,8 +194,21 @@ class Detector:
                 progress(start + len(batch))
         return Scores(*(np.concatenate(field) for field in zip(*chunks, strict=True)))
 
-    def _to_device(self, arrays: dict[str, np.ndarray]) -> dict:
-        """Upload the bank and prior once per call on a GPU; on the CPU they stay as they are."""
+    def bank_inputs(self, category: str, bank: ReferenceBank | None = None) -> dict:
+        """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
+        given), uploaded once to the GPU when the sessions run there; pass them to ``head``."""
+        prior = self.bundle.prior(category)
+        bank = bank if bank is not None else self.registered(category)
+        if bank.encoder_sha256 != self.bundle.encoder_sha256:
+            raise InputError(
+                f"the reference bank ({', '.join(bank.sources[:2])}) was made with another "
+                "encoder than this bundle's; register the category again"
+            )
+        arrays = {
+            "ref_patches": bank.patches,
+            "ref_adapted": bank.adapted_mean,
+            "text_prior": prior,
+        }
         if not self.placement.on_gpu:
             return arrays
         device_id = self.placement.device_id

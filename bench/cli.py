@@ -1,0 +1,120 @@
+"""``inctrl-bench``: latency, throughput and efficiency of every InCTRL backend on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import typer
+
+from inctrl_runtime.console import run_app
+from inctrl_runtime.errors import InputError
+
+app = typer.Typer(
+    name="inctrl-bench",
+    help="Benchmark InCTRL's backends (the authors' way, PyTorch, onnxruntime, TensorRT).",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> (1, 8, 32), sorted and without repeats; anything else is refused."""
+    try:
+        sizes = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise InputError(f"{option} {text!r}: give positive whole numbers separated by commas")
+    return tuple(sizes)
+
+
+def backend_patterns(values: Sequence[str]) -> tuple[str, ...]:
+    """--backend may repeat and may hold a comma-separated list."""
+    return tuple(name.strip() for value in values for name in value.split(","))
+
+
+@app.command()
+def bench(
+    bundle: Path = typer.Argument(
+        None,
+        help="A bundle (inctrl-export onnx) for the onnxruntime backends. Default: export the "
+        "model benched to a temporary bundle.",
+        show_default=False,
+    ),
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="Checkpoint for the torch backends (and the bundle when none is given). Default: "
+        "the bundle's source checkpoint, or the embedded DEMO model.",
+        show_default=False,
+    ),
+    preset: str = typer.Option(
+        None,
+        "--preset",
+        help="Bench a preset's full architecture with seeded random weights, e.g. "
+        "ViT-B-16-plus-240 (a 0.8 GB temporary checkpoint).",
+        show_default=False,
+    ),
+    backend: list[str] = typer.Option(
+        None,
+        "--backend",
+        "-b",
+        help="Backend by name or prefix (onnxruntime: all its variants); repeat for several. "
+        "Default: all.",
+        show_default=False,
+    ),
+    batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for throughput."),
+    shots: str = typer.Option(
+        "2,4,8", "--shots", help="Prompt counts k to register; queries use the smallest."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    repeats: int = typer.Option(
+        None,
+        "--repeats",
+        help="Timed runs per measurement after a warm-up. Default: at least 2 and 1 s, at most 50.",
+        show_default=False,
+    ),
+    json_file: Path = typer.Option(
+        None, "--json", help="Write the full report as JSON here.", show_default=False
+    ),
+    plot_file: Path = typer.Option(
+        None,
+        "--plot",
+        help="Write a PNG: latency per query vs batch, speed-up bars.",
+        show_default=False,
+    ),
+) -> None:
+    """Measure latency per query (p50/p90/p99, stages), throughput per batch size, prompt
+    registration, memory, and achieved GFLOP/s against this machine's measured fp32 peak, for
+    every backend; unavailable ones are listed with the reason. Examples:
+
+        inctrl-bench --json bench.json --plot bench.png
+
+        inctrl-bench bundle/ --backend onnxruntime --batch 1,16
+
+        inctrl-bench --preset ViT-B-16-plus-240 --backend torch-fp32 --backend onnxruntime
+    """
+    from inctrl_bench.progress import console_progress
+    from inctrl_bench.report import print_report
+    from inctrl_bench.suite import BenchSettings, run_bench
+
+    settings = BenchSettings(
+        bundle=bundle,
+        checkpoint=checkpoint,
+        preset=preset,
+        backends=backend_patterns(backend or []),
+        batches=parse_sizes(batch, "--batch"),
+        shots=parse_sizes(shots, "--shots"),
+        device=device,
+        repeats=repeats,
+    )
+    with console_progress() as progress:
+        report = run_bench(settings, json_file, plot_file, progress)
+    print_report(report)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``inctrl-bench``."""
+    run_app(app, "inctrl-bench", argv)

@@ -1,0 +1,181 @@
+"""One bench run: settings in, a report out (and its JSON and plot files, written atomically).
+
+    settings = BenchSettings(backends=("onnxruntime",), batches=(1, 8), shots=(2,), repeats=3)
+    report = run_bench(settings, json_file="bench.json")
+
+``inctrl-bench`` parses its options into ``BenchSettings`` and calls ``run_bench``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inctrl_bench.backends import check_device, select_backends
+from inctrl_bench.flops import ModelShape, encoder_flops, head_flops, text_prompt_flops
+from inctrl_bench.machine import Peak, machine_info, measure_peak
+from inctrl_bench.measure import BackendResult, Plan, Workload, bench_backend
+from inctrl_bench.progress import Progress
+from inctrl_bench.sources import Sources
+from inctrl_bench.timing import Repeats
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import write_json
+
+SCHEMA = "inctrl.bench/1"
+REFERENCES = {"authors": "speedup_vs_authors", "torch-fp32": "speedup_vs_torch_fp32"}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What ``inctrl-bench`` measures; the defaults are its defaults."""
+
+    bundle: Path | None = None
+    checkpoint: Path | None = None
+    preset: str | None = None
+    backends: tuple[str, ...] = ()
+    batches: tuple[int, ...] = (1, 8, 32)
+    shots: tuple[int, ...] = (2, 4, 8)
+    device: str = "cpu"
+    repeats: int | None = None  # None: at least 2 runs and 1 s per measurement, at most 50
+    seed: int = 0
+
+    def repeat_policy(self) -> Repeats:
+        return Repeats() if self.repeats is None else Repeats.exactly(self.repeats)
+
+    def command_line(self) -> str:
+        """The inctrl-bench command that repeats this run."""
+        words = ["inctrl-bench"] + ([str(self.bundle)] if self.bundle else [])
+        options = {"--checkpoint": self.checkpoint, "--preset": self.preset}
+        options |= {"--repeats": self.repeats, "--device": self.device}
+        options |= {"--batch": ",".join(map(str, self.batches))}
+        options |= {"--shots": ",".join(map(str, self.shots))}
+        words += [w for o, v in options.items() if v is not None for w in (o, str(v))]
+        words += [w for name in self.backends for w in ("--backend", name)]
+        return shlex.join(words)
+
+    def to_dict(self) -> dict:
+        record = dataclasses.asdict(self)
+        record.update({k: str(v) for k, v in record.items() if isinstance(v, Path)})
+        record["repeats"] = self.repeat_policy().describe()
+        return record
+
+
+@dataclass
+class BenchReport:
+    """The outcome of a run: the machine, the settings, the peak, one result per backend."""
+
+    machine: dict
+    settings: dict
+    model: str
+    category: str
+    peak: Peak
+    backends: list[BackendResult]
+    notes: list[str] = field(default_factory=list)
+
+    def flops(self) -> dict[str, dict]:
+        """The arithmetic of each model benched (by name): encoder per image, head per query
+        for each k, one authors' text prompt."""
+        shapes = {r.shape.name: r.shape for r in self.backends if r.shape is not None}
+        return {
+            name: _flops_record(shape, self.settings["shots"]) for name, shape in shapes.items()
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "machine": self.machine,
+            "settings": self.settings,
+            "model": self.model,
+            "category": self.category,
+            "peak": self.peak.to_dict(),
+            "flops": self.flops(),
+            "notes": self.notes,
+            "backends": {r.name: r.to_dict() for r in self.backends},
+        }
+
+
+def _flops_record(shape: ModelShape, shots: list[int]) -> dict:
+    encoder = encoder_flops(shape)
+    return {
+        "encoder_per_image": {**encoder, "total": sum(encoder.values())},
+        "head_per_query": {str(k): sum(head_flops(shape, k).values()) for k in shots},
+        "authors_text_prompt": text_prompt_flops(shape),
+    }
+
+
+def add_speedups(results: list[BackendResult]) -> None:
+    """Each available backend's speed-up over ``authors`` and ``torch-fp32``: per-query latency
+    at batch 1, and throughput at each one's largest batch (the authors': batch 1)."""
+    available = {r.name: r for r in results if r.available}
+    for reference, attribute in REFERENCES.items():
+        base = available.get(reference)
+        if base is None:
+            continue
+        for result in available.values():
+            speedup = {
+                "latency": base.latency.p50_ms / result.latency.p50_ms,
+                "throughput": result.throughput[-1].images_per_s / base.throughput[-1].images_per_s,
+            }
+            setattr(result, attribute, speedup)
+
+
+def _check_sizes(settings: BenchSettings) -> None:
+    for option, sizes in (("--batch", settings.batches), ("--shots", settings.shots)):
+        if not sizes or min(sizes) < 1:
+            raise InputError(f"{option} needs positive sizes, got {list(sizes)}")
+    if settings.repeats is not None and settings.repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {settings.repeats}")
+
+
+def run_bench(
+    settings: BenchSettings,
+    json_file: Path | None = None,
+    plot_file: Path | None = None,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Measure every selected backend, then write the JSON report and the plot if asked."""
+    progress = progress or Progress()
+    backends = select_backends(settings.backends)
+    device = check_device(settings.device)
+    _check_sizes(settings)
+    if plot_file is not None:
+        from inctrl_bench.plot import check_plotting
+
+        check_plotting()
+    machine = machine_info(settings.command_line())
+    with tempfile.TemporaryDirectory(prefix="inctrl-bench-") as workdir:
+        sources = Sources(
+            Path(workdir),
+            bundle=settings.bundle,
+            checkpoint=settings.checkpoint,
+            preset=settings.preset,
+            seed=settings.seed,
+            progress=progress,
+        )
+        plan = Plan(settings.batches, settings.shots, settings.repeat_policy(), sources.category)
+        progress.step("measuring the fp32 matrix-product peak")
+        peak = measure_peak(device)
+        workload = Workload.make(max(plan.batches), max(plan.shots), settings.seed)
+        results = [
+            bench_backend(b, device, sources, workload, plan, peak, progress) for b in backends
+        ]
+    add_speedups(results)
+    report = BenchReport(
+        machine,
+        settings.to_dict(),
+        sources.model_label,
+        sources.category,
+        peak,
+        results,
+        sources.notes,
+    )
+    if json_file is not None:
+        write_json(json_file, report.to_dict())
+    if plot_file is not None:
+        from inctrl_bench.plot import write_plot
+
+        write_plot(report, plot_file)
+    return report
