@@ -90,6 +90,9 @@ def test_manifest_describes_the_files(tiny_bundle: Path, tiny_checkpoint: Path) 
     verification = manifest["verification"]
     assert verification["passed"] and verification["max_abs_diff"] <= ATOL_FP32
     assert (verification["shots"], verification["queries"]) == (3, 3)
+    judged = {o["name"]: o["judged"] for o in verification["outputs"]}
+    assert judged == {"bank.patches": False, "bank.adapted_mean": False, "text_prior": True,
+                      **dict.fromkeys(Scores._fields, True)}  # fmt: skip
     assert manifest["preprocessing"]["interpolation"] == "bicubic"
     assert not list(tiny_bundle.parent.glob(".tiny.*"))  # no staging folder left
 
@@ -200,7 +203,8 @@ def test_cli_verify_refuses_another_checkpoint(tiny_bundle: Path, tmp_path: Path
 def test_cli_verify_fails_below_the_mark(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
     args = ["verify", str(tiny_bundle), "-c", str(tiny_checkpoint), "--atol", "0"]
     done = run_command("inctrl_export.cli", *args)
-    assert done.returncode == 1 and "parity FAILED" in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "error: parity FAILED: " in done.stderr and "> atol 0" in done.stderr
 
 
 def test_verify_on_labelled_data_reports_auroc(tiny_checkpoint: Path, tmp_path: Path) -> None:
