@@ -7,14 +7,13 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import run_app
+from inctrl_runtime.console import new_app, run_app
 from inctrl_runtime.errors import InputError
 
-app = typer.Typer(
-    name="inctrl-bench",
-    help="Benchmark InCTRL's backends (the authors' way, PyTorch, onnxruntime, TensorRT).",
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = new_app(
+    "inctrl-bench",
+    "Benchmark InCTRL's backends (the authors' way, PyTorch, onnxruntime, TensorRT).",
+    no_args_is_help=False,
 )
 
 

@@ -9,19 +9,16 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import run_app, status, stderr
+from inctrl_runtime.console import new_app, run_app, status, stderr
 
 EXIT_PARITY_FAILED = 1
 
-app = typer.Typer(
-    name="inctrl-export",
-    help=(
+app = new_app(
+    "inctrl-export",
+    (
         "Export InCTRL to a bundle (ONNX encoder + head, text priors, manifest) for the lean "
         "runtime (inctrl-run), and check any bundle against PyTorch."
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 Checkpoint = typer.Option(

@@ -15,6 +15,7 @@ from inctrl_runtime.console import (
     JsonFlag,
     QueryImages,
     interactive,
+    new_app,
     require_files,
     run_app,
     status,
@@ -23,12 +24,9 @@ from inctrl_runtime.console import (
 )
 from inctrl_runtime.errors import InputError
 
-app = typer.Typer(
-    name="inctrl-run",
-    help="Score images with an exported InCTRL bundle (onnxruntime; no torch).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = new_app(
+    "inctrl-run",
+    "Score images with an exported InCTRL bundle (onnxruntime; no torch).",
 )
 
 BundleArgument = typer.Argument(..., help="Bundle folder (made by inctrl-export onnx).")

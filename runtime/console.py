@@ -38,6 +38,18 @@ Heatmaps = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")]
 
 
+def new_app(name: str, help: str, no_args_is_help: bool = True) -> typer.Typer:
+    """A typer app as all of ours are: help when run bare, no shell-completion installer, and no
+    rich tracebacks (user mistakes are one line; anything else is a bug worth a plain trace)."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=no_args_is_help,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
 def interactive() -> bool:
     """Progress bars and spinners go to stderr, and only when a person is watching."""
     return sys.stderr.isatty()

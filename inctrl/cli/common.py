@@ -7,14 +7,11 @@ from typing import Annotated
 
 import typer
 
-from inctrl_runtime.console import interactive, require_files, status, stderr, warn
+from inctrl_runtime.console import interactive, new_app, require_files, status, stderr, warn
 
-app = typer.Typer(
-    name="inctrl",
-    help="InCTRL few-shot anomaly detection: score images against a few normal examples.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = new_app(
+    "inctrl",
+    "InCTRL few-shot anomaly detection: score images against a few normal examples.",
 )
 data_app = typer.Typer(help="Data sets: synthetic data, JSON indexes.", no_args_is_help=True)
 prompts_app = typer.Typer(help="Few-shot prompt sets (k normal images).", no_args_is_help=True)
