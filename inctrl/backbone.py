@@ -52,14 +52,15 @@ def build_clip(config: InCTRLConfig) -> open_clip.CLIP:
 
 
 def encode_images(
-    clip: open_clip.CLIP, config: InCTRLConfig, pixels: torch.Tensor
+    visual: torch.nn.Module, config: InCTRLConfig, pixels: torch.Tensor
 ) -> ImageFeatures:
-    """Run the image tower once: embeddings and the tapped blocks' unit-norm patch tokens.
+    """Run the image tower (``clip.visual``) once: embeddings and the tapped blocks' unit-norm
+    patch tokens.
 
     Args:
         pixels: B x 3 x S x S preprocessed images.
     """
-    out = clip.visual.forward_intermediates(
+    out = visual.forward_intermediates(
         pixels, indices=config.vision.tapped_indices, output_fmt="NLC"
     )
     # NLC intermediates exclude the class token: each is B x P x D, patches row-major.

@@ -8,6 +8,7 @@ head is the pure arithmetic of ``inctrl.residual``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import os
@@ -72,6 +73,9 @@ class InCTRL(nn.Module):
         self.diff_head_ref = ResidualHead(config.embed_dim, config.head.hidden)
         self.clip.requires_grad_(False)
         self.precision = "fp32"
+        # On the CPU, bf16 runs a bf16 copy of the image tower (see to_device); kept out of the
+        # module tree so that state_dict and .to() see only the fp32 weights.
+        object.__setattr__(self, "_bf16_visual", None)
         # Where the backbone weights came from: "seed:<n>", "file:<sha256>" or "included".
         self.backbone_origin = (
             f"seed:{config.backbone_seed}" if config.backbone_seed is not None else "random"
@@ -181,14 +185,23 @@ class InCTRL(nn.Module):
         save_checkpoint(path, state, self.config.to_dict(), origin)
 
     def to_device(self, device: str | torch.device = "cpu", precision: str = "fp32") -> InCTRL:
-        """Move to a device and pick the encoder precision (fp16/bf16 run under autocast)."""
+        """Move to a device and pick the image encoder precision: fp16/bf16 run under autocast,
+        except bf16 on the CPU, which runs a bf16 copy of the (frozen) image tower."""
         device = _resolve_device(device)
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
         if precision == "fp16" and device.type != "cuda":
             raise InputError("fp16 needs a CUDA device; on CPU use fp32 or bf16")
         self.precision = precision
-        return self.to(device)
+        model = self.to(device)
+        # torch's CPU autocast sends nn.MultiheadAttention down its slow path, where a bf16
+        # batch of more than one image costs ~10x (F.linear on a non-contiguous input expands
+        # the weight per token); bf16 weights take the fused path and are as accurate.
+        bf16_visual = None
+        if precision == "bf16" and device.type == "cpu":
+            bf16_visual = copy.deepcopy(self.clip.visual).to(torch.bfloat16)
+        object.__setattr__(self, "_bf16_visual", bf16_visual)
+        return model
 
     @property
     def device(self) -> torch.device:
@@ -211,8 +224,11 @@ class InCTRL(nn.Module):
 
     def encode(self, pixels: torch.Tensor) -> ImageFeatures:
         """Image features in fp32 whatever the encoder precision."""
-        with self._encoder_precision():
-            features = encode_images(self.clip, self.config, pixels)
+        if self._bf16_visual is not None:
+            features = encode_images(self._bf16_visual, self.config, pixels.bfloat16())
+        else:
+            with self._encoder_precision():
+                features = encode_images(self.clip.visual, self.config, pixels)
         return ImageFeatures(features.embedding.float(), features.patches.float())
 
     def head(self, features: ImageFeatures, bank: ReferenceBank, prior: TextPrior) -> Scores:
