@@ -69,13 +69,15 @@ def export_bundle(
             names no source file).
         categories: product categories whose text priors go in (default for the demo: its
             synthetic categories).
-        precision: ``fp32``, or ``fp16`` (encoder weights and most arithmetic in half precision).
+        precision: ``fp32``; ``fp16`` (encoder weights and most arithmetic in half precision);
+            ``int8`` (the transformer blocks' matrix products dynamically quantized).
         verify: run the self-check; with ``atol`` (default: the contract's tolerance for
             ``precision``) as the pass mark.
         log: called with one line per finished step.
     """
     out = Path(out)
-    checkpoint_path, is_demo = (None, False) if model else resolve_checkpoint(checkpoint)
+    given = model is not None
+    checkpoint_path, is_demo = (None, False) if given else resolve_checkpoint(checkpoint)
     categories = _check_arguments(out, categories, is_demo, precision, opset, force)
     atol = DEFAULT_ATOL[precision] if atol is None else atol
     seconds: dict[str, float] = {}
@@ -136,7 +138,14 @@ def _timed(seconds: dict[str, float], step: str, log: Log, done: str) -> Iterato
     log(f"{done} ({seconds[step]:.1f} s)")
 
 
-def _write_graphs(model, folder, opset, precision, seconds, log) -> None:
+def _write_graphs(
+    model: InCTRL,
+    folder: Path,
+    opset: int,
+    precision: str,
+    seconds: dict[str, float],
+    log: Log,
+) -> None:
     specs = graph_specs(model.config)
     modules = wrappers(model)
     prompt_patches = TRACE_SHOTS * model.config.vision.num_patches
@@ -155,7 +164,15 @@ def _write_priors(model: InCTRL, categories: Sequence[str], path: Path) -> None:
     write_json(path, priors)
 
 
-def _manifest(model, folder, checkpoint, is_demo, categories, opset, precision) -> dict:
+def _manifest(
+    model: InCTRL,
+    folder: Path,
+    checkpoint: Path | None,
+    is_demo: bool,
+    categories: Sequence[str],
+    opset: int,
+    precision: str,
+) -> dict:
     import onnx
     import onnxruntime
     import open_clip
