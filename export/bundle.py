@@ -88,6 +88,9 @@ def export_bundle(
         raise InputError("export traces on the CPU in fp32: call model.to_device('cpu') first")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's folder is private; a bundle is not
     try:
         _write_graphs(model, staging, opset, precision, seconds, log)
         with _timed(seconds, "priors", log, f"text priors of {len(categories)} categories"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,9 @@ def test_manifest_describes_the_files(tiny_bundle: Path, tiny_checkpoint: Path) 
                       **dict.fromkeys(Scores._fields, True)}  # fmt: skip
     assert manifest["preprocessing"]["interpolation"] == "bicubic"
     assert not list(tiny_bundle.parent.glob(".tiny.*"))  # no staging folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert tiny_bundle.stat().st_mode & 0o777 == 0o777 & ~umask  # readable as a plain mkdir's
 
 
 def test_fp16_bundle_keeps_scores_within_contract(tiny_model: InCTRL, tmp_path: Path) -> None:
