@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import new_app, run_app, status, stderr
+from inctrl_runtime.console import new_app, run_app, say, status, stderr
 
 EXIT_PARITY_FAILED = 1
 
@@ -52,7 +52,7 @@ JsonReport = typer.Option(
 
 
 def _log(message: str) -> None:
-    stderr.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
+    say(f"  {message}")
 
 
 def _report(report, json_file: Path | None) -> None:
@@ -66,11 +66,9 @@ def _report(report, json_file: Path | None) -> None:
             write_json(json_file, report.to_dict())
     if not report.passed:
         worst = max((d for d in report.outputs if d.judged), key=lambda d: d.max_abs)
-        stderr.print(
+        say(
             f"error: parity FAILED: {worst.name} differs by {worst.max_abs:.2e} > atol "
-            f"{report.atol:g} (see the table; --atol to change the mark)",
-            markup=False,
-            highlight=False,
+            f"{report.atol:g} (see the table; --atol to change the mark)"
         )
         raise typer.Exit(EXIT_PARITY_FAILED)
 
@@ -124,7 +122,7 @@ def onnx(
             log=_log,
         )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.file_bytes.items())
-    stderr.print(f"wrote {out}: {sizes}", markup=False, highlight=False, soft_wrap=True)
+    say(f"wrote {out}: {sizes}")
     if result.report is not None:
         _report(result.report, json_file)
 

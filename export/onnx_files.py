@@ -139,6 +139,7 @@ def _sort_nodes(graph: onnx.GraphProto) -> None:
         for node in ready:
             available.update(node.output)
         ordered.extend(ready)
-        pending = [n for n in pending if all(n is not r for r in ready)]
+        done = {id(node) for node in ready}
+        pending = [n for n in pending if id(n) not in done]
     graph.ClearField("node")
     graph.node.extend(ordered)

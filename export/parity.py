@@ -127,12 +127,21 @@ def compare(
     batch_size: int = 16,
     labels: Sequence[int] | None = None,
 ) -> ParityReport:
-    """Score the same queries with PyTorch and the bundle and compare every output."""
+    """Score the same queries with PyTorch and the bundle and compare every output.
+
+    Queries are decoded and preprocessed once, by the one preprocessing both sides share
+    (its parity with torchvision is tested on its own); each side encodes its own prompts.
+    """
+    import torch
+
+    pixels = detector.pixels(queries)
     torch_bank = model.reference(list(prompts))
     torch_prior = model.text_prior(category)
-    torch_scores = model.score(list(queries), torch_bank, torch_prior, batch_size=batch_size)
+    torch_scores = model.score(
+        torch.from_numpy(pixels), torch_bank, torch_prior, batch_size=batch_size
+    )
     bank = detector.reference(prompts)
-    scores = detector.scores(category, queries, bank=bank, batch_size=batch_size)
+    scores = detector.scores(category, pixels, bank=bank, batch_size=batch_size)
 
     pairs = {
         "bank.patches": (bank.patches, torch_bank.patches),
@@ -157,7 +166,7 @@ def compare(
         report.rank = rank_agreement(scores.score, reference)
     if labels is not None and 0 < sum(labels) < len(labels):
         report.auroc = _auroc_change(labels, reference, scores.score)
-    few = queries[:_BATCH_CHECK]
+    few = pixels[:_BATCH_CHECK]
     one_by_one = detector.scores(category, few, bank=bank, batch_size=1).score
     report.batch_invariance = float(np.abs(one_by_one - scores.score[: len(few)]).max())
     return report

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from inctrl.data import is_category_folder, scan_category
-from inctrl.demo import load_model
+from inctrl.data import image_files, is_category_folder, scan_category
+from inctrl.demo import load_model, resolve_checkpoint
 from inctrl.errors import InputError
 from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
+from inctrl_runtime.console import require_files
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.files import file_sha256
-from inctrl_runtime.preprocess import IMAGE_SUFFIXES
 
 
 def verify_bundle(
@@ -42,14 +42,17 @@ def verify_bundle(
         raise InputError(
             f"{bundle}: exported from {source.get('checkpoint')}; name it with --checkpoint"
         )
-    if checkpoint is not None and file_sha256(checkpoint) != source.get("sha256"):
+    path, _ = resolve_checkpoint(checkpoint)
+    require_files([path], "checkpoint")
+    if file_sha256(path) != source.get("sha256"):
         raise InputError(
-            f"{checkpoint}: not the checkpoint {bundle} was exported from (that one had sha256 "
+            f"{path}: not the checkpoint {bundle} was exported from (that one had sha256 "
             f"{str(source.get('sha256'))[:12]}...); name the right --checkpoint"
         )
-    model = load_model(checkpoint, clip_weights, device=device, notice=log)
     category = category or _default_category(detector, images)
+    detector.bundle.prior(category)  # an unknown category fails before the model loads
     prompts, queries, labels = _images(images, shots)
+    model = load_model(checkpoint, clip_weights, device=device, notice=log)
     precision = detector.bundle.graphs["encoder"].precision
     atol = DEFAULT_ATOL[precision] if atol is None else atol
     return compare(model, detector, category, prompts, queries, atol, batch_size, labels)
@@ -80,7 +83,7 @@ def _images(folder: str | os.PathLike | None, shots: int) -> tuple[list, list, l
                 f"(found {len(normal)} and {len(test)})"
             )
         return normal[:shots], [s.image_path for s in test], [s.target for s in test]
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(folder)
     if len(paths) <= shots:
         raise InputError(
             f"{folder}: has {len(paths)} images; needs more than --shots {shots} (the first "

@@ -32,7 +32,8 @@ class Sample:
     mask_path: str | None = None
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in a folder, sorted by name (none if it is not a folder)."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -55,13 +56,13 @@ def scan_category(folder: str | os.PathLike, category: str | None = None) -> lis
     folder = Path(folder)
     category = category or folder.name
     samples = [
-        Sample(str(p), NORMAL, category, "train") for p in _images(folder / "train" / "good")
+        Sample(str(p), NORMAL, category, "train") for p in image_files(folder / "train" / "good")
     ]
     test = folder / "test"
     defects = sorted(d.name for d in test.iterdir() if d.is_dir()) if test.is_dir() else []
     for defect in ["good", *(d for d in defects if d != "good")]:
         target = NORMAL if defect == "good" else ANOMALOUS
-        for image in _images(test / defect):
+        for image in image_files(test / defect):
             mask = _mask_for(folder, defect, image) if target == ANOMALOUS else None
             samples.append(Sample(str(image), target, category, "test", defect, mask))
     return samples

@@ -73,8 +73,8 @@ class InCTRL(nn.Module):
         self.diff_head_ref = ResidualHead(config.embed_dim, config.head.hidden)
         self.clip.requires_grad_(False)
         self.precision = "fp32"
-        # On the CPU, bf16 runs a bf16 copy of the image tower (see to_device); kept out of the
-        # module tree so that state_dict and .to() see only the fp32 weights.
+        # On the CPU, bf16 runs a bf16 copy of the image tower (_cpu_bf16_visual); kept out of
+        # the module tree so that state_dict and .to() see only the fp32 weights.
         object.__setattr__(self, "_bf16_visual", None)
         # Where the backbone weights came from: "seed:<n>", "file:<sha256>" or "included".
         self.backbone_origin = (
@@ -193,15 +193,12 @@ class InCTRL(nn.Module):
         if precision == "fp16" and device.type != "cuda":
             raise InputError("fp16 needs a CUDA device; on CPU use fp32 or bf16")
         self.precision = precision
-        model = self.to(device)
-        # torch's CPU autocast sends nn.MultiheadAttention down its slow path, where a bf16
-        # batch of more than one image costs ~10x (F.linear on a non-contiguous input expands
-        # the weight per token); bf16 weights take the fused path and are as accurate.
-        bf16_visual = None
-        if precision == "bf16" and device.type == "cpu":
-            bf16_visual = copy.deepcopy(self.clip.visual).to(torch.bfloat16)
-        object.__setattr__(self, "_bf16_visual", bf16_visual)
-        return model
+        object.__setattr__(self, "_bf16_visual", None)
+        return self.to(device)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        object.__setattr__(self, "_bf16_visual", None)  # rebuilt from the new weights when used
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def device(self) -> torch.device:
@@ -224,12 +221,24 @@ class InCTRL(nn.Module):
 
     def encode(self, pixels: torch.Tensor) -> ImageFeatures:
         """Image features in fp32 whatever the encoder precision."""
-        if self._bf16_visual is not None:
-            features = encode_images(self._bf16_visual, self.config, pixels.bfloat16())
+        if self.precision == "bf16" and pixels.device.type == "cpu":
+            features = encode_images(self._cpu_bf16_visual(), self.config, pixels.bfloat16())
         else:
             with self._encoder_precision():
                 features = encode_images(self.clip.visual, self.config, pixels)
         return ImageFeatures(features.embedding.float(), features.patches.float())
+
+    def _cpu_bf16_visual(self) -> nn.Module:
+        """A bf16 copy of the frozen image tower, made on first use.
+
+        torch's CPU autocast sends nn.MultiheadAttention down its slow path, where a bf16 batch
+        of more than one image costs ~10x (F.linear on a non-contiguous input expands the weight
+        per token); bf16 weights take the fused path and are as accurate.
+        """
+        if self._bf16_visual is None:
+            lowp = copy.deepcopy(self.clip.visual).to(torch.bfloat16)
+            object.__setattr__(self, "_bf16_visual", lowp)
+        return self._bf16_visual
 
     def head(self, features: ImageFeatures, bank: ReferenceBank, prior: TextPrior) -> Scores:
         """Score encoded queries against a reference bank and a text prior."""

@@ -27,7 +27,7 @@ REFERENCES = "references"
 GRAPHS = ("encoder", "head")
 REEXPORT = "re-export it with inctrl-export onnx"
 
-_CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class GraphInfo:
     inputs: tuple[tuple[str, tuple[int | str, ...]], ...]
     outputs: tuple[tuple[str, tuple[int | str, ...]], ...]
     precision: str
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.outputs)
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ class Bundle:
 def check_category_name(category: str) -> None:
     """Category names become file names: letters, digits and ``_ . + -``, not starting with a
     dot, so that no name can point outside the bundle."""
-    if not _CATEGORY_NAME.match(category or ""):
+    if not _CATEGORY_NAME.fullmatch(category or ""):
         raise InputError(
             f"category name {category!r} is not usable: use letters, digits, '_', '-', '.', '+'"
         )
@@ -136,6 +132,8 @@ def _check_files(path: Path, manifest: dict, check_sha256: bool) -> None:
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{path / MANIFEST}: lists no files; {REEXPORT}")
     for name, record in files.items():
+        if not isinstance(record, dict):
+            raise BundleError(f"{path / MANIFEST}: bad entry for {name}; {REEXPORT}")
         file = path / name
         if not file.is_file():
             raise BundleError(f"{file}: missing from the bundle; {REEXPORT}")

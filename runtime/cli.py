@@ -16,8 +16,10 @@ from inctrl_runtime.console import (
     QueryImages,
     interactive,
     new_app,
+    require_category,
     require_files,
     run_app,
+    say,
     status,
     stderr,
     warn,
@@ -60,8 +62,7 @@ def run_register(
     threads: int | None = None,
 ) -> Path:
     """Encode the shots of a category into ``references/<category>.npz``; returns its path."""
-    if not category:
-        raise InputError("no --category given: name the product category, e.g. --category candle")
+    require_category(category)
     if not shots:
         raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
     require_files(shots, "--shot image")
@@ -87,8 +88,7 @@ def run_score(
     """
     from inctrl_runtime.results import write_heatmaps
 
-    if not category:
-        raise InputError("no --category given: name the product category, e.g. --category candle")
+    require_category(category)
     if not queries:
         raise InputError("no query images given: list the images to score after the options")
     require_files(shots, "--shot image")
@@ -130,7 +130,7 @@ def register(
     Example: inctrl-run register bundle/ --category candle -s good1.png -s good2.png
     """
     path = run_register(bundle, category, shot or [], device, threads)
-    stderr.print(f"registered {len(shot)} shots of {category!r} in {path}", markup=False)
+    say(f"registered {len(shot)} shots of {category!r} in {path}")
 
 
 @app.command()

@@ -60,9 +60,21 @@ def status(message: str) -> contextlib.AbstractContextManager:
     return stderr.status(message, spinner="dots") if interactive() else contextlib.nullcontext()
 
 
+def say(message: str) -> None:
+    """One unwrapped line on stderr (never on stdout, which may carry JSON)."""
+    stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
 def warn(message: str) -> None:
-    """One line on stderr that a person should see (never on stdout, which may carry JSON)."""
-    stderr.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
+    """A note a person should see, on one line of stderr."""
+    say(f"note: {message}")
+
+
+def require_category(category: str | None) -> str:
+    """The --category every scoring command needs."""
+    if not category:
+        raise InputError("no --category given: name the product category, e.g. --category candle")
+    return category
 
 
 def require_files(paths: Sequence[Path], what: str) -> None:
@@ -82,7 +94,7 @@ def run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None)
     try:
         app(args=argv, prog_name=prog_name, standalone_mode=True)
     except InputError as err:
-        stderr.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        say(f"error: {err}")
         sys.exit(EXIT_INPUT_ERROR)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inctrl_runtime.bundle import Bundle, check_category_name
+from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, pixel_digest, preprocess_many
 from inctrl_runtime.references import ReferenceBank
@@ -47,6 +47,8 @@ class Detector:
         self.encoder = encoder
         self.head_session = head
         self.placement = placement
+        # Registered banks read from disk, with the (mtime, size) they were read at.
+        self._registered: dict[str, tuple[tuple[int, int], ReferenceBank]] = {}
 
     @classmethod
     def open(
@@ -79,6 +81,8 @@ class Detector:
             name: open_session(graph.file, placement, threads, strict, graph.precision)
             for name, graph in checked.graphs.items()
         }
+        if sessions["encoder"].get_providers()[0] != placement.providers[0]:
+            placement = place("cpu")  # strict=False and the provider did not start: warned
         return cls(checked, sessions["encoder"], sessions["head"], placement)
 
     @property
@@ -145,19 +149,26 @@ class Detector:
         """Build a category's bank and save it as ``references/<category>.npz`` (atomically)."""
         self.bundle.prior(category)  # an unknown category fails before any work
         bank = self.reference(prompt_images, batch_size)
-        bank.save(self.bundle.reference_path(category))
+        path = self.bundle.reference_path(category)
+        bank.save(path)
+        self._registered[category] = (_stamp(path), bank)
         return bank
 
     def registered(self, category: str) -> ReferenceBank:
-        """The bank saved by ``register`` for a category."""
-        check_category_name(category)
+        """The bank saved by ``register`` for a category, read from disk once (again only if
+        the file changes, e.g. registered anew by another process)."""
         path = self.bundle.reference_path(category)
         if not path.is_file():
             raise InputError(
                 f"category {category!r} is not registered in {self.bundle.path}: run "
                 f"inctrl-run register {self.bundle.path} --category {category} --shot IMG ..."
             )
-        return ReferenceBank.load(path, self.bundle.encoder_sha256)
+        stamp, bank = self._registered.get(category, (None, None))
+        current = _stamp(path)
+        if stamp != current:
+            bank = ReferenceBank.load(path, self.bundle.encoder_sha256)
+            self._registered[category] = (current, bank)
+        return bank
 
     # ---------------------------------------------------------------------------------- scoring
     def head(self, features: Features, bank_inputs: dict) -> Scores:
@@ -234,3 +245,8 @@ class Detector:
             f"Detector({str(Path(self.bundle.path))!r}, device={self.placement.device!r}, "
             f"categories={list(self.categories)})"
         )
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size

@@ -248,3 +248,9 @@ def test_cli_verify_on_a_plain_folder(tiny_bundle: Path, tiny_checkpoint: Path, 
     assert (report["shots"], report["queries"], report["auroc"]) == (2, 2, None)
     too_few = run_command("inctrl_export.cli", *args, "-k", "4")
     assert too_few.returncode == 2 and "needs more than --shots 4" in too_few.stderr
+
+
+def test_cli_verify_with_a_missing_checkpoint(tiny_bundle: Path, tmp_path: Path) -> None:
+    done = run_command("inctrl_export.cli", "verify", str(tiny_bundle), "-c", str(tmp_path / "x"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "no such checkpoint file" in done.stderr

@@ -161,6 +161,16 @@ def test_bf16_on_cpu_stays_close_to_fp32(images) -> None:
     assert torch.equal(model.score(images[2:6], bank, prior).score, fp32)
 
 
+def test_cpu_bf16_follows_new_weights(images) -> None:
+    model = perturb_heads(InCTRL(get_config("tiny"))).to_device("cpu", "bf16")
+    bank, prior = model.reference(images[:2]), model.text_prior("candle")
+    before = model.score(images[2:4], bank, prior).score
+    state = model.state_dict()
+    state["clip.visual.conv1.weight"] = state["clip.visual.conv1.weight"] * 0.5
+    model.load_state_dict(state)
+    assert not torch.allclose(model.score(images[2:4], bank, prior).score, before, atol=1e-3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_matches_cpu(images, precision) -> None:

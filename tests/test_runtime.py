@@ -267,3 +267,16 @@ def test_threads_are_set(bundle: Path) -> None:
     assert detector.encoder.get_session_options().intra_op_num_threads == 1
     with pytest.raises(InputError, match="threads"):
         Detector.open(bundle, threads=0)
+
+
+def test_category_names_cannot_carry_a_newline(bundle: Path) -> None:
+    with pytest.raises(InputError, match="not usable"):
+        Bundle.open(bundle).reference_path("candle\n")
+
+
+def test_registered_bank_is_reread_only_when_its_file_changes(bundle: Path, pictures: dict):
+    first, second = Detector.open(bundle), Detector.open(bundle)
+    first.register("candle", pictures["shots"])
+    assert second.registered("candle") is second.registered("candle")  # read once
+    first.register("candle", pictures["shots"][:1])
+    assert second.registered("candle").shots == 1  # another process registered anew

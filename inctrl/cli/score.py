@@ -23,7 +23,7 @@ from inctrl.cli.common import (
 )
 from inctrl.demo import load_model
 from inctrl.errors import InputError
-from inctrl_runtime.console import BatchSize, Heatmaps, JsonFlag, QueryImages
+from inctrl_runtime.console import BatchSize, Heatmaps, JsonFlag, QueryImages, require_category
 from inctrl_runtime.results import SCORE_FIELDS, print_table, write_heatmaps
 
 
@@ -45,8 +45,7 @@ def run_score(
     flat list of P floats (row-major over the patch grid). ``bank_file`` (a ReferenceBank saved
     by ``inctrl prompts make`` or the Python API) replaces the shots.
     """
-    if not category:
-        raise InputError("no --category given: name the product category, e.g. --category candle")
+    require_category(category)
     if not shots and bank_file is None:
         raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
     if shots and bank_file is not None:
