@@ -13,12 +13,6 @@ from dataclasses import dataclass
 from inctrl_runtime.errors import InputError
 
 DEVICES = ("cpu", "cuda")
-# Runtime device -> the onnxruntime execution provider it needs, and what brings it.
-PROVIDERS = {
-    "cpu": ("CPUExecutionProvider", "install inctrl[cpu]"),
-    "cuda": ("CUDAExecutionProvider", "install inctrl[gpu] on a CUDA machine"),
-    "tensorrt": ("TensorrtExecutionProvider", "install inctrl[gpu] with TensorRT"),
-}
 
 
 class Unavailable(Exception):
@@ -118,11 +112,12 @@ def _runtime_problems(backend: Backend) -> list[str]:
     problem = import_problem("onnxruntime")
     if problem is not None:
         return [*found, problem]
-    import onnxruntime
+    from inctrl_runtime.sessions import place
 
-    provider, package = PROVIDERS[backend.runtime_device or "cpu"]
-    if provider not in onnxruntime.get_available_providers():
-        found.append(f"onnxruntime {onnxruntime.__version__} has no {provider} ({package})")
+    try:
+        place(backend.runtime_device or "cpu", strict=True)
+    except InputError as err:
+        found.append(str(err))
     return found
 
 

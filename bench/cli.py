@@ -18,14 +18,17 @@ app = new_app(
 
 
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:
-    """``"1,8,32"`` -> (1, 8, 32), sorted and without repeats; anything else is refused."""
+    """``"32,1,8"`` -> (1, 8, 32), checked as ``BenchSettings`` checks sizes; a part that is no
+    whole number is refused."""
+    from inctrl_bench.suite import check_sizes
+
     try:
-        sizes = sorted({int(part) for part in text.split(",")})
+        sizes = [int(part) for part in text.split(",")]
     except ValueError:
-        sizes = []
-    if not sizes or sizes[0] < 1:
-        raise InputError(f"{option} {text!r}: give positive whole numbers separated by commas")
-    return tuple(sizes)
+        raise InputError(
+            f"{option} {text!r}: give positive whole numbers separated by commas"
+        ) from None
+    return check_sizes(sizes, option)
 
 
 def backend_patterns(values: Sequence[str]) -> tuple[str, ...]:

@@ -23,8 +23,19 @@ import numpy as np
 import torch
 
 from inctrl import InCTRL, get_config
+from inctrl.residual import Scores
 from inctrl.text import prompt_ensemble
-from inctrl_bench.torch_side import authors_text_prior, authors_way
+from inctrl_bench.torch_side import authors_text_prior
+from inctrl_runtime.files import write_json
+
+
+def authors_way(
+    model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], category: str
+) -> Scores:
+    """One query scored the authors' way: nothing is reused between queries."""
+    bank = model.reference(prompts)
+    prior = authors_text_prior(model, category)
+    return model.score([query], bank, prior, batch_size=1)
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -105,11 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", dest="json_path", help="also write the results here")
     args = parser.parse_args(argv)
     result = measure(args.preset, args.shots, args.queries, args.category)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json_path:
-        with open(args.json_path, "w") as handle:
-            handle.write(text + "\n")
+        write_json(args.json_path, result)
 
 
 if __name__ == "__main__":

@@ -145,10 +145,10 @@ def _onnxruntime_product(size: int) -> Callable[[], object]:
     return lambda: session.run(None, operands)
 
 
-def _products(device: str, size: int) -> dict[str, Callable[[], object]]:
+def _products(device: str, size: int, with_torch: bool) -> dict[str, Callable[[], object]]:
     """The fp32 GEMMs this machine can run on the device, by name."""
     products = {}
-    if import_problem("torch") is None:
+    if with_torch and import_problem("torch") is None:
         import torch
 
         if device == "cpu" or torch.cuda.is_available():
@@ -160,15 +160,16 @@ def _products(device: str, size: int) -> dict[str, Callable[[], object]]:
     return products
 
 
-def measure_peak(device: str, runs: int = 3) -> Peak:
-    """The best rate of a square fp32 GEMM on the device over the libraries here (torch,
-    numpy, onnxruntime on a CPU; torch on a GPU)."""
+def measure_peak(device: str, with_torch: bool, runs: int = 3) -> Peak:
+    """The best rate of a square fp32 GEMM on the device over the libraries here (numpy,
+    onnxruntime and, ``with_torch``, torch on a CPU; torch on a GPU)."""
     size = GEMM_SIZE[device]
     rates = {
         name: 2 * size**3 / _best_seconds(product, runs) / 1e9
-        for name, product in _products(device, size).items()
+        for name, product in _products(device, size, with_torch).items()
     }
     if not rates:
-        return Peak(None, f"not measured: no library here multiplies matrices on {device}")
+        without = "" if with_torch else " without torch (used only when a torch backend runs)"
+        return Peak(None, f"not measured: no library here multiplies matrices on {device}{without}")
     best = max(rates, key=rates.get)
     return Peak(rates[best], f"{best} fp32 {size}x{size}, best of {runs}", rates)

@@ -27,6 +27,11 @@ from inctrl_runtime.errors import InputError
 FRAME = (480, 640)
 REGISTER = "reference"
 MB = 2**20
+# What peak_rss_mb covers, by whether the kernel's high-water mark could be reset (PeakRss).
+RSS_SCOPE = {
+    True: "whole process, peak during the backend's load and measurements",
+    False: "whole process, lifetime peak up to the backend's end (the peak could not be reset)",
+}
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,16 @@ class BackendResult:
     achieved_gflops: float | None = None
     peak_percent: float | None = None
     peak_rss_mb: float | None = None
+    peak_rss_scope: str | None = None
     gpu_peak_mb: float | None = None
     speedup_vs_authors: dict[str, float] | None = None
     speedup_vs_torch_fp32: dict[str, float] | None = None
     shape: ModelShape | None = None  # the model's numbers, reported once per model
+
+    @property
+    def largest_batch(self) -> Throughput:
+        """Throughput at the largest batch measured (batch sizes are measured in order)."""
+        return self.throughput[-1]
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -155,9 +166,11 @@ def measure(
         runner.prepare(workload.prompts[: plan.query_shots], plan.category)
         progress.step(f"{name}: latency at batch 1")
         result.latency = _time_queries(runner, workload.queries[:1], plan.repeats)
-        for batch in plan.batches:
-            if runner.max_batch is not None and batch > runner.max_batch:
-                continue
+        # A runner limited below every batch asked for is measured at batch 1, its only size.
+        batches = [
+            b for b in plan.batches if runner.max_batch is None or b <= runner.max_batch
+        ] or [1]
+        for batch in batches:
             progress.step(f"{name}: throughput at batch {batch}")
             timing = result.latency
             if batch != 1:
@@ -169,17 +182,18 @@ def measure(
             result.registration.append(Registration(shots, timing))
 
 
-def _summarize(result: BackendResult, runner: Runner, peak: Peak, rss_bytes: int | None) -> None:
+def _summarize(result: BackendResult, runner: Runner, peak: Peak, rss: PeakRss) -> None:
     """The model, arithmetic rate and memory of a measured backend."""
     result.available = True
     result.model = runner.shape.name
     result.shape = runner.shape
     result.flops_per_query = runner.flops_per_query()
-    largest = result.throughput[-1]
-    result.achieved_gflops = result.flops_per_query * largest.images_per_s / 1e9
+    result.achieved_gflops = result.flops_per_query * result.largest_batch.images_per_s / 1e9
     if peak.gflops:
         result.peak_percent = 100 * result.achieved_gflops / peak.gflops
-    result.peak_rss_mb = rss_bytes / MB if rss_bytes is not None else None
+    if rss.peak_bytes is not None:
+        result.peak_rss_mb = rss.peak_bytes / MB
+        result.peak_rss_scope = RSS_SCOPE[rss.since_entry]
     gpu_bytes = runner.gpu_peak_bytes()
     result.gpu_peak_mb = gpu_bytes / MB if gpu_bytes is not None else None
 
@@ -207,10 +221,10 @@ def bench_backend(
         result.reason = str(err)
         progress.done(f"{backend.name}: not available: {err}")
         return result
-    _summarize(result, runner, peak, rss.peak_bytes)
+    _summarize(result, runner, peak, rss)
     del runner
     gc.collect()
-    largest = result.throughput[-1]
+    largest = result.largest_batch
     progress.done(
         f"{backend.name}: {result.latency.p50_ms:.1f} ms a query at batch 1, "
         f"{largest.images_per_s:.1f} images/s at batch {largest.batch} "

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from inctrl_runtime.console import interactive, stderr
+from rich.status import Status
+
+from inctrl_runtime.console import say, status
 
 
 class Progress:
@@ -22,22 +24,19 @@ class Progress:
 class ConsoleProgress(Progress):
     """Progress on stderr: ``step`` updates a spinner (only when interactive), ``done`` prints."""
 
-    def __init__(self, status=None) -> None:
-        self.status = status
+    def __init__(self, spinner: Status | None = None) -> None:
+        self.spinner = spinner
 
     def step(self, message: str) -> None:
-        if self.status is not None:
-            self.status.update(message)
+        if self.spinner is not None:
+            self.spinner.update(message)
 
     def done(self, message: str) -> None:
-        stderr.print(message, markup=False, highlight=False, soft_wrap=True)
+        say(message)
 
 
 @contextlib.contextmanager
 def console_progress() -> Iterator[ConsoleProgress]:
-    """Progress on stderr for the length of the block."""
-    if not interactive():
-        yield ConsoleProgress()
-        return
-    with stderr.status("starting", spinner="dots") as status:
-        yield ConsoleProgress(status)
+    """Progress on stderr for the length of the block (a spinner only when interactive)."""
+    with status("starting") as spinner:
+        yield ConsoleProgress(spinner)

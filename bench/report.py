@@ -90,6 +90,9 @@ def throughput_table(report: BenchReport) -> Table:
     ]
     columns = [*(f"b={b}" for b in batches), "GFLOP/s", "% peak", memory]
     title = "Throughput (images/s); GFLOP/s and % of fp32 peak at the largest batch"
+    scopes = sorted({r.peak_rss_scope for r in report.backends if r.peak_rss_scope})
+    if memory == "RSS MB" and scopes:
+        title += f"; RSS MB: {'; '.join(scopes)}"
     return _table(title, columns, report.backends, cells)
 
 

@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
+import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,14 @@ SCHEMA = "inctrl.bench/1"
 REFERENCES = {"authors": "speedup_vs_authors", "torch-fp32": "speedup_vs_torch_fp32"}
 
 
+def check_sizes(sizes: Sequence[int], option: str) -> tuple[int, ...]:
+    """Batch sizes or prompt counts in increasing order, without repeats; all must be positive."""
+    ordered = tuple(sorted(set(sizes)))
+    if not ordered or ordered[0] < 1:
+        raise InputError(f"{option} needs positive sizes, got {list(sizes)}")
+    return ordered
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """What ``inctrl-bench`` measures; the defaults are its defaults."""
@@ -41,6 +52,13 @@ class BenchSettings:
     device: str = "cpu"
     repeats: int | None = None  # None: at least 2 runs and 1 s per measurement, at most 50
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Sorted once here: the last batch is the largest, the first k the one queries use.
+        object.__setattr__(self, "batches", check_sizes(self.batches, "--batch"))
+        object.__setattr__(self, "shots", check_sizes(self.shots, "--shots"))
+        if self.repeats is not None and self.repeats < 1:
+            raise InputError(f"--repeats must be at least 1, got {self.repeats}")
 
     def repeat_policy(self) -> Repeats:
         return Repeats() if self.repeats is None else Repeats.exactly(self.repeats)
@@ -117,17 +135,23 @@ def add_speedups(results: list[BackendResult]) -> None:
         for result in available.values():
             speedup = {
                 "latency": base.latency.p50_ms / result.latency.p50_ms,
-                "throughput": result.throughput[-1].images_per_s / base.throughput[-1].images_per_s,
+                "throughput": result.largest_batch.images_per_s / base.largest_batch.images_per_s,
             }
             setattr(result, attribute, speedup)
 
 
-def _check_sizes(settings: BenchSettings) -> None:
-    for option, sizes in (("--batch", settings.batches), ("--shots", settings.shots)):
-        if not sizes or min(sizes) < 1:
-            raise InputError(f"{option} needs positive sizes, got {list(sizes)}")
-    if settings.repeats is not None and settings.repeats < 1:
-        raise InputError(f"--repeats must be at least 1, got {settings.repeats}")
+def _check_output(path: Path | None, option: str) -> None:
+    """Refuse an output file that could not be written, before a long run (missing folders
+    are made when it is written)."""
+    if path is None:
+        return
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: cannot write in {folder}; choose another path")
+    if Path(path).is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name")
 
 
 def run_bench(
@@ -140,7 +164,8 @@ def run_bench(
     progress = progress or Progress()
     backends = select_backends(settings.backends)
     device = check_device(settings.device)
-    _check_sizes(settings)
+    _check_output(json_file, "--json")
+    _check_output(plot_file, "--plot")
     if plot_file is not None:
         from inctrl_bench.plot import check_plotting
 
@@ -157,7 +182,9 @@ def run_bench(
         )
         plan = Plan(settings.batches, settings.shots, settings.repeat_policy(), sources.category)
         progress.step("measuring the fp32 matrix-product peak")
-        peak = measure_peak(device)
+        # torch only if loaded anyway: importing it adds ~0.5 GB to every onnxruntime row's RSS.
+        with_torch = any(b.uses_torch for b in backends) or "torch" in sys.modules
+        peak = measure_peak(device, with_torch)
         workload = Workload.make(max(plan.batches), max(plan.shots), settings.seed)
         results = [
             bench_backend(b, device, sources, workload, plan, peak, progress) for b in backends

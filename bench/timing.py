@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -91,13 +89,27 @@ class Timing:
         return cls(len(clocks), p50, p90, p99, stages)
 
 
-def _current_rss() -> int | None:
-    """Resident set size of this process in bytes (Linux /proc; None elsewhere)."""
+def _reset_high_water_mark() -> bool:
+    """Reset the kernel's peak RSS of this process (VmHWM) to its current RSS; False where
+    /proc/self/clear_refs is missing or cannot be written."""
     try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _high_water_mark() -> int | None:
+    """The kernel's peak RSS of this process (VmHWM of /proc/self/status) in bytes."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        return None
+        pass
+    return None
 
 
 def _lifetime_peak_rss() -> int | None:
@@ -111,29 +123,20 @@ def _lifetime_peak_rss() -> int | None:
 
 
 class PeakRss:
-    """The peak RSS of this process while the block runs, sampled every ``interval`` seconds
-    by a thread (where /proc is missing: the process's lifetime peak)."""
+    """The peak RSS of the whole process while the block runs, as the kernel counts it: its
+    high-water mark (VmHWM), reset at entry. Where it cannot be reset, the process's lifetime
+    peak (getrusage), which may predate the block; ``since_entry`` says which it is."""
 
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval = interval
+    def __init__(self) -> None:
         self.peak_bytes: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while True:
-            rss = _current_rss()
-            if rss is not None:
-                self.peak_bytes = max(self.peak_bytes or 0, rss)
-            if self._stop.wait(self.interval):
-                return
+        self.since_entry = False
 
     def __enter__(self) -> PeakRss:
-        self._thread.start()
+        self.since_entry = _reset_high_water_mark()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.peak_bytes = _high_water_mark() if self.since_entry else None
         if self.peak_bytes is None:
+            self.since_entry = False
             self.peak_bytes = _lifetime_peak_rss()

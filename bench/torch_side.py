@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from inctrl import InCTRL, get_config
@@ -35,15 +34,6 @@ def authors_text_prior(model: InCTRL, category: str) -> TextPrior:
     return TextPrior(category, t_n / t_n.norm(), t_a / t_a.norm())
 
 
-def authors_way(
-    model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], category: str
-) -> Scores:
-    """One query scored the authors' way: nothing is reused between queries."""
-    bank = model.reference(prompts)
-    prior = authors_text_prior(model, category)
-    return model.score([query], bank, prior, batch_size=1)
-
-
 class TorchRunner(Runner):
     """The PyTorch model (``inctrl.InCTRL``) at the backend's precision, under inference mode."""
 
@@ -53,8 +43,6 @@ class TorchRunner(Runner):
         self.model = model
         self.bank: ReferenceBank | None = None
         self.prior: TextPrior | None = None
-        if self.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
 
     def pixels(self, images: Images) -> torch.Tensor:
         return self.model.pixels(images)
@@ -111,6 +99,9 @@ class AuthorsRunner(TorchRunner):
 
 def open_torch_runner(backend: Backend, checkpoint: Path | None, device: str) -> TorchRunner:
     """Load the checkpoint (None: the embedded demo) at the backend's precision."""
+    if device == "cuda":
+        # The GPU peak covers the window of the RSS peak: loading and the measurements.
+        torch.cuda.reset_peak_memory_stats()
     model = load_model(checkpoint, device=device, precision=backend.precision)
     runner = AuthorsRunner if backend.kind == "authors" else TorchRunner
     return runner(backend, model)
@@ -123,13 +114,3 @@ def save_preset_checkpoint(preset: str, path: Path, seed: int) -> Path:
         model = InCTRL(get_config(preset))
     model.save(path, include_backbone=True)
     return path
-
-
-def export_for_bench(out: Path, checkpoint: Path | None, category: str, precision: str) -> Path:
-    """A bundle of the checkpoint (None: the demo) for one category, without the self-check."""
-    from inctrl_export.bundle import export_bundle
-
-    export_bundle(
-        out, checkpoint=checkpoint, categories=[category], precision=precision, verify=False
-    )
-    return out

@@ -22,18 +22,6 @@ NAMES = [backend.name for backend in CATALOGUE]
 TIMING_KEYS = {"runs", "p50_ms", "p90_ms", "p99_ms", "stages_ms"}
 
 
-@pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
-    """The tiny model as a checkpoint, and exported to an fp32 bundle (no self-check)."""
-    from inctrl_export.bundle import export_bundle
-
-    root = tmp_path_factory.mktemp("bench")
-    checkpoint = root / "tiny.safetensors"
-    tiny_model.save(checkpoint)
-    export_bundle(root / "bundle", checkpoint, ["candle"], verify=False)
-    return checkpoint, root / "bundle"
-
-
 def test_flops_of_the_tiny_config_by_hand() -> None:
     # tiny: 240 px, patch 16 -> P = 225 patches, T = 226 tokens; width D = 64, 4 blocks,
     # MLP 4 x 64 = 256; embed E = 32, adapter 32 -> 8 -> 32; heads 128 -> 64 -> 1; 3 taps.
@@ -90,8 +78,8 @@ def test_bad_size_lists_are_refused(text: str) -> None:
     assert parse_sizes("32, 1,8,8", "--batch") == (1, 8, 32)
 
 
-def test_sources_of_a_given_bundle(tiny_files, tmp_path) -> None:
-    checkpoint, bundle = tiny_files
+def test_sources_of_a_given_bundle(tiny_checkpoint: Path, tiny_bundle: Path, tmp_path) -> None:
+    checkpoint, bundle = tiny_checkpoint, tiny_bundle
     sources = Sources(tmp_path, bundle=bundle)
     assert sources.category == "candle"
     assert sources.checkpoint() == checkpoint  # the manifest's source, unchanged
@@ -111,9 +99,8 @@ def _check_timing(record: dict) -> None:
     assert 0 < record["p50_ms"] <= record["p90_ms"] <= record["p99_ms"]
 
 
-def test_every_backend_on_the_tiny_model(tiny_files, tmp_path) -> None:
-    checkpoint, _ = tiny_files
-    settings = BenchSettings(checkpoint=checkpoint, batches=(1, 2), shots=(1, 2), repeats=1)
+def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> None:
+    settings = BenchSettings(checkpoint=tiny_checkpoint, batches=(1, 2), shots=(1, 2), repeats=1)
     report = run_bench(settings, tmp_path / "bench.json", tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
     record = json.loads((tmp_path / "bench.json").read_text())
@@ -138,7 +125,7 @@ def test_every_backend_on_the_tiny_model(tiny_files, tmp_path) -> None:
         assert all(t["images_per_s"] > 0 for t in backend["throughput"])
         assert backend["flops_per_query"] > 0 and backend["achieved_gflops"] > 0
         assert set(backend["speedup_vs_authors"]) == {"latency", "throughput"}
-        assert backend["peak_rss_mb"] > 0
+        assert backend["peak_rss_mb"] > 0 and "whole process" in backend["peak_rss_scope"]
         for registration in backend["registration"]:
             _check_timing(registration["timing"])
     available = {n for n, b in record["backends"].items() if b["available"]}
@@ -148,6 +135,33 @@ def test_every_backend_on_the_tiny_model(tiny_files, tmp_path) -> None:
     assert len(record["backends"]["torch-fp32"]["registration"]) == 2
     assert "torch-fp16" not in available  # CUDA only
     assert [r.name for r in report.backends] == NAMES
+
+
+def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: Path) -> None:
+    settings = BenchSettings(
+        checkpoint=tiny_checkpoint,
+        backends=("authors", "torch-fp32"),
+        batches=(2,),
+        shots=(2, 1, 2),
+        repeats=1,
+    )
+    assert settings.shots == (1, 2)
+    authors, torch_fp32 = run_bench(settings).backends
+    assert [t.batch for t in authors.throughput] == [1]  # its only batch size, though not asked
+    assert authors.achieved_gflops > 0
+    assert [t.batch for t in torch_fp32.throughput] == [2]
+    assert [r.shots for r in torch_fp32.registration] == [1, 2]
+    assert torch_fp32.flops_per_query == query_flops(torch_fp32.shape, 1)  # queries: smallest k
+    assert torch_fp32.speedup_vs_authors["throughput"] > 0
+
+
+def test_unwritable_outputs_are_refused_before_measuring(tmp_path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(InputError, match="--json .*cannot write in"):
+        run_bench(BenchSettings(), json_file=not_a_folder / "bench.json")
+    with pytest.raises(InputError, match="--plot .*is a folder"):
+        run_bench(BenchSettings(), plot_file=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -183,8 +197,8 @@ except SystemExit as done:
 """
 
 
-def test_a_bundle_benches_with_torch_unimportable(tiny_files, tmp_path) -> None:
-    _, bundle = tiny_files
+def test_a_bundle_benches_with_torch_unimportable(tiny_bundle: Path, tmp_path) -> None:
+    bundle = tiny_bundle
     out = tmp_path / "bench.json"
     args = [str(bundle), "--backend", "onnxruntime", "--backend", "torch-fp32"]
     args += ["--batch", "1,2", "--shots", "1", "--repeats", "1", "--json", str(out)]
