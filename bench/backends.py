@@ -112,7 +112,7 @@ def _runtime_problems(backend: Backend) -> list[str]:
     problem = import_problem("onnxruntime")
     if problem is not None:
         return [*found, problem]
-    from inctrl_runtime.sessions import place
+    from inctrl_runtime.engines.ort import place
 
     try:
         place(backend.runtime_device or "cpu", strict=True)

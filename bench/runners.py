@@ -93,7 +93,7 @@ class RuntimeRunner(Runner):
 
     def __init__(self, backend: Backend, detector: Detector) -> None:
         shape = ModelShape.from_config(detector.bundle.manifest["model"]["config"])
-        super().__init__(backend, shape, detector.placement.device)
+        super().__init__(backend, shape, detector.device)
         self.detector = detector
         self.bank_inputs: dict = {}
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,7 +28,12 @@ from inctrl_export.graphs import graph_specs, wrappers
 from inctrl_export.onnx_files import TRACE_SHOTS, check_opset, export_graph
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
 from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION, check_category_name
+from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.files import file_sha256, write_json
+
+if TYPE_CHECKING:
+    from inctrl.config import InCTRLConfig
+    from inctrl_runtime.detector import Detector
 
 PRECISIONS = tuple(DEFAULT_ATOL)
 # The self-check differs from the tracing inputs (batch 2, k = 2) in both batch and k.
@@ -244,9 +250,24 @@ def self_check(model: InCTRL, folder: Path, category: str, atol: float) -> Parit
     from inctrl_runtime.detector import Detector
 
     detector = Detector.open(folder, device="cpu", check_files=False)  # hashed a moment ago
+    _check_signatures(detector, model.config)
     images = check_images(CHECK_SHOTS + CHECK_QUERIES, CHECK_SEED)
     prompts, queries = images[:CHECK_SHOTS], images[CHECK_SHOTS:]
     return compare(model, detector, category, prompts, queries, atol, batch_size=CHECK_QUERIES)
+
+
+def _check_signatures(detector: Detector, config: InCTRLConfig) -> None:
+    """The graphs as the runtime opened them must have the signatures of ``graph_specs``."""
+    engines = {"encoder": detector.encoder_engine, "head": detector.head_engine}
+    for name, spec in graph_specs(config).items():
+        for kind, found, wanted in (
+            ("inputs", engines[name].inputs, spec.inputs),
+            ("outputs", engines[name].outputs, spec.outputs),
+        ):
+            expected = tuple(TensorSpec(n, shape, "float32") for n, shape in wanted.items())
+            difference = signature_difference(found, expected)
+            if difference:
+                raise RuntimeError(f"exported {spec.file} has other {kind} ({difference})")
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

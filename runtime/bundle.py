@@ -1,8 +1,10 @@
 """The bundle as the runtime reads it: a manifest it trusts only after checking it.
 
 ``Bundle.open`` refuses, in one line that names the file and what to do, a folder without a
-manifest, a manifest of another schema version, a missing file, or a file whose size or sha256
-differ from what the manifest recorded (DESIGN.md, "The bundle").
+manifest, a manifest of another schema version, a missing file, a file whose size or sha256
+differ from what the manifest recorded, or graph signatures other than those the runtime feeds
+and reads (``GRAPH_CONTRACT``). Each engine is checked against these records when it opens
+(``inctrl_runtime.engines.check_signature``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.preprocess import Preprocessing
+from inctrl_runtime.results import Scores
 
 FORMAT = "inctrl.bundle"
 SCHEMA_VERSION = 1
@@ -25,6 +29,16 @@ MANIFEST = "manifest.json"
 PRIORS = "priors.json"
 REFERENCES = "references"
 GRAPHS = ("encoder", "head")
+_FEATURES = {"embedding": 2, "adapted": 2, "patches": 4}
+# What the runtime feeds each graph and reads from it: name -> rank (all float32 at the graph's
+# boundary, whatever the precision inside).
+GRAPH_CONTRACT = {
+    "encoder": ({"image": 4}, _FEATURES),
+    "head": (
+        {**_FEATURES, "ref_patches": 3, "ref_adapted": 1, "text_prior": 2},
+        {name: 2 if name == "patch_residual_map" else 1 for name in Scores._fields},
+    ),
+}
 REEXPORT = "re-export it with inctrl-export onnx"
 
 _CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -32,11 +46,11 @@ _CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """One graph of the bundle: its file, and its inputs and outputs as (name, shape) pairs."""
+    """One graph of the bundle as the manifest records it: file, signature, precision."""
 
     file: Path
-    inputs: tuple[tuple[str, tuple[int | str, ...]], ...]
-    outputs: tuple[tuple[str, tuple[int | str, ...]], ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     precision: str
 
 
@@ -58,7 +72,7 @@ class Bundle:
         manifest = read_manifest(path)
         _check_files(path, manifest, check_files)
         try:
-            graphs = {name: _graph_info(path, manifest["graphs"][name]) for name in GRAPHS}
+            graphs = {name: _graph_info(path, name, manifest["graphs"][name]) for name in GRAPHS}
             preprocessing = Preprocessing.from_manifest(manifest["preprocessing"])
             embed_dim = int(manifest["model"]["embed_dim"])
         except (KeyError, TypeError, ValueError) as err:
@@ -148,16 +162,32 @@ def _check_files(path: Path, manifest: dict, check_sha256: bool) -> None:
             )
 
 
-def _graph_info(path: Path, record: dict) -> GraphInfo:
-    def pairs(entries: list[dict]) -> tuple:
-        return tuple((e["name"], tuple(e["shape"])) for e in entries)
+def _graph_info(path: Path, name: str, record: dict) -> GraphInfo:
+    def specs(entries: list[dict]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(e["name"], tuple(e["shape"]), e.get("dtype", "float32")) for e in entries
+        )
 
-    return GraphInfo(
+    graph = GraphInfo(
         file=path / record["file"],
-        inputs=pairs(record["inputs"]),
-        outputs=pairs(record["outputs"]),
+        inputs=specs(record["inputs"]),
+        outputs=specs(record["outputs"]),
         precision=record["precision"],
     )
+    feeds, reads = GRAPH_CONTRACT[name]
+    for kind, recorded, wanted in (
+        ("inputs", graph.inputs, feeds),
+        ("outputs", graph.outputs, reads),
+    ):
+        contract = tuple(TensorSpec(n, ("?",) * rank, "float32") for n, rank in wanted.items())
+        difference = signature_difference(recorded, contract)
+        if difference:
+            raise BundleError(
+                f"{path / MANIFEST}: the {name} graph's {kind} are not what this runtime "
+                f"{'feeds' if kind == 'inputs' else 'reads'} ({difference}); {REEXPORT} from the "
+                "same inctrl release"
+            )
+    return graph
 
 
 def read_priors(path: Path, embed_dim: int) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The lean scorer: a checked bundle, two ONNX Runtime sessions, and the few-shot state.
+"""The lean scorer: a checked bundle, an encoder and a head engine, and the few-shot state.
 
     det = Detector.open("bundle/", device="cpu")
     det.register("candle", ["good_1.png", "good_2.png"])      # references/candle.npz
@@ -6,7 +6,8 @@
         print(result.score); result.heatmap().save("a_map.png")
 
 A query costs one encoder pass and the head; the encoder's outputs feed the head as they are
-(numpy arrays on the CPU, device buffers through IO binding on a GPU).
+(numpy arrays on the CPU, device buffers on a GPU). Which backend runs the graphs is the engines'
+business (``inctrl_runtime.engines``): nothing here calls a backend's API.
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, pixel_digest, preprocess_many
 from inctrl_runtime.references import ReferenceBank
 from inctrl_runtime.results import Result, Scores, results
-from inctrl_runtime.sessions import Placement, open_session, place
 
-Features = dict[str, "np.ndarray | ort.OrtValue"]
+Features = dict[str, Any]  # numpy arrays, or the encoder engine's device values
 
 
 class VerificationWarning(UserWarning):
@@ -36,17 +37,10 @@ class VerificationWarning(UserWarning):
 class Detector:
     """Scores images of a category against its registered normal examples, with no torch."""
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        encoder: ort.InferenceSession,
-        head: ort.InferenceSession,
-        placement: Placement,
-    ) -> None:
+    def __init__(self, bundle: Bundle, encoder_engine: Engine, head_engine: Engine) -> None:
         self.bundle = bundle
-        self.encoder = encoder
-        self.head_session = head
-        self.placement = placement
+        self.encoder_engine = encoder_engine
+        self.head_engine = head_engine
         # Registered banks read from disk, with the (mtime, size) they were read at.
         self._registered: dict[str, tuple[tuple[int, int], ReferenceBank]] = {}
 
@@ -59,11 +53,11 @@ class Detector:
         strict: bool = True,
         check_files: bool = True,
     ) -> Detector:
-        """Check a bundle and start its sessions.
+        """Check a bundle and open its engines (each checked against the manifest).
 
         Args:
             device: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` (onnxruntime execution providers).
-            threads: intra-op threads per session (None: onnxruntime's default, all cores).
+            threads: intra-op threads per engine (None: the backend's default, all cores).
             strict: refuse a device whose provider is missing; False warns and uses the CPU.
             check_files: verify each file's sha256 against the manifest (sizes always are).
         """
@@ -76,14 +70,18 @@ class Detector:
                 VerificationWarning,
                 stacklevel=2,
             )
-        placement = place(device, strict=strict)
-        sessions = {
-            name: open_session(graph.file, placement, threads, strict, graph.precision)
-            for name, graph in checked.graphs.items()
-        }
-        if sessions["encoder"].get_providers()[0] != placement.providers[0]:
-            placement = place("cpu")  # strict=False and the provider did not start: warned
-        return cls(checked, sessions["encoder"], sessions["head"], placement)
+        engines = open_engines(checked, device, threads, strict)
+        return cls(checked, engines["encoder"], engines["head"])
+
+    @property
+    def device(self) -> str:
+        """Where the engines run: ``cpu``, ``cuda`` or ``tensorrt`` (the CPU after a fallback)."""
+        return self.encoder_engine.device
+
+    def close(self) -> None:
+        """Release both engines."""
+        self.encoder_engine.close()
+        self.head_engine.close()
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -98,28 +96,9 @@ class Detector:
     def encode(self, pixels: np.ndarray, on_device: bool = False) -> Features:
         """The encoder's outputs (embedding, adapted, patches) for preprocessed images.
 
-        ``on_device`` keeps them in GPU memory (OrtValues) when the session runs on a GPU.
+        ``on_device`` keeps them in GPU memory when the encoder runs on a GPU.
         """
-        return self._run(self.encoder, {"image": pixels}, on_device and self.placement.on_gpu)
-
-    def _run(self, session: ort.InferenceSession, inputs: dict, on_device: bool) -> dict:
-        names = [output.name for output in session.get_outputs()]
-        if not self.placement.on_gpu:
-            return dict(zip(names, session.run(names, inputs), strict=True))
-        binding = session.io_binding()
-        for name, value in inputs.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in names:
-            if on_device:
-                binding.bind_output(name, "cuda", self.placement.device_id)
-            else:
-                binding.bind_output(name)
-        session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return {n: v if on_device else v.numpy() for n, v in zip(names, outputs, strict=True)}
+        return self.encoder_engine.run({"image": pixels}, keep_on_device=on_device)
 
     # ------------------------------------------------------------------------- few-shot state
     def reference(
@@ -174,7 +153,7 @@ class Detector:
     def head(self, features: Features, bank_inputs: dict) -> Scores:
         """The residual head on encoded queries and a category's bank and prior inputs."""
         inputs = {name: features[name] for name in ("embedding", "adapted", "patches")}
-        outputs = self._run(self.head_session, {**inputs, **bank_inputs}, on_device=False)
+        outputs = self.head_engine.run({**inputs, **bank_inputs})
         return Scores(**{name: outputs[name] for name in Scores._fields})
 
     def scores(
@@ -207,7 +186,7 @@ class Detector:
 
     def bank_inputs(self, category: str, bank: ReferenceBank | None = None) -> dict:
         """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
-        given), uploaded once to the GPU when the sessions run there; pass them to ``head``."""
+        given), uploaded once to the GPU when the head runs there; pass them to ``head``."""
         prior = self.bundle.prior(category)
         bank = bank if bank is not None else self.registered(category)
         if bank.encoder_sha256 != self.bundle.encoder_sha256:
@@ -220,13 +199,7 @@ class Detector:
             "ref_adapted": bank.adapted_mean,
             "text_prior": prior,
         }
-        if not self.placement.on_gpu:
-            return arrays
-        device_id = self.placement.device_id
-        return {
-            name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", device_id)
-            for name, a in arrays.items()
-        }
+        return self.head_engine.upload(arrays)
 
     def score(
         self,
@@ -242,7 +215,7 @@ class Detector:
 
     def __repr__(self) -> str:
         return (
-            f"Detector({str(Path(self.bundle.path))!r}, device={self.placement.device!r}, "
+            f"Detector({str(Path(self.bundle.path))!r}, device={self.device!r}, "
             f"categories={list(self.categories)})"
         )
 

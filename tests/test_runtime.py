@@ -19,9 +19,9 @@ from torchvision.transforms import InterpolationMode
 
 from inctrl_runtime.bundle import MANIFEST, Bundle
 from inctrl_runtime.detector import Detector
+from inctrl_runtime.engines.ort import ProviderFallbackWarning
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.references import ReferenceBank
-from inctrl_runtime.sessions import ProviderFallbackWarning
 
 RUN = "inctrl_runtime.cli"
 
@@ -255,7 +255,7 @@ def test_missing_provider_fails_or_warns(bundle: Path) -> None:
         Detector.open(bundle, device="cuda")
     with pytest.warns(ProviderFallbackWarning, match="running on the CPU instead"):
         detector = Detector.open(bundle, device="cuda", strict=False)
-    assert detector.placement.device == "cpu"
+    assert detector.device == "cpu"
     with pytest.raises(InputError, match="unknown device"):
         Detector.open(bundle, device="gpu")
 
@@ -264,7 +264,7 @@ def test_threads_are_set(bundle: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         detector = Detector.open(bundle, threads=1)
-    assert detector.encoder.get_session_options().intra_op_num_threads == 1
+    assert detector.encoder_engine.session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(InputError, match="threads"):
         Detector.open(bundle, threads=0)
 
