@@ -141,7 +141,7 @@ def compare(
         torch.from_numpy(pixels), torch_bank, torch_prior, batch_size=batch_size
     )
     bank = detector.reference(prompts)
-    scores = detector.scores(category, pixels, bank=bank, batch_size=batch_size)
+    scores = detector.score_arrays(category, pixels, bank=bank, batch_size=batch_size)
 
     pairs = {
         "bank.patches": (bank.patches, torch_bank.patches),
@@ -167,7 +167,7 @@ def compare(
     if labels is not None and 0 < sum(labels) < len(labels):
         report.auroc = _auroc_change(labels, reference, scores.score)
     few = pixels[:_BATCH_CHECK]
-    one_by_one = detector.scores(category, few, bank=bank, batch_size=1).score
+    one_by_one = detector.score_arrays(category, few, bank=bank, batch_size=1).score
     report.batch_invariance = float(np.abs(one_by_one - scores.score[: len(few)]).max())
     return report
 

@@ -21,7 +21,7 @@ _EXPORTS = {
     "Detector": "inctrl_runtime.detector",
     "InputError": "inctrl_runtime.errors",
     "Preprocessing": "inctrl_runtime.preprocess",
-    "ReferenceBank": "inctrl_runtime.references",
+    "NumpyBank": "inctrl_runtime.references",
     "Result": "inctrl_runtime.results",
     "Scores": "inctrl_runtime.results",
 }
@@ -32,7 +32,7 @@ __all__ = [
     "Detector",
     "InputError",
     "Preprocessing",
-    "ReferenceBank",
+    "NumpyBank",
     "Result",
     "Scores",
 ]
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from inctrl_runtime.detector import Detector
     from inctrl_runtime.errors import BundleError, InputError
     from inctrl_runtime.preprocess import Preprocessing
-    from inctrl_runtime.references import ReferenceBank
+    from inctrl_runtime.references import NumpyBank
     from inctrl_runtime.results import Result, Scores
 
 

@@ -27,7 +27,7 @@ FORMAT = "inctrl.bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PRIORS = "priors.json"
-REFERENCES = "references"
+REFERENCES_DIR = "references"
 GRAPHS = ("encoder", "head")
 _FEATURES = {"embedding": 2, "adapted": 2, "patches": 4}
 # What the runtime feeds each graph and reads from it: name -> rank (all float32 at the graph's
@@ -107,7 +107,7 @@ class Bundle:
     def reference_path(self, category: str) -> Path:
         """Where the registered reference bank of a category lives: references/<category>.npz."""
         check_category_name(category)
-        return self.path / REFERENCES / f"{category}.npz"
+        return self.path / REFERENCES_DIR / f"{category}.npz"
 
 
 def check_category_name(category: str) -> None:

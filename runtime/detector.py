@@ -24,7 +24,7 @@ from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, pixel_digest, preprocess_many
-from inctrl_runtime.references import ReferenceBank
+from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.results import Result, Scores, results
 
 Features = dict[str, Any]  # numpy arrays, or the encoder engine's device values
@@ -42,7 +42,7 @@ class Detector:
         self.encoder_engine = encoder_engine
         self.head_engine = head_engine
         # Registered banks read from disk, with the (mtime, size) they were read at.
-        self._registered: dict[str, tuple[tuple[int, int], ReferenceBank]] = {}
+        self._registered: dict[str, tuple[tuple[int, int], NumpyBank]] = {}
 
     @classmethod
     def open(
@@ -103,8 +103,8 @@ class Detector:
     # ------------------------------------------------------------------------- few-shot state
     def reference(
         self, prompt_images: Sequence[ImageSource], batch_size: int = 16
-    ) -> ReferenceBank:
-        """Encode k normal prompt images into a ReferenceBank (not saved)."""
+    ) -> NumpyBank:
+        """Encode k normal prompt images into a NumpyBank (not saved)."""
         if len(prompt_images) == 0:
             raise InputError("no prompt images: give at least one normal image of the category")
         pixels = self.pixels(prompt_images)
@@ -113,7 +113,7 @@ class Detector:
         patches = np.concatenate([c["patches"] for c in chunks])  # k x L x P x D
         adapted = np.concatenate([c["adapted"] for c in chunks])
         shots, layers, _, width = patches.shape
-        return ReferenceBank(
+        return NumpyBank(
             patches=np.ascontiguousarray(patches.transpose(1, 0, 2, 3).reshape(layers, -1, width)),
             adapted_mean=adapted.mean(axis=0, dtype=np.float32),
             shots=shots,
@@ -124,7 +124,7 @@ class Detector:
 
     def register(
         self, category: str, prompt_images: Sequence[ImageSource], batch_size: int = 16
-    ) -> ReferenceBank:
+    ) -> NumpyBank:
         """Build a category's bank and save it as ``references/<category>.npz`` (atomically)."""
         self.bundle.prior(category)  # an unknown category fails before any work
         bank = self.reference(prompt_images, batch_size)
@@ -133,7 +133,7 @@ class Detector:
         self._registered[category] = (_stamp(path), bank)
         return bank
 
-    def registered(self, category: str) -> ReferenceBank:
+    def registered(self, category: str) -> NumpyBank:
         """The bank saved by ``register`` for a category, read from disk once (again only if
         the file changes, e.g. registered anew by another process)."""
         path = self.bundle.reference_path(category)
@@ -145,7 +145,7 @@ class Detector:
         stamp, bank = self._registered.get(category, (None, None))
         current = _stamp(path)
         if stamp != current:
-            bank = ReferenceBank.load(path, self.bundle.encoder_sha256)
+            bank = NumpyBank.load(path, self.bundle.encoder_sha256)
             self._registered[category] = (current, bank)
         return bank
 
@@ -156,11 +156,11 @@ class Detector:
         outputs = self.head_engine.run({**inputs, **bank_inputs})
         return Scores(**{name: outputs[name] for name in Scores._fields})
 
-    def scores(
+    def score_arrays(
         self,
         category: str,
         images: Sequence[ImageSource] | np.ndarray,
-        bank: ReferenceBank | None = None,
+        bank: NumpyBank | None = None,
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
     ) -> Scores:
@@ -184,7 +184,7 @@ class Detector:
                 progress(start + len(batch))
         return Scores(*(np.concatenate(field) for field in zip(*chunks, strict=True)))
 
-    def bank_inputs(self, category: str, bank: ReferenceBank | None = None) -> dict:
+    def bank_inputs(self, category: str, bank: NumpyBank | None = None) -> dict:
         """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
         given), uploaded once to the GPU when the head runs there; pass them to ``head``."""
         prior = self.bundle.prior(category)
@@ -205,12 +205,12 @@ class Detector:
         self,
         category: str,
         images: Sequence[ImageSource],
-        bank: ReferenceBank | None = None,
+        bank: NumpyBank | None = None,
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
     ) -> list[Result]:
         """Score query images of a category: one Result per image, with ``heatmap()``."""
-        scores = self.scores(category, images, bank, batch_size, progress)
+        scores = self.score_arrays(category, images, bank, batch_size, progress)
         return results(images, scores, self.bundle.preprocessing)
 
     def __repr__(self) -> str:

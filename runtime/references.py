@@ -19,8 +19,9 @@ _ARRAYS = ("patches", "adapted_mean", "shots", "sources", "digests", "encoder_sh
 
 
 @dataclass(frozen=True)
-class ReferenceBank:
-    """What the k normal prompt images of one category contribute to scoring.
+class NumpyBank:
+    """What the k normal prompt images of one category contribute to scoring, as numpy arrays
+    (the runtime's counterpart of ``inctrl.ReferenceBank``, which holds torch tensors).
 
     Attributes:
         patches: L x N x D float32, the tapped patch tokens of all prompts (N = k * P), unit norm.
@@ -52,7 +53,7 @@ class ReferenceBank:
             )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder_sha256: str | None = None) -> ReferenceBank:
+    def load(cls, path: str | os.PathLike, encoder_sha256: str | None = None) -> NumpyBank:
         """Read a bank; with ``encoder_sha256``, refuse one made by another encoder."""
         path = Path(path)
         try:

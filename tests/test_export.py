@@ -49,7 +49,7 @@ def test_onnxruntime_matches_pytorch(
     prior = tiny_model.text_prior("candle")
     reference = tiny_model.score(queries, tiny_model.reference(prompts), prior, batch_size=batch)
     bank = detector.reference(prompts)
-    ours = detector.scores("candle", queries, bank=bank, batch_size=batch)
+    ours = detector.score_arrays("candle", queries, bank=bank, batch_size=batch)
     assert_scores_close(ours, reference, ATOL_FP32)
     assert bank.shots == shots and bank.patches.shape[1] == shots * 225
 
@@ -57,9 +57,9 @@ def test_onnxruntime_matches_pytorch(
 def test_batches_of_any_size_give_the_same_scores(detector: Detector) -> None:
     bank = detector.reference(random_images(2, seed=3))
     queries = random_images(5, seed=4)
-    whole = detector.scores("metal_nut", queries, bank=bank, batch_size=5)
+    whole = detector.score_arrays("metal_nut", queries, bank=bank, batch_size=5)
     for batch_size in (1, 2, 3):
-        split = detector.scores("metal_nut", queries, bank=bank, batch_size=batch_size)
+        split = detector.score_arrays("metal_nut", queries, bank=bank, batch_size=batch_size)
         np.testing.assert_allclose(split.score, whole.score, rtol=0, atol=1e-6)
 
 
@@ -118,7 +118,7 @@ def test_fp16_bundle_keeps_scores_within_contract(tiny_model: InCTRL, tmp_path: 
     reference = tiny_model.score(
         queries, tiny_model.reference(prompts), tiny_model.text_prior("candle")
     )
-    ours = detector.scores("candle", queries, bank=detector.reference(prompts))
+    ours = detector.score_arrays("candle", queries, bank=detector.reference(prompts))
     assert_scores_close(ours, reference, ATOL_FP16, fields=Scores._fields[:-1])
 
 
@@ -132,7 +132,7 @@ def test_full_size_architecture_exports_and_matches(tmp_path: Path) -> None:
     detector = Detector.open(tmp_path / "full")
     prompts, queries = random_images(2, seed=41), random_images(2, seed=42)
     reference = model.score(queries, model.reference(prompts), model.text_prior("candle"))
-    ours = detector.scores("candle", queries, bank=detector.reference(prompts))
+    ours = detector.score_arrays("candle", queries, bank=detector.reference(prompts))
     assert_scores_close(ours, reference, ATOL_FP32)
 
 

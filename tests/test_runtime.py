@@ -21,7 +21,7 @@ from inctrl_runtime.bundle import MANIFEST, Bundle
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.engines.ort import ProviderFallbackWarning
 from inctrl_runtime.errors import BundleError, InputError
-from inctrl_runtime.references import ReferenceBank
+from inctrl_runtime.references import NumpyBank
 
 RUN = "inctrl_runtime.cli"
 
@@ -124,7 +124,7 @@ def test_cli_round_trip_matches_inctrl_score(
 def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path: Path) -> None:
     detector = Detector.open(bundle)
     bank = detector.register("metal_nut", pictures["shots"])
-    saved = ReferenceBank.load(bundle / "references" / "metal_nut.npz")
+    saved = NumpyBank.load(bundle / "references" / "metal_nut.npz")
     np.testing.assert_array_equal(saved.patches, bank.patches)
     assert saved.shots == 2 and saved.sources == tuple(str(p) for p in pictures["shots"])
     assert len(saved.digests) == 2 and saved.encoder_sha256 == detector.bundle.encoder_sha256
