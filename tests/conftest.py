@@ -1,74 +1,111 @@
-"""Shared fixtures: a tiny seeded model and seeded random images (no network, no files needed)."""
+"""The tests' one fixtures module: seeded tiny models, seeded random images, checkpoint files in
+our and the authors' layouts, the tiny bundle, and real command lines run in a subprocess.
+
+No network, no files needed. Fixtures are used by name; the helpers are imported
+(``from conftest import random_images``).
+"""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from inctrl import InCTRL, get_config
+from inctrl import InCTRL, Scores, get_config
+from inctrl.checkpoint import is_head_key, ours_to_authors
+
+TINY = get_config("tiny")
+FULL = "ViT-B-16-plus-240"
+CATEGORY = "candle"
+BUNDLE_CATEGORIES = ("candle", "metal_nut")
+# The authors' training code saves this around the state dict (pyslowfast-style checkpoint).
+AUTHORS_CFG = "TRAIN:\n  BATCH_SIZE: 16\nSHOT: 2\n"
+# (H, W): a square, a portrait and a landscape image, so preprocessing resizes and crops.
+VARIED_SIZES = [(240, 240), (260, 300), (320, 250)]
+
+Size = tuple[int, int]
 
 
+# ---------------------------------------------------------------------------------- helpers
+def random_images(
+    count: int, seed: int = 0, size: Size | list[Size] = (260, 300), channels: int = 3
+) -> list[np.ndarray]:
+    """``count`` seeded uint8 images, H x W x ``channels``, of ``size`` (H, W), or of the sizes
+    of a list taken in turn."""
+    sizes = size if isinstance(size, list) else [size]
+    rng = np.random.default_rng(seed)
+    return [
+        rng.integers(0, 256, (*sizes[i % len(sizes)], channels), dtype=np.uint8)
+        for i in range(count)
+    ]
+
+
+@torch.no_grad()
 def perturb_heads(model: InCTRL, seed: int = 1) -> InCTRL:
-    """Give the adapter and heads seeded non-default weights and BatchNorm statistics, so that a
-    test fails if they are not loaded or not used."""
-    import torch
-
+    """Give the adapter and heads seeded non-default weights and batch-norm statistics (their
+    batch counts too), so that a test fails if they are not loaded or not used."""
     generator = torch.Generator().manual_seed(seed)
-    for name, tensor in model.state_dict().items():
-        if name.startswith(("adapter.", "diff_head")) and tensor.is_floating_point():
-            values = torch.rand(tensor.shape, generator=generator)
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + values)
-            else:
-                tensor.copy_((values - 0.5) * 0.4)
+    for key, tensor in model.state_dict().items():
+        if not is_head_key(key):
+            continue
+        if not tensor.is_floating_point():  # num_batches_tracked
+            tensor.fill_(100 + seed)
+        elif key.endswith("running_var"):
+            tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+        else:
+            tensor.copy_((torch.rand(tensor.shape, generator=generator) - 0.5) * 0.4)
     return model
 
 
-@pytest.fixture(scope="session")
-def tiny_model() -> InCTRL:
-    return perturb_heads(InCTRL(get_config("tiny")))
+@torch.no_grad()
+def perturb_backbone(model: InCTRL, seed: int) -> InCTRL:
+    """Move every CLIP weight off the seeded backbone, so a checkpoint must carry it."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.clip.parameters():
+        param.add_(0.02 * torch.randn(param.shape, generator=generator))
+    return model
 
 
-def random_images(
-    count: int, seed: int = 0, size: tuple[int, int] = (260, 300)
-) -> list[np.ndarray]:
-    """Seeded random uint8 RGB images, H x W x 3."""
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
+def scores_of(
+    model: InCTRL, prompts: list[np.ndarray], queries: list[np.ndarray], category: str = CATEGORY
+) -> Scores:
+    return model.score(queries, model.reference(prompts), model.text_prior(category))
 
 
-@pytest.fixture(scope="session")
-def images() -> list[np.ndarray]:
-    return random_images(8, seed=0)
+def assert_same_scores(got: Scores, want: Scores) -> None:
+    for name, a, b in zip(Scores._fields, got, want, strict=True):
+        assert a.shape == b.shape, name
+        assert (a - b).abs().max().item() <= 1e-7, f"{name}: {a} != {b}"
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_model: InCTRL):
-    """The tiny model (seeded backbone, perturbed heads) saved as our checkpoint."""
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors"
-    tiny_model.save(path)
-    return path
+def assert_same_state(got: InCTRL, want: InCTRL, unused: frozenset[str] = frozenset()) -> None:
+    """Equal tensors under every key, except ``unused`` ones a checkpoint need not hold."""
+    got_state, want_state = got.state_dict(), want.state_dict()
+    assert got_state.keys() == want_state.keys()
+    for key, value in want_state.items():
+        if key not in unused:
+            assert torch.equal(got_state[key], value), key
 
 
-BUNDLE_CATEGORIES = ("candle", "metal_nut")
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_checkpoint):
-    """The tiny checkpoint exported (fp32) with its self-check; copy it before changing it."""
-    from inctrl_export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(out, tiny_checkpoint, BUNDLE_CATEGORIES)
-    return out
+def authors_layout(model: InCTRL, wrap: str) -> object:
+    """What the authors' training code would have saved for ``model``."""
+    state = ours_to_authors(model.state_dict())
+    if wrap == "ddp":
+        return {"epoch": 9, "model_state": {f"module.{k}": v for k, v in state.items()}}
+    if wrap == "model_state":
+        return {"epoch": 9, "model_state": state, "cfg": AUTHORS_CFG}
+    return state
 
 
 def run_command(module: str, *args: str, cwd=None, timeout: float = 300):
     """Run a real command line (the ``main`` of ``module``, e.g. ``inctrl_runtime.cli``) in a
     subprocess, as a user would, and capture it."""
-    import subprocess
-    import sys
-
     code = f"import sys; from {module} import main; main(sys.argv[1:])"
     return subprocess.run(
         [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
@@ -79,3 +116,77 @@ def run_command(module: str, *args: str, cwd=None, timeout: float = 300):
 def run_inctrl(*args: str, cwd=None, timeout: float = 300):
     """Run the real `inctrl` command line in a subprocess and capture it."""
     return run_command("inctrl.cli", *args, cwd=cwd, timeout=timeout)
+
+
+# --------------------------------------------------------------- the tiny model and bundle
+@pytest.fixture(scope="session")
+def tiny_model() -> InCTRL:
+    """The tiny preset: its seeded backbone, perturbed heads."""
+    return perturb_heads(InCTRL(TINY))
+
+
+@pytest.fixture(scope="session")
+def images() -> list[np.ndarray]:
+    return random_images(8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model: InCTRL) -> Path:
+    """The tiny model (seeded backbone, perturbed heads) saved as our checkpoint."""
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors"
+    tiny_model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint: Path) -> Path:
+    """The tiny checkpoint exported (fp32) with its self-check; copy it before changing it."""
+    from inctrl_export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(out, tiny_checkpoint, BUNDLE_CATEGORIES)
+    return out
+
+
+@pytest.fixture
+def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle, free to change."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+# ------------------------------------------------------- checkpoints: every part perturbed
+@pytest.fixture(scope="session")
+def prompts_and_queries() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Two prompt images and three queries, of varied sizes."""
+    return random_images(2, seed=1, size=VARIED_SIZES), random_images(3, seed=2, size=VARIED_SIZES)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> InCTRL:
+    """The tiny preset with a perturbed backbone as well as perturbed heads: a checkpoint that
+    drops any part of it changes the scores."""
+    return perturb_heads(perturb_backbone(InCTRL(TINY), seed=10), seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiny_scores(tiny: InCTRL, prompts_and_queries) -> Scores:
+    return scores_of(tiny, *prompts_and_queries)
+
+
+@pytest.fixture(scope="session")
+def authors_file(tmp_path_factory, tiny: InCTRL) -> Path:
+    path = tmp_path_factory.mktemp("authors") / "inctrl_tiny.pyth"
+    torch.save(authors_layout(tiny, "model_state"), path)
+    return path
+
+
+@pytest.fixture(scope="session", params=["pt", "safetensors"])
+def clip_file(request, tmp_path_factory, tiny: InCTRL) -> Path:
+    """The tiny model's (perturbed) backbone as an open_clip weights file."""
+    path = tmp_path_factory.mktemp("clip") / f"tiny_clip.{request.param}"
+    state = {k: v.contiguous() for k, v in tiny.clip.state_dict().items()}
+    if request.param == "pt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    return path

@@ -13,24 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoint_fixtures import (  # noqa: F401  (helpers and fixtures)
-    AUTHORS_CFG,
-    CATEGORY,
-    FULL,
-    TINY,
-    assert_same_scores,
-    assert_same_state,
-    authors_file,
-    authors_layout,
-    clip_file,
-    images,
-    perturb_backbone,
-    random_images,
-    randomize_heads,
-    scores_of,
-    tiny,
-    tiny_scores,
-)
+from conftest import FULL, TINY, assert_same_scores, assert_same_state, authors_layout, scores_of
 from safetensors.torch import save_file
 
 from inctrl import InCTRL, InputError, get_config
@@ -66,7 +49,7 @@ def test_authors_layout_of_full_architecture_has_345_keys():
     assert len(heads) == 2 + 2 * (3 * 2 + 3 * 5)
 
 
-def test_perturbed_tiny_model_depends_on_every_part(tiny, tiny_scores, images):
+def test_perturbed_tiny_model_depends_on_every_part(tiny, tiny_scores, prompts_and_queries):
     """Sanity of the fixtures: scores are not saturated, and a model that lacks the perturbed
     backbone or the randomized heads scores differently, so the load tests can fail."""
     for name in ("score", "holistic_score", "image_residual_score"):
@@ -75,7 +58,7 @@ def test_perturbed_tiny_model_depends_on_every_part(tiny, tiny_scores, images):
     assert len(set(tiny_scores.score.tolist())) == 3
     fresh_heads = InCTRL(TINY)
     fresh_heads.clip.load_state_dict(tiny.clip.state_dict())
-    other = scores_of(fresh_heads, *images)
+    other = scores_of(fresh_heads, *prompts_and_queries)
     assert torch.equal(other.patch_residual_map, tiny_scores.patch_residual_map)
     for name in ("score", "holistic_score", "image_residual_score"):
         assert not torch.allclose(getattr(other, name), getattr(tiny_scores, name)), name
@@ -83,13 +66,13 @@ def test_perturbed_tiny_model_depends_on_every_part(tiny, tiny_scores, images):
     fresh_backbone.load_state_dict(
         {k: v for k, v in tiny.state_dict().items() if is_head_key(k)}, strict=False
     )
-    other = scores_of(fresh_backbone, *images)
+    other = scores_of(fresh_backbone, *prompts_and_queries)
     for name in ("score", "patch_residual_map", "text_score"):
         assert not torch.allclose(getattr(other, name), getattr(tiny_scores, name)), name
 
 
 @pytest.mark.parametrize("wrap", ["model_state", "bare", "ddp"])
-def test_authors_checkpoint_loads_exactly(tmp_path, tiny, tiny_scores, images, wrap):
+def test_authors_checkpoint_loads_exactly(tmp_path, tiny, tiny_scores, prompts_and_queries, wrap):
     path = tmp_path / "checkpoint_epoch_00010.pyth"
     torch.save(authors_layout(tiny, wrap), path)
     loaded = InCTRL.from_checkpoint(path)
@@ -98,7 +81,7 @@ def test_authors_checkpoint_loads_exactly(tmp_path, tiny, tiny_scores, images, w
     assert not loaded.training
     # The authors' files lack CLIP's logit_scale, which InCTRL never uses.
     assert_same_state(loaded, tiny, unused=OPTIONAL_KEYS)
-    assert_same_scores(scores_of(loaded, *images), tiny_scores)
+    assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
 
 
 # Each case: (what is wrong, how to break the authors' state dict, the key the message names).

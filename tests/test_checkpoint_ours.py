@@ -9,23 +9,16 @@ import gc
 import open_clip
 import pytest
 import torch
-from checkpoint_fixtures import (  # noqa: F401  (helpers and fixtures)
-    AUTHORS_CFG,
-    CATEGORY,
+from conftest import (
     FULL,
     TINY,
+    VARIED_SIZES,
     assert_same_scores,
     assert_same_state,
-    authors_file,
     authors_layout,
-    clip_file,
-    images,
-    perturb_backbone,
+    perturb_heads,
     random_images,
-    randomize_heads,
     scores_of,
-    tiny,
-    tiny_scores,
 )
 from safetensors import safe_open
 
@@ -35,7 +28,9 @@ from inctrl.files import file_sha256
 
 
 # ------------------------------------------------------------------ our safetensors format
-def test_our_checkpoint_round_trip_includes_backbone(tmp_path, tiny, tiny_scores, images):
+def test_our_checkpoint_round_trip_includes_backbone(
+    tmp_path, tiny, tiny_scores, prompts_and_queries
+):
     path = tmp_path / "tiny.safetensors"
     tiny.save(path)
     with safe_open(str(path), framework="pt") as handle:
@@ -44,14 +39,14 @@ def test_our_checkpoint_round_trip_includes_backbone(tmp_path, tiny, tiny_scores
     loaded = InCTRL.from_checkpoint(path)
     assert loaded.config == TINY
     assert_same_state(loaded, tiny)
-    assert_same_scores(scores_of(loaded, *images), tiny_scores)
+    assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
 
 
-def test_heads_only_checkpoint_needs_its_clip_weights(tmp_path, clip_file, images):
+def test_heads_only_checkpoint_needs_its_clip_weights(tmp_path, clip_file, prompts_and_queries):
     model = InCTRL.from_clip_weights(clip_file, preset="tiny")
     assert model.backbone_origin == f"file:{file_sha256(clip_file)}"
-    randomize_heads(model, seed=21)
-    want = scores_of(model, *images)
+    perturb_heads(model, seed=21)
+    want = scores_of(model, *prompts_and_queries)
 
     path = tmp_path / "heads.safetensors"
     model.save(path)
@@ -68,21 +63,25 @@ def test_heads_only_checkpoint_needs_its_clip_weights(tmp_path, clip_file, image
 
     loaded = InCTRL.from_checkpoint(path, clip_weights=clip_file)
     assert_same_state(loaded, model)
-    assert_same_scores(scores_of(loaded, *images), want)
+    assert_same_scores(scores_of(loaded, *prompts_and_queries), want)
 
 
-def test_from_clip_weights_with_authors_heads(clip_file, authors_file, tiny, tiny_scores, images):
+def test_from_clip_weights_with_authors_heads(
+    clip_file, authors_file, tiny, tiny_scores, prompts_and_queries
+):
     loaded = InCTRL.from_clip_weights(clip_file, heads=authors_file, preset="tiny")
     assert_same_state(loaded, tiny)
-    assert_same_scores(scores_of(loaded, *images), tiny_scores)
+    assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
 
 
-def test_from_clip_weights_with_our_heads_file(tmp_path, clip_file, tiny, tiny_scores, images):
+def test_from_clip_weights_with_our_heads_file(
+    tmp_path, clip_file, tiny, tiny_scores, prompts_and_queries
+):
     heads = tmp_path / "heads.safetensors"
     tiny.save(heads, include_backbone=False)
     loaded = InCTRL.from_clip_weights(clip_file, heads=heads, preset="tiny")
     assert_same_state(loaded, tiny)
-    assert_same_scores(scores_of(loaded, *images), tiny_scores)
+    assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
 
 
 def test_heads_only_checkpoint_of_unreproducible_backbone_is_refused(tmp_path):
@@ -128,8 +127,9 @@ def test_inctrl_checkpoint_given_as_clip_weights_gives_readable_error(authors_fi
 def test_full_architecture_authors_checkpoint_loads_exactly(tmp_path):
     torch.manual_seed(0)
     model = InCTRL(get_config(FULL))
-    randomize_heads(model, seed=31)
-    prompts, queries = random_images(3, 1), random_images(4, 2)
+    perturb_heads(model, seed=31)
+    prompts = random_images(1, seed=3, size=VARIED_SIZES)
+    queries = random_images(2, seed=4, size=VARIED_SIZES)
     # "bird" takes the 2-prompt text ensemble: the full text tower on 242 prompts is slow.
     want = scores_of(model, prompts, queries, category="bird")
     path = tmp_path / "inctrl_full_k1.pyth"
