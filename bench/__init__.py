@@ -4,6 +4,6 @@
 
     report = run_bench(BenchSettings(batches=(1, 8), shots=(2,)), json_file="bench.json")
 
-``inctrl`` and torch are imported only inside the torch backends and the export steps, so that a
-bundle benches with onnxruntime alone.
+torch and ``inctrl`` are imported only when a torch backend runs or a bundle is exported, so
+that a bundle benches with onnxruntime alone.
 """

@@ -1,8 +1,5 @@
-"""The backends inctrl-bench knows, how ``--backend`` selects them, and why one cannot run here.
-
-Every backend of the catalogue is reported: one that cannot run on this machine, with this
-device or these libraries gets ``available: false`` and the reason, never a silent omission.
-"""
+"""The backends inctrl-bench knows, how ``--backend`` selects them, and why one cannot run here
+(a backend that cannot run is reported with the reason, never silently left out)."""
 
 from __future__ import annotations
 
@@ -21,15 +18,9 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class Backend:
-    """One way of running InCTRL.
-
-    Attributes:
-        kind: ``authors`` and ``torch`` run the PyTorch model, ``onnxruntime`` and ``tensorrt``
-            an exported bundle through ``inctrl_runtime``.
-        precision: the encoder's precision (``fp32``, ``bf16``, ``fp16``, ``int8``).
-        device: where it runs; None for the torch backends, which follow ``--device``.
-        runtime_device: the device name ``inctrl_runtime.Detector.open`` takes.
-    """
+    """One way of running InCTRL: ``authors`` and ``torch`` run the PyTorch model (on
+    ``--device`` unless ``device`` is set), ``onnxruntime`` and ``tensorrt`` a bundle through
+    ``inctrl_runtime.Detector`` on ``runtime_device``. ``precision`` is the encoder's."""
 
     name: str
     kind: str
@@ -90,42 +81,37 @@ def import_problem(*modules: str) -> str | None:
     return None
 
 
-def _torch_problems(backend: Backend, device: str) -> list[str]:
+def _torch_problem(backend: Backend, device: str) -> str | None:
     problem = import_problem("torch", "inctrl.model")
-    if problem is not None:
-        return [problem]
-    if device != "cuda":
-        return []
+    if problem is not None or device != "cuda":
+        return problem
     import torch
 
     if not torch.cuda.is_available():
-        return ["torch sees no CUDA GPU"]
+        return "torch sees no CUDA GPU"
     if backend.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return [f"this GPU ({torch.cuda.get_device_name()}) has no bf16 arithmetic"]
-    return []
+        return f"this GPU ({torch.cuda.get_device_name()}) has no bf16 arithmetic"
+    return None
 
 
 def _runtime_problems(backend: Backend) -> list[str]:
-    found = []
-    if backend.kind == "tensorrt":
-        found += [p for p in [import_problem("tensorrt")] if p is not None]
-    problem = import_problem("onnxruntime")
-    if problem is not None:
-        return [*found, problem]
-    from inctrl_runtime.engines.ort import place
+    found = [import_problem("tensorrt")] if backend.kind == "tensorrt" else []
+    found.append(import_problem("onnxruntime"))
+    if found[-1] is None:
+        from inctrl_runtime.engines.ort import place
 
-    try:
-        place(backend.runtime_device or "cpu", strict=True)
-    except InputError as err:
-        found.append(str(err))
-    return found
+        try:
+            place(backend.runtime_device or "cpu", strict=True)
+        except InputError as err:
+            found.append(str(err))
+    return [problem for problem in found if problem is not None]
 
 
 def problems(backend: Backend, device: str) -> list[str]:
     """What keeps a backend from running here with ``--device device``: missing libraries or
     hardware first, then a device other than the backend's."""
     if backend.uses_torch:
-        found = _torch_problems(backend, backend.device or device)
+        found = [p for p in [_torch_problem(backend, backend.device or device)] if p is not None]
     else:
         found = _runtime_problems(backend)
     if not found and backend.device is not None and backend.device != device:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import new_app, run_app
+from inctrl_runtime.console import new_app, run_app, status
 from inctrl_runtime.errors import InputError
 
 app = new_app(
@@ -98,9 +98,9 @@ def bench(
 
         inctrl-bench --preset ViT-B-16-plus-240 --backend torch-fp32 --backend onnxruntime
     """
-    from inctrl_bench.progress import console_progress
     from inctrl_bench.report import print_report
     from inctrl_bench.suite import BenchSettings, run_bench
+    from inctrl_bench.timing import Progress
 
     settings = BenchSettings(
         bundle=bundle,
@@ -112,8 +112,8 @@ def bench(
         device=device,
         repeats=repeats,
     )
-    with console_progress() as progress:
-        report = run_bench(settings, json_file, plot_file, progress)
+    with status("starting") as spinner:
+        report = run_bench(settings, json_file, plot_file, Progress(spinner, echo=True))
     print_report(report)
 
 

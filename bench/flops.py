@@ -1,14 +1,10 @@
-"""The arithmetic InCTRL needs, counted from its config: the floor under any backend's time.
-
-Only matrix products count, a multiply-add as 2 FLOPs. Layer norms, softmax, GELU, the
-patch-token norms and the other elementwise steps are left out (a few percent of the total).
-Works from the config dict (``InCTRLConfig.to_dict()``, which a bundle's manifest records as
-``model.config``), so that nothing here needs torch.
-"""
+"""The arithmetic InCTRL needs, counted from its config dict (``InCTRLConfig.to_dict()``, a
+bundle manifest's ``model.config``; no torch). Only matrix products count, a multiply-add as
+2 FLOPs; norms, softmax, GELU and other elementwise steps (a few percent) are left out."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +88,7 @@ def encoder_flops(shape: ModelShape) -> dict[str, int]:
 
 def _residual_head_flops(in_dim: int, hidden: tuple[int, int]) -> int:
     first, second = hidden
-    return (
-        matmul_flops(1, in_dim, first) + matmul_flops(1, first, second) + matmul_flops(1, second, 1)
-    )
+    return sum(matmul_flops(1, a, b) for a, b in ((in_dim, first), (first, second), (second, 1)))
 
 
 def head_flops(shape: ModelShape, shots: int) -> dict[str, int]:
@@ -124,3 +118,14 @@ def authors_query_flops(shape: ModelShape, shots: int, text_prompts: int) -> int
     """A query the authors' way: the k prompts and every text prompt encoded again."""
     prompts = shots * sum(encoder_flops(shape).values())
     return query_flops(shape, shots) + prompts + text_prompts * text_prompt_flops(shape)
+
+
+def flops_record(shape: ModelShape, shots: Sequence[int]) -> dict:
+    """The report's arithmetic of a model: encoder per image, head per query for each k, one
+    authors' text prompt."""
+    encoder = encoder_flops(shape)
+    return {
+        "encoder_per_image": {**encoder, "total": sum(encoder.values())},
+        "head_per_query": {str(k): sum(head_flops(shape, k).values()) for k in shots},
+        "authors_text_prompt": text_prompt_flops(shape),
+    }

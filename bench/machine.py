@@ -3,10 +3,10 @@ in the same run by a large matrix product."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,31 +23,21 @@ GEMM_SIZE = {"cpu": 2048, "cuda": 8192}
 
 def cpu_model() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
 def gpu_names() -> list[str]:
     """GPUs nvidia-smi lists (empty without one); no torch needed."""
-    if shutil.which("nvidia-smi") is None:
-        return []
+    command = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
     try:
-        listing = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
+        listing = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [line.strip() for line in listing.splitlines() if line.strip()]
+    return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
 
 
 def _version(distribution: str) -> str | None:
@@ -57,16 +47,11 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def library_versions() -> dict[str, str | None]:
-    """Installed versions (read without importing them), Python's included."""
+def machine_info(command: str) -> dict:
+    """The machine record of the JSON report; library versions are read without importing."""
     versions = {"python": platform.python_version()}
     versions.update({name: _version(name) for name in LIBRARIES})
     versions["onnxruntime"] = versions["onnxruntime"] or _version("onnxruntime-gpu")
-    return versions
-
-
-def machine_info(command: str) -> dict:
-    """The machine record of the JSON report."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -74,7 +59,7 @@ def machine_info(command: str) -> dict:
         "os": platform.platform(),
         # Other work on the machine makes timings noisy: the 1-minute load when the run began.
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "versions": library_versions(),
+        "versions": versions,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
     }
@@ -109,39 +94,22 @@ def _torch_product(device: str, size: int) -> Callable[[], object]:
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
     if device == "cpu":
         return lambda: torch.matmul(a, b)
-
-    def product() -> None:
-        torch.matmul(a, b)
-        torch.cuda.synchronize()
-
-    return product
+    return lambda: (torch.matmul(a, b), torch.cuda.synchronize())
 
 
-def _operands(size: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {name: rng.standard_normal((size, size), dtype=np.float32) for name in "ab"}
-
-
-def _numpy_product(size: int) -> Callable[[], object]:
-    a, b = _operands(size).values()
-    return lambda: a @ b
-
-
-def _onnxruntime_product(size: int) -> Callable[[], object]:
+def _onnxruntime_product(operands: dict[str, np.ndarray]) -> Callable[[], object]:
     """One MatMul node in an onnxruntime CPU session (its own GEMM, MLAS)."""
     import onnxruntime
     from onnx import TensorProto, helper
 
-    def square(name: str):
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size])
-
+    size = len(operands["a"])
+    square = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size] * 2) for n in "abc"]
     node = helper.make_node("MatMul", ["a", "b"], ["c"])
-    graph = helper.make_graph([node], "gemm", [square("a"), square("b")], [square("c")])
+    graph = helper.make_graph([node], "gemm", square[:2], square[2:])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    operands = _operands(size)
     return lambda: session.run(None, operands)
 
 
@@ -154,9 +122,11 @@ def _products(device: str, size: int, with_torch: bool) -> dict[str, Callable[[]
         if device == "cpu" or torch.cuda.is_available():
             products["torch.matmul"] = _torch_product(device, size)
     if device == "cpu":
-        products["numpy matmul"] = _numpy_product(size)
+        rng = np.random.default_rng(0)
+        operands = {n: rng.standard_normal((size, size), dtype=np.float32) for n in "ab"}
+        products["numpy matmul"] = lambda: operands["a"] @ operands["b"]
         if import_problem("onnx", "onnxruntime") is None:
-            products["onnxruntime MatMul"] = _onnxruntime_product(size)
+            products["onnxruntime MatMul"] = _onnxruntime_product(operands)
     return products
 
 

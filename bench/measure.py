@@ -1,37 +1,116 @@
 """Measure one backend: load, latency at batch 1, throughput per batch size, stages, prompt
 registration per k, memory, and the arithmetic rate it reached.
 
-Every measurement is one warm-up run and then timed runs (``Repeats``); queries and prompts are
-seeded random camera-sized frames, preprocessed by each backend as part of its time.
+Every measurement is one warm-up run and then timed runs (``Repeats``) on seeded random
+camera-sized frames, which each backend preprocesses as part of its time. A backend is measured
+as a ``Subject``: the runtime's ``Detector`` (here) or the PyTorch model (``torch_side``) seen
+through the same few calls.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from inctrl_bench.backends import Backend, Unavailable, problems
-from inctrl_bench.flops import ModelShape
+from inctrl_bench.flops import ModelShape, query_flops
 from inctrl_bench.machine import Peak
-from inctrl_bench.progress import Progress
-from inctrl_bench.runners import Images, Runner, open_runtime_runner
 from inctrl_bench.sources import Sources
-from inctrl_bench.timing import PeakRss, Repeats, StageClock, Timing, timed_runs
+from inctrl_bench.timing import PeakRss, Progress, Repeats, StageClock, Timing, timed_runs
 from inctrl_runtime.errors import InputError
 
 # A VGA camera frame: resizing and cropping to the model's input is part of each query.
 FRAME = (480, 640)
-REGISTER = "reference"
+PREPROCESS, ENCODER, HEAD, REGISTER = "preprocess", "encoder", "head", "reference"
+QUERY_STAGES = (PREPROCESS, ENCODER, HEAD)
 MB = 2**20
 # What peak_rss_mb covers, by whether the kernel's high-water mark could be reset (PeakRss).
 RSS_SCOPE = {
     True: "whole process, peak during the backend's load and measurements",
     False: "whole process, lifetime peak up to the backend's end (the peak could not be reset)",
 }
+Images = Sequence[np.ndarray]
+
+
+@dataclass
+class Subject:
+    """A backend, opened and prepared with one category's bank and text prior, as the
+    measurements see it: the query path in stages, and prompt registration.
+
+    Attributes:
+        head: features -> scores against the prepared bank and text prior.
+        register: prompt images -> a bank; None where no bank is kept between queries.
+        before: stages redone before every query (the authors' way), by name.
+        max_batch: the largest batch it scores correctly (None: any).
+        text_prior_ms: the one-time cost of the text prior, ``ours`` and the ``authors``' way.
+    """
+
+    shape: ModelShape
+    pixels: Callable[[Images], Any]
+    encode: Callable[[Any], Any]
+    head: Callable[[Any], Any]
+    register: Callable[[Images], Any] | None
+    flops_per_query: int
+    before: dict[str, Callable[[], object]] = field(default_factory=dict)
+    max_batch: int | None = None
+    sync: Callable[[], object] = lambda: None
+    gpu_peak_bytes: Callable[[], int | None] = lambda: None
+    text_prior_ms: dict[str, float] | None = None
+
+    def query(self, images: Images, clock: StageClock) -> None:
+        """Score one batch of queries, stage by stage."""
+        for stage, step in self.before.items():
+            with clock(stage):
+                step()
+        with clock(PREPROCESS):
+            pixels = self.pixels(images)
+        with clock(ENCODER):
+            features = self.encode(pixels)
+        with clock(HEAD):
+            self.head(features)
+
+    def registration(self, prompts: Images, clock: StageClock) -> None:
+        with clock(REGISTER):
+            self.register(prompts)
+
+    def timing(self, run: Callable[[StageClock], None], repeats: Repeats) -> Timing:
+        return Timing.of(timed_runs(run, repeats, self.sync))
+
+
+Prepare = Callable[[Images, str], Subject]  # (prompt images, category) -> a prepared Subject
+
+
+@contextlib.contextmanager
+def open_runtime(backend: Backend, bundle: Path) -> Iterator[Prepare]:
+    """A bundle's engines on the backend's device, through ``inctrl_runtime.Detector``."""
+    from inctrl_runtime.detector import Detector
+
+    detector = Detector.open(bundle, device=backend.runtime_device or "cpu")
+    shape = ModelShape.from_config(detector.bundle.manifest["model"]["config"])
+
+    def prepare(prompts: Images, category: str) -> Subject:
+        bank_inputs = detector.bank_inputs(category, detector.reference(prompts))
+        return Subject(
+            shape,
+            detector.pixels,
+            functools.partial(detector.encode, on_device=True),
+            lambda features: detector.head(features, bank_inputs),
+            detector.reference,
+            query_flops(shape, len(prompts)),
+        )
+
+    try:
+        yield prepare
+    finally:
+        detector.close()
 
 
 @dataclass(frozen=True)
@@ -42,10 +121,6 @@ class Plan:
     shots: tuple[int, ...]
     repeats: Repeats
     category: str
-
-    @property
-    def query_shots(self) -> int:
-        return self.shots[0]
 
 
 @dataclass(frozen=True)
@@ -58,9 +133,8 @@ class Workload:
     @classmethod
     def make(cls, queries: int, prompts: int, seed: int = 0) -> Workload:
         rng = np.random.default_rng(seed)
-        frames = [
-            rng.integers(0, 256, (*FRAME, 3), dtype=np.uint8) for _ in range(queries + prompts)
-        ]
+        shape = (*FRAME, 3)
+        frames = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(queries + prompts)]
         return cls(frames[:queries], frames[queries:])
 
 
@@ -101,6 +175,7 @@ class BackendResult:
     latency: Timing | None = None
     throughput: list[Throughput] = field(default_factory=list)
     registration: list[Registration] = field(default_factory=list)
+    text_prior_ms: dict[str, float] | None = None
     flops_per_query: int | None = None
     achieved_gflops: float | None = None
     peak_percent: float | None = None
@@ -116,86 +191,61 @@ class BackendResult:
         """Throughput at the largest batch measured (batch sizes are measured in order)."""
         return self.throughput[-1]
 
+    def summarize(self, subject: Subject, peak: Peak, rss: PeakRss) -> None:
+        """The model, arithmetic rate and memory of a measured backend."""
+        self.available = True
+        self.shape, self.model = subject.shape, subject.shape.name
+        self.text_prior_ms = subject.text_prior_ms
+        self.flops_per_query = subject.flops_per_query
+        self.achieved_gflops = self.flops_per_query * self.largest_batch.images_per_s / 1e9
+        if peak.gflops:
+            self.peak_percent = 100 * self.achieved_gflops / peak.gflops
+        if rss.peak_bytes is not None:
+            self.peak_rss_mb = rss.peak_bytes / MB
+            self.peak_rss_scope = RSS_SCOPE[rss.since_entry]
+        gpu_bytes = subject.gpu_peak_bytes()
+        self.gpu_peak_mb = gpu_bytes / MB if gpu_bytes is not None else None
+
     def to_dict(self) -> dict:
         record = asdict(self)
         del record["shape"]
         return record
 
 
-def _source(backend: Backend, device: str, sources: Sources) -> Path | None:
-    """The checkpoint or bundle the backend runs, made now if need be; Unavailable if none."""
-    found = problems(backend, device)
-    if found:
-        raise Unavailable("; ".join(found))
-    if backend.uses_torch:
-        return sources.checkpoint()
-    return sources.bundle(backend.precision)
+def measure(
+    prepare: Prepare, workload: Workload, plan: Plan, progress: Progress, result: BackendResult
+) -> Subject:
+    """Fill ``result`` with latency, throughput per batch and registration per k; the
+    subject, prepared with the smallest k."""
+    subject = prepare(workload.prompts[: plan.shots[0]], plan.category)
+    progress.step(f"{result.name}: latency at batch 1")
+    run = functools.partial(subject.query, workload.queries[:1])
+    result.latency = subject.timing(run, plan.repeats)
+    # A backend limited below every batch asked for is measured at batch 1, its only size.
+    limit = subject.max_batch or max(plan.batches)
+    for batch in [b for b in plan.batches if b <= limit] or [1]:
+        progress.step(f"{result.name}: throughput at batch {batch}")
+        run = functools.partial(subject.query, workload.queries[:batch])
+        timing = result.latency if batch == 1 else subject.timing(run, plan.repeats)
+        result.throughput.append(Throughput.of(batch, timing))
+    for shots in plan.shots if subject.register else ():
+        progress.step(f"{result.name}: registering {shots} prompt images")
+        run = functools.partial(subject.registration, workload.prompts[:shots])
+        result.registration.append(Registration(shots, subject.timing(run, plan.repeats)))
+    return subject
 
 
-def _open(backend: Backend, device: str, source: Path | None) -> Runner:
-    """Load the model or start the sessions; a file that will not load is reported as the
-    reason the backend is not available, and the other backends still run."""
+def _open(backend: Backend, device: str, source: Path | None, stack) -> Prepare:
+    """Load the model or start the engines; a file that will not load is the reason the backend
+    is not available, and the other backends still run."""
     try:
         if backend.uses_torch:
-            from inctrl_bench.torch_side import open_torch_runner
+            from inctrl_bench.torch_side import open_torch
 
-            return open_torch_runner(backend, source, device)
-        return open_runtime_runner(backend, str(source))
+            return stack.enter_context(open_torch(backend, source, device))
+        return stack.enter_context(open_runtime(backend, source))
     except InputError as err:
         raise Unavailable(f"{source or 'the demo'} does not load: {err}") from None
-
-
-def _time_queries(runner: Runner, images: Images, repeats: Repeats) -> Timing:
-    return Timing.of(timed_runs(lambda clock: runner.run(images, clock), repeats, runner.sync))
-
-
-def _time_registration(runner: Runner, prompts: Images, repeats: Repeats) -> Timing:
-    def register(clock: StageClock) -> None:
-        with clock(REGISTER):
-            runner.reference(prompts)
-
-    return Timing.of(timed_runs(register, repeats, runner.sync))
-
-
-def measure(
-    runner: Runner, workload: Workload, plan: Plan, progress: Progress, result: BackendResult
-) -> None:
-    """Fill ``result`` with the runner's latency, throughput and registration times."""
-    name = runner.backend.name
-    with runner.session():
-        runner.prepare(workload.prompts[: plan.query_shots], plan.category)
-        progress.step(f"{name}: latency at batch 1")
-        result.latency = _time_queries(runner, workload.queries[:1], plan.repeats)
-        # A runner limited below every batch asked for is measured at batch 1, its only size.
-        batches = [
-            b for b in plan.batches if runner.max_batch is None or b <= runner.max_batch
-        ] or [1]
-        for batch in batches:
-            progress.step(f"{name}: throughput at batch {batch}")
-            timing = result.latency
-            if batch != 1:
-                timing = _time_queries(runner, workload.queries[:batch], plan.repeats)
-            result.throughput.append(Throughput.of(batch, timing))
-        for shots in plan.shots if runner.registers else ():
-            progress.step(f"{name}: registering {shots} prompt images")
-            timing = _time_registration(runner, workload.prompts[:shots], plan.repeats)
-            result.registration.append(Registration(shots, timing))
-
-
-def _summarize(result: BackendResult, runner: Runner, peak: Peak, rss: PeakRss) -> None:
-    """The model, arithmetic rate and memory of a measured backend."""
-    result.available = True
-    result.model = runner.shape.name
-    result.shape = runner.shape
-    result.flops_per_query = runner.flops_per_query()
-    result.achieved_gflops = result.flops_per_query * result.largest_batch.images_per_s / 1e9
-    if peak.gflops:
-        result.peak_percent = 100 * result.achieved_gflops / peak.gflops
-    if rss.peak_bytes is not None:
-        result.peak_rss_mb = rss.peak_bytes / MB
-        result.peak_rss_scope = RSS_SCOPE[rss.since_entry]
-    gpu_bytes = runner.gpu_peak_bytes()
-    result.gpu_peak_mb = gpu_bytes / MB if gpu_bytes is not None else None
 
 
 def bench_backend(
@@ -210,19 +260,22 @@ def bench_backend(
     """Open and measure one backend; an unavailable one comes back with the reason."""
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:
-        source = _source(backend, device, sources)
+        found = problems(backend, device)
+        if found:
+            raise Unavailable("; ".join(found))
+        source = sources.checkpoint() if backend.uses_torch else sources.bundle(backend.precision)
         progress.step(f"{backend.name}: loading")
         began = time.perf_counter()
-        with PeakRss() as rss:
-            runner = _open(backend, device, source)
+        with PeakRss() as rss, contextlib.ExitStack() as stack:
+            prepare = _open(backend, device, source, stack)
             result.load_s = time.perf_counter() - began
-            measure(runner, workload, plan, progress, result)
+            subject = measure(prepare, workload, plan, progress, result)
     except Unavailable as err:
         result.reason = str(err)
         progress.done(f"{backend.name}: not available: {err}")
         return result
-    _summarize(result, runner, peak, rss)
-    del runner
+    result.summarize(subject, peak, rss)
+    del subject, prepare
     gc.collect()
     largest = result.largest_batch
     progress.done(

@@ -1,16 +1,21 @@
-"""The bench on a terminal: a few narrow tables (readable at 80 columns) and the speed-ups."""
+"""The bench for a person: narrow tables on a terminal (readable at 80 columns), and a PNG of
+latency per query against batch size with the speed-ups."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from inctrl_bench.measure import BackendResult
-from inctrl_bench.runners import QUERY_STAGES
-from inctrl_bench.suite import REFERENCES, BenchReport
+from inctrl_bench.backends import import_problem
+from inctrl_bench.measure import QUERY_STAGES, BackendResult
+from inctrl_bench.suite import SPEEDUP_BASELINES, BenchReport
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import atomic_path
 
 MISSING = "-"
 Cell = Callable[[BackendResult], str]
@@ -29,14 +34,12 @@ def times(value: float | None) -> str:
     return MISSING if value is None else f"{number(value)}x"
 
 
-def _table(
-    title: str, columns: Sequence[str], results: list[BackendResult], cells: list[Cell]
-) -> Table:
+def _table(title: str, columns: Sequence[str], report: BenchReport, cells: list[Cell]) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
     table.add_column("backend", no_wrap=True)
     for column in columns:
         table.add_column(column, justify="right")
-    for result in results:
+    for result in report.backends:
         if result.available:
             table.add_row(result.name, *(cell(result) for cell in cells))
         else:
@@ -57,8 +60,19 @@ def _stage(stage: str | None) -> Cell:
     return cell
 
 
+def _found(values: Callable[[BackendResult], dict], key: object) -> Cell:
+    return lambda result: number(values(result).get(key))
+
+
+def _images_per_s(result: BackendResult) -> dict[int, float]:
+    return {t.batch: t.images_per_s for t in result.throughput}
+
+
+def _registration_ms(result: BackendResult) -> dict[int, float]:
+    return {r.shots: r.timing.p50_ms for r in result.registration}
+
+
 def latency_table(report: BenchReport) -> Table:
-    shots = report.settings["shots"][0]
     cells: list[Cell] = [
         lambda r: number(r.latency.p50_ms),
         lambda r: number(r.latency.p90_ms),
@@ -66,59 +80,44 @@ def latency_table(report: BenchReport) -> Table:
         *(_stage(stage) for stage in QUERY_STAGES),
         _stage(None),
     ]
-    columns = ["p50", "p90", "p99", "prep", "enc", "head", "other"]
+    shots = report.settings["shots"][0]
     title = f"Latency per query, batch 1, k={shots} (ms; stages prep/enc/head: medians)"
-    return _table(title, columns, report.backends, cells)
-
-
-def _throughput_at(batch: int) -> Cell:
-    def cell(result: BackendResult) -> str:
-        found = [t.images_per_s for t in result.throughput if t.batch == batch]
-        return number(found[0]) if found else MISSING
-
-    return cell
+    return _table(title, ["p50", "p90", "p99", "prep", "enc", "head", "other"], report, cells)
 
 
 def throughput_table(report: BenchReport) -> Table:
     batches = report.settings["batches"]
     memory = "GPU MB" if report.settings["device"] == "cuda" else "RSS MB"
-    cells: list[Cell] = [
-        *(_throughput_at(b) for b in batches),
+    cells: list[Cell] = [_found(_images_per_s, b) for b in batches]
+    cells += [
         lambda r: number(r.achieved_gflops),
         lambda r: number(r.peak_percent),
         lambda r: number(r.gpu_peak_mb if memory == "GPU MB" else r.peak_rss_mb),
     ]
-    columns = [*(f"b={b}" for b in batches), "GFLOP/s", "% peak", memory]
     title = "Throughput (images/s); GFLOP/s and % of fp32 peak at the largest batch"
     scopes = sorted({r.peak_rss_scope for r in report.backends if r.peak_rss_scope})
     if memory == "RSS MB" and scopes:
         title += f"; RSS MB: {'; '.join(scopes)}"
-    return _table(title, columns, report.backends, cells)
+    columns = [*(f"b={b}" for b in batches), "GFLOP/s", "% peak", memory]
+    return _table(title, columns, report, cells)
 
 
 def speedup_table(report: BenchReport) -> Table:
     cells: list[Cell] = []
     columns: list[str] = []
-    for reference, attribute in REFERENCES.items():
+    for baseline, attribute in SPEEDUP_BASELINES.items():
         for key, label in (("latency", "latency"), ("throughput", "images/s")):
-            columns.append(f"{reference} {label}")
+            columns.append(f"{baseline} {label}")
             cells.append(lambda r, a=attribute, k=key: times((getattr(r, a) or {}).get(k)))
     title = "Speed-up: latency at batch 1, images/s at each one's largest batch"
-    return _table(title, columns, report.backends, cells)
+    return _table(title, columns, report, cells)
 
 
 def registration_table(report: BenchReport) -> Table:
     shots = report.settings["shots"]
-
-    def at(k: int) -> Cell:
-        def cell(result: BackendResult) -> str:
-            found = [r.timing.p50_ms for r in result.registration if r.shots == k]
-            return number(found[0]) if found else MISSING
-
-        return cell
-
+    cells = [_found(_registration_ms, k) for k in shots]
     title = "Registration of k prompts (ms, median)"
-    return _table(title, [f"k={k}" for k in shots], report.backends, [at(k) for k in shots])
+    return _table(title, [f"k={k}" for k in shots], report, cells)
 
 
 def header_lines(report: BenchReport) -> list[str]:
@@ -141,15 +140,87 @@ def header_lines(report: BenchReport) -> list[str]:
     return lines + [f"note: {note}" for note in report.notes]
 
 
+def text_prior_line(report: BenchReport) -> str | None:
+    """The one-time cost of the category's text prior on each torch backend."""
+    rows = [r for r in report.backends if r.text_prior_ms]
+    if not rows:
+        return None
+    each = ", ".join(
+        f"{r.name} {number(r.text_prior_ms['ours'])} / {number(r.text_prior_ms['authors'])}"
+        for r in rows
+    )
+    return f"Text prior, once per category (ms, ours / the authors' full context): {each}"
+
+
 def print_report(report: BenchReport, console: Console | None = None) -> None:
-    """The tables, then why each unavailable backend is so."""
+    """The tables, the text prior's cost, then why each unavailable backend is so."""
     console = console or Console()
     for line in header_lines(report):
         console.print(line, markup=False, highlight=False)
     for table in (latency_table, throughput_table, speedup_table, registration_table):
         console.print(table(report))
+    lines = [text_prior_line(report)]
     unavailable = [r for r in report.backends if not r.available]
     if unavailable:
-        console.print("Not available:", markup=False)
-    for result in unavailable:
-        console.print(f"  {result.name}: {result.reason}", markup=False, highlight=False)
+        lines += ["Not available:", *(f"  {r.name}: {r.reason}" for r in unavailable)]
+    for line in filter(None, lines):
+        console.print(line, markup=False, highlight=False)
+
+
+def check_plotting() -> None:
+    """Refuse --plot before a long run when matplotlib is missing."""
+    problem = import_problem("matplotlib")
+    if problem is not None:
+        raise InputError(f"--plot needs matplotlib ({problem}): install inctrl[torch] or drop it")
+
+
+def _latency_axis(axis, report: BenchReport) -> None:
+    for result in report.backends:
+        if result.available:
+            batches = [t.batch for t in result.throughput]
+            axis.plot(batches, [t.ms_per_image for t in result.throughput], "o-", label=result.name)
+    batches = report.settings["batches"]
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(batches, [str(b) for b in batches])
+    axis.minorticks_off()
+    axis.set(yscale="log", xlabel="batch size", ylabel="ms per query (median)")
+    axis.set_title("latency per query", fontsize=10)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7)
+
+
+def _speedup_axis(axis, report: BenchReport) -> None:
+    baseline = "authors" if any(r.speedup_vs_authors for r in report.backends) else "torch-fp32"
+    attribute = SPEEDUP_BASELINES[baseline]
+    rows = [(r.name, getattr(r, attribute)) for r in report.backends if getattr(r, attribute)]
+    axis.set_title(f"speed-up over {baseline}", fontsize=10)
+    if not rows:
+        axis.text(0.5, 0.5, f"{baseline} not measured", ha="center", transform=axis.transAxes)
+        return
+    positions = np.arange(len(rows))
+    for key, label, offset in (
+        ("latency", "latency, batch 1", -0.2),
+        ("throughput", "throughput, largest batch", 0.2),
+    ):
+        values = [speedup[key] for _, speedup in rows]
+        bars = axis.barh(positions + offset, values, height=0.4, label=label)
+        axis.bar_label(bars, labels=[times(v) for v in values], fontsize=7, padding=2)
+    axis.set_yticks(positions, [name for name, _ in rows], fontsize=8)
+    axis.invert_yaxis()
+    axis.axvline(1.0, color="0.5", linewidth=1)
+    axis.set(xscale="log", xlabel=f"speed-up over {baseline}")
+    axis.legend(fontsize=7)
+
+
+def write_plot(report: BenchReport, path: str | os.PathLike) -> None:
+    """Write the PNG: latency per query vs batch per backend, and speed-up bars."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.8))
+    latency_axis, speedup_axis = figure.subplots(1, 2)
+    _latency_axis(latency_axis, report)
+    _speedup_axis(speedup_axis, report)
+    figure.suptitle(f"inctrl-bench: {report.model}, {report.machine['cpu']}", fontsize=9)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)

@@ -1,10 +1,10 @@
-"""What each backend runs: the checkpoint the torch backends load and the bundle of each
-precision the runtime backends open; made on demand (torch only then) in a temporary folder.
+"""What each backend runs: the checkpoint of the torch backends and a bundle of each precision
+for the runtime ones, made on demand (torch only then) in a temporary folder.
 
-- BUNDLE given: used as it is for the runtime backends of its precision. The torch side loads
-  ``--checkpoint``, checked against the bundle's recorded source sha256, or else the bundle's
-  source checkpoint when it is on this machine unchanged.
-- No BUNDLE: the torch side loads ``--checkpoint``, the seeded ``--preset`` model, or the
+- BUNDLE given: used as it is by the runtime backends of its precision. The torch rows load
+  ``--checkpoint`` (checked against the sha256 the bundle records), the embedded demo for a
+  demo bundle, or else are unavailable: a bundle names its source by file name only.
+- No BUNDLE: the torch side loads ``--checkpoint``, the seeded ``--preset`` model or the
   embedded demo; bundles are exported from the same file.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from inctrl_bench.backends import Unavailable, import_problem
-from inctrl_bench.progress import Progress
+from inctrl_bench.timing import Progress
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import file_sha256
 
@@ -33,13 +33,12 @@ class Sources:
         seed: int = 0,
         progress: Progress | None = None,
     ) -> None:
-        self.workdir = workdir
+        _check_inputs(bundle, checkpoint, preset)
+        self.workdir, self.preset, self.seed = workdir, preset, seed
         self.checkpoint_given = checkpoint
-        self.preset = preset
-        self.seed = seed
         self.progress = progress or Progress()
         self.notes: list[str] = []
-        self._checkpoint: Path | None | Unavailable = _check_inputs(bundle, checkpoint, preset)
+        self._checkpoint: Path | None | Unavailable = checkpoint
         self._bundles: dict[str, Path | Unavailable] = {}
         self.given_bundle = None
         self.category = DEFAULT_CATEGORY
@@ -50,22 +49,17 @@ class Sources:
         from inctrl_runtime.bundle import Bundle
 
         # Only the manifest is read here; the Detector that benches it checks every sha256.
-        bundle = Bundle.open(path, check_files=False)
-        self.given_bundle = bundle
+        bundle = self.given_bundle = Bundle.open(path, check_files=False)
         self.category = bundle.categories[0]
         self._bundles = {bundle.graphs["encoder"].precision: path}
         source = bundle.manifest.get("source") or {}
-        recorded, sha256 = source.get("checkpoint"), source.get("sha256")
         if self.checkpoint_given is not None:
-            self._check_against(path, sha256)
-        elif recorded and Path(recorded).is_file() and file_sha256(recorded) == sha256:
-            self._checkpoint = Path(recorded)
-        else:
-            origin = f"was exported from {recorded}" if recorded else "names no source checkpoint"
-            self._checkpoint = Unavailable(
-                f"no --checkpoint given, and {path} {origin}, which is not on this machine "
-                "unchanged: give --checkpoint"
-            )
+            self._check_against(path, source.get("sha256"))
+        elif not source.get("demo"):  # a demo bundle's torch rows load the embedded demo
+            # A schema-1 manifest records the exporting machine's path: only its name is used.
+            name = source.get("file") or Path(source.get("checkpoint") or "").name
+            origin = f"was exported from {name}" if name else "names no source checkpoint"
+            self._checkpoint = Unavailable(f"give --checkpoint (the bundle {origin})")
 
     def _check_against(self, bundle: Path, sha256: str | None) -> None:
         """Note when --checkpoint is not (or cannot be shown to be) the bundle's source."""
@@ -136,8 +130,8 @@ class Sources:
         return "the embedded DEMO model"
 
 
-def _check_inputs(bundle: Path | None, checkpoint: Path | None, preset: str | None) -> Path | None:
-    """Refuse contradictory or missing inputs before any work; the torch side's checkpoint."""
+def _check_inputs(bundle: Path | None, checkpoint: Path | None, preset: str | None) -> None:
+    """Refuse contradictory or missing inputs before any work."""
     if preset is not None:
         if bundle is not None or checkpoint is not None:
             raise InputError(
@@ -148,4 +142,3 @@ def _check_inputs(bundle: Path | None, checkpoint: Path | None, preset: str | No
         get_config(preset)  # an unknown preset is refused here
     if checkpoint is not None and not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such checkpoint file")
-    return checkpoint

@@ -1,10 +1,5 @@
-"""One bench run: settings in, a report out (and its JSON and plot files, written atomically).
-
-    settings = BenchSettings(backends=("onnxruntime",), batches=(1, 8), shots=(2,), repeats=3)
-    report = run_bench(settings, json_file="bench.json")
-
-``inctrl-bench`` parses its options into ``BenchSettings`` and calls ``run_bench``.
-"""
+"""One bench run: ``BenchSettings`` in (what ``inctrl-bench`` parses its options into), a
+``BenchReport`` out, and its JSON and plot files, written atomically."""
 
 from __future__ import annotations
 
@@ -18,17 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inctrl_bench.backends import check_device, select_backends
-from inctrl_bench.flops import ModelShape, encoder_flops, head_flops, text_prompt_flops
+from inctrl_bench.flops import flops_record
 from inctrl_bench.machine import Peak, machine_info, measure_peak
 from inctrl_bench.measure import BackendResult, Plan, Workload, bench_backend
-from inctrl_bench.progress import Progress
 from inctrl_bench.sources import Sources
-from inctrl_bench.timing import Repeats
+from inctrl_bench.timing import Progress, Repeats
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json
 
 SCHEMA = "inctrl.bench/1"
-REFERENCES = {"authors": "speedup_vs_authors", "torch-fp32": "speedup_vs_torch_fp32"}
+# The backends every other is compared with, and the result field that holds the speed-up.
+SPEEDUP_BASELINES = {"authors": "speedup_vs_authors", "torch-fp32": "speedup_vs_torch_fp32"}
 
 
 def check_sizes(sizes: Sequence[int], option: str) -> tuple[int, ...]:
@@ -97,9 +92,7 @@ class BenchReport:
         """The arithmetic of each model benched (by name): encoder per image, head per query
         for each k, one authors' text prompt."""
         shapes = {r.shape.name: r.shape for r in self.backends if r.shape is not None}
-        return {
-            name: _flops_record(shape, self.settings["shots"]) for name, shape in shapes.items()
-        }
+        return {name: flops_record(shape, self.settings["shots"]) for name, shape in shapes.items()}
 
     def to_dict(self) -> dict:
         return {
@@ -115,21 +108,12 @@ class BenchReport:
         }
 
 
-def _flops_record(shape: ModelShape, shots: list[int]) -> dict:
-    encoder = encoder_flops(shape)
-    return {
-        "encoder_per_image": {**encoder, "total": sum(encoder.values())},
-        "head_per_query": {str(k): sum(head_flops(shape, k).values()) for k in shots},
-        "authors_text_prompt": text_prompt_flops(shape),
-    }
-
-
 def add_speedups(results: list[BackendResult]) -> None:
     """Each available backend's speed-up over ``authors`` and ``torch-fp32``: per-query latency
     at batch 1, and throughput at each one's largest batch (the authors': batch 1)."""
     available = {r.name: r for r in results if r.available}
-    for reference, attribute in REFERENCES.items():
-        base = available.get(reference)
+    for baseline, attribute in SPEEDUP_BASELINES.items():
+        base = available.get(baseline)
         if base is None:
             continue
         for result in available.values():
@@ -167,24 +151,23 @@ def run_bench(
     _check_output(json_file, "--json")
     _check_output(plot_file, "--plot")
     if plot_file is not None:
-        from inctrl_bench.plot import check_plotting
+        from inctrl_bench.report import check_plotting
 
         check_plotting()
     machine = machine_info(settings.command_line())
     with tempfile.TemporaryDirectory(prefix="inctrl-bench-") as workdir:
         sources = Sources(
             Path(workdir),
-            bundle=settings.bundle,
-            checkpoint=settings.checkpoint,
-            preset=settings.preset,
-            seed=settings.seed,
-            progress=progress,
+            settings.bundle,
+            settings.checkpoint,
+            settings.preset,
+            settings.seed,
+            progress,
         )
         plan = Plan(settings.batches, settings.shots, settings.repeat_policy(), sources.category)
         progress.step("measuring the fp32 matrix-product peak")
         # torch only if loaded anyway: importing it adds ~0.5 GB to every onnxruntime row's RSS.
-        with_torch = any(b.uses_torch for b in backends) or "torch" in sys.modules
-        peak = measure_peak(device, with_torch)
+        peak = measure_peak(device, any(b.uses_torch for b in backends) or "torch" in sys.modules)
         workload = Workload.make(max(plan.batches), max(plan.shots), settings.seed)
         results = [
             bench_backend(b, device, sources, workload, plan, peak, progress) for b in backends
@@ -202,7 +185,7 @@ def run_bench(
     if json_file is not None:
         write_json(json_file, report.to_dict())
     if plot_file is not None:
-        from inctrl_bench.plot import write_plot
+        from inctrl_bench.report import write_plot
 
         write_plot(report, plot_file)
     return report

@@ -1,4 +1,5 @@
-"""Wall-clock timing of staged runs, repeat policies, percentiles, and the peak of process RSS."""
+"""How measurements are taken: repeat policies, staged wall-clock runs, percentiles, the peak
+of process RSS, and the progress a long bench shows on stderr."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from inctrl_runtime.console import say
 
 PERCENTILES = (50, 90, 99)
 
@@ -62,9 +66,8 @@ def timed_runs(
     while len(clocks) < repeats.min_runs or (
         len(clocks) < repeats.max_runs and time.perf_counter() - began < repeats.min_seconds
     ):
-        clock = StageClock(sync)
-        run(clock)
-        clocks.append(clock)
+        clocks.append(StageClock(sync))
+        run(clocks[-1])
     return clocks
 
 
@@ -89,26 +92,12 @@ class Timing:
         return cls(len(clocks), p50, p90, p99, stages)
 
 
-def _reset_high_water_mark() -> bool:
-    """Reset the kernel's peak RSS of this process (VmHWM) to its current RSS; False where
-    /proc/self/clear_refs is missing or cannot be written."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
-
-
 def _high_water_mark() -> int | None:
     """The kernel's peak RSS of this process (VmHWM of /proc/self/status) in bytes."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return None
 
 
@@ -123,16 +112,18 @@ def _lifetime_peak_rss() -> int | None:
 
 
 class PeakRss:
-    """The peak RSS of the whole process while the block runs, as the kernel counts it: its
-    high-water mark (VmHWM), reset at entry. Where it cannot be reset, the process's lifetime
-    peak (getrusage), which may predate the block; ``since_entry`` says which it is."""
+    """The peak RSS of the whole process while the block runs: the kernel's high-water mark,
+    reset at entry; where it cannot be reset, the lifetime peak (getrusage), which may predate
+    the block. ``since_entry`` says which it is."""
 
-    def __init__(self) -> None:
-        self.peak_bytes: int | None = None
-        self.since_entry = False
+    peak_bytes: int | None = None
+    since_entry = False
 
     def __enter__(self) -> PeakRss:
-        self.since_entry = _reset_high_water_mark()
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets VmHWM to the current RSS
+            self.since_entry = True
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -140,3 +131,20 @@ class PeakRss:
         if self.peak_bytes is None:
             self.since_entry = False
             self.peak_bytes = _lifetime_peak_rss()
+
+
+@dataclass
+class Progress:
+    """Where a long bench is: ``step`` (what is measured now) updates ``spinner`` if there is
+    one, ``done`` (something worth a line) goes to stderr if ``echo``. Silent by default."""
+
+    spinner: Any = None
+    echo: bool = False
+
+    def step(self, message: str) -> None:
+        if self.spinner is not None:
+            self.spinner.update(message)
+
+    def done(self, message: str) -> None:
+        if self.echo:
+            say(message)

@@ -1,24 +1,23 @@
-"""The torch backends (``authors``, ``torch-*``) and the steps that need torch: a seeded preset
-checkpoint and temporary bundles. Imported only when one of them runs (DESIGN.md).
-"""
+"""The torch backends (``authors``, ``torch-*``) as measured subjects, and a preset's seeded
+checkpoint. Imported only when one of them runs, so that a bundle benches without torch."""
 
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from inctrl import InCTRL, get_config
-from inctrl.backbone import ImageFeatures, make_tokenizer
+from inctrl.backbone import make_tokenizer
 from inctrl.demo import load_model
-from inctrl.residual import Scores
-from inctrl.state import ReferenceBank, TextPrior
+from inctrl.state import TextPrior
 from inctrl.text import prompt_ensemble
 from inctrl_bench.backends import Backend
-from inctrl_bench.flops import ModelShape, authors_query_flops
-from inctrl_bench.runners import Images, Runner
-from inctrl_bench.timing import StageClock
+from inctrl_bench.flops import ModelShape, authors_query_flops, query_flops
+from inctrl_bench.measure import Images, Prepare, Subject
 
 PROMPTS, TEXT = "prompts", "text prior"
 
@@ -34,77 +33,61 @@ def authors_text_prior(model: InCTRL, category: str) -> TextPrior:
     return TextPrior(category, t_n / t_n.norm(), t_a / t_a.norm())
 
 
-class TorchRunner(Runner):
-    """The PyTorch model (``inctrl.InCTRL``) at the backend's precision, under inference mode."""
-
-    def __init__(self, backend: Backend, model: InCTRL) -> None:
-        shape = ModelShape.from_config(model.config.to_dict())
-        super().__init__(backend, shape, model.device.type)
-        self.model = model
-        self.bank: ReferenceBank | None = None
-        self.prior: TextPrior | None = None
-
-    def pixels(self, images: Images) -> torch.Tensor:
-        return self.model.pixels(images)
-
-    def encode(self, pixels: torch.Tensor) -> ImageFeatures:
-        return self.model.encode(pixels)
-
-    def head(self, features: ImageFeatures) -> Scores:
-        return self.model.head(features, self.bank, self.prior)
-
-    def reference(self, prompts: Images) -> ReferenceBank:
-        return self.model.reference(prompts)
-
-    def prepare(self, prompts: Images, category: str) -> None:
-        self.bank = self.model.reference(prompts)
-        self.prior = self.model.text_prior(category)
-        self.shots = len(prompts)
-
-    def sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-
-    def session(self) -> contextlib.AbstractContextManager:
-        return torch.inference_mode()
-
-    def gpu_peak_bytes(self) -> int | None:
-        return torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+def _once_ms(sync: Callable[[], object], compute: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    compute()
+    sync()
+    return (time.perf_counter() - began) * 1e3
 
 
-class AuthorsRunner(TorchRunner):
-    """The authors' cost model, built from our modules: every query encodes its k prompt images
-    and the category's text prompts (full context) again. Batch 1 only, as theirs is right only
-    there. A lower bound on their time: their head's Python loops over patches are not copied."""
+@contextlib.contextmanager
+def open_torch(backend: Backend, checkpoint: Path | None, device: str) -> Iterator[Prepare]:
+    """Load the checkpoint (None: the embedded demo) at the backend's precision; what follows
+    runs under inference mode.
 
-    max_batch = 1
-    registers = False
-
-    def prepare(self, prompts: Images, category: str) -> None:
-        self.prompts = list(prompts)
-        self.category = category
-        self.shots = len(prompts)
-
-    def run(self, images: Images, clock: StageClock) -> None:
-        with clock(PROMPTS):
-            self.bank = self.model.reference(self.prompts)
-        with clock(TEXT):
-            self.prior = authors_text_prior(self.model, self.category)
-        super().run(images, clock)
-
-    def flops_per_query(self) -> int:
-        text_prompts = sum(len(texts) for texts in prompt_ensemble(self.category))
-        return authors_query_flops(self.shape, self.shots, text_prompts)
-
-
-def open_torch_runner(backend: Backend, checkpoint: Path | None, device: str) -> TorchRunner:
-    """Load the checkpoint (None: the embedded demo) at the backend's precision."""
-    if device == "cuda":
+    ``authors`` is the authors' cost model built from our modules: every query encodes its k
+    prompt images and the category's text prompts (full context) again; batch 1 only, as
+    theirs is right only there. A lower bound on their time: their head's Python loops over
+    patches are not copied.
+    """
+    on_gpu = device == "cuda"
+    if on_gpu:
         # The GPU peak covers the window of the RSS peak: loading and the measurements.
         torch.cuda.reset_peak_memory_stats()
     model = load_model(checkpoint, device=device, precision=backend.precision)
-    runner = AuthorsRunner if backend.kind == "authors" else TorchRunner
-    return runner(backend, model)
+    shape = ModelShape.from_config(model.config.to_dict())
+    sync = torch.cuda.synchronize if on_gpu else lambda: None
+
+    def prepare(prompts: Images, category: str) -> Subject:
+        state = {"bank": model.reference(prompts)}
+        # The one-time cost of a category's text prior, our way and the authors'.
+        text_prior_ms = {
+            "ours": _once_ms(sync, lambda: state.update(prior=model.text_prior(category))),
+            "authors": _once_ms(sync, lambda: authors_text_prior(model, category)),
+        }
+        subject = Subject(
+            shape,
+            model.pixels,
+            model.encode,
+            lambda features: model.head(features, state["bank"], state["prior"]),
+            model.reference,
+            query_flops(shape, len(prompts)),
+            sync=sync,
+            gpu_peak_bytes=torch.cuda.max_memory_allocated if on_gpu else lambda: None,
+            text_prior_ms=text_prior_ms,
+        )
+        if backend.kind == "authors":
+            text_prompts = sum(len(texts) for texts in prompt_ensemble(category))
+            subject.flops_per_query = authors_query_flops(shape, len(prompts), text_prompts)
+            subject.register, subject.max_batch = None, 1
+            subject.before = {
+                PROMPTS: lambda: state.update(bank=model.reference(prompts)),
+                TEXT: lambda: state.update(prior=authors_text_prior(model, category)),
+            }
+        return subject
+
+    with torch.inference_mode():
+        yield prepare
 
 
 def save_preset_checkpoint(preset: str, path: Path, seed: int) -> Path:

@@ -4,6 +4,7 @@ backend on the tiny model, one-line errors, and a bench of a bundle with torch u
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ NAMES = [backend.name for backend in CATALOGUE]
 TIMING_KEYS = {"runs", "p50_ms", "p90_ms", "p99_ms", "stages_ms"}
 
 
+@pytest.mark.unit
 def test_flops_of_the_tiny_config_by_hand() -> None:
     # tiny: 240 px, patch 16 -> P = 225 patches, T = 226 tokens; width D = 64, 4 blocks,
     # MLP 4 x 64 = 256; embed E = 32, adapter 32 -> 8 -> 32; heads 128 -> 64 -> 1; 3 taps.
@@ -52,6 +54,7 @@ def test_flops_of_the_tiny_config_by_hand() -> None:
     assert query_flops(shape, k) == encoder + head
 
 
+@pytest.mark.unit
 def test_backend_selection_by_name_and_prefix() -> None:
     assert [b.name for b in select_backends([])] == NAMES
     assert [b.name for b in select_backends(["onnxruntime"])] == [
@@ -71,6 +74,7 @@ def test_backend_selection_by_name_and_prefix() -> None:
         select_backends(["cudnn"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["1,x", "0,8", "", "-1", "1.5"])
 def test_bad_size_lists_are_refused(text: str) -> None:
     with pytest.raises(InputError, match="--batch"):
@@ -78,11 +82,16 @@ def test_bad_size_lists_are_refused(text: str) -> None:
     assert parse_sizes("32, 1,8,8", "--batch") == (1, 8, 32)
 
 
+@pytest.mark.unit
 def test_sources_of_a_given_bundle(tiny_checkpoint: Path, tiny_bundle: Path, tmp_path) -> None:
     checkpoint, bundle = tiny_checkpoint, tiny_bundle
     sources = Sources(tmp_path, bundle=bundle)
     assert sources.category == "candle"
-    assert sources.checkpoint() == checkpoint  # the manifest's source, unchanged
+    # The manifest names its source by file name only: the torch rows need --checkpoint.
+    with pytest.raises(Unavailable, match=r"give --checkpoint \(.*exported from tiny\.safe"):
+        sources.checkpoint()
+    sources = Sources(tmp_path, bundle, checkpoint)
+    assert sources.checkpoint() == checkpoint and sources.notes == []  # sha256 matches
     assert sources.bundle("fp32") == bundle
     with pytest.raises(Unavailable, match="given bundle's encoder is fp32"):
         sources.bundle("int8")
@@ -93,12 +102,38 @@ def test_sources_of_a_given_bundle(tiny_checkpoint: Path, tiny_bundle: Path, tmp
         Sources(tmp_path, bundle=bundle, preset="tiny")
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ({"checkpoint": "/elsewhere/old.pyth", "sha256": "0" * 64}, "exported from old.pyth"),
+        ({"file": "new.safetensors", "sha256": "0" * 64}, "exported from new.safetensors"),
+        ({}, "the bundle names no source checkpoint"),
+        ({"file": "demo.safetensors", "sha256": "0" * 64, "demo": True}, None),
+    ],
+)
+def test_torch_rows_of_a_bundle_need_its_checkpoint(
+    source: dict, reason: str | None, tiny_bundle: Path, tmp_path
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "source": source}))
+    sources = Sources(tmp_path, bundle=bundle)
+    if reason is None:
+        assert sources.checkpoint() is None  # a demo bundle: the embedded demo
+        return
+    with pytest.raises(Unavailable, match=rf"^give --checkpoint \(.*{reason}\)$"):
+        sources.checkpoint()
+
+
 def _check_timing(record: dict) -> None:
     assert set(record) == TIMING_KEYS
     assert record["runs"] >= 1
     assert 0 < record["p50_ms"] <= record["p90_ms"] <= record["p99_ms"]
 
 
+@pytest.mark.cli
 def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> None:
     settings = BenchSettings(checkpoint=tiny_checkpoint, batches=(1, 2), shots=(1, 2), repeats=1)
     report = run_bench(settings, tmp_path / "bench.json", tmp_path / "bench.png")
@@ -126,6 +161,11 @@ def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> Non
         assert backend["flops_per_query"] > 0 and backend["achieved_gflops"] > 0
         assert set(backend["speedup_vs_authors"]) == {"latency", "throughput"}
         assert backend["peak_rss_mb"] > 0 and "whole process" in backend["peak_rss_scope"]
+        if backend["kind"] in ("authors", "torch"):  # the one-time text prior, both ways
+            assert set(backend["text_prior_ms"]) == {"ours", "authors"}
+            assert min(backend["text_prior_ms"].values()) > 0
+        else:
+            assert backend["text_prior_ms"] is None
         for registration in backend["registration"]:
             _check_timing(registration["timing"])
     available = {n for n, b in record["backends"].items() if b["available"]}
@@ -137,6 +177,7 @@ def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> Non
     assert [r.name for r in report.backends] == NAMES
 
 
+@pytest.mark.cli
 def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: Path) -> None:
     settings = BenchSettings(
         checkpoint=tiny_checkpoint,
@@ -155,6 +196,7 @@ def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: P
     assert torch_fp32.speedup_vs_authors["throughput"] > 0
 
 
+@pytest.mark.unit
 def test_unwritable_outputs_are_refused_before_measuring(tmp_path) -> None:
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
@@ -164,6 +206,7 @@ def test_unwritable_outputs_are_refused_before_measuring(tmp_path) -> None:
         run_bench(BenchSettings(), plot_file=tmp_path)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -197,6 +240,7 @@ except SystemExit as done:
 """
 
 
+@pytest.mark.cli
 def test_a_bundle_benches_with_torch_unimportable(tiny_bundle: Path, tmp_path) -> None:
     bundle = tiny_bundle
     out = tmp_path / "bench.json"
