@@ -19,6 +19,8 @@ from safetensors.torch import save_file
 from inctrl import InCTRL, InputError, get_config
 from inctrl.checkpoint import OPTIONAL_KEYS, is_head_key, ours_to_authors
 
+pytestmark = pytest.mark.unit
+
 
 # ------------------------------------------------------------------- the authors' key layout
 def test_authors_layout_of_full_architecture_has_345_keys():

@@ -28,6 +28,7 @@ from inctrl.files import file_sha256
 
 
 # ------------------------------------------------------------------ our safetensors format
+@pytest.mark.unit
 def test_our_checkpoint_round_trip_includes_backbone(
     tmp_path, tiny, tiny_scores, prompts_and_queries
 ):
@@ -42,6 +43,7 @@ def test_our_checkpoint_round_trip_includes_backbone(
     assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
 
 
+@pytest.mark.unit
 def test_heads_only_checkpoint_needs_its_clip_weights(tmp_path, clip_file, prompts_and_queries):
     model = InCTRL.from_clip_weights(clip_file, preset="tiny")
     assert model.backbone_origin == f"file:{file_sha256(clip_file)}"
@@ -66,6 +68,7 @@ def test_heads_only_checkpoint_needs_its_clip_weights(tmp_path, clip_file, promp
     assert_same_scores(scores_of(loaded, *prompts_and_queries), want)
 
 
+@pytest.mark.unit
 def test_from_clip_weights_with_authors_heads(
     clip_file, authors_file, tiny, tiny_scores, prompts_and_queries
 ):
@@ -74,6 +77,7 @@ def test_from_clip_weights_with_authors_heads(
     assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
 
 
+@pytest.mark.unit
 def test_from_clip_weights_with_our_heads_file(
     tmp_path, clip_file, tiny, tiny_scores, prompts_and_queries
 ):
@@ -84,6 +88,7 @@ def test_from_clip_weights_with_our_heads_file(
     assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
 
 
+@pytest.mark.unit
 def test_heads_only_checkpoint_of_unreproducible_backbone_is_refused(tmp_path):
     # A randomly initialized backbone without a seed cannot be rebuilt at load time, so a
     # heads-only checkpoint of it must be refused when written or when read, never load
@@ -95,6 +100,7 @@ def test_heads_only_checkpoint_of_unreproducible_backbone_is_refused(tmp_path):
         InCTRL.from_checkpoint(path)
 
 
+@pytest.mark.unit
 def test_clip_weights_of_another_architecture_give_readable_error(tmp_path):
     other = open_clip.CLIP(
         32,
@@ -115,6 +121,7 @@ def test_clip_weights_of_another_architecture_give_readable_error(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.unit
 def test_inctrl_checkpoint_given_as_clip_weights_gives_readable_error(authors_file):
     with pytest.raises(InputError) as info:
         InCTRL.from_clip_weights(authors_file, preset="tiny")
@@ -124,6 +131,7 @@ def test_inctrl_checkpoint_given_as_clip_weights_gives_readable_error(authors_fi
 
 
 # ------------------------------------------------------------------------ full architecture
+@pytest.mark.slow
 def test_full_architecture_authors_checkpoint_loads_exactly(tmp_path):
     torch.manual_seed(0)
     model = InCTRL(get_config(FULL))
@@ -147,6 +155,7 @@ def test_full_architecture_authors_checkpoint_loads_exactly(tmp_path):
         path.unlink(missing_ok=True)  # 830 MB: do not leave it in pytest's kept temp dirs
 
 
+@pytest.mark.unit
 def test_heads_only_checkpoint_refuses_other_clip_weights(tmp_path, clip_file):
     model = InCTRL.from_clip_weights(clip_file, preset="tiny")
     path = tmp_path / "heads.safetensors"

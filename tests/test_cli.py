@@ -15,6 +15,8 @@ from inctrl.checkpoint import ours_to_authors
 from inctrl.cli.score import SCORE_FIELDS, run_score
 from inctrl.errors import InputError
 
+pytestmark = pytest.mark.cli
+
 KEYS = ["image", *SCORE_FIELDS]
 
 

@@ -29,6 +29,7 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_scan_category_finds_every_split_label_and_mask(dataset) -> None:
     counts = split_counts(4)
     samples = scan_category(dataset / "synth_fabric")
@@ -43,6 +44,7 @@ def test_scan_category_finds_every_split_label_and_mask(dataset) -> None:
     assert {s.category for s in samples} == {"synth_fabric"}
 
 
+@pytest.mark.unit
 def test_root_and_category_folder_and_grouping(dataset) -> None:
     everything = load_samples([dataset])
     groups = by_category(everything)
@@ -52,6 +54,7 @@ def test_root_and_category_folder_and_grouping(dataset) -> None:
     assert pool and all(s.split == "train" and s.target == NORMAL for s in pool)
 
 
+@pytest.mark.unit
 def test_index_to_json_round_trip(dataset, tmp_path) -> None:
     written = index_to_json(dataset, tmp_path / "json")
     names = sorted(p.name for p in written)
@@ -73,6 +76,7 @@ def test_index_to_json_round_trip(dataset, tmp_path) -> None:
     assert all(s.target == NORMAL for s in training)
 
 
+@pytest.mark.unit
 def test_authors_relative_paths_resolve_from_the_json_folder(dataset, tmp_path) -> None:
     image = next((dataset / "synth_fabric" / "train" / "good").iterdir())
     listing = tmp_path / "list.json"
@@ -82,6 +86,7 @@ def test_authors_relative_paths_resolve_from_the_json_folder(dataset, tmp_path) 
     assert Path(sample.image_path) == tmp_path / "img.png"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -98,6 +103,7 @@ def test_bad_json_lists(tmp_path, content, message) -> None:
         read_json_list(path)
 
 
+@pytest.mark.unit
 def test_bad_folders(tmp_path) -> None:
     with pytest.raises(InputError, match="no such data folder"):
         load_samples([tmp_path / "missing"])
@@ -108,6 +114,7 @@ def test_bad_folders(tmp_path) -> None:
         load_samples([tmp_path / "missing.json"])
 
 
+@pytest.mark.cli
 def test_data_index_command(dataset, tmp_path) -> None:
     result = run_inctrl("data", "index", str(dataset), "--out", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

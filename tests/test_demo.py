@@ -25,6 +25,7 @@ def fresh_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.unit
 def test_demo_is_shipped_small_and_labelled() -> None:
     assert DEMO_CHECKPOINT.is_file()
     assert DEMO_CHECKPOINT.stat().st_size <= MAX_DEMO_BYTES
@@ -36,12 +37,14 @@ def test_demo_is_shipped_small_and_labelled() -> None:
     assert "demo" in record["model"]
 
 
+@pytest.mark.unit
 def test_demo_beats_chance_on_a_held_out_category(fresh_data) -> None:
     model = InCTRL.from_checkpoint(DEMO_CHECKPOINT)
     report = evaluate(model, load_samples([fresh_data / "synth_stripes"]), shots=2, seeds=(0, 1))
     assert report.auroc.mean > 0.75
 
 
+@pytest.mark.cli
 def test_commands_default_to_the_demo_and_say_so(fresh_data, tmp_path) -> None:
     good = sorted((fresh_data / "synth_stripes" / "train" / "good").iterdir())
     scratch = sorted((fresh_data / "synth_stripes" / "test" / "scratch").iterdir())[0]
@@ -81,6 +84,7 @@ def test_commands_default_to_the_demo_and_say_so(fresh_data, tmp_path) -> None:
     assert info.returncode == 0 and "synth_ring" in info.stdout
 
 
+@pytest.mark.cli
 def test_demo_build_runs_end_to_end(tmp_path) -> None:
     out = tmp_path / "demo.safetensors"
     record = build_demo(tmp_path / "work", out, images_per_category=4, epochs=1, steps_per_epoch=3)

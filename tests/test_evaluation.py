@@ -64,6 +64,7 @@ def report(model, samples):
 
 
 # ------------------------------------------------------------------------------------ metrics
+@pytest.mark.unit
 def test_image_metrics_equal_hand_computation() -> None:
     targets = [0, 0, 1, 1, 0, 1]
     scores = [0.1, 0.4, 0.35, 0.8, 0.7, 0.2]
@@ -77,6 +78,7 @@ def test_image_metrics_equal_hand_computation() -> None:
     assert rank_auroc(targets, tied) == pytest.approx((0.5 + 1 + 1 + 3 + 0.5 + 0.5) / 9)
 
 
+@pytest.mark.unit
 def test_report_metrics_are_those_of_its_scores(report) -> None:
     assert [c.category for c in report.categories] == CATEGORIES
     per_run = []
@@ -101,6 +103,7 @@ def test_report_metrics_are_those_of_its_scores(report) -> None:
 
 
 # ------------------------------------------------------------------- encoding, prompt draws
+@pytest.mark.unit
 def test_each_query_is_encoded_once_whatever_the_number_of_seeds(workspace, samples) -> None:
     model = InCTRL.from_checkpoint(workspace / "tiny.safetensors")
     encode, encoded = model.encode, []
@@ -117,6 +120,7 @@ def test_each_query_is_encoded_once_whatever_the_number_of_seeds(workspace, samp
         assert sum(encoded) == len(CATEGORIES) * (TEST_IMAGES + 2 * len(seeds))
 
 
+@pytest.mark.unit
 def test_runs_are_reproducible_and_seeds_draw_different_prompts(model, samples, report) -> None:
     again = evaluate(model, samples, shots=2, seeds=(0, 1, 2), checkpoint_name="tiny")
     assert again.to_dict() == report.to_dict()
@@ -134,6 +138,7 @@ def test_runs_are_reproducible_and_seeds_draw_different_prompts(model, samples, 
 
 
 # -------------------------------------------------------------------- authors' prompt files
+@pytest.mark.unit
 def test_prompt_files_round_trip_and_are_used_exactly(model, samples, tmp_path) -> None:
     prompts = {}
     for index, category in enumerate(CATEGORIES):
@@ -163,6 +168,7 @@ def test_prompt_files_round_trip_and_are_used_exactly(model, samples, tmp_path) 
         )
 
 
+@pytest.mark.unit
 def test_bad_prompt_files_are_refused(tmp_path) -> None:
     (tmp_path / "garbage.pt").write_bytes(b"\x00 not torch" * 8)
     torch.save([torch.zeros(3, 64, 64)], tmp_path / "small.pt")
@@ -178,6 +184,7 @@ def test_bad_prompt_files_are_refused(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------------- pixel AUROC
+@pytest.mark.unit
 def test_mask_is_brought_into_the_model_view(tmp_path) -> None:
     mask = np.zeros((320, 480), dtype=np.uint8)  # H x W: resized to 240 x 360, crop left 60
     mask[40:120, 200:280] = 255
@@ -194,6 +201,7 @@ def test_mask_is_brought_into_the_model_view(tmp_path) -> None:
         mask_in_model_view(tmp_path / "mask.png", tmp_path / "other.png")
 
 
+@pytest.mark.unit
 def test_pixel_auroc_on_hand_made_maps() -> None:
     maps = torch.zeros(2, 225)
     maps[1, 3 * 15 + 4] = 1.0  # one hot patch: row 3, column 4
@@ -205,6 +213,7 @@ def test_pixel_auroc_on_hand_made_maps() -> None:
     assert pixel_auroc(maps, np.zeros_like(masks)) is None  # one class: undefined
 
 
+@pytest.mark.unit
 def test_pixel_sample_is_deterministic_and_gathers_the_right_pixels() -> None:
     masks = np.zeros((40, 240, 240), dtype=bool)  # more images than one upsampling chunk
     masks[::3, 96:144, 64:208] = True
@@ -225,6 +234,7 @@ def test_pixel_sample_is_deterministic_and_gathers_the_right_pixels() -> None:
     assert 0.6 < full < 0.99 and sampled == pytest.approx(full, abs=0.01)
 
 
+@pytest.mark.unit
 def test_pixel_auroc_of_a_run_equals_a_direct_computation(model, report) -> None:
     category = report.categories[1]
     run = category.runs[0]
@@ -246,6 +256,7 @@ def test_pixel_auroc_of_a_run_equals_a_direct_computation(model, report) -> None
     assert run.pixel_auroc == pytest.approx(roc_auc_score(masks.ravel(), upsampled.ravel()))
 
 
+@pytest.mark.unit
 def test_json_lists_without_masks_give_no_pixel_auroc(workspace, model, report) -> None:
     lists = workspace / "json"
     index_to_json(workspace / "synth", lists)
@@ -262,6 +273,7 @@ def test_json_lists_without_masks_give_no_pixel_auroc(workspace, model, report) 
 
 
 # ------------------------------------------------------------------------ reports, command line
+@pytest.mark.cli
 def test_json_and_markdown_files(workspace, tmp_path) -> None:
     result = run_evaluate(
         [workspace / "synth"],
@@ -291,6 +303,7 @@ def test_json_and_markdown_files(workspace, tmp_path) -> None:
     assert len(lines) == 7
 
 
+@pytest.mark.cli
 def test_command_end_to_end(workspace, model, samples, tmp_path) -> None:
     checkpoint = str(workspace / "tiny.safetensors")
     common = ["evaluate", "-c", checkpoint, "--data", str(workspace / "synth"), "--shots", "2"]
@@ -325,6 +338,7 @@ def bad_inputs(workspace) -> Path:
     return root
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -351,6 +365,7 @@ def test_bad_input_is_one_line_and_exit_2(
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
 
 
+@pytest.mark.cli
 def test_bad_input_in_a_real_process(workspace, bad_inputs) -> None:
     args = ["evaluate", "-c", "tiny.safetensors", "--data", "bad/only_good", "--shots", "2"]
     result = run_inctrl(*args, cwd=workspace)
@@ -359,6 +374,7 @@ def test_bad_input_in_a_real_process(workspace, bad_inputs) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.unit
 def test_plot_shows_every_category(report, tmp_path) -> None:
     from PIL import Image
 

@@ -39,6 +39,7 @@ def detector(tiny_bundle: Path) -> Detector:
 
 
 # Batch and k other than the tracing inputs (batch 2, k = 2) and the self-check's (3, 3).
+@pytest.mark.parity
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("shots", [1, 3])
 def test_onnxruntime_matches_pytorch(
@@ -54,6 +55,7 @@ def test_onnxruntime_matches_pytorch(
     assert bank.shots == shots and bank.patches.shape[1] == shots * 225
 
 
+@pytest.mark.parity
 def test_batches_of_any_size_give_the_same_scores(detector: Detector) -> None:
     bank = detector.reference(random_images(2, seed=3))
     queries = random_images(5, seed=4)
@@ -63,17 +65,20 @@ def test_batches_of_any_size_give_the_same_scores(detector: Detector) -> None:
         np.testing.assert_allclose(split.score, whole.score, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parity
 def test_priors_are_the_torch_text_priors(tiny_model: InCTRL, detector: Detector) -> None:
     for category in BUNDLE_CATEGORIES:
         expected = tiny_model.text_prior(category).matrix().numpy()
         np.testing.assert_array_equal(detector.bundle.prior(category), expected)
 
 
+@pytest.mark.unit
 def test_runtime_scores_mirror_the_torch_named_tuple(tiny_model: InCTRL) -> None:
     assert RuntimeScores._fields == Scores._fields
     assert tuple(graph_specs(tiny_model.config)["head"].outputs) == Scores._fields
 
 
+@pytest.mark.unit
 def test_manifest_describes_the_files(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION
@@ -101,6 +106,7 @@ def test_manifest_describes_the_files(tiny_bundle: Path, tiny_checkpoint: Path) 
     assert tiny_bundle.stat().st_mode & 0o777 == 0o777 & ~umask  # readable as a plain mkdir's
 
 
+@pytest.mark.parity
 def test_fp16_bundle_keeps_scores_within_contract(tiny_model: InCTRL, tmp_path: Path) -> None:
     result = export_bundle(tmp_path / "fp16", categories=["candle"], precision="fp16",
                            model=tiny_model)  # fmt: skip
@@ -122,6 +128,7 @@ def test_fp16_bundle_keeps_scores_within_contract(tiny_model: InCTRL, tmp_path: 
     assert_scores_close(ours, reference, ATOL_FP16, fields=Scores._fields[:-1])
 
 
+@pytest.mark.slow
 def test_full_size_architecture_exports_and_matches(tmp_path: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -136,6 +143,7 @@ def test_full_size_architecture_exports_and_matches(tmp_path: Path) -> None:
     assert_scores_close(ours, reference, ATOL_FP32)
 
 
+@pytest.mark.cli
 def test_failed_self_check_is_recorded_and_warned(tiny_model: InCTRL, tmp_path: Path) -> None:
     result = export_bundle(tmp_path / "b", categories=["candle"], atol=0.0, model=tiny_model)
     assert not result.report.passed
@@ -145,6 +153,7 @@ def test_failed_self_check_is_recorded_and_warned(tiny_model: InCTRL, tmp_path: 
         Detector.open(tmp_path / "b")
 
 
+@pytest.mark.cli
 def test_a_failing_step_leaves_nothing(tiny_model: InCTRL, tmp_path: Path, monkeypatch) -> None:
     import inctrl_export.bundle as bundle_module
 
@@ -157,6 +166,7 @@ def test_a_failing_step_leaves_nothing(tiny_model: InCTRL, tmp_path: Path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -174,6 +184,7 @@ def test_bad_arguments_are_refused_before_any_work(
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.cli
 def test_cli_export_and_verify(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     args = ["onnx", "-c", str(tiny_checkpoint), "--category", "candle", "--out", str(out)]
@@ -190,6 +201,7 @@ def test_cli_export_and_verify(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert report["passed"] and set(report["rank"]) == {"spearman", "kendall_tau", "same_order"}
 
 
+@pytest.mark.cli
 def test_cli_export_without_category_needs_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
     args = ["onnx", "-c", str(tiny_checkpoint), "--out", str(tmp_path / "b")]
     done = run_command("inctrl_export.cli", *args)
@@ -197,6 +209,7 @@ def test_cli_export_without_category_needs_one(tiny_checkpoint: Path, tmp_path: 
     assert done.stderr.count("\n") == 1 and not (tmp_path / "b").exists()
 
 
+@pytest.mark.cli
 def test_cli_verify_refuses_another_checkpoint(tiny_bundle: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.safetensors"
     perturb_heads(InCTRL(get_config("tiny")), seed=7).save(other)
@@ -204,6 +217,7 @@ def test_cli_verify_refuses_another_checkpoint(tiny_bundle: Path, tmp_path: Path
     assert done.returncode == 2 and "not the checkpoint" in done.stderr
 
 
+@pytest.mark.cli
 def test_cli_verify_fails_below_the_mark(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
     args = ["verify", str(tiny_bundle), "-c", str(tiny_checkpoint), "--atol", "0"]
     done = run_command("inctrl_export.cli", *args)
@@ -211,6 +225,7 @@ def test_cli_verify_fails_below_the_mark(tiny_bundle: Path, tiny_checkpoint: Pat
     assert "error: parity FAILED: " in done.stderr and "> atol 0" in done.stderr
 
 
+@pytest.mark.parity
 def test_verify_on_labelled_data_reports_auroc(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from inctrl.synth import synthesize
     from inctrl_export.verify import verify_bundle
@@ -225,6 +240,7 @@ def test_verify_on_labelled_data_reports_auroc(tiny_checkpoint: Path, tmp_path: 
     assert abs(report.auroc["change"]) <= 0.01 and report.rank["spearman"] > 0.99
 
 
+@pytest.mark.parity
 def test_int8_bundle_is_smaller_and_close(
     tiny_model: InCTRL, tiny_bundle: Path, tmp_path: Path
 ) -> None:
@@ -236,6 +252,7 @@ def test_int8_bundle_is_smaller_and_close(
     assert result.file_bytes["encoder.onnx"] < 0.6 * (tiny_bundle / "encoder.onnx").stat().st_size
 
 
+@pytest.mark.cli
 def test_cli_verify_on_a_plain_folder(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path: Path):
     from PIL import Image
 
@@ -250,6 +267,7 @@ def test_cli_verify_on_a_plain_folder(tiny_bundle: Path, tiny_checkpoint: Path, 
     assert too_few.returncode == 2 and "needs more than --shots 4" in too_few.stderr
 
 
+@pytest.mark.cli
 def test_cli_verify_with_a_missing_checkpoint(tiny_bundle: Path, tmp_path: Path) -> None:
     done = run_command("inctrl_export.cli", "verify", str(tiny_bundle), "-c", str(tmp_path / "x"))
     assert done.returncode == 2 and done.stderr.count("\n") == 1

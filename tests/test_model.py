@@ -69,6 +69,7 @@ def naive_score(model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], cat
         }
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("category", ["metal_nut", "cat"])
 def test_vectorized_scores_equal_a_naive_loop(tiny_model, images, category) -> None:
     prompts, queries = images[:3], images[3:6]
@@ -82,6 +83,7 @@ def test_vectorized_scores_equal_a_naive_loop(tiny_model, images, category) -> N
             assert torch.allclose(got, torch.as_tensor(value), atol=1e-6, rtol=0), name
 
 
+@pytest.mark.parity
 def test_scores_do_not_depend_on_the_batch(tiny_model, images) -> None:
     bank = tiny_model.reference(images[:2])
     prior = tiny_model.text_prior("candle")
@@ -95,6 +97,7 @@ def test_scores_do_not_depend_on_the_batch(tiny_model, images) -> None:
     assert torch.allclose(split.score, together.score, atol=1e-5, rtol=0)
 
 
+@pytest.mark.unit
 def test_shapes_ranges_and_bank_layout(tiny_model, images) -> None:
     config = tiny_model.config
     bank = tiny_model.reference(images[:3])
@@ -113,6 +116,7 @@ def test_shapes_ranges_and_bank_layout(tiny_model, images) -> None:
     assert float(self_scores.max_patch_residual[0]) < 1e-5
 
 
+@pytest.mark.parity
 def test_input_types_agree(tiny_model, images, tmp_path) -> None:
     bank = tiny_model.reference(images[:2])
     prior = tiny_model.text_prior("candle")
@@ -127,6 +131,7 @@ def test_input_types_agree(tiny_model, images, tmp_path) -> None:
         assert torch.equal(as_path, other)
 
 
+@pytest.mark.unit
 def test_bad_arguments_are_input_errors(tiny_model, images) -> None:
     with pytest.raises(InputError, match="no prompt images"):
         tiny_model.reference([])
@@ -144,6 +149,7 @@ def test_bad_arguments_are_input_errors(tiny_model, images) -> None:
         tiny_model.to_device("cpu", "int3")
 
 
+@pytest.mark.parity
 def test_bf16_on_cpu_stays_close_to_fp32(images) -> None:
     model = perturb_heads(InCTRL(get_config("tiny")))
     bank, prior = model.reference(images[:2]), model.text_prior("candle")
@@ -161,6 +167,7 @@ def test_bf16_on_cpu_stays_close_to_fp32(images) -> None:
     assert torch.equal(model.score(images[2:6], bank, prior).score, fp32)
 
 
+@pytest.mark.unit
 def test_cpu_bf16_follows_new_weights(images) -> None:
     model = perturb_heads(InCTRL(get_config("tiny"))).to_device("cpu", "bf16")
     bank, prior = model.reference(images[:2]), model.text_prior("candle")
@@ -171,6 +178,8 @@ def test_cpu_bf16_follows_new_weights(images) -> None:
     assert not torch.allclose(model.score(images[2:4], bank, prior).score, before, atol=1e-3)
 
 
+@pytest.mark.parity
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_matches_cpu(images, precision) -> None:
@@ -183,6 +192,7 @@ def test_cuda_matches_cpu(images, precision) -> None:
     assert torch.allclose(got.score.cpu(), expected.score, atol=atol)
 
 
+@pytest.mark.slow
 def test_full_architecture_shapes_and_batch_invariance() -> None:
     model = perturb_heads(InCTRL(get_config("ViT-B-16-plus-240")))
     assert sum(p.numel() for p in model.clip.visual.parameters()) > 100_000_000
@@ -201,7 +211,13 @@ def test_full_architecture_shapes_and_batch_invariance() -> None:
     )
 
 
-@pytest.mark.parametrize("preset", ["tiny", "ViT-B-16-plus-240"])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        pytest.param("tiny", marks=pytest.mark.parity),
+        pytest.param("ViT-B-16-plus-240", marks=pytest.mark.slow),
+    ],
+)
 def test_text_encoding_without_padding_equals_open_clip(preset) -> None:
     model = InCTRL(get_config(preset))
     tokenizer = make_tokenizer(model.config)
@@ -213,6 +229,7 @@ def test_text_encoding_without_padding_equals_open_clip(preset) -> None:
     assert torch.allclose(ours, full, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("category", ["metal_nut", "cat"])
 def test_text_score_matches_the_authors_text_path(tiny_model, images, category) -> None:
     """The authors encode normal and anomaly prompts in two open_clip calls over 77 tokens; our

@@ -75,6 +75,7 @@ def image_in_mode(mode: str, width: int, height: int, tmp_path: Path) -> Image.I
 
 
 # ------------------------------------------------------------------------ torchvision parity
+@pytest.mark.parity
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
 @pytest.mark.parametrize("mode", MODES)
 def test_matches_torchvision(mode: str, size: tuple[int, int], tmp_path: Path) -> None:
@@ -88,6 +89,7 @@ def test_matches_torchvision(mode: str, size: tuple[int, int], tmp_path: Path) -
     assert np.abs(ours - reference).max() <= 1e-6
 
 
+@pytest.mark.parity
 def test_matches_torchvision_with_other_settings() -> None:
     config = Preprocessing(size=224, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     image = Image.fromarray(random_rgb(301, 257, seed=3))
@@ -97,6 +99,7 @@ def test_matches_torchvision_with_other_settings() -> None:
 
 
 # ------------------------------------------------------------------------ resize/crop arithmetic
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("width", "height", "expected"),
     [
@@ -115,6 +118,7 @@ def test_resized_size(width: int, height: int, expected: tuple[int, int]) -> Non
     assert resized_size(width, height, 240) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("width", "height", "expected"),
     [
@@ -133,6 +137,7 @@ def test_center_crop_box(width: int, height: int, expected: tuple[int, int, int,
 
 
 # ------------------------------------------------------------------------ input type invariance
+@pytest.mark.parity
 def test_color_sources_agree(tmp_path: Path) -> None:
     array = random_rgb(300, 260, seed=1)
     png, npy = tmp_path / "color.png", tmp_path / "color.npy"
@@ -143,6 +148,7 @@ def test_color_sources_agree(tmp_path: Path) -> None:
         assert np.array_equal(preprocess(load_image(source)), expected), source
 
 
+@pytest.mark.parity
 def test_rgba_sources_agree(tmp_path: Path) -> None:
     array = np.random.default_rng(2).integers(0, 256, (250, 270, 4), dtype=np.uint8)
     png = tmp_path / "rgba.png"
@@ -152,6 +158,7 @@ def test_rgba_sources_agree(tmp_path: Path) -> None:
     assert np.array_equal(preprocess(load_image(array)), expected)
 
 
+@pytest.mark.parity
 def test_grayscale_sources_agree(tmp_path: Path) -> None:
     array = random_rgb(260, 300, seed=4)[:, :, 0]
     png, npy = tmp_path / "gray.png", tmp_path / "gray.npy"
@@ -168,6 +175,7 @@ def test_grayscale_sources_agree(tmp_path: Path) -> None:
     assert np.allclose(pixels[1], pixels[2], atol=1e-6)
 
 
+@pytest.mark.parity
 def test_sixteen_bit_sources_agree(tmp_path: Path) -> None:
     array = np.random.default_rng(5).integers(0, 65536, (260, 300), dtype=np.uint16)
     png, npy = tmp_path / "sixteen.png", tmp_path / "sixteen.npy"
@@ -179,12 +187,14 @@ def test_sixteen_bit_sources_agree(tmp_path: Path) -> None:
     assert np.array_equal(preprocess(load_image(Image.open(png))), expected)
 
 
+@pytest.mark.parity
 def test_non_contiguous_array_matches_its_copy() -> None:
     array = random_rgb(300, 260, seed=6)[:, ::-1]
     expected = preprocess(load_image(np.ascontiguousarray(array)))
     assert np.array_equal(preprocess(load_image(array)), expected)
 
 
+@pytest.mark.unit
 def test_preprocess_many_stacks(tmp_path: Path) -> None:
     png = tmp_path / "a.png"
     Image.fromarray(random_rgb(300, 260, seed=7)).save(png)
@@ -198,6 +208,7 @@ def test_preprocess_many_stacks(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ bad input
+@pytest.mark.unit
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "missing.png"
     with pytest.raises(InputError, match="missing.png") as info:
@@ -205,12 +216,14 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+@pytest.mark.unit
 def test_directory_is_not_an_image(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         load_image(tmp_path)
     assert str(tmp_path) in str(info.value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "content",
     [
@@ -229,6 +242,7 @@ def test_corrupt_file(tmp_path: Path, content: bytes) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.unit
 def test_truncated_file(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
     Image.fromarray(random_rgb(120, 100, seed=11)).save(good)
@@ -239,6 +253,7 @@ def test_truncated_file(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "array",
     [
@@ -262,6 +277,7 @@ def test_unsupported_array(array: np.ndarray, tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+@pytest.mark.unit
 def test_pickled_npy_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "objects.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -270,6 +286,7 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+@pytest.mark.unit
 def test_empty_npy_array(tmp_path: Path) -> None:
     # A zero-size array is a user mistake like any other bad array, not a crash in the resize.
     path = tmp_path / "empty.npy"
@@ -279,11 +296,13 @@ def test_empty_npy_array(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+@pytest.mark.unit
 def test_not_an_image_source() -> None:
     with pytest.raises(InputError, match="int"):
         load_image(42)  # type: ignore[arg-type]
 
 
+@pytest.mark.unit
 def test_preprocess_many_names_the_bad_file(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     Image.fromarray(random_rgb(64, 64, seed=12)).save(good)
@@ -294,6 +313,7 @@ def test_preprocess_many_names_the_bad_file(tmp_path: Path) -> None:
     assert str(good) not in str(info.value)
 
 
+@pytest.mark.unit
 def test_preprocess_many_empty() -> None:
     with pytest.raises(InputError, match="no images"):
         preprocess_many([])

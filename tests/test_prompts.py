@@ -17,6 +17,8 @@ from inctrl.evaluation import draw_prompts
 from inctrl.prompt_files import read_prompt_file
 from inctrl.synth import synthesize
 
+pytestmark = pytest.mark.cli
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from inctrl import residual
 from inctrl.heads import Adapter, ResidualHead
+
+pytestmark = pytest.mark.unit
 
 
 def test_patch_residual_map_hand_computed() -> None:

@@ -66,6 +66,7 @@ _NO_TORCH = textwrap.dedent(
 )
 
 
+@pytest.mark.cli
 def test_runtime_scores_with_torch_unimportable(bundle: Path, pictures: dict) -> None:
     shots = [str(p) for p in pictures["shots"]]
     queries = [str(p) for p in pictures["queries"]]
@@ -91,6 +92,7 @@ def test_runtime_scores_with_torch_unimportable(bundle: Path, pictures: dict) ->
     assert api == cli
 
 
+@pytest.mark.cli
 def test_cli_round_trip_matches_inctrl_score(
     tiny_checkpoint: Path, pictures: dict, tmp_path: Path
 ) -> None:
@@ -121,6 +123,7 @@ def test_cli_round_trip_matches_inctrl_score(
     assert first_shot_only[0]["score"] != ours[0]["score"]  # --shot replaced the bank
 
 
+@pytest.mark.cli
 def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path: Path) -> None:
     detector = Detector.open(bundle)
     bank = detector.register("metal_nut", pictures["shots"])
@@ -144,6 +147,7 @@ def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path
     assert all(Path(r["heatmap"]).is_file() for r in records) and len(list(maps.iterdir())) == 3
 
 
+@pytest.mark.parity
 def test_manifest_preprocessing_matches_torchvision(bundle: Path) -> None:
     detector = Detector.open(bundle)
     reference = transforms.Compose(
@@ -165,6 +169,7 @@ def test_manifest_preprocessing_matches_torchvision(bundle: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ refusals
+@pytest.mark.cli
 def test_tampered_encoder_is_refused(bundle: Path, pictures: dict) -> None:
     encoder = bundle / "encoder.onnx"
     data = bytearray(encoder.read_bytes())
@@ -177,6 +182,7 @@ def test_tampered_encoder_is_refused(bundle: Path, pictures: dict) -> None:
                    "sha256 differs")  # fmt: skip
 
 
+@pytest.mark.unit
 def test_other_schema_version_is_refused(bundle: Path) -> None:
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["schema_version"] = 99
@@ -185,6 +191,7 @@ def test_other_schema_version_is_refused(bundle: Path) -> None:
         Bundle.open(bundle)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("damage", ["missing", "truncated", "no manifest", "garbage manifest"])
 def test_damaged_bundle_is_refused(bundle: Path, damage: str) -> None:
     if damage == "missing":
@@ -201,6 +208,7 @@ def test_damaged_bundle_is_refused(bundle: Path, damage: str) -> None:
         Bundle.open(bundle)
 
 
+@pytest.mark.cli
 def test_unknown_category_writes_nothing(bundle: Path, pictures: dict) -> None:
     shots = [arg for p in pictures["shots"] for arg in ("--shot", str(p))]
     done = run_command(RUN, "register", str(bundle), "--category", "widget", *shots)
@@ -208,12 +216,14 @@ def test_unknown_category_writes_nothing(bundle: Path, pictures: dict) -> None:
     assert not (bundle / "references").exists()
 
 
+@pytest.mark.cli
 def test_empty_prompt_set_is_refused(bundle: Path) -> None:
     one_line_error(run_command(RUN, "register", str(bundle), "--category", "candle"), "no --shot")
     with pytest.raises(InputError, match="no prompt images"):
         Detector.open(bundle).register("candle", [])
 
 
+@pytest.mark.cli
 def test_corrupt_image_writes_nothing(bundle: Path, pictures: dict, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -231,12 +241,14 @@ def test_corrupt_image_writes_nothing(bundle: Path, pictures: dict, tmp_path: Pa
     assert sorted(p.name for p in (bundle / "references").iterdir()) == ["candle.npz"]
 
 
+@pytest.mark.cli
 def test_unregistered_category_says_how_to_register(bundle: Path, pictures: dict) -> None:
     done = run_command(RUN, "score", str(bundle), "--category", "candle",
                        str(pictures["queries"][0]))  # fmt: skip
     one_line_error(done, "inctrl-run register")
 
 
+@pytest.mark.unit
 def test_bank_of_another_bundle_is_refused(
     bundle: Path, tiny_model, pictures: dict, tmp_path: Path
 ) -> None:
@@ -250,6 +262,7 @@ def test_bank_of_another_bundle_is_refused(
         Detector.open(bundle).score("candle", pictures["queries"])
 
 
+@pytest.mark.unit
 def test_missing_provider_fails_or_warns(bundle: Path) -> None:
     with pytest.raises(InputError, match="CUDAExecutionProvider"):
         Detector.open(bundle, device="cuda")
@@ -260,6 +273,7 @@ def test_missing_provider_fails_or_warns(bundle: Path) -> None:
         Detector.open(bundle, device="gpu")
 
 
+@pytest.mark.unit
 def test_threads_are_set(bundle: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -269,11 +283,13 @@ def test_threads_are_set(bundle: Path) -> None:
         Detector.open(bundle, threads=0)
 
 
+@pytest.mark.unit
 def test_category_names_cannot_carry_a_newline(bundle: Path) -> None:
     with pytest.raises(InputError, match="not usable"):
         Bundle.open(bundle).reference_path("candle\n")
 
 
+@pytest.mark.unit
 def test_registered_bank_is_reread_only_when_its_file_changes(bundle: Path, pictures: dict):
     first, second = Detector.open(bundle), Detector.open(bundle)
     first.register("candle", pictures["shots"])

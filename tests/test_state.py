@@ -13,6 +13,8 @@ from PIL import Image
 import inctrl.state
 from inctrl import InCTRL, InputError, ReferenceBank, TextPrior, get_config
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def model() -> InCTRL:

@@ -13,6 +13,8 @@ from inctrl import synth
 from inctrl.errors import InputError
 from inctrl.synth import CATEGORIES, DEFECTS, render, split_counts, synthesize
 
+pytestmark = pytest.mark.unit
+
 SMALL = {"categories": 2, "images_per_category": 4, "size": 64}
 
 

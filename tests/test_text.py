@@ -6,6 +6,8 @@ import pytest
 
 from inctrl.text import prompt_ensemble
 
+pytestmark = pytest.mark.unit
+
 
 def test_ensemble_sizes_and_order() -> None:
     normal, anomaly = prompt_ensemble("candle")

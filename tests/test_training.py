@@ -59,6 +59,7 @@ def epoch_losses(run_dir: Path) -> list[float]:
 
 
 # ------------------------------------------------------------------------------- pure parts
+@pytest.mark.unit
 def test_focal_loss_forms_on_hand_computed_values() -> None:
     p = torch.tensor([0.8, 0.8, 1.0, 0.0, 0.5])
     y = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])
@@ -84,6 +85,7 @@ def test_focal_loss_forms_on_hand_computed_values() -> None:
     )
 
 
+@pytest.mark.unit
 def test_proper_focal_loss_stays_finite_when_saturated() -> None:
     p = torch.tensor([1.0, 0.0], requires_grad=True)
     loss = focal_loss(p, torch.tensor([0.0, 1.0]), "focal")
@@ -92,6 +94,7 @@ def test_proper_focal_loss_stays_finite_when_saturated() -> None:
     assert torch.isfinite(p.grad).all()
 
 
+@pytest.mark.unit
 def test_pools_hold_all_normal_images_and_batches_are_balanced(data: Path) -> None:
     samples = load_samples([data, data])  # named twice: repeats count once
     train_set = training_set(samples, shots=2)
@@ -110,6 +113,7 @@ def test_pools_hold_all_normal_images_and_batches_are_balanced(data: Path) -> No
     assert sorted(seen[ANOMALOUS][:10]) == sorted(train_set.queries[ANOMALOUS])
 
 
+@pytest.mark.unit
 def test_data_that_cannot_train_is_refused(data: Path, tmp_path: Path) -> None:
     samples = load_samples([data])
     with pytest.raises(InputError, match="no anomalous images"):
@@ -124,6 +128,7 @@ def test_data_that_cannot_train_is_refused(data: Path, tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- runs
+@pytest.mark.cli
 def test_training_lowers_the_loss_and_checkpoints_every_epoch(data: Path, tmp_path: Path) -> None:
     config = TrainConfig(epochs=3, steps_per_epoch=20, batch_size=8)
     summary = run(data, tmp_path / "run", config, log_every=10)
@@ -146,6 +151,7 @@ def test_training_lowers_the_loss_and_checkpoints_every_epoch(data: Path, tmp_pa
     assert scores.score.shape == (6,) and bool(((scores.score >= 0) & (scores.score <= 1)).all())
 
 
+@pytest.mark.cli
 def test_only_the_heads_train(data: Path, tmp_path: Path) -> None:
     start = perturb_heads(InCTRL(get_config("tiny")))
     with torch.no_grad():  # a backbone that is not the seeded one, saved in the checkpoint
@@ -160,6 +166,7 @@ def test_only_the_heads_train(data: Path, tmp_path: Path) -> None:
     assert all(not torch.equal(after[k], before[k]) for k in heads if k.endswith("weight"))
 
 
+@pytest.mark.cli
 def test_start_from_clip_weights_names_the_file_in_checkpoints(data: Path, tmp_path: Path) -> None:
     clip = tmp_path / "clip.safetensors"
     save_file(InCTRL(get_config("tiny")).clip.state_dict(), str(clip))
@@ -174,6 +181,7 @@ def test_start_from_clip_weights_names_the_file_in_checkpoints(data: Path, tmp_p
     assert InCTRL.from_checkpoint(last, clip_weights=clip).backbone_origin.startswith("file:")
 
 
+@pytest.mark.cli
 def test_same_seed_same_weights_and_resume_continues_exactly(data: Path, tmp_path: Path) -> None:
     run(data, tmp_path / "a", SHORT)
     run(data, tmp_path / "again", SHORT)
@@ -199,6 +207,7 @@ def test_same_seed_same_weights_and_resume_continues_exactly(data: Path, tmp_pat
         run(data, tmp_path / "c", SHORT, resume=True)
 
 
+@pytest.mark.parity
 def test_features_are_cached_or_encoded_per_step(data: Path, tmp_path: Path) -> None:
     model = InCTRL(get_config("tiny"))
     images = training_set(load_samples([data]), shots=2).images
@@ -228,6 +237,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_distributed_two_processes_on_cpu(data: Path, tmp_path: Path) -> None:
     launcher = ("torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1")
     launcher += ("--master_port", str(free_port()))
@@ -262,6 +272,7 @@ def copy_without_normal_images(data: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize(
     ("case", "message"),
     [
