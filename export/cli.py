@@ -135,7 +135,7 @@ def verify_command(
     images: Path = typer.Option(
         None,
         "--images",
-        help="A folder of images (the first --shots are the prompts, the rest the queries), or "
+        help="A folder of images (--shots prompts drawn with --seed, the rest the queries), or "
         "a category folder in MVTec layout (prompts from train/good, labelled test images: "
         "AUROC on both sides). Default: the export's seeded check images.",
         show_default=False,
@@ -148,6 +148,12 @@ def verify_command(
         show_default=False,
     ),
     shots: int = typer.Option(3, "--shots", "-k", help="Number of prompt images (k)."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the prompts' draw from a plain --images folder: the draw inctrl evaluate "
+        "makes for the category with that seed.",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] (both sides)."),
     atol: float = Atol,
     batch_size: int = typer.Option(16, help="Queries per batch on both sides."),
@@ -165,7 +171,7 @@ def verify_command(
     with status("scoring with PyTorch and with the bundle"):
         report = verify_bundle(
             bundle, checkpoint, clip_weights, images, category, shots, device, atol, batch_size,
-            log=_log,
+            log=_log, seed=seed,
         )  # fmt: skip
     _report(report, json_file)
 

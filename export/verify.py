@@ -1,8 +1,9 @@
 """``inctrl-export verify``: a bundle's parity report with PyTorch, on demand, on real images.
 
-Given a folder of images, the first k (sorted by name) are the prompts and the rest the queries;
-given a category folder in MVTec layout, the prompts are the first k of ``train/good`` and the
-queries the test images, whose labels give AUROC on both sides.
+Given a folder of images, k of them are the prompts, drawn for the category with a seed as
+``inctrl evaluate`` draws them, and the rest the queries; given a category folder in MVTec
+layout, the prompts are the first k of ``train/good`` and the queries the test images, whose
+labels give AUROC on both sides.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from inctrl.data import image_files, is_category_folder, scan_category
+from inctrl.data import is_category_folder, scan_category
 from inctrl.demo import load_model, resolve_checkpoint
 from inctrl.errors import InputError
 from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
 from inctrl_runtime.console import require_files
 from inctrl_runtime.detector import Detector
+from inctrl_runtime.fewshot import choose_prompts, list_images, prompt_generator
 from inctrl_runtime.files import file_sha256
 
 
@@ -31,9 +33,11 @@ def verify_bundle(
     atol: float | None = None,
     batch_size: int = 16,
     log=lambda message: None,
+    seed: int = 0,
 ) -> ParityReport:
     """Compare a bundle with the checkpoint it was exported from (default: the demo, for a demo
-    bundle), on ``images`` or, without them, on the export's seeded check images."""
+    bundle), on ``images`` or, without them, on the export's seeded check images. ``seed``
+    draws the prompts from a plain folder of images."""
     if shots < 1:
         raise InputError(f"--shots must be at least 1, got {shots}")
     detector = Detector.open(bundle, device=device)
@@ -51,7 +55,7 @@ def verify_bundle(
         )
     category = category or _default_category(detector, images)
     detector.bundle.prior(category)  # an unknown category fails before the model loads
-    prompts, queries, labels = _images(images, shots)
+    prompts, queries, labels = _images(images, shots, seed, category)
     model = load_model(checkpoint, clip_weights, device=device, notice=log)
     precision = detector.bundle.graphs["encoder"].precision
     atol = DEFAULT_ATOL[precision] if atol is None else atol
@@ -65,7 +69,9 @@ def _default_category(detector: Detector, images: str | os.PathLike | None) -> s
     return detector.categories[0]
 
 
-def _images(folder: str | os.PathLike | None, shots: int) -> tuple[list, list, list[int] | None]:
+def _images(
+    folder: str | os.PathLike | None, shots: int, seed: int, category: str
+) -> tuple[list, list, list[int] | None]:
     """(prompts, queries, labels or None) from a folder, or the seeded check images."""
     if folder is None:
         images = check_images(shots + CHECK_QUERIES, CHECK_SEED)
@@ -83,10 +89,11 @@ def _images(folder: str | os.PathLike | None, shots: int) -> tuple[list, list, l
                 f"(found {len(normal)} and {len(test)})"
             )
         return normal[:shots], [s.image_path for s in test], [s.target for s in test]
-    paths = image_files(folder)
+    paths = list_images(folder)
     if len(paths) <= shots:
         raise InputError(
-            f"{folder}: has {len(paths)} images; needs more than --shots {shots} (the first "
-            f"{shots} are the prompts, the rest the queries)"
+            f"{folder}: has {len(paths)} images; needs more than --shots {shots} ({shots} are "
+            "drawn as the prompts, the rest are the queries)"
         )
-    return paths[:shots], paths[shots:], None
+    prompts = choose_prompts(paths, shots, prompt_generator(seed, category))
+    return prompts, [p for p in paths if p not in prompts], None

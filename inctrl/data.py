@@ -15,7 +15,7 @@ from pathlib import Path
 
 from inctrl.errors import InputError
 from inctrl.files import write_json
-from inctrl_runtime.preprocess import IMAGE_SUFFIXES
+from inctrl_runtime.fewshot import list_images
 
 NORMAL, ANOMALOUS = 0, 1
 
@@ -30,13 +30,6 @@ class Sample:
     split: str = "test"
     defect: str = "good"
     mask_path: str | None = None
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files directly in a folder, sorted by name (none if it is not a folder)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def is_category_folder(folder: Path) -> bool:
@@ -56,13 +49,13 @@ def scan_category(folder: str | os.PathLike, category: str | None = None) -> lis
     folder = Path(folder)
     category = category or folder.name
     samples = [
-        Sample(str(p), NORMAL, category, "train") for p in image_files(folder / "train" / "good")
+        Sample(str(p), NORMAL, category, "train") for p in list_images(folder / "train" / "good")
     ]
     test = folder / "test"
     defects = sorted(d.name for d in test.iterdir() if d.is_dir()) if test.is_dir() else []
     for defect in ["good", *(d for d in defects if d != "good")]:
         target = NORMAL if defect == "good" else ANOMALOUS
-        for image in image_files(test / defect):
+        for image in list_images(test / defect):
             mask = _mask_for(folder, defect, image) if target == ANOMALOUS else None
             samples.append(Sample(str(image), target, category, "test", defect, mask))
     return samples

@@ -9,7 +9,6 @@ the mean and standard deviation over runs.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from inctrl.errors import InputError
 from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
 from inctrl.model import InCTRL
 from inctrl.prompt_files import read_prompt_file
+from inctrl_runtime.fewshot import choose_prompts, prompt_generator
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 TABLE_COLUMNS = ("category", "AUROC", "AUPRC", "pixel AUROC", "normal / anomalous")
@@ -210,9 +210,9 @@ class EvaluationReport:
 # ------------------------------------------------------------------------------------ prompts
 def draw_prompts(pool: Sequence[Sample], shots: int, seed: int, category: str) -> list[Sample]:
     """k prompts drawn from a normal pool, the same for the same (seed, category) whatever the
-    pool's order: its own ``random.Random`` draws from the pool sorted by path."""
+    pool's order: the category's ``prompt_generator`` draws from the pool sorted by path."""
     ordered = sorted(pool, key=lambda sample: sample.image_path)
-    return random.Random(f"{seed}/{category}").sample(ordered, shots)
+    return choose_prompts(ordered, shots, prompt_generator(seed, category))
 
 
 class _PromptSet(NamedTuple):

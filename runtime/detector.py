@@ -23,6 +23,7 @@ import numpy as np
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import ImageSource, describe, pixel_digest, preprocess_many
 from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.results import Result, Scores, results
@@ -112,11 +113,10 @@ class Detector:
         chunks = [self.encode(pixels[i : i + batch_size]) for i in starts]
         patches = np.concatenate([c["patches"] for c in chunks])  # k x L x P x D
         adapted = np.concatenate([c["adapted"] for c in chunks])
-        shots, layers, _, width = patches.shape
         return NumpyBank(
-            patches=np.ascontiguousarray(patches.transpose(1, 0, 2, 3).reshape(layers, -1, width)),
+            patches=np.ascontiguousarray(stack_prompts(patches)),
             adapted_mean=adapted.mean(axis=0, dtype=np.float32),
-            shots=shots,
+            shots=len(patches),
             sources=tuple(describe(s) for s in prompt_images),
             digests=tuple(pixel_digest(p) for p in pixels),
             encoder_sha256=self.bundle.encoder_sha256,

@@ -20,8 +20,6 @@ from inctrl_runtime.errors import InputError
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
-
 
 @dataclass(frozen=True)
 class Preprocessing:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from inctrl.data import ANOMALOUS, NORMAL, Sample, by_category
 from inctrl.errors import InputError
+from inctrl_runtime.fewshot import choose_prompts
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class BalancedSampler:
         """Queries as (image, category), their k prompt images each, and their targets."""
         targets = [target for target, size in self.sizes.items() for _ in range(size)]
         queries = [self._next(target) for target in targets]
-        prompts = [self.rng.sample(self.data.pools[c], self.shots) for _, c in queries]
+        prompts = [choose_prompts(self.data.pools[c], self.shots, self.rng) for _, c in queries]
         return queries, prompts, targets
 
     def state(self) -> tuple[tuple, dict[int, list[int]]]:
