@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_images
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
@@ -51,24 +52,21 @@ def torchvision_reference(image: Image.Image, config: Preprocessing | None = Non
     return pipeline(image).numpy()
 
 
-def random_rgb(width: int, height: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
 def image_in_mode(mode: str, width: int, height: int, tmp_path: Path) -> Image.Image:
     """A seeded random image of the given Pillow mode, made the way such files usually arise."""
-    rng = np.random.default_rng(width * 1000 + height)
+    seed = width * 1000 + height
     if mode == "I;16":
         # Full 16-bit range, written as a 16-bit PNG and read back as a user's file would be.
         path = tmp_path / "sixteen.png"
-        Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16)).save(path)
+        sixteen = np.random.default_rng(seed).integers(0, 65536, (height, width), dtype=np.uint16)
+        Image.fromarray(sixteen).save(path)
         image = load_image(path)
         assert image.mode in ("I;16", "I")
         return image
     if mode in ("RGBA", "LA"):
-        rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8))
-        return rgba.convert(mode)
-    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        (rgba,) = random_images(1, seed, (height, width), channels=4)
+        return Image.fromarray(rgba).convert(mode)
+    rgb = Image.fromarray(random_images(1, seed, (height, width))[0])
     if mode == "P":
         return rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     return rgb.convert(mode)
@@ -92,7 +90,7 @@ def test_matches_torchvision(mode: str, size: tuple[int, int], tmp_path: Path) -
 @pytest.mark.parity
 def test_matches_torchvision_with_other_settings() -> None:
     config = Preprocessing(size=224, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
-    image = Image.fromarray(random_rgb(301, 257, seed=3))
+    image = Image.fromarray(random_images(1, seed=3, size=(257, 301))[0])
     ours = preprocess(image, config)
     assert ours.shape == (3, 224, 224)
     assert np.abs(ours - torchvision_reference(image, config)).max() <= 1e-6
@@ -139,7 +137,7 @@ def test_center_crop_box(width: int, height: int, expected: tuple[int, int, int,
 # ------------------------------------------------------------------------ input type invariance
 @pytest.mark.parity
 def test_color_sources_agree(tmp_path: Path) -> None:
-    array = random_rgb(300, 260, seed=1)
+    array = random_images(1, seed=1, size=(260, 300))[0]
     png, npy = tmp_path / "color.png", tmp_path / "color.npy"
     Image.fromarray(array).save(png)
     np.save(npy, array)
@@ -150,7 +148,7 @@ def test_color_sources_agree(tmp_path: Path) -> None:
 
 @pytest.mark.parity
 def test_rgba_sources_agree(tmp_path: Path) -> None:
-    array = np.random.default_rng(2).integers(0, 256, (250, 270, 4), dtype=np.uint8)
+    (array,) = random_images(1, seed=2, size=(250, 270), channels=4)
     png = tmp_path / "rgba.png"
     Image.fromarray(array).save(png)
     expected = preprocess(load_image(Image.fromarray(array)))
@@ -160,7 +158,7 @@ def test_rgba_sources_agree(tmp_path: Path) -> None:
 
 @pytest.mark.parity
 def test_grayscale_sources_agree(tmp_path: Path) -> None:
-    array = random_rgb(260, 300, seed=4)[:, :, 0]
+    array = random_images(1, seed=4, size=(300, 260))[0][:, :, 0]
     png, npy = tmp_path / "gray.png", tmp_path / "gray.npy"
     Image.fromarray(array).save(png)
     np.save(npy, array)
@@ -189,7 +187,7 @@ def test_sixteen_bit_sources_agree(tmp_path: Path) -> None:
 
 @pytest.mark.parity
 def test_non_contiguous_array_matches_its_copy() -> None:
-    array = random_rgb(300, 260, seed=6)[:, ::-1]
+    array = random_images(1, seed=6, size=(260, 300))[0][:, ::-1]
     expected = preprocess(load_image(np.ascontiguousarray(array)))
     assert np.array_equal(preprocess(load_image(array)), expected)
 
@@ -197,8 +195,8 @@ def test_non_contiguous_array_matches_its_copy() -> None:
 @pytest.mark.unit
 def test_preprocess_many_stacks(tmp_path: Path) -> None:
     png = tmp_path / "a.png"
-    Image.fromarray(random_rgb(300, 260, seed=7)).save(png)
-    sources = [png, random_rgb(17, 31, seed=8), Image.new("L", (400, 240), 128)]
+    Image.fromarray(random_images(1, seed=7, size=(260, 300))[0]).save(png)
+    sources = [png, random_images(1, seed=8, size=(31, 17))[0], Image.new("L", (400, 240), 128)]
     batch = preprocess_many(sources)
     assert batch.shape == (3, 3, 240, 240)
     assert batch.dtype == np.float32
@@ -245,7 +243,7 @@ def test_corrupt_file(tmp_path: Path, content: bytes) -> None:
 @pytest.mark.unit
 def test_truncated_file(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
-    Image.fromarray(random_rgb(120, 100, seed=11)).save(good)
+    Image.fromarray(random_images(1, seed=11, size=(100, 120))[0]).save(good)
     path = tmp_path / "truncated.png"
     path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(InputError) as info:
@@ -305,7 +303,7 @@ def test_not_an_image_source() -> None:
 @pytest.mark.unit
 def test_preprocess_many_names_the_bad_file(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
-    Image.fromarray(random_rgb(64, 64, seed=12)).save(good)
+    Image.fromarray(random_images(1, seed=12, size=(64, 64))[0]).save(good)
     bad.write_bytes(b"not an image")
     with pytest.raises(InputError) as info:
         preprocess_many([good, bad])

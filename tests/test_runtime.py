@@ -26,12 +26,6 @@ from inctrl_runtime.references import NumpyBank
 RUN = "inctrl_runtime.cli"
 
 
-@pytest.fixture
-def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny bundle, free to change."""
-    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
-
-
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> dict[str, list[Path]]:
     """Prompt and query PNG files of assorted sizes."""
@@ -160,9 +154,8 @@ def test_manifest_preprocessing_matches_torchvision(bundle: Path) -> None:
                                  detector.bundle.preprocessing.std),
         ]
     )  # fmt: skip
-    rng = np.random.default_rng(5)
-    for mode, size in (("RGB", (300, 260)), ("L", (241, 500)), ("RGBA", (1000, 251))):
-        array = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    arrays = random_images(3, seed=5, size=[(260, 300), (500, 241), (251, 1000)], channels=4)
+    for mode, array in zip(("RGB", "L", "RGBA"), arrays, strict=True):
         image = Image.fromarray(array, "RGBA").convert(mode)
         expected = reference(image).numpy()
         np.testing.assert_allclose(detector.pixels([image])[0], expected, rtol=0, atol=1e-5)

@@ -19,14 +19,6 @@ from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import BundleError
 from inctrl_runtime.files import file_sha256
 
-pytestmark = pytest.mark.cli
-
-
-@pytest.fixture
-def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny bundle, free to change."""
-    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
-
 
 def edit_manifest(bundle: Path, change) -> None:
     manifest = json.loads((bundle / MANIFEST).read_text())
@@ -64,6 +56,7 @@ def head_output(manifest: dict, name: str) -> dict:
     return next(e for e in manifest["graphs"]["head"]["outputs"] if e["name"] == name)
 
 
+@pytest.mark.cli
 def test_renamed_output_in_the_manifest_is_refused(bundle: Path, capsys) -> None:
     edit_manifest(bundle, lambda m: head_output(m, "score").update(name="final"))
     with pytest.raises(BundleError, match="head graph's outputs"):
@@ -71,6 +64,7 @@ def test_renamed_output_in_the_manifest_is_refused(bundle: Path, capsys) -> None
     refused_in_one_line(bundle, capsys, MANIFEST, "score", "final")
 
 
+@pytest.mark.cli
 def test_head_swapped_for_the_encoder_with_a_forged_sha256_is_refused(bundle: Path, capsys) -> None:
     forge_file(bundle, "head.onnx", bundle / "encoder.onnx")
     with pytest.raises(BundleError, match="head.onnx: its inputs differ"):
@@ -78,11 +72,13 @@ def test_head_swapped_for_the_encoder_with_a_forged_sha256_is_refused(bundle: Pa
     refused_in_one_line(bundle, capsys, "head.onnx", "ref_patches")
 
 
+@pytest.mark.cli
 def test_changed_dtype_is_refused(bundle: Path, capsys) -> None:
     edit_manifest(bundle, lambda m: head_output(m, "text_score").update(dtype="float16"))
     refused_in_one_line(bundle, capsys, MANIFEST, "text_score is float16, expected float32")
 
 
+@pytest.mark.cli
 def test_changed_fixed_dimension_is_refused(bundle: Path, capsys) -> None:
     def change(manifest: dict) -> None:
         manifest["graphs"]["encoder"]["inputs"][0]["shape"][2] = 224
@@ -91,6 +87,7 @@ def test_changed_fixed_dimension_is_refused(bundle: Path, capsys) -> None:
     refused_in_one_line(bundle, capsys, "encoder.onnx", "image has 240 on axis 2, expected 224")
 
 
+@pytest.mark.cli
 def test_a_graph_renamed_with_its_manifest_is_still_not_what_the_runtime_reads(
     bundle: Path, capsys, tmp_path: Path
 ) -> None:

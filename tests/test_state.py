@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from conftest import random_images
 from PIL import Image
 
 import inctrl.state
@@ -26,11 +27,9 @@ def model() -> InCTRL:
 def prompt_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three seeded random normal images as PNG files, one with a non-ASCII name."""
     folder = tmp_path_factory.mktemp("prompts")
-    rng = np.random.default_rng(0)
     paths = [folder / "good 1.png", folder / "good_ü_2.png", folder / "good_3.png"]
-    for index, path in enumerate(paths):
-        size = (200 + 20 * index, 260 - 10 * index)
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    sizes = [(260 - 10 * index, 200 + 20 * index) for index in range(3)]
+    for path, pixels in zip(paths, random_images(3, seed=0, size=sizes), strict=True):
         Image.fromarray(pixels).save(path)
     return paths
 
