@@ -1,15 +1,18 @@
-"""The backends inctrl-bench knows, how ``--backend`` selects them, and why one cannot run here
-(a backend that cannot run is reported with the reason, never silently left out)."""
+"""The backends inctrl-bench knows, how ``--backend`` selects them, why one cannot run here (it
+is reported with the reason, never left out), and the files each one runs (``Sources``)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from inctrl_bench.machine import Progress, import_problem
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import file_sha256
 
-DEVICES = ("cpu", "cuda")
+# The category whose text prior is used when no bundle names one (any name works for a model).
+DEFAULT_CATEGORY = "candle"
 
 
 class Unavailable(Exception):
@@ -45,7 +48,6 @@ CATALOGUE = (
     # onnxruntime's TensorRT execution provider, the runtime's way to TensorRT for now.
     Backend("tensorrt", "tensorrt", "fp32", "cuda", "tensorrt"),
 )
-BY_NAME = {backend.name: backend for backend in CATALOGUE}
 
 
 def select_backends(patterns: Sequence[str]) -> list[Backend]:
@@ -53,12 +55,12 @@ def select_backends(patterns: Sequence[str]) -> list[Backend]:
     in catalogue order; all of them when no pattern is given."""
     if not patterns:
         return list(CATALOGUE)
-    chosen = set()
+    names, chosen = [b.name for b in CATALOGUE], set()
     for pattern in patterns:
-        matches = {b.name for b in CATALOGUE if b.name.startswith(pattern)}
+        matches = {name for name in names if name.startswith(pattern)}
         if not pattern or not matches:
             raise InputError(
-                f"unknown backend {pattern!r}; choose from {', '.join(BY_NAME)} (a prefix such "
+                f"unknown backend {pattern!r}; choose from {', '.join(names)} (a prefix such "
                 "as onnxruntime selects every variant)"
             )
         chosen |= matches
@@ -66,54 +68,161 @@ def select_backends(patterns: Sequence[str]) -> list[Backend]:
 
 
 def check_device(device: str) -> str:
-    if device not in DEVICES:
+    if device not in ("cpu", "cuda"):
         raise InputError(f"unknown device {device!r}; use cpu or cuda")
     return device
 
 
-def import_problem(*modules: str) -> str | None:
-    """Why these modules cannot be imported here, or None if they can."""
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            return f"{module.split('.')[0]} is not importable ({err})"
-    return None
+def _problem(backend: Backend, device: str) -> str | None:
+    """The missing library or hardware that keeps a backend from running on ``device``."""
+    if backend.uses_torch:
+        problem = import_problem("torch", "inctrl.model")
+        if problem is not None or device != "cuda":
+            return problem
+        import torch
 
-
-def _torch_problem(backend: Backend, device: str) -> str | None:
-    problem = import_problem("torch", "inctrl.model")
-    if problem is not None or device != "cuda":
-        return problem
-    import torch
-
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA GPU"
-    if backend.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return f"this GPU ({torch.cuda.get_device_name()}) has no bf16 arithmetic"
-    return None
-
-
-def _runtime_problems(backend: Backend) -> list[str]:
-    found = [import_problem("tensorrt")] if backend.kind == "tensorrt" else []
-    found.append(import_problem("onnxruntime"))
-    if found[-1] is None:
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA GPU"
+        if backend.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            return f"this GPU ({torch.cuda.get_device_name()}) has no bf16 arithmetic"
+        return None
+    problem = import_problem("onnxruntime")
+    if problem is None:
         from inctrl_runtime.engines.ort import place
 
         try:
             place(backend.runtime_device or "cpu", strict=True)
         except InputError as err:
-            found.append(str(err))
-    return [problem for problem in found if problem is not None]
+            problem = str(err)
+    return problem
 
 
 def problems(backend: Backend, device: str) -> list[str]:
     """What keeps a backend from running here with ``--device device``: missing libraries or
     hardware first, then a device other than the backend's."""
-    if backend.uses_torch:
-        found = [p for p in [_torch_problem(backend, backend.device or device)] if p is not None]
-    else:
-        found = _runtime_problems(backend)
+    found = [import_problem("tensorrt")] if backend.kind == "tensorrt" else []
+    found = [p for p in [*found, _problem(backend, backend.device or device)] if p is not None]
     if not found and backend.device is not None and backend.device != device:
         found.append(f"runs on {backend.device}: bench with --device {backend.device}")
     return found
+
+
+class Sources:
+    """What each backend runs: the torch backends' checkpoint and a bundle of each precision
+    for the runtime ones, made on demand (torch only then) in ``workdir``.
+
+    With a BUNDLE, the runtime backends of its precision use it as it is; the torch rows load
+    ``--checkpoint`` (checked against the sha256 the bundle records), the embedded demo for a
+    demo bundle, or else are unavailable: a bundle names its source by file name only. Without
+    one, the torch side loads ``--checkpoint``, the seeded ``--preset`` model or the embedded
+    demo, and bundles are exported from the same file.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        bundle: Path | None = None,
+        checkpoint: Path | None = None,
+        preset: str | None = None,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> None:
+        _check_inputs(bundle, checkpoint, preset)
+        self.workdir, self.preset, self.seed = workdir, preset, seed
+        self.checkpoint_given = checkpoint
+        self.progress = progress or Progress()
+        self.notes: list[str] = []
+        self._checkpoint: Path | None | Unavailable = checkpoint
+        self._bundles: dict[str, Path | Unavailable] = {}
+        self.given_bundle = None
+        self.category = DEFAULT_CATEGORY
+        if bundle is not None:
+            self._open_given(bundle)
+
+    def _open_given(self, path: Path) -> None:
+        from inctrl_runtime.bundle import Bundle
+
+        # Only the manifest is read here; the Detector that benches it checks every sha256.
+        bundle = self.given_bundle = Bundle.open(path, check_files=False)
+        self.category = bundle.categories[0]
+        self._bundles = {bundle.graphs["encoder"].precision: path}
+        source, given = bundle.manifest.get("source") or {}, self.checkpoint_given
+        if given is not None and source.get("sha256") != file_sha256(given):
+            why = "it records none" if source.get("sha256") is None else "the sha256 differs"
+            self.notes.append(
+                f"{given} is not the checkpoint {path} was exported from ({why}): the torch and "
+                "onnxruntime rows may measure different weights"
+            )
+        elif given is None and not source.get("demo"):  # a demo bundle: the embedded demo
+            # A schema-1 manifest records the exporting machine's path: only its name is used.
+            name = source.get("file") or Path(source.get("checkpoint") or "").name
+            origin = f"was exported from {name}" if name else "names no source checkpoint"
+            self._checkpoint = Unavailable(f"give --checkpoint (the bundle {origin})")
+
+    def checkpoint(self) -> Path | None:
+        """The checkpoint of the torch side (None: the embedded demo)."""
+        if self.preset is not None and self._checkpoint is None:
+            self.progress.step(f"building {self.preset} with seeded random weights")
+            from inctrl_bench.torch_side import save_preset_checkpoint
+
+            path = self.workdir / f"{self.preset}-seed{self.seed}.safetensors"
+            self._checkpoint = save_preset_checkpoint(self.preset, path, self.seed)
+        if isinstance(self._checkpoint, Unavailable):
+            raise self._checkpoint
+        return self._checkpoint
+
+    def bundle(self, precision: str) -> Path:
+        """The bundle with the encoder at ``precision``, exported on first use."""
+        if precision not in self._bundles:
+            self._bundles[precision] = self._export(precision)
+        found = self._bundles[precision]
+        if isinstance(found, Unavailable):
+            raise found
+        return found
+
+    def _export(self, precision: str) -> Path | Unavailable:
+        if self.given_bundle is not None:
+            given = self.given_bundle.graphs["encoder"].precision
+            return Unavailable(
+                f"the given bundle's encoder is {given}; bench a {precision} bundle "
+                f"(inctrl-export onnx --precision {precision}) for this one"
+            )
+        problem = import_problem("torch", "inctrl_export.bundle")
+        if problem is not None:
+            return Unavailable(f"no BUNDLE given, and exporting one needs torch: {problem}")
+        from inctrl_export.bundle import export_bundle
+
+        checkpoint = self.checkpoint()
+        self.progress.step(f"exporting a {precision} bundle")
+        out = self.workdir / f"bundle-{precision}"
+        try:
+            # No self-check: the bench compares the backends' speed, not their outputs.
+            export_bundle(out, checkpoint, [self.category], precision=precision, verify=False)
+        except InputError as err:
+            return Unavailable(f"inctrl-export cannot make a {precision} bundle: {err}")
+        return out
+
+    @property
+    def model_label(self) -> str:
+        """What is benched, in words."""
+        if self.preset is not None:
+            return f"preset {self.preset}, seeded random weights (seed {self.seed})"
+        if self.checkpoint_given is not None:
+            return str(self.checkpoint_given)
+        if self.given_bundle is not None:
+            return f"bundle {self.given_bundle.path}"
+        return "the embedded DEMO model"
+
+
+def _check_inputs(bundle: Path | None, checkpoint: Path | None, preset: str | None) -> None:
+    """Refuse contradictory or missing inputs before any work."""
+    if preset is not None:
+        if bundle is not None or checkpoint is not None:
+            raise InputError(
+                "--preset builds its own model: give it without BUNDLE or --checkpoint"
+            )
+        from inctrl.config import get_config
+
+        get_config(preset)  # an unknown preset is refused here
+    if checkpoint is not None and not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no such checkpoint file")

@@ -48,8 +48,9 @@ def bench(
         None,
         "--checkpoint",
         "-c",
-        help="Checkpoint for the torch backends (and the bundle when none is given). Default: "
-        "the bundle's source checkpoint, or the embedded DEMO model.",
+        help="Checkpoint for the torch backends (and the bundle when none is given; with a "
+        "BUNDLE, checked against its source's sha256). Default: the embedded DEMO model (with "
+        "a BUNDLE: only for a demo bundle).",
         show_default=False,
     ),
     preset: str = typer.Option(
@@ -84,13 +85,14 @@ def bench(
     plot_file: Path = typer.Option(
         None,
         "--plot",
-        help="Write a PNG: latency per query vs batch, speed-up bars.",
+        help="Write a PNG: latency per query vs batch, speed-ups.",
         show_default=False,
     ),
 ) -> None:
     """Measure latency per query (p50/p90/p99, stages), throughput per batch size, prompt
-    registration, memory, and achieved GFLOP/s against this machine's measured fp32 peak, for
-    every backend; unavailable ones are listed with the reason. Examples:
+    registration, the text prior's one-time cost, memory, and achieved GFLOP/s against this
+    machine's measured fp32 peak, for every backend; unavailable ones are listed with the
+    reason. Examples:
 
         inctrl-bench --json bench.json --plot bench.png
 
@@ -98,9 +100,9 @@ def bench(
 
         inctrl-bench --preset ViT-B-16-plus-240 --backend torch-fp32 --backend onnxruntime
     """
+    from inctrl_bench.machine import Progress
     from inctrl_bench.report import print_report
     from inctrl_bench.suite import BenchSettings, run_bench
-    from inctrl_bench.timing import Progress
 
     settings = BenchSettings(
         bundle=bundle,

@@ -1,24 +1,41 @@
-"""What the numbers were measured on: the machine, the libraries, and its fp32 peak measured
-in the same run by a large matrix product."""
+"""The machine and how it is measured: what the numbers were measured on (hardware, libraries,
+the fp32 peak of a large matrix product in the same run), staged wall-clock runs, the peak of
+process RSS, and the progress a long bench shows on stderr."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 import platform
 import subprocess
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import timeit
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 
-from inctrl_bench.backends import import_problem
+from inctrl_runtime.console import say
 
 LIBRARIES = ("torch", "onnxruntime", "onnx", "numpy")
 GEMM_SIZE = {"cpu": 2048, "cuda": 8192}
+# Timed runs of a measurement unless --repeats: at least 2, more while under 1 s, at most 50.
+ADAPTIVE_REPEATS = (2, 50, 1.0)
+
+
+def import_problem(*modules: str) -> str | None:
+    """Why these modules cannot be imported here, or None if they can."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            return f"{module.split('.')[0]} is not importable ({err})"
+    return None
 
 
 def cpu_model() -> str:
@@ -40,18 +57,12 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info(command: str) -> dict:
     """The machine record of the JSON report; library versions are read without importing."""
+    installed = {dist.name.lower(): dist.version for dist in metadata.distributions()}
     versions = {"python": platform.python_version()}
-    versions.update({name: _version(name) for name in LIBRARIES})
-    versions["onnxruntime"] = versions["onnxruntime"] or _version("onnxruntime-gpu")
+    versions |= {name: installed.get(name) for name in LIBRARIES}
+    versions["onnxruntime"] = versions["onnxruntime"] or installed.get("onnxruntime-gpu")
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -73,28 +84,6 @@ class Peak:
     gflops: float | None
     method: str
     rates: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _best_seconds(product: Callable[[], object], runs: int) -> float:
-    product()  # warm-up
-    best = float("inf")
-    for _ in range(runs):
-        began = time.perf_counter()
-        product()
-        best = min(best, time.perf_counter() - began)
-    return best
-
-
-def _torch_product(device: str, size: int) -> Callable[[], object]:
-    import torch
-
-    a, b = (torch.randn(size, size, device=device) for _ in range(2))
-    if device == "cpu":
-        return lambda: torch.matmul(a, b)
-    return lambda: (torch.matmul(a, b), torch.cuda.synchronize())
 
 
 def _onnxruntime_product(operands: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -120,7 +109,9 @@ def _products(device: str, size: int, with_torch: bool) -> dict[str, Callable[[]
         import torch
 
         if device == "cpu" or torch.cuda.is_available():
-            products["torch.matmul"] = _torch_product(device, size)
+            a, b = (torch.randn(size, size, device=device) for _ in range(2))
+            sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+            products["torch.matmul"] = lambda: (torch.matmul(a, b), sync())
     if device == "cpu":
         rng = np.random.default_rng(0)
         operands = {n: rng.standard_normal((size, size), dtype=np.float32) for n in "ab"}
@@ -132,10 +123,10 @@ def _products(device: str, size: int, with_torch: bool) -> dict[str, Callable[[]
 
 def measure_peak(device: str, with_torch: bool, runs: int = 3) -> Peak:
     """The best rate of a square fp32 GEMM on the device over the libraries here (numpy,
-    onnxruntime and, ``with_torch``, torch on a CPU; torch on a GPU)."""
+    onnxruntime and, ``with_torch``, torch on a CPU; torch on a GPU), each after a warm-up."""
     size = GEMM_SIZE[device]
     rates = {
-        name: 2 * size**3 / _best_seconds(product, runs) / 1e9
+        name: 2 * size**3 / min(timeit.repeat(product, number=1, repeat=runs + 1)[1:]) / 1e9
         for name, product in _products(device, size, with_torch).items()
     }
     if not rates:
@@ -143,3 +134,105 @@ def measure_peak(device: str, with_torch: bool, runs: int = 3) -> Peak:
         return Peak(None, f"not measured: no library here multiplies matrices on {device}{without}")
     best = max(rates, key=rates.get)
     return Peak(rates[best], f"{best} fp32 {size}x{size}, best of {runs}", rates)
+
+
+class StageClock:
+    """Times the named stages of one run. ``sync`` is called before each stage's clock stops,
+    so that work queued on a GPU is counted in the stage that queued it."""
+
+    def __init__(self, sync: Callable[[], object]) -> None:
+        self.sync = sync
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        self.sync()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - began
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-run wall time of one measurement, in milliseconds, with the median of each stage."""
+
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def measure(
+        cls, run: Callable[[StageClock], None], repeats: int | None, sync: Callable[[], object]
+    ) -> Timing:
+        """One warm-up run, then ``repeats`` timed runs (None: ``ADAPTIVE_REPEATS``)."""
+        run(StageClock(sync))
+        fewest, most, seconds = ADAPTIVE_REPEATS if repeats is None else (repeats, repeats, 0)
+        clocks: list[StageClock] = []
+        began = time.perf_counter()
+        while len(clocks) < fewest or (
+            len(clocks) < most and time.perf_counter() - began < seconds
+        ):
+            clocks.append(StageClock(sync))
+            run(clocks[-1])
+        totals = [sum(clock.seconds.values()) * 1e3 for clock in clocks]
+        p50, p90, p99 = (float(np.percentile(totals, q)) for q in (50, 90, 99))
+        stages = {
+            stage: float(np.median([c.seconds.get(stage, 0.0) for c in clocks]) * 1e3)
+            for stage in clocks[0].seconds
+        }
+        return cls(len(clocks), p50, p90, p99, stages)
+
+
+def _lifetime_peak_rss() -> int | None:
+    """The process's peak RSS since it started (getrusage), where /proc is missing."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakRss:
+    """The peak RSS of the whole process while the block runs: the kernel's high-water mark
+    (VmHWM), reset at entry; where it cannot be reset, the lifetime peak (getrusage), which
+    may predate the block. ``since_entry`` says which it is."""
+
+    peak_bytes: int | None = None
+    since_entry = False
+
+    def __enter__(self) -> PeakRss:
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets VmHWM to the current RSS
+            self.since_entry = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.since_entry:
+            with contextlib.suppress(OSError, ValueError, IndexError, StopIteration):
+                with open("/proc/self/status") as status:
+                    line = next(line for line in status if line.startswith("VmHWM:"))
+                self.peak_bytes = int(line.split()[1]) * 1024
+        if self.peak_bytes is None:
+            self.since_entry = False
+            self.peak_bytes = _lifetime_peak_rss()
+
+
+@dataclass
+class Progress:
+    """Where a long bench is: ``step`` (what is measured now) updates ``spinner`` if there is
+    one, ``done`` (something worth a line) goes to stderr if ``echo``. Silent by default."""
+
+    spinner: Any = None
+    echo: bool = False
+
+    def step(self, message: str) -> None:
+        if self.spinner is not None:
+            self.spinner.update(message)
+
+    def done(self, message: str) -> None:
+        if self.echo:
+            say(message)

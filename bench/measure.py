@@ -1,10 +1,9 @@
 """Measure one backend: load, latency at batch 1, throughput per batch size, stages, prompt
 registration per k, memory, and the arithmetic rate it reached.
 
-Every measurement is one warm-up run and then timed runs (``Repeats``) on seeded random
-camera-sized frames, which each backend preprocesses as part of its time. A backend is measured
-as a ``Subject``: the runtime's ``Detector`` (here) or the PyTorch model (``torch_side``) seen
-through the same few calls.
+Each measurement is a warm-up run, then timed runs (``--repeats``) on seeded random camera
+frames, preprocessed as part of the time. A backend is measured as a ``Subject``: the runtime's
+``Detector`` (here) or the PyTorch model (``torch_side``), seen through the same few calls.
 """
 
 from __future__ import annotations
@@ -16,19 +15,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inctrl_bench.backends import Backend, Unavailable, problems
+from inctrl_bench.backends import Backend, Sources, Unavailable, problems
 from inctrl_bench.flops import ModelShape, query_flops
-from inctrl_bench.machine import Peak
-from inctrl_bench.sources import Sources
-from inctrl_bench.timing import PeakRss, Progress, Repeats, StageClock, Timing, timed_runs
+from inctrl_bench.machine import Peak, PeakRss, Progress, StageClock, Timing
 from inctrl_runtime.errors import InputError
 
-# A VGA camera frame: resizing and cropping to the model's input is part of each query.
-FRAME = (480, 640)
+if TYPE_CHECKING:
+    from inctrl_bench.suite import BenchSettings
+
+FRAME = (480, 640)  # a VGA camera frame: resizing and cropping it is part of each query
 PREPROCESS, ENCODER, HEAD, REGISTER = "preprocess", "encoder", "head", "reference"
 QUERY_STAGES = (PREPROCESS, ENCODER, HEAD)
 MB = 2**20
@@ -42,16 +41,11 @@ Images = Sequence[np.ndarray]
 
 @dataclass
 class Subject:
-    """A backend, opened and prepared with one category's bank and text prior, as the
-    measurements see it: the query path in stages, and prompt registration.
-
-    Attributes:
-        head: features -> scores against the prepared bank and text prior.
-        register: prompt images -> a bank; None where no bank is kept between queries.
-        before: stages redone before every query (the authors' way), by name.
-        max_batch: the largest batch it scores correctly (None: any).
-        text_prior_ms: the one-time cost of the text prior, ``ours`` and the ``authors``' way.
-    """
+    """A backend, opened and prepared with a category's bank and text prior: the query path
+    in stages (``head`` scores against the prepared state), and prompt registration
+    (``register``; None where no bank is kept between queries). ``before``: stages redone
+    before every query (the authors' way); ``max_batch``: the largest batch it scores right;
+    ``text_prior_ms``: the one-time cost of the text prior, ours and the authors' way."""
 
     shape: ModelShape
     pixels: Callable[[Images], Any]
@@ -66,7 +60,6 @@ class Subject:
     text_prior_ms: dict[str, float] | None = None
 
     def query(self, images: Images, clock: StageClock) -> None:
-        """Score one batch of queries, stage by stage."""
         for stage, step in self.before.items():
             with clock(stage):
                 step()
@@ -81,8 +74,8 @@ class Subject:
         with clock(REGISTER):
             self.register(prompts)
 
-    def timing(self, run: Callable[[StageClock], None], repeats: Repeats) -> Timing:
-        return Timing.of(timed_runs(run, repeats, self.sync))
+    def timing(self, run: Callable[[StageClock], None], repeats: int | None) -> Timing:
+        return Timing.measure(run, repeats, self.sync)
 
 
 Prepare = Callable[[Images, str], Subject]  # (prompt images, category) -> a prepared Subject
@@ -111,31 +104,6 @@ def open_runtime(backend: Backend, bundle: Path) -> Iterator[Prepare]:
         yield prepare
     finally:
         detector.close()
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to measure: batch sizes, prompt counts (queries use the first), repeats."""
-
-    batches: tuple[int, ...]
-    shots: tuple[int, ...]
-    repeats: Repeats
-    category: str
-
-
-@dataclass(frozen=True)
-class Workload:
-    """Seeded random query and prompt images, enough for the largest batch and k."""
-
-    queries: list[np.ndarray]
-    prompts: list[np.ndarray]
-
-    @classmethod
-    def make(cls, queries: int, prompts: int, seed: int = 0) -> Workload:
-        rng = np.random.default_rng(seed)
-        shape = (*FRAME, 3)
-        frames = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(queries + prompts)]
-        return cls(frames[:queries], frames[queries:])
 
 
 @dataclass(frozen=True)
@@ -188,13 +156,34 @@ class BackendResult:
 
     @property
     def largest_batch(self) -> Throughput:
-        """Throughput at the largest batch measured (batch sizes are measured in order)."""
-        return self.throughput[-1]
+        return self.throughput[-1]  # batch sizes are measured in increasing order
+
+    def measure(
+        self, prepare: Prepare, settings: BenchSettings, category: str, progress: Progress
+    ) -> Subject:
+        """Latency, throughput per batch and registration per k; the subject, prepared."""
+        batches, shots, repeats = settings.batches, settings.shots, settings.repeats
+        rng = np.random.default_rng(settings.seed)
+        frames = [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(batches[-1])]
+        prompts = [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(shots[-1])]
+        subject = prepare(prompts[: shots[0]], category)
+        progress.step(f"{self.name}: latency at batch 1")
+        self.latency = subject.timing(functools.partial(subject.query, frames[:1]), repeats)
+        # A backend limited below every batch asked for is measured at batch 1, its only size.
+        for batch in [b for b in batches if b <= (subject.max_batch or b)] or [1]:
+            progress.step(f"{self.name}: throughput at batch {batch}")
+            run = functools.partial(subject.query, frames[:batch])
+            timing = self.latency if batch == 1 else subject.timing(run, repeats)
+            self.throughput.append(Throughput.of(batch, timing))
+        for k in shots if subject.register else ():
+            progress.step(f"{self.name}: registering {k} prompt images")
+            run = functools.partial(subject.registration, prompts[:k])
+            self.registration.append(Registration(k, subject.timing(run, repeats)))
+        return subject
 
     def summarize(self, subject: Subject, peak: Peak, rss: PeakRss) -> None:
         """The model, arithmetic rate and memory of a measured backend."""
-        self.available = True
-        self.shape, self.model = subject.shape, subject.shape.name
+        self.available, self.shape, self.model = True, subject.shape, subject.shape.name
         self.text_prior_ms = subject.text_prior_ms
         self.flops_per_query = subject.flops_per_query
         self.achieved_gflops = self.flops_per_query * self.largest_batch.images_per_s / 1e9
@@ -212,29 +201,6 @@ class BackendResult:
         return record
 
 
-def measure(
-    prepare: Prepare, workload: Workload, plan: Plan, progress: Progress, result: BackendResult
-) -> Subject:
-    """Fill ``result`` with latency, throughput per batch and registration per k; the
-    subject, prepared with the smallest k."""
-    subject = prepare(workload.prompts[: plan.shots[0]], plan.category)
-    progress.step(f"{result.name}: latency at batch 1")
-    run = functools.partial(subject.query, workload.queries[:1])
-    result.latency = subject.timing(run, plan.repeats)
-    # A backend limited below every batch asked for is measured at batch 1, its only size.
-    limit = subject.max_batch or max(plan.batches)
-    for batch in [b for b in plan.batches if b <= limit] or [1]:
-        progress.step(f"{result.name}: throughput at batch {batch}")
-        run = functools.partial(subject.query, workload.queries[:batch])
-        timing = result.latency if batch == 1 else subject.timing(run, plan.repeats)
-        result.throughput.append(Throughput.of(batch, timing))
-    for shots in plan.shots if subject.register else ():
-        progress.step(f"{result.name}: registering {shots} prompt images")
-        run = functools.partial(subject.registration, workload.prompts[:shots])
-        result.registration.append(Registration(shots, subject.timing(run, plan.repeats)))
-    return subject
-
-
 def _open(backend: Backend, device: str, source: Path | None, stack) -> Prepare:
     """Load the model or start the engines; a file that will not load is the reason the backend
     is not available, and the other backends still run."""
@@ -249,15 +215,10 @@ def _open(backend: Backend, device: str, source: Path | None, stack) -> Prepare:
 
 
 def bench_backend(
-    backend: Backend,
-    device: str,
-    sources: Sources,
-    workload: Workload,
-    plan: Plan,
-    peak: Peak,
-    progress: Progress,
+    backend: Backend, settings: BenchSettings, sources: Sources, peak: Peak, progress: Progress
 ) -> BackendResult:
     """Open and measure one backend; an unavailable one comes back with the reason."""
+    device = settings.device
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:
         found = problems(backend, device)
@@ -269,7 +230,7 @@ def bench_backend(
         with PeakRss() as rss, contextlib.ExitStack() as stack:
             prepare = _open(backend, device, source, stack)
             result.load_s = time.perf_counter() - began
-            subject = measure(prepare, workload, plan, progress, result)
+            subject = result.measure(prepare, settings, sources.category, progress)
     except Unavailable as err:
         result.reason = str(err)
         progress.done(f"{backend.name}: not available: {err}")

@@ -4,14 +4,14 @@ latency per query against batch size with the speed-ups."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from inctrl_bench.backends import import_problem
+from inctrl_bench.machine import import_problem
 from inctrl_bench.measure import QUERY_STAGES, BackendResult
 from inctrl_bench.suite import SPEEDUP_BASELINES, BenchReport
 from inctrl_runtime.errors import InputError
@@ -34,90 +34,64 @@ def times(value: float | None) -> str:
     return MISSING if value is None else f"{number(value)}x"
 
 
-def _table(title: str, columns: Sequence[str], report: BenchReport, cells: list[Cell]) -> Table:
+def _stage(result: BackendResult, stage: str | None) -> float | None:
+    """A stage's median at batch 1; None: all stages outside the query path, summed."""
+    stages = result.latency.stages_ms
+    others = [ms for name, ms in stages.items() if name not in QUERY_STAGES]
+    return stages.get(stage) if stage else (sum(others) if others else None)
+
+
+def _tables(report: BenchReport) -> list[tuple[str, dict[str, Cell]]]:
+    """The tables: each one's title and columns, header -> the cell of one backend."""
+    batches, shots = report.settings["batches"], report.settings["shots"]
+    latency: dict[str, Cell] = {
+        "p50": lambda r: number(r.latency.p50_ms),
+        "p90": lambda r: number(r.latency.p90_ms),
+        "p99": lambda r: number(r.latency.p99_ms),
+    }
+    for header, stage in zip(("prep", "enc", "head", "other"), (*QUERY_STAGES, None), strict=True):
+        latency[header] = lambda r, s=stage: number(_stage(r, s))
+    throughput: dict[str, Cell] = {
+        f"b={b}": lambda r, b=b: number({t.batch: t.images_per_s for t in r.throughput}.get(b))
+        for b in batches
+    }
+    throughput["GFLOP/s"] = lambda r: number(r.achieved_gflops)
+    throughput["% peak"] = lambda r: number(r.peak_percent)
+    on_gpu = report.settings["device"] == "cuda"
+    memory = "GPU MB" if on_gpu else "RSS MB"
+    throughput[memory] = lambda r: number(r.gpu_peak_mb if on_gpu else r.peak_rss_mb)
+    throughput_title = "Throughput (images/s); GFLOP/s and % of fp32 peak at the largest batch"
+    scopes = sorted({r.peak_rss_scope for r in report.backends if r.peak_rss_scope})
+    if scopes and not on_gpu:
+        throughput_title += f"; RSS MB: {'; '.join(scopes)}"
+    speedup: dict[str, Cell] = {
+        f"{baseline} {label}": lambda r, a=attribute, k=key: times((getattr(r, a) or {}).get(k))
+        for baseline, attribute in SPEEDUP_BASELINES.items()
+        for key, label in (("latency", "latency"), ("throughput", "images/s"))
+    }
+    registration: dict[str, Cell] = {
+        f"k={k}": lambda r, k=k: number({g.shots: g.timing.p50_ms for g in r.registration}.get(k))
+        for k in shots
+    }
+    return [
+        (f"Latency per query, batch 1, k={shots[0]} (ms; stages prep/enc/head: medians)", latency),
+        (throughput_title, throughput),
+        ("Speed-up: latency at batch 1, images/s at each one's largest batch", speedup),
+        ("Registration of k prompts (ms, median)", registration),
+    ]
+
+
+def _table(title: str, columns: dict[str, Cell], report: BenchReport) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
     table.add_column("backend", no_wrap=True)
-    for column in columns:
-        table.add_column(column, justify="right")
+    for header in columns:
+        table.add_column(header, justify="right")
     for result in report.backends:
         if result.available:
-            table.add_row(result.name, *(cell(result) for cell in cells))
+            table.add_row(result.name, *(cell(result) for cell in columns.values()))
         else:
-            table.add_row(result.name, "n/a", *[MISSING] * (len(cells) - 1), style="dim")
+            table.add_row(result.name, "n/a", *[MISSING] * (len(columns) - 1), style="dim")
     return table
-
-
-def _stage(stage: str | None) -> Cell:
-    """The median of a stage at batch 1; None: every stage the query path does not have."""
-
-    def cell(result: BackendResult) -> str:
-        stages = result.latency.stages_ms
-        if stage is not None:
-            return number(stages.get(stage))
-        others = [ms for name, ms in stages.items() if name not in QUERY_STAGES]
-        return number(sum(others)) if others else MISSING
-
-    return cell
-
-
-def _found(values: Callable[[BackendResult], dict], key: object) -> Cell:
-    return lambda result: number(values(result).get(key))
-
-
-def _images_per_s(result: BackendResult) -> dict[int, float]:
-    return {t.batch: t.images_per_s for t in result.throughput}
-
-
-def _registration_ms(result: BackendResult) -> dict[int, float]:
-    return {r.shots: r.timing.p50_ms for r in result.registration}
-
-
-def latency_table(report: BenchReport) -> Table:
-    cells: list[Cell] = [
-        lambda r: number(r.latency.p50_ms),
-        lambda r: number(r.latency.p90_ms),
-        lambda r: number(r.latency.p99_ms),
-        *(_stage(stage) for stage in QUERY_STAGES),
-        _stage(None),
-    ]
-    shots = report.settings["shots"][0]
-    title = f"Latency per query, batch 1, k={shots} (ms; stages prep/enc/head: medians)"
-    return _table(title, ["p50", "p90", "p99", "prep", "enc", "head", "other"], report, cells)
-
-
-def throughput_table(report: BenchReport) -> Table:
-    batches = report.settings["batches"]
-    memory = "GPU MB" if report.settings["device"] == "cuda" else "RSS MB"
-    cells: list[Cell] = [_found(_images_per_s, b) for b in batches]
-    cells += [
-        lambda r: number(r.achieved_gflops),
-        lambda r: number(r.peak_percent),
-        lambda r: number(r.gpu_peak_mb if memory == "GPU MB" else r.peak_rss_mb),
-    ]
-    title = "Throughput (images/s); GFLOP/s and % of fp32 peak at the largest batch"
-    scopes = sorted({r.peak_rss_scope for r in report.backends if r.peak_rss_scope})
-    if memory == "RSS MB" and scopes:
-        title += f"; RSS MB: {'; '.join(scopes)}"
-    columns = [*(f"b={b}" for b in batches), "GFLOP/s", "% peak", memory]
-    return _table(title, columns, report, cells)
-
-
-def speedup_table(report: BenchReport) -> Table:
-    cells: list[Cell] = []
-    columns: list[str] = []
-    for baseline, attribute in SPEEDUP_BASELINES.items():
-        for key, label in (("latency", "latency"), ("throughput", "images/s")):
-            columns.append(f"{baseline} {label}")
-            cells.append(lambda r, a=attribute, k=key: times((getattr(r, a) or {}).get(k)))
-    title = "Speed-up: latency at batch 1, images/s at each one's largest batch"
-    return _table(title, columns, report, cells)
-
-
-def registration_table(report: BenchReport) -> Table:
-    shots = report.settings["shots"]
-    cells = [_found(_registration_ms, k) for k in shots]
-    title = "Registration of k prompts (ms, median)"
-    return _table(title, [f"k={k}" for k in shots], report, cells)
 
 
 def header_lines(report: BenchReport) -> list[str]:
@@ -157,8 +131,8 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
     console = console or Console()
     for line in header_lines(report):
         console.print(line, markup=False, highlight=False)
-    for table in (latency_table, throughput_table, speedup_table, registration_table):
-        console.print(table(report))
+    for title, columns in _tables(report):
+        console.print(_table(title, columns, report))
     lines = [text_prior_line(report)]
     unavailable = [r for r in report.backends if not r.available]
     if unavailable:

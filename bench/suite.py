@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inctrl_bench.backends import check_device, select_backends
+from inctrl_bench.backends import Sources, check_device, select_backends
 from inctrl_bench.flops import flops_record
-from inctrl_bench.machine import Peak, machine_info, measure_peak
-from inctrl_bench.measure import BackendResult, Plan, Workload, bench_backend
-from inctrl_bench.sources import Sources
-from inctrl_bench.timing import Progress, Repeats
+from inctrl_bench.machine import ADAPTIVE_REPEATS, Peak, Progress, machine_info, measure_peak
+from inctrl_bench.measure import BackendResult, bench_backend
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json
 
@@ -52,11 +50,9 @@ class BenchSettings:
         # Sorted once here: the last batch is the largest, the first k the one queries use.
         object.__setattr__(self, "batches", check_sizes(self.batches, "--batch"))
         object.__setattr__(self, "shots", check_sizes(self.shots, "--shots"))
+        check_device(self.device)
         if self.repeats is not None and self.repeats < 1:
             raise InputError(f"--repeats must be at least 1, got {self.repeats}")
-
-    def repeat_policy(self) -> Repeats:
-        return Repeats() if self.repeats is None else Repeats.exactly(self.repeats)
 
     def command_line(self) -> str:
         """The inctrl-bench command that repeats this run."""
@@ -72,7 +68,9 @@ class BenchSettings:
     def to_dict(self) -> dict:
         record = dataclasses.asdict(self)
         record.update({k: str(v) for k, v in record.items() if isinstance(v, Path)})
-        record["repeats"] = self.repeat_policy().describe()
+        fewest, most, seconds = ADAPTIVE_REPEATS
+        adaptive = f"{fewest}-{most} runs, at least {seconds:g} s"
+        record["repeats"] = adaptive if self.repeats is None else f"{self.repeats} runs"
         return record
 
 
@@ -101,7 +99,7 @@ class BenchReport:
             "settings": self.settings,
             "model": self.model,
             "category": self.category,
-            "peak": self.peak.to_dict(),
+            "peak": dataclasses.asdict(self.peak),
             "flops": self.flops(),
             "notes": self.notes,
             "backends": {r.name: r.to_dict() for r in self.backends},
@@ -147,7 +145,6 @@ def run_bench(
     """Measure every selected backend, then write the JSON report and the plot if asked."""
     progress = progress or Progress()
     backends = select_backends(settings.backends)
-    device = check_device(settings.device)
     _check_output(json_file, "--json")
     _check_output(plot_file, "--plot")
     if plot_file is not None:
@@ -164,14 +161,11 @@ def run_bench(
             settings.seed,
             progress,
         )
-        plan = Plan(settings.batches, settings.shots, settings.repeat_policy(), sources.category)
         progress.step("measuring the fp32 matrix-product peak")
         # torch only if loaded anyway: importing it adds ~0.5 GB to every onnxruntime row's RSS.
-        peak = measure_peak(device, any(b.uses_torch for b in backends) or "torch" in sys.modules)
-        workload = Workload.make(max(plan.batches), max(plan.shots), settings.seed)
-        results = [
-            bench_backend(b, device, sources, workload, plan, peak, progress) for b in backends
-        ]
+        with_torch = any(b.uses_torch for b in backends) or "torch" in sys.modules
+        peak = measure_peak(settings.device, with_torch)
+        results = [bench_backend(b, settings, sources, peak, progress) for b in backends]
     add_speedups(results)
     report = BenchReport(
         machine,

@@ -12,10 +12,9 @@ import pytest
 from conftest import run_command
 
 from inctrl import get_config
-from inctrl_bench.backends import CATALOGUE, Unavailable, select_backends
+from inctrl_bench.backends import CATALOGUE, Sources, Unavailable, select_backends
 from inctrl_bench.cli import parse_sizes
 from inctrl_bench.flops import ModelShape, encoder_flops, head_flops, query_flops
-from inctrl_bench.sources import Sources
 from inctrl_bench.suite import BenchSettings, run_bench
 from inctrl_runtime.errors import InputError
 
