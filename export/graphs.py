@@ -91,23 +91,25 @@ def dummy_inputs(
 
 
 class EncoderGraph(nn.Module):
-    """The image tower of an InCTRL model, plus the adapter: what a query or prompt needs once."""
+    """The image tower of an InCTRL model, plus the head's adapter: what a query or prompt needs
+    once (the bundle runs the adapter in the encoder, the rest of the head in its own graph)."""
 
     def __init__(self, model: InCTRL) -> None:
         super().__init__()
         self.model = model
+        self.adapter = model.inctrl_head.adapter
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.encode(image)
-        return features.embedding, self.model.adapter(features.embedding), features.patches
+        return features.embedding, self.adapter(features.embedding), features.patches
 
 
 class HeadGraph(nn.Module):
-    """The residual head on encoded queries, a shared reference bank and a text prior."""
+    """The model's ``InCTRLHead`` on encoded queries, a shared reference bank and a text prior."""
 
     def __init__(self, model: InCTRL) -> None:
         super().__init__()
-        self.model = model
+        self.inctrl_head = model.inctrl_head
 
     def forward(
         self,
@@ -119,7 +121,7 @@ class HeadGraph(nn.Module):
         text_prior: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         features = ImageFeatures(embedding, patches)
-        scores = self.model.residual_scores(
+        scores = self.inctrl_head.residual_scores(
             features, ref_patches, ref_adapted, text_prior, adapted=adapted
         )
         return tuple(scores)

@@ -5,6 +5,7 @@ Weights come only from local files: nothing here downloads.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import open_clip
@@ -69,8 +70,14 @@ def encode_images(
 
 
 def make_tokenizer(config: InCTRLConfig) -> open_clip.SimpleTokenizer:
-    """The CLIP BPE tokenizer (its vocabulary ships inside open_clip; no download)."""
-    return open_clip.SimpleTokenizer(context_length=config.text.context_length)
+    """The CLIP BPE tokenizer (its vocabulary ships inside open_clip; no download), built once
+    per context length."""
+    return _tokenizer(config.text.context_length)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(context_length: int) -> open_clip.SimpleTokenizer:
+    return open_clip.SimpleTokenizer(context_length=context_length)
 
 
 def encode_texts(

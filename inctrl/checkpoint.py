@@ -6,7 +6,8 @@ Three kinds of file:
   ``diff_head.*`` and ``diff_head_ref.*``;
 - open_clip CLIP weights (``.pt``/``.bin`` torch pickle or ``.safetensors``);
 - our checkpoint: one safetensors file whose metadata holds the config and where the backbone
-  comes from.
+  comes from. Its keys are our module's: the backbone under ``clip.``, the head under
+  ``inctrl_head.`` (format 2); format 1 kept the head keys as the authors' (still read).
 """
 
 from __future__ import annotations
@@ -24,17 +25,25 @@ from inctrl.errors import InputError
 from inctrl.files import atomic_path, read_safetensors
 
 CHECKPOINT_KIND = "inctrl.checkpoint"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", FORMAT_VERSION)
 
-# Our module keeps the open_clip model under this attribute; the authors' keys have no prefix.
+# Our module keeps the open_clip model and the InCTRLHead under these attributes; the authors'
+# keys have no prefix: theirs are the backbone's keys and the head's own (AUTHORS_HEAD_PREFIXES).
 BACKBONE_PREFIX = "clip."
-HEAD_PREFIXES = ("adapter.", "diff_head.", "diff_head_ref.")
+HEAD_PREFIX = "inctrl_head."
+AUTHORS_HEAD_PREFIXES = ("adapter.", "diff_head.", "diff_head_ref.")
 # Present in open_clip models and weight files, unused by InCTRL, absent from the authors' files.
 OPTIONAL_KEYS = frozenset({"clip.logit_scale"})
 
 
 def is_head_key(key: str) -> bool:
-    return key.startswith(HEAD_PREFIXES)
+    """Whether a key belongs to the trainable head, in our layout or the authors'."""
+    return key.startswith(HEAD_PREFIX) or _authors_head(key)
+
+
+def _authors_head(key: str) -> bool:
+    return key.startswith(AUTHORS_HEAD_PREFIXES)
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -69,13 +78,36 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def authors_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename authors'/open_clip keys to our module's: backbone keys go under ``clip.``."""
-    return {(k if is_head_key(k) else BACKBONE_PREFIX + k): v for k, v in state.items()}
+    """Rename authors'/open_clip keys to our module's: head keys go under ``inctrl_head.``,
+    backbone keys under ``clip.``."""
+    return {(HEAD_PREFIX if _authors_head(k) else BACKBONE_PREFIX) + k: v for k, v in state.items()}
 
 
 def ours_to_authors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`authors_to_ours`, without the keys the authors' files lack."""
-    return {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k not in OPTIONAL_KEYS}
+    return {
+        k.removeprefix(HEAD_PREFIX).removeprefix(BACKBONE_PREFIX): v
+        for k, v in state.items()
+        if k not in OPTIONAL_KEYS
+    }
+
+
+def our_layout(
+    state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: str | os.PathLike
+) -> dict[str, torch.Tensor]:
+    """The tensors of a file (as ``read_state_dict`` gives them) under our module's keys: from
+    the authors' layout, from our format 1 (head keys as the authors') or our current format."""
+    if metadata.get("kind") != CHECKPOINT_KIND:
+        return authors_to_ours(state)
+    version = metadata.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise InputError(
+            f"{path}: checkpoint format {version}, but this inctrl reads formats "
+            f"{', '.join(READABLE_VERSIONS)}; use the inctrl version that wrote it"
+        )
+    if version == "1":
+        return {(HEAD_PREFIX + k if _authors_head(k) else k): v for k, v in state.items()}
+    return dict(state)
 
 
 def _preview(keys: Iterable[str], limit: int = 4) -> str:

@@ -1,15 +1,15 @@
-"""The InCTRL model: a frozen open_clip backbone, an adapter and two residual heads.
+"""The InCTRL model: a frozen open_clip backbone and the trainable ``InCTRLHead`` (an adapter
+and two residual heads).
 
 Scoring is split as in DESIGN.md: the image encoder runs once per image; a category's
 ``TextPrior`` and a prompt set's ``ReferenceBank`` are values computed once and passed in; the
-head is the pure arithmetic of ``inctrl.residual``.
+head is ``InCTRLHead`` on the pure arithmetic of ``inctrl.residual``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -19,20 +19,20 @@ import torch
 from torch import nn
 
 from inctrl import residual
-from inctrl.backbone import ImageFeatures, build_clip, encode_images, encode_texts
+from inctrl.backbone import ImageFeatures, build_clip, encode_images, encode_texts, make_tokenizer
 from inctrl.checkpoint import (
     BACKBONE_PREFIX,
     CHECKPOINT_KIND,
-    authors_to_ours,
     check_state,
     is_head_key,
+    our_layout,
     read_state_dict,
     save_checkpoint,
 )
 from inctrl.config import PRESETS, InCTRLConfig, get_config
 from inctrl.errors import InputError
 from inctrl.files import file_sha256
-from inctrl.heads import Adapter, ResidualHead
+from inctrl.heads import InCTRLHead
 from inctrl.residual import Scores
 from inctrl.state import ReferenceBank, TextPrior
 from inctrl.text import prompt_ensemble
@@ -49,12 +49,8 @@ Images = Sequence[ImageSource] | torch.Tensor
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(context_length: int) -> open_clip.SimpleTokenizer:
-    return open_clip.SimpleTokenizer(context_length=context_length)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device asked for, refused in one line if it is CUDA and torch sees no GPU."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
@@ -68,9 +64,7 @@ class InCTRL(nn.Module):
         super().__init__()
         self.config = config
         self.clip = clip if clip is not None else build_clip(config)
-        self.adapter = Adapter(config.embed_dim, config.head.adapter_reduction)
-        self.diff_head = ResidualHead(config.vision.num_patches, config.head.hidden)
-        self.diff_head_ref = ResidualHead(config.embed_dim, config.head.hidden)
+        self.inctrl_head = InCTRLHead(config)
         self.clip.requires_grad_(False)
         self.precision = "fp32"
         # On the CPU, bf16 runs a bf16 copy of the image tower (_cpu_bf16_visual); kept out of
@@ -98,10 +92,10 @@ class InCTRL(nn.Module):
         (the open_clip weights file) when it is a file.
         """
         state, metadata = read_state_dict(path)
+        ours = our_layout(state, metadata, path)
         if metadata.get("kind") == CHECKPOINT_KIND:
-            model = cls._from_our_checkpoint(path, state, metadata, clip_weights)
+            model = cls._from_our_checkpoint(path, ours, metadata, clip_weights)
         else:
-            ours = authors_to_ours(state)
             model = cls(_infer_config(ours, path))
             model._load_checked(ours, str(path))
             model.backbone_origin = "included"
@@ -148,8 +142,10 @@ class InCTRL(nn.Module):
         model = cls(get_config(preset))
         model.load_clip_weights(clip_weights)
         if heads is not None:
-            state, _ = read_state_dict(heads)
-            head_state = {k: v for k, v in state.items() if is_head_key(k)}
+            state, metadata = read_state_dict(heads)
+            head_state = {
+                k: v for k, v in our_layout(state, metadata, heads).items() if is_head_key(k)
+            }
             expected = {k: v for k, v in model.state_dict().items() if is_head_key(k)}
             check_state(expected, head_state, str(heads), "the InCTRL heads")
             model.load_state_dict(head_state, strict=False)
@@ -187,7 +183,7 @@ class InCTRL(nn.Module):
     def to_device(self, device: str | torch.device = "cpu", precision: str = "fp32") -> InCTRL:
         """Move to a device and pick the image encoder precision: fp16/bf16 run under autocast,
         except bf16 on the CPU, which runs a bf16 copy of the (frozen) image tower."""
-        device = _resolve_device(device)
+        device = resolve_device(device)
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
         if precision == "fp16" and device.type != "cuda":
@@ -202,7 +198,7 @@ class InCTRL(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.adapter.fc[0].weight.device
+        return self.inctrl_head.adapter.fc[0].weight.device
 
     # ----------------------------------------------------------------------- the model proper
     @contextlib.contextmanager
@@ -242,37 +238,8 @@ class InCTRL(nn.Module):
 
     def head(self, features: ImageFeatures, bank: ReferenceBank, prior: TextPrior) -> Scores:
         """Score encoded queries against a reference bank and a text prior."""
-        return self.residual_scores(features, bank.patches, bank.adapted_mean, prior.matrix())
-
-    def residual_scores(
-        self,
-        features: ImageFeatures,
-        ref_patches: torch.Tensor,
-        ref_adapted: torch.Tensor,
-        text_prior: torch.Tensor,
-        adapted: torch.Tensor | None = None,
-    ) -> Scores:
-        """The head on tensors: ``ref_patches`` L x N x D, ``ref_adapted`` E and ``text_prior``
-        2 x E shared by the batch, or B x L x N x D, B x E and B x 2 x E, one per query.
-
-        ``adapted`` (B x E, the adapter on the embeddings) is computed here unless given, as the
-        exported encoder gives it."""
-        if adapted is None:
-            adapted = self.adapter(features.embedding)
-        patch_map = residual.patch_residual_map(features.patches, ref_patches)
-        image_score = self.diff_head_ref(residual.image_residual(adapted, ref_adapted))
-        text_score = residual.text_anomaly_score(
-            features.embedding, text_prior, self.config.head.text_temperature
-        )
-        holistic = self.diff_head(residual.holistic_map(patch_map, text_score, image_score))
-        max_patch = patch_map.amax(dim=1)
-        return Scores(
-            score=residual.final_score(holistic, max_patch),
-            holistic_score=holistic,
-            image_residual_score=image_score,
-            text_score=text_score,
-            max_patch_residual=max_patch,
-            patch_residual_map=patch_map,
+        return self.inctrl_head.residual_scores(
+            features, bank.patches, bank.adapted_mean, prior.matrix()
         )
 
     def forward(self, pixels: torch.Tensor, bank: ReferenceBank, prior: TextPrior) -> Scores:
@@ -288,15 +255,16 @@ class InCTRL(nn.Module):
         features = [self.encode(chunk) for chunk in pixels.split(batch_size)]
         embedding = torch.cat([f.embedding for f in features])
         patches = torch.cat([f.patches for f in features])  # k x L x P x D
-        shots, layers, _, width = patches.shape
+        patches, adapted_mean = self.inctrl_head.reference(ImageFeatures(embedding, patches))
+        shots = len(pixels)
         sources = (
             tuple(f"<tensor {i}>" for i in range(shots))
             if isinstance(prompt_images, torch.Tensor)
             else tuple(describe(s) for s in prompt_images)
         )
         return ReferenceBank(
-            patches=patches.transpose(0, 1).reshape(layers, -1, width).contiguous(),
-            adapted_mean=self.adapter(embedding).mean(dim=0),
+            patches=patches.contiguous(),
+            adapted_mean=adapted_mean,
             shots=shots,
             sources=sources,
             digests=tuple(pixel_digest(p) for p in pixels.cpu().numpy()),
@@ -308,7 +276,7 @@ class InCTRL(nn.Module):
         if not category or not category.strip():
             raise InputError("empty category name")
         normal_texts, anomaly_texts = prompt_ensemble(category)
-        tokenizer = _tokenizer(self.config.text.context_length)
+        tokenizer = make_tokenizer(self.config)
         with self._encoder_precision():
             embeddings = encode_texts(self.clip, tokenizer, normal_texts + anomaly_texts).float()
         normal, anomaly = embeddings.split([len(normal_texts), len(anomaly_texts)])

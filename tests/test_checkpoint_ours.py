@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 
 import open_clip
 import pytest
@@ -21,10 +22,12 @@ from conftest import (
     scores_of,
 )
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from inctrl import InCTRL, InputError, get_config
-from inctrl.checkpoint import is_head_key
-from inctrl.files import file_sha256
+from inctrl.checkpoint import CHECKPOINT_KIND, FORMAT_VERSION, HEAD_PREFIX, is_head_key
+from inctrl.files import read_safetensors
+from inctrl_runtime.files import file_sha256
 
 
 # ------------------------------------------------------------------ our safetensors format
@@ -86,6 +89,66 @@ def test_from_clip_weights_with_our_heads_file(
     loaded = InCTRL.from_clip_weights(clip_file, heads=heads, preset="tiny")
     assert_same_state(loaded, tiny)
     assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
+
+
+def save_format_1(path, model: InCTRL, include_backbone: bool = True) -> None:
+    """What our format 1 wrote: the head's keys as the authors' (``adapter.*``, ...)."""
+    state = {k.removeprefix(HEAD_PREFIX): v for k, v in model.state_dict().items()}
+    if not include_backbone:
+        state = {k: v for k, v in state.items() if is_head_key(k)}
+    metadata = {
+        "kind": CHECKPOINT_KIND,
+        "format_version": "1",
+        "config": json.dumps(model.config.to_dict()),
+        "backbone": "included" if include_backbone else model.backbone_origin,
+    }
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+
+
+@pytest.mark.unit
+def test_format_1_checkpoint_loads_and_scores_identically(
+    tmp_path, tiny, tiny_scores, prompts_and_queries
+):
+    path = tmp_path / "tiny_format_1.safetensors"
+    save_format_1(path, tiny)
+    with safe_open(str(path), framework="pt") as handle:
+        assert "adapter.fc.0.weight" in handle.keys()  # noqa: SIM118
+    loaded = InCTRL.from_checkpoint(path)
+    assert_same_state(loaded, tiny)
+    assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
+    again = tmp_path / "tiny_again.safetensors"
+    loaded.save(again)  # written in the current format
+    with safe_open(str(again), framework="pt") as handle:
+        assert handle.metadata()["format_version"] == FORMAT_VERSION != "1"
+        assert set(handle.keys()) == set(tiny.state_dict())
+    assert_same_scores(scores_of(InCTRL.from_checkpoint(again), *prompts_and_queries), tiny_scores)
+
+
+@pytest.mark.unit
+def test_format_1_heads_file_loads_with_clip_weights(
+    tmp_path, clip_file, tiny, tiny_scores, prompts_and_queries
+):
+    model = InCTRL.from_clip_weights(clip_file, preset="tiny")
+    model.inctrl_head.load_state_dict(tiny.inctrl_head.state_dict())
+    path = tmp_path / "heads_format_1.safetensors"
+    save_format_1(path, model, include_backbone=False)
+    for loaded in (
+        InCTRL.from_checkpoint(path, clip_weights=clip_file),
+        InCTRL.from_clip_weights(clip_file, heads=path, preset="tiny"),
+    ):
+        assert_same_state(loaded, tiny)
+        assert_same_scores(scores_of(loaded, *prompts_and_queries), tiny_scores)
+
+
+@pytest.mark.unit
+def test_checkpoint_of_an_unknown_format_is_refused_in_one_line(tmp_path, tiny):
+    path = tmp_path / "future.safetensors"
+    tiny.save(path)
+    tensors, metadata = read_safetensors(path)
+    save_file(tensors, str(path), metadata={**metadata, "format_version": "99"})
+    with pytest.raises(InputError, match="checkpoint format 99") as info:
+        InCTRL.from_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.unit

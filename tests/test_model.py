@@ -43,8 +43,9 @@ def naive_score(model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], cat
 
         embedding = out["image_features"][0]
         prompt_embeddings = prompt_out["image_features"]
-        adapted_prompts = torch.stack([model.adapter(e) for e in prompt_embeddings]).mean(dim=0)
-        image_score = model.diff_head_ref((adapted_prompts - model.adapter(embedding))[None])[0]
+        head = model.inctrl_head
+        adapted_prompts = torch.stack([head.adapter(e) for e in prompt_embeddings]).mean(dim=0)
+        image_score = head.diff_head_ref((adapted_prompts - head.adapter(embedding))[None])[0]
 
         tokenizer = make_tokenizer(model.config)
         normal, anomaly = prompt_ensemble(category)
@@ -58,7 +59,7 @@ def naive_score(model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], cat
         logit_n, logit_a = 100 * float(v @ t_n), 100 * float(v @ t_a)
         text_score = 1.0 / (1.0 + math.exp(logit_n - logit_a))
 
-        holistic = model.diff_head((text_score + image_score + patch_map)[None])[0]
+        holistic = head.diff_head((text_score + image_score + patch_map)[None])[0]
         return {
             "score": float((holistic + max_patch) / 2),
             "holistic_score": float(holistic),

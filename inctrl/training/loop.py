@@ -1,8 +1,9 @@
 """The training loop: one process, or one rank of a ``torchrun`` job (DistributedDataParallel).
 
 Under torchrun (WORLD_SIZE > 1) each process joins the group (gloo on CPU, nccl on CUDA), draws
-its own batches (seed + rank) of ``batch_size // world_size`` queries and runs the trainable
-parts through DDP, which averages their gradients; only rank 0 writes files and shows progress.
+its own batches (seed + rank) of ``batch_size // world_size`` queries and runs the model's
+``InCTRLHead`` (all that trains) through DDP, which averages its gradients; only rank 0 writes
+files and shows progress.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from rich.progress import (
     TimeElapsedColumn,
     track,
 )
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from inctrl.backbone import ImageFeatures
@@ -35,8 +35,7 @@ from inctrl.config import get_config
 from inctrl.data import load_samples
 from inctrl.errors import InputError
 from inctrl.files import atomic_path
-from inctrl.model import InCTRL
-from inctrl.residual import Scores
+from inctrl.model import InCTRL, resolve_device
 from inctrl.training.config import TrainConfig
 from inctrl.training.loss import focal_loss
 from inctrl.training.sampling import BalancedSampler, TrainingSet, training_set
@@ -82,44 +81,14 @@ class FeatureStore:
         return ImageFeatures(features.embedding[indices], features.patches[indices])
 
 
-class TrainableParts(nn.Module):
-    """The adapter and both heads of a model (the same modules): all that trains, and what
-    DistributedDataParallel wraps. ``forward`` is the InCTRL head for queries that each have
-    their own prompts."""
-
-    def __init__(self, model: InCTRL) -> None:
-        super().__init__()
-        self.adapter = model.adapter
-        self.diff_head = model.diff_head
-        self.diff_head_ref = model.diff_head_ref
-        # bn1 is never applied (SPEC.md): frozen, since DDP wants a gradient for every parameter.
-        for head in (self.diff_head, self.diff_head_ref):
-            head.bn1.requires_grad_(False)
-        self._residual_scores = model.residual_scores  # a method: the backbone stays out of DDP
-
-    def forward(
-        self, query: ImageFeatures, prompts: ImageFeatures, text_prior: torch.Tensor
-    ) -> Scores:
-        """``query``: B x E, B x L x P x D; ``prompts``: B x k x E, B x k x L x P x D;
-        ``text_prior``: B x 2 x E."""
-        batch, shots, layers, patches, width = prompts.patches.shape
-        ref_patches = prompts.patches.transpose(1, 2).reshape(batch, layers, shots * patches, width)
-        ref_adapted = self.adapter(prompts.embedding).mean(dim=1)
-        return self._residual_scores(query, ref_patches, ref_adapted, text_prior)
-
-
 @contextlib.contextmanager
 def _distributed(device: str) -> Iterator[tuple[int, int, torch.device]]:
     """Rank, world size and device; under torchrun, inside a process group."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         yield 0, 1, torch.device(device)
         return
-    chosen = torch.device(device)
+    chosen = resolve_device(device)
     if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(
-                "device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu"
-            )
         chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(chosen)
     owned = not dist.is_initialized()
@@ -191,8 +160,8 @@ class _Trainer:
         self.epoch = self.step = 0
         self.window: list[torch.Tensor] = []  # loss terms since the last steps line
         self.model = _start_model(**start, seed=config.seed, device=device).eval()
-        self.parts = TrainableParts(self.model)
-        trainable = [p for p in self.parts.parameters() if p.requires_grad]
+        self.inctrl_head = self.model.inctrl_head  # all that trains: the backbone stays out of DDP
+        trainable = [p for p in self.inctrl_head.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
@@ -208,10 +177,10 @@ class _Trainer:
         self.store = FeatureStore(self.model, data.images, cache_limit_bytes, console)
         self.priors = torch.stack([self.model.text_prior(c).matrix() for c in data.categories])
         if world == 1:
-            self.head = self.parts
+            self.head = self.inctrl_head
         else:
             cuda = [device.index] if device.type == "cuda" else None
-            self.head = DistributedDataParallel(self.parts, device_ids=cuda)
+            self.head = DistributedDataParallel(self.inctrl_head, device_ids=cuda)
         self.head.train()
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +188,7 @@ class _Trainer:
     def resume(self, path: Path) -> None:
         self.epoch, self.step = load_train_state(
             path,
-            self.parts,
+            self.inctrl_head,
             self.optimizer,
             self.sampler,
             self.rank,
@@ -292,7 +261,7 @@ class _Trainer:
             shutil.copyfile(epoch_file, tmp)
         save_train_state(
             self.run_dir / STATE_FILE,
-            self.parts,
+            self.inctrl_head,
             self.optimizer,
             samplers,
             self.epoch,

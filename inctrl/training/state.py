@@ -1,11 +1,11 @@
 """``train_state.safetensors``: everything a run needs to resume as if never stopped.
 
-Tensors: the trainable parts (``model.*``, BatchNorm statistics included), the optimizer state
-flattened (``optimizer.<param>.<name>``), each process's sampler (``rng.python.<rank>``, the
-Mersenne Twister words as bytes, and ``sampler.<rank>.<target>``, the rest of the current pass)
-and the global numpy and torch RNG states (``rng.numpy``, ``rng.torch``; uint8). Metadata (JSON
-strings): epoch, global step, TrainConfig, start model, world size, the optimizer's param groups
-and state layout, the small parts of the RNG states. No pickle.
+Tensors: the trained ``InCTRLHead`` (``model.*``, BatchNorm statistics included), the optimizer
+state flattened (``optimizer.<param>.<name>``), each process's sampler (``rng.python.<rank>``,
+the Mersenne Twister words as bytes, and ``sampler.<rank>.<target>``, the rest of the current
+pass) and the global numpy and torch RNG states (``rng.numpy``, ``rng.torch``; uint8).
+Metadata (JSON strings): epoch, global step, TrainConfig, start model, world size, the
+optimizer's param groups and state layout, the small parts of the RNG states. No pickle.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _as_words(tensor: torch.Tensor) -> np.ndarray:
 
 def save_train_state(
     path: Path,
-    parts: nn.Module,
+    head: nn.Module,
     optimizer: torch.optim.Optimizer,
     samplers: list[tuple],
     epoch: int,
@@ -49,7 +49,7 @@ def save_train_state(
     origin: dict,
 ) -> None:
     """Write the state atomically; ``samplers`` holds ``BalancedSampler.state()`` per rank."""
-    tensors = {MODEL_PREFIX + k: v for k, v in parts.state_dict().items()}
+    tensors = {MODEL_PREFIX + k: v for k, v in head.state_dict().items()}
     optim = optimizer.state_dict()
     layout = {"param_groups": optim["param_groups"], "state": {}}
     for index, entries in optim["state"].items():
@@ -81,7 +81,7 @@ def save_train_state(
 
 def load_train_state(
     path: Path,
-    parts: nn.Module,
+    head: nn.Module,
     optimizer: torch.optim.Optimizer,
     sampler: BalancedSampler,
     rank: int,
@@ -90,7 +90,7 @@ def load_train_state(
     origin: dict,
 ) -> tuple[int, int]:
     """Restore a state written for the same run (settings, start model, process count; only
-    ``epochs`` may grow) into ``parts``, ``optimizer``, ``sampler`` and the global RNGs.
+    ``epochs`` may grow) into ``head``, ``optimizer``, ``sampler`` and the global RNGs.
 
     Returns the epoch and global step it was saved at.
     """
@@ -113,7 +113,7 @@ def load_train_state(
     model = {
         k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)
     }
-    parts.load_state_dict(model)
+    head.load_state_dict(model)
     layout = json.loads(meta["optimizer"])
     state = {
         int(index): {name: tensors[f"optimizer.{index}.{name}"] for name in names}
