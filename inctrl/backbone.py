@@ -5,13 +5,14 @@ Weights come only from local files: nothing here downloads.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
 import open_clip
 import torch
 
-from inctrl.config import InCTRLConfig
+from inctrl.config import InCTRLConfig, TextConfig, VisionConfig
 from inctrl.residual import unit
 
 
@@ -28,28 +29,20 @@ def build_clip(config: InCTRLConfig) -> open_clip.CLIP:
     Presets with a ``backbone_seed`` are initialized from that seed, so the same preset always
     gives the same backbone.
     """
-    vision = config.vision
-    text = config.text
-    vision_cfg = open_clip.CLIPVisionCfg(
-        layers=vision.layers,
-        width=vision.width,
-        head_width=vision.head_width,
-        mlp_ratio=vision.mlp_ratio,
-        patch_size=vision.patch_size,
-        image_size=vision.image_size,
-    )
-    text_cfg = open_clip.CLIPTextCfg(
-        context_length=text.context_length,
-        vocab_size=text.vocab_size,
-        width=text.width,
-        heads=text.heads,
-        layers=text.layers,
-    )
+    vision_cfg = _open_clip_cfg(open_clip.CLIPVisionCfg, config.vision)
+    text_cfg = _open_clip_cfg(open_clip.CLIPTextCfg, config.text)
     if config.backbone_seed is None:
         return open_clip.CLIP(config.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.backbone_seed)
         return open_clip.CLIP(config.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+
+
+def _open_clip_cfg(cfg_class: type, ours: VisionConfig | TextConfig):
+    """open_clip's tower config from ours, whose fields carry open_clip's names (``tapped_blocks``,
+    ours alone, stays out); open_clip's other fields keep their defaults."""
+    theirs = {f.name for f in dataclasses.fields(cfg_class)}
+    return cfg_class(**{k: v for k, v in dataclasses.asdict(ours).items() if k in theirs})
 
 
 def encode_images(
