@@ -51,12 +51,12 @@ CATALOGUE = (
 
 
 def select_backends(patterns: Sequence[str]) -> list[Backend]:
-    """The backends named by exact name or prefix (``onnxruntime`` selects all its variants),
-    in catalogue order; all of them when no pattern is given."""
+    """The backends named by exact name or prefix (``onnxruntime`` selects all its variants;
+    a pattern may be a comma-separated list), in catalogue order; all when none is given."""
     if not patterns:
         return list(CATALOGUE)
     names, chosen = [b.name for b in CATALOGUE], set()
-    for pattern in patterns:
+    for pattern in (part.strip() for value in patterns for part in value.split(",")):
         matches = {name for name in names if name.startswith(pattern)}
         if not pattern or not matches:
             raise InputError(

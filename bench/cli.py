@@ -31,11 +31,6 @@ def parse_sizes(text: str, option: str) -> tuple[int, ...]:
     return check_sizes(sizes, option)
 
 
-def backend_patterns(values: Sequence[str]) -> tuple[str, ...]:
-    """--backend may repeat and may hold a comma-separated list."""
-    return tuple(name.strip() for value in values for name in value.split(","))
-
-
 @app.command()
 def bench(
     bundle: Path = typer.Argument(
@@ -108,7 +103,7 @@ def bench(
         bundle=bundle,
         checkpoint=checkpoint,
         preset=preset,
-        backends=backend_patterns(backend or []),
+        backends=tuple(backend or ()),
         batches=parse_sizes(batch, "--batch"),
         shots=parse_sizes(shots, "--shots"),
         device=device,

@@ -38,23 +38,21 @@ def import_problem(*modules: str) -> str | None:
     return None
 
 
-def cpu_model() -> str:
+def _cpu_model() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo), else what platform knows."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError, IndexError), open("/proc/cpuinfo") as handle:
+        names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        return names[0]
     return platform.processor() or platform.machine()
 
 
-def gpu_names() -> list[str]:
-    """GPUs nvidia-smi lists (empty without one); no torch needed."""
+def _gpu_names() -> list[str]:
+    """GPUs nvidia-smi lists (none without one); no torch needed."""
     command = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         listing = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+        return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+    return []
 
 
 def machine_info(command: str) -> dict:
@@ -64,9 +62,9 @@ def machine_info(command: str) -> dict:
     versions |= {name: installed.get(name) for name in LIBRARIES}
     versions["onnxruntime"] = versions["onnxruntime"] or installed.get("onnxruntime-gpu")
     return {
-        "cpu": cpu_model(),
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "gpu": gpu_names(),
+        "gpu": _gpu_names(),
         "os": platform.platform(),
         # Other work on the machine makes timings noisy: the 1-minute load when the run began.
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

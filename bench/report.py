@@ -11,10 +11,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from inctrl_bench.machine import import_problem
 from inctrl_bench.measure import QUERY_STAGES, BackendResult
 from inctrl_bench.suite import SPEEDUP_BASELINES, BenchReport
-from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import atomic_path
 
 MISSING = "-"
@@ -111,41 +109,27 @@ def header_lines(report: BenchReport) -> list[str]:
         heads = ", ".join(f"k={k} {v / 1e9:.3g}" for k, v in flops["head_per_query"].items())
         encoder = flops["encoder_per_image"]["total"] / 1e9
         lines.append(f"GFLOP ({name}): encoder {encoder:.3g} per image; head {heads} per query")
+    priors = [
+        f"{r.name} {number(r.text_prior_ms['ours'])} / {number(r.text_prior_ms['authors'])}"
+        for r in report.backends
+        if r.text_prior_ms
+    ]
+    if priors:
+        lines.append(
+            f"text prior, once (ms, ours / the authors' full context): {', '.join(priors)}"
+        )
     return lines + [f"note: {note}" for note in report.notes]
 
 
-def text_prior_line(report: BenchReport) -> str | None:
-    """The one-time cost of the category's text prior on each torch backend."""
-    rows = [r for r in report.backends if r.text_prior_ms]
-    if not rows:
-        return None
-    each = ", ".join(
-        f"{r.name} {number(r.text_prior_ms['ours'])} / {number(r.text_prior_ms['authors'])}"
-        for r in rows
-    )
-    return f"Text prior, once per category (ms, ours / the authors' full context): {each}"
-
-
 def print_report(report: BenchReport, console: Console | None = None) -> None:
-    """The tables, the text prior's cost, then why each unavailable backend is so."""
+    """The header lines, the tables, then why each unavailable backend is so."""
     console = console or Console()
-    for line in header_lines(report):
-        console.print(line, markup=False, highlight=False)
-    for title, columns in _tables(report):
-        console.print(_table(title, columns, report))
-    lines = [text_prior_line(report)]
+    lines = [*header_lines(report), *(_table(t, c, report) for t, c in _tables(report))]
     unavailable = [r for r in report.backends if not r.available]
     if unavailable:
         lines += ["Not available:", *(f"  {r.name}: {r.reason}" for r in unavailable)]
-    for line in filter(None, lines):
+    for line in lines:
         console.print(line, markup=False, highlight=False)
-
-
-def check_plotting() -> None:
-    """Refuse --plot before a long run when matplotlib is missing."""
-    problem = import_problem("matplotlib")
-    if problem is not None:
-        raise InputError(f"--plot needs matplotlib ({problem}): install inctrl[torch] or drop it")
 
 
 def _latency_axis(axis, report: BenchReport) -> None:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from inctrl_bench.backends import Sources, check_device, select_backends
 from inctrl_bench.flops import flops_record
-from inctrl_bench.machine import ADAPTIVE_REPEATS, Peak, Progress, machine_info, measure_peak
+from inctrl_bench.machine import (
+    ADAPTIVE_REPEATS,
+    Peak,
+    Progress,
+    import_problem,
+    machine_info,
+    measure_peak,
+)
 from inctrl_bench.measure import BackendResult, bench_backend
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json
@@ -147,10 +154,9 @@ def run_bench(
     backends = select_backends(settings.backends)
     _check_output(json_file, "--json")
     _check_output(plot_file, "--plot")
-    if plot_file is not None:
-        from inctrl_bench.report import check_plotting
-
-        check_plotting()
+    problem = import_problem("matplotlib") if plot_file is not None else None
+    if problem is not None:
+        raise InputError(f"--plot needs matplotlib ({problem}): install inctrl[torch] or drop it")
     machine = machine_info(settings.command_line())
     with tempfile.TemporaryDirectory(prefix="inctrl-bench-") as workdir:
         sources = Sources(

@@ -60,7 +60,7 @@ def open_torch(backend: Backend, checkpoint: Path | None, device: str) -> Iterat
 
     def prepare(prompts: Images, category: str) -> Subject:
         state = {"bank": model.reference(prompts)}
-        # The one-time cost of a category's text prior, our way and the authors'.
+        make_tokenizer(model.config)  # built once per process, not a cost of each text prior
         text_prior_ms = {
             "ours": _once_ms(sync, lambda: state.update(prior=model.text_prior(category))),
             "authors": _once_ms(sync, lambda: authors_text_prior(model, category)),
