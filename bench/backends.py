@@ -108,15 +108,11 @@ def problems(backend: Backend, device: str) -> list[str]:
 
 
 class Sources:
-    """What each backend runs: the torch backends' checkpoint and a bundle of each precision
-    for the runtime ones, made on demand (torch only then) in ``workdir``.
-
-    With a BUNDLE, the runtime backends of its precision use it as it is; the torch rows load
-    ``--checkpoint`` (checked against the sha256 the bundle records), the embedded demo for a
-    demo bundle, or else are unavailable: a bundle names its source by file name only. Without
-    one, the torch side loads ``--checkpoint``, the seeded ``--preset`` model or the embedded
-    demo, and bundles are exported from the same file.
-    """
+    """What each backend runs, made on demand (torch only then) in ``workdir``: the torch
+    rows load ``--checkpoint``, the seeded ``--preset`` model or the embedded demo, and the
+    runtime rows a bundle of each precision exported from it. A given BUNDLE serves its own
+    precision; it names its source by file name only, so the torch rows then need
+    ``--checkpoint`` (checked against its sha256) unless it is a demo bundle."""
 
     def __init__(
         self,

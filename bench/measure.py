@@ -1,10 +1,7 @@
-"""Measure one backend: load, latency at batch 1, throughput per batch size, stages, prompt
-registration per k, memory, and the arithmetic rate it reached.
-
-Each measurement is a warm-up run, then timed runs (``--repeats``) on seeded random camera
-frames, preprocessed as part of the time. A backend is measured as a ``Subject``: the runtime's
-``Detector`` (here) or the PyTorch model (``torch_side``), seen through the same few calls.
-"""
+"""Measure one backend (load, latency at batch 1 and its stages, throughput per batch size,
+registration per k, memory, arithmetic rate) as a ``Subject``: the runtime's ``Detector`` or the
+PyTorch model (``torch_side``) seen through the same calls. Each measurement is a warm-up run,
+then timed runs on seeded random camera frames, preprocessed as part of the time."""
 
 from __future__ import annotations
 

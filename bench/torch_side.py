@@ -42,14 +42,10 @@ def _once_ms(sync: Callable[[], object], compute: Callable[[], object]) -> float
 
 @contextlib.contextmanager
 def open_torch(backend: Backend, checkpoint: Path | None, device: str) -> Iterator[Prepare]:
-    """Load the checkpoint (None: the embedded demo) at the backend's precision; what follows
-    runs under inference mode.
-
-    ``authors`` is the authors' cost model built from our modules: every query encodes its k
-    prompt images and the category's text prompts (full context) again; batch 1 only, as
-    theirs is right only there. A lower bound on their time: their head's Python loops over
-    patches are not copied.
-    """
+    """Load the checkpoint (None: the embedded demo) at the backend's precision, and measure
+    under inference mode. ``authors`` is the authors' cost model built from our modules: every
+    query encodes its k prompts and the text prompts (full context) again, batch 1 only (theirs
+    is right only there); a lower bound, as their head's loops over patches are not copied."""
     on_gpu = device == "cuda"
     if on_gpu:
         # The GPU peak covers the window of the RSS peak: loading and the measurements.

@@ -4,7 +4,6 @@ backend on the tiny model, one-line errors, and a bench of a bundle with torch u
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -112,10 +111,8 @@ def test_sources_of_a_given_bundle(tiny_checkpoint: Path, tiny_bundle: Path, tmp
     ],
 )
 def test_torch_rows_of_a_bundle_need_its_checkpoint(
-    source: dict, reason: str | None, tiny_bundle: Path, tmp_path
+    source: dict, reason: str | None, bundle: Path, tmp_path
 ) -> None:
-    bundle = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     (bundle / "manifest.json").write_text(json.dumps({**manifest, "source": source}))
     sources = Sources(tmp_path, bundle=bundle)
