@@ -100,17 +100,9 @@ class BenchReport:
         return {name: flops_record(shape, self.settings["shots"]) for name, shape in shapes.items()}
 
     def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA,
-            "machine": self.machine,
-            "settings": self.settings,
-            "model": self.model,
-            "category": self.category,
-            "peak": dataclasses.asdict(self.peak),
-            "flops": self.flops(),
-            "notes": self.notes,
-            "backends": {r.name: r.to_dict() for r in self.backends},
-        }
+        record = {"schema": SCHEMA, **dataclasses.asdict(self), "flops": self.flops()}
+        record["backends"] = {r.name: r.to_dict() for r in self.backends}
+        return record
 
 
 def add_speedups(results: list[BackendResult]) -> None:
