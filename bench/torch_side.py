@@ -12,7 +12,7 @@ import torch
 
 from inctrl import InCTRL, get_config
 from inctrl.backbone import make_tokenizer
-from inctrl.demo import load_model
+from inctrl.loading import load_model
 from inctrl.state import TextPrior
 from inctrl.text import prompt_ensemble
 from inctrl_bench.backends import Backend

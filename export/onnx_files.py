@@ -15,8 +15,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from inctrl.errors import InputError
 from inctrl_export.graphs import GraphSpec, dummy_inputs
+from inctrl_runtime.errors import InputError
 
 MIN_OPSET = 17  # LayerNormalization as one op
 # Tracing inputs: batch 2 and k = 2. The self-check uses other sizes (see parity.py).

@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 
 from inctrl.data import is_category_folder, scan_category
-from inctrl.demo import load_model, resolve_checkpoint
-from inctrl.errors import InputError
+from inctrl.loading import load_model, resolve_checkpoint
 from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
 from inctrl_runtime.console import require_files
 from inctrl_runtime.detector import Detector
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import choose_prompts, list_images, prompt_generator
 from inctrl_runtime.files import file_sha256
 

@@ -1,4 +1,5 @@
-"""inctrl: InCTRL few-shot anomaly detection on open_clip, exact, batched and fast.
+"""Import name inctrl, folder inctrl/: InCTRL few-shot anomaly detection on open_clip, exact,
+batched and fast.
 
     model = inctrl.InCTRL.from_checkpoint("inctrl_k2.pyth")
     bank = model.reference(["good_1.png", "good_2.png"])
@@ -23,7 +24,7 @@ _EXPORTS = {
     "TextConfig": "inctrl.config",
     "VisionConfig": "inctrl.config",
     "get_config": "inctrl.config",
-    "InputError": "inctrl.errors",
+    "InputError": "inctrl_runtime.errors",
     "ImageFeatures": "inctrl.backbone",
     "InCTRL": "inctrl.model",
     "Scores": "inctrl.residual",
@@ -56,10 +57,10 @@ if TYPE_CHECKING:
         VisionConfig,
         get_config,
     )
-    from inctrl.errors import InputError
     from inctrl.model import InCTRL
     from inctrl.residual import Scores
     from inctrl.state import ReferenceBank, TextPrior
+    from inctrl_runtime.errors import InputError
 
 
 def __getattr__(name: str) -> Any:

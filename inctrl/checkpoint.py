@@ -21,8 +21,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from inctrl.errors import InputError
-from inctrl.files import atomic_path, read_safetensors
+from inctrl.files import read_safetensors
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import atomic_path
 
 CHECKPOINT_KIND = "inctrl.checkpoint"
 FORMAT_VERSION = "2"

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from inctrl.errors import InputError
+from inctrl_runtime.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from inctrl.errors import InputError
-from inctrl.files import write_json
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import list_images
+from inctrl_runtime.files import write_json
 
 NORMAL, ANOMALOUS = 0, 1
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from inctrl.data import NORMAL, Sample, by_category, normal_pool
-from inctrl.errors import InputError
 from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
 from inctrl.model import InCTRL
 from inctrl.prompt_files import read_prompt_file
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import choose_prompts, prompt_generator
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)

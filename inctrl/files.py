@@ -1,12 +1,9 @@
-"""File helpers of the torch side: safetensors reading, plus the runtime's atomic writers."""
+"""File helpers of the torch side alone: reading safetensors (the atomic writers and hashes are
+``inctrl_runtime.files``)."""
 
 from __future__ import annotations
 
 import os
-
-from inctrl_runtime.files import atomic_path, file_sha256, write_json, write_text
-
-__all__ = ["atomic_path", "file_sha256", "read_safetensors", "write_json", "write_text"]
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:

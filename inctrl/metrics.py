@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from inctrl.errors import InputError
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import center_crop_box, load_image, resized_size
 
 # Above this many test pixels in a category, pixel AUROC uses a deterministic sample of them.

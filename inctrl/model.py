@@ -30,12 +30,12 @@ from inctrl.checkpoint import (
     save_checkpoint,
 )
 from inctrl.config import PRESETS, InCTRLConfig, get_config
-from inctrl.errors import InputError
-from inctrl.files import file_sha256
 from inctrl.heads import InCTRLHead
 from inctrl.residual import Scores
 from inctrl.state import ReferenceBank, TextPrior
 from inctrl.text import prompt_ensemble
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import file_sha256
 from inctrl_runtime.preprocess import (
     ImageSource,
     Preprocessing,

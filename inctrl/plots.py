@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from inctrl.evaluation import CategoryResult, EvaluationReport
-from inctrl.files import atomic_path
+from inctrl_runtime.files import atomic_path
 
 
 def _median_run(result: CategoryResult):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from inctrl.errors import InputError
-from inctrl.files import atomic_path
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import atomic_path
 
 
 def read_prompt_file(path: str | os.PathLike, size: int = 240) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""inctrl_runtime: score images with an exported InCTRL bundle; numpy, Pillow and onnxruntime.
+"""Import name inctrl_runtime, folder runtime/: InCTRL bundles scored with numpy and onnxruntime.
 
     det = inctrl_runtime.Detector.open("bundle/", device="cpu")
     det.register("candle", ["good_1.png", "good_2.png"])

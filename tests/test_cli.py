@@ -13,7 +13,7 @@ from PIL import Image
 from inctrl import InCTRL, get_config
 from inctrl.checkpoint import ours_to_authors
 from inctrl.cli.score import SCORE_FIELDS, run_score
-from inctrl.errors import InputError
+from inctrl_runtime.errors import InputError
 
 pytestmark = pytest.mark.cli
 

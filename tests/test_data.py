@@ -18,8 +18,8 @@ from inctrl.data import (
     read_json_list,
     scan_category,
 )
-from inctrl.errors import InputError
 from inctrl.synth import split_counts, synthesize
+from inctrl_runtime.errors import InputError
 
 
 @pytest.fixture(scope="module")

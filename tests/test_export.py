@@ -13,11 +13,11 @@ import torch
 from conftest import BUNDLE_CATEGORIES, perturb_heads, random_images, run_command
 
 from inctrl import InCTRL, Scores, get_config
-from inctrl.errors import InputError
 from inctrl_export.bundle import export_bundle
 from inctrl_export.graphs import graph_specs
 from inctrl_runtime.bundle import SCHEMA_VERSION
 from inctrl_runtime.detector import Detector, VerificationWarning
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.results import Scores as RuntimeScores
 

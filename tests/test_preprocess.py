@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from inctrl.errors import InputError
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import (
     Preprocessing,
     center_crop_box,

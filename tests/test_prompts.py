@@ -12,10 +12,10 @@ from conftest import run_inctrl
 from inctrl import InCTRL, ReferenceBank, get_config
 from inctrl.cli.prompts import run_prompts_make
 from inctrl.data import load_samples, normal_pool
-from inctrl.errors import InputError
 from inctrl.evaluation import draw_prompts
 from inctrl.prompt_files import read_prompt_file
 from inctrl.synth import synthesize
+from inctrl_runtime.errors import InputError
 
 pytestmark = pytest.mark.cli
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from inctrl import synth
-from inctrl.errors import InputError
 from inctrl.synth import CATEGORIES, DEFECTS, render, split_counts, synthesize
+from inctrl_runtime.errors import InputError
 
 pytestmark = pytest.mark.unit
 

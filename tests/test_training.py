@@ -25,11 +25,11 @@ from safetensors.torch import load_file, save_file
 from inctrl import InCTRL, InputError, get_config
 from inctrl.checkpoint import is_head_key
 from inctrl.data import ANOMALOUS, NORMAL, load_samples
-from inctrl.files import file_sha256
 from inctrl.synth import synthesize
 from inctrl.training import TrainConfig, focal_loss, train
 from inctrl.training.loop import FeatureStore
 from inctrl.training.sampling import BalancedSampler, training_set
+from inctrl_runtime.files import file_sha256
 
 SHORT = TrainConfig(epochs=2, steps_per_epoch=4, batch_size=4)
 

@@ -1,4 +1,5 @@
-"""What every ``inctrl`` command shares: the typer apps, the stderr console, progress helpers."""
+"""What every ``inctrl`` command shares: the typer apps and the options several declare (the
+console helpers are ``inctrl_runtime.console``'s)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from inctrl_runtime.console import interactive, new_app, require_files, status, stderr, warn
+from inctrl_runtime.console import new_app
 
 app = new_app(
     "inctrl",
@@ -21,8 +22,6 @@ demo_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(demo_app, name="demo")
 app.add_typer(prompts_app, name="prompts")
-
-__all__ = ["interactive", "require_files", "status", "stderr", "warn"]
 
 
 @app.callback()

@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inctrl.cli.common import data_app, status
-from inctrl.errors import InputError
+from inctrl.cli.common import data_app
+from inctrl_runtime.console import status
+from inctrl_runtime.errors import InputError
 
 
 @data_app.command("synth")

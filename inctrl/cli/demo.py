@@ -9,8 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from inctrl.cli.common import demo_app, interactive, stderr
-from inctrl.errors import InputError
+from inctrl.cli.common import demo_app
+from inctrl_runtime.console import interactive, stderr
+from inctrl_runtime.errors import InputError
 
 
 @demo_app.command("info")

@@ -12,19 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inctrl.cli.common import (
-    ClipWeights,
-    Device,
-    ModelCheckpoint,
-    app,
-    interactive,
-    require_files,
-    status,
-    warn,
-)
-from inctrl.demo import load_model
-from inctrl.errors import InputError
-from inctrl.files import write_json, write_text
+from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, app
+from inctrl.loading import load_model
+from inctrl_runtime.console import interactive, require_files, status, warn
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import write_json, write_text
 
 if TYPE_CHECKING:
     from inctrl.evaluation import EvaluationReport

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import typer
 
-from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, prompts_app, status, warn
-from inctrl.errors import InputError
-from inctrl.files import write_json
+from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, prompts_app
+from inctrl_runtime.console import status, warn
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import write_json
 
 
 def run_prompts_make(
@@ -28,8 +29,8 @@ def run_prompts_make(
     ReferenceBank, encoded by the given or demo model) and ``<category>.prompts.json`` (which
     images, seed, k). The draw is the one ``inctrl evaluate`` makes for the same seed."""
     from inctrl.data import by_category, load_samples, normal_pool
-    from inctrl.demo import load_model
     from inctrl.evaluation import draw_prompts
+    from inctrl.loading import load_model
     from inctrl.prompt_files import write_prompt_file
 
     if shots < 1:
@@ -104,7 +105,7 @@ def prompts_bank(
     device: Device = "cpu",
 ) -> None:
     """Encode the k images of an authors' .pt prompt file into our ReferenceBank."""
-    from inctrl.demo import load_model
+    from inctrl.loading import load_model
     from inctrl.prompt_files import read_prompt_file
 
     if out is None:

@@ -10,20 +10,21 @@ from pathlib import Path
 import typer
 from rich.progress import track
 
-from inctrl.cli.common import (
-    ClipWeights,
-    Device,
-    ModelCheckpoint,
-    app,
+from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, app
+from inctrl.loading import load_model
+from inctrl_runtime.console import (
+    BatchSize,
+    Heatmaps,
+    JsonFlag,
+    QueryImages,
     interactive,
+    require_category,
     require_files,
     status,
     stderr,
     warn,
 )
-from inctrl.demo import load_model
-from inctrl.errors import InputError
-from inctrl_runtime.console import BatchSize, Heatmaps, JsonFlag, QueryImages, require_category
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.results import SCORE_FIELDS, print_table, write_heatmaps
 
 

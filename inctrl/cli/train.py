@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inctrl.cli.common import Device, app, interactive, stderr
-from inctrl.errors import InputError
+from inctrl.cli.common import Device, app
 from inctrl.training.config import TrainConfig, is_main_process
+from inctrl_runtime.console import interactive, stderr
+from inctrl_runtime.errors import InputError
 
 DEFAULTS = TrainConfig()
 

@@ -19,9 +19,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from inctrl.errors import InputError
 from inctrl.synth.defects import DEFECTS, PAINTERS
 from inctrl.synth.products import BY_NAME, CATEGORIES, Category, draw_normal
+from inctrl_runtime.errors import InputError
 
 __all__ = [
     "CATEGORIES",

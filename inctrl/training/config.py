@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from inctrl.errors import InputError
+from inctrl_runtime.errors import InputError
 
 LOSS_FORMS = ("authors", "focal")
 

@@ -33,13 +33,13 @@ from torch.nn.parallel import DistributedDataParallel
 from inctrl.backbone import ImageFeatures
 from inctrl.config import get_config
 from inctrl.data import load_samples
-from inctrl.errors import InputError
-from inctrl.files import atomic_path
 from inctrl.model import InCTRL, resolve_device
 from inctrl.training.config import TrainConfig
 from inctrl.training.loss import focal_loss
 from inctrl.training.sampling import BalancedSampler, TrainingSet, training_set
 from inctrl.training.state import load_train_state, save_train_state
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import atomic_path
 
 DEFAULT_PRESET = "ViT-B-16-plus-240"
 # Keep the features of all training images when they take at most this much memory.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inctrl.data import ANOMALOUS, NORMAL, Sample, by_category
-from inctrl.errors import InputError
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import choose_prompts
 
 

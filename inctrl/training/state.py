@@ -19,11 +19,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from inctrl.data import ANOMALOUS, NORMAL
-from inctrl.errors import InputError
-from inctrl.files import atomic_path
 from inctrl.state import read_kind
 from inctrl.training.config import TrainConfig
 from inctrl.training.sampling import BalancedSampler
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import atomic_path
 
 STATE_KIND = "inctrl.train_state"
 MODEL_PREFIX = "model."
