@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from inctrl.config import InCTRLConfig
     from inctrl_runtime.detector import Detector
 
-PRECISIONS = tuple(DEFAULT_ATOL)
+EXPORT_PRECISIONS = tuple(DEFAULT_ATOL)
 # The self-check differs from the tracing inputs (batch 2, k = 2) in both batch and k.
 CHECK_SHOTS = 3
 CHECK_QUERIES = 3
@@ -122,8 +122,9 @@ def _check_arguments(
     out: Path, categories: Sequence[str], is_demo: bool, precision: str, opset: int, force: bool
 ) -> list[str]:
     """Everything that can be refused before any work; returns the categories to export."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown --precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        choices = " or ".join(EXPORT_PRECISIONS)
+        raise InputError(f"unknown --precision {precision!r}; choose {choices}")
     check_opset(opset)
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise InputError(
@@ -223,7 +224,8 @@ def _manifest(
             for name in files
         },
         "source": {
-            "checkpoint": str(checkpoint) if checkpoint else None,
+            # By name and hash, not path: the bundle travels to other machines.
+            "file": checkpoint.name if checkpoint else None,
             "sha256": file_sha256(checkpoint) if checkpoint else None,
             "demo": is_demo,
             "backbone": model.backbone_origin,

@@ -28,6 +28,14 @@ Checkpoint = typer.Option(
     help="InCTRL checkpoint: the authors' .pyth or ours. Default: the embedded DEMO model.",
     show_default=False,
 )
+SourceCheckpoint = typer.Option(
+    None,
+    "--checkpoint",
+    "-c",
+    help="The checkpoint the bundle was exported from (the manifest records its file name and "
+    "sha256, which must match). Default, for a demo bundle: the embedded DEMO model.",
+    show_default=False,
+)
 ClipWeights = typer.Option(
     None,
     "--clip-weights",
@@ -130,7 +138,7 @@ def onnx(
 @app.command("verify")
 def verify_command(
     bundle: Path = typer.Argument(..., help="Bundle folder (made by inctrl-export onnx)."),
-    checkpoint: Path = Checkpoint,
+    checkpoint: Path = SourceCheckpoint,
     clip_weights: Path = ClipWeights,
     images: Path = typer.Option(
         None,

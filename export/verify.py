@@ -42,15 +42,14 @@ def verify_bundle(
         raise InputError(f"--shots must be at least 1, got {shots}")
     detector = Detector.open(bundle, device=device)
     source = detector.bundle.manifest.get("source", {})
+    recorded = detector.bundle.source_file or "no checkpoint file (a model in memory)"
     if checkpoint is None and not source.get("demo"):
-        raise InputError(
-            f"{bundle}: exported from {source.get('checkpoint')}; name it with --checkpoint"
-        )
+        raise InputError(f"{bundle}: exported from {recorded}; name that file with --checkpoint")
     path, _ = resolve_checkpoint(checkpoint)
     require_files([path], "checkpoint")
     if file_sha256(path) != source.get("sha256"):
         raise InputError(
-            f"{path}: not the checkpoint {bundle} was exported from (that one had sha256 "
+            f"{path}: not the checkpoint {bundle} was exported from ({recorded}, sha256 "
             f"{str(source.get('sha256'))[:12]}...); name the right --checkpoint"
         )
     category = category or _default_category(detector, images)

@@ -94,6 +94,14 @@ class Bundle:
     def is_demo(self) -> bool:
         return bool(self.manifest.get("source", {}).get("demo", False))
 
+    @property
+    def source_file(self) -> str | None:
+        """The file name of the checkpoint this bundle was exported from (None: exported from a
+        model in memory); a schema-1 manifest that recorded its path gives the path's name."""
+        source = self.manifest.get("source") or {}
+        recorded = source.get("file") or source.get("checkpoint")
+        return Path(recorded).name if recorded else None
+
     def prior(self, category: str) -> np.ndarray:
         """The 2 x E text prior of a category; unknown categories are a one-line error."""
         if category not in self.priors:

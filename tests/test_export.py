@@ -79,6 +79,25 @@ def test_runtime_scores_mirror_the_torch_named_tuple(tiny_model: InCTRL) -> None
 
 
 @pytest.mark.unit
+def test_manifest_names_the_checkpoint_by_file_name_and_sha256(
+    tiny_bundle: Path, tiny_checkpoint: Path
+) -> None:
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    source = manifest["source"]
+    assert source["file"] == tiny_checkpoint.name and "checkpoint" not in source
+    assert source["sha256"] == file_sha256(tiny_checkpoint)
+
+    def strings(value):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            return [s for item in value for s in strings(item)]
+        return [value] if isinstance(value, str) else []
+
+    assert not [s for s in strings(manifest) if os.path.isabs(s) or os.sep in s]
+
+
+@pytest.mark.unit
 def test_manifest_describes_the_files(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION
@@ -215,6 +234,21 @@ def test_cli_verify_refuses_another_checkpoint(tiny_bundle: Path, tmp_path: Path
     perturb_heads(InCTRL(get_config("tiny")), seed=7).save(other)
     done = run_command("inctrl_export.cli", "verify", str(tiny_bundle), "-c", str(other))
     assert done.returncode == 2 and "not the checkpoint" in done.stderr
+    assert "(tiny.safetensors, sha256 " in done.stderr  # the recorded file, by name
+
+
+@pytest.mark.unit
+def test_an_old_manifest_names_its_checkpoint_path_by_file_name(bundle: Path) -> None:
+    from inctrl_export.verify import verify_bundle
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    source = {key: value for key, value in manifest["source"].items() if key != "file"}
+    source["checkpoint"] = "/elsewhere/runs/tiny.safetensors"  # as schema 1 recorded it
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "source": source}))
+    assert Detector.open(bundle).bundle.source_file == "tiny.safetensors"
+    with pytest.raises(InputError, match="exported from tiny.safetensors; name that file") as err:
+        verify_bundle(bundle)
+    assert "/elsewhere" not in str(err.value)
 
 
 @pytest.mark.cli
