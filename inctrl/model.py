@@ -46,7 +46,7 @@ from inctrl_runtime.preprocess import (
 
 Images = Sequence[ImageSource] | torch.Tensor
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -184,7 +184,7 @@ class InCTRL(nn.Module):
         """Move to a device and pick the image encoder precision: fp16/bf16 run under autocast,
         except bf16 on the CPU, which runs a bf16 copy of the (frozen) image tower."""
         device = resolve_device(device)
-        if precision not in PRECISIONS:
+        if precision not in TORCH_DTYPES:
             raise InputError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
         if precision == "fp16" and device.type != "cuda":
             raise InputError("fp16 needs a CUDA device; on CPU use fp32 or bf16")
@@ -206,7 +206,7 @@ class InCTRL(nn.Module):
         if self.precision == "fp32":
             yield
         else:
-            with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
+            with torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.precision]):
                 yield
 
     def pixels(self, images: Images) -> torch.Tensor:

@@ -27,7 +27,7 @@ __all__ = [
     "CATEGORIES",
     "DEFECTS",
     "Category",
-    "Sample",
+    "SynthImage",
     "render",
     "split_counts",
     "synthesize",
@@ -37,7 +37,7 @@ MIN_SIZE = 32
 MAX_SIZE = 1024
 
 
-class Sample(NamedTuple):
+class SynthImage(NamedTuple):
     """One rendered image: H x W x 3 uint8 RGB, and H x W bool defect mask (all False if good)."""
 
     image: np.ndarray
@@ -72,7 +72,7 @@ def render(
     seed: int = 0,
     size: int = 256,
     clean: bool = False,
-) -> Sample:
+) -> SynthImage:
     """Render one image of the data set in memory, exactly as ``synthesize`` writes it.
 
     ``split`` is ``train`` or ``test``, ``label`` is ``good`` or one of ``DEFECTS`` (test only).
@@ -94,7 +94,7 @@ def render(
     if label != "good" and not clean:
         defect_rng = _rng(seed, category, split, label, index, 1)
         image, mask = PAINTERS[label](defect_rng, image, product, own)
-    return Sample(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), mask)
+    return SynthImage(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), mask)
 
 
 def split_counts(images_per_category: int) -> dict[str, dict[str, int]]:
