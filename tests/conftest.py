@@ -46,6 +46,15 @@ def random_images(
     ]
 
 
+def synth_data(tmp_path_factory, **options) -> Path:
+    """A synthetic MVTec-layout data set (``inctrl.synth.synthesize`` with ``options``)."""
+    from inctrl.synth import synthesize
+
+    root = tmp_path_factory.mktemp("data") / "synth"
+    synthesize(root, **options)
+    return root
+
+
 @torch.no_grad()
 def perturb_heads(model: InCTRL, seed: int = 1) -> InCTRL:
     """Give the adapter and heads seeded non-default weights and batch-norm statistics (their

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_inctrl
+from conftest import run_inctrl, synth_data
 
 from inctrl.data import (
     ANOMALOUS,
@@ -18,15 +18,13 @@ from inctrl.data import (
     read_json_list,
     scan_category,
 )
-from inctrl.synth import split_counts, synthesize
+from inctrl.synth import split_counts
 from inctrl_runtime.errors import InputError
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "synth"
-    synthesize(root, seed=3, categories=2, images_per_category=4, size=48)
-    return root
+    return synth_data(tmp_path_factory, seed=3, categories=2, images_per_category=4, size=48)
 
 
 @pytest.mark.unit

@@ -7,22 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_inctrl
+from conftest import run_inctrl, synth_data
 from PIL import Image
 
 from inctrl import InCTRL
 from inctrl.data import load_samples
 from inctrl.demo import DEMO_CHECKPOINT, HELD_OUT_CATEGORIES, MAX_DEMO_BYTES, build_demo
 from inctrl.evaluation import evaluate
-from inctrl.synth import synthesize
 
 
 @pytest.fixture(scope="module")
 def fresh_data(tmp_path_factory) -> Path:
     """Synthetic data from a seed the demo was not built with."""
-    root = tmp_path_factory.mktemp("demo") / "synth"
-    synthesize(root, seed=11, categories=7, images_per_category=8, size=256)
-    return root
+    return synth_data(tmp_path_factory, seed=11, categories=7, images_per_category=8, size=256)
 
 
 @pytest.mark.unit

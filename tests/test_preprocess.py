@@ -221,16 +221,22 @@ def test_directory_is_not_an_image(tmp_path: Path) -> None:
     assert str(tmp_path) in str(info.value)
 
 
+CORRUPT_FILES = {
+    "random": np.random.default_rng(9).bytes(2000),
+    "empty": b"",
+    "png-signature-then-garbage": b"\x89PNG\r\n\x1a\n" + np.random.default_rng(10).bytes(200),
+}
+UNSUPPORTED_ARRAYS = {
+    "float64-gray": np.zeros((32, 32), dtype=np.float64),
+    "float64-color": np.zeros((32, 32, 3), dtype=np.float64),
+    "two-channels": np.zeros((32, 32, 2), dtype=np.uint8),
+    "uint16-color": np.zeros((32, 32, 3), dtype=np.uint16),
+    "one-dim": np.zeros((32,), dtype=np.uint8),
+}
+
+
 @pytest.mark.unit
-@pytest.mark.parametrize(
-    "content",
-    [
-        np.random.default_rng(9).bytes(2000),
-        b"",
-        b"\x89PNG\r\n\x1a\n" + np.random.default_rng(10).bytes(200),
-    ],
-    ids=["random", "empty", "png-signature-then-garbage"],
-)
+@pytest.mark.parametrize("content", CORRUPT_FILES.values(), ids=CORRUPT_FILES)
 def test_corrupt_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "corrupt.png"
     path.write_bytes(content)
@@ -252,17 +258,7 @@ def test_truncated_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.zeros((32, 32), dtype=np.float64),
-        np.zeros((32, 32, 3), dtype=np.float64),
-        np.zeros((32, 32, 2), dtype=np.uint8),
-        np.zeros((32, 32, 3), dtype=np.uint16),
-        np.zeros((32,), dtype=np.uint8),
-    ],
-    ids=["float64-gray", "float64-color", "two-channels", "uint16-color", "one-dim"],
-)
+@pytest.mark.parametrize("array", UNSUPPORTED_ARRAYS.values(), ids=UNSUPPORTED_ARRAYS)
 def test_unsupported_array(array: np.ndarray, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unsupported array") as info:
         load_image(array)
