@@ -186,19 +186,31 @@ def _diff(
 
 
 def rank_agreement(scores: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Spearman's rho and Kendall's tau between two score lists, and the fraction of query
-    pairs they order alike."""
-    from scipy.stats import kendalltau, spearmanr
-
+    """Spearman's rho and Kendall's tau-b between two score lists (ties as scipy.stats treats
+    them), and the fraction of query pairs they order alike."""
     a, b = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
     upper = np.triu_indices(len(a), k=1)
-    sign = np.sign(a[:, None] - a[None, :])[upper] * np.sign(b[:, None] - b[None, :])[upper]
-    constant = np.ptp(a) == 0 or np.ptp(b) == 0
+    sign_a = np.sign(a[:, None] - a[None, :])[upper]
+    sign_b = np.sign(b[:, None] - b[None, :])[upper]
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        spearman = kendall_tau = 1.0
+    else:
+        spearman = float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
+        tied_apart = np.count_nonzero(sign_a) * np.count_nonzero(sign_b)
+        kendall_tau = float((sign_a * sign_b).sum() / np.sqrt(tied_apart))
     return {
-        "spearman": 1.0 if constant else float(spearmanr(a, b).statistic),
-        "kendall_tau": 1.0 if constant else float(kendalltau(a, b).statistic),
-        "same_order": float((sign >= 0).mean()),
+        "spearman": spearman,
+        "kendall_tau": kendall_tau,
+        "same_order": float((sign_a * sign_b >= 0).mean()),
     }
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their positions (Spearman's ranks)."""
+    ordered = np.sort(values)
+    below = np.searchsorted(ordered, values, side="left")
+    up_to = np.searchsorted(ordered, values, side="right")
+    return (below + 1 + up_to) / 2.0
 
 
 def _auroc_change(

@@ -79,6 +79,20 @@ def test_runtime_scores_mirror_the_torch_named_tuple(tiny_model: InCTRL) -> None
 
 
 @pytest.mark.unit
+def test_rank_agreement_on_hand_computed_lists() -> None:
+    from inctrl_export.parity import average_ranks, rank_agreement
+
+    # One swapped pair of four: rho = 1 - 6 * 2 / (4 * 15), tau = (5 - 1) / 6.
+    swapped = rank_agreement(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4]))
+    assert swapped == pytest.approx({"spearman": 0.8, "kendall_tau": 2 / 3, "same_order": 5 / 6})
+    # A tie: ranks 1, 2.5, 2.5, 4; rho = 4.5 / sqrt(4.5 * 5), tau-b = 5 / sqrt(5 * 6).
+    tied = rank_agreement(np.array([1.0, 2, 2, 3]), np.array([1.0, 2, 3, 4]))
+    expected = {"spearman": 0.9**0.5, "kendall_tau": 5 / 30**0.5, "same_order": 1.0}
+    assert tied == pytest.approx(expected)
+    np.testing.assert_array_equal(average_ranks(np.array([3.0, 1, 3, 2])), [3.5, 1, 3.5, 2])
+
+
+@pytest.mark.unit
 def test_manifest_names_the_checkpoint_by_file_name_and_sha256(
     tiny_bundle: Path, tiny_checkpoint: Path
 ) -> None:
