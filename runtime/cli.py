@@ -86,7 +86,7 @@ def run_score(
 
     ``shots`` replace the category's registered bank for this call (nothing is saved).
     """
-    from inctrl_runtime.results import write_heatmaps
+    from inctrl_runtime.results import records
 
     require_category(category)
     if not queries:
@@ -96,10 +96,7 @@ def run_score(
     detector = _open(bundle, device, threads)
     detector.bundle.prior(category)
     bank = detector.reference(list(shots)) if shots else detector.registered(category)
-    records = [r.record() for r in _score(detector, category, list(queries), bank, batch_size)]
-    if heatmaps is not None:
-        write_heatmaps(records, heatmaps, detector.bundle.preprocessing)
-    return records
+    return records(_score(detector, category, list(queries), bank, batch_size), heatmaps)
 
 
 def _score(detector, category, queries, bank, batch_size):

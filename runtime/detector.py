@@ -24,7 +24,13 @@ from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
-from inctrl_runtime.preprocess import ImageSource, describe, pixel_digest, preprocess_many
+from inctrl_runtime.preprocess import (
+    ImageSource,
+    describe,
+    model_views,
+    pixel_digest,
+    preprocess_many,
+)
 from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.results import Result, Scores, results
 
@@ -209,9 +215,11 @@ class Detector:
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
     ) -> list[Result]:
-        """Score query images of a category: one Result per image, with ``heatmap()``."""
-        scores = self.score_arrays(category, images, bank, batch_size, progress)
-        return results(images, scores, self.bundle.preprocessing)
+        """Score query images of a category: one Result per image, with ``heatmap()`` (drawn on
+        the picture decoded here for scoring)."""
+        views = model_views(images, self.bundle.preprocessing)
+        scores = self.score_arrays(category, views, bank, batch_size, progress)
+        return results(images, scores, self.bundle.preprocessing, views)
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,8 @@ def heatmap_overlay(
     alpha: float = 0.5,
     config: Preprocessing | None = None,
 ) -> Image.Image:
-    """Blend the colored patch residual map (P values, row-major square grid) over the image.
+    """Blend the colored patch residual map (P values, row-major square grid) over the image
+    as the model saw it (a picture from ``model_views`` is that already: nothing is re-read).
 
     Residuals are ``0.5 * (1 - cos)``; ``vmax`` fixes the top of the color scale so that maps of
     different images compare.

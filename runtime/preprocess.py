@@ -123,7 +123,10 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
 
 
 def model_view(image: Image.Image, config: Preprocessing = Preprocessing()) -> Image.Image:
-    """The resized, center-cropped RGB picture the model sees (and heatmaps are drawn on)."""
+    """The resized, center-cropped RGB picture the model sees (and heatmaps are drawn on); a
+    picture that already is one passes through as it is."""
+    if image.mode == "RGB" and image.size == (config.size, config.size):
+        return image
     if image.width == 0 or image.height == 0:
         raise InputError(f"{describe(image)}: empty image (0 pixels)")
     new_size = resized_size(image.width, image.height, config.size)
@@ -141,13 +144,22 @@ def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> n
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
 
 
+def model_views(
+    sources: Sequence[ImageSource], config: Preprocessing = Preprocessing()
+) -> list[Image.Image]:
+    """Each source decoded once into the picture the model sees: keep these to score and to
+    draw heatmaps on without reading the files again (``preprocess_many`` takes them as they
+    are)."""
+    return [model_view(load_image(source), config) for source in sources]
+
+
 def preprocess_many(
     sources: Sequence[ImageSource], config: Preprocessing = Preprocessing()
 ) -> np.ndarray:
     """Load and preprocess images: B x 3 x size x size float32."""
     if not sources:
         raise InputError("no images given")
-    return np.stack([preprocess(load_image(s), config) for s in sources])
+    return np.stack([preprocess(view, config) for view in model_views(sources, config)])
 
 
 def pixel_digest(pixels: np.ndarray) -> str:

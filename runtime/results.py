@@ -1,7 +1,9 @@
-"""Scores as the runtime returns them, and the records, tables and heatmaps made from them.
+"""Scores as the runtime returns them, and the results, records, tables and heatmaps made from
+them.
 
-``Scores`` mirrors ``inctrl.Scores`` field for field (a test holds them equal); the JSON records
-are the same for ``inctrl score`` and ``inctrl-run score``.
+``Scores`` mirrors ``inctrl.Scores`` field for field (a test holds them equal). ``inctrl score``
+and ``inctrl-run score`` both go ``results`` -> ``records``, so their JSON is the same, and
+heatmaps are drawn on the pictures decoded for scoring, not read from disk again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from inctrl_runtime.heatmap import heatmap_overlay, save_heatmap
-from inctrl_runtime.preprocess import ImageSource, Preprocessing, describe, load_image
+from inctrl_runtime.preprocess import ImageSource, Preprocessing, describe
 
 
 class Scores(NamedTuple):
@@ -31,14 +33,16 @@ class Scores(NamedTuple):
 
 
 SCORE_FIELDS = Scores._fields
+# The one value per query; the patch map is P values per query.
+SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_map")
 
 
 @dataclass(frozen=True)
 class Result:
-    """One query's scores, with what is needed to draw its heatmap."""
+    """One query's scores, with the picture it was scored on, to draw its heatmap."""
 
     image: str
-    source: ImageSource
+    view: Image.Image  # the resized, cropped RGB picture the model saw, decoded once
     score: float
     holistic_score: float
     image_residual_score: float
@@ -55,43 +59,46 @@ class Result:
 
     def heatmap(self) -> Image.Image:
         """The patch residual map, upsampled and colored, over the picture the model saw."""
-        return heatmap_overlay(
-            load_image(self.source), self.patch_residual_map, config=self.preprocessing
-        )
+        return heatmap_overlay(self.view, self.patch_residual_map, config=self.preprocessing)
 
     def save_heatmap(self, path: str | os.PathLike) -> None:
         """Write ``heatmap()`` as a PNG, atomically."""
-        save_heatmap(load_image(self.source), self.patch_residual_map, path, self.preprocessing)
+        save_heatmap(self.view, self.patch_residual_map, path, self.preprocessing)
 
 
 def results(
-    sources: Sequence[ImageSource], scores: Scores, preprocessing: Preprocessing
+    sources: Sequence[ImageSource],
+    scores: Scores,
+    preprocessing: Preprocessing,
+    views: Sequence[Image.Image],
 ) -> list[Result]:
-    """One Result per query, in order."""
-    scalars = {name: getattr(scores, name).tolist() for name in SCORE_FIELDS[:-1]}
+    """One Result per query, in order; ``views`` are the pictures scored (``model_views``)."""
+    scalars = {name: getattr(scores, name).tolist() for name in SCALAR_FIELDS}
     return [
         Result(
             image=describe(source),
-            source=source,
+            view=view,
             **{name: values[i] for name, values in scalars.items()},
             patch_residual_map=scores.patch_residual_map[i],
             preprocessing=preprocessing,
         )
-        for i, source in enumerate(sources)
+        for i, (source, view) in enumerate(zip(sources, views, strict=True))
     ]
 
 
-def write_heatmaps(
-    records: list[dict], folder: str | os.PathLike, preprocessing: Preprocessing
-) -> None:
-    """A heatmap PNG per record (``NNNN_<image stem>.png``); each record gets its path."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, record in enumerate(records):
-        path = folder / f"{index:04d}_{Path(record['image']).stem}.png"
-        image = load_image(record["image"])
-        save_heatmap(image, np.asarray(record["patch_residual_map"]), path, preprocessing)
-        record["heatmap"] = str(path)
+def records(scored: Sequence[Result], heatmaps: str | os.PathLike | None = None) -> list[dict]:
+    """The JSON records of ``inctrl score`` and ``inctrl-run score``, in order; with a
+    ``heatmaps`` folder, a heatmap PNG per result there (``NNNN_<image stem>.png``), drawn on the
+    picture already decoded, and its path in the record."""
+    rows = [result.record() for result in scored]
+    if heatmaps is not None:
+        folder = Path(heatmaps)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, (result, row) in enumerate(zip(scored, rows, strict=True)):
+            path = folder / f"{index:04d}_{Path(result.image).stem}.png"
+            result.save_heatmap(path)
+            row["heatmap"] = str(path)
+    return rows
 
 
 def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> None:
@@ -104,5 +111,5 @@ def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> No
     for header in ("score", "holistic", "image res.", "text", "max patch"):
         table.add_column(header, justify="right", no_wrap=True)
     for record in records:
-        table.add_row(record["image"], *(f"{record[n]:.4f}" for n in SCORE_FIELDS[:-1]))
+        table.add_row(record["image"], *(f"{record[n]:.4f}" for n in SCALAR_FIELDS))
     Console().print(table)

@@ -12,8 +12,9 @@ from PIL import Image
 
 from inctrl import InCTRL, get_config
 from inctrl.checkpoint import ours_to_authors
-from inctrl.cli.score import SCORE_FIELDS, run_score
+from inctrl.cli.score import run_score
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.results import SCORE_FIELDS
 
 pytestmark = pytest.mark.cli
 
@@ -97,6 +98,23 @@ def test_table_output_and_heatmaps(workspace, tmp_path) -> None:
     assert [m.name for m in maps] == ["0000_img2.png", "0001_img3.png"]
     with Image.open(maps[0]) as heatmap:
         assert heatmap.size == (240, 240) and heatmap.mode == "RGB"
+
+
+def test_heatmaps_are_drawn_without_reading_the_images_again(workspace, tmp_path, monkeypatch):
+    opened: list[str] = []
+    image_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(Path(fp).name)
+        return image_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    queries = [workspace / "img2.png", workspace / "img3.png"]
+    shots = [workspace / "img0.png"]
+    records = run_score(workspace / "tiny.safetensors", "candle", shots, queries,
+                        heatmaps=tmp_path / "maps")  # fmt: skip
+    assert [Path(r["heatmap"]).name for r in records] == ["0000_img2.png", "0001_img3.png"]
+    assert sorted(opened) == ["img0.png", "img2.png", "img3.png"]  # each image read once
 
 
 @pytest.mark.parametrize(

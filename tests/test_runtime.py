@@ -141,6 +141,36 @@ def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path
     assert all(Path(r["heatmap"]).is_file() for r in records) and len(list(maps.iterdir())) == 3
 
 
+@pytest.mark.cli
+def test_heatmaps_are_drawn_without_reading_the_images_again(
+    bundle: Path, pictures: dict, tmp_path: Path, monkeypatch
+) -> None:
+    from inctrl_runtime.cli import run_score
+
+    queries = [Path(shutil.copy(p, tmp_path / p.name)) for p in pictures["queries"]]
+    detector = Detector.open(bundle)
+    results = detector.score("candle", queries, detector.reference(pictures["shots"]))
+    expected = np.asarray(results[0].heatmap())
+    for path in queries:
+        path.write_bytes(b"not an image any more")
+    np.testing.assert_array_equal(np.asarray(results[0].heatmap()), expected)
+    results[0].save_heatmap(tmp_path / "map.png")
+
+    for array, path in zip(random_images(3, seed=90, size=(250, 300)), queries, strict=True):
+        Image.fromarray(array).save(path)
+    opened: list[str] = []
+    image_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(str(fp))
+        return image_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    records = run_score(bundle, "candle", queries, pictures["shots"][:1], heatmaps=tmp_path / "m")
+    assert all(Path(r["heatmap"]).is_file() for r in records)
+    assert sorted(opened) == sorted(map(str, [*queries, pictures["shots"][0]]))  # once each
+
+
 @pytest.mark.parity
 def test_manifest_preprocessing_matches_torchvision(bundle: Path) -> None:
     detector = Detector.open(bundle)

@@ -25,7 +25,8 @@ from inctrl_runtime.console import (
     warn,
 )
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.results import SCORE_FIELDS, print_table, write_heatmaps
+from inctrl_runtime.preprocess import model_views
+from inctrl_runtime.results import Result, Scores, print_table, records, results
 
 
 def run_score(
@@ -68,16 +69,14 @@ def run_score(
         bank = ReferenceBank.load(bank_file) if bank_file else model.reference(list(shots))
         prior = model.text_prior(category)
 
-    records: list[dict] = []
+    scored: list[Result] = []
     chunks = [list(queries[i : i + batch_size]) for i in range(0, len(queries), batch_size)]
     for chunk in track(chunks, description="scoring", console=stderr, disable=not interactive()):
-        scores = model.score(chunk, bank, prior, batch_size=batch_size)
-        values = {name: getattr(scores, name).cpu().tolist() for name in SCORE_FIELDS}
-        for i, path in enumerate(chunk):
-            records.append({"image": str(path), **{n: values[n][i] for n in SCORE_FIELDS}})
-    if heatmaps is not None:
-        write_heatmaps(records, heatmaps, model.preprocessing)
-    return records
+        views = model_views(chunk, model.preprocessing)  # decoded once: scores and heatmaps
+        scores = model.score(views, bank, prior, batch_size=batch_size)
+        arrays = Scores(*(field.cpu().numpy() for field in scores))
+        scored.extend(results(chunk, arrays, model.preprocessing, views))
+    return records(scored, heatmaps)
 
 
 @app.command()
