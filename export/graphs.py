@@ -52,7 +52,8 @@ class GraphSpec:
 
 
 def graph_specs(config: InCTRLConfig) -> dict[str, GraphSpec]:
-    """The encoder and head signatures of a model config (DESIGN.md, "The bundle")."""
+    """The encoder and head signatures of a model config (docs/model.md, "What is computed
+    once")."""
     size, layers = config.vision.image_size, len(config.vision.tapped_blocks)
     patches, width, embed = config.vision.num_patches, config.vision.width, config.embed_dim
     features = {

@@ -23,7 +23,7 @@ MIN_OPSET = 17  # LayerNormalization as one op
 TRACE_BATCH = 2
 TRACE_SHOTS = 2
 # fp16 keeps these in fp32: normalization statistics, softmax and the reductions of unit-norming
-# lose too much in half precision (DESIGN.md, parity table).
+# lose too much in half precision (docs/model.md, "Numerical parity").
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceSumSquare", "ReduceMean", "Sqrt")
 
 

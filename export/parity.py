@@ -4,7 +4,7 @@ Both sides get the same images; each builds its own reference bank from the prom
 scores the queries. Per output we report the max abs and max relative difference and the
 smallest tolerance that would pass (Polygraphy's "minimum required tolerance"), plus the rank
 agreement of the scores, AUROC on both sides when labels are known, and the runtime's batch
-invariance (DESIGN.md, "Numerical parity").
+invariance (docs/model.md, "Numerical parity").
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ class VisionConfig:
     layers: int = 12
     head_width: int = 64
     mlp_ratio: float = 4.0
-    # Residual blocks whose output tokens are compared, counted from 1 as in SPEC.md.
+    # Residual blocks whose output tokens are compared, counted from 1 as in docs/model.md.
     tapped_blocks: tuple[int, ...] = (7, 9, 11)
 
     @property

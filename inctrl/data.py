@@ -1,4 +1,5 @@
-"""Data sets as lists of samples: MVTec-layout folders and the authors' JSON lists (SPEC.md).
+"""Data sets as lists of samples: MVTec-layout folders and the authors' JSON lists
+(docs/model.md, "Data formats").
 
 A folder is either a data set root (``<root>/<category>/train/good/...``) or one category
 (``<category>/train/good/...``). JSON lists hold ``{"image_path", "target", "type"}`` objects.

@@ -1,9 +1,9 @@
 """The InCTRL model: a frozen open_clip backbone and the trainable ``InCTRLHead`` (an adapter
 and two residual heads).
 
-Scoring is split as in DESIGN.md: the image encoder runs once per image; a category's
-``TextPrior`` and a prompt set's ``ReferenceBank`` are values computed once and passed in; the
-head is ``InCTRLHead`` on the pure arithmetic of ``inctrl.residual``.
+Scoring is split as in docs/model.md ("What is computed once"): the image encoder runs once per
+image; a category's ``TextPrior`` and a prompt set's ``ReferenceBank`` are values computed once
+and passed in; the head is ``InCTRLHead`` on the pure arithmetic of ``inctrl.residual``.
 """
 
 from __future__ import annotations

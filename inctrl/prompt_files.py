@@ -1,4 +1,5 @@
-"""The authors' few-shot prompt files (SPEC.md, "Checkpoints published by the authors").
+"""The authors' few-shot prompt files (docs/model.md, "The authors'
+checkpoints and prompt files").
 
 ``<few_shot_dir>/<category>.pt`` is a ``torch.save`` of a list of k preprocessed 3 x S x S
 tensors (S = 240): the exact prompt images a published result was measured with.

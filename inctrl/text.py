@@ -1,4 +1,4 @@
-"""The text prompt ensembles behind the text prior (SPEC.md, "Text prior")."""
+"""The text prompt ensembles behind the text prior (docs/model.md, "Text prior")."""
 
 from __future__ import annotations
 

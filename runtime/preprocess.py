@@ -1,4 +1,4 @@
-"""Image loading and preprocessing, in Pillow and numpy only (SPEC.md, "Preprocessing").
+"""Image loading and preprocessing, in Pillow and numpy only (docs/model.md, "Preprocessing").
 
 The steps reproduce torchvision's ``Resize(240, BICUBIC) -> CenterCrop(240) -> RGB -> ToTensor ->
 Normalize`` on a PIL image, including its size arithmetic, so grayscale, RGBA, palette and 16-bit

@@ -21,8 +21,8 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.results import Scores as RuntimeScores
 
-ATOL_FP32 = 1e-4  # DESIGN.md: ONNX Runtime fp32 vs inctrl
-ATOL_FP16 = 5e-3  # DESIGN.md: fp16 vs inctrl fp32, scores
+ATOL_FP32 = 1e-4  # docs/model.md: ONNX Runtime fp32 vs inctrl
+ATOL_FP16 = 5e-3  # docs/model.md: fp16 vs inctrl fp32, scores
 
 
 def assert_scores_close(ours: RuntimeScores, reference: Scores, atol: float, fields=None) -> None:

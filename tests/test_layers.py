@@ -1,6 +1,6 @@
-"""The import graph of DESIGN.md, read from the sources: arrows run bench -> export -> inctrl ->
-runtime, the runtime imports no torch-side package, and ``inctrl`` uses only the runtime's
-torch-free base (never onnxruntime, its engines or the Detector)."""
+"""The import graph (README, "Layout"), read from the sources: arrows run bench -> export ->
+inctrl -> runtime, the runtime imports no torch-side package, and ``inctrl`` uses only the
+runtime's torch-free base (never onnxruntime, its engines or the Detector)."""
 
 from __future__ import annotations
 

@@ -159,7 +159,7 @@ def test_bf16_on_cpu_stays_close_to_fp32(images) -> None:
     model.to_device("cpu", "bf16")
     bf16 = model.score(images[2:6], bank, prior).score
     assert bf16.dtype == torch.float32
-    assert torch.allclose(fp32, bf16, atol=5e-3)  # DESIGN.md: reduced precision vs fp32
+    assert torch.allclose(fp32, bf16, atol=5e-3)  # docs/model.md: reduced precision vs fp32
     one_by_one = model.score(images[2:6], bank, prior, batch_size=1).score
     assert torch.allclose(one_by_one, bf16, atol=5e-3)
     # The bf16 image tower is a copy: the fp32 weights, and so fp32 scores, are untouched.

@@ -1,4 +1,4 @@
-"""The text prompt ensembles (SPEC.md, "Text prior")."""
+"""The text prompt ensembles (docs/model.md, "Text prior")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A deterministic generator of a small anomaly data set in the MVTec AD layout (SPEC.md, "Data
-formats the authors use"), for tests, a demo model and users without data. numpy and Pillow only.
+"""A deterministic generator of a small anomaly data set in the MVTec AD layout (docs/model.md,
+"Data formats"), for tests, a demo model and users without data. numpy and Pillow only.
 
 Every image is drawn from its own generator, seeded by (seed, category, split, label, index), so
 one seed always gives the same PNG bytes and any single image can be re-rendered in memory

@@ -1,5 +1,6 @@
-"""Training the adapter and the two heads as the authors do (SPEC.md, "Training as the authors
-run it"), in one process or under ``torchrun`` (DistributedDataParallel, same entry point).
+"""Training the adapter and the two heads as the authors do (docs/model.md, "Training as
+the authors run it"), in one process or under ``torchrun`` (DistributedDataParallel, same entry
+point).
 
 A sample is a query (normal or anomalous) with k normal prompts of its category, drawn at random
 without replacement from the category's normal pool: all its normal images, train and test split,

@@ -25,7 +25,7 @@ def focal_loss(
         targets: B labels, 0 (normal) or 1 (anomalous), float.
         form: ``"authors"``: their code passes the probabilities to
             ``binary_cross_entropy_with_logits``, i.e. treats them as logits, so even a perfect
-            p = 1 for an anomaly costs log(1 + e^-1) (SPEC.md). ``"focal"``: the binary
+            p = 1 for an anomaly costs log(1 + e^-1) (docs/model.md). ``"focal"``: the binary
             cross-entropy of the probabilities, clamped to [eps, 1 - eps].
 
     Returns:
