@@ -108,9 +108,7 @@ class Detector:
         return self.encoder_engine.run({"image": pixels}, keep_on_device=on_device)
 
     # ------------------------------------------------------------------------- few-shot state
-    def reference(
-        self, prompt_images: Sequence[ImageSource], batch_size: int = 16
-    ) -> NumpyBank:
+    def reference(self, prompt_images: Sequence[ImageSource], batch_size: int = 16) -> NumpyBank:
         """Encode k normal prompt images into a NumpyBank (not saved)."""
         if len(prompt_images) == 0:
             raise InputError("no prompt images: give at least one normal image of the category")
