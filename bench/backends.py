@@ -1,5 +1,4 @@
-"""The backends inctrl-bench knows, how ``--backend`` selects them, why one cannot run here (it
-is reported with the reason, never left out), and the files each one runs (``Sources``)."""
+"""The backends inctrl-bench knows, how ``--backend`` selects them, why one cannot run here."""
 
 from __future__ import annotations
 
@@ -51,8 +50,7 @@ CATALOGUE = (
 
 
 def select_backends(patterns: Sequence[str]) -> list[Backend]:
-    """The backends named by exact name or prefix (``onnxruntime`` selects all its variants;
-    a pattern may be a comma-separated list), in catalogue order; all when none is given."""
+    """The backends named by name, prefix or comma-separated list, in catalogue order; or all."""
     if not patterns:
         return list(CATALOGUE)
     names, chosen = [b.name for b in CATALOGUE], set()
@@ -60,17 +58,10 @@ def select_backends(patterns: Sequence[str]) -> list[Backend]:
         matches = {name for name in names if name.startswith(pattern)}
         if not pattern or not matches:
             raise InputError(
-                f"unknown backend {pattern!r}; choose from {', '.join(names)} (a prefix such "
-                "as onnxruntime selects every variant)"
+                f"unknown backend {pattern!r}; give a name or prefix of {', '.join(names)}"
             )
         chosen |= matches
     return [b for b in CATALOGUE if b.name in chosen]
-
-
-def check_device(device: str) -> str:
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}; use cpu or cuda")
-    return device
 
 
 def _problem(backend: Backend, device: str) -> str | None:
@@ -97,22 +88,20 @@ def _problem(backend: Backend, device: str) -> str | None:
     return problem
 
 
-def problems(backend: Backend, device: str) -> list[str]:
-    """What keeps a backend from running here with ``--device device``: missing libraries or
-    hardware first, then a device other than the backend's."""
+def check_runnable(backend: Backend, device: str) -> None:
+    """Raise ``Unavailable`` with what keeps a backend from running here with ``--device``."""
     found = [import_problem("tensorrt")] if backend.kind == "tensorrt" else []
     found = [p for p in [*found, _problem(backend, backend.device or device)] if p is not None]
     if not found and backend.device is not None and backend.device != device:
         found.append(f"runs on {backend.device}: bench with --device {backend.device}")
-    return found
+    if found:
+        raise Unavailable("; ".join(found))
 
 
 class Sources:
-    """What each backend runs, made on demand (torch only then) in ``workdir``: the torch
-    rows load ``--checkpoint``, the seeded ``--preset`` model or the embedded demo, and the
-    runtime rows a bundle of each precision exported from it. A given BUNDLE serves its own
-    precision; it names its source by file name only, so the torch rows then need
-    ``--checkpoint`` (checked against its sha256) unless it is a demo bundle."""
+    """What each backend runs, made on demand in ``workdir``: the torch rows a checkpoint
+    (``--checkpoint``, ``--preset``'s or the demo), the runtime rows a bundle of each precision
+    exported from it, or the given BUNDLE (its precision only)."""
 
     def __init__(
         self,
@@ -123,37 +112,49 @@ class Sources:
         seed: int = 0,
         progress: Progress | None = None,
     ) -> None:
-        _check_inputs(bundle, checkpoint, preset)
+        if preset is not None and (bundle is not None or checkpoint is not None):
+            raise InputError("--preset builds its own model: drop BUNDLE and --checkpoint")
+        if preset is not None:
+            from inctrl.config import get_config
+
+            get_config(preset)  # an unknown preset is refused here
+        if checkpoint is not None and not checkpoint.is_file():
+            raise InputError(f"{checkpoint}: no such checkpoint file")
         self.workdir, self.preset, self.seed = workdir, preset, seed
-        self.checkpoint_given = checkpoint
         self.progress = progress or Progress()
         self.notes: list[str] = []
+        self.category = DEFAULT_CATEGORY
+        self.model_label = str(checkpoint) if checkpoint else "the embedded DEMO model"
+        if preset is not None:
+            self.model_label = f"preset {preset}, seeded random weights (seed {seed})"
+        # What each side runs once known: a file, None (the embedded demo), or why there is none.
         self._checkpoint: Path | None | Unavailable = checkpoint
         self._bundles: dict[str, Path | Unavailable] = {}
         self.given_bundle = None
-        self.category = DEFAULT_CATEGORY
         if bundle is not None:
-            self._open_given(bundle)
+            self._open_given(bundle, checkpoint)
 
-    def _open_given(self, path: Path) -> None:
+    def _open_given(self, path: Path, given: Path | None) -> None:
         from inctrl_runtime.bundle import Bundle
 
         # Only the manifest is read here; the Detector that benches it checks every sha256.
         bundle = self.given_bundle = Bundle.open(path, check_files=False)
         self.category = bundle.categories[0]
         self._bundles = {bundle.graphs["encoder"].precision: path}
-        source, given = bundle.manifest.get("source") or {}, self.checkpoint_given
+        source = bundle.manifest.get("source") or {}
         if given is not None and source.get("sha256") != file_sha256(given):
             why = "it records none" if source.get("sha256") is None else "the sha256 differs"
             self.notes.append(
                 f"{given} is not the checkpoint {path} was exported from ({why}): the torch and "
                 "onnxruntime rows may measure different weights"
             )
-        elif given is None and not source.get("demo"):  # a demo bundle: the embedded demo
-            # A schema-1 manifest records the exporting machine's path: only its name is used.
-            name = source.get("file") or Path(source.get("checkpoint") or "").name
-            origin = f"was exported from {name}" if name else "names no source checkpoint"
-            self._checkpoint = Unavailable(f"give --checkpoint (the bundle {origin})")
+        elif given is None:
+            self.model_label = f"bundle {bundle.path}"
+            if not source.get("demo"):  # a demo bundle runs the embedded demo
+                # A schema-1 manifest records the exporting machine's path: only its name is used.
+                name = source.get("file") or Path(source.get("checkpoint") or "").name
+                origin = f"was exported from {name}" if name else "names no source checkpoint"
+                self._checkpoint = Unavailable(f"give --checkpoint (the bundle {origin})")
 
     def checkpoint(self) -> Path | None:
         """The checkpoint of the torch side (None: the embedded demo)."""
@@ -197,28 +198,3 @@ class Sources:
         except InputError as err:
             return Unavailable(f"inctrl-export cannot make a {precision} bundle: {err}")
         return out
-
-    @property
-    def model_label(self) -> str:
-        """What is benched, in words."""
-        if self.preset is not None:
-            return f"preset {self.preset}, seeded random weights (seed {self.seed})"
-        if self.checkpoint_given is not None:
-            return str(self.checkpoint_given)
-        if self.given_bundle is not None:
-            return f"bundle {self.given_bundle.path}"
-        return "the embedded DEMO model"
-
-
-def _check_inputs(bundle: Path | None, checkpoint: Path | None, preset: str | None) -> None:
-    """Refuse contradictory or missing inputs before any work."""
-    if preset is not None:
-        if bundle is not None or checkpoint is not None:
-            raise InputError(
-                "--preset builds its own model: give it without BUNDLE or --checkpoint"
-            )
-        from inctrl.config import get_config
-
-        get_config(preset)  # an unknown preset is refused here
-    if checkpoint is not None and not checkpoint.is_file():
-        raise InputError(f"{checkpoint}: no such checkpoint file")

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import new_app, run_app, status
-from inctrl_runtime.errors import InputError
+from inctrl_runtime.console import new_app, run_app, say, status
 
 app = new_app(
     "inctrl-bench",
@@ -17,27 +16,12 @@ app = new_app(
 )
 
 
-def parse_sizes(text: str, option: str) -> tuple[int, ...]:
-    """``"32,1,8"`` -> (1, 8, 32), checked as ``BenchSettings`` checks sizes; a part that is no
-    whole number is refused."""
-    from inctrl_bench.suite import check_sizes
-
-    try:
-        sizes = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise InputError(
-            f"{option} {text!r}: give positive whole numbers separated by commas"
-        ) from None
-    return check_sizes(sizes, option)
-
-
 @app.command()
 def bench(
     bundle: Path = typer.Argument(
         None,
         help="A bundle (inctrl-export onnx) for the onnxruntime backends. Default: export the "
         "model benched to a temporary bundle.",
-        show_default=False,
     ),
     checkpoint: Path = typer.Option(
         None,
@@ -46,14 +30,12 @@ def bench(
         help="Checkpoint for the torch backends (and the bundle when none is given; with a "
         "BUNDLE, checked against its source's sha256). Default: the embedded DEMO model (with "
         "a BUNDLE: only for a demo bundle).",
-        show_default=False,
     ),
     preset: str = typer.Option(
         None,
         "--preset",
         help="Bench a preset's full architecture with seeded random weights, e.g. "
         "ViT-B-16-plus-240 (a 0.8 GB temporary checkpoint).",
-        show_default=False,
     ),
     backend: list[str] = typer.Option(
         None,
@@ -61,7 +43,6 @@ def bench(
         "-b",
         help="Backend by name or prefix (onnxruntime: all its variants); repeat for several. "
         "Default: all.",
-        show_default=False,
     ),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for throughput."),
     shots: str = typer.Option(
@@ -72,16 +53,10 @@ def bench(
         None,
         "--repeats",
         help="Timed runs per measurement after a warm-up. Default: at least 2 and 1 s, at most 50.",
-        show_default=False,
     ),
-    json_file: Path = typer.Option(
-        None, "--json", help="Write the full report as JSON here.", show_default=False
-    ),
+    json_file: Path = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot_file: Path = typer.Option(
-        None,
-        "--plot",
-        help="Write a PNG: latency per query vs batch, speed-ups.",
-        show_default=False,
+        None, "--plot", help="Write a PNG: latency per query vs batch, speed-ups."
     ),
 ) -> None:
     """Measure latency per query (p50/p90/p99, stages), throughput per batch size, prompt
@@ -97,20 +72,21 @@ def bench(
     """
     from inctrl_bench.machine import Progress
     from inctrl_bench.report import print_report
-    from inctrl_bench.suite import BenchSettings, run_bench
+    from inctrl_bench.suite import BenchSettings, check_sizes, run_bench
 
     settings = BenchSettings(
         bundle=bundle,
         checkpoint=checkpoint,
         preset=preset,
         backends=tuple(backend or ()),
-        batches=parse_sizes(batch, "--batch"),
-        shots=parse_sizes(shots, "--shots"),
+        batches=check_sizes(batch, "--batch"),
+        shots=check_sizes(shots, "--shots"),
         device=device,
         repeats=repeats,
     )
     with status("starting") as spinner:
-        report = run_bench(settings, json_file, plot_file, Progress(spinner, echo=True))
+        progress = Progress(spinner.update, say) if spinner else Progress(done=say)
+        report = run_bench(settings, json_file, plot_file, progress)
     print_report(report)
 
 

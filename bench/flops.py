@@ -34,21 +34,15 @@ class ModelShape:
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         """From ``InCTRLConfig.to_dict()`` or a bundle manifest's ``model.config``."""
         vision, text, head = config["vision"], config["text"], config["head"]
-        first, second = head["hidden"]
-        return cls(
-            name=config["name"],
-            image_size=int(vision["image_size"]),
-            patch_size=int(vision["patch_size"]),
-            width=int(vision["width"]),
-            layers=int(vision["layers"]),
-            mlp_ratio=float(vision["mlp_ratio"]),
-            tapped_layers=len(vision["tapped_blocks"]),
-            embed_dim=int(config["embed_dim"]),
-            adapter_reduction=int(head["adapter_reduction"]),
-            head_hidden=(int(first), int(second)),
-            text_width=int(text["width"]),
-            text_layers=int(text["layers"]),
-            text_context=int(text["context_length"]),
+        return cls(  # in field order
+            config["name"],
+            *(int(vision[key]) for key in ("image_size", "patch_size", "width", "layers")),
+            float(vision["mlp_ratio"]),
+            len(vision["tapped_blocks"]),
+            int(config["embed_dim"]),
+            int(head["adapter_reduction"]),
+            tuple(int(n) for n in head["hidden"]),
+            *(int(text[key]) for key in ("width", "layers", "context_length")),
         )
 
     @property

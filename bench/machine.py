@@ -1,6 +1,5 @@
-"""The machine and how it is measured: what the numbers were measured on (hardware, libraries,
-the fp32 peak of a large matrix product in the same run), staged wall-clock runs, the peak of
-process RSS, and the progress a long bench shows on stderr."""
+"""The machine (hardware, libraries, the fp32 peak of a matrix product in the same run) and how
+it is measured: staged wall-clock runs, the peak of process RSS, progress on stderr."""
 
 from __future__ import annotations
 
@@ -13,14 +12,13 @@ import subprocess
 import sys
 import time
 import timeit
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from inctrl_runtime.console import say
 
 LIBRARIES = ("torch", "onnxruntime", "onnx", "numpy")
 GEMM_SIZE = {"cpu": 2048, "cuda": 8192}
@@ -76,8 +74,7 @@ def machine_info(command: str) -> dict:
 
 @dataclass(frozen=True)
 class Peak:
-    """The best fp32 matrix-product rate this machine reached in this run, and each library's
-    (libraries differ: MKL, for one, is slow on AMD CPUs)."""
+    """The best fp32 matrix-product rate reached in this run, and each library's (they differ)."""
 
     gflops: float | None
     method: str
@@ -120,8 +117,8 @@ def _products(device: str, size: int, with_torch: bool) -> dict[str, Callable[[]
 
 
 def measure_peak(device: str, with_torch: bool, runs: int = 3) -> Peak:
-    """The best rate of a square fp32 GEMM on the device over the libraries here (numpy,
-    onnxruntime and, ``with_torch``, torch on a CPU; torch on a GPU), each after a warm-up."""
+    """The best rate of a square fp32 GEMM on the device over the libraries here (torch only
+    ``with_torch``), each after a warm-up."""
     size = GEMM_SIZE[device]
     rates = {
         name: 2 * size**3 / min(timeit.repeat(product, number=1, repeat=runs + 1)[1:]) / 1e9
@@ -135,19 +132,20 @@ def measure_peak(device: str, with_torch: bool, runs: int = 3) -> Peak:
 
 
 class StageClock:
-    """Times the named stages of one run. ``sync`` is called before each stage's clock stops,
-    so that work queued on a GPU is counted in the stage that queued it."""
+    """Times the named stages of one run; ``sync`` runs before a stage's clock stops, so that
+    work queued on a GPU counts in the stage that queued it."""
 
     def __init__(self, sync: Callable[[], object]) -> None:
         self.sync = sync
         self.seconds: dict[str, float] = {}
 
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
+    def __call__(self, stage: str, step: Callable, *args: Any) -> Any:
+        """``step(*args)``, timed as ``stage``; its value."""
         began = time.perf_counter()
-        yield
+        value = step(*args)
         self.sync()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - began
+        return value
 
 
 @dataclass(frozen=True)
@@ -168,10 +166,8 @@ class Timing:
         run(StageClock(sync))
         fewest, most, seconds = ADAPTIVE_REPEATS if repeats is None else (repeats, repeats, 0)
         clocks: list[StageClock] = []
-        began = time.perf_counter()
-        while len(clocks) < fewest or (
-            len(clocks) < most and time.perf_counter() - began < seconds
-        ):
+        deadline = time.perf_counter() + seconds
+        while len(clocks) < most and (len(clocks) < fewest or time.perf_counter() < deadline):
             clocks.append(StageClock(sync))
             run(clocks[-1])
         totals = [sum(clock.seconds.values()) * 1e3 for clock in clocks]
@@ -183,54 +179,37 @@ class Timing:
         return cls(len(clocks), p50, p90, p99, stages)
 
 
-def _lifetime_peak_rss() -> int | None:
-    """The process's peak RSS since it started (getrusage), where /proc is missing."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 class PeakRss:
-    """The peak RSS of the whole process while the block runs: the kernel's high-water mark
-    (VmHWM), reset at entry; where it cannot be reset, the lifetime peak (getrusage), which
-    may predate the block. ``since_entry`` says which it is."""
+    """The peak RSS of the whole process in the block: the high-water mark (VmHWM) reset at entry
+    (``since_entry``), or else the lifetime peak (getrusage), which may predate the block."""
 
     peak_bytes: int | None = None
     since_entry = False
 
     def __enter__(self) -> PeakRss:
         with contextlib.suppress(OSError):
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")  # resets VmHWM to the current RSS
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             self.since_entry = True
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self.since_entry:
             with contextlib.suppress(OSError, ValueError, IndexError, StopIteration):
-                with open("/proc/self/status") as status:
-                    line = next(line for line in status if line.startswith("VmHWM:"))
-                self.peak_bytes = int(line.split()[1]) * 1024
+                status = Path("/proc/self/status").read_text().splitlines()
+                kilobytes = next(line for line in status if line.startswith("VmHWM:")).split()[1]
+                self.peak_bytes = int(kilobytes) * 1024
         if self.peak_bytes is None:
             self.since_entry = False
-            self.peak_bytes = _lifetime_peak_rss()
+            with contextlib.suppress(ImportError):
+                import resource
+
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                self.peak_bytes = peak if sys.platform == "darwin" else peak * 1024
 
 
-@dataclass
+@dataclass(frozen=True)
 class Progress:
-    """Where a long bench is: ``step`` (what is measured now) updates ``spinner`` if there is
-    one, ``done`` (something worth a line) goes to stderr if ``echo``. Silent by default."""
+    """Where a long bench is: ``step`` (what is measured now), ``done`` (worth a line)."""
 
-    spinner: Any = None
-    echo: bool = False
-
-    def step(self, message: str) -> None:
-        if self.spinner is not None:
-            self.spinner.update(message)
-
-    def done(self, message: str) -> None:
-        if self.echo:
-            say(message)
+    step: Callable[[str], object] = lambda message: None
+    done: Callable[[str], object] = lambda message: None

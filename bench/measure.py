@@ -1,7 +1,5 @@
-"""Measure one backend (load, latency at batch 1 and its stages, throughput per batch size,
-registration per k, memory, arithmetic rate) as a ``Subject``: the runtime's ``Detector`` or the
-PyTorch model (``torch_side``) seen through the same calls. Each measurement is a warm-up run,
-then timed runs on seeded random camera frames, preprocessed as part of the time."""
+"""Measure one backend as a ``Subject``: the runtime's ``Detector`` or the PyTorch model
+(``torch_side``) through the same calls, on seeded random camera frames (preprocessing timed)."""
 
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inctrl_bench.backends import Backend, Sources, Unavailable, problems
+from inctrl_bench.backends import Backend, Sources, Unavailable, check_runnable
 from inctrl_bench.flops import ModelShape, query_flops
 from inctrl_bench.machine import Peak, PeakRss, Progress, StageClock, Timing
 from inctrl_runtime.errors import InputError
@@ -38,11 +36,10 @@ Images = Sequence[np.ndarray]
 
 @dataclass
 class Subject:
-    """A backend, opened and prepared with a category's bank and text prior: the query path
-    in stages (``head`` scores against the prepared state), and prompt registration
-    (``register``; None where no bank is kept between queries). ``before``: stages redone
-    before every query (the authors' way); ``max_batch``: the largest batch it scores right;
-    ``text_prior_ms``: the one-time cost of the text prior, ours and the authors' way."""
+    """A backend prepared with a category's bank and text prior (``head`` scores against them).
+    ``register``: None where no bank is kept between queries; ``before``: stages redone before
+    every query (the authors' way); ``max_batch``: the largest batch it scores right;
+    ``text_prior_ms``: the text prior's one-time cost, ours and the authors' way."""
 
     shape: ModelShape
     pixels: Callable[[Images], Any]
@@ -58,21 +55,9 @@ class Subject:
 
     def query(self, images: Images, clock: StageClock) -> None:
         for stage, step in self.before.items():
-            with clock(stage):
-                step()
-        with clock(PREPROCESS):
-            pixels = self.pixels(images)
-        with clock(ENCODER):
-            features = self.encode(pixels)
-        with clock(HEAD):
-            self.head(features)
-
-    def registration(self, prompts: Images, clock: StageClock) -> None:
-        with clock(REGISTER):
-            self.register(prompts)
-
-    def timing(self, run: Callable[[StageClock], None], repeats: int | None) -> Timing:
-        return Timing.measure(run, repeats, self.sync)
+            clock(stage, step)
+        features = clock(ENCODER, self.encode, clock(PREPROCESS, self.pixels, images))
+        clock(HEAD, self.head, features)
 
 
 Prepare = Callable[[Images, str], Subject]  # (prompt images, category) -> a prepared Subject
@@ -158,39 +143,28 @@ class BackendResult:
     def measure(
         self, prepare: Prepare, settings: BenchSettings, category: str, progress: Progress
     ) -> Subject:
-        """Latency, throughput per batch and registration per k; the subject, prepared."""
-        batches, shots, repeats = settings.batches, settings.shots, settings.repeats
+        """Latency, throughput per batch, registration per k, arithmetic rate; the subject."""
+        batches, shots = settings.batches, settings.shots
         rng = np.random.default_rng(settings.seed)
         frames = [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(batches[-1])]
         prompts = [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(shots[-1])]
         subject = prepare(prompts[: shots[0]], category)
+        timed = functools.partial(Timing.measure, repeats=settings.repeats, sync=subject.sync)
         progress.step(f"{self.name}: latency at batch 1")
-        self.latency = subject.timing(functools.partial(subject.query, frames[:1]), repeats)
+        self.latency = timed(functools.partial(subject.query, frames[:1]))
         # A backend limited below every batch asked for is measured at batch 1, its only size.
         for batch in [b for b in batches if b <= (subject.max_batch or b)] or [1]:
             progress.step(f"{self.name}: throughput at batch {batch}")
             run = functools.partial(subject.query, frames[:batch])
-            timing = self.latency if batch == 1 else subject.timing(run, repeats)
-            self.throughput.append(Throughput.of(batch, timing))
+            self.throughput.append(Throughput.of(batch, self.latency if batch == 1 else timed(run)))
         for k in shots if subject.register else ():
             progress.step(f"{self.name}: registering {k} prompt images")
-            run = functools.partial(subject.registration, prompts[:k])
-            self.registration.append(Registration(k, subject.timing(run, repeats)))
-        return subject
-
-    def summarize(self, subject: Subject, peak: Peak, rss: PeakRss) -> None:
-        """The model, arithmetic rate and memory of a measured backend."""
+            timing = timed(lambda clock, k=k: clock(REGISTER, subject.register, prompts[:k]))
+            self.registration.append(Registration(k, timing))
         self.available, self.shape, self.model = True, subject.shape, subject.shape.name
-        self.text_prior_ms = subject.text_prior_ms
-        self.flops_per_query = subject.flops_per_query
+        self.text_prior_ms, self.flops_per_query = subject.text_prior_ms, subject.flops_per_query
         self.achieved_gflops = self.flops_per_query * self.largest_batch.images_per_s / 1e9
-        if peak.gflops:
-            self.peak_percent = 100 * self.achieved_gflops / peak.gflops
-        if rss.peak_bytes is not None:
-            self.peak_rss_mb = rss.peak_bytes / MB
-            self.peak_rss_scope = RSS_SCOPE[rss.since_entry]
-        gpu_bytes = subject.gpu_peak_bytes()
-        self.gpu_peak_mb = gpu_bytes / MB if gpu_bytes is not None else None
+        return subject
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -199,8 +173,7 @@ class BackendResult:
 
 
 def _open(backend: Backend, device: str, source: Path | None, stack) -> Prepare:
-    """Load the model or start the engines; a file that will not load is the reason the backend
-    is not available, and the other backends still run."""
+    """Load the model or start the engines; a file that will not load is this row's reason."""
     try:
         if backend.uses_torch:
             from inctrl_bench.torch_side import open_torch
@@ -218,9 +191,7 @@ def bench_backend(
     device = settings.device
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:
-        found = problems(backend, device)
-        if found:
-            raise Unavailable("; ".join(found))
+        check_runnable(backend, device)
         source = sources.checkpoint() if backend.uses_torch else sources.bundle(backend.precision)
         progress.step(f"{backend.name}: loading")
         began = time.perf_counter()
@@ -232,7 +203,11 @@ def bench_backend(
         result.reason = str(err)
         progress.done(f"{backend.name}: not available: {err}")
         return result
-    result.summarize(subject, peak, rss)
+    result.peak_percent = 100 * result.achieved_gflops / peak.gflops if peak.gflops else None
+    if rss.peak_bytes is not None:
+        result.peak_rss_mb, result.peak_rss_scope = rss.peak_bytes / MB, RSS_SCOPE[rss.since_entry]
+    gpu_bytes = subject.gpu_peak_bytes()
+    result.gpu_peak_mb = gpu_bytes / MB if gpu_bytes is not None else None
     del subject, prepare
     gc.collect()
     largest = result.largest_batch

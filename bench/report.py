@@ -1,5 +1,4 @@
-"""The bench for a person: narrow tables on a terminal (readable at 80 columns), and a PNG of
-latency per query against batch size with the speed-ups."""
+"""The bench for a person: terminal tables (80 columns wide) and a PNG of latency and speed-ups."""
 
 from __future__ import annotations
 
@@ -23,9 +22,8 @@ def number(value: float | None) -> str:
     """Three significant figures, without exponents."""
     if value is None:
         return MISSING
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{value:.{digits}f}"
 
 
 def times(value: float | None) -> str:
@@ -109,15 +107,13 @@ def header_lines(report: BenchReport) -> list[str]:
         heads = ", ".join(f"k={k} {v / 1e9:.3g}" for k, v in flops["head_per_query"].items())
         encoder = flops["encoder_per_image"]["total"] / 1e9
         lines.append(f"GFLOP ({name}): encoder {encoder:.3g} per image; head {heads} per query")
-    priors = [
+    priors = ", ".join(
         f"{r.name} {number(r.text_prior_ms['ours'])} / {number(r.text_prior_ms['authors'])}"
         for r in report.backends
         if r.text_prior_ms
-    ]
+    )
     if priors:
-        lines.append(
-            f"text prior, once (ms, ours / the authors' full context): {', '.join(priors)}"
-        )
+        lines.append(f"text prior, once (ms, ours / the authors' full context): {priors}")
     return lines + [f"note: {note}" for note in report.notes]
 
 

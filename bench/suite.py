@@ -1,5 +1,4 @@
-"""One bench run: ``BenchSettings`` in (what ``inctrl-bench`` parses its options into), a
-``BenchReport`` out, and its JSON and plot files, written atomically."""
+"""One bench run: ``BenchSettings`` in, a ``BenchReport`` out, its JSON and plot written."""
 
 from __future__ import annotations
 
@@ -12,16 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inctrl_bench.backends import Sources, check_device, select_backends
+from inctrl_bench import machine
+from inctrl_bench.backends import Sources, select_backends
 from inctrl_bench.flops import flops_record
-from inctrl_bench.machine import (
-    ADAPTIVE_REPEATS,
-    Peak,
-    Progress,
-    import_problem,
-    machine_info,
-    measure_peak,
-)
+from inctrl_bench.machine import Peak, Progress
 from inctrl_bench.measure import BackendResult, bench_backend
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json
@@ -31,11 +24,15 @@ SCHEMA = "inctrl.bench/1"
 SPEEDUP_BASELINES = {"authors": "speedup_vs_authors", "torch-fp32": "speedup_vs_torch_fp32"}
 
 
-def check_sizes(sizes: Sequence[int], option: str) -> tuple[int, ...]:
-    """Batch sizes or prompt counts in increasing order, without repeats; all must be positive."""
-    ordered = tuple(sorted(set(sizes)))
+def check_sizes(sizes: str | Sequence[int], option: str) -> tuple[int, ...]:
+    """Batch sizes or prompt counts (``"32,1,8"`` or numbers) in increasing order, no repeats."""
+    parts = sizes.split(",") if isinstance(sizes, str) else sizes
+    try:
+        ordered = tuple(sorted({int(part) for part in parts}))
+    except ValueError:
+        ordered = ()
     if not ordered or ordered[0] < 1:
-        raise InputError(f"{option} needs positive sizes, got {list(sizes)}")
+        raise InputError(f"{option} {sizes!r}: give positive whole numbers, separated by commas")
     return ordered
 
 
@@ -57,17 +54,18 @@ class BenchSettings:
         # Sorted once here: the last batch is the largest, the first k the one queries use.
         object.__setattr__(self, "batches", check_sizes(self.batches, "--batch"))
         object.__setattr__(self, "shots", check_sizes(self.shots, "--shots"))
-        check_device(self.device)
+        if self.device not in ("cpu", "cuda"):
+            raise InputError(f"unknown device {self.device!r}; use cpu or cuda")
         if self.repeats is not None and self.repeats < 1:
             raise InputError(f"--repeats must be at least 1, got {self.repeats}")
 
     def command_line(self) -> str:
         """The inctrl-bench command that repeats this run."""
         words = ["inctrl-bench"] + ([str(self.bundle)] if self.bundle else [])
+        batches, shots = (",".join(map(str, sizes)) for sizes in (self.batches, self.shots))
         options = {"--checkpoint": self.checkpoint, "--preset": self.preset}
         options |= {"--repeats": self.repeats, "--device": self.device}
-        options |= {"--batch": ",".join(map(str, self.batches))}
-        options |= {"--shots": ",".join(map(str, self.shots))}
+        options |= {"--batch": batches, "--shots": shots}
         words += [w for o, v in options.items() if v is not None for w in (o, str(v))]
         words += [w for name in self.backends for w in ("--backend", name)]
         return shlex.join(words)
@@ -75,7 +73,7 @@ class BenchSettings:
     def to_dict(self) -> dict:
         record = dataclasses.asdict(self)
         record.update({k: str(v) for k, v in record.items() if isinstance(v, Path)})
-        fewest, most, seconds = ADAPTIVE_REPEATS
+        fewest, most, seconds = machine.ADAPTIVE_REPEATS
         adaptive = f"{fewest}-{most} runs, at least {seconds:g} s"
         record["repeats"] = adaptive if self.repeats is None else f"{self.repeats} runs"
         return record
@@ -94,8 +92,7 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
 
     def flops(self) -> dict[str, dict]:
-        """The arithmetic of each model benched (by name): encoder per image, head per query
-        for each k, one authors' text prompt."""
+        """The arithmetic of each model benched, by name (``flops_record``)."""
         shapes = {r.shape.name: r.shape for r in self.backends if r.shape is not None}
         return {name: flops_record(shape, self.settings["shots"]) for name, shape in shapes.items()}
 
@@ -106,8 +103,7 @@ class BenchReport:
 
 
 def add_speedups(results: list[BackendResult]) -> None:
-    """Each available backend's speed-up over ``authors`` and ``torch-fp32``: per-query latency
-    at batch 1, and throughput at each one's largest batch (the authors': batch 1)."""
+    """Speed-ups over each baseline: latency at batch 1, throughput at each one's largest batch."""
     available = {r.name: r for r in results if r.available}
     for baseline, attribute in SPEEDUP_BASELINES.items():
         base = available.get(baseline)
@@ -122,8 +118,7 @@ def add_speedups(results: list[BackendResult]) -> None:
 
 
 def _check_output(path: Path | None, option: str) -> None:
-    """Refuse an output file that could not be written, before a long run (missing folders
-    are made when it is written)."""
+    """Refuse an output file that could not be written, before a long run."""
     if path is None:
         return
     folder = Path(path).absolute().parent
@@ -146,34 +141,21 @@ def run_bench(
     backends = select_backends(settings.backends)
     _check_output(json_file, "--json")
     _check_output(plot_file, "--plot")
-    problem = import_problem("matplotlib") if plot_file is not None else None
+    problem = machine.import_problem("matplotlib") if plot_file is not None else None
     if problem is not None:
         raise InputError(f"--plot needs matplotlib ({problem}): install inctrl[torch] or drop it")
-    machine = machine_info(settings.command_line())
+    machine_record = machine.machine_info(settings.command_line())
     with tempfile.TemporaryDirectory(prefix="inctrl-bench-") as workdir:
-        sources = Sources(
-            Path(workdir),
-            settings.bundle,
-            settings.checkpoint,
-            settings.preset,
-            settings.seed,
-            progress,
-        )
+        given = settings.bundle, settings.checkpoint, settings.preset
+        sources = Sources(Path(workdir), *given, settings.seed, progress)
         progress.step("measuring the fp32 matrix-product peak")
         # torch only if loaded anyway: importing it adds ~0.5 GB to every onnxruntime row's RSS.
         with_torch = any(b.uses_torch for b in backends) or "torch" in sys.modules
-        peak = measure_peak(settings.device, with_torch)
+        peak = machine.measure_peak(settings.device, with_torch)
         results = [bench_backend(b, settings, sources, peak, progress) for b in backends]
     add_speedups(results)
-    report = BenchReport(
-        machine,
-        settings.to_dict(),
-        sources.model_label,
-        sources.category,
-        peak,
-        results,
-        sources.notes,
-    )
+    model, category, notes = sources.model_label, sources.category, sources.notes
+    report = BenchReport(machine_record, settings.to_dict(), model, category, peak, results, notes)
     if json_file is not None:
         write_json(json_file, report.to_dict())
     if plot_file is not None:

@@ -4,8 +4,7 @@ checkpoint. Imported only when one of them runs, so that a bundle benches withou
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -17,9 +16,8 @@ from inctrl.state import TextPrior
 from inctrl.text import prompt_ensemble
 from inctrl_bench.backends import Backend
 from inctrl_bench.flops import ModelShape, authors_query_flops, query_flops
+from inctrl_bench.machine import StageClock
 from inctrl_bench.measure import Images, Prepare, Subject
-
-PROMPTS, TEXT = "prompts", "text prior"
 
 
 def authors_text_prior(model: InCTRL, category: str) -> TextPrior:
@@ -31,13 +29,6 @@ def authors_text_prior(model: InCTRL, category: str) -> TextPrior:
     t_n = model.clip.encode_text(tokenizer(normal).to(device), normalize=True).mean(dim=0)
     t_a = model.clip.encode_text(tokenizer(anomaly).to(device), normalize=True).mean(dim=0)
     return TextPrior(category, t_n / t_n.norm(), t_a / t_a.norm())
-
-
-def _once_ms(sync: Callable[[], object], compute: Callable[[], object]) -> float:
-    began = time.perf_counter()
-    compute()
-    sync()
-    return (time.perf_counter() - began) * 1e3
 
 
 @contextlib.contextmanager
@@ -57,10 +48,9 @@ def open_torch(backend: Backend, checkpoint: Path | None, device: str) -> Iterat
     def prepare(prompts: Images, category: str) -> Subject:
         state = {"bank": model.reference(prompts)}
         make_tokenizer(model.config)  # built once per process, not a cost of each text prior
-        text_prior_ms = {
-            "ours": _once_ms(sync, lambda: state.update(prior=model.text_prior(category))),
-            "authors": _once_ms(sync, lambda: authors_text_prior(model, category)),
-        }
+        clock = StageClock(sync)
+        state["prior"] = clock("ours", model.text_prior, category)
+        clock("authors", authors_text_prior, model, category)
         subject = Subject(
             shape,
             model.pixels,
@@ -70,15 +60,15 @@ def open_torch(backend: Backend, checkpoint: Path | None, device: str) -> Iterat
             query_flops(shape, len(prompts)),
             sync=sync,
             gpu_peak_bytes=torch.cuda.max_memory_allocated if on_gpu else lambda: None,
-            text_prior_ms=text_prior_ms,
+            text_prior_ms={way: seconds * 1e3 for way, seconds in clock.seconds.items()},
         )
         if backend.kind == "authors":
             text_prompts = sum(len(texts) for texts in prompt_ensemble(category))
             subject.flops_per_query = authors_query_flops(shape, len(prompts), text_prompts)
             subject.register, subject.max_batch = None, 1
             subject.before = {
-                PROMPTS: lambda: state.update(bank=model.reference(prompts)),
-                TEXT: lambda: state.update(prior=authors_text_prior(model, category)),
+                "prompts": lambda: state.update(bank=model.reference(prompts)),
+                "text prior": lambda: state.update(prior=authors_text_prior(model, category)),
             }
         return subject
 

@@ -12,9 +12,8 @@ from conftest import run_command
 
 from inctrl import get_config
 from inctrl_bench.backends import CATALOGUE, Sources, Unavailable, select_backends
-from inctrl_bench.cli import parse_sizes
 from inctrl_bench.flops import ModelShape, encoder_flops, head_flops, query_flops
-from inctrl_bench.suite import BenchSettings, run_bench
+from inctrl_bench.suite import BenchSettings, check_sizes, run_bench
 from inctrl_runtime.errors import InputError
 
 NAMES = [backend.name for backend in CATALOGUE]
@@ -76,8 +75,8 @@ def test_backend_selection_by_name_and_prefix() -> None:
 @pytest.mark.parametrize("text", ["1,x", "0,8", "", "-1", "1.5"])
 def test_bad_size_lists_are_refused(text: str) -> None:
     with pytest.raises(InputError, match="--batch"):
-        parse_sizes(text, "--batch")
-    assert parse_sizes("32, 1,8,8", "--batch") == (1, 8, 32)
+        check_sizes(text, "--batch")
+    assert check_sizes("32, 1,8,8", "--batch") == (1, 8, 32)
 
 
 @pytest.mark.unit
