@@ -151,8 +151,7 @@ class Sources:
         elif given is None:
             self.model_label = f"bundle {bundle.path}"
             if not source.get("demo"):  # a demo bundle runs the embedded demo
-                # A schema-1 manifest records the exporting machine's path: only its name is used.
-                name = source.get("file") or Path(source.get("checkpoint") or "").name
+                name = bundle.source_file
                 origin = f"was exported from {name}" if name else "names no source checkpoint"
                 self._checkpoint = Unavailable(f"give --checkpoint (the bundle {origin})")
 
