@@ -7,9 +7,14 @@ No network, no files needed. Fixtures are used by name; the helpers are imported
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +130,49 @@ def run_command(module: str, *args: str, cwd=None, timeout: float = 300):
 def run_inctrl(*args: str, cwd=None, timeout: float = 300):
     """Run the real `inctrl` command line in a subprocess and capture it."""
     return run_command("inctrl.cli", *args, cwd=cwd, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command line did: exit code and both streams."""
+
+    code: int
+    out: str
+    err: str
+
+    def assert_refused(self, *phrases: str) -> None:
+        """Exit 2, one line on stderr (``error: ...``, after any ``note:`` lines), no traceback,
+        and each phrase in that line."""
+        lines = [line for line in self.err.splitlines() if not line.startswith("note: ")]
+        assert self.code == 2, (self.code, self.err)
+        assert "Traceback" not in self.err, self.err
+        assert len(lines) == 1 and lines[0].startswith("error: "), self.err
+        for phrase in phrases:
+            assert phrase in lines[0], (phrase, lines[0])
+
+
+def run_main(main: Callable[[list[str]], None], *args: str) -> Outcome:
+    """Run a command line's ``main`` (e.g. ``inctrl_runtime.cli.main``) in this process with
+    captured streams: the same code path as the installed command, without a subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return Outcome(code, out.getvalue(), err.getvalue())
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every entry under ``folder`` (hidden ones too) -> sha256 of a file's bytes, or "folder":
+    compare before and after to prove nothing was changed, added or left behind."""
+    return {
+        str(path.relative_to(folder)): (
+            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        )
+        for path in sorted(folder.rglob("*"))
+    }
 
 
 # --------------------------------------------------------------- the tiny model and bundle
