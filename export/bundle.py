@@ -27,9 +27,10 @@ from inctrl.model import InCTRL
 from inctrl_export.graphs import graph_specs, wrappers
 from inctrl_export.onnx_files import TRACE_SHOTS, check_opset, export_graph
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
-from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION, check_category_name
+from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION
 from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import check_category_name
 from inctrl_runtime.files import file_sha256, write_json
 
 if TYPE_CHECKING:

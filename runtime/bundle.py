@@ -1,24 +1,27 @@
 """The bundle as the runtime reads it: a manifest it trusts only after checking it.
 
 ``Bundle.open`` refuses, in one line that names the file and what to do, a folder without a
-manifest, a manifest of another schema version, a missing file, a file whose size or sha256
-differ from what the manifest recorded, or graph signatures other than those the runtime feeds
-and reads (``GRAPH_CONTRACT``). Each engine is checked against these records when it opens
-(``inctrl_runtime.engines.check_signature``).
+manifest, a manifest of another schema version, a file named anywhere in the manifest that lies
+outside the bundle or is not listed with its size and sha256, a missing file, a file whose size
+or sha256 differ from the record, a model record, preprocessing or text priors that cannot be
+right (non-finite, a zero std, another image size), and graph signatures other than those the
+runtime feeds and reads for that model (``GRAPH_CONTRACT``). Each engine is checked against these
+records when it opens (``inctrl_runtime.engines.check_signature``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from inctrl_runtime.engines import TensorSpec, signature_difference
+from inctrl_runtime.engines import REEXPORT, TensorSpec, signature_difference
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.fewshot import BankShape, category_file
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.preprocess import Preprocessing
 from inctrl_runtime.results import Scores
@@ -29,19 +32,67 @@ MANIFEST = "manifest.json"
 PRIORS = "priors.json"
 REFERENCES_DIR = "references"
 GRAPHS = ("encoder", "head")
-_FEATURES = {"embedding": 2, "adapted": 2, "patches": 4}
-# What the runtime feeds each graph and reads from it: name -> rank (all float32 at the graph's
-# boundary, whatever the precision inside).
+_FEATURES = {"embedding": ("B", "E"), "adapted": ("B", "E"), "patches": ("B", "L", "P", "D")}
+# What the runtime feeds each graph and reads from it: name -> shape, all float32 at the graph's
+# boundary whatever the precision inside. Letters are the model record's sizes (S image size,
+# E embedding, L tapped layers, P patches, D width); B (batch) and N (prompt patches) are dynamic.
 GRAPH_CONTRACT = {
-    "encoder": ({"image": 4}, _FEATURES),
+    "encoder": ({"image": ("B", 3, "S", "S")}, _FEATURES),
     "head": (
-        {**_FEATURES, "ref_patches": 3, "ref_adapted": 1, "text_prior": 2},
-        {name: 2 if name == "patch_residual_map" else 1 for name in Scores._fields},
+        {
+            **_FEATURES,
+            "ref_patches": ("L", "N", "D"),
+            "ref_adapted": ("E",),
+            "text_prior": (2, "E"),
+        },
+        {name: ("B", "P") if name == "patch_residual_map" else ("B",) for name in Scores._fields},
     ),
 }
-REEXPORT = "re-export it with inctrl-export onnx"
+_DYNAMIC = ("B", "N")
+# Priors are unit vectors; JSON floats keep float32 to ~1e-7, so this only catches damage.
+_UNIT_NORM_TOLERANCE = 1e-3
 
-_CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The sizes the manifest's ``model`` record gives, which every graph, bank and prior of
+    the bundle must agree with."""
+
+    image_size: int
+    num_patches: int
+    layers: int  # tapped blocks
+    width: int
+    embed_dim: int
+
+    @classmethod
+    def from_manifest(cls, record: dict) -> ModelRecord:
+        sizes = {
+            "image_size": record["image_size"],
+            "num_patches": record["num_patches"],
+            "layers": len(record["tapped_blocks"]),
+            "width": record["width"],
+            "embed_dim": record["embed_dim"],
+        }
+        bad = [
+            k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1
+        ]
+        if bad:
+            raise ValueError(f"model record: {', '.join(bad)} must be positive integers")
+        return cls(**sizes)
+
+    def sizes(self) -> dict[str, int]:
+        """The letters of ``GRAPH_CONTRACT``."""
+        return {
+            "S": self.image_size,
+            "E": self.embed_dim,
+            "L": self.layers,
+            "P": self.num_patches,
+            "D": self.width,
+        }
+
+    @property
+    def bank_shape(self) -> BankShape:
+        return BankShape(self.layers, self.num_patches, self.width, self.embed_dim)
 
 
 @dataclass(frozen=True)
@@ -56,10 +107,12 @@ class GraphInfo:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A checked bundle: manifest, graphs, preprocessing and the text prior of each category."""
+    """A checked bundle: manifest, model record, graphs, preprocessing and the text prior of
+    each category."""
 
     path: Path
     manifest: dict
+    model: ModelRecord
     preprocessing: Preprocessing
     graphs: dict[str, GraphInfo]
     priors: dict[str, np.ndarray]  # category -> 2 x E float32, rows (normal, anomaly)
@@ -71,15 +124,21 @@ class Bundle:
         path = Path(path)
         manifest = read_manifest(path)
         _check_files(path, manifest, check_files)
+        where = path / MANIFEST
         try:
-            graphs = {name: _graph_info(path, name, manifest["graphs"][name]) for name in GRAPHS}
-            preprocessing = Preprocessing.from_manifest(manifest["preprocessing"])
-            embed_dim = int(manifest["model"]["embed_dim"])
-        except (KeyError, TypeError, ValueError) as err:
-            message = f"{path / MANIFEST}: incomplete manifest ({err}); {REEXPORT}"
+            model = ModelRecord.from_manifest(manifest["model"])
+            graphs = {
+                name: _graph_info(path, name, manifest["graphs"][name], model, manifest["files"])
+                for name in GRAPHS
+            }
+            preprocessing = _preprocessing(manifest["preprocessing"], model)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            message = f"{where}: incomplete or invalid manifest ({err}); {REEXPORT}"
             raise BundleError(message) from None
-        priors = read_priors(path / PRIORS, embed_dim)
-        return cls(path, manifest, preprocessing, graphs, priors)
+        if PRIORS not in manifest["files"]:
+            raise BundleError(f"{where}: does not list {PRIORS} with its sha256; {REEXPORT}")
+        priors = read_priors(path / PRIORS, model.embed_dim)
+        return cls(path, manifest, model, preprocessing, graphs, priors)
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -89,6 +148,11 @@ class Bundle:
     def encoder_sha256(self) -> str:
         """Identifies the encoder that reference banks of this bundle were made with."""
         return self.manifest["files"][self.graphs["encoder"].file.name]["sha256"]
+
+    @property
+    def bank_shape(self) -> BankShape:
+        """The shapes this bundle's reference banks must have."""
+        return self.model.bank_shape
 
     @property
     def is_demo(self) -> bool:
@@ -114,17 +178,7 @@ class Bundle:
 
     def reference_path(self, category: str) -> Path:
         """Where the registered reference bank of a category lives: references/<category>.npz."""
-        check_category_name(category)
-        return self.path / REFERENCES_DIR / f"{category}.npz"
-
-
-def check_category_name(category: str) -> None:
-    """Category names become file names: letters, digits and ``_ . + -``, not starting with a
-    dot, so that no name can point outside the bundle."""
-    if not _CATEGORY_NAME.fullmatch(category or ""):
-        raise InputError(
-            f"category name {category!r} is not usable: use letters, digits, '_', '-', '.', '+'"
-        )
+        return category_file(self.path / REFERENCES_DIR, category, ".npz")
 
 
 def read_manifest(path: Path) -> dict:
@@ -149,14 +203,28 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def inside(folder: Path, name: object, where: Path) -> Path:
+    """``folder/name`` for a file name the manifest gives, refused unless it is a plain relative
+    path that stays inside the folder (no ``..``, no absolute path, no symlink out)."""
+    parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+    escapes = not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name
+    file = folder / name if not escapes else folder
+    if escapes or not file.resolve().is_relative_to(folder.resolve()):
+        raise BundleError(
+            f"{where}: names the file {name!r}, which is not inside the bundle; {REEXPORT}"
+        )
+    return file
+
+
 def _check_files(path: Path, manifest: dict, check_sha256: bool) -> None:
     files = manifest.get("files")
+    where = path / MANIFEST
     if not isinstance(files, dict) or not files:
-        raise BundleError(f"{path / MANIFEST}: lists no files; {REEXPORT}")
+        raise BundleError(f"{where}: lists no files; {REEXPORT}")
     for name, record in files.items():
-        if not isinstance(record, dict):
-            raise BundleError(f"{path / MANIFEST}: bad entry for {name}; {REEXPORT}")
-        file = path / name
+        file = inside(path, name, where)
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            raise BundleError(f"{where}: no size and sha256 recorded for {name}; {REEXPORT}")
         if not file.is_file():
             raise BundleError(f"{file}: missing from the bundle; {REEXPORT}")
         if file.stat().st_size != record.get("bytes"):
@@ -164,38 +232,64 @@ def _check_files(path: Path, manifest: dict, check_sha256: bool) -> None:
                 f"{file}: {file.stat().st_size} bytes, the manifest says {record.get('bytes')} "
                 f"(truncated or replaced); {REEXPORT}"
             )
-        if check_sha256 and file_sha256(file) != record.get("sha256"):
+        if check_sha256 and file_sha256(file) != record["sha256"]:
             raise BundleError(
                 f"{file}: sha256 differs from the manifest (tampered with or damaged); {REEXPORT}"
             )
 
 
-def _graph_info(path: Path, name: str, record: dict) -> GraphInfo:
+def _graph_info(path: Path, name: str, record: dict, model: ModelRecord, files: dict) -> GraphInfo:
     def specs(entries: list[dict]) -> tuple[TensorSpec, ...]:
         return tuple(
             TensorSpec(e["name"], tuple(e["shape"]), e.get("dtype", "float32")) for e in entries
         )
 
+    where = path / MANIFEST
+    if record["file"] not in files:
+        raise BundleError(
+            f"{where}: the {name} graph's file {record['file']!r} is not among the listed and "
+            f"hashed files, so it cannot be checked; {REEXPORT}"
+        )
     graph = GraphInfo(
-        file=path / record["file"],
+        file=inside(path, record["file"], where),
         inputs=specs(record["inputs"]),
         outputs=specs(record["outputs"]),
         precision=record["precision"],
     )
-    feeds, reads = GRAPH_CONTRACT[name]
-    for kind, recorded, wanted in (
-        ("inputs", graph.inputs, feeds),
-        ("outputs", graph.outputs, reads),
+    sizes = model.sizes()
+    for kind, recorded, wanted in zip(
+        ("inputs", "outputs"), (graph.inputs, graph.outputs), GRAPH_CONTRACT[name], strict=True
     ):
-        contract = tuple(TensorSpec(n, ("?",) * rank, "float32") for n, rank in wanted.items())
+        contract = tuple(
+            TensorSpec(
+                n, tuple("?" if d in _DYNAMIC else sizes.get(d, d) for d in shape), "float32"
+            )
+            for n, shape in wanted.items()
+        )
         difference = signature_difference(recorded, contract)
         if difference:
             raise BundleError(
-                f"{path / MANIFEST}: the {name} graph's {kind} are not what this runtime "
-                f"{'feeds' if kind == 'inputs' else 'reads'} ({difference}); {REEXPORT} from the "
-                "same inctrl release"
+                f"{where}: the {name} graph's {kind} are not what this runtime "
+                f"{'feeds' if kind == 'inputs' else 'reads'} for this model ({difference}); "
+                f"{REEXPORT} from the same inctrl release"
             )
     return graph
+
+
+def _preprocessing(record: dict, model: ModelRecord) -> Preprocessing:
+    """The manifest's preprocessing, refused where it cannot be right for the model."""
+    preprocessing = Preprocessing.from_manifest(record)
+    if preprocessing.size != model.image_size:
+        raise ValueError(
+            f"preprocessing resizes to {preprocessing.size}, the model takes {model.image_size}"
+        )
+    for name in ("mean", "std"):
+        values = getattr(preprocessing, name)
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"preprocessing {name} must be 3 finite numbers, got {list(values)}")
+    if min(preprocessing.std) <= 0:
+        raise ValueError(f"preprocessing std must be positive, got {list(preprocessing.std)}")
+    return preprocessing
 
 
 def read_priors(path: Path, embed_dim: int) -> dict[str, np.ndarray]:
@@ -212,8 +306,12 @@ def read_priors(path: Path, embed_dim: int) -> dict[str, np.ndarray]:
         raise BundleError(f"{path}: not a priors file ({err}); {REEXPORT}") from None
     for category, prior in priors.items():
         if prior.shape != (2, embed_dim):
-            raise BundleError(
-                f"{path}: the prior of {category!r} has shape {prior.shape}, the model needs "
-                f"(2, {embed_dim}); {REEXPORT}"
-            )
+            problem = f"has shape {prior.shape}, the model needs (2, {embed_dim})"
+        elif not np.isfinite(prior).all():
+            problem = "holds values that are not finite numbers"
+        elif np.abs(np.linalg.norm(prior, axis=1) - 1).max() > _UNIT_NORM_TOLERANCE:
+            problem = "is not a pair of unit vectors"
+        else:
+            continue
+        raise BundleError(f"{path}: the prior of {category!r} {problem}; {REEXPORT}")
     return priors

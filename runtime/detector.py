@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from inctrl_runtime.preprocess import (
     pixel_digest,
     preprocess_many,
 )
-from inctrl_runtime.references import NumpyBank
+from inctrl_runtime.references import NumpyBank, read_digest
 from inctrl_runtime.results import Result, Scores, results
 
 Features = dict[str, Any]  # numpy arrays, or the encoder engine's device values
@@ -48,8 +49,8 @@ class Detector:
         self.bundle = bundle
         self.encoder_engine = encoder_engine
         self.head_engine = head_engine
-        # Registered banks read from disk, with the (mtime, size) they were read at.
-        self._registered: dict[str, tuple[tuple[int, int], NumpyBank]] = {}
+        # Registered banks read from disk, with the digest their file recorded.
+        self._registered: dict[str, tuple[str, NumpyBank]] = {}
 
     @classmethod
     def open(
@@ -112,6 +113,7 @@ class Detector:
         """Encode k normal prompt images into a NumpyBank (not saved)."""
         if len(prompt_images) == 0:
             raise InputError("no prompt images: give at least one normal image of the category")
+        _check_batch_size(batch_size)
         pixels = self.pixels(prompt_images)
         starts = range(0, len(pixels), batch_size)
         chunks = [self.encode(pixels[i : i + batch_size]) for i in starts]
@@ -131,27 +133,36 @@ class Detector:
     ) -> NumpyBank:
         """Build a category's bank and save it as ``references/<category>.npz`` (atomically)."""
         self.bundle.prior(category)  # an unknown category fails before any work
-        bank = self.reference(prompt_images, batch_size)
         path = self.bundle.reference_path(category)
+        bank = replace(self.reference(prompt_images, batch_size), category=category)
         bank.save(path)
-        self._registered[category] = (_stamp(path), bank)
+        self._registered[category] = (bank.digest, bank)
         return bank
 
     def registered(self, category: str) -> NumpyBank:
-        """The bank saved by ``register`` for a category, read from disk once (again only if
-        the file changes, e.g. registered anew by another process)."""
+        """The bank saved by ``register`` for a category, read from disk once (again only when
+        the digest its file records changes, e.g. registered anew by another process)."""
         path = self.bundle.reference_path(category)
         if not path.is_file():
             raise InputError(
                 f"category {category!r} is not registered in {self.bundle.path}: run "
                 f"inctrl-run register {self.bundle.path} --category {category} --shot IMG ..."
             )
-        stamp, bank = self._registered.get(category, (None, None))
-        current = _stamp(path)
-        if stamp != current:
-            bank = NumpyBank.load(path, self.bundle.encoder_sha256)
-            self._registered[category] = (current, bank)
+        digest, bank = self._registered.get(category, (None, None))
+        if digest is None or read_digest(path) != digest:
+            bank = NumpyBank.load(path)
+            if bank.category != category:
+                raise InputError(
+                    f"{path}: holds the bank registered for category {bank.category!r}, not "
+                    f"{category!r} (a copied file?); register {category} with inctrl-run register"
+                )
+            self._check_bank(bank, str(path))
+            self._registered[category] = (bank.digest, bank)
         return bank
+
+    def _check_bank(self, bank: NumpyBank, where: str) -> None:
+        bundle = self.bundle
+        bank.check(bundle.bank_shape, bundle.encoder_sha256, f"the {bundle.path} model", where)
 
     # ---------------------------------------------------------------------------------- scoring
     def head(self, features: Features, bank_inputs: dict) -> Scores:
@@ -174,8 +185,7 @@ class Detector:
         defaults to the category's registered one; ``progress`` is called with the number of
         queries done after each batch.
         """
-        if batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        _check_batch_size(batch_size)
         if len(images) == 0:
             raise InputError("no query images given")
         bank_inputs = self.bank_inputs(category, bank)
@@ -192,12 +202,10 @@ class Detector:
         """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
         given), uploaded once to the GPU when the head runs there; pass them to ``head``."""
         prior = self.bundle.prior(category)
-        bank = bank if bank is not None else self.registered(category)
-        if bank.encoder_sha256 != self.bundle.encoder_sha256:
-            raise InputError(
-                f"the reference bank ({', '.join(bank.sources[:2])}) was made with another "
-                "encoder than this bundle's; register the category again"
-            )
+        if bank is None:
+            bank = self.registered(category)
+        else:
+            self._check_bank(bank, f"the reference bank ({', '.join(bank.sources[:2])})")
         arrays = {
             "ref_patches": bank.patches,
             "ref_adapted": bank.adapted_mean,
@@ -226,6 +234,6 @@ class Detector:
         )
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return status.st_mtime_ns, status.st_size
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch size must be a whole number of at least 1, got {batch_size!r}")

@@ -1,5 +1,6 @@
-"""The few-shot rules every package shares: which files are images, how k prompts are drawn,
-how their patch tokens are stacked into a reference bank.
+"""The few-shot rules every package shares: which files are images, which category names may
+become file names, how k prompts are drawn, how their patch tokens are stacked into a reference
+bank and what shapes a bank must have.
 
 torch-free (numpy arrays and torch tensors both pass through ``stack_prompts``), so that the
 torch side, the export and the lean runtime draw and stack prompts the same way.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,6 +20,10 @@ from inctrl_runtime.errors import InputError
 
 # What a folder of images may hold, lower case; ``.npy`` is an H x W (x C) array saved by numpy.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+
+# Category names become file names (references/<c>.npz, <c>.pt, <c>_val_normal.json): letters,
+# digits and ``_ . + -``, not starting with a dot, so that no name can point outside its folder.
+_CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 Item = TypeVar("Item")
 Stackable = TypeVar("Stackable")  # a numpy array or a torch tensor
@@ -28,6 +35,21 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def check_category_name(category: str) -> None:
+    """Refuse a category name that cannot safely become a file name."""
+    if not isinstance(category, str) or not _CATEGORY_NAME.fullmatch(category):
+        raise InputError(
+            f"category name {category!r} is not usable as a file name: use letters, digits, "
+            "'_', '-', '.', '+' (not starting with '.')"
+        )
+
+
+def category_file(folder: str | os.PathLike, category: str, suffix: str) -> Path:
+    """``folder/<category><suffix>``, the one way a category becomes a file name (checked)."""
+    check_category_name(category)
+    return Path(folder) / f"{category}{suffix}"
 
 
 def prompt_generator(seed: int, category: str) -> random.Random:
@@ -61,3 +83,28 @@ def stack_prompts(patches: Stackable) -> Stackable:
     """
     *batch, shots, layers, count, width = patches.shape
     return patches.swapaxes(-4, -3).reshape((*batch, layers, shots * count, width))
+
+
+@dataclass(frozen=True)
+class BankShape:
+    """The shapes a model's reference banks have: L tapped layers, P patches per prompt image of
+    width D, embeddings of size E (torch's ``ReferenceBank`` and the runtime's ``NumpyBank``)."""
+
+    layers: int
+    patches_per_shot: int
+    width: int
+    embed_dim: int
+
+    def problem(
+        self, patches: Sequence[int], adapted_mean: Sequence[int], shots: int, model: str
+    ) -> str:
+        """What is wrong with a bank of these array shapes and k = ``shots`` for this model, in
+        words ("" when it fits)."""
+        want = (self.layers, shots * self.patches_per_shot, self.width)
+        if shots < 1:
+            return f"it holds {shots} prompt images"
+        if tuple(patches) != want:
+            return f"its patch tokens are {tuple(patches)}, {model} needs {want} for k = {shots}"
+        if tuple(adapted_mean) != (self.embed_dim,):
+            return f"its adapted mean is {tuple(adapted_mean)}, {model} needs ({self.embed_dim},)"
+        return ""

@@ -1,21 +1,44 @@
 """A category's reference bank as the runtime keeps it: numpy arrays in one ``.npz`` file.
 
-The bank records the sha256 of the encoder that made it, so a bank registered with one bundle
-is never used with another model.
+The file records its format version, the category it was registered for, the sha256 of the
+encoder that made it and a digest of its own contents. ``NumpyBank.load`` checks all of it
+(and every array's dtype, shape and finiteness) and refuses, in one line that says how to
+register again, anything else; ``read_digest`` reads the digest alone, so that a long-lived
+reader knows whether the file changed without loading it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import BankShape, check_category_name
 from inctrl_runtime.files import atomic_path
 
-_ARRAYS = ("patches", "adapted_mean", "shots", "sources", "digests", "encoder_sha256")
+# 1: inctrl 0.1 (no version, category or digest); 2: adds them.
+BANK_FORMAT = 2
+_ARRAYS = (
+    "format_version",
+    "category",
+    "digest",
+    "patches",
+    "adapted_mean",
+    "shots",
+    "sources",
+    "digests",
+    "encoder_sha256",
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# What a damaged .npz raises inside numpy and zipfile.
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,7 @@ class NumpyBank:
         sources: where each prompt image came from.
         digests: sha256 of each preprocessed prompt image (float32 bytes, as ``inctrl``'s).
         encoder_sha256: the encoder.onnx that made it.
+        category: the category it was registered for (None: not registered yet).
     """
 
     patches: np.ndarray
@@ -38,12 +62,30 @@ class NumpyBank:
     sources: tuple[str, ...]
     digests: tuple[str, ...]
     encoder_sha256: str
+    category: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """sha256 over everything the bank holds: changes whenever its contents do."""
+        digest = hashlib.sha256()
+        for text in (str(BANK_FORMAT), self.category or "", self.encoder_sha256, str(self.shots)):
+            digest.update(text.encode() + b"\0")
+        for text in (*self.sources, *self.digests):
+            digest.update(text.encode() + b"\0")
+        for array in (self.patches, self.adapted_mean):
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return digest.hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the bank as ``.npz`` (no pickled objects), atomically."""
+        """Write the bank as ``.npz`` (no pickled objects), atomically; it must have a category."""
+        if self.category is None:
+            raise ValueError("a bank is saved for a category: give it one (dataclasses.replace)")
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(
                 handle,
+                format_version=np.int64(BANK_FORMAT),
+                category=np.str_(self.category),
+                digest=np.str_(self.digest),
                 patches=np.ascontiguousarray(self.patches, dtype=np.float32),
                 adapted_mean=np.ascontiguousarray(self.adapted_mean, dtype=np.float32),
                 shots=np.int64(self.shots),
@@ -53,32 +95,100 @@ class NumpyBank:
             )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder_sha256: str | None = None) -> NumpyBank:
-        """Read a bank; with ``encoder_sha256``, refuse one made by another encoder."""
+    def load(cls, path: str | os.PathLike) -> NumpyBank:
+        """Read a bank file and check it is whole and consistent (not yet that it fits a model:
+        ``check``)."""
         path = Path(path)
+        again = "register the category again (inctrl-run register)"
         try:
             with np.load(path, allow_pickle=False) as data:
+                version = int(data["format_version"]) if "format_version" in data.files else 1
+                if version != BANK_FORMAT:
+                    raise InputError(
+                        f"{path}: a reference bank of format {version}, this inctrl_runtime reads "
+                        f"format {BANK_FORMAT}; {_register_command(path, data)}"
+                    )
                 missing = [name for name in _ARRAYS if name not in data.files]
                 if missing:
                     raise InputError(
-                        f"{path}: incomplete reference bank, lacks {', '.join(missing)}; "
-                        "register the category again"
+                        f"{path}: incomplete reference bank, lacks {', '.join(missing)}; {again}"
                     )
-                bank = cls(
-                    patches=data["patches"],
-                    adapted_mean=data["adapted_mean"],
-                    shots=int(data["shots"]),
-                    sources=tuple(str(s) for s in data["sources"]),
-                    digests=tuple(str(d) for d in data["digests"]),
-                    encoder_sha256=str(data["encoder_sha256"]),
-                )
-        except (OSError, ValueError, EOFError) as err:
+                arrays = {name: data[name] for name in _ARRAYS}
+        except _DAMAGED as err:
+            reason = str(err).split("\n")[0] or type(err).__name__
             raise InputError(
-                f"{path}: not a readable reference bank ({err}); register the category again"
+                f"{path}: not a readable reference bank (damaged or truncated: {reason}); {again}"
             ) from None
-        if encoder_sha256 is not None and bank.encoder_sha256 != encoder_sha256:
-            raise InputError(
-                f"{path}: registered with another encoder (sha256 {bank.encoder_sha256[:12]}...), "
-                f"not this bundle's ({encoder_sha256[:12]}...); register the category again"
-            )
+        problem = _problem(arrays)
+        if problem:
+            raise InputError(f"{path}: not a valid reference bank ({problem}); {again}")
+        bank = cls(
+            patches=arrays["patches"],
+            adapted_mean=arrays["adapted_mean"],
+            shots=int(arrays["shots"]),
+            sources=tuple(str(s) for s in arrays["sources"]),
+            digests=tuple(str(d) for d in arrays["digests"]),
+            encoder_sha256=str(arrays["encoder_sha256"]),
+            category=str(arrays["category"]),
+        )
+        if bank.digest != str(arrays["digest"]):
+            raise InputError(f"{path}: its contents do not match its digest (damaged); {again}")
         return bank
+
+    def check(self, shape: BankShape, encoder_sha256: str, model: str, where: str) -> None:
+        """Refuse, in one line, a bank made by another encoder or of other shapes than the
+        model's (``where`` names the bank in the message)."""
+        again = "register the category again"
+        if self.encoder_sha256 != encoder_sha256:
+            raise InputError(
+                f"{where}: registered with another encoder (sha256 {self.encoder_sha256[:12]}...),"
+                f" not this bundle's ({encoder_sha256[:12]}...); {again}"
+            )
+        problem = shape.problem(self.patches.shape, self.adapted_mean.shape, self.shots, model)
+        if problem:
+            raise InputError(f"{where}: does not fit this bundle's model ({problem}); {again}")
+
+
+def read_digest(path: str | os.PathLike) -> str | None:
+    """The digest a bank file records (reading nothing else), or None if it cannot be read:
+    ``NumpyBank.load`` then says why."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return str(data["digest"])
+    except _DAMAGED:
+        return None
+
+
+def _problem(arrays: dict[str, np.ndarray]) -> str:
+    """What is wrong inside a bank's arrays ("" if nothing): dtypes, ranks, counts, finiteness."""
+    patches, adapted = arrays["patches"], arrays["adapted_mean"]
+    shots = arrays["shots"]
+    if patches.dtype != np.float32 or adapted.dtype != np.float32:
+        return f"patch tokens are {patches.dtype} and the adapted mean {adapted.dtype}, not float32"
+    if patches.ndim != 3 or adapted.ndim != 1 or patches.shape[1] == 0:
+        return f"patch tokens of shape {patches.shape}, adapted mean of shape {adapted.shape}"
+    if shots.shape != () or shots.dtype.kind not in "iu" or int(shots) < 1:
+        return f"its prompt count is {shots!r}"
+    if patches.shape[1] % int(shots):
+        return f"{patches.shape[1]} patch tokens is not a multiple of its {int(shots)} prompts"
+    listed = [arrays[name] for name in ("sources", "digests")]
+    if any(a.ndim != 1 or a.dtype.kind != "U" or len(a) != int(shots) for a in listed):
+        return f"its {int(shots)} prompts do not each have a source and a digest"
+    if not (np.isfinite(patches).all() and np.isfinite(adapted).all()):
+        return "it holds values that are not finite numbers"
+    if not _SHA256.fullmatch(str(arrays["encoder_sha256"])):
+        return "its encoder sha256 is not a sha256"
+    try:
+        check_category_name(str(arrays["category"]))
+    except InputError:
+        return f"its category {str(arrays['category'])!r} is not a category name"
+    return ""
+
+
+def _register_command(path: Path, data) -> str:
+    """The command that registers the bank at ``path`` again, with its recorded shots."""
+    bundle, category = path.parent.parent, path.stem
+    shots = [str(s) for s in data["sources"]] if "sources" in data.files else []
+    named = [s for s in shots if not s.startswith("<")]
+    shot_args = " ".join(f"--shot {s}" for s in named) if named else "--shot IMG ..."
+    return f"register it again: inctrl-run register {bundle} --category {category} {shot_args}"

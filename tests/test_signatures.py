@@ -83,8 +83,23 @@ def test_changed_fixed_dimension_is_refused(bundle: Path, capsys) -> None:
     def change(manifest: dict) -> None:
         manifest["graphs"]["encoder"]["inputs"][0]["shape"][2] = 224
 
-    edit_manifest(bundle, change)
-    refused_in_one_line(bundle, capsys, "encoder.onnx", "image has 240 on axis 2, expected 224")
+    edit_manifest(bundle, change)  # against the model record: the image size is 240
+    refused_in_one_line(bundle, capsys, MANIFEST, "image has 224 on axis 2, expected 240")
+
+
+@pytest.mark.cli
+def test_manifest_consistent_with_itself_but_not_with_the_graph_is_refused(
+    bundle: Path, capsys
+) -> None:
+    def narrow(manifest: dict) -> None:  # the model record and every signature say width 32
+        manifest["model"]["width"] = 32
+        for graph in manifest["graphs"].values():
+            for entry in graph["inputs"] + graph["outputs"]:
+                if entry["name"] in ("patches", "ref_patches"):
+                    entry["shape"][-1] = 32
+
+    edit_manifest(bundle, narrow)
+    refused_in_one_line(bundle, capsys, "encoder.onnx", "patches has 64 on axis 3, expected 32")
 
 
 @pytest.mark.cli
