@@ -20,6 +20,16 @@ from inctrl_runtime.errors import InputError
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
+# How large an image may be. The source: Pillow's own limit, Image.MAX_IMAGE_PIXELS (about 89.5
+# million pixels unless changed there), read when an image is checked. Pillow warns above it and
+# refuses above twice it, and never sees arrays; we refuse above it, for every source alike.
+# After the resize: the shorter side becomes the model's size and the longer one follows, so an
+# elongated image costs far more than its own pixels (a 129-byte 50000 x 1 PNG would become
+# 12,000,000 x 240, 3.5 GB). 2**25 resized pixels is at most 128 MiB (4 bytes a pixel) and a
+# fraction of a second; at size 240 it lets aspect ratios up to about 580:1 through, line-scan
+# strips included (16384 x 512 is 32:1, 8000 x 100 is 80:1).
+MAX_RESIZED_PIXELS = 1 << 25
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -66,28 +76,71 @@ def describe(source: ImageSource) -> str:
     return f"<array {getattr(source, 'dtype', '?')} {getattr(source, 'shape', '?')}>"
 
 
-def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
+def is_one_image(source: object) -> bool:
+    """Whether ``source`` is a single image rather than a sequence of them: a path, a PIL image,
+    or an H x W or H x W x C (C = 1, 3 or 4) array; any other array is a batch along axis 0."""
+    if isinstance(source, np.ndarray):
+        return source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4))
+    return isinstance(source, (str, os.PathLike, Image.Image))
+
+
+def image_sequence(images: ImageSource | Sequence[ImageSource]) -> Sequence[ImageSource]:
+    """Images where a sequence of them is expected: a single image becomes a list of one (a
+    path string is not walked character by character); a sequence or batch is left as it is."""
+    return [images] if is_one_image(images) else images
+
+
+def check_size(name: str, width: int, height: int, size: int) -> None:
+    """Refuse an image too large to hold: more pixels than Pillow's limit, or more than
+    ``MAX_RESIZED_PIXELS`` once its shorter side is resized to ``size``. Call it with the size
+    alone, before any pixel is decoded, copied or resized."""
+    if width == 0 or height == 0:
+        raise InputError(f"{name}: empty image (0 pixels)")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise InputError(
+            f"{name}: too many pixels ({width} x {height} = {width * height:,}, more than "
+            f"Pillow's limit of {limit:,}); downscale or crop the image first"
+        )
+    new_width, new_height = resized_size(width, height, size)
+    if new_width * new_height > MAX_RESIZED_PIXELS:
+        raise InputError(
+            f"{name}: too many pixels once resized ({width} x {height} becomes {new_width} x "
+            f"{new_height} = {new_width * new_height:,}, more than the limit of "
+            f"{MAX_RESIZED_PIXELS:,}); crop it to a less elongated shape first"
+        )
+
+
+def _check_array(array: np.ndarray, name: str, size: int) -> None:
+    """Refuse an array that is no image, or too large, from its dtype and shape alone."""
     if array.size == 0:
         raise InputError(f"{name}: empty array (shape {array.shape})")
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.dtype == np.uint16 and array.ndim == 2:
-        return Image.fromarray(array)  # mode I;16, as Pillow reads a 16-bit PNG
-    color = array.ndim == 3 and array.shape[2] in (3, 4)
-    if array.dtype == np.uint8 and (array.ndim == 2 or color):
-        return Image.fromarray(array)
-    raise InputError(
-        f"{name}: unsupported array (dtype {array.dtype}, shape {array.shape}); give uint8 "
-        "H x W, H x W x 3 or H x W x 4, or uint16 H x W"
-    )
+    channels = {2: 1, 3: array.shape[-1]}.get(array.ndim)
+    uint8 = array.dtype == np.uint8 and channels in (1, 3, 4)
+    if not uint8 and not (array.dtype == np.uint16 and channels == 1):
+        raise InputError(
+            f"{name}: unsupported array (dtype {array.dtype}, shape {array.shape}); give uint8 "
+            "H x W, H x W x 3 or H x W x 4, or uint16 H x W"
+        )
+    check_size(name, array.shape[1], array.shape[0], size)
 
 
-def load_image(source: ImageSource) -> Image.Image:
-    """Open a path (image file or ``.npy``), or accept a PIL image or numpy array, as PIL."""
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    """A checked array as PIL: uint16 H x W becomes mode I;16, as Pillow reads a 16-bit PNG."""
+    return Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+
+
+def load_image(source: ImageSource, size: int = Preprocessing.size) -> Image.Image:
+    """Open a path (image file or ``.npy``), or accept a PIL image or numpy array, as PIL.
+
+    Files and arrays are checked (``check_size``, for resizing the shorter side to ``size``)
+    before their pixels are decoded or copied; a PIL image is checked where it is resized.
+    """
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
-        return _array_to_pil(source, describe(source))
+        _check_array(source, describe(source), size)
+        return _array_to_pil(source)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"cannot read an image from a {type(source).__name__}")
     path = Path(source)
@@ -95,17 +148,30 @@ def load_image(source: ImageSource) -> Image.Image:
         raise InputError(f"{path}: no such image file")
     if path.suffix.lower() == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # the header; no pixels yet
         except (OSError, ValueError) as err:
             raise InputError(f"{path}: not a readable .npy array ({err})") from None
-        return _array_to_pil(array, str(path))
+        _check_array(array, str(path), size)
+        return _array_to_pil(np.array(array))  # read into memory, detached from the file
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            check_size(str(path), image.width, image.height, size)
             image.load()
             return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow's own check, in open() or in load() (a GIF frame, a TIFF tile), refused it
+        # before ours could see its size (above twice its limit, or its warning made an error).
+        raise InputError(
+            f"{path}: too many pixels, a possible decompression bomb (Pillow: {_first_line(err)}"
+            f"); images may have at most {Image.MAX_IMAGE_PIXELS:,} pixels: downscale or crop "
+            "it first"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        reason = str(err).split("\n")[0] or type(err).__name__
-        raise InputError(f"{path}: not a readable image ({reason})") from None
+        raise InputError(f"{path}: not a readable image ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).split("\n")[0].rstrip(".") or type(err).__name__
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -127,8 +193,7 @@ def model_view(image: Image.Image, config: Preprocessing = Preprocessing()) -> I
     picture that already is one passes through as it is."""
     if image.mode == "RGB" and image.size == (config.size, config.size):
         return image
-    if image.width == 0 or image.height == 0:
-        raise InputError(f"{describe(image)}: empty image (0 pixels)")
+    check_size(describe(image), image.width, image.height, config.size)
     new_size = resized_size(image.width, image.height, config.size)
     if new_size != image.size:
         image = image.resize(new_size, Image.BICUBIC)
@@ -145,19 +210,20 @@ def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> n
 
 
 def model_views(
-    sources: Sequence[ImageSource], config: Preprocessing = Preprocessing()
+    sources: ImageSource | Sequence[ImageSource], config: Preprocessing = Preprocessing()
 ) -> list[Image.Image]:
     """Each source decoded once into the picture the model sees: keep these to score and to
     draw heatmaps on without reading the files again (``preprocess_many`` takes them as they
-    are)."""
-    return [model_view(load_image(source), config) for source in sources]
+    are). A single source is a list of one (``image_sequence``)."""
+    return [model_view(load_image(s, config.size), config) for s in image_sequence(sources)]
 
 
 def preprocess_many(
-    sources: Sequence[ImageSource], config: Preprocessing = Preprocessing()
+    sources: ImageSource | Sequence[ImageSource], config: Preprocessing = Preprocessing()
 ) -> np.ndarray:
-    """Load and preprocess images: B x 3 x size x size float32."""
-    if not sources:
+    """Load and preprocess images: B x 3 x size x size float32 (B = 1 for a single source)."""
+    sources = image_sequence(sources)
+    if len(sources) == 0:
         raise InputError("no images given")
     return np.stack([preprocess(view, config) for view in model_views(sources, config)])
 
