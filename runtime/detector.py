@@ -28,6 +28,7 @@ from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import (
     ImageSource,
     describe,
+    image_sequence,
     model_views,
     pixel_digest,
     preprocess_many,
@@ -97,7 +98,7 @@ class Detector:
         return self.bundle.categories
 
     # ------------------------------------------------------------------------------- features
-    def pixels(self, images: Sequence[ImageSource]) -> np.ndarray:
+    def pixels(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
         """B x 3 x S x S float32, preprocessed as the manifest says."""
         return preprocess_many(images, self.bundle.preprocessing)
 
@@ -109,8 +110,12 @@ class Detector:
         return self.encoder_engine.run({"image": pixels}, keep_on_device=on_device)
 
     # ------------------------------------------------------------------------- few-shot state
-    def reference(self, prompt_images: Sequence[ImageSource], batch_size: int = 16) -> NumpyBank:
-        """Encode k normal prompt images into a NumpyBank (not saved)."""
+    def reference(
+        self, prompt_images: ImageSource | Sequence[ImageSource], batch_size: int = 16
+    ) -> NumpyBank:
+        """Encode k normal prompt images (a single one is a list of one) into a NumpyBank (not
+        saved)."""
+        prompt_images = image_sequence(prompt_images)
         if len(prompt_images) == 0:
             raise InputError("no prompt images: give at least one normal image of the category")
         _check_batch_size(batch_size)
@@ -129,7 +134,10 @@ class Detector:
         )
 
     def register(
-        self, category: str, prompt_images: Sequence[ImageSource], batch_size: int = 16
+        self,
+        category: str,
+        prompt_images: ImageSource | Sequence[ImageSource],
+        batch_size: int = 16,
     ) -> NumpyBank:
         """Build a category's bank and save it as ``references/<category>.npz`` (atomically)."""
         self.bundle.prior(category)  # an unknown category fails before any work
@@ -174,17 +182,18 @@ class Detector:
     def score_arrays(
         self,
         category: str,
-        images: Sequence[ImageSource] | np.ndarray,
+        images: ImageSource | Sequence[ImageSource],
         bank: NumpyBank | None = None,
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
     ) -> Scores:
         """Every head output for the queries, in order, batch by batch.
 
-        ``images`` are image sources or already preprocessed B x 3 x S x S pixels; ``bank``
-        defaults to the category's registered one; ``progress`` is called with the number of
-        queries done after each batch.
+        ``images`` are image sources (a single one is a list of one) or already preprocessed
+        B x 3 x S x S pixels; ``bank`` defaults to the category's registered one; ``progress``
+        is called with the number of queries done after each batch.
         """
+        images = image_sequence(images)
         _check_batch_size(batch_size)
         if len(images) == 0:
             raise InputError("no query images given")
@@ -216,13 +225,14 @@ class Detector:
     def score(
         self,
         category: str,
-        images: Sequence[ImageSource],
+        images: ImageSource | Sequence[ImageSource],
         bank: NumpyBank | None = None,
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
     ) -> list[Result]:
-        """Score query images of a category: one Result per image, with ``heatmap()`` (drawn on
-        the picture decoded here for scoring)."""
+        """Score query images of a category (a single one is a list of one): one Result per
+        image, with ``heatmap()`` (drawn on the picture decoded here for scoring)."""
+        images = image_sequence(images)
         views = model_views(images, self.bundle.preprocessing)
         scores = self.score_arrays(category, views, bank, batch_size, progress)
         return results(images, scores, self.bundle.preprocessing, views)
