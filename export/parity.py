@@ -9,6 +9,7 @@ invariance (docs/model.md, "Numerical parity").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from inctrl.model import InCTRL
 from inctrl_runtime.detector import Detector
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource
 from inctrl_runtime.results import SCORE_FIELDS
 
@@ -29,6 +31,16 @@ _REL_FLOOR = 1e-6
 INTERMEDIATES = ("bank.patches", "bank.adapted_mean")
 # Queries scored one at a time as well, to measure the runtime's batch invariance.
 _BATCH_CHECK = 4
+
+
+def pass_mark(atol: float | None, precision: str) -> float:
+    """The max abs difference an output may have: ``atol``, or the contract's for
+    ``precision``; a mark that is negative or not a finite number is refused."""
+    if atol is None:
+        return DEFAULT_ATOL[precision]
+    if not math.isfinite(atol) or atol < 0:
+        raise InputError(f"--atol must be a finite number of at least 0, got {atol}")
+    return float(atol)
 
 
 @dataclass(frozen=True)

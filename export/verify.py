@@ -14,7 +14,7 @@ from pathlib import Path
 from inctrl.data import is_category_folder, scan_category
 from inctrl.loading import load_model, resolve_checkpoint
 from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
-from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
+from inctrl_export.parity import ParityReport, compare, pass_mark
 from inctrl_runtime.console import require_files
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
@@ -40,6 +40,8 @@ def verify_bundle(
     draws the prompts from a plain folder of images."""
     if shots < 1:
         raise InputError(f"--shots must be at least 1, got {shots}")
+    if atol is not None:
+        pass_mark(atol, "fp32")  # a bad mark is refused before any work
     detector = Detector.open(bundle, device=device)
     source = detector.bundle.manifest.get("source", {})
     recorded = detector.bundle.source_file or "no checkpoint file (a model in memory)"
@@ -57,7 +59,7 @@ def verify_bundle(
     prompts, queries, labels = _images(images, shots, seed, category)
     model = load_model(checkpoint, clip_weights, device=device, notice=log)
     precision = detector.bundle.graphs["encoder"].precision
-    atol = DEFAULT_ATOL[precision] if atol is None else atol
+    atol = pass_mark(atol, precision)
     return compare(model, detector, category, prompts, queries, atol, batch_size, labels)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         pass  # not safetensors: try a torch pickle
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would let the file run code.
+        raise InputError(
+            f"{path}: not a trusted checkpoint: it pickles Python objects other than tensors, "
+            "which inctrl never unpickles (that can run code); save the state dict alone "
+            "(torch.save(model.state_dict(), ...)) or as safetensors"
+        ) from None
     except Exception as err:  # torch raises many types for foreign or hostile files
         reason = str(err).strip().split("\n")[0][:200] or type(err).__name__
         raise InputError(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.fewshot import list_images
+from inctrl_runtime.fewshot import category_file, list_images
 from inctrl_runtime.files import write_json
 
 NORMAL, ANOMALOUS = 0, 1
@@ -160,12 +160,13 @@ def index_to_json(root: str | os.PathLike, out: str | os.PathLike) -> list[Path]
         test_normal = [s for s in samples if s.split == "test" and s.target == NORMAL]
         outliers = [s for s in samples if s.target == ANOMALOUS]
         train_normal = [s for s in samples if s.split == "train"] + test_normal
-        for name, chosen in (
-            (f"{category}_val_normal.json", test_normal),
-            (f"{category}_val_outlier.json", outliers),
-            (f"{category}_normal.json", train_normal),
-            (f"{category}_outlier.json", outliers),
+        for suffix, chosen in (
+            ("_val_normal.json", test_normal),
+            ("_val_outlier.json", outliers),
+            ("_normal.json", train_normal),
+            ("_outlier.json", outliers),
         ):
-            _write_list(out / name, chosen)
-            written.append(out / name)
+            path = category_file(out, category, suffix)
+            _write_list(path, chosen)
+            written.append(path)
     return written

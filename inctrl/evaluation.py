@@ -22,7 +22,7 @@ from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel
 from inctrl.model import InCTRL
 from inctrl.prompt_files import read_prompt_file
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.fewshot import choose_prompts, prompt_generator
+from inctrl_runtime.fewshot import category_file, choose_prompts, prompt_generator
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 TABLE_COLUMNS = ("category", "AUROC", "AUPRC", "pixel AUROC", "normal / anomalous")
@@ -250,7 +250,7 @@ def _prompt_sets(
     size: int,
 ) -> list[_PromptSet]:
     if prompts_dir is not None:
-        path = Path(prompts_dir) / f"{name}.pt"
+        path = category_file(prompts_dir, name, ".pt")
         pixels = read_prompt_file(path, size)
         if len(pixels) != shots:
             raise InputError(

@@ -34,7 +34,9 @@ from inctrl.heads import InCTRLHead
 from inctrl.residual import Scores
 from inctrl.state import ReferenceBank, TextPrior
 from inctrl.text import prompt_ensemble
+from inctrl_runtime.devices import TORCH_DEVICES, parse_device
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import BankShape
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.preprocess import (
     ImageSource,
@@ -50,10 +52,18 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """The torch device asked for, refused in one line if it is CUDA and torch sees no GPU."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
+    """The torch device asked for (``cpu``, ``cuda``, ``cuda:N``), refused in one line if it is
+    not a device name or is a GPU torch does not see."""
+    if not isinstance(device, torch.device):
+        name = parse_device(device, TORCH_DEVICES)
+        device = torch.device(name.kind, name.index)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise InputError(
+                f"device {str(device)!r} asked for, but torch sees {count} CUDA GPUs; "
+                "use --device cpu" + (f" or cuda:0 to cuda:{count - 1}" if count else "")
+            )
     return device
 
 
@@ -289,13 +299,19 @@ class InCTRL(nn.Module):
     def check_compatible(self, bank: ReferenceBank, prior: TextPrior) -> None:
         """Refuse few-shot state made by a model of other shapes, in one readable line."""
         config = self.config
-        expected = (len(config.vision.tapped_blocks), config.vision.width)
-        found = (bank.patches.shape[0], bank.patches.shape[-1])
-        if found != expected or bank.adapted_mean.shape[-1] != config.embed_dim:
+        shape = BankShape(
+            len(config.vision.tapped_blocks),
+            config.vision.num_patches,
+            config.vision.width,
+            config.embed_dim,
+        )
+        problem = shape.problem(
+            bank.patches.shape, bank.adapted_mean.shape, bank.shots, f"this {config.name} model"
+        )
+        if problem:
             raise InputError(
-                f"reference bank ({', '.join(bank.sources[:2]) or 'given'}) was made by another "
-                f"model: {found[0]} layers x width {found[1]}, this {config.name} model has "
-                f"{expected[0]} x {expected[1]}; rebuild it with this model"
+                f"reference bank ({', '.join(bank.sources[:2]) or 'given'}) does not fit this "
+                f"model ({problem}); rebuild it with this model"
             )
         if prior.normal.shape[-1] != config.embed_dim:
             raise InputError(

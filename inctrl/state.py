@@ -88,14 +88,26 @@ class ReferenceBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferenceBank:
+        """Read a bank file, checked to be whole (ranks, dtype, counts, finite values); whether
+        it fits a model is ``InCTRL.check_compatible``'s."""
         tensors, meta = read_kind(path, _BANK_KIND, ("patches", "adapted_mean"), ("shots",))
-        return cls(
-            patches=tensors["patches"],
-            adapted_mean=tensors["adapted_mean"],
-            shots=int(meta["shots"]),
-            sources=tuple(json.loads(meta.get("sources", "[]"))),
-            digests=tuple(json.loads(meta.get("digests", "[]"))),
-        )
+        patches, adapted = tensors["patches"], tensors["adapted_mean"]
+        try:
+            shots = int(meta["shots"])
+            sources = tuple(str(s) for s in json.loads(meta.get("sources", "[]")))
+            digests = tuple(str(d) for d in json.loads(meta.get("digests", "[]")))
+        except (ValueError, TypeError) as err:
+            message = f"{path}: damaged reference bank metadata ({err}); recreate it"
+            raise InputError(message) from None
+        if patches.dtype != torch.float32 or adapted.dtype != torch.float32:
+            problem = f"tensors of {patches.dtype} and {adapted.dtype}, not float32"
+        elif patches.dim() != 3 or adapted.dim() != 1 or shots < 1 or patches.shape[1] == 0:
+            problem = f"{shots} prompts, patches {tuple(patches.shape)}"
+        elif not (torch.isfinite(patches).all() and torch.isfinite(adapted).all()):
+            problem = "values that are not finite numbers"
+        else:
+            return cls(patches, adapted, shots, sources, digests)
+        raise InputError(f"{path}: not a valid reference bank ({problem}); recreate it")
 
 
 @dataclass(frozen=True)

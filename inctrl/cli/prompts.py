@@ -11,6 +11,7 @@ import typer
 from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, prompts_app
 from inctrl_runtime.console import status, warn
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import category_file
 from inctrl_runtime.files import write_json
 
 
@@ -35,6 +36,11 @@ def run_prompts_make(
 
     if shots < 1:
         raise InputError(f"--shots must be at least 1, got {shots}")
+    paths = {
+        "authors": category_file(out, category, ".pt"),
+        "bank": category_file(out, category, ".bank.safetensors"),
+        "listing": category_file(out, category, ".prompts.json"),
+    }
     groups = by_category(load_samples([root]))
     if category not in groups:
         raise InputError(f"{root}: no category {category!r}; found: {', '.join(groups)}")
@@ -49,11 +55,6 @@ def run_prompts_make(
         model = load_model(checkpoint, clip_weights, device, notice=warn)
         pixels = model.pixels([s.image_path for s in chosen])
         bank = model.reference(pixels)
-    paths = {
-        "authors": out / f"{category}.pt",
-        "bank": out / f"{category}.bank.safetensors",
-        "listing": out / f"{category}.prompts.json",
-    }
     write_prompt_file(paths["authors"], pixels.cpu())
     bank.save(paths["bank"])
     listing = {

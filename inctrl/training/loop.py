@@ -85,7 +85,7 @@ class FeatureStore:
 def _distributed(device: str) -> Iterator[tuple[int, int, torch.device]]:
     """Rank, world size and device; under torchrun, inside a process group."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        yield 0, 1, torch.device(device)
+        yield 0, 1, resolve_device(device)
         return
     chosen = resolve_device(device)
     if chosen.type == "cuda":

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from inctrl_runtime.devices import parse_device
 from inctrl_runtime.engines import TensorSpec
 from inctrl_runtime.errors import InputError
 
@@ -66,9 +67,8 @@ class Placement:
 
 def place(device: str = "cpu", strict: bool = True) -> Placement:
     """Resolve ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` against the providers installed."""
-    kind, _, index = device.partition(":")
-    if kind not in _DEVICE_PROVIDERS or (index and not index.isdigit()):
-        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or tensorrt")
+    name = parse_device(device, tuple(_DEVICE_PROVIDERS))
+    kind, index = name.kind, name.index
     wanted, package = _DEVICE_PROVIDERS[kind]
     available = ort.get_available_providers()
     if wanted not in available:
