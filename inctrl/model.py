@@ -42,11 +42,13 @@ from inctrl_runtime.preprocess import (
     ImageSource,
     Preprocessing,
     describe,
+    image_sequence,
     pixel_digest,
     preprocess_many,
 )
 
-Images = Sequence[ImageSource] | torch.Tensor
+# Image sources (a single one is a list of one), or preprocessed B x 3 x S x S pixels.
+Images = ImageSource | Sequence[ImageSource] | torch.Tensor
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -259,6 +261,7 @@ class InCTRL(nn.Module):
     @torch.no_grad()
     def reference(self, prompt_images: Images, batch_size: int = 16) -> ReferenceBank:
         """Encode the k normal prompt images of a category once into a ReferenceBank."""
+        prompt_images = image_sequence(prompt_images)
         if len(prompt_images) == 0:
             raise InputError("no prompt images: give at least one normal image of the category")
         pixels = self.pixels(prompt_images)
@@ -325,6 +328,7 @@ class InCTRL(nn.Module):
     ) -> Scores:
         """Score query images in batches of ``batch_size``; each query's score is independent
         of the batch it lands in."""
+        images = image_sequence(images)
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         if len(images) == 0:
