@@ -77,7 +77,7 @@ class ModelRecord:
             k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1
         ]
         if bad:
-            raise ValueError(f"model record: {', '.join(bad)} must be positive integers")
+            raise ValueError(f"model record: {', '.join(bad)} not a positive integer")
         return cls(**sizes)
 
     def sizes(self) -> dict[str, int]:

@@ -170,7 +170,7 @@ class Detector:
 
     def _check_bank(self, bank: NumpyBank, where: str) -> None:
         bundle = self.bundle
-        bank.check(bundle.bank_shape, bundle.encoder_sha256, f"the {bundle.path} model", where)
+        bank.check(bundle.bank_shape, bundle.encoder_sha256, "the bundle's model", where)
 
     # ---------------------------------------------------------------------------------- scoring
     def head(self, features: Features, bank_inputs: dict) -> Scores:

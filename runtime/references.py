@@ -146,7 +146,7 @@ class NumpyBank:
             )
         problem = shape.problem(self.patches.shape, self.adapted_mean.shape, self.shots, model)
         if problem:
-            raise InputError(f"{where}: does not fit this bundle's model ({problem}); {again}")
+            raise InputError(f"{where}: does not fit ({problem}); {again}")
 
 
 def read_digest(path: str | os.PathLike) -> str | None:

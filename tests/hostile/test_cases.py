@@ -1,0 +1,421 @@
+"""Hostile but realistic input, as a table: damaged banks and manifests, misused options,
+hostile names. Each case damages a fresh copy of a registered tiny bundle (or a work folder),
+runs a real command line's ``main`` in process and asserts: exit 2, one ``error:`` line holding
+the case's phrases, no traceback, and every byte of the bundle and the work folder unchanged.
+
+The other hostile-input tests beside this file: images (bombs, extreme aspect ratios), writes
+(full and read-only disks, heatmap paths) and signals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_images, run_main, snapshot
+from PIL import Image
+
+import inctrl.cli
+import inctrl_export.cli
+import inctrl_runtime.cli
+from inctrl_runtime.bundle import MANIFEST, PRIORS, Bundle
+from inctrl_runtime.detector import Detector
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import file_sha256
+from inctrl_runtime.references import NumpyBank
+
+MAINS = {
+    "run": inctrl_runtime.cli.main,
+    "inctrl": inctrl.cli.main,
+    "export": inctrl_export.cli.main,
+}
+
+
+@dataclass(frozen=True)
+class Work:
+    """One case's workspace: a registered bundle (candle), images, a checkpoint, a folder."""
+
+    bundle: Path
+    folder: Path
+    shots: list[Path]
+    queries: list[Path]
+    checkpoint: Path
+
+    @property
+    def bank(self) -> Path:
+        return self.bundle / "references" / "candle.npz"
+
+    def score(self, *extra: str) -> list[str]:
+        """``inctrl-run score`` of the queries against the registered candle bank."""
+        return ["score", str(self.bundle), "--category", "candle", *extra, *map(str, self.queries)]
+
+    def torch_score(self, *extra: str) -> list[str]:
+        """``inctrl score`` of the queries with the tiny checkpoint (the shots, unless ``--bank``
+        is among ``extra``)."""
+        shots = [] if "--bank" in extra else [f"--shot={p}" for p in self.shots]
+        return ["score", "-c", str(self.checkpoint), "--category", "candle", *shots, *extra,
+                *map(str, self.queries)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    """A hostile input: ``setup`` damages the workspace and returns the command's arguments."""
+
+    name: str
+    command: str  # a key of MAINS
+    setup: Callable[[Work], list[str]]
+    phrases: tuple[str, ...]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, tiny_bundle: Path) -> tuple[Path, list[Path], list[Path]]:
+    """The tiny bundle with candle registered, and the image files."""
+    root = tmp_path_factory.mktemp("hostile")
+    files = []
+    for i, array in enumerate(random_images(4, seed=70, size=[(250, 270), (240, 300)])):
+        files.append(root / f"image_{i}.png")
+        Image.fromarray(array).save(files[-1])
+    bundle = Path(shutil.copytree(tiny_bundle, root / "bundle"))
+    Detector.open(bundle).register("candle", files[:2])
+    return bundle, files[:2], files[2:]
+
+
+@pytest.fixture
+def work(template, tmp_path: Path, tiny_checkpoint: Path) -> Work:
+    bundle, shots, queries = template
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return Work(Path(shutil.copytree(bundle, tmp_path / "bundle")), folder, shots, queries,
+                tiny_checkpoint)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ damage helpers
+def edit_manifest(work: Work, change: Callable[[dict], None]) -> None:
+    path = work.bundle / MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def forge(work: Work, name: str, write: Callable[[Path], None]) -> None:
+    """Change a bundle file and record its new size and sha256, as a careful forger would."""
+    path = work.bundle / name
+    write(path)
+    record = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    edit_manifest(work, lambda m: m["files"][name].update(record))
+
+
+def bank_of(work: Work) -> NumpyBank:
+    return NumpyBank.load(work.bank)
+
+
+def save_bank(path: Path, **arrays) -> None:
+    """Write a bank file with these arrays over the registered ones, bypassing NumpyBank.save
+    (which would refuse or convert them)."""
+    with np.load(path) as data:
+        merged = {**{name: data[name] for name in data.files}, **arrays}
+    with open(path, "wb") as handle:
+        np.savez(handle, **merged)
+
+
+def resave(work: Work, **changes) -> None:
+    """Save the registered bank with some fields changed, through NumpyBank.save (so its digest
+    is right: the content checks, not the digest, must refuse it)."""
+    replace(bank_of(work), **changes).save(work.bank)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the patch tokens
+    path.write_bytes(bytes(data))
+
+
+def torch_bank(path: Path, patches: torch.Tensor, shots: int) -> None:
+    from inctrl.state import ReferenceBank
+
+    ReferenceBank(patches, torch.zeros(32), shots).save(path)
+
+
+def hostile_pickle(path: Path) -> None:
+    torch.save({"model_state": {"x": torch.zeros(1)}, "cfg": _Payload()}, path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def prompts_json(work: Work, category: str) -> Path:
+    """A JSON list of the authors' kind with one category, for ``inctrl prompts make``."""
+    entries = [{"image_path": str(p), "target": 0, "type": category} for p in work.shots]
+    path = work.folder / "list_normal.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def after(damage: Callable[[Work], object], args: Callable[[Work], list[str]]):
+    """A case's setup: the damage, then the command that meets it."""
+
+    def setup(w: Work) -> list[str]:
+        damage(w)
+        return args(w)
+
+    return setup
+
+
+def score(w: Work) -> list[str]:
+    return w.score()
+
+
+# ------------------------------------------------------------------------------------ the table
+CASES = [
+    # 1. damaged bank files
+    Case("bank truncated", "run", after(lambda w: truncate(w.bank), score),
+         ("candle.npz", "damaged or truncated", "register")),
+    Case("bank bit flipped", "run", after(lambda w: flip_a_bit(w.bank), score),
+         ("candle.npz", "register")),
+    Case("bank emptied", "run", after(lambda w: w.bank.write_bytes(b""), score),
+         ("candle.npz", "register")),
+    # 7. banks whose contents do not fit the bundle
+    Case("bank of another width", "run",
+         after(lambda w: resave(w, patches=bank_of(w).patches[..., :-1]), score),
+         ("candle.npz", "does not fit", "patch tokens")),
+    Case("bank of another layer count", "run",
+         after(lambda w: resave(w, patches=bank_of(w).patches[:2]), score),
+         ("candle.npz", "does not fit")),
+    Case("bank in float64", "run",
+         after(lambda w: save_bank(w.bank, patches=bank_of(w).patches.astype(np.float64)),
+              score),
+         ("candle.npz", "float64", "not float32")),
+    Case("bank with NaN", "run",
+         after(lambda w: resave(w, patches=np.full_like(bank_of(w).patches, np.nan)), score),
+         ("candle.npz", "not finite")),
+    Case("bank with no prompts", "run",
+         after(lambda w: save_bank(w.bank, patches=np.zeros((3, 0, 64), np.float32),
+                                        shots=np.int64(0)), score),
+         ("candle.npz", "register")),
+    Case("bank copied to another category", "run",
+         after(lambda w: shutil.copyfile(w.bank, w.bundle / "references" / "metal_nut.npz"),
+              lambda w: ["score", str(w.bundle), "--category", "metal_nut", str(w.queries[0])]),
+         ("metal_nut.npz", "'candle'", "not 'metal_nut'")),
+    Case("bank of an older format", "run",
+         after(lambda w: _old_format(w.bank), score),
+         ("format 1", "inctrl-run register", "--category candle", "--shot", "image_0.png")),
+    Case("torch --bank with no prompts", "inctrl",
+         after(lambda w: torch_bank(w.folder / "b.safetensors", torch.zeros(3, 0, 64), 0),
+              lambda w: w.torch_score("--bank", str(w.folder / "b.safetensors"))),
+         ("b.safetensors", "not a valid reference bank")),
+    Case("torch --bank with NaN", "inctrl",
+         after(lambda w: torch_bank(w.folder / "b.safetensors",
+                                         torch.full((3, 225, 64), math.nan), 1),
+              lambda w: w.torch_score("--bank", str(w.folder / "b.safetensors"))),
+         ("b.safetensors", "not finite")),
+    Case("torch --bank of another width", "inctrl",
+         after(lambda w: torch_bank(w.folder / "b.safetensors", torch.zeros(3, 225, 65), 1),
+              lambda w: w.torch_score("--bank", str(w.folder / "b.safetensors"))),
+         ("does not fit", "(3, 225, 65)")),
+    # 6. device names, parsed once for both sides
+    Case("torch --device nonsense", "inctrl", lambda w: w.torch_score("--device", "nonsense"),
+         ("unknown device 'nonsense'", "cuda:N")),
+    Case("torch --device cuda:abc", "inctrl", lambda w: w.torch_score("--device", "cuda:abc"),
+         ("unknown device 'cuda:abc'",)),
+    Case("runtime --device cuda:abc", "run", lambda w: w.score("--device", "cuda:abc"),
+         ("unknown device 'cuda:abc'",)),
+    Case("runtime --device cpu:1", "run", lambda w: w.score("--device", "cpu:1"),
+         ("unknown device 'cpu:1'",)),
+    # 8. manifests that point elsewhere or hold impossible values
+    Case("graph file not listed", "run",
+         after(lambda w: _unlisted_encoder(w), score),
+         ("other.onnx", "not among the listed and hashed files")),
+    Case("graph missing from files", "run",
+         after(lambda w: edit_manifest(w, lambda m: m["files"].pop("encoder.onnx")), score),
+         ("encoder.onnx", "not among the listed")),
+    Case("graph file outside the bundle", "run",
+         after(lambda w: edit_manifest(w, lambda m: m["graphs"]["encoder"].update(
+             file="../encoder.onnx")), score),
+         ("../encoder.onnx",)),
+    Case("listed file outside the bundle", "run",
+         after(lambda w: _listed_outside(w), score),
+         ("../x.onnx", "not inside the bundle")),
+    Case("absolute file name", "run",
+         after(lambda w: edit_manifest(w, lambda m: m["files"].update(
+             {"/etc/hostname": {"sha256": "0" * 64, "bytes": 1}})), score),
+         ("/etc/hostname", "not inside the bundle")),
+    Case("preprocessing of another size", "run",
+         after(lambda w: edit_manifest(w, lambda m: m["preprocessing"].update(
+             resize_shorter_side=224, center_crop=224)), score),
+         ("manifest.json", "224", "240")),
+    Case("preprocessing std 0", "run",
+         after(lambda w: edit_manifest(w, lambda m: m["preprocessing"].update(
+             std=[0.0, 0.26, 0.27])), score),
+         ("manifest.json", "std must be positive")),
+    Case("preprocessing mean NaN", "run",
+         after(lambda w: edit_manifest(w, lambda m: m["preprocessing"].update(
+             mean=[math.nan, 0.4, 0.4])), score),
+         ("manifest.json", "finite")),
+    Case("NaN prior, hash forged", "run",
+         after(lambda w: forge(w, PRIORS, _nan_prior), score),
+         ("priors.json", "'candle'", "not finite")),
+    Case("prior not unit, hash forged", "run",
+         after(lambda w: forge(w, PRIORS, _long_prior), score),
+         ("priors.json", "unit vectors")),
+    Case("model record not numbers", "run",
+         after(lambda w: edit_manifest(w, lambda m: m["model"].update(width="wide")), score),
+         ("manifest.json", "width")),
+    # 9. category names that would leave their folder
+    Case("prompts make with a hostile type", "inctrl",
+         lambda w: ["prompts", "make", str(prompts_json(w, "../../x/pm")), "--category",
+                    "../../x/pm", "--shots", "1", "--out", str(w.folder / "out")],
+         ("'../../x/pm'", "not usable as a file name")),
+    # 11. pass marks
+    Case("export --atol -1", "export",
+         lambda w: ["onnx", "-c", str(w.checkpoint), "--category", "candle", "--atol", "-1",
+                    "--out", str(w.folder / "b")],
+         ("--atol", "-1")),
+    Case("export --atol nan", "export",
+         lambda w: ["onnx", "-c", str(w.checkpoint), "--category", "candle", "--atol", "nan",
+                    "--out", str(w.folder / "b")],
+         ("--atol", "nan")),
+    Case("verify --atol inf", "export",
+         lambda w: ["verify", str(w.bundle), "-c", str(w.checkpoint), "--atol", "inf"],
+         ("--atol", "inf")),
+    # 12. small ones
+    Case("untrusted checkpoint", "inctrl",
+         after(lambda w: hostile_pickle(w.folder / "evil.pyth"),
+              lambda w: ["score", "-c", str(w.folder / "evil.pyth"), "--category", "candle",
+                         "--shot", str(w.shots[0]), str(w.queries[0])]),
+         ("evil.pyth", "not a trusted checkpoint")),
+    Case("batch size 0", "run", lambda w: w.score("--batch-size", "0"), ("batch size",)),
+]  # fmt: skip
+
+
+def _old_format(path: Path) -> None:
+    """The bank as inctrl 0.1 wrote it: no format version, category or digest."""
+    with np.load(path) as data:
+        old = {n: data[n] for n in data.files if n not in ("format_version", "category", "digest")}
+    with open(path, "wb") as handle:
+        np.savez(handle, **old)
+
+
+def _unlisted_encoder(work: Work) -> None:
+    """Another encoder dropped into the bundle and named by the graph record, but not listed."""
+    shutil.copyfile(work.bundle / "encoder.onnx", work.bundle / "other.onnx")
+    edit_manifest(work, lambda m: m["graphs"]["encoder"].update(file="other.onnx"))
+
+
+def _listed_outside(work: Work) -> None:
+    outside = work.bundle.parent / "x.onnx"
+    shutil.copyfile(work.bundle / "encoder.onnx", outside)
+    record = {"sha256": file_sha256(outside), "bytes": outside.stat().st_size}
+    edit_manifest(work, lambda m: m["files"].update({"../x.onnx": record}))
+
+
+def _priors_edited(change: Callable[[list[float]], list[float]]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        priors = json.loads(path.read_text())
+        priors["candle"]["normal"] = change(priors["candle"]["normal"])
+        path.write_text(json.dumps(priors))
+
+    return write
+
+
+_nan_prior = _priors_edited(lambda v: [math.nan] + v[1:])
+_long_prior = _priors_edited(lambda v: [2 * x for x in v])
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_hostile_input_is_refused_in_one_line_and_changes_nothing(case: Case, work: Work) -> None:
+    args = case.setup(work)
+    before = {"bundle": snapshot(work.bundle), "work": snapshot(work.folder)}
+    outcome = run_main(MAINS[case.command], *args)
+    outcome.assert_refused(*case.phrases)
+    assert {"bundle": snapshot(work.bundle), "work": snapshot(work.folder)} == before
+    assert "weights_only" not in outcome.err
+
+
+@pytest.mark.cli
+def test_prompts_make_writes_nothing_outside_out(work: Work) -> None:
+    """The hostile ``type`` of defect 9 would have written <out>/../../x/pm.pt."""
+    args = CASES[[c.name for c in CASES].index("prompts make with a hostile type")].setup(work)
+    run_main(MAINS["inctrl"], *args)
+    assert not (work.folder / "out").exists()
+    assert not (work.folder.parent / "x").exists() and not (work.folder / "x").exists()
+
+
+# ----------------------------------------------------------------------------- the Python API
+@pytest.mark.unit
+def test_same_size_reregistration_within_the_mtime_granularity_is_seen(work: Work) -> None:
+    """Defect 10: the bank cache is keyed on the digest the file records, not (mtime, size)."""
+    reader, writer = Detector.open(work.bundle), Detector.open(work.bundle)
+    first = reader.registered("candle")
+    stamp = work.bank.stat()
+    writer.register("candle", list(reversed(work.shots)))  # same k, same sizes, new content
+    os.utime(work.bank, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the same mtime
+    assert work.bank.stat().st_size == stamp.st_size
+    again = reader.registered("candle")
+    assert again.digests == tuple(reversed(first.digests))
+    assert reader.registered("candle") is again  # unchanged: read once
+
+
+@pytest.mark.unit
+def test_a_bank_records_its_format_category_and_digest(work: Work) -> None:
+    bank = NumpyBank.load(work.bank)
+    assert bank.category == "candle"
+    with np.load(work.bank) as data:
+        assert int(data["format_version"]) == 2 and str(data["digest"]) == bank.digest
+    with pytest.raises(ValueError, match="category"):
+        replace(bank, category=None).save(work.folder / "x.npz")
+
+
+@pytest.mark.unit
+def test_banks_given_to_score_are_checked_too(work: Work) -> None:
+    detector = Detector.open(work.bundle)
+    bank = detector.registered("candle")
+    narrow = replace(bank, patches=bank.patches[..., :-1])
+    with pytest.raises(InputError, match="does not fit"):
+        detector.score_arrays("candle", detector.pixels(work.queries), bank=narrow)
+    other = replace(bank, encoder_sha256="f" * 64)
+    with pytest.raises(InputError, match="another encoder"):
+        detector.score("candle", work.queries, bank=other)
+
+
+@pytest.mark.unit
+def test_reference_batch_size_zero_is_one_line(work: Work) -> None:
+    with pytest.raises(InputError, match="batch size"):
+        Detector.open(work.bundle).reference(work.shots, batch_size=0)
+
+
+@pytest.mark.unit
+def test_manifest_files_and_graphs_must_agree(work: Work) -> None:
+    """Every file the manifest names is inside, listed and hashed: the bundle as exported opens,
+    and each graph's file is among the hashed ones."""
+    bundle = Bundle.open(work.bundle)
+    for graph in bundle.graphs.values():
+        assert graph.file.name in bundle.manifest["files"]
+        assert graph.file.resolve().parent == work.bundle.resolve()
+
+
+@pytest.mark.cli
+def test_torch_side_device_refusal_in_a_real_process(work: Work) -> None:
+    """The installed command, not just main: ``inctrl score --device cuda:abc`` is one line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "inctrl", *work.torch_score("--device", "cuda:abc")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: unknown device 'cuda:abc'")
