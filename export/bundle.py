@@ -12,7 +12,6 @@ import datetime
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,13 @@ from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION
 from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import check_category_name
-from inctrl_runtime.files import file_sha256, write_json
+from inctrl_runtime.files import (
+    REPLACED,
+    file_sha256,
+    new_staging_folder,
+    staging_folder,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from inctrl.config import InCTRLConfig
@@ -94,12 +99,7 @@ def export_bundle(
             model = load_model(checkpoint, clip_weights, notice=log)
     elif model.device.type != "cpu" or model.precision != "fp32":
         raise InputError("export traces on the CPU in fp32: call model.to_device('cpu') first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's folder is private; a bundle is not
-    try:
+    with staging_folder(out) as staging:
         _write_graphs(model, staging, opset, precision, seconds, log)
         with _timed(seconds, "priors", log, f"text priors of {len(categories)} categories"):
             _write_priors(model, categories, staging / PRIORS)
@@ -113,8 +113,6 @@ def export_bundle(
         manifest["export_seconds"] = seconds
         write_json(staging / MANIFEST, manifest)
         _move_into_place(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     file_bytes = {name: record["bytes"] for name, record in manifest["files"].items()}
     return ExportResult(out, file_bytes, seconds, report)
 
@@ -275,11 +273,21 @@ def _check_signatures(detector: Detector, config: InCTRLConfig) -> None:
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished bundle onto ``out``; an old bundle there is removed only after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished bundle onto ``out``. An old bundle there is moved aside first, into
+    ``.<out>.<pid>.<random>.old/``, and removed once the new one is in place; if that rename
+    fails, the old one goes back."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    aside = new_staging_folder(out, REPLACED)
+    old = aside / out.name
+    try:
+        os.replace(out, old)
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+    finally:
+        if out.exists() or not old.exists():  # never remove the only copy of the old bundle
+            shutil.rmtree(aside, ignore_errors=True)
