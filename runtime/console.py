@@ -1,15 +1,19 @@
 """What every command line of the project shares: stderr, progress, one-line errors, exit codes.
 
 Progress and notes go to stderr (stdout may carry JSON); user mistakes print one line
-(``error: ...``) and exit with code 2, never a traceback.
+(``error: ...``) and exit with code 2, never a traceback. SIGINT and SIGTERM unwind the stack
+(every ``finally`` runs: staging folders and temporary files are removed) and exit with
+128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +21,7 @@ import typer
 from rich.console import Console
 
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import write_error_message
 
 EXIT_INPUT_ERROR = 2
 
@@ -83,18 +88,74 @@ def require_files(paths: Sequence[Path], what: str) -> None:
             raise InputError(f"{path}: no such {what} file")
 
 
-def run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> None:
-    """Run a typer app, turning user mistakes into one line and exit code 2, and Python
-    warnings (a provider fallback, a demo model) into notes."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. Raised from the signal handler, it unwinds the stack as
+    KeyboardInterrupt would, but click does not turn it into "Aborted!" and exit 1."""
 
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted inside the block; the previous handlers return
+    after it (tests run ``main`` in their own process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers, and only it receives signals
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, _interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def _warnings_as_notes() -> Iterator[None]:
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         warn(str(message))
 
-    warnings.showwarning = show_warning
+    previous, warnings.showwarning = warnings.showwarning, show_warning
     try:
-        app(args=argv, prog_name=prog_name, standalone_mode=True)
-    except InputError as err:
-        say(f"error: {err}")
-        sys.exit(EXIT_INPUT_ERROR)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters escaped (``\\n``), so that what an
+    error message quotes (a file or category name) cannot split it or move the cursor."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _refuse(message: str) -> None:
+    say(f"error: {one_line(message)}")
+    sys.exit(EXIT_INPUT_ERROR)
+
+
+def run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> None:
+    """Run a typer app, turning user mistakes (and writes that fail for a reason a user can
+    fix: disk full, read-only, ...) into one line and exit code 2, SIGINT and SIGTERM into exit
+    code 128 + signum once every ``finally`` ran, and Python warnings (a provider fallback, a
+    demo model) into notes."""
+    with _warnings_as_notes(), _signals_unwind():
+        try:
+            app(args=argv, prog_name=prog_name, standalone_mode=True)
+        except Interrupted as interrupted:
+            say(f"interrupted by {interrupted}")
+            sys.exit(128 + interrupted.signum)
+        except InputError as err:
+            _refuse(str(err))
+        except OSError as err:
+            message = write_error_message(err)
+            if message is None:
+                raise
+            _refuse(message)
