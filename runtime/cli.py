@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,13 +84,14 @@ def run_score(
 
     ``shots`` replace the category's registered bank for this call (nothing is saved).
     """
-    from inctrl_runtime.results import records
+    from inctrl_runtime.results import check_heatmaps, records
 
     require_category(category)
     if not queries:
         raise InputError("no query images given: list the images to score after the options")
     require_files(shots, "--shot image")
     require_files(queries, "query image")
+    check_heatmaps(heatmaps)
     detector = _open(bundle, device, threads)
     detector.bundle.prior(category)
     bank = detector.reference(list(shots)) if shots else detector.registered(category)
@@ -154,15 +153,14 @@ def score(
 
         inctrl-run score bundle/ --category candle --json q1.png q2.png
     """
-    from inctrl_runtime.results import print_table
+    from inctrl_runtime.results import print_scored
 
-    records = run_score(
-        bundle, category, queries or [], shot or [], device, threads, batch_size, heatmaps
+    print_scored(
+        lambda: run_score(
+            bundle, category, queries or [], shot or [], device, threads, batch_size, heatmaps
+        ),
+        as_json,
     )
-    if as_json:
-        sys.stdout.write(json.dumps(records) + "\n")
-    else:
-        print_table(records)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

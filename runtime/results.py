@@ -2,14 +2,17 @@
 them.
 
 ``Scores`` mirrors ``inctrl.Scores`` field for field (a test holds them equal). ``inctrl score``
-and ``inctrl-run score`` both go ``results`` -> ``records``, so their JSON is the same, and
-heatmaps are drawn on the pictures decoded for scoring, not read from disk again.
+and ``inctrl-run score`` both go ``results`` -> ``records`` -> ``print_scored``, so their JSON is
+the same, heatmaps are drawn on the pictures decoded for scoring, not read from disk again, and
+a failed heatmap write still shows the scores.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import atomic_path, make_folder, sweep_stale
 from inctrl_runtime.heatmap import heatmap_overlay, save_heatmap
 from inctrl_runtime.preprocess import ImageSource, Preprocessing, describe
 
@@ -86,19 +91,69 @@ def results(
     ]
 
 
+class HeatmapWriteError(InputError):
+    """Scoring finished but a heatmap could not be written: the one-line error, with the
+    records (and the heatmaps written so far) for the command line to print first."""
+
+    def __init__(self, message: str, records: list[dict]) -> None:
+        super().__init__(message)
+        self.records = records
+
+
+def check_heatmaps(folder: str | os.PathLike | None) -> None:
+    """Refuse a ``--heatmaps`` that names an existing file, before any scoring work."""
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise InputError(
+            f"--heatmaps {folder}: is a file, not a folder; name a folder for the heatmap PNGs "
+            "(it is created if missing)"
+        )
+
+
+def _heatmap_names(scored: Sequence[Result]) -> list[str]:
+    return [f"{index:04d}_{Path(result.image).stem}.png" for index, result in enumerate(scored)]
+
+
 def records(scored: Sequence[Result], heatmaps: str | os.PathLike | None = None) -> list[dict]:
     """The JSON records of ``inctrl score`` and ``inctrl-run score``, in order; with a
     ``heatmaps`` folder, a heatmap PNG per result there (``NNNN_<image stem>.png``), drawn on the
-    picture already decoded, and its path in the record."""
+    picture already decoded, and its path in the record.
+
+    Raises HeatmapWriteError (with the records) if a heatmap cannot be written.
+    """
     rows = [result.record() for result in scored]
-    if heatmaps is not None:
-        folder = Path(heatmaps)
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, (result, row) in enumerate(zip(scored, rows, strict=True)):
-            path = folder / f"{index:04d}_{Path(result.image).stem}.png"
-            result.save_heatmap(path)
-            row["heatmap"] = str(path)
+    if heatmaps is None:
+        return rows
+    try:
+        folder = make_folder(heatmaps)
+        names = _heatmap_names(scored)
+        sweep_stale(folder, names)  # once for the folder, not once per file
+        for result, row, name in zip(scored, rows, names, strict=True):
+            with atomic_path(folder / name, sweep=False) as tmp:
+                result.heatmap().save(tmp, format="PNG")
+            row["heatmap"] = str(folder / name)
+    except InputError as err:
+        raise HeatmapWriteError(str(err), rows) from err
     return rows
+
+
+def print_records(records: list[dict], as_json: bool = False) -> None:
+    """The records on stdout: a JSON list (``--json``), or a table."""
+    if as_json:
+        sys.stdout.write(json.dumps(records) + "\n")
+    else:
+        print_table(records)
+
+
+def print_scored(score: Callable[[], list[dict]], as_json: bool = False) -> None:
+    """Run ``score`` and print its records (``print_records``). If a heatmap write fails after
+    scoring, the records (with the heatmaps written so far) are printed first, then the
+    one-line error is raised."""
+    try:
+        rows = score()
+    except HeatmapWriteError as err:
+        print_records(err.records, as_json)
+        raise
+    print_records(rows, as_json)
 
 
 def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +24,14 @@ from inctrl_runtime.console import (
 )
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import model_views
-from inctrl_runtime.results import Result, Scores, print_table, records, results
+from inctrl_runtime.results import (
+    Result,
+    Scores,
+    check_heatmaps,
+    print_scored,
+    records,
+    results,
+)
 
 
 def run_score(
@@ -61,6 +66,7 @@ def run_score(
     require_files(shots, "--shot image")
     require_files([bank_file] if bank_file else [], "--bank")
     require_files(queries, "query image")
+    check_heatmaps(heatmaps)
 
     from inctrl.state import ReferenceBank  # torch: only once the arguments are sane
 
@@ -112,19 +118,18 @@ def score(
 
     Example: inctrl score -c inctrl_k2.pyth --category candle -s good1.png -s good2.png q.png
     """
-    records = run_score(
-        checkpoint,
-        category,
-        shot or [],
-        queries or [],
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        clip_weights=clip_weights,
-        heatmaps=heatmaps,
-        bank_file=bank,
+    print_scored(
+        lambda: run_score(
+            checkpoint,
+            category,
+            shot or [],
+            queries or [],
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            clip_weights=clip_weights,
+            heatmaps=heatmaps,
+            bank_file=bank,
+        ),
+        as_json,
     )
-    if as_json:
-        sys.stdout.write(json.dumps(records) + "\n")
-    else:
-        print_table(records)
