@@ -19,13 +19,13 @@ from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import (
     MAX_RESIZED_PIXELS,
+    check_size,
     image_sequence,
     load_image,
     model_view,
     preprocess_many,
 )
 
-# An image, as an array, for each source kind the guard covers.
 STRIP = np.zeros((1, 50000), dtype=np.uint8)  # 50000 x 1: resized to 12000000 x 240
 # Line-scan strips (H, W): within the limits, they score like any image.
 ELONGATED = [(512, 16384), (100, 8000), (8000, 100)]
@@ -119,15 +119,6 @@ def test_strip_png_is_refused_before_it_is_decoded(strip_png: Path, monkeypatch)
 
 
 @pytest.mark.unit
-def test_strip_npy_is_refused_from_its_header(tmp_path: Path) -> None:
-    path = tmp_path / "strip.npy"
-    np.save(path, STRIP)
-    with pytest.raises(InputError, match="50000 x 1 becomes 12000000 x 240") as info:
-        load_image(path)
-    assert str(path) in str(info.value)
-
-
-@pytest.mark.unit
 def test_npy_bomb_is_held_to_pillows_limit(tmp_path: Path) -> None:
     # 400 MB of pixels that are never read: the file is sparse, and the refusal comes from the
     # .npy header, as Pillow's does from a PNG's.
@@ -141,7 +132,10 @@ def test_npy_bomb_is_held_to_pillows_limit(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
-def test_arrays_and_pil_images_are_held_to_the_same_limits() -> None:
+def test_npy_files_arrays_and_pil_images_are_held_to_the_same_limits(tmp_path: Path) -> None:
+    np.save(tmp_path / "strip.npy", STRIP)
+    with pytest.raises(InputError, match=f"{tmp_path / 'strip.npy'}: too many pixels once"):
+        load_image(tmp_path / "strip.npy")  # from the header: the array is not read
     with pytest.raises(InputError, match="<array uint8 \\(1, 50000\\)>: too many pixels once"):
         load_image(STRIP)
     with pytest.raises(InputError, match="<PIL L 50000x1>: too many pixels once resized"):
@@ -151,12 +145,22 @@ def test_arrays_and_pil_images_are_held_to_the_same_limits() -> None:
 
 
 @pytest.mark.unit
+def test_the_resized_limit_is_inclusive() -> None:
+    # A shorter side of 240 is not resized: the picture held is the image itself.
+    widest = MAX_RESIZED_PIXELS // 240
+    check_size("at.png", widest, 240, 240)
+    with pytest.raises(InputError, match=f"more than the limit of {MAX_RESIZED_PIXELS:,}"):
+        check_size("over.png", widest + 1, 240, 240)
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("pillow_warnings", ["ignore", "error"])
 def test_pillows_warning_range_is_refused_like_any_source(
     tmp_path: Path, monkeypatch, pillow_warnings: str
 ) -> None:
-    # Between Pillow's limit and twice it Pillow only warns; our guard refuses, whatever the
-    # warnings filter, with the image's size, as it does for an array of that size.
+    # Between Pillow's limit and twice it Pillow only warns: our guard refuses such a file
+    # whatever the warnings filter (the warning made an error is refused too), and an array
+    # of that size alike.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     path = tmp_path / "large.png"
     Image.fromarray(random_images(1, size=(100, 120))[0]).save(path)  # 12,000 pixels
