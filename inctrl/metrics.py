@@ -34,8 +34,8 @@ def mask_in_model_view(
 ) -> np.ndarray:
     """A ground-truth mask where the model sees its image: shorter side resized to ``size``
     (nearest), the preprocessing's center crop, binarized (> 127). Returns size x size bool."""
-    mask = load_image(mask_path)
-    image_size = load_image(image_path).size
+    mask = load_image(mask_path, size)
+    image_size = load_image(image_path, size).size
     if mask.size != image_size:
         raise InputError(
             f"{mask_path}: mask is {mask.width}x{mask.height}, but its image {image_path} is "

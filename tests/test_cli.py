@@ -191,5 +191,5 @@ def test_a_saved_bank_replaces_the_shots(workspace, tmp_path) -> None:
         run_score(shots=queries, queries=queries, bank_file=tmp_path / "b.st", **common)
     other = InCTRL(get_config("demo")).reference([workspace / "img0.png"])
     other.save(tmp_path / "other.st")
-    with pytest.raises(InputError, match="made by another model"):
+    with pytest.raises(InputError, match="does not fit this model"):
         run_score(shots=[], queries=queries, bank_file=tmp_path / "other.st", **common)
