@@ -22,7 +22,7 @@ from PIL import Image
 import inctrl.cli
 import inctrl_export.cli
 import inctrl_runtime.cli
-from inctrl_runtime.console import one_line
+from inctrl_runtime.console import new_app, one_line, run_app
 from inctrl_runtime.files import STAGING
 
 CATEGORY = BUNDLE_CATEGORIES[0]
@@ -241,3 +241,22 @@ def test_a_newline_in_what_an_error_quotes_stays_on_one_line(
 @pytest.mark.unit
 def test_one_line_escapes_control_characters():
     assert one_line("a\nb\r\tc\u2028d\x00é") == "a\\nb\\r\\tc\\u2028d\\x00é"
+
+
+@pytest.mark.unit
+def test_run_app_maps_a_failed_write_that_reached_it():
+    """An OSError no writer mapped (e.g. from a library writing a file) is one line if a user
+    can fix it (it names the file), and stays a traceback if not (a bug, or the machine's)."""
+    app = new_app("t", "test", no_args_is_help=False)
+    raised = {"error": OSError(errno.ENOSPC, "No space left on device", "/full/model.onnx")}
+
+    @app.command()
+    def work() -> None:
+        raise raised["error"]
+
+    run_main(lambda argv: run_app(app, "t", argv)).assert_refused(
+        "no space left: /full/model.onnx; free space"
+    )
+    raised["error"] = OSError(errno.EIO, "Input/output error", "/disk/x")
+    with pytest.raises(OSError, match="Input/output"):
+        run_main(lambda argv: run_app(app, "t", argv))
