@@ -25,7 +25,7 @@ from inctrl.loading import load_model, resolve_checkpoint
 from inctrl.model import InCTRL
 from inctrl_export.graphs import graph_specs, wrappers
 from inctrl_export.onnx_files import TRACE_SHOTS, check_opset, export_graph
-from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare
+from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare, pass_mark
 from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION
 from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import InputError
@@ -92,7 +92,7 @@ def export_bundle(
     given = model is not None
     checkpoint_path, is_demo = (None, False) if given else resolve_checkpoint(checkpoint)
     categories = _check_arguments(out, categories, is_demo, precision, opset, force)
-    atol = DEFAULT_ATOL[precision] if atol is None else atol
+    atol = pass_mark(atol, precision)
     seconds: dict[str, float] = {}
     if model is None:
         with _timed(seconds, "load", log, "loaded the model"):
