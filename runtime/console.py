@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from PIL import Image
 from rich.console import Console
 
 from inctrl_runtime.errors import InputError
@@ -121,6 +122,8 @@ def _signals_unwind() -> Iterator[None]:
 @contextlib.contextmanager
 def _warnings_as_notes() -> Iterator[None]:
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, Image.DecompressionBombWarning):
+            return  # the image's size guard refuses it in its own line (preprocess.check_size)
         warn(str(message))
 
     previous, warnings.showwarning = warnings.showwarning, show_warning

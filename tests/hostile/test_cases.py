@@ -419,3 +419,13 @@ def test_torch_side_device_refusal_in_a_real_process(work: Work) -> None:
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: unknown device 'cuda:abc'")
+
+
+@pytest.mark.cli
+def test_pillows_warning_range_is_one_line_without_a_note(work: Work, monkeypatch) -> None:
+    """Between Pillow's pixel limit and twice it, Pillow warns and our guard refuses: only the
+    refusal is printed."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250 * 270)
+    outcome = run_main(MAINS["run"], *Work.score(replace(work, queries=[work.shots[1]])))
+    outcome.assert_refused("image_1.png", "too many pixels")
+    assert outcome.err.count("\n") == 1, outcome.err
