@@ -10,8 +10,6 @@ on; ``render(..., clean=True)`` gives that normal image, so the effect of a defe
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +20,7 @@ from PIL import Image
 from inctrl.synth.defects import DEFECTS, PAINTERS
 from inctrl.synth.products import BY_NAME, CATEGORIES, Category, draw_normal
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import staging_folder
 
 __all__ = [
     "CATEGORIES",
@@ -162,18 +161,12 @@ def synthesize(
     _check_root(root)
     counts = split_counts(images_per_category)
     chosen = CATEGORIES[:categories]
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.{secrets.token_hex(4)}.partial"
-    staging.mkdir()
-    try:
+    with staging_folder(root) as staging:
         for category in chosen:
             _write_category(staging / category.name, category.name, seed, size, counts)
         if root.is_dir():
             root.rmdir()  # checked empty above; a folder that filled up meanwhile fails here
         staging.rename(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     per_category = sum(sum(labels.values()) for labels in counts.values())
     return {
         "root": str(root),

@@ -39,7 +39,7 @@ from inctrl.training.loss import focal_loss
 from inctrl.training.sampling import BalancedSampler, TrainingSet, training_set
 from inctrl.training.state import load_train_state, save_train_state
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.files import atomic_path
+from inctrl_runtime.files import atomic_path, make_folder
 
 DEFAULT_PRESET = "ViT-B-16-plus-240"
 # Keep the features of all training images when they take at most this much memory.
@@ -183,7 +183,7 @@ class _Trainer:
             self.head = DistributedDataParallel(self.inctrl_head, device_ids=cuda)
         self.head.train()
         if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(run_dir)
 
     def resume(self, path: Path) -> None:
         self.epoch, self.step = load_train_state(
