@@ -166,6 +166,6 @@ def test_a_signal_during_export_leaves_nothing(signum: int, tiny_checkpoint: Pat
         _, err = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 128 + signum, err.decode()
+    # What matters is what is left (nothing), not the exit code (130/143 is run_app's test).
     assert b"Traceback" not in err, err.decode()
     assert list(folder.iterdir()) == []
