@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr
 from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
@@ -37,6 +38,10 @@ from inctrl_runtime.references import NumpyBank, read_digest
 from inctrl_runtime.results import Result, Scores, results
 
 Features = dict[str, Any]  # numpy arrays, or the encoder engine's device values
+
+
+class CalibrationWarning(UserWarning):
+    """Decisions are made with a calibration that does not quite fit the call."""
 
 
 class VerificationWarning(UserWarning):
@@ -229,13 +234,119 @@ class Detector:
         bank: NumpyBank | None = None,
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
+        fpr: float = DEFAULT_FPR,
     ) -> list[Result]:
         """Score query images of a category (a single one is a list of one): one Result per
-        image, with ``heatmap()`` (drawn on the picture decoded here for scoring)."""
+        image, with ``heatmap()`` (drawn on the picture decoded here for scoring) and, when the
+        category is calibrated and scored against its registered bank, its p-value and its
+        decision at false-positive rate ``fpr``."""
+        scored: list[Result] = []
+        for batch in self.score_batches(category, images, bank, batch_size, fpr):
+            scored.extend(batch)
+            if progress is not None:
+                progress(len(scored))
+        return scored
+
+    def score_batches(
+        self,
+        category: str,
+        images: ImageSource | Sequence[ImageSource],
+        bank: NumpyBank | None = None,
+        batch_size: int = 16,
+        fpr: float = DEFAULT_FPR,
+    ) -> Iterator[list[Result]]:
+        """``score``, one batch of Results at a time: images are decoded batch by batch, so
+        memory stays flat in the number of images if the caller lets each batch go."""
         images = image_sequence(images)
-        views = model_views(images, self.bundle.preprocessing)
-        scores = self.score_arrays(category, views, bank, batch_size, progress)
-        return results(images, scores, self.bundle.preprocessing, views)
+        _check_batch_size(batch_size)
+        check_fpr(fpr)
+        if len(images) == 0:
+            raise InputError("no query images given")
+        registered = bank is None
+        bank = self.registered(category) if registered else bank
+        bank_inputs = self.bank_inputs(category, bank)
+        calibration = self._usable(bank.calibration, fpr) if registered else None
+        preprocessing = self.bundle.preprocessing
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            views = model_views(batch, preprocessing)
+            scores = self.head(self.encode(self.pixels(views), on_device=True), bank_inputs)
+            decisions = calibration.decide(scores.score, fpr) if calibration else None
+            yield results(batch, scores, preprocessing, views, decisions)
+
+    # ------------------------------------------------------------------------------ decisions
+    @property
+    def backend(self) -> str:
+        """What scores: e.g. ``onnxruntime-cpu`` (recorded with a calibration)."""
+        return self.encoder_engine.backend
+
+    @property
+    def precision(self) -> str:
+        """The encoder's precision (recorded with a calibration)."""
+        return self.bundle.graphs["encoder"].precision
+
+    def calibrate(
+        self,
+        category: str,
+        normal_images: ImageSource | Sequence[ImageSource],
+        batch_size: int = 16,
+        progress: Callable[[int], None] | None = None,
+    ) -> Calibration:
+        """Score n normal images that are not the category's prompts against its registered
+        bank and keep their sorted scores with the bank (``references/<category>.npz``,
+        atomically): its queries then get p-values and decisions. Returns the calibration."""
+        images = image_sequence(normal_images)
+        _check_batch_size(batch_size)
+        if len(images) == 0:
+            raise InputError("no normal images to calibrate with")
+        bank = self.registered(category)
+        bank_inputs = self.bank_inputs(category, bank)
+        prompts = set(bank.digests)
+        digests: list[str] = []
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            pixels = self.pixels(batch)
+            for source, pixel in zip(batch, pixels, strict=True):
+                digests.append(pixel_digest(pixel))
+                if digests[-1] in prompts:  # it would score near 0 and bias the rate
+                    raise InputError(
+                        f"{describe(source)}: is one of the prompt images of {category!r}; "
+                        "calibrate on normal images that are not prompts"
+                    )
+            chunks.append(self.head(self.encode(pixels, on_device=True), bank_inputs).score)
+            if progress is not None:
+                progress(len(digests))
+        calibration = Calibration.of(
+            np.concatenate(chunks), digests, self.backend, self.precision, bank.encoder_sha256
+        )
+        path = self.bundle.reference_path(category)
+        if read_digest(path) != bank.digest:
+            raise InputError(
+                f"{path}: registered anew while calibrating; calibrate {category} again"
+            )
+        calibrated = replace(bank, calibration=calibration)
+        calibrated.save(path)
+        self._registered[category] = (calibrated.digest, calibrated)
+        return calibration
+
+    def _usable(self, calibration: Calibration | None, fpr: float) -> Calibration | None:
+        """The calibration to decide with, warning when it was made by another backend or
+        precision, or is too small for ``fpr`` (p-values are still given)."""
+        if calibration is None:
+            return None
+        if (calibration.backend, calibration.precision) != (self.backend, self.precision):
+            warnings.warn(
+                f"the calibration was scored with {calibration.backend} {calibration.precision}, "
+                f"this is {self.backend} {self.precision}: scores may differ slightly, so may "
+                "the false-positive rate; calibrate again on this backend to be exact",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+        too_small = calibration.too_small_for(fpr)
+        if too_small:
+            warnings.warn(too_small, CalibrationWarning, stacklevel=3)
+        return calibration
 
     def __repr__(self) -> str:
         return (

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from inctrl_runtime.files import atomic_path
 from inctrl_runtime.preprocess import Preprocessing, model_view
 
+_CAPTION_HEIGHT = 20  # pixels of the strip under a heatmap that holds its caption
 # A perceptually ordered dark-blue -> yellow ramp (viridis-like), interpolated in numpy.
 _RAMP = np.array(
     [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32
@@ -30,9 +28,11 @@ def heatmap_overlay(
     vmax: float = 0.5,
     alpha: float = 0.5,
     config: Preprocessing | None = None,
+    caption: str | None = None,
 ) -> Image.Image:
     """Blend the colored patch residual map (P values, row-major square grid) over the image
-    as the model saw it (a picture from ``model_views`` is that already: nothing is re-read).
+    as the model saw it (a picture from ``model_views`` is that already: nothing is re-read),
+    with ``caption`` (e.g. the score and decision) on a strip under it.
 
     Residuals are ``0.5 * (1 - cos)``; ``vmax`` fixes the top of the color scale so that maps of
     different images compare.
@@ -42,16 +42,15 @@ def heatmap_overlay(
     values = np.asarray(patch_map, dtype=np.float32).reshape(grid, grid) / vmax
     smooth = Image.fromarray(values, mode="F").resize((config.size, config.size), Image.BILINEAR)
     colors = Image.fromarray(colorize(np.asarray(smooth)))
-    return Image.blend(model_view(image, config), colors, alpha)
+    overlay = Image.blend(model_view(image, config), colors, alpha)
+    return overlay if caption is None else _with_caption(overlay, caption)
 
 
-def save_heatmap(
-    image: Image.Image,
-    patch_map: np.ndarray,
-    path: str | os.PathLike,
-    config: Preprocessing | None = None,
-) -> None:
-    """Write the overlay as a PNG, atomically."""
-    overlay = heatmap_overlay(image, patch_map, config=config)
-    with atomic_path(path) as tmp:
-        overlay.save(tmp, format="PNG")
+def _with_caption(picture: Image.Image, caption: str) -> Image.Image:
+    """``picture`` with a dark strip under it holding one line of text (Pillow's built-in
+    font: no font file needed)."""
+    font = ImageFont.load_default(size=_CAPTION_HEIGHT - 6)
+    framed = Image.new("RGB", (picture.width, picture.height + _CAPTION_HEIGHT), (16, 16, 16))
+    framed.paste(picture, (0, 0))
+    ImageDraw.Draw(framed).text((4, picture.height + 3), caption, fill=(240, 240, 240), font=font)
+    return framed

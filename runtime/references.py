@@ -1,10 +1,11 @@
 """A category's reference bank as the runtime keeps it: numpy arrays in one ``.npz`` file.
 
 The file records its format version, the category it was registered for, the sha256 of the
-encoder that made it and a digest of its own contents. ``NumpyBank.load`` checks all of it
-(and every array's dtype, shape and finiteness) and refuses, in one line that says how to
-register again, anything else; ``read_digest`` reads the digest alone, so that a long-lived
-reader knows whether the file changed without loading it.
+encoder that made it, once calibrated its calibration (``inctrl_runtime.decisions``: a bank
+and its calibration live and die together) and a digest of its own contents. ``NumpyBank.load``
+checks all of it (and every array's dtype, shape and finiteness) and refuses, in one line that
+says how to register again, anything else; ``read_digest`` reads the digest alone, so that a
+long-lived reader knows whether the file changed without loading it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import BankShape, check_category_name
 from inctrl_runtime.files import atomic_path
@@ -36,6 +38,15 @@ _ARRAYS = (
     "digests",
     "encoder_sha256",
 )
+# The calibration's arrays, present once a category is calibrated (-> Calibration fields).
+_CALIBRATION = {
+    "calibration_scores": "scores",
+    "calibration_digests": "digests",
+    "calibration_backend": "backend",
+    "calibration_precision": "precision",
+    "calibration_encoder_sha256": "encoder_sha256",
+    "calibration_created": "created",
+}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # What a damaged .npz raises inside numpy and zipfile.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
@@ -54,6 +65,7 @@ class NumpyBank:
         digests: sha256 of each preprocessed prompt image (float32 bytes, as ``inctrl``'s).
         encoder_sha256: the encoder.onnx that made it.
         category: the category it was registered for (None: not registered yet).
+        calibration: the category's calibration, made with this bank (None: uncalibrated).
     """
 
     patches: np.ndarray
@@ -63,6 +75,7 @@ class NumpyBank:
     digests: tuple[str, ...]
     encoder_sha256: str
     category: str | None = None
+    calibration: Calibration | None = None
 
     @property
     def digest(self) -> str:
@@ -74,6 +87,12 @@ class NumpyBank:
             digest.update(text.encode() + b"\0")
         for array in (self.patches, self.adapted_mean):
             digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        if self.calibration is not None:
+            calibration = self.calibration
+            for text in (*calibration.digests, calibration.backend, calibration.precision,
+                         calibration.encoder_sha256, calibration.created):  # fmt: skip
+                digest.update(text.encode() + b"\0")
+            digest.update(np.ascontiguousarray(calibration.scores, dtype=np.float32).tobytes())
         return digest.hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
@@ -92,7 +111,17 @@ class NumpyBank:
                 sources=np.array(self.sources, dtype=np.str_),
                 digests=np.array(self.digests, dtype=np.str_),
                 encoder_sha256=np.str_(self.encoder_sha256),
+                **self._calibration_arrays(),
             )
+
+    def _calibration_arrays(self) -> dict[str, np.ndarray]:
+        if self.calibration is None:
+            return {}
+        values = {name: getattr(self.calibration, field) for name, field in _CALIBRATION.items()}
+        arrays = {name: np.str_(value) for name, value in values.items()}
+        arrays["calibration_scores"] = np.asarray(values["calibration_scores"], dtype=np.float32)
+        arrays["calibration_digests"] = np.array(values["calibration_digests"], dtype=np.str_)
+        return arrays
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NumpyBank:
@@ -113,13 +142,13 @@ class NumpyBank:
                     raise InputError(
                         f"{path}: incomplete reference bank, lacks {', '.join(missing)}; {again}"
                     )
-                arrays = {name: data[name] for name in _ARRAYS}
+                arrays = {name: data[name] for name in (*_ARRAYS, *_CALIBRATION) if name in data}
         except _DAMAGED as err:
             reason = str(err).split("\n")[0] or type(err).__name__
             raise InputError(
                 f"{path}: not a readable reference bank (damaged or truncated: {reason}); {again}"
             ) from None
-        problem = _problem(arrays)
+        problem = _problem(arrays) or _calibration_problem(arrays)
         if problem:
             raise InputError(f"{path}: not a valid reference bank ({problem}); {again}")
         bank = cls(
@@ -130,6 +159,7 @@ class NumpyBank:
             digests=tuple(str(d) for d in arrays["digests"]),
             encoder_sha256=str(arrays["encoder_sha256"]),
             category=str(arrays["category"]),
+            calibration=_calibration(arrays),
         )
         if bank.digest != str(arrays["digest"]):
             raise InputError(f"{path}: its contents do not match its digest (damaged); {again}")
@@ -182,6 +212,37 @@ def _problem(arrays: dict[str, np.ndarray]) -> str:
         check_category_name(str(arrays["category"]))
     except InputError:
         return f"its category {str(arrays['category'])!r} is not a category name"
+    return ""
+
+
+def _calibration(arrays: dict[str, np.ndarray]) -> Calibration | None:
+    if "calibration_scores" not in arrays:
+        return None
+    values = {field: arrays[name] for name, field in _CALIBRATION.items()}
+    return Calibration(
+        scores=values["scores"],
+        digests=tuple(str(d) for d in values["digests"]),
+        **{field: str(values[field]) for field in ("backend", "precision", "encoder_sha256",
+                                                   "created")},
+    )  # fmt: skip
+
+
+def _calibration_problem(arrays: dict[str, np.ndarray]) -> str:
+    """What is wrong with a bank's calibration ("" if nothing, or if it has none)."""
+    present = [name for name in _CALIBRATION if name in arrays]
+    if not present:
+        return ""
+    if len(present) != len(_CALIBRATION):
+        return "its calibration is incomplete"
+    scores, digests = arrays["calibration_scores"], arrays["calibration_digests"]
+    if scores.dtype != np.float32 or scores.ndim != 1 or len(scores) == 0:
+        return f"its calibration scores are {scores.dtype} of shape {scores.shape}"
+    if not np.isfinite(scores).all() or (np.diff(scores) < 0).any():
+        return "its calibration scores are not finite and sorted"
+    if digests.ndim != 1 or len(digests) != len(scores):
+        return "its calibration images do not each have a digest"
+    if str(arrays["calibration_encoder_sha256"]) != str(arrays["encoder_sha256"]):
+        return "its calibration was scored by another encoder than its bank's"
     return ""
 
 

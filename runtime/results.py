@@ -20,9 +20,10 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from inctrl_runtime.decisions import Decisions
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import atomic_path, make_folder, sweep_stale
-from inctrl_runtime.heatmap import heatmap_overlay, save_heatmap
+from inctrl_runtime.heatmap import heatmap_overlay
 from inctrl_runtime.preprocess import ImageSource, Preprocessing, describe
 
 
@@ -42,9 +43,14 @@ SCORE_FIELDS = Scores._fields
 SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_map")
 
 
+# The decision fields of a record (None: an uncalibrated category, or shots given for the call).
+DECISION_FIELDS = ("p_value", "threshold", "anomalous")
+
+
 @dataclass(frozen=True)
 class Result:
-    """One query's scores, with the picture it was scored on, to draw its heatmap."""
+    """One query's scores and, for a calibrated category, its decision, with the picture it was
+    scored on, to draw its heatmap."""
 
     image: str
     view: Image.Image  # the resized, cropped RGB picture the model saw, decoded once
@@ -55,20 +61,43 @@ class Result:
     max_patch_residual: float
     patch_residual_map: np.ndarray  # P, row-major over the patch grid
     preprocessing: Preprocessing
+    p_value: float | None = None  # (1 + #{calibration scores >= score}) / (n + 1)
+    threshold: float | None = None  # the score threshold at the false-positive rate asked for
+    anomalous: bool | None = None  # p_value <= that rate
 
     def record(self) -> dict:
-        """The JSON record of ``inctrl score --json``: the image and every head output."""
-        values = {name: getattr(self, name) for name in SCORE_FIELDS}
-        values["patch_residual_map"] = self.patch_residual_map.tolist()
-        return {"image": self.image, **values}
+        """The JSON record of ``inctrl score --json``: the image, every scalar head output, the
+        decision fields, then the patch map."""
+        return {
+            "image": self.image,
+            **{name: getattr(self, name) for name in SCALAR_FIELDS},
+            **{name: getattr(self, name) for name in DECISION_FIELDS},
+            "patch_residual_map": self.patch_residual_map.tolist(),
+        }
 
-    def heatmap(self) -> Image.Image:
-        """The patch residual map, upsampled and colored, over the picture the model saw."""
-        return heatmap_overlay(self.view, self.patch_residual_map, config=self.preprocessing)
+    def caption(self) -> str:
+        """One line for the heatmap: the score and, when calibrated, the decision."""
+        text = f"score {self.score:.4f}"
+        if self.p_value is not None:
+            text += f"  p {self.p_value:.3g}"
+        if self.anomalous is not None:
+            text += "  ANOMALOUS" if self.anomalous else "  normal"
+        return text
+
+    def heatmap(self, caption: bool = True) -> Image.Image:
+        """The patch residual map, upsampled and colored, over the picture the model saw; with
+        ``caption``, the score and decision (``caption()``) on a strip under it."""
+        return heatmap_overlay(
+            self.view,
+            self.patch_residual_map,
+            config=self.preprocessing,
+            caption=self.caption() if caption else None,
+        )
 
     def save_heatmap(self, path: str | os.PathLike) -> None:
         """Write ``heatmap()`` as a PNG, atomically."""
-        save_heatmap(self.view, self.patch_residual_map, path, self.preprocessing)
+        with atomic_path(path) as tmp:
+            self.heatmap().save(tmp, format="PNG")
 
 
 def results(
@@ -76,9 +105,18 @@ def results(
     scores: Scores,
     preprocessing: Preprocessing,
     views: Sequence[Image.Image],
+    decisions: Decisions | None = None,
 ) -> list[Result]:
-    """One Result per query, in order; ``views`` are the pictures scored (``model_views``)."""
+    """One Result per query, in order; ``views`` are the pictures scored (``model_views``);
+    ``decisions`` those of a calibrated category (None: the decision fields stay None)."""
     scalars = {name: getattr(scores, name).tolist() for name in SCALAR_FIELDS}
+    decided = [{} for _ in sources]
+    if decisions is not None:
+        for i, row in enumerate(decided):
+            row["p_value"] = float(decisions.p_value[i])
+            if decisions.anomalous is not None:
+                row["threshold"] = decisions.threshold
+                row["anomalous"] = bool(decisions.anomalous[i])
     return [
         Result(
             image=describe(source),
@@ -86,6 +124,7 @@ def results(
             **{name: values[i] for name, values in scalars.items()},
             patch_residual_map=scores.patch_residual_map[i],
             preprocessing=preprocessing,
+            **decided[i],
         )
         for i, (source, view) in enumerate(zip(sources, views, strict=True))
     ]
@@ -165,6 +204,21 @@ def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> No
     table.add_column("image", overflow="fold", ratio=1)
     for header in ("score", "holistic", "image res.", "text", "max patch"):
         table.add_column(header, justify="right", no_wrap=True)
+    calibrated = any(record.get("p_value") is not None for record in records)
+    if calibrated:
+        table.add_column("p-value", justify="right", no_wrap=True)
+        table.add_column("decision", no_wrap=True)
     for record in records:
-        table.add_row(record["image"], *(f"{record[n]:.4f}" for n in SCALAR_FIELDS))
+        cells = [f"{record[n]:.4f}" for n in SCALAR_FIELDS]
+        if calibrated:
+            cells += [_p_value_cell(record.get("p_value")), _decision_cell(record.get("anomalous"))]
+        table.add_row(record["image"], *cells)
     Console().print(table)
+
+
+def _p_value_cell(p_value: float | None) -> str:
+    return "-" if p_value is None else f"{p_value:.3g}"
+
+
+def _decision_cell(anomalous: bool | None) -> str:
+    return "-" if anomalous is None else ("ANOMALOUS" if anomalous else "normal")

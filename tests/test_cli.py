@@ -18,7 +18,9 @@ from inctrl_runtime.results import SCORE_FIELDS
 
 pytestmark = pytest.mark.cli
 
-KEYS = ["image", *SCORE_FIELDS]
+# The image, every scalar head output, the decision (null: the torch side is never calibrated),
+# then the patch map.
+KEYS = ["image", *SCORE_FIELDS[:-1], "p_value", "threshold", "anomalous", "patch_residual_map"]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,7 @@ def test_json_contract_and_values(workspace) -> None:
     assert [r["image"] for r in records] == queries
     for record in records:
         assert list(record) == KEYS
+        assert record["p_value"] is record["threshold"] is record["anomalous"] is None
         assert len(record["patch_residual_map"]) == 225
         assert all(isinstance(v, float) for v in record["patch_residual_map"])
     # Same numbers as the Python API.
@@ -97,7 +100,7 @@ def test_table_output_and_heatmaps(workspace, tmp_path) -> None:
     maps = sorted((tmp_path / "maps").iterdir())
     assert [m.name for m in maps] == ["0000_img2.png", "0001_img3.png"]
     with Image.open(maps[0]) as heatmap:
-        assert heatmap.size == (240, 240) and heatmap.mode == "RGB"
+        assert heatmap.size == (240, 260) and heatmap.mode == "RGB"  # the map, its caption
 
 
 def test_heatmaps_are_drawn_without_reading_the_images_again(workspace, tmp_path, monkeypatch):

@@ -159,6 +159,10 @@ class OrtEngine:
         return self.placement.device
 
     @property
+    def backend(self) -> str:
+        return f"onnxruntime-{self.placement.device}"
+
+    @property
     def on_gpu(self) -> bool:
         return self.placement.on_gpu
 
