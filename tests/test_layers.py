@@ -17,6 +17,7 @@ TORCH_SIDE = ("torch", "torchvision", "open_clip", "safetensors", "onnx")
 TORCH_FREE_BASE = {
     "inctrl_runtime",
     "inctrl_runtime.console",
+    "inctrl_runtime.decisions",
     "inctrl_runtime.devices",
     "inctrl_runtime.errors",
     "inctrl_runtime.fewshot",
