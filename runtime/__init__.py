@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Bundle": "inctrl_runtime.bundle",
     "BundleError": "inctrl_runtime.errors",
+    "Calibration": "inctrl_runtime.decisions",
     "Detector": "inctrl_runtime.detector",
     "InputError": "inctrl_runtime.errors",
     "Preprocessing": "inctrl_runtime.preprocess",
@@ -29,6 +30,7 @@ _EXPORTS = {
 __all__ = [
     "Bundle",
     "BundleError",
+    "Calibration",
     "Detector",
     "InputError",
     "Preprocessing",
@@ -39,6 +41,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from inctrl_runtime.bundle import Bundle
+    from inctrl_runtime.decisions import Calibration
     from inctrl_runtime.detector import Detector
     from inctrl_runtime.errors import BundleError, InputError
     from inctrl_runtime.preprocess import Preprocessing

@@ -190,6 +190,13 @@ CASES = [
          ("candle.npz", "register")),
     Case("bank emptied", "run", after(lambda w: w.bank.write_bytes(b""), score),
          ("candle.npz", "register")),
+    # 7 (and the decisions issue). calibrations stored with a bank
+    Case("calibration unsorted", "run",
+         after(lambda w: _calibrated(w, lambda scores: scores[::-1].copy()), score),
+         ("candle.npz", "calibration scores are not finite and sorted")),
+    Case("calibration incomplete", "run",
+         after(lambda w: _calibrated(w, None), score),
+         ("candle.npz", "calibration is incomplete")),
     # 7. banks whose contents do not fit the bundle
     Case("bank of another width", "run",
          after(lambda w: resave(w, patches=bank_of(w).patches[..., :-1]), score),
@@ -301,6 +308,20 @@ CASES = [
          ("evil.pyth", "not a trusted checkpoint")),
     Case("batch size 0", "run", lambda w: w.score("--batch-size", "0"), ("batch size",)),
 ]  # fmt: skip
+
+
+def _calibrated(work: Work, change: Callable[[np.ndarray], np.ndarray] | None) -> None:
+    """Calibrate candle on the queries, then damage the stored scores (``change``) or, with
+    None, drop one of the calibration's arrays."""
+    Detector.open(work.bundle).calibrate("candle", work.queries)
+    with np.load(work.bank) as data:
+        arrays = {name: data[name] for name in data.files}
+    if change is None:
+        del arrays["calibration_backend"]
+    else:
+        arrays["calibration_scores"] = change(arrays["calibration_scores"])
+    with open(work.bank, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def _old_format(path: Path) -> None:
