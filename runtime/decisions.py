@@ -64,6 +64,14 @@ class Decisions(NamedTuple):
     anomalous: np.ndarray | None  # B bool
 
 
+def decide(calibration: np.ndarray, scores: np.ndarray, alpha: float = DEFAULT_FPR) -> Decisions:
+    """p-values of ``scores``, and the threshold and decisions at rate ``alpha``, against the
+    calibration scores ``calibration`` (sorted ascending)."""
+    p = p_values(calibration, scores)
+    cut = threshold(calibration, alpha)
+    return Decisions(p, cut, None if cut is None else p <= alpha)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A category's calibration: the sorted scores of n normal images that were not prompts,
@@ -111,9 +119,7 @@ class Calibration:
 
     def decide(self, scores: np.ndarray, alpha: float = DEFAULT_FPR) -> Decisions:
         """p-values of ``scores``, and the threshold and decisions at rate ``alpha``."""
-        p = p_values(self.scores, scores)
-        cut = threshold(self.scores, alpha)
-        return Decisions(p, cut, None if cut is None else p <= alpha)
+        return decide(self.scores, scores, alpha)
 
     def too_small_for(self, alpha: float) -> str:
         """Why this calibration cannot decide at rate ``alpha`` ("" if it can)."""
