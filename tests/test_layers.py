@@ -25,6 +25,7 @@ TORCH_FREE_BASE = {
     "inctrl_runtime.heatmap",
     "inctrl_runtime.preprocess",
     "inctrl_runtime.results",
+    "inctrl_runtime.selection",
 }
 
 
