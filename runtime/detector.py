@@ -163,19 +163,9 @@ class Detector:
             )
         digest, bank = self._registered.get(category, (None, None))
         if digest is None or read_digest(path) != digest:
-            bank = NumpyBank.load(path)
-            if bank.category != category:
-                raise InputError(
-                    f"{path}: holds the bank registered for category {bank.category!r}, not "
-                    f"{category!r} (a copied file?); register {category} with inctrl-run register"
-                )
-            self._check_bank(bank, str(path))
+            bank = load_registered(self.bundle, category)
             self._registered[category] = (bank.digest, bank)
         return bank
-
-    def _check_bank(self, bank: NumpyBank, where: str) -> None:
-        bundle = self.bundle
-        bank.check(bundle.bank_shape, bundle.encoder_sha256, "the bundle's model", where)
 
     # ---------------------------------------------------------------------------------- scoring
     def head(self, features: Features, bank_inputs: dict) -> Scores:
@@ -219,7 +209,7 @@ class Detector:
         if bank is None:
             bank = self.registered(category)
         else:
-            self._check_bank(bank, f"the reference bank ({', '.join(bank.sources[:2])})")
+            _check_bank(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
         arrays = {
             "ref_patches": bank.patches,
             "ref_adapted": bank.adapted_mean,
@@ -353,6 +343,24 @@ class Detector:
             f"Detector({str(Path(self.bundle.path))!r}, device={self.device!r}, "
             f"categories={list(self.categories)})"
         )
+
+
+def load_registered(bundle: Bundle, category: str) -> NumpyBank:
+    """A category's bank file (``references/<category>.npz``, which must exist) read and
+    checked: whole, registered for this category, by this bundle's encoder, of its shapes."""
+    path = bundle.reference_path(category)
+    bank = NumpyBank.load(path)
+    if bank.category != category:
+        raise InputError(
+            f"{path}: holds the bank registered for category {bank.category!r}, not "
+            f"{category!r} (a copied file?); register {category} with inctrl-run register"
+        )
+    _check_bank(bundle, bank, str(path))
+    return bank
+
+
+def _check_bank(bundle: Bundle, bank: NumpyBank, where: str) -> None:
+    bank.check(bundle.bank_shape, bundle.encoder_sha256, "the bundle's model", where)
 
 
 def _check_batch_size(batch_size: int) -> None:

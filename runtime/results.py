@@ -2,9 +2,10 @@
 them.
 
 ``Scores`` mirrors ``inctrl.Scores`` field for field (a test holds them equal). ``inctrl score``
-and ``inctrl-run score`` both go ``results`` -> ``records`` -> ``print_scored``, so their JSON is
-the same, heatmaps are drawn on the pictures decoded for scoring, not read from disk again, and
-a failed heatmap write still shows the scores.
+and ``inctrl-run score`` both go ``results`` -> ``records`` -> ``print_streamed`` (``inctrl-run``
+batch by batch, through ``record_batches``), so their JSON is the same, heatmaps are drawn on
+the pictures decoded for scoring, not read from disk again, and a failed heatmap write still
+shows the scores.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -148,14 +149,23 @@ def check_heatmaps(folder: str | os.PathLike | None) -> None:
         )
 
 
-def _heatmap_names(scored: Sequence[Result]) -> list[str]:
-    return [f"{index:04d}_{Path(result.image).stem}.png" for index, result in enumerate(scored)]
+def heatmap_names(images: Sequence[str], start: int = 0) -> list[str]:
+    """The heatmap file of each image (``Result.image``): ``NNNN_<image stem>.png``, NNNN the
+    image's index in the whole run, counted from ``start`` for this part of it."""
+    return [f"{start + i:04d}_{Path(image).stem}.png" for i, image in enumerate(images)]
 
 
-def records(scored: Sequence[Result], heatmaps: str | os.PathLike | None = None) -> list[dict]:
+def records(
+    scored: Sequence[Result],
+    heatmaps: str | os.PathLike | None = None,
+    start: int = 0,
+    sweep: bool = True,
+) -> list[dict]:
     """The JSON records of ``inctrl score`` and ``inctrl-run score``, in order; with a
-    ``heatmaps`` folder, a heatmap PNG per result there (``NNNN_<image stem>.png``), drawn on the
-    picture already decoded, and its path in the record.
+    ``heatmaps`` folder, a heatmap PNG per result there (``heatmap_names``, numbered from
+    ``start``, the index of the first result in the run), drawn on the picture already decoded,
+    and its path in the record. ``sweep``: first remove what dead writers left of these files
+    (``record_batches`` sweeps once for a whole run instead).
 
     Raises HeatmapWriteError (with the records) if a heatmap cannot be written.
     """
@@ -164,8 +174,9 @@ def records(scored: Sequence[Result], heatmaps: str | os.PathLike | None = None)
         return rows
     try:
         folder = make_folder(heatmaps)
-        names = _heatmap_names(scored)
-        sweep_stale(folder, names)  # once for the folder, not once per file
+        names = heatmap_names([result.image for result in scored], start)
+        if sweep:
+            sweep_stale(folder, names)  # once for the folder, not once per file
         for result, row, name in zip(scored, rows, names, strict=True):
             with atomic_path(folder / name, sweep=False) as tmp:
                 result.heatmap().save(tmp, format="PNG")
@@ -173,6 +184,22 @@ def records(scored: Sequence[Result], heatmaps: str | os.PathLike | None = None)
     except InputError as err:
         raise HeatmapWriteError(str(err), rows) from err
     return rows
+
+
+def record_batches(
+    batches: Iterable[Sequence[Result]],
+    images: Sequence[str],
+    heatmaps: str | os.PathLike | None = None,
+) -> Iterator[list[dict]]:
+    """``records`` of each batch of a run over ``images`` (as ``Result.image`` names them), as
+    the batch comes: heatmap names numbered across the run, the folder swept once for all of
+    them. A batch's Results (and their pictures) can go once its records are yielded."""
+    if heatmaps is not None:
+        sweep_stale(heatmaps, heatmap_names(images))  # nothing to sweep in a missing folder
+    start = 0
+    for batch in batches:
+        yield records(batch, heatmaps, start, sweep=False)
+        start += len(batch)
 
 
 def print_records(records: list[dict], as_json: bool = False) -> None:
@@ -183,16 +210,45 @@ def print_records(records: list[dict], as_json: bool = False) -> None:
         print_table(records)
 
 
-def print_scored(score: Callable[[], list[dict]], as_json: bool = False) -> None:
-    """Run ``score`` and print its records (``print_records``). If a heatmap write fails after
-    scoring, the records (with the heatmaps written so far) are printed first, then the
-    one-line error is raised."""
+def _write_lines(records: list[dict]) -> None:
+    sys.stdout.write("".join(json.dumps(record) + "\n" for record in records))
+    sys.stdout.flush()  # a reader of the pipe sees each batch as it finishes
+
+
+def print_streamed(
+    batches: Iterable[list[dict]], output: Literal["table", "json", "jsonl"] = "table"
+) -> None:
+    """Print batches of records on stdout: ``jsonl`` writes one record a line as each batch
+    comes (nothing is kept), ``json`` (a list) and ``table`` print them all at the end. If a
+    heatmap write fails, the records so far (the failing batch's too, with the heatmaps
+    written) are printed first, then the one-line error is raised."""
+    kept: list[dict] = []
+    failed: HeatmapWriteError | None = None
     try:
-        rows = score()
+        for rows in batches:
+            if output == "jsonl":
+                _write_lines(rows)
+            else:
+                kept.extend(rows)
     except HeatmapWriteError as err:
-        print_records(err.records, as_json)
-        raise
-    print_records(rows, as_json)
+        failed = err
+        if output == "jsonl":
+            _write_lines(err.records)
+        else:
+            kept.extend(err.records)
+    if output != "jsonl":
+        print_records(kept, output == "json")
+    if failed is not None:
+        raise failed
+
+
+def print_scored(score: Callable[[], list[dict]], as_json: bool = False) -> None:
+    """Run ``score`` and print its records (``print_streamed``, as a JSON list or a table)."""
+
+    def one_batch() -> Iterator[list[dict]]:
+        yield score()
+
+    print_streamed(one_batch(), "json" if as_json else "table")
 
 
 def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> None:
@@ -213,6 +269,10 @@ def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> No
         if calibrated:
             cells += [_p_value_cell(record.get("p_value")), _decision_cell(record.get("anomalous"))]
         table.add_row(record["image"], *cells)
+    # One threshold per run: the calibration's at the false-positive rate asked for.
+    threshold = next((r["threshold"] for r in records if r.get("threshold") is not None), None)
+    if threshold is not None:
+        table.caption = f"ANOMALOUS: a score above the threshold {threshold:.4f}"
     Console().print(table)
 
 
