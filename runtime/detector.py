@@ -36,6 +36,13 @@ from inctrl_runtime.preprocess import (
 )
 from inctrl_runtime.references import NumpyBank, read_digest
 from inctrl_runtime.results import Result, Scores, results
+from inctrl_runtime.selection import (
+    SELECTIONS,
+    Selection,
+    coverage_selection,
+    mean_residual,
+    random_draw,
+)
 
 Features = dict[str, Any]  # numpy arrays, or the encoder engine's device values
 
@@ -151,6 +158,40 @@ class Detector:
         bank.save(path)
         self._registered[category] = (bank.digest, bank)
         return bank
+
+    def select(
+        self,
+        pool: ImageSource | Sequence[ImageSource],
+        shots: int,
+        method: str = "coverage",
+        seed: int = 0,
+        category: str = "",
+        batch_size: int = 16,
+        progress: Callable[[int], None] | None = None,
+    ) -> Selection:
+        """Choose k = ``shots`` prompts from a pool of normal images (``inctrl_runtime.
+        selection``): ``coverage`` covers the pool's patch tokens best; ``random`` is the seeded
+        draw of ``inctrl evaluate`` for (seed, category), from the pool sorted by name (a path's
+        text). The pool is encoded batch by batch (``progress`` gets the number done); its patch
+        tokens are held once (n x L x P x D float32). Returns indices into the pool and the
+        pool's mean patch residual with those prompts; ``register`` the chosen images."""
+        images = image_sequence(pool)
+        _check_batch_size(batch_size)
+        if method not in SELECTIONS:
+            raise InputError(f"unknown selection {method!r}: choose {' or '.join(SELECTIONS)}")
+        if not 0 < shots <= len(images):
+            raise InputError(f"cannot select {shots} prompts from {len(images)} images")
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            chunks.append(self.encode(self.pixels(images[start : start + batch_size]))["patches"])
+            if progress is not None:
+                progress(min(start + batch_size, len(images)))
+        patches = np.concatenate(chunks)
+        if method == "coverage":
+            return coverage_selection(patches, shots)
+        names = [describe(source) for source in images]
+        drawn = random_draw(range(len(images)), shots, seed, category, key=names.__getitem__)
+        return Selection(tuple(drawn), mean_residual(patches, drawn))
 
     def registered(self, category: str) -> NumpyBank:
         """The bank saved by ``register`` for a category, read from disk once (again only when

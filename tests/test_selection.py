@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main, snapshot
+from PIL import Image
 
 from inctrl.data import Sample
 from inctrl.evaluation import draw_prompts
+from inctrl.synth import render
+from inctrl_runtime.cli import main
+from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import list_images
+from inctrl_runtime.preprocess import pixel_digest
+from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.selection import (
     SELECTIONS,
     Selection,
@@ -170,3 +179,148 @@ def test_split_pool_refuses_a_pool_too_small(count: int, shots: int) -> None:
 def test_split_pool_at_its_smallest_leaves_k_for_selection(count: int, shots: int) -> None:
     selection, calibration = split_pool(pool_paths(count), 0, "candle", shots=shots)
     assert len(selection) >= shots and len(calibration) >= 1
+
+
+# --------------------------------------------------------------- inctrl-run register --pool
+def save_png(array: np.ndarray, path: Path) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> dict[str, list[Path]]:
+    """A folder of seven normal images: six distinct synthetic washers and a near-duplicate
+    pair (an image and a copy with +-1 noise), the copy named to sort between the others."""
+    folder = tmp_path_factory.mktemp("pool")
+    distinct = [render("synth_washer", "train", "good", i, size=96).image for i in range(6)]
+    files = [save_png(image, folder / f"washer_{i}.png") for i, image in enumerate(distinct)]
+    noise = np.random.default_rng(0).integers(-1, 2, distinct[2].shape)
+    copy = np.clip(distinct[2].astype(int) + noise, 0, 255).astype(np.uint8)
+    twin = save_png(copy, folder / "washer_2b.png")
+    return {"files": list_images(folder), "pair": [files[2], twin]}
+
+
+def register_pool(bundle: Path, folder: Path, *args: str):
+    return run_main(main, "register", bundle, "--category", "candle", "--pool", folder, *args)
+
+
+def bank_of(bundle: Path) -> NumpyBank:
+    return NumpyBank.load(bundle / "references" / "candle.npz")
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("k", [2, 3])
+def test_register_pool_never_registers_both_of_a_near_duplicate_pair(bundle, pool, k) -> None:
+    folder = pool["files"][0].parent
+    done = register_pool(bundle, folder, "--shots", str(k))
+    assert done.code == 0, done.err
+    bank = bank_of(bundle)
+    assert bank.shots == k and bank.calibration is None
+    assert len(set(bank.sources)) == k and set(bank.sources) <= {str(p) for p in pool["files"]}
+    assert not {str(p) for p in pool["pair"]} <= set(bank.sources), bank.sources
+    # What it printed is what the API selects, and what it registered.
+    detector = Detector.open(bundle)
+    selection = detector.select(pool["files"], k)
+    chosen = [str(pool["files"][i]) for i in selection.indices]
+    assert list(bank.sources) == chosen
+    assert f"selected {k} of 7 images by coverage" in done.err
+    assert f"(mean patch residual {selection.mean_residual:.4f}): {', '.join(chosen)}" in done.err
+    assert f"registered {k} shots of 'candle'" in done.err
+
+
+@pytest.mark.cli
+def test_select_follows_the_pool_not_its_order(bundle, pool) -> None:
+    detector = Detector.open(bundle)
+    files = pool["files"]
+    shuffled = random.Random(1).sample(files, len(files))
+    for method in SELECTIONS:
+        picks = [
+            [order[i] for i in detector.select(order, 3, method, seed=4, category="candle").indices]
+            for order in (files, shuffled, files)
+        ]
+        assert picks[0] == picks[1] == picks[2], method
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("seed", [0, 5])
+def test_register_pool_random_is_the_evaluations_draw(bundle, pool, seed: int) -> None:
+    folder = pool["files"][0].parent
+    done = register_pool(bundle, folder, "--shots", "2", "--select", "random", "--seed", str(seed))
+    assert done.code == 0, done.err
+    samples = [Sample(str(p), 0, "candle", "train") for p in reversed(pool["files"])]
+    want = [s.image_path for s in draw_prompts(samples, 2, seed, "candle")]
+    assert list(bank_of(bundle).sources) == want
+    assert "by random (mean patch residual" in done.err
+
+
+@pytest.mark.cli
+def test_register_pool_calibrates_only_on_images_the_selection_never_saw(bundle, pool) -> None:
+    folder = pool["files"][0].parent
+    done = register_pool(bundle, folder, "--shots", "2", "--calibrate", "--seed", "3")
+    assert done.code == 0, done.err
+    part, apart = split_pool(pool["files"], 3, "candle", shots=2)
+    assert (len(part), len(apart)) == (4, 3)
+    bank = bank_of(bundle)
+    assert set(bank.sources) <= {str(p) for p in part}
+    detector = Detector.open(bundle)
+    digests = {str(p): pixel_digest(detector.pixels([p])[0]) for p in pool["files"]}
+    assert bank.calibration is not None and bank.calibration.n == 3
+    calibrated = set(bank.calibration.digests)
+    assert calibrated == {digests[str(p)] for p in apart}
+    assert not calibrated & set(bank.digests)
+    assert not calibrated & {digests[str(p)] for p in part}
+    assert "selected 2 of 4 images by coverage" in done.err
+    assert "calibrated on n = 3 images set apart; threshold at fpr 0.01: none" in done.err
+    assert "needs at least 99 calibration images" in done.err
+
+
+@pytest.mark.cli
+def test_register_pool_refuses_a_calibration_image_the_selection_sees(bundle, tmp_path) -> None:
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    images = [render("synth_washer", "train", "good", i, size=96).image for i in range(3)]
+    files = [save_png(image, folder / f"{i}.png") for i, image in enumerate(images)]
+    copy = save_png(images[0], folder / "0_copy.png")  # the same pixels under another name
+    seed = next(  # a split that sets the copy and its original on different sides
+        s
+        for s in range(100)
+        if len({files[0], copy} & set(split_pool(files + [copy], s, "candle")[1])) == 1
+    )
+    before = snapshot(bundle)
+    done = register_pool(bundle, folder, "--shots", "1", "--calibrate", "--seed", str(seed))
+    done.assert_refused("holds the same pixels as", "calibration images must be unseen")
+    assert snapshot(bundle) == before
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize(
+    ("args", "phrases"),
+    [
+        (["--shots", "2", "--shot", "{first}"], ["--pool and --shot exclude each other"]),
+        ([], ["no --shots given"]),
+        (["--shots", "2", "--select", "best"], ["unknown --select 'best'", "coverage or random"]),
+        (["--shots", "8"], ["cannot select 8 prompts from 7 images"]),
+        (["--shots", "0"], ["cannot select 0 prompts from 7 images"]),
+        (["--shots", "5", "--calibrate"], ["a pool of 7 images is too small", "at least 9"]),
+    ],
+)
+def test_register_pool_refusals(bundle, pool, args, phrases) -> None:
+    first = str(pool["files"][0])
+    before = snapshot(bundle)
+    done = register_pool(bundle, pool["files"][0].parent, *(a.format(first=first) for a in args))
+    done.assert_refused(*phrases)
+    assert snapshot(bundle) == before
+
+
+@pytest.mark.cli
+def test_register_pool_refuses_what_is_not_a_pool(bundle, tmp_path, pool) -> None:
+    before = snapshot(bundle)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    register_pool(bundle, empty, "--shots", "1").assert_refused(str(empty), "no images")
+    register_pool(bundle, tmp_path / "missing", "--shots", "1").assert_refused("no such folder")
+    for flag in (["--shots", "2"], ["--calibrate"], ["--select", "random"]):
+        shot = ["--shot", str(pool["files"][0])]
+        done = run_main(main, "register", bundle, "--category", "candle", *shot, *flag)
+        done.assert_refused("choose from a --pool DIR")
+    assert snapshot(bundle) == before
