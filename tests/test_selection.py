@@ -4,17 +4,22 @@ the seeded random draw and pool split, and ``inctrl-run register --pool`` end to
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_main, snapshot
 from PIL import Image
 
-from inctrl.data import Sample
+import inctrl.cli
+from inctrl.cli.prompts import run_prompts_make
+from inctrl.data import Sample, load_samples, normal_pool
 from inctrl.evaluation import draw_prompts
-from inctrl.synth import render
+from inctrl.model import InCTRL
+from inctrl.synth import render, synthesize
 from inctrl_runtime.cli import main
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
@@ -324,3 +329,48 @@ def test_register_pool_refuses_what_is_not_a_pool(bundle, tmp_path, pool) -> Non
         done = run_main(main, "register", bundle, "--category", "candle", *shot, *flag)
         done.assert_refused("choose from a --pool DIR")
     assert snapshot(bundle) == before
+
+
+# ---------------------------------------------------------- inctrl prompts make --select
+@pytest.mark.cli
+def test_prompts_make_coverage_selects_as_the_runtime_does(
+    bundle, tiny_checkpoint, tmp_path
+) -> None:
+    data = tmp_path / "data"
+    synthesize(data, seed=2, categories=1, images_per_category=6, size=64)
+    good = data / "synth_fabric" / "train" / "good"
+    out = tmp_path / "prompts"
+    done = run_main(
+        inctrl.cli.main, "prompts", "make", data, "--category", "synth_fabric",
+        "--shots", "2", "--select", "coverage", "--out", out, "-c", tiny_checkpoint,
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    listing = json.loads(done.out)
+    assert (listing["select"], listing["seed"]) == ("coverage", None)
+    # The same selection, by the same rule, from the torch model's features ...
+    model = InCTRL.from_checkpoint(tiny_checkpoint)
+    files = list_images(good)
+    with torch.no_grad():
+        patches = model.encode(model.pixels(files)).patches.numpy()
+    selection = coverage_selection(patches, 2)
+    assert [Path(p).name for p in listing["images"]] == [files[i].name for i in selection.indices]
+    assert listing["mean_residual"] == pytest.approx(selection.mean_residual, abs=1e-6)
+    # ... and from the exported encoder of the same checkpoint.
+    assert register_pool(bundle, good, "--shots", "2").code == 0
+    names = [Path(p).name for p in bank_of(bundle).sources]
+    assert names == [Path(p).name for p in listing["images"]]
+    # random stays the evaluation's draw.
+    drawn = run_prompts_make(data, "synth_fabric", 2, 3, tmp_path / "drawn", tiny_checkpoint)
+    pool = normal_pool(load_samples([data]), "synth_fabric")
+    assert drawn["images"] == [s.image_path for s in draw_prompts(pool, 2, 3, "synth_fabric")]
+    assert (drawn["select"], drawn["seed"], drawn["mean_residual"]) == ("random", 3, None)
+
+
+@pytest.mark.cli
+def test_prompts_make_refuses_an_unknown_selection(tmp_path) -> None:
+    done = run_main(
+        inctrl.cli.main, "prompts", "make", tmp_path, "--category", "synth_fabric",
+        "--shots", "2", "--select", "best", "--out", tmp_path / "out",
+    )  # fmt: skip
+    done.assert_refused("unknown --select 'best'")
+    assert not (tmp_path / "out").exists()

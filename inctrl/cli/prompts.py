@@ -13,6 +13,7 @@ from inctrl_runtime.console import status, warn
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import category_file
 from inctrl_runtime.files import write_json
+from inctrl_runtime.selection import SELECTIONS, coverage_selection
 
 
 def run_prompts_make(
@@ -24,11 +25,17 @@ def run_prompts_make(
     checkpoint: Path | None = None,
     clip_weights: Path | None = None,
     device: str = "cpu",
+    select: str = "random",
+    batch_size: int = 16,
 ) -> dict:
     """Pick k normal training images of a category and write them three ways into ``out``:
     ``<category>.pt`` (the authors' prompt file), ``<category>.bank.safetensors`` (our
     ReferenceBank, encoded by the given or demo model) and ``<category>.prompts.json`` (which
-    images, seed, k). The draw is the one ``inctrl evaluate`` makes for the same seed."""
+    images, how chosen, k). ``random`` is the draw ``inctrl evaluate`` makes for the same seed;
+    ``coverage`` encodes every training image and takes the k that best cover their patch
+    tokens (``inctrl_runtime.selection``, as ``inctrl-run register --pool``)."""
+    import torch
+
     from inctrl.data import by_category, load_samples, normal_pool
     from inctrl.evaluation import draw_prompts
     from inctrl.loading import load_model
@@ -36,6 +43,8 @@ def run_prompts_make(
 
     if shots < 1:
         raise InputError(f"--shots must be at least 1, got {shots}")
+    if select not in SELECTIONS:
+        raise InputError(f"unknown --select {select!r}: choose {' or '.join(SELECTIONS)}")
     paths = {
         "authors": category_file(out, category, ".pt"),
         "bank": category_file(out, category, ".bank.safetensors"),
@@ -50,9 +59,21 @@ def run_prompts_make(
             f"{root}: category {category!r} has {len(pool)} normal training images, fewer than "
             f"--shots {shots}"
         )
-    chosen = draw_prompts(pool, shots, seed, category)
-    with status("encoding prompts"):
+    with status("loading the model"):
         model = load_model(checkpoint, clip_weights, device, notice=warn)
+    residual = None
+    if select == "coverage":
+        ordered = sorted(pool, key=lambda sample: sample.image_path)  # the pool, not its order
+        with status(f"encoding {len(ordered)} training images"), torch.no_grad():
+            files = [s.image_path for s in ordered]
+            batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+            patches = torch.cat([model.encode(model.pixels(b)).patches for b in batches])
+        selection = coverage_selection(patches.cpu().numpy(), shots)
+        chosen = [ordered[i] for i in selection.indices]
+        residual = selection.mean_residual
+    else:
+        chosen = draw_prompts(pool, shots, seed, category)
+    with status("encoding prompts"):
         pixels = model.pixels([s.image_path for s in chosen])
         bank = model.reference(pixels)
     write_prompt_file(paths["authors"], pixels.cpu())
@@ -60,8 +81,10 @@ def run_prompts_make(
     listing = {
         "category": category,
         "shots": shots,
-        "seed": seed,
+        "select": select,
+        "seed": seed if select == "random" else None,
         "images": [s.image_path for s in chosen],
+        "mean_residual": residual,
         "model": model.config.name,
         "files": {name: str(path) for name, path in paths.items()},
     }
@@ -79,19 +102,27 @@ def prompts_make(
         None, "--shots", help="k, the number of normal images.", show_default=False
     ),
     seed: int = typer.Option(0, help="Seed of the draw (the same draw as `inctrl evaluate`)."),
+    select: str = typer.Option(
+        "random",
+        "--select",
+        help="random (the seeded draw of `inctrl evaluate`) or coverage (the k images that best "
+        "cover the category's training images' patch tokens).",
+    ),
     out: Path = typer.Option(None, "--out", help="Folder to write into.", show_default=False),
     checkpoint: ModelCheckpoint = None,
     clip_weights: ClipWeights = None,
     device: Device = "cpu",
 ) -> None:
-    """Draw k normal training images of a category as a prompt set.
+    """Draw or select k normal training images of a category as a prompt set.
 
     Writes the authors' <category>.pt prompt file, our ReferenceBank and a JSON listing of the
     chosen images."""
     for value, flag in ((category, "--category"), (shots, "--shots"), (out, "--out")):
         if value is None:
             raise InputError(f"no {flag} given (see inctrl prompts make --help)")
-    listing = run_prompts_make(root, category, shots, seed, out, checkpoint, clip_weights, device)
+    listing = run_prompts_make(
+        root, category, shots, seed, out, checkpoint, clip_weights, device, select
+    )
     sys.stdout.write(json.dumps(listing) + "\n")
 
 
