@@ -1,15 +1,22 @@
-"""Few-shot evaluation: image AUROC and AUPRC, and pixel AUROC where masks exist, per category.
+"""Few-shot evaluation: image AUROC and AUPRC, pixel AUROC where masks exist, and operating
+points at target false-positive rates, per category.
 
 A run is one set of k normal prompts: a seeded draw from the category's train/good images, or
-the authors' prompt file. Per category, every test image is encoded once and its features serve
-every run; a run only encodes its k prompts (its ``ReferenceBank``). As in the paper, results are
-the mean and standard deviation over runs.
+the authors' prompt file. Per category, every test image and every train/good image is encoded
+once and their features serve every run. As in the paper, results are the mean and standard
+deviation over runs.
+
+Each run is also calibrated (split-conformal, ``inctrl_runtime.decisions``) on the train/good
+images that are not its prompts; at each of ``TARGET_FPRS`` its threshold gives a measured
+false-positive rate on the test normals and a recall on the test anomalies. With drawn runs,
+the k prompts that best cover train/good's patch tokens (``coverage_selection``) make one more
+run, reported beside the draws (it is not calibrated: it saw every train/good image).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,15 +24,31 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from inctrl.backbone import ImageFeatures
 from inctrl.data import NORMAL, Sample, by_category, normal_pool
 from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
 from inctrl.model import InCTRL
 from inctrl.prompt_files import read_prompt_file
+from inctrl.state import ReferenceBank, TextPrior
+from inctrl_runtime.decisions import TARGET_FPRS, decide
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.fewshot import category_file, choose_prompts, prompt_generator
+from inctrl_runtime.fewshot import category_file
+from inctrl_runtime.preprocess import pixel_digest
+from inctrl_runtime.selection import coverage_selection, random_draw
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 TABLE_COLUMNS = ("category", "AUROC", "AUPRC", "pixel AUROC", "normal / anomalous")
+SELECTION_COLUMNS = ("category", "coverage AUROC", "random AUROC", "random min")
+OPERATING_COLUMNS = ("category", "n", *(f"{alpha:g}: FPR / recall" for alpha in TARGET_FPRS))
+SELECTION_TITLE = (
+    "Prompt choice, image AUROC: the k train/good images that best cover its patch tokens "
+    "(coverage) beside the random draws"
+)
+OPERATING_TITLE = (
+    "Operating points at target false-positive rates: calibrated on the n train/good images "
+    "that are not prompts; false-positive rate on test normals / recall on test anomalies, "
+    "mean over runs (-: n too small for the rate)"
+)
 
 
 class MeanStd(NamedTuple):
@@ -47,16 +70,97 @@ def _stats(value: MeanStd | None) -> dict[str, float] | None:
     return None if value is None else value._asdict()
 
 
+def _rates(point: OperatingPointStats) -> str:
+    """'FPR / recall' (means over runs), or '-' where the calibration is too small."""
+    if point.false_positive_rate is None:
+        return "-"
+    return f"{point.false_positive_rate.mean:.3f} / {point.recall.mean:.3f}"
+
+
+class OperatingPoint(NamedTuple):
+    """One run at a target false-positive rate: the threshold its calibration gives and what
+    it measures on the test images; all three None when the calibration is too small for the
+    rate (``decisions.min_normals``)."""
+
+    target_fpr: float
+    threshold: float | None
+    false_positive_rate: float | None  # flagged test normals / test normals
+    recall: float | None  # flagged test anomalies / test anomalies
+
+
+def operating_points(
+    calibration: Sequence[float],
+    targets: Sequence[int],
+    scores: Sequence[float],
+    target_fprs: Sequence[float] = TARGET_FPRS,
+) -> tuple[OperatingPoint, ...]:
+    """The operating points of test ``scores`` (``targets``: 0 normal, 1 anomalous) decided
+    against the scores of normal calibration images, in float32 as the runtime decides."""
+    calibration = np.sort(np.asarray(calibration, dtype=np.float32))
+    scores = np.asarray(scores, dtype=np.float32)
+    anomalous = np.asarray(targets) != NORMAL
+    points = []
+    for alpha in target_fprs:
+        decisions = decide(calibration, scores, alpha)
+        if decisions.anomalous is None:
+            points.append(OperatingPoint(alpha, None, None, None))
+            continue
+        flagged = decisions.anomalous
+        false_positives = float(flagged[~anomalous].mean())
+        points.append(
+            OperatingPoint(
+                alpha, decisions.threshold, false_positives, float(flagged[anomalous].mean())
+            )
+        )
+    return tuple(points)
+
+
+class OperatingPointStats(NamedTuple):
+    """One target rate over runs: mean and std of the measured rates (None where undefined)."""
+
+    target_fpr: float
+    false_positive_rate: MeanStd | None
+    recall: MeanStd | None
+
+    def to_dict(self) -> dict:
+        return {
+            "target_fpr": self.target_fpr,
+            "false_positive_rate": _stats(self.false_positive_rate),
+            "recall": _stats(self.recall),
+        }
+
+
+class SelectionComparison(NamedTuple):
+    """Image AUROC of the coverage-selected prompts beside that of the random draws."""
+
+    selected: float
+    random: MeanStd
+    random_min: float
+
+    def to_dict(self) -> dict:
+        return {
+            "selected_auroc": self.selected,
+            "random_auroc": {**self.random._asdict(), "min": self.random_min},
+        }
+
+    def row(self, name: str) -> tuple[str, ...]:
+        return (name, f"{self.selected:.3f}", str(self.random), f"{self.random_min:.3f}")
+
+
 @dataclass(frozen=True)
 class RunResult:
     """One run on one category: its prompts, the score of every test image, the metrics."""
 
-    seed: int | None  # None: the prompts came from the authors' prompt file
+    seed: int | None  # None: the prompts came from the authors' prompt file or the selection
     prompts: tuple[str, ...]
     scores: tuple[float, ...]  # in the order of CategoryResult.images
     auroc: float
     auprc: float
     pixel_auroc: float | None  # None: no ground-truth masks
+    # The train/good images calibrated on (its prompts excluded), and the operating points at
+    # TARGET_FPRS; None and () for the coverage selection, which saw every train/good image.
+    calibration: int | None = None
+    operating_points: tuple[OperatingPoint, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -65,18 +169,40 @@ class RunResult:
             "auroc": self.auroc,
             "auprc": self.auprc,
             "pixel_auroc": self.pixel_auroc,
+            "calibration": self.calibration,
+            "operating_points": [point._asdict() for point in self.operating_points],
             "scores": list(self.scores),
         }
 
 
+def _over_runs(values: Sequence[float | None]) -> MeanStd | None:
+    return None if not values or None in values else MeanStd.of(values)
+
+
+def _operating_stats(
+    mean_of: Callable[[Callable[[RunResult], float | None]], MeanStd | None],
+) -> tuple[OperatingPointStats, ...]:
+    """Per target rate, ``mean_of`` a run's measured false-positive rate and recall."""
+    return tuple(
+        OperatingPointStats(
+            alpha,
+            mean_of(lambda run, i=index: run.operating_points[i].false_positive_rate),
+            mean_of(lambda run, i=index: run.operating_points[i].recall),
+        )
+        for index, alpha in enumerate(TARGET_FPRS)
+    )
+
+
 @dataclass(frozen=True)
 class CategoryResult:
-    """All runs on one category's test images (``targets``: 0 normal, 1 anomalous)."""
+    """All runs on one category's test images (``targets``: 0 normal, 1 anomalous), and the
+    run with coverage-selected prompts (None with the authors' prompt files)."""
 
     category: str
     images: tuple[str, ...]
     targets: tuple[int, ...]
     runs: tuple[RunResult, ...]
+    selected: RunResult | None = None
 
     @property
     def normal(self) -> int:
@@ -96,10 +222,26 @@ class CategoryResult:
 
     @property
     def pixel_auroc(self) -> MeanStd | None:
-        values = [run.pixel_auroc for run in self.runs]
-        return None if None in values else MeanStd.of(values)
+        return _over_runs([run.pixel_auroc for run in self.runs])
+
+    @property
+    def calibration(self) -> int:
+        """The calibration images of a run (drawn runs all have train/good minus k)."""
+        return self.runs[0].calibration or 0
+
+    @property
+    def operating_points(self) -> tuple[OperatingPointStats, ...]:
+        return _operating_stats(lambda value: _over_runs([value(run) for run in self.runs]))
+
+    @property
+    def selection(self) -> SelectionComparison | None:
+        if self.selected is None:
+            return None
+        worst = min(run.auroc for run in self.runs)
+        return SelectionComparison(self.selected.auroc, self.auroc, worst)
 
     def to_dict(self) -> dict:
+        selection = self.selection
         return {
             "category": self.category,
             "normal": self.normal,
@@ -107,7 +249,11 @@ class CategoryResult:
             "auroc": _stats(self.auroc),
             "auprc": _stats(self.auprc),
             "pixel_auroc": _stats(self.pixel_auroc),
+            "calibration": self.calibration,
+            "operating_points": [point.to_dict() for point in self.operating_points],
+            "selection": None if selection is None else selection.to_dict(),
             "runs": [run.to_dict() for run in self.runs],
+            "selected": None if self.selected is None else self.selected.to_dict(),
             "images": list(self.images),
             "targets": list(self.targets),
         }
@@ -135,6 +281,14 @@ class EvaluationSettings:
         return f"InCTRL evaluation of {checkpoint} ({self.model}), k = {self.shots}, {runs}"
 
 
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(columns) + " |",
+        "| --- |" + " ---: |" * (len(columns) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 @dataclass(frozen=True)
 class EvaluationReport:
     """Per-category results and their means. ``auroc`` etc. average the categories within each
@@ -143,23 +297,48 @@ class EvaluationReport:
     settings: EvaluationSettings
     categories: tuple[CategoryResult, ...]
 
-    def _over_categories(self, metric: str) -> MeanStd | None:
-        table = [[getattr(run, metric) for run in c.runs] for c in self.categories]
+    def _per_run(self, value: Callable[[RunResult], float | None]) -> np.ndarray | None:
+        """Per run, the mean over categories of ``value``, leaving out the categories where
+        it is None; None if it is None in every category."""
+        table = [[value(run) for run in c.runs] for c in self.categories]
         table = [values for values in table if None not in values]
-        return MeanStd.of(np.mean(table, axis=0)) if table else None
+        return np.mean(table, axis=0) if table else None
+
+    def _over_categories(self, value: Callable[[RunResult], float | None]) -> MeanStd | None:
+        per_run = self._per_run(value)
+        return None if per_run is None else MeanStd.of(per_run)
 
     @property
     def auroc(self) -> MeanStd:
-        return self._over_categories("auroc")
+        return self._over_categories(lambda run: run.auroc)
 
     @property
     def auprc(self) -> MeanStd:
-        return self._over_categories("auprc")
+        return self._over_categories(lambda run: run.auprc)
 
     @property
     def pixel_auroc(self) -> MeanStd | None:
         """Over the categories that have masks; None if none has."""
-        return self._over_categories("pixel_auroc")
+        return self._over_categories(lambda run: run.pixel_auroc)
+
+    @property
+    def operating_points(self) -> tuple[OperatingPointStats, ...]:
+        """Per target rate, over the categories whose calibration is large enough for it."""
+        return _operating_stats(self._over_categories)
+
+    @property
+    def selection(self) -> SelectionComparison | None:
+        """The mean over categories of the selected prompts' AUROC, beside the random draws'
+        (the worst: the run whose mean over categories is lowest)."""
+        if any(c.selected is None for c in self.categories):
+            return None
+        selected = float(np.mean([c.selected.auroc for c in self.categories]))
+        worst = float(self._per_run(lambda run: run.auroc).min())
+        return SelectionComparison(selected, self.auroc, worst)
+
+    @property
+    def calibration(self) -> int:
+        return sum(c.calibration for c in self.categories)
 
     def rows(self) -> list[tuple[str, ...]]:
         """The table of ``TABLE_COLUMNS``: one row per category, then the mean row."""
@@ -175,9 +354,28 @@ class EvaluationReport:
         anomalous = sum(c.anomalous for c in self.categories)
         return [*rows, row("mean", self.auroc, self.auprc, self.pixel_auroc, normal, anomalous)]
 
+    def selection_rows(self) -> list[tuple[str, ...]]:
+        """The table of ``SELECTION_COLUMNS`` (empty without a selection), then the mean row."""
+        if self.selection is None:
+            return []
+        return [
+            *(c.selection.row(c.category) for c in self.categories),
+            self.selection.row("mean"),
+        ]
+
+    def operating_rows(self) -> list[tuple[str, ...]]:
+        """The table of ``OPERATING_COLUMNS``: one row per category, then the mean row."""
+
+        def row(name: str, n: int, points: Sequence[OperatingPointStats]) -> tuple[str, ...]:
+            return (name, str(n), *(_rates(point) for point in points))
+
+        rows = [row(c.category, c.calibration, c.operating_points) for c in self.categories]
+        return [*rows, row("mean", self.calibration, self.operating_points)]
+
     def to_dict(self) -> dict:
         """JSON-ready: settings, the means, and per category its runs and test images."""
         settings = self.settings
+        selection = self.selection
         return {
             "settings": {
                 "checkpoint": settings.checkpoint,
@@ -186,45 +384,51 @@ class EvaluationReport:
                 "seeds": None if settings.seeds is None else list(settings.seeds),
                 "prompts": settings.prompts,
                 "pixel": settings.pixel,
+                "target_fprs": list(TARGET_FPRS),
             },
             "mean": {
                 "auroc": _stats(self.auroc),
                 "auprc": _stats(self.auprc),
                 "pixel_auroc": _stats(self.pixel_auroc),
+                "operating_points": [point.to_dict() for point in self.operating_points],
+                "selection": None if selection is None else selection.to_dict(),
             },
             "categories": [c.to_dict() for c in self.categories],
         }
 
     def to_markdown(self) -> str:
-        """A heading line and a markdown table (mean ± std over runs)."""
-        lines = [
-            self.settings.describe() + ".",
-            "",
-            "| " + " | ".join(TABLE_COLUMNS) + " |",
-            "| --- |" + " ---: |" * (len(TABLE_COLUMNS) - 1),
-            *("| " + " | ".join(row) + " |" for row in self.rows()),
-        ]
+        """A heading line and markdown tables (mean ± std over runs): the metrics, the prompt
+        choice (with drawn runs) and the operating points."""
+        lines = [self.settings.describe() + ".", "", *_markdown_table(TABLE_COLUMNS, self.rows())]
+        selection = self.selection_rows()
+        if selection:
+            lines += ["", SELECTION_TITLE + ".", "", *_markdown_table(SELECTION_COLUMNS, selection)]
+        operating = self.operating_rows()
+        lines += ["", OPERATING_TITLE + ".", "", *_markdown_table(OPERATING_COLUMNS, operating)]
         return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------ prompts
 def draw_prompts(pool: Sequence[Sample], shots: int, seed: int, category: str) -> list[Sample]:
     """k prompts drawn from a normal pool, the same for the same (seed, category) whatever the
-    pool's order: the category's ``prompt_generator`` draws from the pool sorted by path."""
-    ordered = sorted(pool, key=lambda sample: sample.image_path)
-    return choose_prompts(ordered, shots, prompt_generator(seed, category))
+    pool's order: the ``random`` selection (``random_draw``) on the pool sorted by path."""
+    return random_draw(pool, shots, seed, category, key=lambda sample: sample.image_path)
 
 
 class _PromptSet(NamedTuple):
     seed: int | None
     names: tuple[str, ...]
-    images: list[str] | torch.Tensor  # image paths, or preprocessed k x 3 x S x S
+    pool_rows: tuple[int, ...] | None  # the prompts' rows in the category's pool; None: pixels
+    pixels: torch.Tensor | None = None  # a prompt file's preprocessed k x 3 x S x S
 
 
 class _Category(NamedTuple):
     name: str
     queries: list[Sample]
+    pool: list[Sample]  # train/good sorted by path: prompts are drawn and calibrated on it
     prompt_sets: list[_PromptSet]
+    shots: int
+    select: bool  # add a run with coverage-selected prompts (when prompts are drawn)
 
 
 def check_arguments(
@@ -243,7 +447,7 @@ def check_arguments(
 
 def _prompt_sets(
     name: str,
-    group: Sequence[Sample],
+    pool: Sequence[Sample],
     shots: int,
     seeds: Sequence[int],
     prompts_dir: str | os.PathLike | None,
@@ -257,22 +461,22 @@ def _prompt_sets(
                 f"{path}: holds {len(pixels)} prompt images, but --shots is {shots}; use the "
                 f"prompt files made for k = {shots}"
             )
-        return [_PromptSet(None, tuple(f"{path}[{i}]" for i in range(shots)), pixels)]
-    pool = normal_pool(group, name)
+        return [_PromptSet(None, tuple(f"{path}[{i}]" for i in range(shots)), None, pixels)]
     if len(pool) < shots:
         raise InputError(
             f"category {name!r}: {shots} shots asked for, but train/good holds only {len(pool)} "
             "normal images to draw prompts from; lower --shots"
         )
+    rows = {sample.image_path: row for row, sample in enumerate(pool)}
     sets = []
     for seed in seeds:
-        paths = [s.image_path for s in draw_prompts(pool, shots, seed, name)]
-        sets.append(_PromptSet(seed, tuple(paths), paths))
+        paths = tuple(s.image_path for s in draw_prompts(pool, shots, seed, name))
+        sets.append(_PromptSet(seed, paths, tuple(rows[path] for path in paths)))
     return sets
 
 
 def _plan(samples, shots, seeds, prompts_dir, size) -> list[_Category]:
-    """Every category with test images, its queries and prompt sets, checked up front."""
+    """Every category with test images, its queries, pool and prompt sets, checked up front."""
     plan = []
     for name, group in by_category(dict.fromkeys(samples)).items():  # drops repeated samples
         queries = [s for s in group if s.split == "test"]
@@ -285,9 +489,10 @@ def _plan(samples, shots, seeds, prompts_dir, size) -> list[_Category]:
                 f"category {name!r}: no {missing} test images, so AUROC is undefined; add some "
                 "or leave the category out"
             )
-        plan.append(
-            _Category(name, queries, _prompt_sets(name, group, shots, seeds, prompts_dir, size))
-        )
+        # Sorted by path, a pool's features are the same whatever the order of the samples.
+        pool = sorted(normal_pool(group, name), key=lambda sample: sample.image_path)
+        prompt_sets = _prompt_sets(name, pool, shots, seeds, prompts_dir, size)
+        plan.append(_Category(name, queries, pool, prompt_sets, shots, prompts_dir is None))
     if not plan:
         raise InputError("no test images among the data: evaluation needs <category>/test/...")
     return plan
@@ -322,16 +527,78 @@ def _pixel_labels(queries: Sequence[Sample], size: int) -> _PixelLabels | None:
     return _PixelLabels(rows, masks, pixel_selection(masks))
 
 
+def _batches(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class _Pool(NamedTuple):
+    """A category's train/good images encoded once: prompts' banks and calibration scores come
+    from these features, the coverage selection from their patch tokens."""
+
+    features: ImageFeatures | None  # n x E and n x L x P x D on the model's device; None: n = 0
+    digests: tuple[str, ...]  # each image's pixel digest
+
+    def rows(self, rows: Sequence[int]) -> ImageFeatures:
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.features.embedding.device)
+        return ImageFeatures(self.features.embedding[index], self.features.patches[index])
+
+
+def _encode_pool(model: InCTRL, category: _Category, batch_size: int, progress: bool) -> _Pool:
+    paths = [s.image_path for s in category.pool]
+    features, digests = [], []
+    for chunk in _track(_batches(paths, batch_size), f"{category.name} train/good", progress):
+        pixels = model.pixels(chunk)
+        digests.extend(pixel_digest(p) for p in pixels.cpu().numpy())
+        features.append(model.encode(pixels))
+    if not features:
+        return _Pool(None, ())
+    return _Pool(
+        ImageFeatures(*(torch.cat(f) for f in zip(*features, strict=True))), tuple(digests)
+    )
+
+
+def _selected_prompts(category: _Category, pool: _Pool) -> _PromptSet:
+    """The k pool images that best cover the pool's patch tokens (``coverage_selection``)."""
+    chosen = coverage_selection(pool.features.patches.cpu().numpy(), category.shots).indices
+    return _PromptSet(None, tuple(category.pool[row].image_path for row in chosen), chosen)
+
+
+def _bank(model: InCTRL, prompts: _PromptSet, pool: _Pool, batch_size: int) -> ReferenceBank:
+    """A run's bank: from its prompts' pool features, or a prompt file's images encoded."""
+    if prompts.pixels is not None:
+        return model.reference(prompts.pixels, batch_size)
+    patches, adapted_mean = model.inctrl_head.reference(pool.rows(prompts.pool_rows))
+    digests = tuple(pool.digests[row] for row in prompts.pool_rows)
+    shots = len(prompts.names)
+    return ReferenceBank(patches.contiguous(), adapted_mean, shots, prompts.names, digests)
+
+
+def _calibration_scores(
+    model: InCTRL, pool: _Pool, bank: ReferenceBank, prior: TextPrior, batch_size: int
+) -> np.ndarray:
+    """The scores of the pool images that are not the bank's prompts, by pixel digest (so a
+    prompt file's images and copies of a prompt are left out too: they would score near 0)."""
+    prompts = set(bank.digests)
+    rows = [row for row, digest in enumerate(pool.digests) if digest not in prompts]
+    scores = [
+        model.head(pool.rows(chunk), bank, prior).score for chunk in _batches(rows, batch_size)
+    ]
+    return torch.cat(scores).cpu().numpy() if scores else np.zeros(0, dtype=np.float32)
+
+
 def _evaluate_category(
     model: InCTRL, category: _Category, batch_size: int, pixel: bool, progress: bool
 ) -> CategoryResult:
     prior = model.text_prior(category.name)
-    banks = [model.reference(p.images, batch_size) for p in category.prompt_sets]
+    pool = _encode_pool(model, category, batch_size, progress)
+    prompt_sets = list(category.prompt_sets)
+    if category.select:
+        prompt_sets.append(_selected_prompts(category, pool))
+    banks = [_bank(model, prompts, pool, batch_size) for prompts in prompt_sets]
     paths = [s.image_path for s in category.queries]
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     scores: list[list[torch.Tensor]] = [[] for _ in banks]
     maps: list[list[torch.Tensor]] = [[] for _ in banks]
-    for chunk in _track(chunks, category.name, progress):
+    for chunk in _track(_batches(paths, batch_size), category.name, progress):
         features = model.encode(model.pixels(chunk))  # once per query, for every run
         for run, bank in enumerate(banks):
             out = model.head(features, bank, prior)
@@ -340,16 +607,32 @@ def _evaluate_category(
     targets = tuple(s.target for s in category.queries)
     labels = _pixel_labels(category.queries, model.config.vision.image_size) if pixel else None
     runs = []
-    for prompts, run_scores, run_maps in zip(category.prompt_sets, scores, maps, strict=True):
-        run_scores = torch.cat(run_scores).double().numpy()
+    for index, prompts in enumerate(prompt_sets):
+        run_scores = torch.cat(scores[index]).double().numpy()
         auroc, auprc = image_metrics(targets, run_scores)
         pixel_value = None
         if labels is not None:
-            run_maps = torch.cat(run_maps)[labels.rows]
+            run_maps = torch.cat(maps[index])[labels.rows]
             pixel_value = pixel_auroc(run_maps, labels.masks, labels.selection)
+        calibration, points = None, ()
+        if index < len(category.prompt_sets):  # the selection saw every pool image: not these
+            normals = _calibration_scores(model, pool, banks[index], prior, batch_size)
+            calibration, points = len(normals), operating_points(normals, targets, run_scores)
         scores_tuple = tuple(float(v) for v in run_scores)
-        runs.append(RunResult(prompts.seed, prompts.names, scores_tuple, auroc, auprc, pixel_value))
-    return CategoryResult(category.name, tuple(paths), targets, tuple(runs))
+        runs.append(
+            RunResult(
+                prompts.seed,
+                prompts.names,
+                scores_tuple,
+                auroc,
+                auprc,
+                pixel_value,
+                calibration,
+                points,
+            )
+        )
+    selected = runs.pop() if category.select else None
+    return CategoryResult(category.name, tuple(paths), targets, tuple(runs), selected)
 
 
 @torch.no_grad()
@@ -369,8 +652,10 @@ def evaluate(
     Per category the queries are its test images; each run draws ``shots`` prompts from its
     train/good images (``draw_prompts``, one run per seed) or, with ``prompts_dir``, takes the
     authors' ``<prompts_dir>/<category>.pt`` (one run). Pixel AUROC is computed where
-    anomalous test images have masks and ``pixel`` is set. ``progress`` shows bars on stderr;
-    ``checkpoint_name`` is recorded in the report's settings.
+    anomalous test images have masks and ``pixel`` is set. Each run is calibrated on the
+    train/good images that are not its prompts (by pixel digest) and measured at
+    ``TARGET_FPRS``; drawn runs get a coverage-selected run beside them. ``progress`` shows
+    bars on stderr; ``checkpoint_name`` is recorded in the report's settings.
     """
     seeds = tuple(seeds)
     check_arguments(shots, batch_size, seeds, prompts_dir)

@@ -21,13 +21,27 @@ from inctrl import InCTRL, InputError, get_config
 from inctrl.cli import main
 from inctrl.cli.evaluate import run_evaluate
 from inctrl.data import index_to_json, load_samples
-from inctrl.evaluation import TABLE_COLUMNS, evaluate
+from inctrl.evaluation import (
+    OPERATING_COLUMNS,
+    SELECTION_COLUMNS,
+    TABLE_COLUMNS,
+    MeanStd,
+    evaluate,
+    operating_points,
+)
 from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
 from inctrl.prompt_files import read_prompt_file, write_prompt_file
 from inctrl.synth import synthesize
+from inctrl_runtime.decisions import TARGET_FPRS, min_normals, threshold
+from inctrl_runtime.selection import coverage_selection
 
 CATEGORIES = ["synth_fabric", "synth_washer"]
 TEST_IMAGES = 8  # per category: 3 test/good and one of each of the 5 defects
+POOL_IMAGES = 6  # per category: train/good
+
+
+def table_header(columns) -> str:
+    return "| " + " | ".join(columns) + " |"
 
 
 def rank_auroc(targets, scores) -> float:
@@ -104,7 +118,7 @@ def test_report_metrics_are_those_of_its_scores(report) -> None:
 
 # ------------------------------------------------------------------- encoding, prompt draws
 @pytest.mark.unit
-def test_each_query_is_encoded_once_whatever_the_number_of_seeds(workspace, samples) -> None:
+def test_each_image_is_encoded_once_whatever_the_number_of_seeds(workspace, samples) -> None:
     model = InCTRL.from_checkpoint(workspace / "tiny.safetensors")
     encode, encoded = model.encode, []
 
@@ -116,8 +130,9 @@ def test_each_query_is_encoded_once_whatever_the_number_of_seeds(workspace, samp
     for seeds in [(0,), (0, 1, 2, 3, 4)]:
         encoded.clear()
         evaluate(model, samples, shots=2, seeds=seeds, batch_size=3, pixel=False)
-        # Every test image once, plus the k = 2 prompt images of each run of each category.
-        assert sum(encoded) == len(CATEGORIES) * (TEST_IMAGES + 2 * len(seeds))
+        # Every test image and every train/good image once: prompts, calibration images and
+        # the coverage selection all come from the train/good features.
+        assert sum(encoded) == len(CATEGORIES) * (TEST_IMAGES + POOL_IMAGES)
 
 
 @pytest.mark.unit
@@ -181,6 +196,129 @@ def test_bad_prompt_files_are_refused(tmp_path) -> None:
     ]:
         with pytest.raises(InputError, match=re.escape(message)):
             read_prompt_file(tmp_path / name)
+
+
+# ------------------------------------------------------ operating points, prompt selection
+@pytest.mark.unit
+def test_operating_points_on_hand_made_scores() -> None:
+    calibration = [0.1 * i for i in range(19, 0, -1)]  # n = 19, any order: 0.01 needs 99
+    # Thresholds: at 0.1 the ceil(20 * 0.9) = 18th smallest, 1.8; at 0.05 the 19th, 1.9.
+    # A score equal to the threshold is not flagged: its p-value is (1 + 2) / 20 > 0.1.
+    targets = [0, 0, 0, 0, 1, 1, 1]
+    scores = [0.5, 1.85, 1.95, 1.8, 1.85, 2.5, 1.0]
+    at_01, at_05, at_10 = operating_points(calibration, targets, scores)
+    assert at_01 == (0.01, None, None, None)
+    assert at_05.threshold == pytest.approx(1.9)
+    assert (at_05.false_positive_rate, at_05.recall) == (1 / 4, 1 / 3)  # 1.95; 2.5
+    assert at_10.threshold == pytest.approx(1.8)
+    assert (at_10.false_positive_rate, at_10.recall) == (2 / 4, 2 / 3)  # 1.85, 1.95; 1.85, 2.5
+    assert [p.target_fpr for p in operating_points([], targets, scores)] == list(TARGET_FPRS)
+    assert all(p.threshold is None for p in operating_points([], targets, scores))
+
+
+@pytest.fixture(scope="module")
+def calibrated(workspace, model):
+    """One category with 20 train/good images: each run (k = 2) calibrates on 18, enough for
+    a false-positive rate of 0.1, too few for 0.05 (19) and 0.01 (99)."""
+    root = workspace / "pool20"
+    synthesize(root, 3, categories=1, images_per_category=20, size=64)
+    samples = load_samples([root])
+    return samples, evaluate(model, samples, shots=2, seeds=(0, 1, 2), pixel=False)
+
+
+@pytest.mark.unit
+def test_each_run_is_calibrated_on_train_good_less_its_prompts(model, calibrated) -> None:
+    samples, report = calibrated
+    (category,) = report.categories
+    pool = sorted(s.image_path for s in samples if s.split == "train")
+    targets = np.asarray(category.targets)
+    prior = model.text_prior(category.category)
+    for run in category.runs:
+        rest = [path for path in pool if path not in run.prompts]
+        assert run.calibration == len(rest) == 18
+        with torch.no_grad():
+            normals = model.score(rest, model.reference(list(run.prompts)), prior).score
+        normals = np.sort(normals.numpy())
+        scores = np.asarray(run.scores)
+        for point in run.operating_points:
+            cut = threshold(normals, point.target_fpr)
+            if min_normals(point.target_fpr) > 18:
+                assert cut is None and point == (point.target_fpr, None, None, None)
+                continue
+            assert point.threshold == pytest.approx(cut, abs=1e-5)
+            assert point.false_positive_rate == np.mean(scores[targets == 0] > cut)
+            assert point.recall == np.mean(scores[targets == 1] > cut)
+    at_01, at_05, at_10 = category.operating_points
+    assert at_01.false_positive_rate is None and at_05.recall is None
+    assert at_10.recall == MeanStd.of(run.operating_points[2].recall for run in category.runs)
+    assert at_10.recall.mean > 0  # the test anomalies are not all below the threshold
+    data = report.to_dict()["categories"][0]
+    assert (
+        data["calibration"] == 18
+        and data["operating_points"][2]["recall"] == at_10.recall._asdict()
+    )
+    assert (
+        data["runs"][0]["operating_points"][2]["threshold"]
+        == category.runs[0].operating_points[2].threshold
+    )
+    assert report.operating_points == category.operating_points  # one category: its mean
+
+
+@pytest.mark.unit
+def test_prompt_file_runs_calibrate_without_the_files_images(model, samples, tmp_path) -> None:
+    for index, category in enumerate(CATEGORIES):
+        train = [s.image_path for s in samples if s.split == "train"]
+        own = [path for path in train if f"/{category}/" in path][:2]
+        other = [path for path in train if f"/{CATEGORIES[1 - index]}/" in path][:2]
+        write_prompt_file(tmp_path / "own" / f"{category}.pt", model.pixels(own).cpu())
+        write_prompt_file(tmp_path / "other" / f"{category}.pt", model.pixels(other).cpu())
+    own = evaluate(model, samples, shots=2, prompts_dir=tmp_path / "own", pixel=False)
+    other = evaluate(model, samples, shots=2, prompts_dir=tmp_path / "other", pixel=False)
+    # The file holds pixels, not paths: its train/good images are found by pixel digest.
+    assert [c.calibration for c in own.categories] == [POOL_IMAGES - 2] * len(CATEGORIES)
+    assert [c.calibration for c in other.categories] == [POOL_IMAGES] * len(CATEGORIES)
+    # No draws, so no coverage selection to set beside them.
+    assert all(c.selected is None for c in own.categories) and own.selection is None
+    assert own.to_dict()["mean"]["selection"] is None and own.selection_rows() == []
+    assert "Prompt choice" not in own.to_markdown() and "Operating points" in own.to_markdown()
+
+
+@pytest.mark.unit
+def test_coverage_selected_run_beside_the_random_draws(model, samples, report) -> None:
+    for category in report.categories:
+        pool = sorted(
+            s.image_path for s in samples if s.category == category.category and s.split == "train"
+        )
+        with torch.no_grad():
+            patches = model.encode(model.pixels(pool)).patches.numpy()
+        selected = category.selected
+        assert selected.prompts == tuple(pool[i] for i in coverage_selection(patches, 2).indices)
+        assert (selected.seed, selected.calibration, selected.operating_points) == (None, None, ())
+        with torch.no_grad():
+            direct = model.score(
+                list(category.images),
+                model.reference(list(selected.prompts)),
+                model.text_prior(category.category),
+            ).score
+        assert np.allclose(selected.scores, direct.numpy(), atol=1e-5)
+        assert selected.auroc == pytest.approx(rank_auroc(category.targets, selected.scores))
+        worst = min(run.auroc for run in category.runs)
+        assert category.selection == (selected.auroc, category.auroc, worst)
+    # The mean row: the selected AUROC over categories; the draws' per-run means, their worst.
+    per_run = [
+        statistics.mean(values)
+        for values in zip(*[[r.auroc for r in c.runs] for c in report.categories], strict=True)
+    ]
+    mean = report.selection
+    assert mean.selected == pytest.approx(
+        statistics.mean(c.selected.auroc for c in report.categories)
+    )
+    assert mean.random == report.auroc and mean.random_min == pytest.approx(min(per_run))
+    data = report.to_dict()
+    assert data["mean"]["selection"]["random_auroc"]["min"] == mean.random_min
+    assert data["categories"][0]["selected"]["prompts"] == list(
+        report.categories[0].selected.prompts
+    )
 
 
 # --------------------------------------------------------------------------------- pixel AUROC
@@ -290,7 +428,7 @@ def test_json_and_markdown_files(workspace, tmp_path) -> None:
     assert data["mean"]["auroc"]["mean"] == pytest.approx(result.auroc.mean)
     lines = (tmp_path / "out" / "report.md").read_text().splitlines()
     assert lines[0].startswith("InCTRL evaluation of") and "k = 2" in lines[0]
-    assert lines[2] == "| " + " | ".join(TABLE_COLUMNS) + " |"
+    assert lines[2] == table_header(TABLE_COLUMNS)
     fabric = result.categories[0]
     assert lines[4] == (
         f"| synth_fabric | {fabric.auroc.mean:.3f} ± {fabric.auroc.std:.3f} | "
@@ -300,7 +438,15 @@ def test_json_and_markdown_files(workspace, tmp_path) -> None:
     assert lines[6].startswith(f"| mean | {result.auroc.mean:.3f} ± ") and lines[6].endswith(
         "| 6 / 10 |"
     )
-    assert len(lines) == 7
+    # Then the prompt choice and the operating points, each a title and a table of 2 + 3 rows.
+    assert lines[8].startswith("Prompt choice") and lines[10] == table_header(SELECTION_COLUMNS)
+    choice = fabric.selection
+    assert lines[12] == (
+        f"| synth_fabric | {choice.selected:.3f} | {fabric.auroc} | {choice.random_min:.3f} |"
+    )
+    assert lines[16].startswith("Operating points") and lines[18] == table_header(OPERATING_COLUMNS)
+    assert lines[20] == "| synth_fabric | 4 | - | - | - |"  # 6 train/good less 2 prompts
+    assert lines[22] == "| mean | 8 | - | - | - |" and len(lines) == 23
 
 
 @pytest.mark.cli
@@ -320,6 +466,7 @@ def test_command_end_to_end(workspace, model, samples, tmp_path) -> None:
     assert table.returncode == 0, table.stderr
     assert "synth_fabric" in table.stdout and "mean" in table.stdout
     assert "± 0.000" in table.stdout and "3 / 5" in table.stdout
+    assert "coverage AUROC" in table.stdout and "Operating points" in table.stdout
 
 
 @pytest.fixture(scope="module")
