@@ -1,0 +1,114 @@
+"""Split-conformal decisions (``inctrl_runtime.decisions``) on hand-made score lists: p-values,
+the order-statistic threshold, ties, and calibrations too small for a rate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from inctrl_runtime.decisions import (
+    TARGET_FPRS,
+    Calibration,
+    check_fpr,
+    decide,
+    min_normals,
+    p_values,
+    threshold,
+)
+from inctrl_runtime.errors import InputError
+
+RATES = (*TARGET_FPRS, 0.07, 0.2, 0.25, 0.3, 0.5, 0.7)
+
+
+@pytest.mark.unit
+def test_p_values_count_the_calibration_scores_at_or_above() -> None:
+    calibration = np.array([1.0, 2.0, 3.0, 4.0])  # n = 4: p = (1 + #{>= s}) / 5
+    p = p_values(calibration, [0.0, 1.0, 2.5, 4.0, 5.0])
+    assert p.tolist() == pytest.approx([5 / 5, 5 / 5, 3 / 5, 2 / 5, 1 / 5])
+    # Ties: a score equal to calibration scores counts all of them, one just above none.
+    tied = np.array([1.0, 2.0, 2.0, 2.0, 3.0])
+    assert p_values(tied, [2.0, np.nextafter(2.0, 3.0), 3.5]).tolist() == pytest.approx(
+        [5 / 6, 2 / 6, 1 / 6]
+    )
+    assert p_values(np.array([]), [0.3]).tolist() == [1.0]  # no calibration: never anomalous
+
+
+@pytest.mark.unit
+def test_threshold_is_the_order_statistic() -> None:
+    calibration = np.arange(1, 20) / 10  # n = 19: 0.1 .. 1.9
+    assert threshold(calibration, 0.1) == pytest.approx(1.8)  # ceil(20 * 0.9) = 18th
+    assert threshold(calibration, 0.05) == pytest.approx(1.9)  # ceil(20 * 0.95) = 19th: max
+    assert threshold(calibration, 0.5) == pytest.approx(1.0)  # 10th
+    assert threshold(np.arange(99.0), 0.01) == 98.0  # ceil(100 * 0.99) = 99th: the max
+    # (n + 1)(1 - 0.7) = 10 * 0.30000000000000004 in floats: still the 3rd, not the 4th.
+    assert threshold(np.arange(9.0), 0.7) == 2.0
+    # Ties: the 3rd of four is 1.0; a score equal to it is not above it, and not flagged.
+    tied = np.array([1.0, 1.0, 1.0, 2.0])
+    assert threshold(tied, 0.5) == 1.0
+    assert decide(tied, [1.0, 1.5], 0.5).anomalous.tolist() == [False, True]  # p = 1, 0.4
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("alpha", RATES)
+def test_too_small_a_calibration_has_no_threshold(alpha: float) -> None:
+    n = min_normals(alpha)
+    assert n == math.ceil(round(1 / alpha - 1, 9))
+    assert threshold(np.arange(float(n)), alpha) is not None
+    assert threshold(np.arange(float(n - 1)), alpha) is None
+    assert threshold(np.array([]), alpha) is None
+    small = decide(np.arange(1.0, n), [0.5, 1e9], alpha)  # n - 1 scores
+    assert small.threshold is None and small.anomalous is None
+    assert small.p_value.tolist() == pytest.approx([1.0, 1 / n])  # p-values are still given
+    assert (min_normals(0.01), min_normals(0.05), min_normals(0.1)) == (99, 19, 9)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("alpha", RATES)
+def test_p_value_at_most_alpha_is_a_score_above_the_threshold(alpha: float) -> None:
+    rng = np.random.default_rng(7)
+    fewest = min_normals(alpha)
+    for n in (fewest, fewest + 1, 3 * fewest + 2, 250):
+        calibration = np.sort(rng.integers(0, 12, n).astype(np.float32))  # many ties
+        scores = np.arange(-1, 14, 0.5, dtype=np.float32)  # on, between and beyond them
+        decisions = decide(calibration, scores, alpha)
+        assert decisions.threshold == threshold(calibration, alpha)
+        assert decisions.anomalous.tolist() == (scores > decisions.threshold).tolist()
+        assert decisions.anomalous.tolist() == (p_values(calibration, scores) <= alpha).tolist()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("alpha", "n"),
+    [(a, n) for a in TARGET_FPRS for n in (9, 19, 99, 100, 250) if n >= min_normals(a)],
+)
+def test_a_new_normal_is_flagged_at_most_alpha_of_the_time(alpha: float, n: int) -> None:
+    """Exchangeable distinct scores: a new normal takes each of the n + 1 ranks among the
+    calibration equally often, and is flagged at exactly floor(alpha (n + 1)) of them."""
+    calibration = np.arange(float(n))
+    new = np.arange(n + 1) - 0.5  # one score in each gap: each rank once
+    rate = decide(calibration, new, alpha).anomalous.mean()
+    assert rate == math.floor(round(alpha * (n + 1), 9)) / (n + 1)
+    assert alpha - 1 / (n + 1) < rate <= alpha
+
+
+@pytest.mark.unit
+def test_calibration_sorts_its_scores_with_their_digests() -> None:
+    calibration = Calibration.of(np.array([0.3, 0.1, 0.2]), ["c", "a", "b"], "cpu", "fp32", "e")
+    assert calibration.scores.dtype == np.float32 and calibration.n == 3
+    assert calibration.scores.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert calibration.digests == ("a", "b", "c")
+    assert calibration.decide(np.array([0.25]), 0.5).p_value.tolist() == [0.5]  # (1 + 1) / 4
+    assert calibration.too_small_for(0.5) == ""
+    message = calibration.too_small_for(0.1)
+    assert "at least 9 calibration images" in message and "has 3" in message
+    assert "0.25" in message  # the lowest rate three images allow: 1 / (3 + 1)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("alpha", [0, 1, -0.1, 1.5, float("nan"), "0.1", True, None])
+def test_rates_outside_0_and_1_are_refused(alpha) -> None:
+    with pytest.raises(InputError, match="--fpr must be a rate between 0 and 1"):
+        check_fpr(alpha)
+    assert check_fpr(0.05) == 0.05
