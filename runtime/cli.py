@@ -1,9 +1,15 @@
-"""``inctrl-run``: register normal examples and score images with a bundle; no torch needed."""
+"""``inctrl-run``: register normal examples, calibrate, and score images with a bundle, and say
+what a bundle holds; no torch needed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import datetime
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,7 +17,6 @@ from inctrl_runtime.console import (
     BatchSize,
     Heatmaps,
     JsonFlag,
-    QueryImages,
     interactive,
     new_app,
     require_category,
@@ -22,7 +27,18 @@ from inctrl_runtime.console import (
     stderr,
     warn,
 )
+from inctrl_runtime.decisions import (
+    DEFAULT_FPR,
+    TARGET_FPRS,
+    Calibration,
+    check_fpr,
+    min_normals,
+    threshold,
+)
 from inctrl_runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from inctrl_runtime.bundle import Bundle
 
 app = new_app(
     "inctrl-run",
@@ -40,6 +56,13 @@ DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda[:N] or tensorrt[:
 ThreadsOption = typer.Option(
     None, "--threads", help="Intra-op threads (default: all cores).", show_default=False
 )
+QueryPaths = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Query images (png, jpg, ..., npy), or folders: their images, sorted by name.",
+        show_default=False,
+    ),
+]
 
 
 def _open(bundle: Path, device: str, threads: int | None):
@@ -50,6 +73,40 @@ def _open(bundle: Path, device: str, threads: int | None):
     if detector.bundle.is_demo:
         warn("this bundle holds the embedded DEMO model (synthetic data only, not for inspection)")
     return detector
+
+
+def images_of(paths: Sequence[Path], what: str) -> list[Path]:
+    """The image files given, each folder among them replaced by its images, sorted by name
+    (``list_images``); a missing file or a folder without images is a one-line error."""
+    from inctrl_runtime.fewshot import IMAGE_SUFFIXES, list_images
+
+    images: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            require_files([path], what)
+            images.append(path)
+        elif found := list_images(path):
+            images.extend(found)
+        else:
+            raise InputError(
+                f"{path}: a folder without {what}s (it takes {', '.join(IMAGE_SUFFIXES)} files); "
+                "name a folder that holds them"
+            )
+    return images
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr while a person watches; yields its update (the number done)."""
+    if not interactive():
+        yield lambda done: None
+        return
+    from rich.progress import Progress
+
+    # Lines for a pipe go to stdout as they come (--jsonl); lines for the terminal above the bar.
+    with Progress(console=stderr, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def run_register(
@@ -146,35 +203,179 @@ def run_score(
     threads: int | None = None,
     batch_size: int = 16,
     heatmaps: Path | None = None,
-) -> list[dict]:
-    """Score queries; one record per query, as ``inctrl score --json`` writes them.
+    fpr: float = DEFAULT_FPR,
+) -> Iterator[list[dict]]:
+    """Score queries (image files, or folders: their images, sorted by name) batch by batch:
+    the records of each batch as it finishes, as ``inctrl score --json`` writes them, with its
+    heatmaps written; nothing of a batch is kept once its records are out.
 
-    ``shots`` replace the category's registered bank for this call (nothing is saved).
+    A calibrated category's records carry its p-values and decisions at false-positive rate
+    ``fpr``. ``shots`` replace the category's registered bank for this call (nothing is saved,
+    and there are no decisions).
     """
-    from inctrl_runtime.results import check_heatmaps, records
+    from inctrl_runtime.preprocess import describe
+    from inctrl_runtime.results import check_heatmaps, record_batches
 
     require_category(category)
+    check_fpr(fpr)
     if not queries:
-        raise InputError("no query images given: list the images to score after the options")
+        raise InputError(
+            "no query images given: list the images or folders to score after the options"
+        )
     require_files(shots, "--shot image")
-    require_files(queries, "query image")
+    images = images_of(queries, "query image")
     check_heatmaps(heatmaps)
     detector = _open(bundle, device, threads)
     detector.bundle.prior(category)
-    bank = detector.reference(list(shots)) if shots else detector.registered(category)
-    return records(_score(detector, category, list(queries), bank, batch_size), heatmaps)
+    if shots:
+        bank = detector.reference(list(shots))
+    else:
+        bank = None  # the registered one, with its calibration
+        detector.registered(category)  # an unregistered category fails before any work
+    batches = _scored_batches(detector, category, images, bank, batch_size, fpr)
+    return record_batches(batches, [describe(image) for image in images], heatmaps)
 
 
-def _score(detector, category, queries, bank, batch_size):
-    if not interactive():
-        return detector.score(category, queries, bank, batch_size)
-    from rich.progress import Progress
+def _scored_batches(detector, category, images, bank, batch_size, fpr):
+    """``Detector.score_batches`` with a progress bar."""
+    with _progress("scoring", len(images)) as progress:
+        done = 0
+        for batch in detector.score_batches(category, images, bank, batch_size, fpr):
+            yield batch
+            done += len(batch)
+            progress(done)
 
-    with Progress(console=stderr, transient=True) as progress:
-        task = progress.add_task("scoring", total=len(queries))
-        return detector.score(
-            category, queries, bank, batch_size, lambda done: progress.update(task, completed=done)
+
+def run_calibrate(
+    bundle: Path,
+    category: str | None,
+    normals: Path | None,
+    images: Sequence[Path] = (),
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int = 16,
+) -> tuple[Calibration, Path]:
+    """Calibrate a registered category on normal images that are not its prompts: the images
+    of the folder ``normals``, or ``images`` (files or folders). Returns the calibration and
+    the bank file that keeps it."""
+    require_category(category)
+    if normals is not None and images:
+        raise InputError("give either --normals DIR or the normal images, not both")
+    given = [normals] if normals is not None else list(images)
+    if not given:
+        raise InputError(
+            "no normal images given: name a folder with --normals DIR, or list the images after "
+            "the options"
         )
+    files = images_of(given, "normal image")
+    detector = _open(bundle, device, threads)
+    with _progress("calibrating", len(files)) as progress:
+        calibration = detector.calibrate(category, files, batch_size, progress)
+    return calibration, detector.bundle.reference_path(category)
+
+
+def operating_points(calibration: Calibration) -> dict[float, float | None]:
+    """The calibration's score threshold at each target false-positive rate (``TARGET_FPRS``),
+    None where it has too few images for that rate."""
+    return {alpha: threshold(calibration.scores, alpha) for alpha in TARGET_FPRS}
+
+
+def run_info(bundle: Path) -> dict:
+    """What a bundle holds, as ``inctrl-run info --json`` prints it: the model, each graph's
+    precision, the export check, and per category its text prior, registered bank and
+    calibration. A bank that cannot be used is reported damaged, with the reason."""
+    from inctrl_runtime.bundle import REFERENCES_DIR, Bundle
+
+    checked = Bundle.open(bundle)
+    model = checked.manifest["model"]
+    banks = [path.stem for path in sorted((checked.path / REFERENCES_DIR).glob("*.npz"))]
+    extra = [name for name in banks if name not in checked.priors and _is_category_name(name)]
+    return {
+        "bundle": str(checked.path),
+        "demo": checked.is_demo,
+        "source_file": checked.source_file,
+        "model": {
+            "preset": model.get("name"),
+            "backbone": model.get("backbone"),
+            "image_size": checked.model.image_size,
+            "embed_dim": checked.model.embed_dim,
+            "tapped_blocks": model["tapped_blocks"],
+        },
+        "graphs": {
+            name: {"file": str(graph.file.relative_to(checked.path)), "precision": graph.precision}
+            for name, graph in checked.graphs.items()
+        },
+        "export_check": _export_check(checked.manifest.get("verification")),
+        "categories": {
+            category: _category_info(checked, category)
+            for category in (*checked.categories, *extra)
+        },
+    }
+
+
+def _export_check(verification: dict | None) -> dict | None:
+    """The export's own check against PyTorch, as the manifest records it (None: not run)."""
+    if not verification:
+        return None
+    difference = verification.get("max_abs_diff")
+    return {
+        "passed": bool(verification.get("passed")),
+        "max_abs_diff": float(difference) if isinstance(difference, (int, float)) else None,
+    }
+
+
+def _is_category_name(name: str) -> bool:
+    from inctrl_runtime.fewshot import check_category_name
+
+    try:
+        check_category_name(name)
+    except InputError:
+        return False  # not a file any command reads as a category's bank
+    return True
+
+
+def _category_info(bundle: Bundle, category: str) -> dict:
+    from inctrl_runtime.detector import load_registered
+
+    path = bundle.reference_path(category)
+    info = {"prior": category in bundle.priors, "bank": None, "calibration": None}
+    if not path.is_file():
+        return info
+    modified = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    bank_info = {"file": str(path), "modified": modified.isoformat(timespec="seconds")}
+    try:
+        bank = load_registered(bundle, category)
+    except InputError as err:
+        info["bank"] = {**bank_info, "damaged": str(err), "shots": None, "sources": None}
+        return info
+    info["bank"] = {
+        **bank_info,
+        "damaged": None,
+        "shots": bank.shots,
+        "sources": list(bank.sources),
+    }
+    calibration = bank.calibration
+    if calibration is not None:
+        info["calibration"] = {
+            "n": calibration.n,
+            "backend": calibration.backend,
+            "precision": calibration.precision,
+            "created": calibration.created,
+            "thresholds": {f"{a:g}": cut for a, cut in operating_points(calibration).items()},
+        }
+    return info
+
+
+def run_unregister(bundle: Path, category: str | None) -> Path:
+    """Remove a category's registered bank, and its calibration with it; returns its path."""
+    from inctrl_runtime.bundle import Bundle
+
+    require_category(category)
+    path = Bundle.open(bundle, check_files=False).reference_path(category)
+    if not path.is_file():
+        raise InputError(f"category {category!r} is not registered in {bundle}: nothing to remove")
+    path.unlink()
+    return path
 
 
 @app.command()
@@ -239,7 +440,7 @@ def register(
 @app.command()
 def score(
     bundle: Path = BundleArgument,
-    queries: QueryImages = None,
+    queries: QueryPaths = None,
     category: str = CategoryOption,
     shot: list[Path] = typer.Option(
         None,
@@ -252,22 +453,161 @@ def score(
     threads: int = ThreadsOption,
     batch_size: BatchSize = 16,
     heatmaps: Heatmaps = None,
+    fpr: float = typer.Option(
+        DEFAULT_FPR,
+        "--fpr",
+        help="False-positive rate for a calibrated category's decisions (threshold, anomalous).",
+    ),
     as_json: JsonFlag = False,
+    as_jsonl: bool = typer.Option(
+        False, "--jsonl", help="Print one JSON record a line as each batch finishes (large runs)."
+    ),
 ) -> None:
-    """Score QUERIES of a --category against its registered normal images (or --shot images).
+    """Score QUERIES (images, or folders of images) of a --category against its registered
+    normal images (or --shot images). A calibrated category's results carry a p-value and, at
+    the --fpr rate, the threshold and the decision.
 
-    The JSON is that of `inctrl score --json`. Example:
+    The JSON is that of `inctrl score --json`. Examples:
 
         inctrl-run score bundle/ --category candle --json q1.png q2.png
-    """
-    from inctrl_runtime.results import print_scored
 
-    print_scored(
-        lambda: run_score(
-            bundle, category, queries or [], shot or [], device, threads, batch_size, heatmaps
-        ),
-        as_json,
+        inctrl-run score bundle/ --category candle --jsonl images/ > scores.jsonl
+    """
+    from inctrl_runtime.results import print_streamed
+
+    if as_json and as_jsonl:
+        raise InputError(
+            "--json and --jsonl exclude each other: --json prints one list at the end, --jsonl "
+            "one record a line as batches finish"
+        )
+    batches = run_score(
+        bundle, category, queries or [], shot or [], device, threads, batch_size, heatmaps, fpr
     )
+    print_streamed(batches, "jsonl" if as_jsonl else "json" if as_json else "table")
+
+
+@app.command()
+def calibrate(
+    bundle: Path = BundleArgument,
+    images: list[Path] = typer.Argument(
+        None, help="Normal images, or folders of them, that are not prompts.", show_default=False
+    ),
+    category: str = CategoryOption,
+    normals: Path = typer.Option(
+        None,
+        "--normals",
+        help="A folder of normal images that are not the category's prompts.",
+        show_default=False,
+    ),
+    device: str = DeviceOption,
+    threads: int = ThreadsOption,
+    batch_size: BatchSize = 16,
+) -> None:
+    """Calibrate a registered --category on normal images that are not its prompts (--normals
+    DIR, or IMAGES): their sorted scores are kept with its bank (references/<category>.npz), and
+    its scores then carry p-values and decisions (inctrl-run score --fpr). Registering the
+    category again drops its calibration.
+
+    Example: inctrl-run calibrate bundle/ --category candle --normals good/
+    """
+    calibration, path = run_calibrate(
+        bundle, category, normals, images or [], device, threads, batch_size
+    )
+    say(
+        f"calibrated {category!r} on n = {calibration.n} normal images "
+        f"({calibration.backend} {calibration.precision}), kept in {path}"
+    )
+    for rate, cut in operating_points(calibration).items():
+        needs = f"no threshold: needs at least {min_normals(rate)} normal images"
+        say(f"  false-positive rate {rate:g}: {needs if cut is None else f'threshold {cut:.4f}'}")
+
+
+@app.command()
+def info(
+    bundle: Path = BundleArgument,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Say what a bundle holds: the model and its precision, the export check, and per category
+    its text prior, registered bank (k, sources, date) and calibration (n, backend, date,
+    thresholds at false-positive rates 0.01, 0.05, 0.1).
+
+    Example: inctrl-run info bundle/ --json
+    """
+    found = run_info(bundle)
+    if as_json:
+        sys.stdout.write(json.dumps(found, indent=1) + "\n")
+    else:
+        _print_info(found)
+
+
+def _print_info(found: dict) -> None:
+    """``run_info`` as a two-column table on stdout: the bundle, then a section per category."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bundle {found['bundle']}", show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for row in _bundle_rows(found):
+        table.add_row(*row)
+    for name, category in found["categories"].items():
+        table.add_section()
+        for row in _category_rows(name, category):
+            table.add_row(*row)
+    Console().print(table)
+
+
+def _bundle_rows(found: dict) -> list[tuple[str, str]]:
+    model, check = found["model"], found["export_check"]
+    blocks = ", ".join(map(str, model["tapped_blocks"]))
+    sizes = f"image {model['image_size']}, embedding {model['embed_dim']}, tapped blocks {blocks}"
+    rows = [("model", f"{model['preset']}: {model['backbone']}"), ("sizes", sizes)]
+    for name, graph in found["graphs"].items():
+        rows.append((f"{name} graph", f"{graph['file']} ({graph['precision']})"))
+    if check is None:
+        verdict = "none recorded"
+    else:
+        verdict = "passed" if check["passed"] else "FAILED"
+        if check["max_abs_diff"] is not None:
+            verdict += f", max abs diff {check['max_abs_diff']:.3g}"
+    rows += [
+        ("export check", verdict),
+        ("demo model", "yes (synthetic data only)" if found["demo"] else "no"),
+        ("source", found["source_file"] or "a model in memory"),
+    ]
+    return rows
+
+
+def _category_rows(name: str, category: dict) -> list[tuple[str, str]]:
+    bank, calibration = category["bank"], category["calibration"]
+    rows = [("category", name), ("text prior", "yes" if category["prior"] else "none")]
+    if bank is None:
+        return [*rows, ("bank", "not registered")]
+    if bank["damaged"]:
+        return [*rows, ("bank", f"DAMAGED: {bank['damaged']}")]
+    rows += [
+        ("bank", f"k = {bank['shots']}, file written {bank['modified']}"),
+        ("prompts", ", ".join(bank["sources"])),
+    ]
+    if calibration is None:
+        return [*rows, ("calibration", "none")]
+    made = f"{calibration['backend']} {calibration['precision']}, {calibration['created']}"
+    rows.append(("calibration", f"n = {calibration['n']}, {made}"))
+    for rate, cut in calibration["thresholds"].items():
+        needs = f"none: needs n >= {min_normals(float(rate))}"
+        rows.append((f"threshold @ fpr {rate}", needs if cut is None else f"{cut:.4f}"))
+    return rows
+
+
+@app.command()
+def unregister(bundle: Path = BundleArgument, category: str = CategoryOption) -> None:
+    """Remove the registered bank of a --category (references/<category>.npz), and with it
+    its calibration.
+
+    Example: inctrl-run unregister bundle/ --category candle
+    """
+    path = run_unregister(bundle, category)
+    say(f"unregistered {category!r}: removed {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -252,23 +252,25 @@ def print_scored(score: Callable[[], list[dict]], as_json: bool = False) -> None
 
 
 def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> None:
-    """A readable table of the scalar scores (higher = more anomalous) on stdout."""
+    """A readable table of the scalar scores (higher = more anomalous) on stdout; for a
+    calibrated category the p-value and decision come right after the score, and the
+    threshold under the table."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{title} (higher = more anomalous)")
-    table.add_column("image", overflow="fold", ratio=1)
-    for header in ("score", "holistic", "image res.", "text", "max patch"):
-        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("image", overflow="fold", ratio=1, min_width=16)
+    table.add_column("score", justify="right")
     calibrated = any(record.get("p_value") is not None for record in records)
     if calibrated:
-        table.add_column("p-value", justify="right", no_wrap=True)
-        table.add_column("decision", no_wrap=True)
+        table.add_column("p-value", justify="right")
+        table.add_column("decision", min_width=len("ANOMALOUS"), no_wrap=True)
+    for header in ("holistic", "image res.", "text", "max patch"):
+        table.add_column(header, justify="right")
     for record in records:
-        cells = [f"{record[n]:.4f}" for n in SCALAR_FIELDS]
-        if calibrated:
-            cells += [_p_value_cell(record.get("p_value")), _decision_cell(record.get("anomalous"))]
-        table.add_row(record["image"], *cells)
+        score, *parts = (f"{record[n]:.4f}" for n in SCALAR_FIELDS)
+        decision = [_p_value_cell(record.get("p_value")), _decision_cell(record.get("anomalous"))]
+        table.add_row(record["image"], score, *(decision if calibrated else []), *parts)
     # One threshold per run: the calibration's at the false-positive rate asked for.
     threshold = next((r["threshold"] for r in records if r.get("threshold") is not None), None)
     if threshold is not None:

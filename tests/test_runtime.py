@@ -174,7 +174,8 @@ def test_heatmaps_are_drawn_without_reading_the_images_again(
         return image_open(fp, *args, **kwargs)
 
     monkeypatch.setattr(Image, "open", counting_open)
-    records = run_score(bundle, "candle", queries, pictures["shots"][:1], heatmaps=tmp_path / "m")
+    batches = run_score(bundle, "candle", queries, pictures["shots"][:1], heatmaps=tmp_path / "m")
+    records = [record for batch in batches for record in batch]
     assert all(Path(r["heatmap"]).is_file() for r in records)
     assert sorted(opened) == sorted(map(str, [*queries, pictures["shots"][0]]))  # once each
 
