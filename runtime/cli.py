@@ -130,7 +130,6 @@ def run_register(
     selection sees only the other half, and the category is then calibrated on the half set
     apart. The chosen files, the mean patch residual and the calibration go to stderr.
     """
-    from inctrl_runtime.decisions import DEFAULT_FPR, threshold
     from inctrl_runtime.fewshot import list_images
     from inctrl_runtime.preprocess import pixel_digest
     from inctrl_runtime.selection import SELECTIONS, split_pool
@@ -172,8 +171,8 @@ def run_register(
                     f"{image}: holds the same pixels as {twin}, which the selection sees; remove "
                     "one of them from the pool (calibration images must be unseen)"
                 )
-    with status(f"encoding {len(part)} pool images"):
-        selection = detector.select(part, k, select, seed, category, batch_size)
+    with _progress(f"encoding {len(part)} pool images", len(part)) as progress:
+        selection = detector.select(part, k, select, seed, category, batch_size, progress)
     chosen = [part[i] for i in selection.indices]
     say(
         f"selected {k} of {len(part)} images by {select} (mean patch residual "
@@ -182,8 +181,8 @@ def run_register(
     with status(f"encoding {k} prompts"):
         detector.register(category, chosen, batch_size)
     if calibrate:
-        with status(f"calibrating on {len(apart)} images"):
-            calibration = detector.calibrate(category, apart, batch_size)
+        with _progress("calibrating", len(apart)) as progress:
+            calibration = detector.calibrate(category, apart, batch_size, progress)
         cut = threshold(calibration.scores, DEFAULT_FPR)
         say(
             f"calibrated on n = {calibration.n} images set apart; threshold at fpr "
