@@ -404,7 +404,8 @@ def register(
     calibrate: bool = typer.Option(
         False,
         "--calibrate",
-        help="Set half the pool apart first (seeded), select from the rest, calibrate on it.",
+        help="Set half the pool apart (seeded), select from the other half, then calibrate on "
+        "the half set apart.",
     ),
     device: str = DeviceOption,
     threads: int = ThreadsOption,
