@@ -178,8 +178,15 @@ def run_register(
         f"selected {k} of {len(part)} images by {select} (mean patch residual "
         f"{selection.mean_residual:.4f}): {', '.join(map(str, chosen))}"
     )
+    record = {
+        "method": select,
+        "pool": len(part),
+        "seed": seed,
+        "mean_residual": selection.mean_residual,
+        "calibration_set_apart": len(apart),
+    }
     with status(f"encoding {k} prompts"):
-        detector.register(category, chosen, batch_size)
+        detector.register(category, chosen, batch_size, selection=record)
     if calibrate:
         with _progress("calibrating", len(apart)) as progress:
             calibration = detector.calibrate(category, apart, batch_size, progress)
@@ -345,13 +352,20 @@ def _category_info(bundle: Bundle, category: str) -> dict:
     try:
         bank = load_registered(bundle, category)
     except InputError as err:
-        info["bank"] = {**bank_info, "damaged": str(err), "shots": None, "sources": None}
+        info["bank"] = {
+            **bank_info,
+            "damaged": str(err),
+            "shots": None,
+            "sources": None,
+            "selection": None,
+        }
         return info
     info["bank"] = {
         **bank_info,
         "damaged": None,
         "shots": bank.shots,
         "sources": list(bank.sources),
+        "selection": bank.selection,
     }
     calibration = bank.calibration
     if calibration is not None:
@@ -578,6 +592,16 @@ def _bundle_rows(found: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _selection_rows(selection: dict | None) -> list[tuple[str, str]]:
+    if not selection:
+        return []
+    text = f"{selection.get('method')} from a pool of {selection.get('pool')}"
+    residual = selection.get("mean_residual")
+    if isinstance(residual, (int, float)):
+        text += f", mean patch residual {residual:.4f}"
+    return [("selected", text)]
+
+
 def _category_rows(name: str, category: dict) -> list[tuple[str, str]]:
     bank, calibration = category["bank"], category["calibration"]
     rows = [("category", name), ("text prior", "yes" if category["prior"] else "none")]
@@ -588,6 +612,7 @@ def _category_rows(name: str, category: dict) -> list[tuple[str, str]]:
     rows += [
         ("bank", f"k = {bank['shots']}, file written {bank['modified']}"),
         ("prompts", ", ".join(bank["sources"])),
+        *_selection_rows(bank["selection"]),
     ]
     if calibration is None:
         return [*rows, ("calibration", "none")]

@@ -150,11 +150,14 @@ class Detector:
         category: str,
         prompt_images: ImageSource | Sequence[ImageSource],
         batch_size: int = 16,
+        selection: dict | None = None,
     ) -> NumpyBank:
-        """Build a category's bank and save it as ``references/<category>.npz`` (atomically)."""
+        """Build a category's bank and save it as ``references/<category>.npz`` (atomically);
+        ``selection`` records how the prompts were chosen from a pool (``NumpyBank``)."""
         self.bundle.prior(category)  # an unknown category fails before any work
         path = self.bundle.reference_path(category)
-        bank = replace(self.reference(prompt_images, batch_size), category=category)
+        bank = self.reference(prompt_images, batch_size)
+        bank = replace(bank, category=category, selection=selection)
         bank.save(path)
         self._registered[category] = (bank.digest, bank)
         return bank

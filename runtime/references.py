@@ -11,6 +11,7 @@ long-lived reader knows whether the file changed without loading it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import zipfile
@@ -66,6 +67,8 @@ class NumpyBank:
         encoder_sha256: the encoder.onnx that made it.
         category: the category it was registered for (None: not registered yet).
         calibration: the category's calibration, made with this bank (None: uncalibrated).
+        selection: how the prompts were chosen from a pool, e.g. ``{"method": "coverage",
+            "pool": 25, "seed": 0, "mean_residual": 0.0046}`` (None: given as they are).
     """
 
     patches: np.ndarray
@@ -76,6 +79,7 @@ class NumpyBank:
     encoder_sha256: str
     category: str | None = None
     calibration: Calibration | None = None
+    selection: dict | None = None
 
     @property
     def digest(self) -> str:
@@ -83,7 +87,7 @@ class NumpyBank:
         digest = hashlib.sha256()
         for text in (str(BANK_FORMAT), self.category or "", self.encoder_sha256, str(self.shots)):
             digest.update(text.encode() + b"\0")
-        for text in (*self.sources, *self.digests):
+        for text in (*self.sources, *self.digests, json.dumps(self.selection, sort_keys=True)):
             digest.update(text.encode() + b"\0")
         for array in (self.patches, self.adapted_mean):
             digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
@@ -111,14 +115,18 @@ class NumpyBank:
                 sources=np.array(self.sources, dtype=np.str_),
                 digests=np.array(self.digests, dtype=np.str_),
                 encoder_sha256=np.str_(self.encoder_sha256),
-                **self._calibration_arrays(),
+                **self._optional_arrays(),
             )
 
-    def _calibration_arrays(self) -> dict[str, np.ndarray]:
+    def _optional_arrays(self) -> dict[str, np.ndarray]:
+        """The calibration's and the selection's arrays, for the banks that have them."""
+        arrays = {}
+        if self.selection is not None:
+            arrays["selection"] = np.str_(json.dumps(self.selection))
         if self.calibration is None:
-            return {}
+            return arrays
         values = {name: getattr(self.calibration, field) for name, field in _CALIBRATION.items()}
-        arrays = {name: np.str_(value) for name, value in values.items()}
+        arrays |= {name: np.str_(value) for name, value in values.items()}
         arrays["calibration_scores"] = np.asarray(values["calibration_scores"], dtype=np.float32)
         arrays["calibration_digests"] = np.array(values["calibration_digests"], dtype=np.str_)
         return arrays
@@ -142,7 +150,9 @@ class NumpyBank:
                     raise InputError(
                         f"{path}: incomplete reference bank, lacks {', '.join(missing)}; {again}"
                     )
-                arrays = {name: data[name] for name in (*_ARRAYS, *_CALIBRATION) if name in data}
+                names = (*_ARRAYS, *_CALIBRATION, "selection")
+                arrays = {name: data[name] for name in names if name in data}
+                selection = json.loads(str(arrays["selection"])) if "selection" in arrays else None
         except _DAMAGED as err:
             reason = str(err).split("\n")[0] or type(err).__name__
             raise InputError(
@@ -160,6 +170,7 @@ class NumpyBank:
             encoder_sha256=str(arrays["encoder_sha256"]),
             category=str(arrays["category"]),
             calibration=_calibration(arrays),
+            selection=selection if isinstance(selection, dict) else None,
         )
         if bank.digest != str(arrays["digest"]):
             raise InputError(f"{path}: its contents do not match its digest (damaged); {again}")

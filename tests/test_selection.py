@@ -277,6 +277,14 @@ def test_register_pool_calibrates_only_on_images_the_selection_never_saw(bundle,
     assert "selected 2 of 4 images by coverage" in done.err
     assert "calibrated on n = 3 images set apart; threshold at fpr 0.01: none" in done.err
     assert "needs at least 99 calibration images" in done.err
+    # The bank records how its prompts were chosen; info shows it.
+    selection = detector.select(part, 2, "coverage", 3, "candle")
+    assert bank.selection == {
+        "method": "coverage", "pool": 4, "seed": 3,
+        "mean_residual": selection.mean_residual, "calibration_set_apart": 3,
+    }  # fmt: skip
+    info = run_main(main, "info", bundle, "--json")
+    assert json.loads(info.out)["categories"]["candle"]["bank"]["selection"] == bank.selection
 
 
 @pytest.mark.cli
