@@ -1,0 +1,173 @@
+"""What a bundle holds, as ``inctrl-run info`` reports it: the model, each graph's precision, the
+export check, and per category its text prior, registered bank and calibration.
+
+``bundle_info`` gathers the facts as a JSON-ready dict (``info --json``); ``info_sections`` puts
+them in words, the rows of a two-column table, section by section. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from inctrl_runtime.bundle import REFERENCES_DIR, Bundle
+from inctrl_runtime.decisions import TARGET_FPRS, Calibration, min_normals, threshold
+from inctrl_runtime.detector import load_registered
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import check_category_name
+
+Row = tuple[str, str]
+
+
+def operating_points(calibration: Calibration) -> dict[float, float | None]:
+    """The calibration's score threshold at each target false-positive rate (``TARGET_FPRS``),
+    None where it has too few images for that rate."""
+    return {alpha: threshold(calibration.scores, alpha) for alpha in TARGET_FPRS}
+
+
+def bundle_info(bundle: Path) -> dict:
+    """What a bundle holds, as ``inctrl-run info --json`` prints it: the model, each graph's
+    precision, the export check, and per category its text prior, registered bank and
+    calibration. A bank that cannot be used is reported damaged, with the reason."""
+    checked = Bundle.open(bundle)
+    model = checked.manifest["model"]
+    banks = [path.stem for path in sorted((checked.path / REFERENCES_DIR).glob("*.npz"))]
+    extra = [name for name in banks if name not in checked.priors and _is_category_name(name)]
+    return {
+        "bundle": str(checked.path),
+        "demo": checked.is_demo,
+        "source_file": checked.source_file,
+        "model": {
+            "preset": model.get("name"),
+            "backbone": model.get("backbone"),
+            "image_size": checked.model.image_size,
+            "embed_dim": checked.model.embed_dim,
+            "tapped_blocks": model["tapped_blocks"],
+        },
+        "graphs": {
+            name: {"file": str(graph.file.relative_to(checked.path)), "precision": graph.precision}
+            for name, graph in checked.graphs.items()
+        },
+        "export_check": _export_check(checked.manifest.get("verification")),
+        "categories": {
+            category: _category_info(checked, category)
+            for category in (*checked.categories, *extra)
+        },
+    }
+
+
+def _export_check(verification: dict | None) -> dict | None:
+    """The export's own check against PyTorch, as the manifest records it (None: not run)."""
+    if not verification:
+        return None
+    difference = verification.get("max_abs_diff")
+    return {
+        "passed": bool(verification.get("passed")),
+        "max_abs_diff": float(difference) if isinstance(difference, (int, float)) else None,
+    }
+
+
+def _is_category_name(name: str) -> bool:
+    try:
+        check_category_name(name)
+    except InputError:
+        return False  # not a file any command reads as a category's bank
+    return True
+
+
+def _category_info(bundle: Bundle, category: str) -> dict:
+    path = bundle.reference_path(category)
+    info = {"prior": category in bundle.priors, "bank": None, "calibration": None}
+    if not path.is_file():
+        return info
+    modified = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    bank_info = {"file": str(path), "modified": modified.isoformat(timespec="seconds")}
+    try:
+        bank = load_registered(bundle, category)
+    except InputError as err:
+        info["bank"] = {
+            **bank_info,
+            "damaged": str(err),
+            "shots": None,
+            "sources": None,
+            "selection": None,
+        }
+        return info
+    info["bank"] = {
+        **bank_info,
+        "damaged": None,
+        "shots": bank.shots,
+        "sources": list(bank.sources),
+        "selection": bank.selection,
+    }
+    calibration = bank.calibration
+    if calibration is not None:
+        info["calibration"] = {
+            "n": calibration.n,
+            "backend": calibration.backend,
+            "precision": calibration.precision,
+            "created": calibration.created,
+            "thresholds": {f"{a:g}": cut for a, cut in operating_points(calibration).items()},
+        }
+    return info
+
+
+def info_sections(found: dict) -> list[list[Row]]:
+    """``bundle_info`` in words: the rows (name, value) of the bundle, then of each category."""
+    return [
+        _bundle_rows(found),
+        *(_category_rows(name, category) for name, category in found["categories"].items()),
+    ]
+
+
+def _bundle_rows(found: dict) -> list[Row]:
+    model, check = found["model"], found["export_check"]
+    blocks = ", ".join(map(str, model["tapped_blocks"]))
+    sizes = f"image {model['image_size']}, embedding {model['embed_dim']}, tapped blocks {blocks}"
+    rows = [("model", f"{model['preset']}: {model['backbone']}"), ("sizes", sizes)]
+    for name, graph in found["graphs"].items():
+        rows.append((f"{name} graph", f"{graph['file']} ({graph['precision']})"))
+    if check is None:
+        verdict = "none recorded"
+    else:
+        verdict = "passed" if check["passed"] else "FAILED"
+        if check["max_abs_diff"] is not None:
+            verdict += f", max abs diff {check['max_abs_diff']:.3g}"
+    rows += [
+        ("export check", verdict),
+        ("demo model", "yes (synthetic data only)" if found["demo"] else "no"),
+        ("source", found["source_file"] or "a model in memory"),
+    ]
+    return rows
+
+
+def _selection_rows(selection: dict | None) -> list[Row]:
+    if not selection:
+        return []
+    text = f"{selection.get('method')} from a pool of {selection.get('pool')}"
+    residual = selection.get("mean_residual")
+    if isinstance(residual, (int, float)):
+        text += f", mean patch residual {residual:.4f}"
+    return [("selected", text)]
+
+
+def _category_rows(name: str, category: dict) -> list[Row]:
+    bank, calibration = category["bank"], category["calibration"]
+    rows = [("category", name), ("text prior", "yes" if category["prior"] else "none")]
+    if bank is None:
+        return [*rows, ("bank", "not registered")]
+    if bank["damaged"]:
+        return [*rows, ("bank", f"DAMAGED: {bank['damaged']}")]
+    rows += [
+        ("bank", f"k = {bank['shots']}, file written {bank['modified']}"),
+        ("prompts", ", ".join(bank["sources"])),
+        *_selection_rows(bank["selection"]),
+    ]
+    if calibration is None:
+        return [*rows, ("calibration", "none")]
+    made = f"{calibration['backend']} {calibration['precision']}, {calibration['created']}"
+    rows.append(("calibration", f"n = {calibration['n']}, {made}"))
+    for rate, cut in calibration["thresholds"].items():
+        needs = f"none: needs n >= {min_normals(float(rate))}"
+        rows.append((f"threshold @ fpr {rate}", needs if cut is None else f"{cut:.4f}"))
+    return rows
