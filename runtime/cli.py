@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -34,6 +34,9 @@ from inctrl_runtime.decisions import (
     threshold,
 )
 from inctrl_runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from inctrl_runtime.pool import PoolRegistration
 
 app = new_app(
     "inctrl-run",
@@ -126,7 +129,7 @@ def run_register(
     apart. The chosen files, the mean patch residual and the calibration go to stderr.
     """
     from inctrl_runtime.fewshot import list_images
-    from inctrl_runtime.preprocess import pixel_digest
+    from inctrl_runtime.pool import register_from_pool
     from inctrl_runtime.selection import SELECTIONS, split_pool
 
     require_category(category)
@@ -154,37 +157,14 @@ def run_register(
         raise InputError(
             f"{pool}: no images in this folder (--pool names a folder of normal images)"
         )
+    # a pool too small to split is refused before the model loads
     part, apart = split_pool(images, seed, category, shots=k) if calibrate else (images, [])
     detector = _open(bundle, device, threads)
-    detector.bundle.prior(category)  # an unknown category fails before any work
-    if calibrate:  # every pool image is read before anything is written
-        seen = {pixel_digest(detector.pixels([image])[0]): image for image in part}
-        for image in apart:
-            twin = seen.get(pixel_digest(detector.pixels([image])[0]))
-            if twin is not None:
-                raise InputError(
-                    f"{image}: holds the same pixels as {twin}, which the selection sees; remove "
-                    "one of them from the pool (calibration images must be unseen)"
-                )
-    with _progress(f"encoding {len(part)} pool images", len(part)) as progress:
-        selection = detector.select(part, k, select, seed, category, batch_size, progress)
-    chosen = [part[i] for i in selection.indices]
-    say(
-        f"selected {k} of {len(part)} images by {select} (mean patch residual "
-        f"{selection.mean_residual:.4f}): {', '.join(map(str, chosen))}"
+    registration = register_from_pool(
+        detector, category, part, k, select, seed, apart, batch_size, _progress, _say_selected
     )
-    record = {
-        "method": select,
-        "pool": len(part),
-        "seed": seed,
-        "mean_residual": selection.mean_residual,
-        "calibration_set_apart": len(apart),
-    }
-    with status(f"encoding {k} prompts"):
-        detector.register(category, chosen, batch_size, selection=record)
-    if calibrate:
-        with _progress("calibrating", len(apart)) as progress:
-            calibration = detector.calibrate(category, apart, batch_size, progress)
+    calibration = registration.calibration
+    if calibration is not None:
         cut = threshold(calibration.scores, DEFAULT_FPR)
         say(
             f"calibrated on n = {calibration.n} images set apart; threshold at fpr "
@@ -192,7 +172,15 @@ def run_register(
         )
         if cut is None:
             warn(calibration.too_small_for(DEFAULT_FPR))
-    return detector.bundle.reference_path(category)
+    return registration.bank
+
+
+def _say_selected(registration: PoolRegistration) -> None:
+    say(
+        f"selected {len(registration.chosen)} of {registration.pool} images by "
+        f"{registration.method} (mean patch residual {registration.mean_residual:.4f}): "
+        f"{', '.join(map(str, registration.chosen))}"
+    )
 
 
 def run_score(
