@@ -26,13 +26,7 @@ from inctrl_runtime.console import (
     stderr,
     warn,
 )
-from inctrl_runtime.decisions import (
-    DEFAULT_FPR,
-    Calibration,
-    check_fpr,
-    min_normals,
-    threshold,
-)
+from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr, min_normals, threshold
 from inctrl_runtime.errors import InputError
 
 if TYPE_CHECKING:
