@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from inctrl.evaluation import CategoryResult, EvaluationReport
+from inctrl.evaluation_report import CategoryResult, EvaluationReport
 from inctrl_runtime.files import atomic_path
 
 

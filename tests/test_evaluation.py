@@ -21,14 +21,8 @@ from inctrl import InCTRL, InputError, get_config
 from inctrl.cli import main
 from inctrl.cli.evaluate import run_evaluate
 from inctrl.data import index_to_json, load_samples
-from inctrl.evaluation import (
-    OPERATING_COLUMNS,
-    SELECTION_COLUMNS,
-    TABLE_COLUMNS,
-    MeanStd,
-    evaluate,
-    operating_points,
-)
+from inctrl.evaluation import evaluate, operating_points
+from inctrl.evaluation_report import OPERATING_COLUMNS, SELECTION_COLUMNS, TABLE_COLUMNS, MeanStd
 from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
 from inctrl.prompt_files import read_prompt_file, write_prompt_file
 from inctrl.synth import synthesize

@@ -20,7 +20,7 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json, write_text
 
 if TYPE_CHECKING:
-    from inctrl.evaluation import EvaluationReport
+    from inctrl.evaluation_report import EvaluationReport
 
 DEFAULT_RUNS = 5
 STDOUT = "-"
@@ -98,7 +98,7 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) ->
 def print_table(report: EvaluationReport) -> None:
     """The report as tables on stdout: mean ± std over runs per category, then the mean; the
     prompt choice (with drawn runs); the operating points."""
-    from inctrl.evaluation import (
+    from inctrl.evaluation_report import (
         OPERATING_COLUMNS,
         OPERATING_TITLE,
         SELECTION_COLUMNS,
