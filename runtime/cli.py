@@ -3,10 +3,9 @@ what a bundle holds; no torch needed."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,14 +15,13 @@ from inctrl_runtime.console import (
     BatchSize,
     Heatmaps,
     JsonFlag,
-    interactive,
     new_app,
+    progress_bar,
     require_category,
     require_files,
     run_app,
     say,
     status,
-    stderr,
     warn,
 )
 from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr, min_normals, threshold
@@ -87,20 +85,6 @@ def images_of(paths: Sequence[Path], what: str) -> list[Path]:
     return images
 
 
-@contextlib.contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr while a person watches; yields its update (the number done)."""
-    if not interactive():
-        yield lambda done: None
-        return
-    from rich.progress import Progress
-
-    # Lines for a pipe go to stdout as they come (--jsonl); lines for the terminal above the bar.
-    with Progress(console=stderr, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done: bar.update(task, completed=done)
-
-
 def run_register(
     bundle: Path,
     category: str | None,
@@ -155,7 +139,7 @@ def run_register(
     part, apart = split_pool(images, seed, category, shots=k) if calibrate else (images, [])
     detector = _open(bundle, device, threads)
     registration = register_from_pool(
-        detector, category, part, k, select, seed, apart, batch_size, _progress, _say_selected
+        detector, category, part, k, select, seed, apart, batch_size, progress_bar, _say_selected
     )
     calibration = registration.calibration
     if calibration is not None:
@@ -221,7 +205,7 @@ def run_score(
 
 def _scored_batches(detector, category, images, bank, batch_size, fpr):
     """``Detector.score_batches`` with a progress bar."""
-    with _progress("scoring", len(images)) as progress:
+    with progress_bar("scoring", len(images)) as progress:
         done = 0
         for batch in detector.score_batches(category, images, bank, batch_size, fpr):
             yield batch
@@ -252,7 +236,7 @@ def run_calibrate(
         )
     files = images_of(given, "normal image")
     detector = _open(bundle, device, threads)
-    with _progress("calibrating", len(files)) as progress:
+    with progress_bar("calibrating", len(files)) as progress:
         calibration = detector.calibrate(category, files, batch_size, progress)
     return calibration, detector.bundle.reference_path(category)
 
@@ -409,7 +393,7 @@ def calibrate(
 
     Example: inctrl-run calibrate bundle/ --category candle --normals good/
     """
-    from inctrl_runtime.info import operating_points
+    from inctrl_runtime.info import target_thresholds
 
     calibration, path = run_calibrate(
         bundle, category, normals, images or [], device, threads, batch_size
@@ -418,7 +402,7 @@ def calibrate(
         f"calibrated {category!r} on n = {calibration.n} normal images "
         f"({calibration.backend} {calibration.precision}), kept in {path}"
     )
-    for rate, cut in operating_points(calibration).items():
+    for rate, cut in target_thresholds(calibration).items():
         needs = f"no threshold: needs at least {min_normals(rate)} normal images"
         say(f"  false-positive rate {rate:g}: {needs if cut is None else f'threshold {cut:.4f}'}")
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -64,6 +64,20 @@ def interactive() -> bool:
 def status(message: str) -> contextlib.AbstractContextManager:
     """A spinner on stderr while something slow runs (nothing when not interactive)."""
     return stderr.status(message, spinner="dots") if interactive() else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr while a person watches; yields its update (the number done)."""
+    if not interactive():
+        yield lambda done: None
+        return
+    from rich.progress import Progress
+
+    # Lines for a pipe go to stdout as they come (--jsonl); lines for the terminal above the bar.
+    with Progress(console=stderr, transient=True, redirect_stdout=sys.stdout.isatty()) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def say(message: str) -> None:

@@ -19,7 +19,7 @@ from inctrl_runtime.fewshot import check_category_name
 Row = tuple[str, str]
 
 
-def operating_points(calibration: Calibration) -> dict[float, float | None]:
+def target_thresholds(calibration: Calibration) -> dict[float, float | None]:
     """The calibration's score threshold at each target false-positive rate (``TARGET_FPRS``),
     None where it has too few images for that rate."""
     return {alpha: threshold(calibration.scores, alpha) for alpha in TARGET_FPRS}
@@ -107,7 +107,7 @@ def _category_info(bundle: Bundle, category: str) -> dict:
             "backend": calibration.backend,
             "precision": calibration.precision,
             "created": calibration.created,
-            "thresholds": {f"{a:g}": cut for a, cut in operating_points(calibration).items()},
+            "thresholds": {f"{a:g}": cut for a, cut in target_thresholds(calibration).items()},
         }
     return info
 
