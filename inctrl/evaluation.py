@@ -141,7 +141,7 @@ def _prompt_sets(
     return sets
 
 
-def _plan(samples, shots, seeds, prompts_dir, size) -> list[_Category]:
+def _plan(samples, shots, seeds, prompts_dir, size, selection=True) -> list[_Category]:
     """Every category with test images, its queries, pool and prompt sets, checked up front."""
     plan = []
     for name, group in by_category(dict.fromkeys(samples)).items():  # drops repeated samples
@@ -158,7 +158,8 @@ def _plan(samples, shots, seeds, prompts_dir, size) -> list[_Category]:
         # Sorted by path, a pool's features are the same whatever the order of the samples.
         pool = sorted(normal_pool(group, name), key=lambda sample: sample.image_path)
         prompt_sets = _prompt_sets(name, pool, shots, seeds, prompts_dir, size)
-        plan.append(_Category(name, queries, pool, prompt_sets, shots, prompts_dir is None))
+        select = selection and prompts_dir is None
+        plan.append(_Category(name, queries, pool, prompt_sets, shots, select))
     if not plan:
         raise InputError("no test images among the data: evaluation needs <category>/test/...")
     return plan
@@ -312,6 +313,7 @@ def evaluate(
     pixel: bool = True,
     progress: bool = False,
     checkpoint_name: str | None = None,
+    selection: bool = True,
 ) -> EvaluationReport:
     """Evaluate few-shot detection on every category of ``samples`` that has test images.
 
@@ -320,12 +322,15 @@ def evaluate(
     authors' ``<prompts_dir>/<category>.pt`` (one run). Pixel AUROC is computed where
     anomalous test images have masks and ``pixel`` is set. Each run is calibrated on the
     train/good images that are not its prompts (by pixel digest) and measured at
-    ``TARGET_FPRS``; drawn runs get a coverage-selected run beside them. ``progress`` shows
-    bars on stderr; ``checkpoint_name`` is recorded in the report's settings.
+    ``TARGET_FPRS``; with ``selection``, drawn runs get a coverage-selected run beside them (it
+    compares every pair of train/good images: n^2 patch blocks, minutes on a large pool with the
+    full model). ``progress`` shows bars on stderr; ``checkpoint_name`` is recorded in the
+    report's settings.
     """
     seeds = tuple(seeds)
     check_arguments(shots, batch_size, seeds, prompts_dir)
-    plan = _plan(list(samples), shots, seeds, prompts_dir, model.config.vision.image_size)
+    size = model.config.vision.image_size
+    plan = _plan(list(samples), shots, seeds, prompts_dir, size, selection)
     was_training = model.training
     model.eval()  # BatchNorm running statistics, whatever the caller left the model in
     try:

@@ -315,6 +315,15 @@ def test_coverage_selected_run_beside_the_random_draws(model, samples, report) -
     )
 
 
+@pytest.mark.unit
+def test_no_selection_leaves_the_draws_as_they_are(model, samples, report) -> None:
+    """``selection=False`` (``--no-selection``, for large pools) skips the coverage run only."""
+    plain = evaluate(model, samples, shots=2, seeds=(0, 1, 2), selection=False)
+    for with_it, without in zip(report.categories, plain.categories, strict=True):
+        assert without.selected is None and without.selection is None
+        assert [r.scores for r in without.runs] == [r.scores for r in with_it.runs]
+
+
 # --------------------------------------------------------------------------------- pixel AUROC
 @pytest.mark.unit
 def test_mask_is_brought_into_the_model_view(tmp_path) -> None:

@@ -39,6 +39,7 @@ def run_evaluate(
     batch_size: int = 16,
     pixel: bool = True,
     plot: Path | None = None,
+    selection: bool = True,
 ) -> EvaluationReport:
     """Evaluate a checkpoint (default: the embedded demo) on data sets; runs use seeds
     0..``seeds``-1, or the authors' prompt files in ``prompts``. Writes the report as JSON to
@@ -70,6 +71,7 @@ def run_evaluate(
         batch_size=batch_size,
         pixel=pixel,
         progress=interactive(),
+        selection=selection,
         checkpoint_name=str(checkpoint) if checkpoint is not None else "the embedded DEMO model",
     )
     if json_out is not None and str(json_out) != STDOUT:
@@ -155,6 +157,12 @@ def evaluate(
     pixel: bool = typer.Option(
         True, "--pixel/--no-pixel", help="Pixel AUROC where ground-truth masks exist."
     ),
+    selection: bool = typer.Option(
+        True,
+        "--selection/--no-selection",
+        help="With drawn runs, one more run with the k train/good images that best cover the "
+        "pool (it compares every pair of pool images: switch it off for large pools).",
+    ),
     plot: Path = typer.Option(
         None,
         help="Write ROC curves and score histograms per category as a PNG here.",
@@ -184,6 +192,7 @@ def evaluate(
         batch_size=batch_size,
         pixel=pixel,
         plot=plot,
+        selection=selection,
     )
     if json_out is not None and str(json_out) == STDOUT:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
