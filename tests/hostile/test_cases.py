@@ -160,8 +160,12 @@ class _Payload:
 
 
 def prompts_json(work: Work, category: str) -> Path:
-    """A JSON list of the authors' kind with one category, for ``inctrl prompts make``."""
-    entries = [{"image_path": str(p), "target": 0, "type": category} for p in work.shots]
+    """A JSON list of the authors' kind with one category, for ``inctrl prompts make``: its
+    images lie under a ``train`` folder, so they are the category's training normals."""
+    train = work.folder / "train"
+    train.mkdir()
+    images = [shutil.copy(p, train / p.name) for p in work.shots]
+    entries = [{"image_path": str(p), "target": 0, "type": category} for p in images]
     path = work.folder / "list_normal.json"
     path.write_text(json.dumps(entries))
     return path
@@ -251,10 +255,9 @@ CASES = [
     Case("graph missing from files", "run",
          after(lambda w: edit_manifest(w, lambda m: m["files"].pop("encoder.onnx")), score),
          ("encoder.onnx", "not among the listed")),
-    Case("graph file outside the bundle", "run",
-         after(lambda w: edit_manifest(w, lambda m: m["graphs"]["encoder"].update(
-             file="../encoder.onnx")), score),
-         ("../encoder.onnx",)),
+    Case("graph file outside the bundle, listed and hashed", "run",
+         after(lambda w: _graph_outside(w), score),
+         ("../encoder.onnx", "not inside the bundle")),
     Case("listed file outside the bundle", "run",
          after(lambda w: _listed_outside(w), score),
          ("../x.onnx", "not inside the bundle")),
@@ -336,6 +339,20 @@ def _unlisted_encoder(work: Work) -> None:
     """Another encoder dropped into the bundle and named by the graph record, but not listed."""
     shutil.copyfile(work.bundle / "encoder.onnx", work.bundle / "other.onnx")
     edit_manifest(work, lambda m: m["graphs"]["encoder"].update(file="other.onnx"))
+
+
+def _graph_outside(work: Work) -> None:
+    """The encoder graph named as ``../encoder.onnx``: a real encoder there, listed with its
+    sha256 and size, as a careful forger would (the old runtime loaded it)."""
+    outside = work.bundle.parent / "encoder.onnx"
+    shutil.copyfile(work.bundle / "encoder.onnx", outside)
+    record = {"sha256": file_sha256(outside), "bytes": outside.stat().st_size}
+
+    def change(manifest: dict) -> None:
+        manifest["graphs"]["encoder"]["file"] = "../encoder.onnx"
+        manifest["files"]["../encoder.onnx"] = record
+
+    edit_manifest(work, change)
 
 
 def _listed_outside(work: Work) -> None:
