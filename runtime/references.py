@@ -10,6 +10,7 @@ long-lived reader knows whether the file changed without loading it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -81,9 +82,10 @@ class NumpyBank:
     calibration: Calibration | None = None
     selection: dict | None = None
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        """sha256 over everything the bank holds: changes whenever its contents do."""
+        """sha256 over everything the bank holds: changes whenever its contents do (computed
+        once per bank: saving, loading and the reader's cache all ask for it)."""
         digest = hashlib.sha256()
         for text in (str(BANK_FORMAT), self.category or "", self.encoder_sha256, str(self.shots)):
             digest.update(text.encode() + b"\0")
