@@ -1,5 +1,6 @@
 """What a bundle holds, as ``inctrl-run info`` reports it: the model, each graph's precision, the
-export check, and per category its text prior, registered bank and calibration.
+export check, its TensorRT builds, and per category its text prior, registered bank and
+calibration.
 
 ``bundle_info`` gathers the facts as a JSON-ready dict (``info --json``); ``info_sections`` puts
 them in words, the rows of a two-column table, section by section. Nothing here prints.
@@ -10,9 +11,10 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from inctrl_runtime.bundle import REFERENCES_DIR, Bundle
+from inctrl_runtime.bundle import MANIFEST, REFERENCES_DIR, Bundle
 from inctrl_runtime.decisions import TARGET_FPRS, Calibration, min_normals, threshold
 from inctrl_runtime.detector import load_registered
+from inctrl_runtime.engines.plans import Build, read_builds
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import check_category_name
 
@@ -49,6 +51,10 @@ def bundle_info(bundle: Path) -> dict:
             for name, graph in checked.graphs.items()
         },
         "export_check": _export_check(checked.manifest.get("verification")),
+        "tensorrt": {
+            key: _build_info(checked.path, build)
+            for key, build in read_builds(checked.manifest, checked.path / MANIFEST).items()
+        },
         "categories": {
             category: _category_info(checked, category)
             for category in (*checked.categories, *extra)
@@ -64,6 +70,30 @@ def _export_check(verification: dict | None) -> dict | None:
     return {
         "passed": bool(verification.get("passed")),
         "max_abs_diff": float(difference) if isinstance(difference, (int, float)) else None,
+    }
+
+
+def _build_info(bundle: Path, build: Build) -> dict:
+    """One TensorRT build as the manifest records it, and whether its plans are in the folder
+    (their sha256 is checked when a plan opens)."""
+    return {
+        "precision": build.precision,
+        "tensorrt": build.tensorrt,
+        "compute_capability": str(build.compute_capability),
+        "gpu": build.gpu,
+        "version_compatible": build.version_compatible,
+        "batch": list(build.batch),
+        "shots": list(build.shots),
+        "plans": {
+            graph: {
+                "file": plan.file,
+                "bytes": plan.bytes,
+                "build_seconds": plan.build_seconds,
+                "present": (bundle / plan.file).is_file(),
+            }
+            for graph, plan in build.plans.items()
+        },
+        "check": _export_check(build.verification),
     }
 
 
@@ -135,9 +165,36 @@ def _bundle_rows(found: dict) -> list[Row]:
             verdict += f", max abs diff {check['max_abs_diff']:.3g}"
     rows += [
         ("export check", verdict),
+        *_tensorrt_rows(found["tensorrt"]),
         ("demo model", "yes (synthetic data only)" if found["demo"] else "no"),
         ("source", found["source_file"] or "a model in memory"),
     ]
+    return rows
+
+
+def _tensorrt_rows(builds: dict) -> list[Row]:
+    if not builds:
+        return [("tensorrt engines", "none (inctrl-export tensorrt builds them)")]
+    rows = []
+    for key, build in builds.items():
+        plans = build["plans"].values()
+        size = sum(plan["bytes"] for plan in plans) / 2**20
+        seconds = sum(plan["build_seconds"] for plan in plans)
+        missing = [plan["file"] for plan in plans if not plan["present"]]
+        text = (
+            f"{build['gpu'] or 'GPU'} (sm {build['compute_capability']}), TensorRT "
+            f"{build['tensorrt']}{', version-compatible' if build['version_compatible'] else ''}"
+            f", batch {'/'.join(map(str, build['batch']))}, k {'/'.join(map(str, build['shots']))}"
+            f", {len(plans)} plans {size:.1f} MB, built in {seconds:.0f} s"
+        )
+        check = build["check"]
+        if check is not None:
+            text += f", check {'passed' if check['passed'] else 'FAILED'}"
+            if check["max_abs_diff"] is not None:
+                text += f" ({check['max_abs_diff']:.3g})"
+        if missing:
+            text += f", MISSING {', '.join(missing)}"
+        rows.append((f"tensorrt {key}", text))
     return rows
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 import inctrl_runtime.cli
 from inctrl_runtime.cli import run_info, run_score
 from inctrl_runtime.detector import Detector
+from inctrl_runtime.engines.plans import Build, ComputeCapability, PlanRecord, plan_file
 from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.results import HeatmapWriteError, print_streamed
 
@@ -370,6 +371,43 @@ def test_info_says_what_the_bundle_holds(bundle: Path, pictures: dict) -> None:
     ):  # fmt: skip
         assert text in table.out, text
     assert snapshot(bundle) == before  # info writes nothing
+
+
+@pytest.mark.cli
+def test_info_lists_the_tensorrt_builds(bundle: Path) -> None:
+    """A build recorded in the manifest is listed with its plans; a plan missing from the
+    folder is flagged (the bundle still opens: plans are checked when one is opened)."""
+    plans = {
+        graph: PlanRecord(graph, plan_file(graph, "fp32.trt11.4.sm89"), "0" * 64, 2**20, 30.0, {})
+        for graph in ("encoder", "head")
+    }
+    build = Build(
+        "fp32.trt11.4.sm89", "fp32", "11.4.0.106", ComputeCapability(8, 9), False, False,
+        (1, 8, 32), (1, 2, 8), plans, gpu="NVIDIA L4",
+        verification={"passed": False, "max_abs_diff": 3e-4},
+    )  # fmt: skip
+    (bundle / "engines").mkdir()
+    (bundle / plans["encoder"].file).write_bytes(b"plan")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["engines"] = {build.key: build.to_manifest()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    found = run_info(bundle)["tensorrt"]
+    assert list(found) == ["fp32.trt11.4.sm89"]
+    record = found["fp32.trt11.4.sm89"]
+    assert (record["tensorrt"], record["compute_capability"], record["gpu"]) == (
+        "11.4.0.106",
+        "8.9",
+        "NVIDIA L4",
+    )
+    assert [p["present"] for p in record["plans"].values()] == [True, False]
+    assert record["check"] == {"passed": False, "max_abs_diff": 3e-4}
+    table = inctrl_run("info", bundle)
+    assert table.code == 0, table.err
+    words = " ".join(table.out.split())  # the table may wrap a long row
+    for text in ("tensorrt fp32.trt11.4.sm89", "NVIDIA L4 (sm 8.9)", "2 plans 2.0 MB",
+                 "built in 60 s", "check FAILED", "MISSING"):  # fmt: skip
+        assert text in words, text
 
 
 @pytest.mark.cli
