@@ -211,24 +211,27 @@ class Build:
         """Which of the ``available`` TensorRT runtimes (``tensorrt`` / ``tensorrt-lean`` ->
         version) can deserialize these plans, the preferred first.
 
-        A plan that is not version-compatible runs only on the full runtime of the version that
-        built it. A version-compatible plan whose lean runtime was excluded runs on the lean
-        runtime of the builder's version (the one the edge installs; preferred) or on the full
-        runtime of that version; one with the lean runtime embedded runs on any full runtime of
-        the same major version or newer (it then loads host code from the plan)."""
+        NVIDIA's rules (docs, "Version Compatibility"): a plan that is not version-compatible
+        runs only on the full runtime of the version that built it (the lean runtime refuses
+        it); a version-compatible plan whose lean runtime was excluded runs on the lean runtime
+        of the builder's version (what an edge GPU installs); one with the lean runtime embedded
+        runs on a full runtime of the builder's version or newer, which then loads host code
+        from the plan."""
         found = []
         lean, full = available.get("tensorrt-lean"), available.get("tensorrt")
         if self.version_compatible and not self.lean_runtime_embedded and lean == self.tensorrt:
             found.append("tensorrt-lean")
-        newer = full is not None and _major(full) >= _major(self.tensorrt)
-        if full == self.tensorrt or (self.lean_runtime_embedded and newer):
+        if self.lean_runtime_embedded:
+            if full is not None and _version(full) >= _version(self.tensorrt):
+                found.append("tensorrt")
+        elif not self.version_compatible and full == self.tensorrt:
             found.append("tensorrt")
         return found
 
 
-def _major(version: str) -> int:
-    head = str(version).split(".")[0]
-    return int(head) if head.isdigit() else -1
+def _version(version: str) -> tuple[int, ...]:
+    """``11.4.0.106`` -> (11, 4, 0, 106), for ordering; parts that are not numbers count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in str(version).split("."))
 
 
 def read_builds(manifest: Mapping, where: Path) -> dict[str, Build]:
@@ -268,7 +271,7 @@ def choose_build(
         elif build.compute_capability != capability:
             mismatch.append(f"{build.key}: for compute capability {build.compute_capability}")
         elif not build.runtimes(available):
-            need = "the lean or full" if build.version_compatible else "the full"
+            need = "the lean" if build.version_compatible else "the full"
             mismatch.append(f"{build.key}: needs {need} TensorRT runtime {build.tensorrt}")
         else:
             return build, build.runtimes(available)[0]
