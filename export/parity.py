@@ -70,6 +70,7 @@ class ParityReport:
     queries: int
     batch_size: int
     atol: float
+    backend: str  # what ran the bundle's graphs: an engine's ``backend``, e.g. onnxruntime-cpu
     outputs: list[OutputDiff] = field(default_factory=list)
     rank: dict[str, float] | None = None
     auroc: dict[str, float] | None = None
@@ -102,7 +103,7 @@ class ParityReport:
 
         table = Table(
             title=(
-                f"onnxruntime ({self.precision}) vs PyTorch fp32: category {self.category!r}, "
+                f"{self.backend} ({self.precision}) vs PyTorch fp32: category {self.category!r}, "
                 f"k={self.shots}, {self.queries} queries, batch {self.batch_size}"
             )
         )
@@ -168,6 +169,7 @@ def compare(
         queries=len(queries),
         batch_size=batch_size,
         atol=atol,
+        backend=detector.encoder_engine.backend,
         outputs=[
             _diff(name, ours, np.asarray(ref.cpu()), atol, judged=name not in INTERMEDIATES)
             for name, (ours, ref) in pairs.items()

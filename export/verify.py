@@ -15,6 +15,7 @@ from inctrl.data import is_category_folder, scan_category
 from inctrl.loading import load_model, resolve_checkpoint
 from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
 from inctrl_export.parity import ParityReport, compare, pass_mark
+from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.console import require_files
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
@@ -43,17 +44,7 @@ def verify_bundle(
     if atol is not None:
         pass_mark(atol, "fp32")  # a bad mark is refused before any work
     detector = Detector.open(bundle, device=device)
-    source = detector.bundle.manifest.get("source", {})
-    recorded = detector.bundle.source_file or "no checkpoint file (a model in memory)"
-    if checkpoint is None and not source.get("demo"):
-        raise InputError(f"{bundle}: exported from {recorded}; name that file with --checkpoint")
-    path, _ = resolve_checkpoint(checkpoint)
-    require_files([path], "checkpoint")
-    if file_sha256(path) != source.get("sha256"):
-        raise InputError(
-            f"{path}: not the checkpoint {bundle} was exported from ({recorded}, sha256 "
-            f"{str(source.get('sha256'))[:12]}...); name the right --checkpoint"
-        )
+    check_source_checkpoint(detector.bundle, checkpoint)
     category = category or _default_category(detector, images)
     detector.bundle.prior(category)  # an unknown category fails before the model loads
     prompts, queries, labels = _images(images, shots, seed, category)
@@ -61,6 +52,25 @@ def verify_bundle(
     precision = detector.bundle.graphs["encoder"].precision
     atol = pass_mark(atol, precision)
     return compare(model, detector, category, prompts, queries, atol, batch_size, labels)
+
+
+def check_source_checkpoint(bundle: Bundle, checkpoint: str | os.PathLike | None) -> Path:
+    """The checkpoint ``bundle`` was exported from: ``checkpoint`` (default, for a demo bundle:
+    the embedded demo), refused in one line unless its sha256 is the manifest's source's."""
+    source = bundle.manifest.get("source", {})
+    recorded = bundle.source_file or "no checkpoint file (a model in memory)"
+    if checkpoint is None and not source.get("demo"):
+        raise InputError(
+            f"{bundle.path}: exported from {recorded}; name that file with --checkpoint"
+        )
+    path, _ = resolve_checkpoint(checkpoint)
+    require_files([path], "checkpoint")
+    if file_sha256(path) != source.get("sha256"):
+        raise InputError(
+            f"{path}: not the checkpoint {bundle.path} was exported from ({recorded}, sha256 "
+            f"{str(source.get('sha256'))[:12]}...); name the right --checkpoint"
+        )
+    return path
 
 
 def _default_category(detector: Detector, images: str | os.PathLike | None) -> str:
