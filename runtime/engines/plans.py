@@ -209,29 +209,34 @@ class Build:
 
     def runtimes(self, available: Mapping[str, str]) -> list[str]:
         """Which of the ``available`` TensorRT runtimes (``tensorrt`` / ``tensorrt-lean`` ->
-        version) can deserialize these plans, the preferred first.
+        version) can deserialize these plans, the preferred first (NVIDIA's engine
+        compatibility rules).
 
-        NVIDIA's rules (docs, "Version Compatibility"): a plan that is not version-compatible
-        runs only on the full runtime of the version that built it (the lean runtime refuses
-        it); a version-compatible plan whose lean runtime was excluded runs on the lean runtime
-        of the builder's version (what an edge GPU installs); one with the lean runtime embedded
-        runs on a full runtime of the builder's version or newer, which then loads host code
-        from the plan."""
+        A plan that is not version-compatible runs only on the full runtime of the version that
+        built it. A version-compatible plan whose lean runtime was excluded runs on the lean
+        runtime of the builder's version (the one the edge installs; preferred) or on the full
+        runtime of that version. One with the lean runtime embedded runs on a full runtime of
+        the builder's version or newer, of the same major version or the next (TensorRT 10
+        plans on 11; never across two), which then loads host code from the plan."""
         found = []
         lean, full = available.get("tensorrt-lean"), available.get("tensorrt")
         if self.version_compatible and not self.lean_runtime_embedded and lean == self.tensorrt:
             found.append("tensorrt-lean")
-        if self.lean_runtime_embedded:
-            if full is not None and _version(full) >= _version(self.tensorrt):
-                found.append("tensorrt")
-        elif not self.version_compatible and full == self.tensorrt:
+        embedded = self.version_compatible and self.lean_runtime_embedded
+        if full == self.tensorrt or (embedded and full is not None and _runs(full, self.tensorrt)):
             found.append("tensorrt")
         return found
 
 
 def _version(version: str) -> tuple[int, ...]:
-    """``11.4.0.106`` -> (11, 4, 0, 106), for ordering; parts that are not numbers count as 0."""
-    return tuple(int(part) if part.isdigit() else 0 for part in str(version).split("."))
+    parts = str(version).split(".")
+    return tuple(int(p) if p.isdigit() else -1 for p in parts)
+
+
+def _runs(runtime: str, built: str) -> bool:
+    """Whether a full runtime of version ``runtime`` runs version-compatible plans of ``built``."""
+    have, need = _version(runtime), _version(built)
+    return have >= need and have[0] - need[0] in (0, 1)
 
 
 def read_builds(manifest: Mapping, where: Path) -> dict[str, Build]:
@@ -246,6 +251,15 @@ def read_builds(manifest: Mapping, where: Path) -> dict[str, Build]:
         ) from None
 
 
+def require_builds(builds: Mapping[str, Build], bundle: Path) -> None:
+    """Refuse a bundle that records no TensorRT builds, in one line saying how to build them."""
+    if not builds:
+        raise BundleError(
+            f"{bundle}: has no TensorRT engines; {REBUILD.format(bundle=bundle)} "
+            "(or use --device cuda)"
+        )
+
+
 def choose_build(
     builds: Mapping[str, Build],
     bundle: Path,
@@ -257,9 +271,8 @@ def choose_build(
     """The build to run on a GPU of ``capability`` with the ``available`` TensorRT runtimes
     (name -> version), and the runtime to run it with; ``key`` asks for one build. Refused in
     one line that says what was found and how to rebuild."""
+    require_builds(builds, bundle)
     rebuild = REBUILD.format(bundle=bundle)
-    if not builds:
-        raise BundleError(f"{bundle}: has no TensorRT engines; {rebuild} (or use --device cuda)")
     if key is not None and key not in builds:
         raise BundleError(f"{bundle}: has no TensorRT build {key!r} (it has: {', '.join(builds)})")
     candidates = [builds[key]] if key is not None else list(builds.values())
