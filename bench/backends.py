@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inctrl_bench.machine import Progress, import_problem
-from inctrl_runtime.errors import InputError
-from inctrl_runtime.files import file_sha256
+from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.files import file_sha256, write_json
+
+if TYPE_CHECKING:
+    from inctrl_runtime.engines.plans import Build
 
 # The category whose text prior is used when no bundle names one (any name works for a model).
 DEFAULT_CATEGORY = "candle"
+# The GPU that --device cuda benches (the runtime's "cuda" and "tensorrt" devices mean GPU 0).
+GPU_INDEX = 0
 
 
 class Unavailable(Exception):
@@ -21,8 +28,9 @@ class Unavailable(Exception):
 @dataclass(frozen=True)
 class Backend:
     """One way of running InCTRL: ``authors`` and ``torch`` run the PyTorch model (on
-    ``--device`` unless ``device`` is set), ``onnxruntime`` and ``tensorrt`` a bundle through
-    ``inctrl_runtime.Detector`` on ``runtime_device``. ``precision`` is the encoder's."""
+    ``--device`` unless ``device`` is set), ``onnxruntime`` a bundle's ONNX graphs and
+    ``tensorrt`` its native TensorRT plans, both through ``inctrl_runtime.Detector`` on
+    ``runtime_device``. ``precision`` is the encoder's."""
 
     name: str
     kind: str
@@ -44,8 +52,12 @@ CATALOGUE = (
     Backend("onnxruntime-cpu-int8", "onnxruntime", "int8", "cpu", "cpu"),
     Backend("onnxruntime-cuda-fp32", "onnxruntime", "fp32", "cuda", "cuda"),
     Backend("onnxruntime-cuda-fp16", "onnxruntime", "fp16", "cuda", "cuda"),
-    # onnxruntime's TensorRT execution provider, the runtime's way to TensorRT for now.
-    Backend("tensorrt", "tensorrt", "fp32", "cuda", "tensorrt"),
+    # onnxruntime's TensorRT execution provider: it builds its own engines from the ONNX graphs.
+    Backend("onnxruntime-tensorrt-fp32", "onnxruntime", "fp32", "cuda", "ort-tensorrt"),
+    Backend("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", "cuda", "ort-tensorrt"),
+    # Native TensorRT plans (inctrl-export tensorrt), run by the runtime's TrtEngine.
+    Backend("tensorrt-fp32", "tensorrt", "fp32", "cuda", "tensorrt"),
+    Backend("tensorrt-fp16", "tensorrt", "fp16", "cuda", "tensorrt"),
 )
 
 
@@ -64,6 +76,21 @@ def select_backends(patterns: Sequence[str]) -> list[Backend]:
     return [b for b in CATALOGUE if b.name in chosen]
 
 
+def _tensorrt_problem() -> str | None:
+    """What keeps native TensorRT plans from running here: no CUDA GPU, no TensorRT runtime."""
+    problem = import_problem("inctrl_runtime.engines.cuda", "inctrl_runtime.engines.trt")
+    if problem is not None:
+        return problem
+    from inctrl_runtime.engines.cuda import gpu_problem
+    from inctrl_runtime.engines.trt import runtime_problems, tensorrt_runtimes
+
+    found = [gpu_problem(GPU_INDEX)]
+    if not tensorrt_runtimes():
+        reasons = "; ".join(f"{name}: {why}" for name, why in runtime_problems().items())
+        found.append(f"no TensorRT runtime ({reasons})")
+    return "; ".join(p for p in found if p is not None) or None
+
+
 def _problem(backend: Backend, device: str) -> str | None:
     """The missing library or hardware that keeps a backend from running on ``device``."""
     if backend.uses_torch:
@@ -77,6 +104,8 @@ def _problem(backend: Backend, device: str) -> str | None:
         if backend.precision == "bf16" and not torch.cuda.is_bf16_supported():
             return f"this GPU ({torch.cuda.get_device_name()}) has no bf16 arithmetic"
         return None
+    if backend.kind == "tensorrt":
+        return _tensorrt_problem()
     problem = import_problem("onnxruntime")
     if problem is None:
         from inctrl_runtime.engines.ort import place
@@ -90,8 +119,7 @@ def _problem(backend: Backend, device: str) -> str | None:
 
 def check_runnable(backend: Backend, device: str) -> None:
     """Raise ``Unavailable`` with what keeps a backend from running here with ``--device``."""
-    found = [import_problem("tensorrt")] if backend.kind == "tensorrt" else []
-    found = [p for p in [*found, _problem(backend, backend.device or device)] if p is not None]
+    found = [p for p in [_problem(backend, backend.device or device)] if p is not None]
     if not found and backend.device is not None and backend.device != device:
         found.append(f"runs on {backend.device}: bench with --device {backend.device}")
     if found:
@@ -101,7 +129,8 @@ def check_runnable(backend: Backend, device: str) -> None:
 class Sources:
     """What each backend runs, made on demand in ``workdir``: the torch rows a checkpoint
     (``--checkpoint``, ``--preset``'s or the demo), the runtime rows a bundle of each precision
-    exported from it, or the given BUNDLE (its precision only)."""
+    exported from it, or the given BUNDLE (its precision only), and the tensorrt rows that
+    bundle's TensorRT plans, built here when it has none this GPU runs."""
 
     def __init__(
         self,
@@ -130,6 +159,7 @@ class Sources:
         # What each side runs once known: a file, None (the embedded demo), or why there is none.
         self._checkpoint: Path | None | Unavailable = checkpoint
         self._bundles: dict[str, Path | Unavailable] = {}
+        self._engines: dict[tuple, tuple[Path, str] | Unavailable] = {}
         self.given_bundle = None
         if bundle is not None:
             self._open_given(bundle, checkpoint)
@@ -197,3 +227,107 @@ class Sources:
         except InputError as err:
             return Unavailable(f"inctrl-export cannot make a {precision} bundle: {err}")
         return out
+
+    def engines(
+        self, precision: str, batch: tuple[int, int, int], shots: tuple[int, int, int]
+    ) -> tuple[Path, str]:
+        """A bundle with ``precision`` TensorRT plans that this GPU runs at batch ``batch[0]``
+        with ``shots[0]`` prompts, and the key of that build: the given BUNDLE's, or else built
+        (``batch`` and ``shots`` as min/opt/max) into a bundle of the bench's own."""
+        wanted = (precision, batch, shots)
+        if wanted not in self._engines:
+            self._engines[wanted] = self._find_engines(*wanted)
+        found = self._engines[wanted]
+        if isinstance(found, Unavailable):
+            raise found
+        return found
+
+    def _find_engines(
+        self, precision: str, batch: tuple[int, int, int], shots: tuple[int, int, int]
+    ) -> tuple[Path, str] | Unavailable:
+        path = self.bundle(precision)
+        try:
+            build = _usable_build(path, precision, batch[0], shots[0])
+        except InputError as err:
+            why = str(err)
+        else:
+            if build.batch[2] < batch[2]:
+                self.notes.append(
+                    f"{path}: TensorRT build {build.key} ends at batch {build.batch[2]}: larger "
+                    "batches run in pieces"
+                )
+            return path, build.key
+        problem = import_problem("inctrl_export.tensorrt")
+        if problem is None:
+            from inctrl_export.tensorrt import builder_problem
+
+            problem = builder_problem()
+        if problem is not None:
+            return Unavailable(f"{why}; {problem}")
+        from inctrl_export.tensorrt import build_engines
+
+        target = path
+        if self.given_bundle is not None:  # a given bundle is never written to
+            target = _copy_without_engines(path, self.workdir / f"bundle-{precision}-tensorrt")
+        checkpoint = None if isinstance(self._checkpoint, Unavailable) else self._checkpoint
+        self.progress.step(f"building {precision} TensorRT engines")
+        try:
+            # No self-check: the bench compares the backends' speed, not their outputs.
+            built = build_engines(
+                target, checkpoint, batch=batch, shots=shots, verify=False, log=self.progress.step
+            )
+        except InputError as err:
+            return Unavailable(f"inctrl-export tensorrt cannot build {precision} engines: {err}")
+        if target != path:
+            self.notes.append(
+                f"{path} has no {precision} TensorRT plans that run here at batch {batch[0]}, "
+                f"k={shots[0]}: the bench built them in a temporary copy"
+            )
+        return target, built.build.key
+
+
+def engine_profile(
+    batches: Sequence[int], shots: Sequence[int]
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The (min, opt, max) batch and prompt counts of the plans the bench builds, from its sorted
+    ``--batch`` and ``--shots``: batch 1 (its latency) up to the largest batch or k it encodes,
+    tuned for the middle batch size; k from the one queries use (also the tuned one) up."""
+    batch = (1, batches[len(batches) // 2], max(batches[-1], shots[-1]))
+    return batch, (shots[0], shots[0], shots[-1])
+
+
+def _usable_build(bundle: Path, precision: str, batch: int, shots: int) -> Build:
+    """The bundle's first TensorRT build that this GPU and a TensorRT runtime here can run, at
+    ``batch`` images with ``shots`` prompts; ``BundleError`` says why there is none."""
+    from inctrl_runtime.bundle import MANIFEST, read_manifest
+    from inctrl_runtime.engines.plans import choose_build, read_builds, require_builds
+
+    builds = read_builds(read_manifest(bundle), bundle / MANIFEST)
+    require_builds(builds, bundle)
+    covering = {
+        key: build
+        for key, build in builds.items()
+        if build.batch[0] <= batch and build.shots[0] <= shots <= build.shots[2]
+    }
+    if not covering:
+        raise BundleError(
+            f"{bundle}: its TensorRT builds ({', '.join(builds)}) do not run batch {batch} with "
+            f"k={shots} prompts"
+        )
+    from inctrl_runtime.engines.cuda import compute_capability
+    from inctrl_runtime.engines.trt import tensorrt_runtimes
+
+    capability, runtimes = compute_capability(GPU_INDEX), tensorrt_runtimes()
+    return choose_build(covering, bundle, precision, capability, runtimes)[0]
+
+
+def _copy_without_engines(bundle: Path, copy: Path) -> Path:
+    """A copy of a bundle with no TensorRT plans or record of any, for the bench to build in."""
+    from inctrl_runtime.bundle import MANIFEST, read_manifest
+    from inctrl_runtime.engines.plans import ENGINES_DIR, ENGINES_KEY
+
+    shutil.copytree(bundle, copy, ignore=lambda f, _: [ENGINES_DIR] if Path(f) == bundle else [])
+    manifest = read_manifest(copy)
+    manifest.pop(ENGINES_KEY, None)
+    write_json(copy / MANIFEST, manifest)
+    return copy

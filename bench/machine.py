@@ -53,6 +53,18 @@ def _gpu_names() -> list[str]:
     return []
 
 
+def cuda_gpu(index: int) -> dict[str, str] | None:
+    """The name and compute capability of CUDA GPU ``index``, as the runtime's CUDA layer sees
+    it (None without the CUDA bindings or without that GPU)."""
+    if import_problem("inctrl_runtime.engines.cuda") is not None:
+        return None
+    from inctrl_runtime.engines.cuda import compute_capability, gpu_name, gpu_problem
+
+    if gpu_problem(index) is not None:
+        return None
+    return {"name": gpu_name(index), "compute_capability": str(compute_capability(index))}
+
+
 def machine_info(command: str) -> dict:
     """The machine record of the JSON report; library versions are read without importing."""
     installed = {dist.name.lower(): dist.version for dist in metadata.distributions()}
@@ -133,11 +145,13 @@ def measure_peak(device: str, with_torch: bool, runs: int = 3) -> Peak:
 
 class StageClock:
     """Times the named stages of one run; ``sync`` runs before a stage's clock stops, so that
-    work queued on a GPU counts in the stage that queued it."""
+    work queued on a GPU counts in the stage that queued it. ``gpu_ms``: the run's GPU time,
+    where its engines measure one."""
 
     def __init__(self, sync: Callable[[], object]) -> None:
         self.sync = sync
         self.seconds: dict[str, float] = {}
+        self.gpu_ms: float | None = None
 
     def __call__(self, stage: str, step: Callable, *args: Any) -> Any:
         """``step(*args)``, timed as ``stage``; its value."""
@@ -150,13 +164,15 @@ class StageClock:
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-run wall time of one measurement, in milliseconds, with the median of each stage."""
+    """Per-run wall time of one measurement, in milliseconds, with the median of each stage
+    and, where every run measured one, the median GPU time (CUDA events)."""
 
     runs: int
     p50_ms: float
     p90_ms: float
     p99_ms: float
     stages_ms: dict[str, float] = field(default_factory=dict)
+    gpu_p50_ms: float | None = None
 
     @classmethod
     def measure(
@@ -176,7 +192,9 @@ class Timing:
             stage: float(np.median([c.seconds.get(stage, 0.0) for c in clocks]) * 1e3)
             for stage in clocks[0].seconds
         }
-        return cls(len(clocks), p50, p90, p99, stages)
+        gpu = [clock.gpu_ms for clock in clocks]
+        gpu_p50 = None if None in gpu else float(np.median(gpu))
+        return cls(len(clocks), p50, p90, p99, stages, gpu_p50)
 
 
 class PeakRss:

@@ -14,13 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inctrl_bench.backends import Backend, Sources, Unavailable, check_runnable
+from inctrl_bench.backends import (
+    GPU_INDEX,
+    Backend,
+    Sources,
+    Unavailable,
+    check_runnable,
+    engine_profile,
+)
 from inctrl_bench.flops import ModelShape, query_flops
-from inctrl_bench.machine import Peak, PeakRss, Progress, StageClock, Timing
+from inctrl_bench.machine import Peak, PeakRss, Progress, StageClock, Timing, cuda_gpu
 from inctrl_runtime.errors import InputError
 
 if TYPE_CHECKING:
     from inctrl_bench.suite import BenchSettings
+    from inctrl_runtime.detector import Detector
+    from inctrl_runtime.engines.plans import Build
 
 FRAME = (480, 640)  # a VGA camera frame: resizing and cropping it is part of each query
 PREPROCESS, ENCODER, HEAD, REGISTER = "preprocess", "encoder", "head", "reference"
@@ -39,7 +48,9 @@ class Subject:
     """A backend prepared with a category's bank and text prior (``head`` scores against them).
     ``register``: None where no bank is kept between queries; ``before``: stages redone before
     every query (the authors' way); ``max_batch``: the largest batch it scores right;
-    ``text_prior_ms``: the text prior's one-time cost, ours and the authors' way."""
+    ``text_prior_ms``: the text prior's one-time cost, ours and the authors' way; ``engine``:
+    what runs the graphs; ``gpu_ms``: the GPU time of the last query where the engines measure
+    it (CUDA events); ``build``: the TensorRT build whose plans run."""
 
     shape: ModelShape
     pixels: Callable[[Images], Any]
@@ -52,24 +63,51 @@ class Subject:
     sync: Callable[[], object] = lambda: None
     gpu_peak_bytes: Callable[[], int | None] = lambda: None
     text_prior_ms: dict[str, float] | None = None
+    engine: str | None = None
+    gpu_ms: Callable[[], float | None] = lambda: None
+    build: Build | None = None
 
     def query(self, images: Images, clock: StageClock) -> None:
         for stage, step in self.before.items():
             clock(stage, step)
         features = clock(ENCODER, self.encode, clock(PREPROCESS, self.pixels, images))
         clock(HEAD, self.head, features)
+        clock.gpu_ms = self.gpu_ms()
 
 
 Prepare = Callable[[Images, str], Subject]  # (prompt images, category) -> a prepared Subject
 
 
-@contextlib.contextmanager
-def open_runtime(backend: Backend, bundle: Path) -> Iterator[Prepare]:
-    """A bundle's engines on the backend's device, through ``inctrl_runtime.Detector``."""
+def _open_detector(backend: Backend, bundle: Path, build: str | None) -> Detector:
+    """The bundle's graphs on the backend's device; the tensorrt kind runs the plans of
+    ``build``."""
     from inctrl_runtime.detector import Detector
 
-    detector = Detector.open(bundle, device=backend.runtime_device or "cpu")
+    device = backend.runtime_device or "cpu"
+    if backend.kind != "tensorrt":
+        return Detector.open(bundle, device=device)
+    from inctrl_runtime.bundle import Bundle
+    from inctrl_runtime.engines.trt import open_trt_engines
+
+    checked = Bundle.open(bundle)
+    engines = open_trt_engines(checked, device, build)
+    return Detector(checked, engines["encoder"], engines["head"])
+
+
+def _query_gpu_ms(detector: Detector) -> float | None:
+    """The GPU time of the last query on TensorRT engines (``TrtEngine.gpu_ms``): the
+    encoder's and the head's."""
+    times = (detector.encoder_engine.gpu_ms, detector.head_engine.gpu_ms)
+    return None if None in times else sum(times)
+
+
+@contextlib.contextmanager
+def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> Iterator[Prepare]:
+    """A bundle's engines on the backend's device, through ``inctrl_runtime.Detector``; for
+    the tensorrt kind, the plans of the bundle's TensorRT build ``build``."""
+    detector = _open_detector(backend, bundle, build)
     shape = ModelShape.from_config(detector.bundle.manifest["model"]["config"])
+    native = backend.kind == "tensorrt"
 
     def prepare(prompts: Images, category: str) -> Subject:
         bank_inputs = detector.bank_inputs(category, detector.reference(prompts))
@@ -80,6 +118,9 @@ def open_runtime(backend: Backend, bundle: Path) -> Iterator[Prepare]:
             lambda features: detector.head(features, bank_inputs),
             detector.reference,
             query_flops(shape, len(prompts)),
+            engine=detector.backend,
+            gpu_ms=functools.partial(_query_gpu_ms, detector) if native else lambda: None,
+            build=detector.encoder_engine.build if native else None,
         )
 
     try:
@@ -134,6 +175,12 @@ class BackendResult:
     gpu_peak_mb: float | None = None
     speedup_vs_authors: dict[str, float] | None = None
     speedup_vs_torch_fp32: dict[str, float] | None = None
+    engine: str | None = None  # what ran the graphs, e.g. onnxruntime-cuda, tensorrt-lean
+    gpu: dict[str, str] | None = None  # a GPU row's GPU: name, compute capability
+    # The TensorRT build that ran: its key, both plans' build time (as recorded) and size.
+    engine_build: str | None = None
+    build_s: float | None = None
+    plan_mb: float | None = None
     shape: ModelShape | None = None  # the model's numbers, reported once per model
 
     @property
@@ -164,6 +211,12 @@ class BackendResult:
         self.available, self.shape, self.model = True, subject.shape, subject.shape.name
         self.text_prior_ms, self.flops_per_query = subject.text_prior_ms, subject.flops_per_query
         self.achieved_gflops = self.flops_per_query * self.largest_batch.images_per_s / 1e9
+        self.engine = subject.engine
+        if subject.build is not None:
+            plans = subject.build.plans.values()
+            self.engine_build = subject.build.key
+            self.build_s = sum(plan.build_seconds for plan in plans)
+            self.plan_mb = sum(plan.bytes for plan in plans) / MB
         return subject
 
     def to_dict(self) -> dict:
@@ -172,16 +225,31 @@ class BackendResult:
         return record
 
 
-def _open(backend: Backend, device: str, source: Path | None, stack) -> Prepare:
+Source = tuple[Path | None, str | None]  # a checkpoint or bundle, and a TensorRT build key
+
+
+def _source(backend: Backend, settings: BenchSettings, sources: Sources) -> Source:
+    """What the backend runs: a checkpoint (None: the demo) or a bundle, and the TensorRT build
+    for the tensorrt kind (else None)."""
+    if backend.uses_torch:
+        return sources.checkpoint(), None
+    if backend.kind == "tensorrt":
+        profile = engine_profile(settings.batches, settings.shots)
+        return sources.engines(backend.precision, *profile)
+    return sources.bundle(backend.precision), None
+
+
+def _open(backend: Backend, device: str, source: Source, stack) -> Prepare:
     """Load the model or start the engines; a file that will not load is this row's reason."""
+    path, build = source
     try:
         if backend.uses_torch:
             from inctrl_bench.torch_side import open_torch
 
-            return stack.enter_context(open_torch(backend, source, device))
-        return stack.enter_context(open_runtime(backend, source))
+            return stack.enter_context(open_torch(backend, path, device))
+        return stack.enter_context(open_runtime(backend, path, build))
     except InputError as err:
-        raise Unavailable(f"{source or 'the demo'} does not load: {err}") from None
+        raise Unavailable(f"{path or 'the demo'} does not load: {err}") from None
 
 
 def bench_backend(
@@ -192,7 +260,7 @@ def bench_backend(
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:
         check_runnable(backend, device)
-        source = sources.checkpoint() if backend.uses_torch else sources.bundle(backend.precision)
+        source = _source(backend, settings, sources)
         progress.step(f"{backend.name}: loading")
         began = time.perf_counter()
         with PeakRss() as rss, contextlib.ExitStack() as stack:
@@ -208,6 +276,7 @@ def bench_backend(
         result.peak_rss_mb, result.peak_rss_scope = rss.peak_bytes / MB, RSS_SCOPE[rss.since_entry]
     gpu_bytes = subject.gpu_peak_bytes()
     result.gpu_peak_mb = gpu_bytes / MB if gpu_bytes is not None else None
+    result.gpu = cuda_gpu(GPU_INDEX) if result.device == "cuda" else None
     del subject, prepare
     gc.collect()
     largest = result.largest_batch
