@@ -20,8 +20,9 @@ app = new_app(
 def bench(
     bundle: Path = typer.Argument(
         None,
-        help="A bundle (inctrl-export onnx) for the onnxruntime backends. Default: export the "
-        "model benched to a temporary bundle.",
+        help="A bundle (inctrl-export onnx) for the onnxruntime backends, and with its TensorRT "
+        "plans (inctrl-export tensorrt) for the tensorrt ones. Default: export the model benched "
+        "to a temporary bundle (and build its plans where TensorRT's builder runs).",
     ),
     checkpoint: Path = typer.Option(
         None,
@@ -41,8 +42,8 @@ def bench(
         None,
         "--backend",
         "-b",
-        help="Backend by name or prefix (onnxruntime: all its variants); repeat for several. "
-        "Default: all.",
+        help="Backend by name or prefix (onnxruntime: all its variants; tensorrt: native plans; "
+        "onnxruntime-tensorrt: onnxruntime's TensorRT provider); repeat for several. Default: all.",
     ),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for throughput."),
     shots: str = typer.Option(
@@ -61,14 +62,16 @@ def bench(
 ) -> None:
     """Measure latency per query (p50/p90/p99, stages), throughput per batch size, prompt
     registration, the text prior's one-time cost, memory, and achieved GFLOP/s against this
-    machine's measured fp32 peak, for every backend; unavailable ones are listed with the
-    reason. Examples:
+    machine's measured fp32 peak, for every backend (TensorRT plans also: build time, plan size,
+    GPU time per query from CUDA events); unavailable ones are listed with the reason. Examples:
 
         inctrl-bench --json bench.json --plot bench.png
 
         inctrl-bench bundle/ --backend onnxruntime --batch 1,16
 
         inctrl-bench --preset ViT-B-16-plus-240 --backend torch-fp32 --backend onnxruntime
+
+        inctrl-bench --device cuda --backend tensorrt --backend onnxruntime-tensorrt
     """
     from inctrl_bench.machine import Progress
     from inctrl_bench.report import print_report

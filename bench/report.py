@@ -37,8 +37,19 @@ def _stage(result: BackendResult, stage: str | None) -> float | None:
     return stages.get(stage) if stage else (sum(others) if others else None)
 
 
-def _tables(report: BenchReport) -> list[tuple[str, dict[str, Cell]]]:
-    """The tables: each one's title and columns, header -> the cell of one backend."""
+def _engine_columns() -> dict[str, Cell]:
+    """The TensorRT rows' build (plans, build time, size) and GPU time beside wall time."""
+    return {
+        "build": lambda r: r.engine_build or MISSING,
+        "build s": lambda r: number(r.build_s),
+        "plans MB": lambda r: number(r.plan_mb),
+        "GPU ms": lambda r: number(r.latency.gpu_p50_ms),
+        "wall ms": lambda r: number(r.latency.p50_ms),
+    }
+
+
+def _tables(report: BenchReport) -> list[tuple[str, dict[str, Cell], list[BackendResult]]]:
+    """The tables: each one's title, columns (header -> the cell of one backend) and rows."""
     batches, shots = report.settings["batches"], report.settings["shots"]
     latency: dict[str, Cell] = {
         "p50": lambda r: number(r.latency.p50_ms),
@@ -69,20 +80,31 @@ def _tables(report: BenchReport) -> list[tuple[str, dict[str, Cell]]]:
         f"k={k}": lambda r, k=k: number({g.shots: g.timing.p50_ms for g in r.registration}.get(k))
         for k in shots
     }
-    return [
+    tables = [
         (f"Latency per query, batch 1, k={shots[0]} (ms; stages prep/enc/head: medians)", latency),
         (throughput_title, throughput),
         ("Speed-up: latency at batch 1, images/s at each one's largest batch", speedup),
         ("Registration of k prompts (ms, median)", registration),
     ]
+    found = [(title, columns, report.backends) for title, columns in tables]
+    built = [r for r in report.backends if r.engine_build is not None]
+    if built:
+        title = (
+            "TensorRT engines: build time and size of both plans; per query at batch 1, "
+            f"k={shots[0]}: GPU time (CUDA events) and wall-clock (ms, medians)"
+        )
+        found.append((title, _engine_columns(), built))
+    return found
 
 
-def _table(title: str, columns: dict[str, Cell], report: BenchReport) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
+def _table(title: str, columns: dict[str, Cell], results: list[BackendResult]) -> Table:
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1), pad_edge=False
+    )
     table.add_column("backend", no_wrap=True)
     for header in columns:
         table.add_column(header, justify="right")
-    for result in report.backends:
+    for result in results:
         if result.available:
             table.add_row(result.name, *(cell(result) for cell in columns.values()))
         else:
@@ -114,13 +136,16 @@ def header_lines(report: BenchReport) -> list[str]:
     )
     if priors:
         lines.append(f"text prior, once (ms, ours / the authors' full context): {priors}")
+    gpus = {(r.gpu["name"], r.gpu["compute_capability"]) for r in report.backends if r.gpu}
+    for name, capability in sorted(gpus):
+        lines.append(f"GPU rows ran on {name} (compute capability {capability})")
     return lines + [f"note: {note}" for note in report.notes]
 
 
 def print_report(report: BenchReport, console: Console | None = None) -> None:
     """The header lines, the tables, then why each unavailable backend is so."""
     console = console or Console()
-    lines = [*header_lines(report), *(_table(t, c, report) for t, c in _tables(report))]
+    lines = [*header_lines(report), *(_table(*table) for table in _tables(report))]
     unavailable = [r for r in report.backends if not r.available]
     if unavailable:
         lines += ["Not available:", *(f"  {r.name}: {r.reason}" for r in unavailable)]
