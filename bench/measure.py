@@ -101,17 +101,23 @@ def _query_gpu_ms(detector: Detector) -> float | None:
     return None if None in times else sum(times)
 
 
+def _synchronize(detector: Detector) -> None:
+    """Wait for both TensorRT engines' streams, so that a stage's wall time holds the GPU work
+    it queued (the encoder's outputs stay on the GPU; ``torch.cuda.synchronize`` for torch)."""
+    for engine in (detector.encoder_engine, detector.head_engine):
+        engine.stream.synchronize()
+
+
 @contextlib.contextmanager
 def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> Iterator[Prepare]:
     """A bundle's engines on the backend's device, through ``inctrl_runtime.Detector``; for
     the tensorrt kind, the plans of the bundle's TensorRT build ``build``."""
     detector = _open_detector(backend, bundle, build)
     shape = ModelShape.from_config(detector.bundle.manifest["model"]["config"])
-    native = backend.kind == "tensorrt"
 
     def prepare(prompts: Images, category: str) -> Subject:
         bank_inputs = detector.bank_inputs(category, detector.reference(prompts))
-        return Subject(
+        subject = Subject(
             shape,
             detector.pixels,
             functools.partial(detector.encode, on_device=True),
@@ -119,9 +125,12 @@ def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> It
             detector.reference,
             query_flops(shape, len(prompts)),
             engine=detector.backend,
-            gpu_ms=functools.partial(_query_gpu_ms, detector) if native else lambda: None,
-            build=detector.encoder_engine.build if native else None,
         )
+        if backend.kind == "tensorrt":
+            subject.sync = functools.partial(_synchronize, detector)
+            subject.gpu_ms = functools.partial(_query_gpu_ms, detector)
+            subject.build = detector.encoder_engine.build
+        return subject
 
     try:
         yield prepare
