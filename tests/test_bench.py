@@ -1,5 +1,6 @@
-"""inctrl-bench: FLOP counts by hand, backend selection, the JSON report of a run of every
-backend on the tiny model, one-line errors, and a bench of a bundle with torch unimportable."""
+"""inctrl-bench: FLOP counts by hand, backend selection, why the TensorRT rows cannot run here
+(the real checks), the JSON report of a run of every backend on the tiny model and the printed
+report, one-line errors, and a bench of a bundle with torch unimportable."""
 
 from __future__ import annotations
 
@@ -11,13 +12,26 @@ import pytest
 from conftest import run_command
 
 from inctrl import get_config
-from inctrl_bench.backends import CATALOGUE, Sources, Unavailable, select_backends
+from inctrl_bench.backends import (
+    CATALOGUE,
+    Sources,
+    Unavailable,
+    check_runnable,
+    engine_profile,
+    select_backends,
+)
 from inctrl_bench.flops import ModelShape, encoder_flops, head_flops, query_flops
 from inctrl_bench.suite import BenchSettings, check_sizes, run_bench
+from inctrl_runtime.engines.cuda import gpu_problem
 from inctrl_runtime.errors import InputError
 
 NAMES = [backend.name for backend in CATALOGUE]
-TIMING_KEYS = {"runs", "p50_ms", "p90_ms", "p99_ms", "stages_ms"}
+TIMING_KEYS = {"runs", "p50_ms", "p90_ms", "p99_ms", "stages_ms", "gpu_p50_ms"}
+NATIVE = ["tensorrt-fp32", "tensorrt-fp16"]
+PROVIDER = ["onnxruntime-tensorrt-fp32", "onnxruntime-tensorrt-fp16"]
+# Measured only for TensorRT plans (or only on a GPU): null in every other row.
+ENGINE_KEYS = ("engine_build", "build_s", "plan_mb")
+NO_GPU = gpu_problem(0)
 
 
 @pytest.mark.unit
@@ -59,7 +73,18 @@ def test_backend_selection_by_name_and_prefix() -> None:
         "onnxruntime-cpu-int8",
         "onnxruntime-cuda-fp32",
         "onnxruntime-cuda-fp16",
+        *PROVIDER,
     ]
+    # "tensorrt" means the native plans; onnxruntime's TensorRT provider is its own pair.
+    native, provider = select_backends(["tensorrt"]), select_backends(["onnxruntime-tensorrt"])
+    assert [b.name for b in native] == NATIVE and [b.name for b in provider] == PROVIDER
+    assert {(b.kind, b.runtime_device, b.device) for b in native} == {
+        ("tensorrt", "tensorrt", "cuda")
+    }
+    assert {(b.kind, b.runtime_device, b.device) for b in provider} == {
+        ("onnxruntime", "ort-tensorrt", "cuda")
+    }
+    assert [b.precision for b in native + provider] == ["fp32", "fp16"] * 2
     selected = select_backends(["torch-fp32", "authors", "onnxruntime-cpu"])
     assert [b.name for b in selected] == [
         "authors",
@@ -77,6 +102,71 @@ def test_bad_size_lists_are_refused(text: str) -> None:
     with pytest.raises(InputError, match="--batch"):
         check_sizes(text, "--batch")
     assert check_sizes("32, 1,8,8", "--batch") == (1, 8, 32)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("batches", "shots", "profile"),
+    [
+        ((1, 8, 32), (2, 4, 8), ((1, 8, 32), (2, 2, 8))),
+        ((2,), (1,), ((1, 2, 2), (1, 1, 1))),
+        ((1, 2), (1, 2, 8), ((1, 2, 8), (1, 1, 8))),  # registering k=8 encodes a batch of 8
+    ],
+)
+def test_engine_profile_covers_what_the_bench_runs(batches, shots, profile) -> None:
+    from inctrl_runtime.engines.plans import check_sizes as check_profile
+
+    assert engine_profile(batches, shots) == profile
+    batch, prompts = profile
+    assert check_profile(batch, "--batch") == batch and check_profile(prompts, "--shots") == prompts
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(NO_GPU is None, reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_native_rows_name_the_missing_gpu(device: str) -> None:
+    for backend in select_backends(["tensorrt"]):
+        with pytest.raises(Unavailable) as refused:
+            check_runnable(backend, device)
+        assert NO_GPU in str(refused.value)
+
+
+@pytest.mark.unit
+def test_native_rows_without_plans_name_the_missing_builder(bundle: Path, tmp_path) -> None:
+    from inctrl_export.tensorrt import builder_problem
+
+    missing = builder_problem()
+    if missing is None:
+        pytest.skip("TensorRT's builder runs here: the bench would build the plans")
+    profile = engine_profile((1, 2), (1, 2))
+    with pytest.raises(Unavailable) as refused:
+        Sources(tmp_path / "work", bundle=bundle).engines("fp32", *profile)
+    assert "has no TensorRT engines" in str(refused.value) and missing in str(refused.value)
+    with pytest.raises(Unavailable, match="given bundle's encoder is fp32"):
+        Sources(tmp_path / "work", bundle=bundle).engines("fp16", *profile)
+
+    # A build recorded for k=1 only cannot serve queries with k=2 prompts.
+    from inctrl_runtime.engines.plans import Build, ComputeCapability, PlanRecord
+
+    plan = PlanRecord("encoder", "engines/encoder.fp32.trt11.4.sm89.plan", "0" * 64, 1, 2.0, {})
+    build = Build(
+        key="fp32.trt11.4.sm89",
+        precision="fp32",
+        tensorrt="11.4.0.106",
+        compute_capability=ComputeCapability(8, 9),
+        version_compatible=False,
+        lean_runtime_embedded=False,
+        batch=(1, 2, 2),
+        shots=(1, 1, 1),
+        plans={"encoder": plan, "head": plan},
+    )
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["engines"] = {build.key: build.to_manifest()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Unavailable) as refused:
+        Sources(tmp_path / "work", bundle=bundle).engines("fp32", *engine_profile((1,), (2,)))
+    assert "builds (fp32.trt11.4.sm89) do not run batch 1 with k=2" in str(refused.value)
+    assert missing in str(refused.value)
 
 
 @pytest.mark.unit
@@ -145,10 +235,17 @@ def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> Non
     for name, backend in record["backends"].items():
         assert isinstance(backend["available"], bool)
         assert (backend["reason"] is None) == backend["available"], name
+        assert {key: backend[key] for key in (*ENGINE_KEYS, "gpu")} == dict.fromkeys(
+            (*ENGINE_KEYS, "gpu")
+        ), name  # no TensorRT plans ran, no GPU row ran
         if not backend["available"]:
             assert backend["reason"] and backend["speedup_vs_authors"] is None
+            assert backend["engine"] is None and backend["latency"] is None
             continue
         _check_timing(backend["latency"])
+        assert backend["latency"]["gpu_p50_ms"] is None  # no CUDA events on the CPU
+        expected = "onnxruntime-cpu" if backend["kind"] == "onnxruntime" else None
+        assert backend["engine"] == expected, name
         assert set(backend["latency"]["stages_ms"]) >= {"preprocess", "encoder", "head"}
         batches = [t["batch"] for t in backend["throughput"]]
         assert batches == ([1] if name == "authors" else [1, 2])
@@ -169,7 +266,46 @@ def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> Non
     assert record["backends"]["authors"]["registration"] == []
     assert len(record["backends"]["torch-fp32"]["registration"]) == 2
     assert "torch-fp16" not in available  # CUDA only
+    if NO_GPU is not None:
+        for name in NATIVE:
+            assert NO_GPU in record["backends"][name]["reason"], name
     assert [r.name for r in report.backends] == NAMES
+
+
+def _builder_problem() -> str | None:
+    from inctrl_export.tensorrt import builder_problem
+
+    return builder_problem()
+
+
+@pytest.mark.cli
+@pytest.mark.gpu
+@pytest.mark.skipif(_builder_problem() is not None, reason=f"{_builder_problem()}")
+def test_native_rows_build_and_time_their_plans_on_a_gpu(tiny_checkpoint: Path, tmp_path) -> None:
+    from inctrl_runtime.engines.cuda import compute_capability, gpu_name
+
+    settings = BenchSettings(
+        checkpoint=tiny_checkpoint,
+        backends=("tensorrt", "onnxruntime-cuda-fp32"),
+        batches=(1, 2),
+        shots=(1, 2),
+        device="cuda",
+        repeats=2,
+    )
+    report = run_bench(settings, tmp_path / "bench.json")
+    backends = json.loads((tmp_path / "bench.json").read_text())["backends"]
+    gpu = {"name": gpu_name(0), "compute_capability": str(compute_capability(0))}
+    for name in NATIVE:
+        backend = backends[name]
+        assert backend["available"], backend["reason"]
+        assert backend["engine_build"].startswith(backend["precision"] + ".trt")
+        assert backend["build_s"] > 0 and backend["plan_mb"] > 0
+        assert backend["engine"] in ("tensorrt", "tensorrt-lean") and backend["gpu"] == gpu
+        for timing in [backend["latency"], *(t["timing"] for t in backend["throughput"])]:
+            assert 0 < timing["gpu_p50_ms"] <= timing["p90_ms"], name
+    assert backends["onnxruntime-cuda-fp32"]["gpu"] == gpu
+    assert backends["onnxruntime-cuda-fp32"]["latency"]["gpu_p50_ms"] is None
+    assert [t.batch for t in report.backends[1].throughput] == [1, 2]
 
 
 @pytest.mark.cli
@@ -189,6 +325,58 @@ def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: P
     assert [r.shots for r in torch_fp32.registration] == [1, 2]
     assert torch_fp32.flops_per_query == query_flops(torch_fp32.shape, 1)  # queries: smallest k
     assert torch_fp32.speedup_vs_authors["throughput"] > 0
+
+
+def _report_with(results: list) -> str:
+    """The printed report of ``results`` on a GPU machine, as an 80-column terminal shows it."""
+    import io
+
+    from rich.console import Console
+
+    from inctrl_bench.machine import Peak
+    from inctrl_bench.report import print_report
+    from inctrl_bench.suite import BenchReport
+
+    machine = {"cpu": "a CPU", "cores": 16, "gpu": ["NVIDIA L4"]}
+    settings = {"batches": [1], "shots": [2], "device": "cuda"}
+    report = BenchReport(machine, settings, "tiny", "candle", Peak(None, "not measured"), results)
+    console = Console(file=io.StringIO(), width=80)
+    print_report(report, console)
+    return console.file.getvalue()
+
+
+@pytest.mark.unit
+def test_a_tensorrt_row_reports_its_build_size_and_gpu_time() -> None:
+    from inctrl_bench.machine import Timing
+    from inctrl_bench.measure import BackendResult, Throughput
+
+    timing = Timing(5, 2.5, 3.0, 3.5, {"preprocess": 0.5, "encoder": 1.5, "head": 0.5}, 1.25)
+    native = BackendResult("tensorrt-fp16", "tensorrt", "fp16", "cuda", available=True)
+    native.latency, native.throughput = timing, [Throughput.of(1, timing)]
+    native.engine, native.engine_build = "tensorrt-lean", "fp16.trt11.4.sm89.vc"
+    native.build_s, native.plan_mb = 61.25, 12.5
+    native.gpu = {"name": "NVIDIA L4", "compute_capability": "8.9"}
+    provider = BackendResult("onnxruntime-tensorrt-fp16", "onnxruntime", "fp16", "cuda")
+    provider.reason = "no TensorrtExecutionProvider"
+
+    record = native.to_dict()
+    assert record["latency"]["gpu_p50_ms"] == 1.25 and record["plan_mb"] == 12.5
+    assert record["engine_build"] == "fp16.trt11.4.sm89.vc" and record["build_s"] == 61.25
+    assert record["gpu"] == {"name": "NVIDIA L4", "compute_capability": "8.9"}
+    assert {key: provider.to_dict()[key] for key in (*ENGINE_KEYS, "gpu", "engine")} == (
+        dict.fromkeys((*ENGINE_KEYS, "gpu", "engine"))
+    )
+
+    printed = _report_with([native, provider])
+    assert "GPU rows ran on NVIDIA L4 (compute capability 8.9)" in printed
+    assert "TensorRT engines: build time and size of both plans" in printed
+    lines = printed.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    engines = lines[next(i for i, line in enumerate(lines) if "TensorRT engines" in line) :]
+    row = next(line for line in engines if line.lstrip().startswith("tensorrt-fp16")).split()
+    assert row == ["tensorrt-fp16", "fp16.trt11.4.sm89.vc", "61.2", "12.5", "1.25", "2.50"]
+    assert not any(line.lstrip().startswith("onnxruntime-tensorrt") for line in engines[:8])
+    assert "TensorRT engines" not in _report_with([provider])  # no table without plans
 
 
 @pytest.mark.unit
@@ -255,6 +443,7 @@ def test_a_bundle_benches_with_torch_unimportable(tiny_bundle: Path, tmp_path) -
         "onnxruntime-cpu-int8",
         "onnxruntime-cuda-fp32",
         "onnxruntime-cuda-fp16",
+        *PROVIDER,
     ]
     assert backends["onnxruntime-cpu-fp32"]["available"]
     assert backends["onnxruntime-cpu-fp32"]["speedup_vs_authors"] is None
