@@ -309,6 +309,22 @@ def test_native_rows_build_and_time_their_plans_on_a_gpu(tiny_checkpoint: Path, 
 
 
 @pytest.mark.cli
+@pytest.mark.gpu
+@pytest.mark.skipif(_builder_problem() is not None, reason=f"{_builder_problem()}")
+def test_a_given_bundle_without_plans_is_left_as_it_is(
+    bundle: Path, tiny_checkpoint: Path, tmp_path
+) -> None:
+    before = {path: path.read_bytes() for path in bundle.rglob("*") if path.is_file()}
+    settings = BenchSettings(
+        bundle, tiny_checkpoint, backends=("tensorrt-fp32",), device="cuda", repeats=1
+    )
+    report = run_bench(settings)
+    assert report.backends[0].available, report.backends[0].reason
+    assert any("the bench built them in a temporary copy" in note for note in report.notes)
+    assert {path: path.read_bytes() for path in bundle.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.cli
 def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: Path) -> None:
     settings = BenchSettings(
         checkpoint=tiny_checkpoint,
@@ -325,6 +341,23 @@ def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: P
     assert [r.shots for r in torch_fp32.registration] == [1, 2]
     assert torch_fp32.flops_per_query == query_flops(torch_fp32.shape, 1)  # queries: smallest k
     assert torch_fp32.speedup_vs_authors["throughput"] > 0
+
+
+@pytest.mark.unit
+def test_plans_are_built_in_a_copy_of_a_given_bundle(bundle: Path, tmp_path) -> None:
+    from inctrl_bench.backends import _copy_without_engines
+    from inctrl_runtime.bundle import Bundle
+
+    (bundle / "engines").mkdir()
+    (bundle / "engines" / "encoder.fp32.trt11.4.sm89.plan").write_bytes(b"plan")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "engines": {"x": {}}}))
+    before = sorted(path.relative_to(bundle) for path in bundle.rglob("*"))
+
+    copy = _copy_without_engines(bundle, tmp_path / "copy")
+    assert not (copy / "engines").exists() and "engines" not in Bundle.open(copy).manifest
+    assert Bundle.open(copy).manifest["files"] == manifest["files"]  # every sha256 still holds
+    assert sorted(path.relative_to(bundle) for path in bundle.rglob("*")) == before
 
 
 def _report_with(results: list) -> str:
