@@ -195,7 +195,7 @@ def build_engines(
         plans={},
         gpu=gpu_name(BUILD_GPU),
     )
-    settings = PlanSettings(precision, workspace_mib, version_compatible)
+    settings = PlanSettings(workspace_mib, version_compatible)
     build, plans, seconds = _build_plans(opened, build, settings, cache_path, log)
     result = TensorrtBuild(opened.path, build, cache_path, seconds=seconds)
     _forget_build(opened.path, key)  # --force: the old record must not name the new files
@@ -231,7 +231,8 @@ def _build_plans(
         file = plan_file(graph, build.key)
         log(f"building {file} ({build.describe()}): this takes minutes")
         began = time.perf_counter()
-        plans[graph] = plan = builder.build(bundle.graphs[graph].file, shapes, settings)
+        graph_file, precision = bundle.graphs[graph].file, bundle.graphs[graph].precision
+        plans[graph] = plan = builder.build(graph_file, precision, shapes, settings)
         seconds[graph] = time.perf_counter() - began
         digest = hashlib.sha256(plan).hexdigest()
         records[graph] = PlanRecord(graph, file, digest, len(plan), seconds[graph], shapes)

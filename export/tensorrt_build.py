@@ -9,7 +9,7 @@ Importing this module imports the full TensorRT module (``tensorrt``, else ``ten
 and raises ImportError, with each import's reason, where it is missing or has no builder.
 
     builder = PlanBuilder(cached)        # cached: a serialized timing cache, or b""
-    plan = builder.build(Path("encoder.onnx"), profiles, PlanSettings("fp16"))
+    plan = builder.build(Path("encoder.onnx"), "fp16", profiles, PlanSettings())
     cache = builder.timing_cache()        # to write back for the next build
 """
 
@@ -83,11 +83,10 @@ class KeptLogger(trt.ILogger):
 
 @dataclass(frozen=True)
 class PlanSettings:
-    """How a plan is built: its precision (the graph's: the network is strongly typed), the
-    workspace limit in MiB (None: TensorRT's default, the GPU's memory), and whether the plan is
-    version-compatible (then without the lean runtime inside: the lean runtime runs it)."""
+    """How an export's plans are built: the workspace limit in MiB (None: TensorRT's default,
+    the GPU's memory), and whether they are version-compatible (then without the lean runtime
+    inside: the lean runtime of this TensorRT runs them)."""
 
-    precision: str
     workspace_mib: int | None = None
     version_compatible: bool = False
 
@@ -104,10 +103,16 @@ class PlanBuilder:
         self.notes: list[str] = []  # what a person should know about the build (a stale cache)
 
     def build(
-        self, onnx_file: Path, profiles: Mapping[str, Profile], settings: PlanSettings
+        self,
+        onnx_file: Path,
+        precision: str,
+        profiles: Mapping[str, Profile],
+        settings: PlanSettings,
     ) -> bytes:
-        """The serialized plan of ``onnx_file`` with one optimization profile (input name ->
-        min, opt, max shapes); BuildError quoting TensorRT when it cannot be built."""
+        """The serialized plan of ``onnx_file``, a graph of ``precision`` (the network is
+        strongly typed: the plan computes in the graph's types; an fp32 one without TF32), with
+        one optimization profile (input name -> min, opt, max shapes); BuildError quoting
+        TensorRT when it cannot be built."""
         builder = self.builder
         network = builder.create_network(_network_flags())
         parser = trt.OnnxParser(network, self.logger)
@@ -118,7 +123,7 @@ class PlanBuilder:
         config = builder.create_builder_config()
         if settings.workspace_mib is not None:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-        if settings.precision == "fp32":
+        if precision == "fp32":
             config.clear_flag(trt.BuilderFlag.TF32)  # the 1e-4 contract needs IEEE fp32
         if settings.version_compatible:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
