@@ -150,7 +150,10 @@ class PlanBuilder:
         """The serialized cache, or a new one where TensorRT refuses it (made on another GPU or
         TensorRT, or damaged: a note says so)."""
         if self.cached:
-            cache = config.create_timing_cache(self.cached)
+            try:
+                cache = config.create_timing_cache(self.cached)
+            except RuntimeError:  # damaged bytes: TensorRT returns None or raises, by version
+                cache = None
             if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
                 return cache
             self.notes.append(
