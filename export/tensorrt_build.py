@@ -152,7 +152,7 @@ class PlanBuilder:
         if self.cached:
             try:
                 cache = config.create_timing_cache(self.cached)
-            except RuntimeError:  # damaged bytes: TensorRT returns None or raises, by version
+            except RuntimeError:  # damaged bytes: the binding may raise rather than return None
                 cache = None
             if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
                 return cache
