@@ -42,7 +42,7 @@ CategoryOption = typer.Option(
     help="Product category; the bundle must hold its text prior.",
     show_default=False,
 )
-DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda[:N] or tensorrt[:N].")
+DeviceOption = typer.Option("cpu", "--device", help="cpu or (cuda|tensorrt|ort-tensorrt)[:N].")
 ThreadsOption = typer.Option(
     None, "--threads", help="Intra-op threads (default: all cores).", show_default=False
 )

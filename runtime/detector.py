@@ -23,7 +23,7 @@ import numpy as np
 
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr
-from inctrl_runtime.engines import Engine, open_engines
+from inctrl_runtime.engines import Engine, VerificationWarning, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import (
@@ -51,10 +51,6 @@ class CalibrationWarning(UserWarning):
     """Decisions are made with a calibration that does not quite fit the call."""
 
 
-class VerificationWarning(UserWarning):
-    """The bundle's own export check found outputs outside the parity tolerance."""
-
-
 class Detector:
     """Scores images of a category against its registered normal examples, with no torch."""
 
@@ -77,9 +73,12 @@ class Detector:
         """Check a bundle and open its engines (each checked against the manifest).
 
         Args:
-            device: ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` (onnxruntime execution providers).
+            device: ``cpu``, ``cuda[:N]`` or ``ort-tensorrt[:N]`` (onnxruntime's execution
+                providers), or ``tensorrt[:N]``: the bundle's native TensorRT plans (built by
+                ``inctrl-export tensorrt``) on GPU N, on the full or the lean TensorRT runtime.
             threads: intra-op threads per engine (None: the backend's default, all cores).
-            strict: refuse a device whose provider is missing; False warns and uses the CPU.
+            strict: refuse a device whose provider is missing; False warns and uses the CPU
+                (onnxruntime devices; ``tensorrt`` always refuses).
             check_files: verify each file's sha256 against the manifest (sizes always are).
         """
         checked = Bundle.open(bundle, check_files=check_files)
@@ -96,7 +95,8 @@ class Detector:
 
     @property
     def device(self) -> str:
-        """Where the engines run: ``cpu``, ``cuda`` or ``tensorrt`` (the CPU after a fallback)."""
+        """Where the engines run: ``cpu``, ``cuda``, ``ort-tensorrt`` or ``tensorrt`` (the CPU
+        after a fallback)."""
         return self.encoder_engine.device
 
     def close(self) -> None:

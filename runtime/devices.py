@@ -1,6 +1,8 @@
 """Device names, parsed once for every command line (torch-free): ``cpu``, ``cuda``, ``cuda:N``
-and, for the runtime, ``tensorrt`` / ``tensorrt:N``. Whether the device exists is the business
-of whoever runs on it (torch, an onnxruntime provider)."""
+and, for the runtime, ``tensorrt`` / ``tensorrt:N`` (native TensorRT plans) and
+``ort-tensorrt`` / ``ort-tensorrt:N`` (onnxruntime's TensorRT execution provider). Whether the
+device exists is the business of whoever runs on it (torch, an onnxruntime provider, the
+TensorRT runner)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from inctrl_runtime.errors import InputError
 
 TORCH_DEVICES = ("cpu", "cuda")
-RUNTIME_DEVICES = ("cpu", "cuda", "tensorrt")
+RUNTIME_DEVICES = ("cpu", "cuda", "tensorrt", "ort-tensorrt")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ API. ``open_engines`` picks the engine class from the device, and every engine i
 checked against the manifest's record of its graph before it is used, so that a graph that does
 not match its manifest is refused in one line instead of failing inside the backend.
 
-Backends: ``OrtEngine`` (onnxruntime, any execution provider; ``inctrl_runtime.engines.ort``).
+Backends: ``OrtEngine`` (onnxruntime, any execution provider; ``inctrl_runtime.engines.ort``)
+and ``TrtEngine`` (a native TensorRT plan on the full or the lean TensorRT runtime;
+``inctrl_runtime.engines.trt``, with ``cuda`` for the CUDA runtime and ``plans`` for the plans'
+names and manifest records).
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ if TYPE_CHECKING:
     from inctrl_runtime.bundle import Bundle, GraphInfo
 
 REEXPORT = "re-export it with inctrl-export onnx"
+
+
+class VerificationWarning(UserWarning):
+    """The bundle's own export check (or a TensorRT build's) found outputs outside the parity
+    tolerance."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +81,10 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def check_signature(engine: Engine, graph: GraphInfo) -> None:
-    """Refuse, in one line naming the file, an engine whose inputs or outputs differ from the
-    manifest's record of its graph: names, ranks, dtypes, and every fixed dimension."""
+def check_signature(engine: Engine, graph: GraphInfo, remedy: str = REEXPORT) -> None:
+    """Refuse, in one line naming the file and ending in ``remedy``, an engine whose inputs or
+    outputs differ from the manifest's record of its graph: names, ranks, dtypes, and every
+    fixed dimension."""
     for kind, found, recorded in (
         ("inputs", engine.inputs, graph.inputs),
         ("outputs", engine.outputs, graph.outputs),
@@ -84,7 +93,7 @@ def check_signature(engine: Engine, graph: GraphInfo) -> None:
         if difference:
             raise BundleError(
                 f"{graph.file}: its {kind} differ from the manifest's record ({difference}); "
-                f"{REEXPORT}"
+                f"{remedy}"
             )
 
 
@@ -113,9 +122,17 @@ def open_engines(
 ) -> dict[str, Engine]:
     """Open the bundle's encoder and head on ``device``, each checked against the manifest.
 
-    Every device is served by onnxruntime today (``cpu``, ``cuda[:N]``, ``tensorrt[:N]`` for its
-    TensorRT execution provider).
+    ``tensorrt[:N]`` runs the bundle's native TensorRT plans on GPU N (``open_trt_engines``;
+    ``threads`` and ``strict`` do not apply: there is no CPU fallback for a plan). The other
+    devices are onnxruntime's execution providers: ``cpu``, ``cuda[:N]`` and ``ort-tensorrt[:N]``
+    (its TensorRT provider, building its own engines from the ONNX graphs).
     """
+    from inctrl_runtime.devices import parse_device
+
+    if parse_device(device).kind == "tensorrt":
+        from inctrl_runtime.engines.trt import open_trt_engines
+
+        return dict(open_trt_engines(bundle, device))
     from inctrl_runtime.engines.ort import OrtEngine, place
 
     placement = place(device, strict=strict)

@@ -28,7 +28,7 @@ CPU = "CPUExecutionProvider"
 _DEVICE_PROVIDERS = {
     "cpu": (CPU, "inctrl[cpu]"),
     "cuda": ("CUDAExecutionProvider", "inctrl[gpu] (onnxruntime-gpu)"),
-    "tensorrt": ("TensorrtExecutionProvider", "inctrl[gpu] with TensorRT libraries"),
+    "ort-tensorrt": ("TensorrtExecutionProvider", "inctrl[gpu] with TensorRT libraries"),
 }
 # onnxruntime's tensor type names -> numpy dtype names, as the manifest records them.
 _DTYPES = {
@@ -51,7 +51,7 @@ class ProviderFallbackWarning(UserWarning):
 class Placement:
     """Where sessions run: ONNX Runtime's providers (with options) and the device id."""
 
-    device: str  # cpu, cuda or tensorrt
+    device: str  # cpu, cuda or ort-tensorrt
     device_id: int
     providers: tuple[str, ...]
 
@@ -66,7 +66,7 @@ class Placement:
 
 
 def place(device: str = "cpu", strict: bool = True) -> Placement:
-    """Resolve ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]`` against the providers installed."""
+    """Resolve ``cpu``, ``cuda[:N]`` or ``ort-tensorrt[:N]`` against the providers installed."""
     name = parse_device(device, tuple(_DEVICE_PROVIDERS))
     kind, index = name.kind, name.index
     wanted, package = _DEVICE_PROVIDERS[kind]
@@ -81,7 +81,7 @@ def place(device: str = "cpu", strict: bool = True) -> Placement:
         warnings.warn(message + "; running on the CPU instead", ProviderFallbackWarning, 2)
         kind = "cpu"
     providers = (wanted, CPU) if kind != "cpu" else (CPU,)
-    if kind == "tensorrt":
+    if kind == "ort-tensorrt":
         providers = (wanted, "CUDAExecutionProvider", CPU)
     return Placement(kind, int(index or 0), providers)
 
@@ -160,7 +160,8 @@ class OrtEngine:
 
     @property
     def backend(self) -> str:
-        return f"onnxruntime-{self.placement.device}"
+        """``onnxruntime-cpu``, ``onnxruntime-cuda`` or ``onnxruntime-tensorrt``."""
+        return f"onnxruntime-{self.placement.device.removeprefix('ort-')}"
 
     @property
     def on_gpu(self) -> bool:
