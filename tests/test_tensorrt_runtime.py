@@ -1,0 +1,494 @@
+"""Native TensorRT engines in the runtime, as far as a machine without a GPU can check them: plan
+names, profiles and manifest records with their refusals, the plan checks before TensorRT reads
+a byte, the names the runner uses against the installed lean runtime and CUDA bindings (and an
+AST scan proving the runner uses no others), the feed checks of a plan's IO tensors, and the
+one-line refusals of ``--device tensorrt`` here. Running plans is ``tests/test_tensorrt_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_main
+
+from inctrl_runtime.bundle import GRAPH_CONTRACT, Bundle
+from inctrl_runtime.cli import main as inctrl_run
+from inctrl_runtime.detector import Detector
+from inctrl_runtime.devices import parse_device
+from inctrl_runtime.engines import TensorSpec
+from inctrl_runtime.engines import cuda as cuda_module
+from inctrl_runtime.engines import trt as trt_module
+from inctrl_runtime.engines.cuda import CUDA_API, GpuError, gpu_problem
+from inctrl_runtime.engines.plans import (
+    Build,
+    ComputeCapability,
+    PlanRecord,
+    build_key,
+    check_sizes,
+    choose_build,
+    plan_file,
+    profiles,
+    read_builds,
+    read_plan,
+)
+from inctrl_runtime.engines.trt import TRT_RUNNER_API, tensorrt_runtimes
+from inctrl_runtime.engines.trt_buffers import chunks
+from inctrl_runtime.engines.trt_io import Binding, PlanIO
+from inctrl_runtime.errors import BundleError, InputError
+
+ENGINES = Path(trt_module.__file__).parent
+LEAN = "tensorrt_lean_bindings"
+L4 = ComputeCapability(8, 9)
+NO_GPU = gpu_problem(0)
+needs_no_gpu = pytest.mark.skipif(
+    NO_GPU is None, reason="a CUDA GPU is usable here: these are the refusals without one"
+)
+
+
+def make_build(
+    precision: str = "fp32",
+    tensorrt: str = "11.4.0.106",
+    capability: ComputeCapability = L4,
+    version_compatible: bool = False,
+    lean_runtime_embedded: bool = False,
+    plans: dict[str, PlanRecord] | None = None,
+) -> Build:
+    key = build_key(precision, tensorrt, capability, version_compatible)
+    return Build(
+        key, precision, tensorrt, capability, version_compatible, lean_runtime_embedded,
+        (1, 8, 32), (1, 2, 8), plans or {},
+    )  # fmt: skip
+
+
+def write_plans(bundle: Path, build: Build) -> Build:
+    """Plan files of made-up bytes under engines/, and the build recorded in the manifest with
+    their true sizes and sha256 (as the builder records real plans)."""
+    (bundle / "engines").mkdir(exist_ok=True)
+    plans = {}
+    for graph in ("encoder", "head"):
+        data = f"not a real {graph} plan".encode() * 100
+        file = plan_file(graph, build.key)
+        (bundle / file).write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        plans[graph] = PlanRecord(graph, file, digest, len(data), 12.5, {})
+    build = dataclasses.replace(build, plans=plans)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["engines"] = {build.key: build.to_manifest()}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return build
+
+
+# ------------------------------------------------------------------ plan names and profiles
+@pytest.mark.unit
+def test_plan_names_carry_precision_tensorrt_version_and_gpu() -> None:
+    assert build_key("fp16", "11.4.0.106", L4, False) == "fp16.trt11.4.sm89"
+    key = build_key("fp32", "10.16.1.11", ComputeCapability.parse("10.0"), True)
+    assert key == "fp32.trt10.16.sm100.vc"
+    assert plan_file("encoder", key) == "engines/encoder.fp32.trt10.16.sm100.vc.plan"
+    assert str(ComputeCapability.parse("12.0")) == "12.0"
+    with pytest.raises(ValueError, match="MAJOR.MINOR"):
+        ComputeCapability.parse("sm89")
+
+
+@pytest.mark.unit
+def test_profile_sizes_are_checked() -> None:
+    assert check_sizes([1, 8, 32], "--batch") == (1, 8, 32)
+    assert check_sizes([8], "--batch") == (8, 8, 8)
+    for sizes in ([8, 1, 32], [0, 1, 2], [1, 2], [1, 2, 3, 4], [True, 2, 3], []):
+        with pytest.raises(InputError, match="--shots .*MIN,OPT,MAX in increasing order"):
+            check_sizes(sizes, "--shots")
+
+
+@pytest.mark.unit
+def test_profiles_come_from_the_graph_contract(tiny_bundle: Path) -> None:
+    sizes = Bundle.open(tiny_bundle).model.sizes()  # tiny: L 3, P 225, D 64, E 32
+    encoder = profiles(GRAPH_CONTRACT["encoder"][0], sizes, (1, 8, 32), (1, 2, 8))
+    assert encoder == {"image": ((1, 3, 240, 240), (8, 3, 240, 240), (32, 3, 240, 240))}
+    head = profiles(GRAPH_CONTRACT["head"][0], sizes, (2, 4, 16), (1, 2, 8))
+    assert set(head) == {"embedding", "adapted", "patches", "ref_patches"}  # the others: fixed
+    assert head["embedding"] == ((2, 32), (4, 32), (16, 32))
+    assert head["patches"] == ((2, 3, 225, 64), (4, 3, 225, 64), (16, 3, 225, 64))
+    assert head["ref_patches"] == ((3, 225, 64), (3, 450, 64), (3, 1800, 64))  # N = k x 225
+
+
+# ------------------------------------------------------------------------ manifest records
+@pytest.mark.unit
+def test_build_records_round_trip_through_the_manifest() -> None:
+    plan = PlanRecord("encoder", plan_file("encoder", "k"), "ab" * 32, 7, 1.5, {"image": (
+        (1, 3, 240, 240), (8, 3, 240, 240), (32, 3, 240, 240))})  # fmt: skip
+    build = dataclasses.replace(
+        make_build(version_compatible=True), plans={"encoder": plan}, gpu="NVIDIA L4",
+        verification={"passed": True, "max_abs_diff": 1e-5},
+    )  # fmt: skip
+    record = json.loads(json.dumps(build.to_manifest()))  # what the manifest file holds
+    assert Build.from_manifest(build.key, record) == build
+    assert read_builds({"engines": {build.key: record}}, Path("m.json")) == {build.key: build}
+    assert read_builds({}, Path("m.json")) == {}
+    del record["precision"]
+    with pytest.raises(BundleError, match="m.json: its TensorRT engines record is incomplete"):
+        read_builds({"engines": {build.key: record}}, Path("m.json"))
+
+
+@pytest.mark.unit
+def test_which_runtime_loads_which_plan() -> None:
+    """NVIDIA's rules: a plain plan needs the full runtime of its exact version; a
+    version-compatible one without the lean runtime needs that version's lean (preferred) or
+    full runtime; one with it embedded, a full runtime of its version or newer, up one major."""
+    same, newer = "11.4.0.106", "11.6.0.1"
+    plain = make_build()
+    assert plain.runtimes({"tensorrt": same, "tensorrt-lean": same}) == ["tensorrt"]
+    assert plain.runtimes({"tensorrt": newer}) == []
+    assert plain.runtimes({"tensorrt-lean": same}) == []
+    excluded = make_build(version_compatible=True)
+    assert excluded.runtimes({"tensorrt": same, "tensorrt-lean": same}) == [
+        "tensorrt-lean",
+        "tensorrt",
+    ]
+    assert excluded.runtimes({"tensorrt-lean": newer, "tensorrt": newer}) == []
+    embedded = make_build(version_compatible=True, lean_runtime_embedded=True)
+    assert embedded.runtimes({"tensorrt": newer}) == ["tensorrt"]
+    assert embedded.runtimes({"tensorrt": "11.2.0.1", "tensorrt-lean": same}) == []
+    ten = make_build("fp32", "10.16.1.11", L4, True, True)
+    assert ten.runtimes({"tensorrt": same}) == ["tensorrt"]
+    assert ten.runtimes({"tensorrt": "12.0.0.1"}) == []
+    assert make_build(lean_runtime_embedded=True).runtimes({"tensorrt": newer}) == []
+
+
+@pytest.mark.unit
+def test_choose_build_refuses_what_this_machine_cannot_run() -> None:
+    bundle, lean = Path("b"), {"tensorrt-lean": "11.4.0.106"}
+    with pytest.raises(BundleError, match="b: has no TensorRT engines; build engines for it"):
+        choose_build({}, bundle, "fp32", L4, lean)
+    refusals = {
+        "fp32.trt11.3.sm89": (make_build(tensorrt="11.3.0.1"), "needs the full TensorRT runtime"),
+        "fp32.trt11.4.sm80": (make_build(capability=ComputeCapability(8, 0)), "capability 8.0"),
+        "fp16.trt11.4.sm89": (make_build("fp16"), "fp16, the bundle's encoder is fp32"),
+        "fp32.trt11.4.sm89": (make_build(), "needs the full TensorRT runtime 11.4.0.106"),
+    }
+    for key, (build, reason) in refusals.items():
+        assert build.key == key
+        with pytest.raises(BundleError) as refused:
+            choose_build({key: build}, bundle, "fp32", L4, lean)
+        message = str(refused.value)
+        assert "\n" not in message and reason in message, message
+        assert "inctrl-export tensorrt b" in message and "tensorrt-lean 11.4.0.106" in message
+    vc = make_build(version_compatible=True)
+    builds = {key: build for key, (build, _) in refusals.items()} | {vc.key: vc}
+    assert choose_build(builds, bundle, "fp32", L4, lean) == (vc, "tensorrt-lean")
+    assert choose_build(builds, bundle, "fp32", L4, {"tensorrt": "11.4.0.106"}, vc.key) == (
+        vc,
+        "tensorrt",
+    )
+    with pytest.raises(BundleError, match="has no TensorRT build 'x' \\(it has: fp32.trt11.3"):
+        choose_build(builds, bundle, "fp32", L4, lean, "x")
+
+
+@pytest.mark.unit
+def test_a_plan_is_read_only_when_inside_the_bundle_and_its_sha256_matches(
+    bundle: Path,
+) -> None:
+    build = write_plans(bundle, make_build())
+    plan = build.plans["encoder"]
+    assert read_plan(bundle, plan) == (bundle / plan.file).read_bytes()
+    data = bytearray((bundle / plan.file).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bundle / plan.file).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="size or sha256 differ .* --force"):
+        read_plan(bundle, plan)
+    (bundle / plan.file).unlink()
+    with pytest.raises(BundleError, match="missing from the bundle .*rebuild with inctrl-export"):
+        read_plan(bundle, plan)
+    (bundle.parent / "outside.plan").write_bytes(b"x")
+    for name in ("../outside.plan", str(bundle.parent / "outside.plan")):
+        with pytest.raises(BundleError, match="not inside the bundle"):
+            read_plan(bundle, dataclasses.replace(plan, file=name))
+
+
+# -------------------------------------------------------- the names the runner uses, checked
+def api_used(paths: list[Path], receivers: dict[str, str], calls: tuple[str, ...] = ()) -> set:
+    """(owner, name) for every attribute read on a TensorRT or CUDA object in ``paths``: on a
+    name (or ``self.`` attribute) in ``receivers`` (name -> owner; "module" for the module),
+    on a call of a function in ``calls`` (it returns the module), along dotted chains
+    (``trt.ILogger.ERROR``), the first argument of ``_call("cudaX", ...)``, and the methods a
+    class derived from a TensorRT class overrides."""
+
+    def owner(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return receivers.get(node.id.lstrip("_"))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            return "module" if node.func.id in calls else None
+        if isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Name) and node.value.id == "self":
+                return receivers.get(node.attr.lstrip("_"))
+            parent = owner(node.value)
+            if parent is None:
+                return None
+            return node.attr if parent == "module" else f"{parent}.{node.attr}"
+        return None
+
+    used = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and owner(node.value) is not None:
+                used.add((owner(node.value), node.attr))
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_call":
+                used.add(("module", node.args[0].value))
+            elif isinstance(node, ast.ClassDef):
+                for base in filter(None, map(owner, node.bases)):
+                    methods = [f.name for f in node.body if isinstance(f, ast.FunctionDef)]
+                    used |= {(base, m) for m in methods if not m.startswith("__")}
+    return used
+
+
+TRT_RECEIVERS = {
+    "trt": "module",
+    "trt_runtime": "Runtime",
+    "trt_engine": "ICudaEngine",
+    "trt_context": "IExecutionContext",
+}
+TRT_FILES = sorted(ENGINES.glob("trt*.py"))
+
+
+def dotted_pairs(names: tuple[str, ...]) -> set[tuple[str, str]]:
+    return {tuple(n.rsplit(".", 1)) if "." in n else ("module", n) for n in names}
+
+
+@pytest.mark.unit
+def test_the_runner_uses_exactly_the_tensorrt_names_it_lists() -> None:
+    listed = {(owner, name) for owner, names in TRT_RUNNER_API.items() for name in names}
+    assert api_used(TRT_FILES, TRT_RECEIVERS) == listed
+    cuda_receivers = {"cudart": "module"}
+    assert api_used(TRT_FILES, cuda_receivers, ("cuda_runtime",)) == set()  # through cuda.py
+
+
+@pytest.mark.unit
+def test_the_cuda_layer_uses_exactly_the_cuda_names_it_lists() -> None:
+    receivers = {"cudart": "module", "properties": "cudaDeviceProp"}
+    used = api_used([Path(cuda_module.__file__)], receivers, ("cuda_runtime",))
+    assert used == dotted_pairs(CUDA_API)
+
+
+def resolve(root: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+@pytest.mark.unit
+def test_every_tensorrt_name_exists_in_the_installed_lean_runtime() -> None:
+    trt = importlib.import_module(LEAN)
+    for owner, names in TRT_RUNNER_API.items():
+        where = trt if owner == "module" else resolve(trt, owner)
+        missing = [name for name in names if not hasattr(where, name)]
+        assert not missing, (owner, missing)
+    assert tensorrt_runtimes()["tensorrt-lean"] == trt.__version__
+
+
+@pytest.mark.unit
+def test_every_tensorrt_name_is_defined_by_the_full_bindings() -> None:
+    """The full runtime (which runs plans that are not version-compatible) cannot be imported
+    without NVIDIA's libraries; its compiled module and __init__ hold every name it defines."""
+    spec = importlib.util.find_spec("tensorrt_bindings")
+    if spec is None:
+        pytest.skip("tensorrt_bindings (the dev extra's tensorrt-cu13-bindings) is not installed")
+    folder = Path(spec.origin).parent
+    compiled = (folder / "tensorrt.so").read_bytes()  # C strings (the linker may share tails)
+    python = (folder / "__init__.py").read_text()
+
+    def defined(name: str) -> bool:
+        return name.encode() + b"\0" in compiled or re.search(rf"\b{name}\b", python) is not None
+
+    names = sorted({name for names in TRT_RUNNER_API.values() for name in names})
+    assert [name for name in names if not defined(name)] == []
+
+
+@pytest.mark.unit
+def test_every_cuda_name_exists_in_the_installed_cuda_bindings() -> None:
+    cudart = importlib.import_module("cuda.bindings.runtime")
+    missing = [name for name in CUDA_API if not _has(cudart, name)]
+    assert not missing, missing
+
+
+def _has(root: object, dotted: str) -> bool:
+    try:
+        resolve(root, dotted)
+    except AttributeError:
+        return False
+    return True
+
+
+@pytest.mark.unit
+def test_the_tensorrt_logger_keeps_tensorrt_s_errors() -> None:
+    """Our ILogger subclass with the real lean runtime: without a GPU, ``Runtime(logger)`` logs
+    its CUDA failure through it. (Such a runtime crashes the process when touched or freed, so
+    this runs apart and leaves by os._exit.)"""
+    if NO_GPU is None:
+        pytest.skip("a CUDA GPU is usable here: TensorRT starts without an error to keep")
+    code = textwrap.dedent(
+        f"""
+        import json, os, {LEAN} as trt
+        from inctrl_runtime.engines.trt import _error_log_class
+        log = _error_log_class(trt)()
+        runtime = trt.Runtime(log)
+        print(json.dumps(log.errors), flush=True)
+        os._exit(0)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    errors = json.loads(done.stdout)
+    assert errors and "CUDA initialization failure" in errors[0], errors
+    assert all("\n" not in error for error in errors)
+
+
+# ----------------------------------------------------- the feed checks of a plan's IO tensors
+def head_io(bundle: Path) -> PlanIO:
+    """The IO tensors a tiny head plan built with --batch 2,4,16 --shots 1,2,8 has (as
+    ``read_bindings`` reads them from TensorRT)."""
+
+    def batched(name: str, *rest: int) -> Binding:
+        spec = TensorSpec(name, ("?", *rest), "float32")
+        shapes = tuple((b, *rest) for b in (2, 4, 16))
+        return Binding(spec, True, True, 4 * int(np.prod(rest)), shapes)  # type: ignore[arg-type]
+
+    bank = TensorSpec("ref_patches", (3, "?", 64), "float32")
+    inputs = [
+        batched("embedding", 32),
+        batched("patches", 3, 225, 64),
+        Binding(bank, True, False, 0, ((3, 225, 64), (3, 450, 64), (3, 1800, 64))),
+        Binding(TensorSpec("text_prior", (2, 32), "float32"), True, False, 0, None),
+    ]
+    score = Binding(TensorSpec("score", ("?",), "float32"), False, True, 4, None)
+    bindings = {b.spec.name: b for b in [*inputs, score]}
+    return PlanIO(bindings, bundle / "engines/head.plan", bundle, (1, 2, 8))
+
+
+def feeds(batch: int, shots: int = 2) -> dict[str, np.ndarray]:
+    return {
+        "embedding": np.zeros((batch, 32)),
+        "patches": np.zeros((batch, 3, 225, 64), np.float32),
+        "ref_patches": np.zeros((3, shots * 225, 64), np.float32),
+        "text_prior": np.zeros((2, 32), np.float32),
+    }
+
+
+@pytest.mark.unit
+def test_feeds_are_checked_against_the_plan_profile() -> None:
+    io = head_io(Path("b"))
+    assert io.batch == (2, 4, 16)
+    batch, values = io.check_feeds(feeds(40), 0)  # above the largest: it runs in chunks
+    assert batch == 40 and values["embedding"].dtype == np.float32
+    assert values["embedding"].flags.c_contiguous
+    with pytest.raises(InputError, match="batch of 1 is below this plan's profile .* --batch 1,4"):
+        io.check_feeds(feeds(1), 0)
+    with pytest.raises(InputError) as refused:
+        io.check_feeds(feeds(4, shots=9), 0)
+    assert str(refused.value) == (
+        "b/engines/head.plan: the bank's ref_patches holds 9 prompts (2025 patches); this plan "
+        "was built for k 1..8 (225..1800 patches): rebuild with inctrl-export tensorrt b "
+        "--shots 1,2,9 --force, or register at most 8 prompts"
+    )
+    renamed = feeds(4)
+    renamed["prior"] = renamed.pop("text_prior")
+    with pytest.raises(InputError, match="missing: text_prior; unexpected: prior"):
+        io.check_feeds(renamed, 0)
+    wrong = {**feeds(4), "patches": np.zeros((4, 3, 224, 64))}
+    expected = r"patches has shape \[4, 3, 224, 64\], expected patches float32\[\?, 3, 225, 64\]"
+    with pytest.raises(InputError, match=expected):
+        io.check_feeds(wrong, 0)
+    with pytest.raises(InputError, match="differ in batch size"):
+        io.check_feeds({**feeds(4), "patches": feeds(5)["patches"]}, 0)
+    with pytest.raises(InputError, match="has no input 'score'"):
+        io.host_array("score", np.zeros(4))
+
+
+@pytest.mark.unit
+def test_a_batch_runs_in_profile_sized_chunks() -> None:
+    assert chunks(5, 1, 8) == [(0, 5)]
+    assert chunks(20, 1, 8) == [(0, 8), (8, 8), (16, 4)]
+    assert chunks(17, 4, 8) == [(0, 8), (8, 8), (13, 4)]  # the rest (1) below the smallest
+    assert chunks(12, 8, 8) == [(0, 8), (4, 8)]  # a fixed profile: the last run overlaps
+    for batch, smallest, largest in ((33, 2, 16), (7, 7, 7), (100, 3, 32)):
+        runs = chunks(batch, smallest, largest)
+        covered = {row for first, rows in runs for row in range(first, first + rows)}
+        assert covered == set(range(batch))
+        assert all(smallest <= rows <= largest for _, rows in runs)
+
+
+# --------------------------------------------------------------- devices and refusals here
+@pytest.mark.unit
+def test_device_names_say_which_tensorrt() -> None:
+    assert str(parse_device("tensorrt:1")) == "tensorrt:1"
+    assert str(parse_device("ort-tensorrt")) == "ort-tensorrt"
+    with pytest.raises(InputError, match="ort-tensorrt, ort-tensorrt:N"):
+        parse_device("trt")
+
+
+@pytest.mark.unit
+def test_onnxruntime_s_tensorrt_provider_has_its_own_device(bundle: Path) -> None:
+    with pytest.raises(InputError, match="TensorrtExecutionProvider"):
+        Detector.open(bundle, device="ort-tensorrt")
+
+
+@pytest.mark.unit
+def test_a_bundle_without_engines_is_refused_for_tensorrt(bundle: Path) -> None:
+    with pytest.raises(BundleError) as refused:
+        Detector.open(bundle, device="tensorrt")
+    assert str(refused.value) == (
+        f"{bundle}: has no TensorRT engines; build engines for it with inctrl-export tensorrt "
+        f"{bundle} on that machine (or use --device cuda)"
+    )
+
+
+@pytest.mark.unit
+@needs_no_gpu
+def test_tensorrt_without_a_gpu_is_refused_in_one_line(bundle: Path) -> None:
+    write_plans(bundle, make_build(version_compatible=True))
+    with pytest.raises(InputError) as refused:
+        Detector.open(bundle, device="tensorrt:1")
+    message = str(refused.value)
+    assert message.startswith("device 'tensorrt:1': no usable CUDA GPU (cudaGetDeviceCount: ")
+    assert "\n" not in message and message.endswith("(or use --device cpu)")
+    with pytest.raises(GpuError, match="CUDA cudaMalloc failed \\(cudaError"):
+        cuda_module.DeviceMemory(16)
+
+
+@pytest.mark.cli
+@needs_no_gpu
+def test_score_on_tensorrt_exits_2_with_one_line(bundle: Path, tmp_path: Path) -> None:
+    query = tmp_path / "q.npy"
+    np.save(query, np.zeros((240, 240, 3), np.uint8))
+    args = ("score", bundle, "--category", "candle", "--device", "tensorrt", query)
+    run_main(inctrl_run, *args).assert_refused("has no TensorRT engines", "inctrl-export tensorrt")
+    write_plans(bundle, make_build())
+    run_main(inctrl_run, *args).assert_refused("device 'tensorrt': no usable CUDA GPU")
+
+
+@pytest.mark.unit
+def test_the_tensorrt_runner_imports_without_torch() -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import {LEAN}
+        import inctrl_runtime.detector
+        from inctrl_runtime.engines import cuda, trt
+        print(trt.tensorrt_runtimes()["tensorrt-lean"], cuda.gpu_problem() is None)
+        side = ("torch", "inctrl", "inctrl_export", "onnxruntime")
+        assert not [m for m in sys.modules if m.split(".")[0] in side], sorted(sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == importlib.import_module(LEAN).__version__
