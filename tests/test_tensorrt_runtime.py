@@ -492,3 +492,31 @@ def test_the_tensorrt_runner_imports_without_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == importlib.import_module(LEAN).__version__
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_GPU is not None, reason=f"needs a CUDA GPU: {NO_GPU}")
+def test_the_cuda_layer_copies_times_and_names_the_gpu() -> None:
+    from inctrl_runtime.engines.cuda import (
+        DeviceMemory, Event, Stream, compute_capability, copy_to_device, copy_to_host, cuda_runtime,
+        gpu_name,
+    )  # fmt: skip
+
+    stream, start, end = Stream(), Event(), Event()
+    host = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    memory = DeviceMemory(host.nbytes)
+    start.record(stream)
+    copy_to_device(memory.ptr, host, stream)
+    back = np.zeros_like(host)
+    copy_to_host(back, memory.ptr, stream)
+    end.record(stream)
+    stream.synchronize()
+    assert np.array_equal(back, host) and end.elapsed_ms(start) >= 0
+    other = Stream()
+    other.wait(end)  # orders work on another stream after ours, with no host wait
+    other.synchronize()
+    memory.free()
+    memory.free()  # idempotent
+    assert compute_capability(0).major >= 5 and gpu_name(0)
+    count = cuda_runtime().cudaGetDeviceCount()[1]
+    assert gpu_problem(count) == f"GPU {count} requested, this machine has {count}"
