@@ -30,7 +30,19 @@ from inctrl_runtime.devices import parse_device
 from inctrl_runtime.engines import TensorSpec
 from inctrl_runtime.engines import cuda as cuda_module
 from inctrl_runtime.engines import trt as trt_module
-from inctrl_runtime.engines.cuda import CUDA_API, GpuError, gpu_problem
+from inctrl_runtime.engines.cuda import (
+    CUDA_API,
+    DeviceMemory,
+    Event,
+    GpuError,
+    Stream,
+    compute_capability,
+    copy_to_device,
+    copy_to_host,
+    cuda_runtime,
+    gpu_name,
+    gpu_problem,
+)
 from inctrl_runtime.engines.plans import (
     Build,
     ComputeCapability,
@@ -462,7 +474,7 @@ def test_tensorrt_without_a_gpu_is_refused_in_one_line(bundle: Path) -> None:
     assert message.startswith("device 'tensorrt:1': no usable CUDA GPU (cudaGetDeviceCount: ")
     assert "\n" not in message and message.endswith("(or use --device cpu)")
     with pytest.raises(GpuError, match="CUDA cudaMalloc failed \\(cudaError"):
-        cuda_module.DeviceMemory(16)
+        DeviceMemory(16)
 
 
 @pytest.mark.cli
@@ -497,11 +509,6 @@ def test_the_tensorrt_runner_imports_without_torch() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(NO_GPU is not None, reason=f"needs a CUDA GPU: {NO_GPU}")
 def test_the_cuda_layer_copies_times_and_names_the_gpu() -> None:
-    from inctrl_runtime.engines.cuda import (
-        DeviceMemory, Event, Stream, compute_capability, copy_to_device, copy_to_host, cuda_runtime,
-        gpu_name,
-    )  # fmt: skip
-
     stream, start, end = Stream(), Event(), Event()
     host = np.arange(4096, dtype=np.float32).reshape(64, 64)
     memory = DeviceMemory(host.nbytes)
