@@ -37,6 +37,7 @@ from inctrl_runtime.engines.cuda import (
     GpuError,
     Stream,
     compute_capability,
+    copy_on_device,
     copy_to_device,
     copy_to_host,
     cuda_runtime,
@@ -56,7 +57,7 @@ from inctrl_runtime.engines.plans import (
     read_plan,
 )
 from inctrl_runtime.engines.trt import TRT_RUNNER_API, tensorrt_runtimes
-from inctrl_runtime.engines.trt_buffers import chunks
+from inctrl_runtime.engines.trt_buffers import aligned_rows, chunks
 from inctrl_runtime.engines.trt_io import Binding, PlanIO
 from inctrl_runtime.errors import BundleError, InputError
 
@@ -432,8 +433,14 @@ def test_a_batch_runs_in_profile_sized_chunks() -> None:
     assert chunks(20, 1, 8) == [(0, 8), (8, 8), (16, 4)]
     assert chunks(17, 4, 8) == [(0, 8), (8, 8), (13, 4)]  # the rest (1) below the smallest
     assert chunks(12, 8, 8) == [(0, 8), (4, 8)]  # a fixed profile: the last run overlaps
-    for batch, smallest, largest in ((33, 2, 16), (7, 7, 7), (100, 3, 32)):
-        runs = chunks(batch, smallest, largest)
+    # TensorRT binds 256-byte aligned addresses: runs start at multiples of the aligned rows
+    assert aligned_rows([4 * 3 * 240 * 240, 4 * 640]) == 1  # image, embedding: any row
+    assert aligned_rows([4, 4 * 225, 4 * 32]) == 64  # score, patch map, a tiny embedding
+    assert chunks(200, 1, 100, 64) == [(0, 64), (64, 64), (128, 64), (192, 8)]
+    assert chunks(100, 1, 32, 64) == [(0, 32), (32, 32), (64, 32), (96, 4)]  # none: scratch
+    assert chunks(50, 1, 100, 64) == [(0, 50)]
+    for batch, smallest, largest, step in ((33, 2, 16, 1), (7, 7, 7, 1), (100, 3, 32, 8)):
+        runs = chunks(batch, smallest, largest, step)
         covered = {row for first, rows in runs for row in range(first, first + rows)}
         assert covered == set(range(batch))
         assert all(smallest <= rows <= largest for _, rows in runs)
@@ -516,9 +523,14 @@ def test_the_cuda_layer_copies_times_and_names_the_gpu() -> None:
     copy_to_device(memory.ptr, host, stream)
     back = np.zeros_like(host)
     copy_to_host(back, memory.ptr, stream)
+    other_memory = DeviceMemory(host.nbytes)
+    copy_on_device(other_memory.ptr, memory.ptr + 4, host.nbytes - 4, stream)  # unaligned
+    shifted = np.zeros_like(host)
+    copy_to_host(shifted, other_memory.ptr, stream)
     end.record(stream)
     stream.synchronize()
     assert np.array_equal(back, host) and end.elapsed_ms(start) >= 0
+    assert np.array_equal(shifted.ravel()[:-1], host.ravel()[1:])
     other = Stream()
     other.wait(end)  # orders work on another stream after ours, with no host wait
     other.synchronize()

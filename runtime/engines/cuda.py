@@ -44,6 +44,7 @@ CUDA_API = (
     "cudaMalloc",
     "cudaMemcpyAsync",
     "cudaMemcpyKind",
+    "cudaMemcpyKind.cudaMemcpyDeviceToDevice",
     "cudaMemcpyKind.cudaMemcpyDeviceToHost",
     "cudaMemcpyKind.cudaMemcpyHostToDevice",
     "cudaSetDevice",
@@ -213,3 +214,9 @@ def copy_to_host(array: np.ndarray, pointer: int, stream: Stream) -> None:
     complete once the stream is synchronized."""
     kind = cuda_runtime().cudaMemcpyKind.cudaMemcpyDeviceToHost
     _call("cudaMemcpyAsync", array.ctypes.data, pointer, array.nbytes, kind, stream.raw)
+
+
+def copy_on_device(target: int, source: int, nbytes: int, stream: Stream) -> None:
+    """Queue a copy of ``nbytes`` between two device addresses (any alignment)."""
+    kind = cuda_runtime().cudaMemcpyKind.cudaMemcpyDeviceToDevice
+    _call("cudaMemcpyAsync", target, source, nbytes, kind, stream.raw)

@@ -243,7 +243,7 @@ class TrtEngine:
                 staged.append(upload_array(value, self, self.stream))
                 addresses[spec.name] = staged[-1].ptr
         self._start.record(self.stream)
-        for first, rows in chunks(batch, self.io.batch[0], self.io.batch[2]):
+        for first, rows in chunks(batch, self.io.batch[0], self.io.batch[2], self._buffers.step):
             self._enqueue(values, addresses, first, rows)
         self._end.record(self.stream)
         self._done.record(self.stream)
@@ -327,6 +327,7 @@ class TrtEngine:
             address = addresses[spec.name]
             if binding.batched:
                 shape, address = (rows, *shape[1:]), address + first * binding.row_bytes
+                address = self._buffers.bind_input(spec.name, address, rows, self.stream)
             shaped = binding.profile is None or trt_context.set_input_shape(spec.name, shape)
             if not (shaped and trt_context.set_tensor_address(spec.name, address)):
                 raise GpuError(
@@ -334,10 +335,12 @@ class TrtEngine:
                     f"({self._runtime.quote()})"
                 )
         for spec in self.outputs:
-            if not trt_context.set_tensor_address(spec.name, self._buffers.ptr(spec.name, first)):
+            address = self._buffers.bind_output(spec.name, first, rows)
+            if not trt_context.set_tensor_address(spec.name, address):
                 raise GpuError(f"{self.file}: TensorRT refused {spec.name}'s buffer")
         if not trt_context.execute_async_v3(self.stream.handle):
             raise GpuError(f"{self.file}: TensorRT could not run it ({self._runtime.quote()})")
+        self._buffers.settle(self.stream)
 
     def __repr__(self) -> str:
         return f"TrtEngine({str(self.file)!r}, {self.backend}, GPU {self.device_index})"
