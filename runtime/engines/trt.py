@@ -370,13 +370,9 @@ def open_trt_engines(
     if not modules:
         reasons = "; ".join(problems.values())
         raise InputError(f"device {device!r}: no TensorRT runtime imports ({reasons}); {INSTALL}")
+    precision, capability = bundle.graphs["encoder"].precision, compute_capability(index)
     chosen, runtime_name = choose_build(
-        builds,
-        bundle.path,
-        bundle.graphs["encoder"].precision,
-        compute_capability(index),
-        tensorrt_runtimes(),
-        key,
+        builds, bundle.path, precision, capability, tensorrt_runtimes(), key
     )
     missing = [graph for graph in GRAPHS if graph not in chosen.plans]
     if missing:
