@@ -123,6 +123,7 @@ def header_lines(report: BenchReport) -> list[str]:
         f"model: {report.model}; category {report.category!r}",
         f"machine: {machine['cpu']}, {machine['cores']} cores{gpu}; device "
         f"{report.settings['device']}",
+        f"vector extensions: {', '.join(machine.get('vector_extensions') or ['unknown'])}",
         f"fp32 peak: {peak_text}",
     ]
     for name, flops in report.flops().items():

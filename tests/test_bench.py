@@ -66,6 +66,27 @@ def test_flops_of_the_tiny_config_by_hand() -> None:
 
 
 @pytest.mark.unit
+def test_vector_extensions_from_the_cpu_flags() -> None:
+    from inctrl_bench.machine import vector_extensions
+
+    cpuinfo = (
+        "processor\t: 0\nmodel name\t: A CPU\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw "
+        "avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert vector_extensions(cpuinfo) == [
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+    ]
+    assert vector_extensions("flags\t: fpu sse2 avx2 avx_vnni\n") == ["avx2", "avx_vnni"]
+    assert vector_extensions("Features\t: fp asimd\n") == []  # no x86 flags: unknown, empty
+
+
+@pytest.mark.unit
 def test_backend_selection_by_name_and_prefix() -> None:
     assert [b.name for b in select_backends([])] == NAMES
     assert [b.name for b in select_backends(["onnxruntime"])] == [
@@ -226,6 +247,7 @@ def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> Non
     record = json.loads((tmp_path / "bench.json").read_text())
 
     assert set(record["machine"]) >= {"cpu", "cores", "gpu", "os", "versions", "date", "command"}
+    assert isinstance(record["machine"]["vector_extensions"], list)
     assert set(record["machine"]["versions"]) == {"python", "torch", "onnxruntime", "onnx", "numpy"}
     assert record["machine"]["command"].startswith("inctrl-bench --checkpoint")
     assert record["settings"]["batches"] == [1, 2] and record["settings"]["device"] == "cpu"
@@ -370,7 +392,7 @@ def _report_with(results: list) -> str:
     from inctrl_bench.report import print_report
     from inctrl_bench.suite import BenchReport
 
-    machine = {"cpu": "a CPU", "cores": 16, "gpu": ["NVIDIA L4"]}
+    machine = {"cpu": "a CPU", "cores": 16, "gpu": ["NVIDIA L4"], "vector_extensions": ["avx2"]}
     settings = {"batches": [1], "shots": [2], "device": "cuda"}
     report = BenchReport(machine, settings, "tiny", "candle", Peak(None, "not measured"), results)
     console = Console(file=io.StringIO(), width=80)
@@ -402,6 +424,7 @@ def test_a_tensorrt_row_reports_its_build_size_and_gpu_time() -> None:
 
     printed = _report_with([native, provider])
     assert "GPU rows ran on NVIDIA L4 (compute capability 8.9)" in printed
+    assert "vector extensions: avx2\n" in printed
     assert "TensorRT engines: build time and size of both plans" in printed
     lines = printed.splitlines()
     assert max(len(line) for line in lines) <= 80
