@@ -1,6 +1,10 @@
 """``inctrl-export tensorrt``: a bundle's ONNX graphs -> TensorRT plans in its ``engines/``,
 checked against PyTorch like the ONNX export.
 
+A plan's precision is its graph's (strongly typed networks): fp32, fp16, or int8 from an encoder
+whose Q/DQ nodes are symmetric int8 (its manifest record says so), where TensorRT takes each
+tensor's type and scale from those nodes; TensorRT 11 has no INT8 flag and no calibrator.
+
 Order: everything cheap is refused first (the bundle, the precision, the profile sizes, the
 workspace, the source checkpoint, plans already there), then whether TensorRT's builder can run
 here (``builder_problem``); then both plans are built (``inctrl_export.tensorrt_build``) with
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from inctrl.loading import load_model
 from inctrl_export.bundle import CHECK_SEED, Log, check_images
-from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare, pass_mark
+from inctrl_export.parity import ParityReport, compare, pass_mark
 from inctrl_export.verify import check_source_checkpoint
 from inctrl_runtime.bundle import GRAPH_CONTRACT, GRAPHS, MANIFEST, Bundle, read_manifest
 from inctrl_runtime.engines.plans import (
@@ -52,10 +56,14 @@ INSTALL_BUILDER = (
     'pip install "inctrl[tensorrt]" on a machine with an NVIDIA GPU and NVIDIA\'s TensorRT'
 )
 INSTALL_LEAN = 'pip install "inctrl[tensorrt-lean]"'
+# The one int8 encoder TensorRT consumes: static Q/DQ with signed, symmetric (zero point 0)
+# activations (manifest["graphs"]["encoder"]["quantization"] holds at least these).
+TRT_QUANTIZATION = {"format": "qdq", "activations": "int8-symmetric"}
 # Every TensorRT name inctrl_export.tensorrt_build uses, by the class or module that defines it
 # (here, so that it reads without TensorRT). TensorRT 10 and 11 document each; 11 removed
-# EXPLICIT_BATCH and the FP16/INT8 builder flags (a strongly typed network takes its precision
-# from the graph) and deprecated STRONGLY_TYPED (always on).
+# EXPLICIT_BATCH, the FP16/INT8 builder flags and the int8 calibrators (a strongly typed network
+# takes its precision from the graph, int8 from its Q/DQ nodes) and deprecated STRONGLY_TYPED
+# (always on).
 BUILDER_API: dict[str, tuple[str, ...]] = {
     "tensorrt": (
         "__version__",
@@ -154,7 +162,8 @@ def build_engines(
             ``default_timing_cache``); one that does not fit this GPU is replaced.
         version_compatible: plans for the lean TensorRT runtime (excluded from the plans).
         workspace_mib: TensorRT's workspace limit (default: TensorRT's, the GPU's memory).
-        precision: the bundle's encoder precision (the default); any other is refused.
+        precision: the bundle's encoder precision (the default); any other is refused, and
+            int8 unless the encoder is symmetric Q/DQ int8 (``TRT_QUANTIZATION``).
         force: replace this GPU's and TensorRT's plans of the same kind.
         verify: run the check; ``atol`` is its pass mark (default: the contract's).
         log: called with one line per step.
@@ -280,32 +289,58 @@ def _check_batch(sizes: tuple) -> tuple[int, int, int]:
 
 def _check_precision(bundle: Bundle, precision: str | None) -> str:
     """The engines' precision: the bundle's encoder's (strongly typed networks keep the graph's
-    types); another one, or int8, is refused in one line naming the export to run."""
+    types); another one, or an int8 encoder TensorRT cannot consume, is refused in one line
+    naming the export to run."""
     held = bundle.graphs["encoder"].precision
-    wanted = held if precision is None else precision
-    if wanted not in DEFAULT_ATOL:
-        choices = " or ".join(TRT_PRECISIONS)
-        raise InputError(f"unknown --precision {wanted!r}; choose {choices}")
-    if wanted not in TRT_PRECISIONS:
-        raise InputError(
-            f"{bundle.path}: TensorRT engines are built in fp32 or fp16 (int8 engines come with "
-            f"a later release); export an fp16 or fp32 bundle to build them from: "
-            f"{export_command(bundle, 'fp16')}"
-        )
-    if wanted != held:
+    if precision is not None and precision != held:
+        if precision not in TRT_PRECISIONS:
+            choices = " or ".join(TRT_PRECISIONS)
+            raise InputError(f"unknown --precision {precision!r}; choose {choices}")
         raise InputError(
             f"{bundle.path}: holds an {held} encoder, and an engine's precision is its graph's; "
-            f"export an {wanted} bundle and build its engines: {export_command(bundle, wanted)}"
+            f"export an {precision} bundle and build its engines: "
+            f"{export_command(bundle, precision)}"
         )
-    return wanted
+    if held == "int8" or held not in TRT_PRECISIONS:
+        _check_quantization(bundle)
+    return held
+
+
+def _check_quantization(bundle: Bundle) -> None:
+    """Refuse, in one line naming the export to run, a quantized encoder other than int8 with
+    symmetric Q/DQ nodes (``TRT_QUANTIZATION``): TensorRT takes int8 only from Q/DQ nodes whose
+    zero points are 0."""
+    encoder = bundle.graphs["encoder"]
+    record = bundle.manifest["graphs"]["encoder"].get("quantization")
+    if not isinstance(record, dict):
+        found = "without a quantization record (the dynamic int8 of earlier exports)"
+    elif encoder.precision == "int8" and all(
+        record.get(key) == value for key, value in TRT_QUANTIZATION.items()
+    ):
+        return
+    elif record.get("format") == "dynamic":
+        found = "quantized dynamically (activations per batch, no Q/DQ nodes)"
+    else:
+        found = (
+            f"quantized as format {record.get('format')!r}, activations "
+            f"{record.get('activations')!r}"
+        )
+    raise InputError(
+        f"{encoder.file}: an {encoder.precision} encoder {found}; TensorRT needs the symmetric "
+        f"Q/DQ int8 (format 'qdq', activations 'int8-symmetric', calibrated on images); export "
+        f"it so: {export_command(bundle, 'int8')}"
+    )
 
 
 def export_command(bundle: Bundle, precision: str) -> str:
     """The ``inctrl-export onnx`` command that exports ``bundle``'s model again in
-    ``precision`` beside it (the checkpoint by its recorded file name)."""
+    ``precision`` beside it (the checkpoint by its recorded file name; int8 calibrated on a
+    folder of normal images, which only the demo does without)."""
     words = ["inctrl-export", "onnx", "--precision", precision]
     if not bundle.is_demo:
         words += ["-c", bundle.source_file or "CHECKPOINT"]
+        if precision == "int8":
+            words += ["--calibration", "DIR"]
         for category in bundle.categories:
             words += ["--category", category]
     words += ["--out", f"{bundle.path}-{precision}"]

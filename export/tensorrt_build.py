@@ -29,6 +29,10 @@ BUILDER_MODULES = ("tensorrt", "tensorrt_bindings")
 OLDEST_MAJOR = 10  # strongly typed networks; named I/O tensors
 # The last messages TensorRT logged at WARNING or worse, quoted when a build fails.
 KEPT_MESSAGES = 5
+# Graphs whose float32 arithmetic stays IEEE fp32 (TF32 off): fp32 ones (the 1e-4 contract) and
+# int8 ones, whose unquantized parts (attention's products, the projection, the adapter) were
+# kept fp32 because the score is sensitive to them (onnxruntime computes them in fp32).
+NO_TF32 = ("fp32", "int8")
 
 
 def _import_builder() -> ModuleType:
@@ -110,9 +114,9 @@ class PlanBuilder:
         settings: PlanSettings,
     ) -> bytes:
         """The serialized plan of ``onnx_file``, a graph of ``precision`` (the network is
-        strongly typed: the plan computes in the graph's types; an fp32 one without TF32), with
-        one optimization profile (input name -> min, opt, max shapes); BuildError quoting
-        TensorRT when it cannot be built."""
+        strongly typed: the plan computes in the graph's types, int8 where its Q/DQ nodes say;
+        ``NO_TF32`` ones without TF32), with one optimization profile (input name -> min, opt,
+        max shapes); BuildError quoting TensorRT when it cannot be built."""
         builder = self.builder
         network = builder.create_network(_network_flags())
         parser = trt.OnnxParser(network, self.logger)
@@ -123,8 +127,8 @@ class PlanBuilder:
         config = builder.create_builder_config()
         if settings.workspace_mib is not None:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-        if precision == "fp32":
-            config.clear_flag(trt.BuilderFlag.TF32)  # the 1e-4 contract needs IEEE fp32
+        if precision in NO_TF32:
+            config.clear_flag(trt.BuilderFlag.TF32)
         if settings.version_compatible:
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
             config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)

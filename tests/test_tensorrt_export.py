@@ -1,6 +1,8 @@
 """``inctrl-export tensorrt`` on a CPU: the builder's TensorRT names (one list, each defined by
-the installed TensorRT 11 bindings), profiles from the bundle's graphs, the help, and every
-refusal that comes before a build (no builder or GPU, precision, int8, sizes, existing plans).
+the installed TensorRT 11 bindings; no INT8 flag, no calibrator), profiles from the bundle's
+graphs, the help, and every refusal that comes before a build (no builder or GPU, precision, an
+int8 encoder other than symmetric Q/DQ, sizes, existing plans), and an int8 bundle with
+symmetric Q/DQ passing every check up to the builder.
 
 Building and running plans needs a GPU with TensorRT: tests/test_tensorrt_gpu.py.
 """
@@ -51,8 +53,17 @@ BUILDER_OBJECTS = {
     "profile": "IOptimizationProfile",
     "cache": "ITimingCache",
 }
-# In the 10.x API, gone from 11 (strongly typed networks take their precision from the graph).
-REMOVED_IN_11 = ("EXPLICIT_BATCH", "FP16", "INT8", "platform_has_fast_fp16", "platform_has_tf32")
+# In the 10.x API, gone from 11 (strongly typed networks take their precision from the graph,
+# int8 from its Q/DQ nodes: no INT8 flag, no calibrators).
+REMOVED_IN_11 = ("EXPLICIT_BATCH", "FP16", "INT8", "platform_has_fast_fp16", "platform_has_tf32",
+                 "int8_calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator",
+                 "set_calibration_profile")  # fmt: skip
+# What an int8 export with static Q/DQ records on its encoder (the first two are what TensorRT
+# needs; the digests are made up: these checks read the manifest only).
+QDQ_INT8 = {"format": "qdq", "activations": "int8-symmetric",
+            "weights": "int8-symmetric-per-channel", "method": "minmax", "images": 2,
+            "image_digests": ["0" * 64, "1" * 64]}  # fmt: skip
+INT8_EXPORT = "inctrl-export onnx --precision int8 -c tiny.safetensors --calibration DIR --category"
 
 
 def _attribute_chain(node: ast.Attribute) -> list[str]:
@@ -172,6 +183,8 @@ def test_no_name_removed_in_tensorrt_11_is_used() -> None:
     binary, _ = full_bindings()
     assert not defined_in(binary, "EXPLICIT_BATCH")  # the check finds what is gone, too
     assert not defined_in(binary, "platform_has_fast_fp16")
+    assert not defined_in(binary, "int8_calibrator")
+    assert not defined_in(binary, "IInt8EntropyCalibrator2")
 
 
 @pytest.mark.unit
@@ -250,7 +263,7 @@ def test_without_a_builder_or_gpu_one_line_says_which(bundle: Path, tiny_checkpo
         (["--precision", "fp16"], ["holds an fp32 encoder", "inctrl-export onnx --precision fp16 "
           "-c tiny.safetensors --category candle --category metal_nut --out"]),
         (["--precision", "bf16"], ["unknown --precision 'bf16'"]),
-        (["--precision", "int8"], ["int8 engines come with a later release", "--precision fp16"]),
+        (["--precision", "int8"], ["holds an fp32 encoder", INT8_EXPORT]),
         (["--batch", "8,1,32"], ["--batch 8,1,32: give MIN,OPT,MAX in increasing order"]),
         (["--batch", "1,8"], ["--batch 1,8: give MIN,OPT,MAX"]),
         (["--batch", "one,8,32"], ["--batch one,8,32: give MIN,OPT,MAX"]),
@@ -277,14 +290,62 @@ def test_the_source_checkpoint_is_checked_before_the_builder(bundle: Path, tmp_p
     run_main(main, "tensorrt", bundle, "-c", other).assert_refused("not the checkpoint")
 
 
-@pytest.mark.cli
-def test_an_int8_bundle_is_refused(tiny_model, tmp_path: Path) -> None:
-    from inctrl_export.bundle import export_bundle
+def _quantized_by_hand(bundle: Path, precision: str, record: dict | None) -> None:
+    """The manifest's encoder recorded as quantized: ``precision`` and the quantization
+    ``record`` (None: no record, as int8 exports with dynamic quantization wrote it); the graph
+    itself unchanged, as the checks before a build read the manifest only."""
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    encoder = manifest["graphs"]["encoder"]
+    encoder["precision"] = precision
+    encoder.pop("quantization", None)
+    if record is not None:
+        encoder["quantization"] = record
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
 
-    out = tmp_path / "int8"
-    export_bundle(out, categories=["candle"], precision="int8", verify=False, model=tiny_model)
-    done = run_main(main, "tensorrt", out, "--no-verify")
-    done.assert_refused("int8 engines come with a later release", "export an fp16 or fp32")
+
+@pytest.mark.cli
+@pytest.mark.parametrize(
+    ("precision", "record", "found"),
+    [
+        ("int8", None, "without a quantization record"),
+        ("int8", {"format": "dynamic", "weights": "int8-symmetric-per-channel"},
+         "quantized dynamically"),
+        ("int8", {**QDQ_INT8, "activations": "uint8-asymmetric"},
+         "quantized as format 'qdq', activations 'uint8-asymmetric'"),
+        ("int8", {**QDQ_INT8, "format": "qoperator"}, "quantized as format 'qoperator'"),
+        ("int8-dynamic", {"format": "dynamic"}, "quantized dynamically"),
+    ],
+)  # fmt: skip
+def test_int8_other_than_symmetric_qdq_is_refused(
+    bundle: Path, precision: str, record: dict | None, found: str
+) -> None:
+    _quantized_by_hand(bundle, precision, record)
+    before = snapshot(bundle.parent)
+    for options in ([], ["--precision", precision]):
+        done = run_main(main, "tensorrt", bundle, *options)
+        done.assert_refused(f"encoder.onnx: an {precision} encoder {found}",
+                            "TensorRT needs the symmetric Q/DQ int8", INT8_EXPORT)  # fmt: skip
+    assert snapshot(bundle.parent) == before
+
+
+@pytest.mark.cli
+def test_symmetric_qdq_int8_passes_every_check_before_the_builder(
+    bundle: Path, tiny_checkpoint: Path
+) -> None:
+    from inctrl_export.tensorrt import builder_problem
+
+    if builder_problem() is None:
+        pytest.skip("this machine has TensorRT's builder and a CUDA GPU")
+    _quantized_by_hand(bundle, "int8", QDQ_INT8)
+    before = snapshot(bundle.parent)
+    for options in ([], ["--precision", "int8"], ["--no-verify"]):
+        done = run_main(main, "tensorrt", bundle, "-c", tiny_checkpoint, *options)
+        done.assert_refused("cannot build TensorRT engines here", 'pip install "inctrl[tensorrt]"')
+    run_main(main, "tensorrt", bundle).assert_refused("exported from tiny.safetensors")
+    run_main(main, "tensorrt", bundle, "--precision", "fp16").assert_refused(
+        "holds an int8 encoder", "inctrl-export onnx --precision fp16 -c tiny.safetensors"
+    )
+    assert snapshot(bundle.parent) == before
 
 
 @pytest.mark.unit

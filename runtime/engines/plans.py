@@ -29,8 +29,9 @@ from inctrl_runtime.errors import BundleError, InputError
 ENGINES_DIR = "engines"
 ENGINES_KEY = "engines"  # the manifest's record of the builds
 PLAN_SUFFIX = ".plan"
-# The precisions a native engine is built in: the bundle's own (strongly typed networks).
-TRT_PRECISIONS = ("fp32", "fp16")
+# The precisions a native engine is built in: the bundle's own (strongly typed networks; int8
+# from an encoder with symmetric Q/DQ nodes, which give TensorRT its types and scales).
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
 # The axes of the graph contract (``inctrl_runtime.bundle.GRAPH_CONTRACT``) a profile spans.
 BATCH_AXIS, PROMPT_AXIS = "B", "N"
 REBUILD = "build engines for it with inctrl-export tensorrt {bundle} on that machine"
