@@ -1,9 +1,11 @@
 """Native TensorRT engines on a GPU: built by ``inctrl-export tensorrt``, run by the runtime.
 
-Builds fp32 and fp16 plans of the demo bundle (and, marked slow, of the full architecture) and
-checks them against PyTorch and onnxruntime at batch 1, 5, 32 and k = 1, 2, 8 (fp32 1e-4, fp16
-5e-3), batch invariance (a batch above the profile's max is split), a version-compatible plan on
-the lean runtime, the timing cache, and ``inctrl-run score --device tensorrt``.
+Builds fp32, fp16 and int8 plans of the demo bundle (int8 from its symmetric Q/DQ encoder; fp32
+and fp16, marked slow, of the full architecture too) and checks them against PyTorch and
+onnxruntime at batch 1, 5, 32 and k = 1, 2, 8 (fp32 1e-4 on every output, fp16 5e-3 on the
+scores, int8 its contract's mark on the final score), batch invariance (a batch above the
+profile's max is split), a version-compatible plan on the lean runtime, the timing cache, and
+``inctrl-run score --device tensorrt`` against ``--device cpu``.
 
 Every test needs a CUDA GPU and NVIDIA's TensorRT builder; elsewhere each is skipped, saying
 which is missing (``pytest -m gpu -rs tests/test_tensorrt_gpu.py``).
@@ -22,8 +24,8 @@ from PIL import Image
 
 from inctrl.loading import load_model
 from inctrl_export.bundle import export_bundle
-from inctrl_export.parity import DEFAULT_ATOL
-from inctrl_export.tensorrt import TensorrtBuild, build_engines
+from inctrl_export.parity import DEFAULT_ATOL, pass_mark
+from inctrl_export.tensorrt import TRT_QUANTIZATION, TensorrtBuild, build_engines
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.engines.cuda import compute_capability, gpu_problem
@@ -50,16 +52,20 @@ pytestmark = [
         reason=f"needs the TensorRT builder (pip install inctrl[tensorrt]; {BUILDER_PROBLEM})",
     ),
 ]
-# Scores differ by batch only in the engines' summation order; mixing up images costs ~0.1.
-BATCH_INVARIANCE = {"fp32": 1e-5, "fp16": 1e-3}
+# Scores differ by batch only in the engines' summation order (int8's activation scales are
+# static, calibrated at export); mixing up images costs ~0.1.
+BATCH_INVARIANCE = {"fp32": 1e-5, "fp16": 1e-3, "int8": 1e-5}
 # A version-compatible plan without the lean runtime is about as large as a plain one (the lean
 # runtime library would add some 100 MB).
 LEAN_RUNTIME_MARGIN = 32 * 2**20
 
 
-def _fields(precision: str) -> tuple[str, ...]:
-    """The outputs the contract judges: fp16 judges the scores, not the patch map's entries."""
-    return SCORE_FIELDS if precision == "fp32" else SCALAR_FIELDS
+def _contract(precision: str) -> tuple[float, tuple[str, ...]]:
+    """The contract's mark against PyTorch fp32 and the outputs it judges: fp32 every output,
+    fp16 the scores (not the patch map's entries), int8 the final score (the others are
+    reported, not judged)."""
+    fields = {"fp32": SCORE_FIELDS, "fp16": SCALAR_FIELDS, "int8": ("score",)}[precision]
+    return pass_mark(None, precision), fields
 
 
 def assert_close(ours, reference, atol: float, fields: tuple[str, ...]) -> None:
@@ -75,9 +81,10 @@ def demo_model():
     return load_model(None)
 
 
-@pytest.fixture(scope="module", params=["fp32", "fp16"])
+@pytest.fixture(scope="module", params=["fp32", "fp16", "int8"])
 def demo_build(request, tmp_path_factory) -> TensorrtBuild:
-    """The demo bundle in a precision, with engines built (and checked) for this GPU."""
+    """The demo bundle in a precision (int8: static Q/DQ calibrated on the demo's own normal
+    images), with engines built (and checked) for this GPU."""
     out = tmp_path_factory.mktemp("tensorrt") / f"demo-{request.param}"
     export_bundle(out, precision=request.param)
     return build_engines(out)
@@ -97,10 +104,15 @@ def test_the_build_is_recorded_and_passed_its_check(demo_build: TensorrtBuild) -
     assert demo_build.report.passed, demo_build.report.to_dict()
     assert demo_build.report.backend == "tensorrt"
     assert demo_build.report.shots == 3 and demo_build.report.queries == 9  # off the opt (2, 8)
+    assert demo_build.report.atol == pass_mark(None, build.precision)
     assert build.compute_capability == compute_capability(0)
+    assert build.key.startswith(f"{build.precision}.trt")
     manifest = json.loads((bundle / "manifest.json").read_text())
     record = manifest["engines"][build.key]
     assert record["verification"]["passed"] and record["precision"] == build.precision
+    if build.precision == "int8":  # what the plan was built from: symmetric Q/DQ
+        quantization = manifest["graphs"]["encoder"]["quantization"]
+        assert TRT_QUANTIZATION.items() <= quantization.items()
     for graph, plan in build.plans.items():
         assert plan.file == plan_file(graph, build.key)
         assert file_sha256(bundle / plan.file) == record["plans"][graph]["sha256"] == plan.sha256
@@ -115,8 +127,7 @@ def test_the_build_is_recorded_and_passed_its_check(demo_build: TensorrtBuild) -
 def test_engines_match_pytorch_and_onnxruntime(
     demo_build: TensorrtBuild, detectors: dict, demo_model, batch: int, shots: int
 ) -> None:
-    precision = demo_build.build.precision
-    atol, fields = DEFAULT_ATOL[precision], _fields(precision)
+    atol, fields = _contract(demo_build.build.precision)
     engines, onnx = detectors["tensorrt"], detectors["cpu"]
     assert engines.encoder_engine.backend == "tensorrt" and engines.encoder_engine.on_gpu
     category = engines.categories[0]
@@ -213,10 +224,13 @@ def test_inctrl_run_score_on_tensorrt_equals_cpu(demo_build: TensorrtBuild, tmp_
         assert done.returncode == 0, done.stderr
         scored[device] = json.loads(done.stdout)
     assert len(scored["tensorrt"]) == len(scored["cpu"]) == 3
+    # Within fp16's mark, or the precision's own where larger (int8: its mark on the final score).
+    mark, judged = _contract(demo_build.build.precision)
+    atol = max(mark, DEFAULT_ATOL["fp16"])
     for ours, cpu in zip(scored["tensorrt"], scored["cpu"], strict=True):
         assert ours["image"] == cpu["image"]
-        for name in SCALAR_FIELDS:
-            assert abs(ours[name] - cpu[name]) <= DEFAULT_ATOL["fp16"], name
+        for name in (name for name in SCALAR_FIELDS if name in judged):
+            assert abs(ours[name] - cpu[name]) <= atol, name
 
 
 @pytest.fixture(scope="module")
