@@ -225,8 +225,8 @@ def tensorrt(
     precision: str = typer.Option(
         None,
         "--precision",
-        help="fp32 or fp16: must be the bundle's encoder precision (the default); for another, "
-        "export a bundle in it first.",
+        help="fp32, fp16 or int8 (from an encoder with symmetric Q/DQ int8): must be the "
+        "bundle's encoder precision (the default); for another, export a bundle in it first.",
         show_default=False,
     ),
     force: bool = typer.Option(

@@ -228,6 +228,7 @@ def test_help_explains_every_option() -> None:
                  "--json", "--no-verify"):  # fmt: skip
         assert flag in flat, flag
     assert "inctrl[tensorrt]" in flat and "inctrl[tensorrt-lean]" in flat
+    assert "fp32, fp16 or int8 (from an encoder with symmetric Q/DQ int8)" in flat
     assert "BUNDLE.timing-cache" in "".join(shown.out.split())
 
 
