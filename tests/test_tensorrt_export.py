@@ -220,6 +220,8 @@ def test_help_explains_every_option() -> None:
     assert len(options) == 12
     for option in options:
         assert option.help and len(option.help) > 20, option.name
+    precision = next(option for option in options if option.name == "precision")
+    assert precision.help.startswith("fp32, fp16 or int8 (from an encoder with symmetric Q/DQ")
     shown = run_main(main, "tensorrt", "--help")
     assert shown.code == 0
     flat = " ".join(shown.out.split())
@@ -228,7 +230,6 @@ def test_help_explains_every_option() -> None:
                  "--json", "--no-verify"):  # fmt: skip
         assert flag in flat, flag
     assert "inctrl[tensorrt]" in flat and "inctrl[tensorrt-lean]" in flat
-    assert "fp32, fp16 or int8 (from an encoder with symmetric Q/DQ int8)" in flat
     assert "BUNDLE.timing-cache" in "".join(shown.out.split())
 
 
