@@ -312,19 +312,14 @@ def _check_quantization(bundle: Bundle) -> None:
     zero points are 0."""
     encoder = bundle.graphs["encoder"]
     record = bundle.manifest["graphs"]["encoder"].get("quantization")
-    if not isinstance(record, dict):
-        found = "without a quantization record (the dynamic int8 of earlier exports)"
-    elif encoder.precision == "int8" and all(
-        record.get(key) == value for key, value in TRT_QUANTIZATION.items()
-    ):
+    record = record if isinstance(record, dict) else {}
+    if encoder.precision == "int8" and all(record.get(k) == v for k, v in TRT_QUANTIZATION.items()):
         return
-    elif record.get("format") == "dynamic":
-        found = "quantized dynamically (activations per batch, no Q/DQ nodes)"
+    if record:
+        found = ", ".join(f"{k} {record[k]!r}" for k in TRT_QUANTIZATION if k in record)
+        found = f"quantized as {found}"
     else:
-        found = (
-            f"quantized as format {record.get('format')!r}, activations "
-            f"{record.get('activations')!r}"
-        )
+        found = "without a quantization record (the dynamic int8 of earlier exports)"
     raise InputError(
         f"{encoder.file}: an {encoder.precision} encoder {found}; TensorRT needs the symmetric "
         f"Q/DQ int8 (format 'qdq', activations 'int8-symmetric', calibrated on images); export "

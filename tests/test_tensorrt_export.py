@@ -311,11 +311,11 @@ def _quantized_by_hand(bundle: Path, precision: str, record: dict | None) -> Non
     [
         ("int8", None, "without a quantization record"),
         ("int8", {"format": "dynamic", "weights": "int8-symmetric-per-channel"},
-         "quantized dynamically"),
+         "quantized as format 'dynamic';"),
         ("int8", {**QDQ_INT8, "activations": "uint8-asymmetric"},
          "quantized as format 'qdq', activations 'uint8-asymmetric'"),
-        ("int8", {**QDQ_INT8, "format": "qoperator"}, "quantized as format 'qoperator'"),
-        ("int8-dynamic", {"format": "dynamic"}, "quantized dynamically"),
+        ("int8", {**QDQ_INT8, "format": "qoperator"}, "quantized as format 'qoperator',"),
+        ("int8-dynamic", {"format": "dynamic"}, "quantized as format 'dynamic';"),
     ],
 )  # fmt: skip
 def test_int8_other_than_symmetric_qdq_is_refused(
