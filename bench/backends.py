@@ -8,17 +8,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from inctrl_bench.machine import Progress, import_problem
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256, write_json
 
 if TYPE_CHECKING:
+    from inctrl_bench.accuracy import EvalData
     from inctrl_runtime.engines.plans import Build
 
 # The category whose text prior is used when no bundle names one (any name works for a model).
 DEFAULT_CATEGORY = "candle"
 # The GPU that --device cuda benches (the runtime's "cuda" and "tensorrt" devices mean GPU 0).
 GPU_INDEX = 0
+# A VGA camera frame (height, width): the bench's queries are seeded random ones.
+FRAME = (480, 640)
+
+
+def random_frames(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    """``count`` random uint8 camera frames (``FRAME``, RGB)."""
+    return [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(count)]
 
 
 class Unavailable(Exception):
@@ -129,8 +139,9 @@ def check_runnable(backend: Backend, device: str) -> None:
 class Sources:
     """What each backend runs, made on demand in ``workdir``: the torch rows a checkpoint
     (``--checkpoint``, ``--preset``'s or the demo), the runtime rows a bundle of each precision
-    exported from it, or the given BUNDLE (its precision only), and the tensorrt rows that
-    bundle's TensorRT plans, built here when it has none this GPU runs."""
+    exported from it (for ``data``'s categories where given), or the given BUNDLE (its
+    precision only), and the tensorrt rows that bundle's TensorRT plans, built here when it has
+    none this GPU runs."""
 
     def __init__(
         self,
@@ -140,6 +151,7 @@ class Sources:
         preset: str | None = None,
         seed: int = 0,
         progress: Progress | None = None,
+        data: EvalData | None = None,
     ) -> None:
         if preset is not None and (bundle is not None or checkpoint is not None):
             raise InputError("--preset builds its own model: drop BUNDLE and --checkpoint")
@@ -149,10 +161,11 @@ class Sources:
             get_config(preset)  # an unknown preset is refused here
         if checkpoint is not None and not checkpoint.is_file():
             raise InputError(f"{checkpoint}: no such checkpoint file")
-        self.workdir, self.preset, self.seed = workdir, preset, seed
+        self.workdir, self.preset, self.seed, self.data = workdir, preset, seed, data
         self.progress = progress or Progress()
         self.notes: list[str] = []
-        self.category = DEFAULT_CATEGORY
+        self.categories = [c.name for c in data.categories] if data else [DEFAULT_CATEGORY]
+        self.category = self.categories[0]
         self.model_label = str(checkpoint) if checkpoint else "the embedded DEMO model"
         if preset is not None:
             self.model_label = f"preset {preset}, seeded random weights (seed {seed})"
@@ -169,7 +182,15 @@ class Sources:
 
         # Only the manifest is read here; the Detector that benches it checks every sha256.
         bundle = self.given_bundle = Bundle.open(path, check_files=False)
-        self.category = bundle.categories[0]
+        missing = [name for name in self.categories if name not in bundle.categories]
+        if self.data is not None and missing:
+            raise InputError(
+                f"{path}: has no text prior for the --eval data's {', '.join(missing)} (it has "
+                f"{', '.join(bundle.categories)}); export them "
+                "(inctrl-export onnx --category NAME ...) or give --eval data of its categories"
+            )
+        if self.data is None:
+            self.category = bundle.categories[0]
         self._bundles = {bundle.graphs["encoder"].precision: path}
         source = bundle.manifest.get("source") or {}
         if given is not None and source.get("sha256") != file_sha256(given):
@@ -222,8 +243,8 @@ class Sources:
         self.progress.step(f"exporting a {precision} bundle")
         out = self.workdir / f"bundle-{precision}"
         try:
-            # No self-check: the bench compares the backends' speed, not their outputs.
-            export_bundle(out, checkpoint, [self.category], precision=precision, verify=False)
+            # No self-check: the bench compares the backends' speed (and with --eval, accuracy).
+            export_bundle(out, checkpoint, self.categories, precision=precision, verify=False)
         except InputError as err:
             return Unavailable(f"inctrl-export cannot make a {precision} bundle: {err}")
         return out

@@ -55,6 +55,16 @@ def bench(
         "--repeats",
         help="Timed runs per measurement after a warm-up. Default: at least 2 and 1 s, at most 50.",
     ),
+    eval_data: Path = typer.Option(
+        None,
+        "--eval",
+        help="Labelled MVTec-layout data: one category folder (train/good, test/good, "
+        "test/<defect>) or a folder of them (all are used). Every row that runs also scores "
+        "each category's test images, its first k (smallest --shots) train/good images the "
+        "prompts: image AUROC per category and mean, and the final score's drift against "
+        "torch-fp32 on the same images (run on them even if not benched, where torch is). "
+        "Its train/good images also calibrate the bench's int8 export of a real checkpoint.",
+    ),
     json_file: Path = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot_file: Path = typer.Option(
         None, "--plot", help="Write a PNG: latency per query vs batch, speed-ups."
@@ -63,9 +73,12 @@ def bench(
     """Measure latency per query (p50/p90/p99, stages), throughput per batch size, prompt
     registration, the text prior's one-time cost, memory, and achieved GFLOP/s against this
     machine's measured fp32 peak, for every backend (TensorRT plans also: build time, plan size,
-    GPU time per query from CUDA events); unavailable ones are listed with the reason. Examples:
+    GPU time per query from CUDA events; with --eval: image AUROC and score drift against
+    torch-fp32); unavailable ones are listed with the reason. Examples:
 
         inctrl-bench --json bench.json --plot bench.png
+
+        inctrl-bench --eval mvtec/ --backend torch-fp32 --backend onnxruntime-cpu
 
         inctrl-bench bundle/ --backend onnxruntime --batch 1,16
 
@@ -86,6 +99,7 @@ def bench(
         shots=check_sizes(shots, "--shots"),
         device=device,
         repeats=repeats,
+        eval_data=eval_data,
     )
     with status("starting") as spinner:
         progress = Progress(spinner.update, say) if spinner else Progress(done=say)

@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from inctrl_bench.accuracy import REFERENCE, Accuracy, EvalData, eval_scores
 from inctrl_bench.backends import (
+    CATALOGUE,
     GPU_INDEX,
     Backend,
     Sources,
     Unavailable,
     check_runnable,
     engine_profile,
+    random_frames,
 )
 from inctrl_bench.flops import ModelShape, query_flops
 from inctrl_bench.machine import Peak, PeakRss, Progress, StageClock, Timing, cuda_gpu
@@ -31,7 +34,6 @@ if TYPE_CHECKING:
     from inctrl_runtime.detector import Detector
     from inctrl_runtime.engines.plans import Build
 
-FRAME = (480, 640)  # a VGA camera frame: resizing and cropping it is part of each query
 PREPROCESS, ENCODER, HEAD, REGISTER = "preprocess", "encoder", "head", "reference"
 QUERY_STAGES = (PREPROCESS, ENCODER, HEAD)
 MB = 2**20
@@ -50,7 +52,8 @@ class Subject:
     every query (the authors' way); ``max_batch``: the largest batch it scores right;
     ``text_prior_ms``: the text prior's one-time cost, ours and the authors' way; ``engine``:
     what runs the graphs; ``gpu_ms``: the GPU time of the last query where the engines measure
-    it (CUDA events); ``build``: the TensorRT build whose plans run."""
+    it (CUDA events); ``build``: the TensorRT build whose plans run; ``final_scores``: the
+    final score of each query of ``head``'s outputs, as float64 numbers."""
 
     shape: ModelShape
     pixels: Callable[[Images], Any]
@@ -66,6 +69,7 @@ class Subject:
     engine: str | None = None
     gpu_ms: Callable[[], float | None] = lambda: None
     build: Build | None = None
+    final_scores: Callable[[Any], np.ndarray] = lambda scores: np.asarray(scores.score, np.float64)
 
     def query(self, images: Images, clock: StageClock) -> None:
         for stage, step in self.before.items():
@@ -191,6 +195,7 @@ class BackendResult:
     build_s: float | None = None
     plan_mb: float | None = None
     shape: ModelShape | None = None  # the model's numbers, reported once per model
+    accuracy: Accuracy | None = None  # with --eval: AUROC and score drift on its data
 
     @property
     def largest_batch(self) -> Throughput:
@@ -202,8 +207,8 @@ class BackendResult:
         """Latency, throughput per batch, registration per k, arithmetic rate; the subject."""
         batches, shots = settings.batches, settings.shots
         rng = np.random.default_rng(settings.seed)
-        frames = [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(batches[-1])]
-        prompts = [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(shots[-1])]
+        # Resizing and cropping a camera frame is part of each query.
+        frames, prompts = random_frames(rng, batches[-1]), random_frames(rng, shots[-1])
         subject = prepare(prompts[: shots[0]], category)
         timed = functools.partial(Timing.measure, repeats=settings.repeats, sync=subject.sync)
         progress.step(f"{self.name}: latency at batch 1")
@@ -231,6 +236,7 @@ class BackendResult:
     def to_dict(self) -> dict:
         record = asdict(self)
         del record["shape"]
+        record["accuracy"] = self.accuracy.to_dict() if self.accuracy else None
         return record
 
 
@@ -262,9 +268,15 @@ def _open(backend: Backend, device: str, source: Source, stack) -> Prepare:
 
 
 def bench_backend(
-    backend: Backend, settings: BenchSettings, sources: Sources, peak: Peak, progress: Progress
+    backend: Backend,
+    settings: BenchSettings,
+    sources: Sources,
+    peak: Peak,
+    progress: Progress,
+    data: EvalData | None = None,
 ) -> BackendResult:
-    """Open and measure one backend; an unavailable one comes back with the reason."""
+    """Open and measure one backend, then score ``data`` with it (after the memory peak's
+    window); an unavailable one comes back with the reason."""
     device = settings.device
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:
@@ -272,10 +284,15 @@ def bench_backend(
         source = _source(backend, settings, sources)
         progress.step(f"{backend.name}: loading")
         began = time.perf_counter()
-        with PeakRss() as rss, contextlib.ExitStack() as stack:
-            prepare = _open(backend, device, source, stack)
-            result.load_s = time.perf_counter() - began
-            subject = result.measure(prepare, settings, sources.category, progress)
+        with contextlib.ExitStack() as stack:
+            with PeakRss() as rss:
+                prepare = _open(backend, device, source, stack)
+                result.load_s = time.perf_counter() - began
+                subject = result.measure(prepare, settings, sources.category, progress)
+            gpu_bytes = subject.gpu_peak_bytes()
+            if data is not None:
+                scores = eval_scores(prepare, data, settings.batches[-1], backend.name, progress)
+                result.accuracy = Accuracy.of(data, backend.precision, scores)
     except Unavailable as err:
         result.reason = str(err)
         progress.done(f"{backend.name}: not available: {err}")
@@ -283,15 +300,28 @@ def bench_backend(
     result.peak_percent = 100 * result.achieved_gflops / peak.gflops if peak.gflops else None
     if rss.peak_bytes is not None:
         result.peak_rss_mb, result.peak_rss_scope = rss.peak_bytes / MB, RSS_SCOPE[rss.since_entry]
-    gpu_bytes = subject.gpu_peak_bytes()
     result.gpu_peak_mb = gpu_bytes / MB if gpu_bytes is not None else None
     result.gpu = cuda_gpu(GPU_INDEX) if result.device == "cuda" else None
     del subject, prepare
     gc.collect()
     largest = result.largest_batch
+    auroc = f", AUROC {result.accuracy.mean_auroc:.3f}" if result.accuracy else ""
     progress.done(
         f"{backend.name}: {result.latency.p50_ms:.1f} ms a query at batch 1, "
-        f"{largest.images_per_s:.1f} images/s at batch {largest.batch} "
+        f"{largest.images_per_s:.1f} images/s at batch {largest.batch}{auroc} "
         f"({time.perf_counter() - began:.1f} s)"
     )
     return result
+
+
+def reference_scores(
+    settings: BenchSettings, sources: Sources, data: EvalData, progress: Progress
+) -> dict[str, np.ndarray]:
+    """torch-fp32's final scores on ``data``, for the drift of the other rows when its own row
+    was not benched; ``Unavailable`` says why it cannot run here."""
+    backend = next(b for b in CATALOGUE if b.name == REFERENCE)
+    check_runnable(backend, settings.device)
+    source = _source(backend, settings, sources)
+    with contextlib.ExitStack() as stack:
+        prepare = _open(backend, settings.device, source, stack)
+        return eval_scores(prepare, data, settings.batches[-1], REFERENCE, progress)

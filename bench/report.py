@@ -10,6 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from inctrl_bench.accuracy import describe_data
 from inctrl_bench.measure import QUERY_STAGES, BackendResult
 from inctrl_bench.suite import SPEEDUP_BASELINES, BenchReport
 from inctrl_runtime.files import atomic_path
@@ -28,6 +29,23 @@ def number(value: float | None) -> str:
 
 def times(value: float | None) -> str:
     return MISSING if value is None else f"{number(value)}x"
+
+
+def drift(value: float | None) -> str:
+    """A score difference in two significant figures, exponent form."""
+    return MISSING if value is None else f"{value:.1e}"
+
+
+def _accuracy_columns() -> dict[str, Cell]:
+    """With --eval: the row's precision, image AUROC (mean and worst category) and its final
+    score's drift against torch-fp32 on the same queries."""
+    return {
+        "precision": lambda r: r.precision,
+        "AUROC": lambda r: f"{r.accuracy.mean_auroc:.3f}",
+        "worst": lambda r: f"{min(r.accuracy.auroc.values()):.3f}",
+        "max drift": lambda r: drift(r.accuracy.drift_max_abs),
+        "mean drift": lambda r: drift(r.accuracy.drift_mean_abs),
+    }
 
 
 def _stage(result: BackendResult, stage: str | None) -> float | None:
@@ -94,6 +112,15 @@ def _tables(report: BenchReport) -> list[tuple[str, dict[str, Cell], list[Backen
             f"k={shots[0]}: GPU time (CUDA events) and wall-clock (ms, medians)"
         )
         found.append((title, _engine_columns(), built))
+    scored = [r for r in report.backends if r.accuracy is not None]
+    if scored:
+        data, reference = report.eval_data, scored[0].accuracy.drift_reference
+        drifts = f"|final score - {reference}'s|" if reference else "not measured (see notes)"
+        title = (
+            f"Accuracy on {data['name']} ({data['images']} test images, k={data['shots']}): "
+            f"image AUROC (mean over categories, worst one); drift: {drifts}, max and mean"
+        )
+        found.append((title, _accuracy_columns(), scored))
     return found
 
 
@@ -140,6 +167,8 @@ def header_lines(report: BenchReport) -> list[str]:
     gpus = {(r.gpu["name"], r.gpu["compute_capability"]) for r in report.backends if r.gpu}
     for name, capability in sorted(gpus):
         lines.append(f"GPU rows ran on {name} (compute capability {capability})")
+    if report.eval_data is not None:
+        lines.append(f"accuracy data: {describe_data(report.eval_data)}")
     return lines + [f"note: {note}" for note in report.notes]
 
 
@@ -192,14 +221,29 @@ def _speedup_axis(axis, report: BenchReport) -> None:
     axis.legend(fontsize=7)
 
 
+def _accuracy_axis(axis, report: BenchReport) -> None:
+    rows = [r for r in report.backends if r.accuracy is not None]
+    positions = np.arange(len(rows))
+    bars = axis.barh(positions, [r.accuracy.mean_auroc for r in rows], height=0.6)
+    labels = [f"{r.accuracy.mean_auroc:.3f}, drift {drift(r.accuracy.drift_max_abs)}" for r in rows]
+    axis.bar_label(bars, labels=labels, fontsize=7, padding=2)
+    axis.set_yticks(positions, [r.name for r in rows], fontsize=8)
+    axis.invert_yaxis()
+    axis.set(xlim=(0, 1.3), xlabel="image AUROC (mean over categories)")
+    axis.set_title(f"accuracy on {report.eval_data['name']}, max drift vs torch-fp32", fontsize=10)
+
+
 def write_plot(report: BenchReport, path: str | os.PathLike) -> None:
-    """Write the PNG: latency per query vs batch per backend, and speed-up bars."""
+    """Write the PNG: latency per query vs batch per backend, speed-up bars and, with --eval,
+    AUROC bars."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 4.8))
-    latency_axis, speedup_axis = figure.subplots(1, 2)
-    _latency_axis(latency_axis, report)
-    _speedup_axis(speedup_axis, report)
+    panels = [_latency_axis, _speedup_axis]
+    if any(r.accuracy is not None for r in report.backends):
+        panels.append(_accuracy_axis)
+    figure = Figure(figsize=(6 * len(panels), 4.8))
+    for axis, draw in zip(figure.subplots(1, len(panels)), panels, strict=True):
+        draw(axis, report)
     figure.suptitle(f"inctrl-bench: {report.model}, {report.machine['cpu']}", fontsize=9)
     figure.tight_layout()
     with atomic_path(path) as tmp:

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inctrl_bench import machine
-from inctrl_bench.backends import Sources, select_backends
+from inctrl_bench.accuracy import REFERENCE, EvalData, load_eval_data
+from inctrl_bench.backends import Sources, Unavailable, select_backends
 from inctrl_bench.flops import flops_record
 from inctrl_bench.machine import Peak, Progress
-from inctrl_bench.measure import BackendResult, bench_backend
+from inctrl_bench.measure import BackendResult, bench_backend, reference_scores
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json
 
@@ -49,6 +50,7 @@ class BenchSettings:
     device: str = "cpu"
     repeats: int | None = None  # None: at least 2 runs and 1 s per measurement, at most 50
     seed: int = 0
+    eval_data: Path | None = None  # labelled MVTec-layout data: each row's AUROC and drift
 
     def __post_init__(self) -> None:
         # Sorted once here: the last batch is the largest, the first k the one queries use.
@@ -65,7 +67,7 @@ class BenchSettings:
         batches, shots = (",".join(map(str, sizes)) for sizes in (self.batches, self.shots))
         options = {"--checkpoint": self.checkpoint, "--preset": self.preset}
         options |= {"--repeats": self.repeats, "--device": self.device}
-        options |= {"--batch": batches, "--shots": shots}
+        options |= {"--batch": batches, "--shots": shots, "--eval": self.eval_data}
         words += [w for o, v in options.items() if v is not None for w in (o, str(v))]
         words += [w for name in self.backends for w in ("--backend", name)]
         return shlex.join(words)
@@ -90,6 +92,7 @@ class BenchReport:
     peak: Peak
     backends: list[BackendResult]
     notes: list[str] = field(default_factory=list)
+    eval_data: dict | None = None  # what --eval scored: the data's name, size, k
 
     def flops(self) -> dict[str, dict]:
         """The arithmetic of each model benched, by name (``flops_record``)."""
@@ -115,6 +118,36 @@ def add_speedups(results: list[BackendResult]) -> None:
                 "throughput": result.largest_batch.images_per_s / base.largest_batch.images_per_s,
             }
             setattr(result, attribute, speedup)
+
+
+def add_drift(
+    results: list[BackendResult],
+    settings: BenchSettings,
+    sources: Sources,
+    data: EvalData,
+    progress: Progress,
+) -> None:
+    """Each scored row's final-score drift against torch-fp32 on the same queries: its row's
+    scores, else torch-fp32 run on the eval images alone; why not, where it cannot run."""
+    scored = {r.name: r.accuracy for r in results if r.accuracy is not None}
+    if not scored:
+        return
+    label = f"{REFERENCE} on {settings.device}"
+    if REFERENCE in scored:
+        reference = scored[REFERENCE].scores
+    else:
+        try:
+            reference = reference_scores(settings, sources, data, progress)
+        except Unavailable as err:
+            sources.notes.append(f"score drift not measured: {REFERENCE} cannot run here: {err}")
+            for accuracy in scored.values():
+                accuracy.drift_reason = f"{REFERENCE} cannot run here: {err}"
+            return
+        sources.notes.append(
+            f"score drift is against {label}, run on the --eval images only (not a benched row)"
+        )
+    for accuracy in scored.values():
+        accuracy.add_drift(reference, label)
 
 
 def _check_output(path: Path | None, option: str) -> None:
@@ -144,18 +177,24 @@ def run_bench(
     problem = machine.import_problem("matplotlib") if plot_file is not None else None
     if problem is not None:
         raise InputError(f"--plot needs matplotlib ({problem}): install inctrl[torch] or drop it")
+    data = None
+    if settings.eval_data is not None:
+        data = load_eval_data(settings.eval_data, settings.shots[0])
     machine_record = machine.machine_info(settings.command_line())
     with tempfile.TemporaryDirectory(prefix="inctrl-bench-") as workdir:
         given = settings.bundle, settings.checkpoint, settings.preset
-        sources = Sources(Path(workdir), *given, settings.seed, progress)
+        sources = Sources(Path(workdir), *given, settings.seed, progress, data)
         progress.step("measuring the fp32 matrix-product peak")
         # torch only if loaded anyway: importing it adds ~0.5 GB to every onnxruntime row's RSS.
         with_torch = any(b.uses_torch for b in backends) or "torch" in sys.modules
         peak = machine.measure_peak(settings.device, with_torch)
-        results = [bench_backend(b, settings, sources, peak, progress) for b in backends]
+        results = [bench_backend(b, settings, sources, peak, progress, data) for b in backends]
+        if data is not None:  # after every row: torch loaded now adds to no row's memory
+            add_drift(results, settings, sources, data, progress)
     add_speedups(results)
     model, category, notes = sources.model_label, sources.category, sources.notes
     report = BenchReport(machine_record, settings.to_dict(), model, category, peak, results, notes)
+    report.eval_data = data.to_dict() if data is not None else None
     if json_file is not None:
         write_json(json_file, report.to_dict())
     if plot_file is not None:

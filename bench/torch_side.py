@@ -61,6 +61,7 @@ def open_torch(backend: Backend, checkpoint: Path | None, device: str) -> Iterat
             sync=sync,
             gpu_peak_bytes=torch.cuda.max_memory_allocated if on_gpu else lambda: None,
             text_prior_ms={way: seconds * 1e3 for way, seconds in clock.seconds.items()},
+            final_scores=lambda scores: scores.score.double().cpu().numpy(),
         )
         if backend.kind == "authors":
             text_prompts = sum(len(texts) for texts in prompt_ensemble(category))
