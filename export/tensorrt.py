@@ -80,7 +80,7 @@ BUILDER_API: dict[str, tuple[str, ...]] = {
         "create_network",
         "create_optimization_profile",
     ),
-    "OnnxParser": ("get_error", "num_errors", "parse_from_file"),
+    "OnnxParser": ("get_error", "num_errors", "parse"),
     "ParserError": ("desc", "node"),
     "IBuilderConfig": (
         "add_optimization_profile",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from inctrl_export.tensorrt_graph import parser_graph
 from inctrl_runtime.engines.plans import Profile
 from inctrl_runtime.errors import InputError
 
@@ -116,11 +117,12 @@ class PlanBuilder:
         """The serialized plan of ``onnx_file``, a graph of ``precision`` (the network is
         strongly typed: the plan computes in the graph's types, int8 where its Q/DQ nodes say;
         ``NO_TF32`` ones without TF32), with one optimization profile (input name -> min, opt,
-        max shapes); BuildError quoting TensorRT when it cannot be built."""
+        max shapes); BuildError quoting TensorRT when it cannot be built. The parser reads the
+        graph as ``parser_graph`` gives it (int32 biases of Q/DQ graphs dequantized)."""
         builder = self.builder
         network = builder.create_network(_network_flags())
         parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse_from_file(str(onnx_file)):  # by path: external weights load too
+        if not parser.parse(parser_graph(onnx_file), str(onnx_file)):
             errors = [parser.get_error(i) for i in range(parser.num_errors)]
             found = "; ".join(f"{error.desc()} (node {error.node()})" for error in errors)
             raise BuildError(f"{onnx_file}: TensorRT cannot parse it: {found or 'no details'}")
