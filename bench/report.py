@@ -16,6 +16,7 @@ from inctrl_bench.suite import SPEEDUP_BASELINES, BenchReport
 from inctrl_runtime.files import atomic_path
 
 MISSING = "-"
+WIDTH = 80  # the terminal width the tables are laid out for
 Cell = Callable[[BackendResult], str]
 
 
@@ -121,7 +122,29 @@ def _tables(report: BenchReport) -> list[tuple[str, dict[str, Cell], list[Backen
             f"image AUROC (mean over categories, worst one); drift: {drifts}, max and mean"
         )
         found.append((title, _accuracy_columns(), scored))
+        if len(data["categories"]) > 1:
+            room = WIDTH - max(len(r.name) for r in scored) - 1
+            for names in _column_groups(list(data["categories"]), room):
+                per_category: dict[str, Cell] = {
+                    name: lambda r, n=name: f"{r.accuracy.auroc[n]:.3f}" for name in names
+                }
+                found.append((f"Image AUROC per category of {data['name']}", per_category, scored))
     return found
+
+
+def _column_groups(headers: list[str], room: int) -> list[list[str]]:
+    """``headers`` in order, cut into groups whose columns (a 5-character number or the header,
+    2 spaces apart) fit in ``room`` characters: one table each."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for header in headers:
+        width = max(len(header), 5) + 2
+        if groups[-1] and used + width > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(header)
+        used += width
+    return groups
 
 
 def _table(title: str, columns: dict[str, Cell], results: list[BackendResult]) -> Table:

@@ -563,6 +563,16 @@ def test_auroc_is_scikit_learns_with_ties() -> None:
 
 
 @pytest.mark.unit
+def test_per_category_columns_are_cut_into_tables_that_fit() -> None:
+    from inctrl_bench.report import _column_groups
+
+    names = ["synth_fabric", "synth_washer", "abc", "synth_stripes"]  # 14, 14, 7 and 15 wide
+    assert _column_groups(names, 60) == [names]
+    assert _column_groups(names, 35) == [names[:3], names[3:]]
+    assert _column_groups(["a_very_long_category_name"], 10) == [["a_very_long_category_name"]]
+
+
+@pytest.mark.unit
 def test_eval_data_prompts_and_queries(eval_data: Path) -> None:
     from inctrl_bench.accuracy import describe_data, load_eval_data
 
@@ -696,6 +706,8 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
     assert cells[1:4] == ["fp32", f"{fp32['mean_auroc']:.3f}", f"{min(fp32['auroc'].values()):.3f}"]
     assert cells[4:] == [f"{fp32['drift_max_abs']:.1e}", f"{fp32['drift_mean_abs']:.1e}"]
     assert _row(printed, "Accuracy on", "torch-fp32")[4:] == ["0.0e+00", "0.0e+00"]
+    per_category = _row(printed, "Image AUROC per category of synth", "onnxruntime-cpu-fp32")
+    assert per_category[1:] == [f"{fp32['auroc'][c]:.3f}" for c in ("synth_fabric", "synth_washer")]
     assert max(len(line) for line in printed.splitlines()) <= 80
 
 
