@@ -4,7 +4,7 @@ final-score drift against torch-fp32 on the same queries (torch-free: AUROC in n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -184,24 +184,19 @@ class Accuracy:
 
     @classmethod
     def of(cls, data: EvalData, precision: str, scores: dict[str, np.ndarray]) -> Accuracy:
+        """The AUROC of ``scores`` (each category's, in query order) on ``data``."""
         per_category = {c.name: auroc(c.labels, scores[c.name]) for c in data.categories}
         mean = float(np.mean(list(per_category.values())))
-        path = str(data.path)
-        return cls(
-            data.name, path, data.images, data.shots, precision, per_category, mean, scores=scores
-        )
+        where = (data.name, str(data.path), data.images, data.shots)
+        return cls(*where, precision, per_category, mean, scores=scores)
 
     def add_drift(self, reference: dict[str, np.ndarray], label: str) -> None:
         """The absolute differences of the final scores from ``reference``'s on each query."""
         differences = np.concatenate([np.abs(self.scores[c] - reference[c]) for c in self.auroc])
-        self.drift_max_abs, self.drift_mean_abs = (
-            float(differences.max()),
-            float(differences.mean()),
-        )
+        self.drift_max_abs = float(differences.max())
+        self.drift_mean_abs = float(differences.mean())
         self.drift_reference = label
 
     def to_dict(self) -> dict:
         """The JSON record (the per-query scores stay out)."""
-        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        del record["scores"]
-        return record
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"}

@@ -53,7 +53,8 @@ class Subject:
     ``text_prior_ms``: the text prior's one-time cost, ours and the authors' way; ``engine``:
     what runs the graphs; ``gpu_ms``: the GPU time of the last query where the engines measure
     it (CUDA events); ``build``: the TensorRT build whose plans run; ``final_scores``: the
-    final score of each query of ``head``'s outputs, as float64 numbers."""
+    final score of each query of ``head``'s outputs, as float64 numbers; ``quantization``: how
+    an int8 encoder was quantized (``quantization_record``)."""
 
     shape: ModelShape
     pixels: Callable[[Images], Any]
@@ -70,6 +71,7 @@ class Subject:
     gpu_ms: Callable[[], float | None] = lambda: None
     build: Build | None = None
     final_scores: Callable[[Any], np.ndarray] = lambda scores: np.asarray(scores.score, np.float64)
+    quantization: dict | None = None
 
     def query(self, images: Images, clock: StageClock) -> None:
         for stage, step in self.before.items():
@@ -112,6 +114,13 @@ def _synchronize(detector: Detector) -> None:
         engine.stream.synchronize()
 
 
+def quantization_record(manifest: dict) -> dict | None:
+    """How the bundle's encoder was quantized, as its manifest records it, without the
+    calibration images' digests (their count stays); None for a float encoder."""
+    record = manifest["graphs"]["encoder"].get("quantization")
+    return {k: v for k, v in record.items() if k != "image_digests"} if record else None
+
+
 @contextlib.contextmanager
 def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> Iterator[Prepare]:
     """A bundle's engines on the backend's device, through ``inctrl_runtime.Detector``; for
@@ -129,6 +138,7 @@ def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> It
             detector.reference,
             query_flops(shape, len(prompts)),
             engine=detector.backend,
+            quantization=quantization_record(detector.bundle.manifest),
         )
         if backend.kind == "tensorrt":
             subject.sync = functools.partial(_synchronize, detector)
@@ -189,6 +199,7 @@ class BackendResult:
     speedup_vs_authors: dict[str, float] | None = None
     speedup_vs_torch_fp32: dict[str, float] | None = None
     engine: str | None = None  # what ran the graphs, e.g. onnxruntime-cuda, tensorrt-lean
+    quantization: dict | None = None  # an int8 encoder's: format, method, calibration images
     gpu: dict[str, str] | None = None  # a GPU row's GPU: name, compute capability
     # The TensorRT build that ran: its key, both plans' build time (as recorded) and size.
     engine_build: str | None = None
@@ -225,7 +236,7 @@ class BackendResult:
         self.available, self.shape, self.model = True, subject.shape, subject.shape.name
         self.text_prior_ms, self.flops_per_query = subject.text_prior_ms, subject.flops_per_query
         self.achieved_gflops = self.flops_per_query * self.largest_batch.images_per_s / 1e9
-        self.engine = subject.engine
+        self.engine, self.quantization = subject.engine, subject.quantization
         if subject.build is not None:
             plans = subject.build.plans.values()
             self.engine_build = subject.build.key

@@ -190,6 +190,14 @@ def header_lines(report: BenchReport) -> list[str]:
     gpus = {(r.gpu["name"], r.gpu["compute_capability"]) for r in report.backends if r.gpu}
     for name, capability in sorted(gpus):
         lines.append(f"GPU rows ran on {name} (compute capability {capability})")
+    for result in report.backends:
+        if result.quantization:
+            q = result.quantization
+            lines.append(
+                f"{result.name}: {q.get('format')} int8, activations {q.get('activations')}, "
+                f"weights {q.get('weights')}, {q.get('method')} calibration on "
+                f"{q.get('images')} images"
+            )
     if report.eval_data is not None:
         lines.append(f"accuracy data: {describe_data(report.eval_data)}")
     return lines + [f"note: {note}" for note in report.notes]

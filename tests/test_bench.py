@@ -746,3 +746,23 @@ def test_a_given_bundle_without_the_eval_categories_is_refused(
     message = str(refused.value)
     assert "has no text prior for the --eval data's synth_fabric, synth_washer (it has " in message
     assert "candle, metal_nut); export them (inctrl-export onnx --category" in message
+
+
+@pytest.mark.unit
+def test_an_int8_row_names_its_quantization() -> None:
+    from inctrl_bench.measure import BackendResult, quantization_record
+
+    record = {"format": "qdq", "activations": "int8-symmetric", "method": "minmax"}
+    record |= {"weights": "int8-symmetric-per-channel", "images": 2, "image_digests": ["a", "b"]}
+    manifest = {"graphs": {"encoder": {"precision": "int8", "quantization": record}}}
+    kept = quantization_record(manifest)
+    assert kept == {k: v for k, v in record.items() if k != "image_digests"}
+    assert quantization_record({"graphs": {"encoder": {"precision": "fp32"}}}) is None
+    int8 = BackendResult("onnxruntime-cpu-int8", "onnxruntime", "int8", "cpu", reason="x")
+    int8.quantization = kept
+    assert int8.to_dict()["quantization"] == kept
+    printed = " ".join(_report_with([int8]).split())
+    assert (
+        "onnxruntime-cpu-int8: qdq int8, activations int8-symmetric, weights "
+        "int8-symmetric-per-channel, minmax calibration on 2 images"
+    ) in printed
