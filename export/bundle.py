@@ -26,6 +26,7 @@ from inctrl.model import InCTRL
 from inctrl_export.graphs import graph_specs, wrappers
 from inctrl_export.onnx_files import TRACE_SHOTS, check_opset, export_graph
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare, pass_mark
+from inctrl_export.quantize import Calibration, Int8Settings, calibration_pixels, quantize_encoder
 from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION
 from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import InputError
@@ -73,6 +74,9 @@ def export_bundle(
     force: bool = False,
     log: Log = lambda message: None,
     model: InCTRL | None = None,
+    calibration: Calibration | None = None,
+    calibration_method: str | None = None,
+    int8_activations: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the embedded demo) as a bundle for ``categories``.
 
@@ -83,7 +87,14 @@ def export_bundle(
         categories: product categories whose text priors go in (default for the demo: its
             synthetic categories).
         precision: ``fp32``; ``fp16`` (encoder weights and most arithmetic in half precision);
-            ``int8`` (the transformer blocks' matrix products dynamically quantized).
+            ``int8`` (static Q/DQ int8 of the transformer blocks' matrix products by weights,
+            calibrated on images: ``inctrl_export.quantize``).
+        calibration: int8 only: normal images of the bundle's categories, a folder
+            (``quantize.calibration_images`` says which of its images) or a list of images;
+            required unless the model is the demo, which has its own synthetic normals.
+        calibration_method: int8 only: ``minmax`` (default), ``percentile`` or ``entropy``.
+        int8_activations: int8 only: ``symmetric`` (default; int8 with zero point 0, what
+            TensorRT takes) or ``asymmetric`` (uint8).
         verify: run the self-check; with ``atol`` (default: the contract's tolerance for
             ``precision``) as the pass mark.
         log: called with one line per finished step.
@@ -92,6 +103,7 @@ def export_bundle(
     given = model is not None
     checkpoint_path, is_demo = (None, False) if given else resolve_checkpoint(checkpoint)
     categories = _check_arguments(out, categories, is_demo, precision, opset, force)
+    int8 = _int8_settings(precision, calibration, calibration_method, int8_activations, is_demo)
     atol = pass_mark(atol, precision)
     seconds: dict[str, float] = {}
     if model is None:
@@ -99,11 +111,22 @@ def export_bundle(
             model = load_model(checkpoint, clip_weights, notice=log)
     elif model.device.type != "cpu" or model.precision != "fp32":
         raise InputError("export traces on the CPU in fp32: call model.to_device('cpu') first")
+    if int8 is not None:
+        with _timed(seconds, "calibration", log, "read the calibration images"):
+            pixels = calibration_pixels(int8.images(), model.preprocessing)
     with staging_folder(out) as staging:
-        _write_graphs(model, staging, opset, precision, seconds, log)
+        _write_graphs(model, staging, opset, "fp32" if int8 else precision, seconds, log)
+        quantization = None
+        if int8 is not None:
+            done = f"quantized the encoder (int8, {int8.method} on {len(pixels)} images)"
+            with _timed(seconds, "quantize", log, done):
+                encoder = staging / graph_specs(model.config)["encoder"].file
+                quantization = quantize_encoder(encoder, pixels, int8.method, int8.activations)
         with _timed(seconds, "priors", log, f"text priors of {len(categories)} categories"):
             _write_priors(model, categories, staging / PRIORS)
         manifest = _manifest(model, staging, checkpoint_path, is_demo, categories, opset, precision)
+        if quantization is not None:
+            manifest["graphs"]["encoder"]["quantization"] = quantization
         write_json(staging / MANIFEST, manifest)
         report = None
         if verify:
@@ -138,6 +161,30 @@ def _check_arguments(
     for category in categories:
         check_category_name(category)
     return categories
+
+
+def _int8_settings(
+    precision: str,
+    calibration: Calibration | None,
+    method: str | None,
+    activations: str | None,
+    is_demo: bool,
+) -> Int8Settings | None:
+    """The int8 export's settings (None for another precision, which takes none of them)."""
+    if precision == "int8":
+        return Int8Settings.checked(calibration, method, activations, is_demo)
+    given = [
+        option
+        for option, value in (
+            ("--calibration", calibration),
+            ("--calibration-method", method),
+            ("--int8-activations", activations),
+        )
+        if value is not None
+    ]
+    if given:
+        raise InputError(f"{', '.join(given)}: only for --precision int8, not {precision}")
+    return None
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Writing the graphs as ONNX files: trace, lower the precision where asked, check.
+"""Writing the graphs as ONNX files: trace, convert to fp16 where asked, check.
 
 The TorchScript exporter is used (``dynamo=False``): it needs no extra package and gives plain
 opset-17 graphs with the dynamic axes of ``inctrl_export.graphs``.
@@ -64,8 +64,8 @@ def export_graph(
     """Trace ``module`` with ``spec``'s names and dynamic axes into an ONNX file at ``path``.
 
     ``precision="fp16"`` stores the weights and most arithmetic in half precision, keeps the
-    inputs and outputs float32 and keeps ``FP32_OPS`` in float32; ``"int8"`` quantizes the
-    weights of the matrix products (dynamic quantization, for CPUs).
+    inputs and outputs float32 and keeps ``FP32_OPS`` in float32 (int8 is made from the fp32
+    graph: ``inctrl_export.quantize``).
     """
     inputs = dummy_inputs(spec, TRACE_BATCH, prompt_patches)
     with _traceable(), torch.no_grad():
@@ -81,8 +81,6 @@ def export_graph(
         )
     if precision == "fp16":
         _to_fp16(Path(path))
-    elif precision == "int8":
-        _to_int8(Path(path))
     onnx.checker.check_model(str(path), full_check=True)
 
 
@@ -92,44 +90,13 @@ def _to_fp16(path: Path) -> None:
     model = convert_float_to_float16(
         onnx.load(str(path)), keep_io_types=True, op_block_list=list(FP32_OPS)
     )
-    _sort_nodes(model.graph)
+    sort_nodes(model.graph)
     onnx.save(model, str(path))
 
 
-def _to_int8(path: Path) -> None:
-    """Dynamic int8 quantization of the matrix products inside the transformer blocks (weights
-    per output channel, activations on the fly); everything else stays fp32 (a CPU variant).
-
-    The embedding projection and the adapter stay fp32: the image residual head takes the small
-    difference of adapted embeddings, which their quantization noise would swamp.
-    """
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    model = onnx.load(str(path), load_external_data=False)
-    blocks = [
-        node.name
-        for node in model.graph.node
-        if node.op_type in ("MatMul", "Gemm") and "/resblocks." in node.name
-    ]
-    quantized = path.with_name(f".{path.name}.int8")
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # its advice to pre-process the model is not for us
-    try:
-        quantize_dynamic(
-            path, quantized, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=blocks,
-            per_channel=True, weight_type=QuantType.QInt8,
-        )  # fmt: skip
-    finally:
-        logger.setLevel(level)
-    os.replace(quantized, path)
-
-
-def _sort_nodes(graph: onnx.GraphProto) -> None:
-    """Order nodes so each comes after the producers of its inputs (the fp16 converter appends
-    its input casts at the end, which ONNX forbids)."""
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order nodes so each comes after the producers of its inputs (the fp16 converter and the
+    int8 rewrites append nodes at the end, which ONNX forbids)."""
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
     while pending:
