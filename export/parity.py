@@ -21,9 +21,16 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource
 from inctrl_runtime.results import SCORE_FIELDS
 
-# The contract: ONNX Runtime fp32 vs inctrl 1e-4; fp16 vs inctrl fp32 5e-3. int8 is outside
-# the contract: its mark only catches a broken graph; judge it by its AUROC change (verify).
-DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 5e-3, "int8": 5e-2}
+# The contract, max abs difference from inctrl fp32: fp32 1e-4 and fp16 5e-3 on every head
+# output and the text prior; int8 1e-2 on the final score alone (JUDGED), its other outputs
+# reported (the image residual score, a difference of adapted embeddings, moves by several
+# times that while the final score and the ranking hold). A drift of 1e-2 in a score in [0, 1]
+# can only swap queries whose scores are that close, so int8 is judged by its AUROC change too.
+DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 5e-3, "int8": 1e-2}
+JUDGED = {"int8": ("score",)}  # precision -> the judged outputs; others: all but INTERMEDIATES
+# The most the image AUROC may change on labelled images (verify --images), every precision:
+# one query pair in a hundred ordered the other way.
+AUROC_MARK = 0.01
 # Relative differences are taken against max(|reference|, this), so exact zeros do not blow up.
 _REL_FLOOR = 1e-6
 # The reference bank's values, shown to explain score differences; the contract judges the
@@ -74,11 +81,17 @@ class ParityReport:
     outputs: list[OutputDiff] = field(default_factory=list)
     rank: dict[str, float] | None = None
     auroc: dict[str, float] | None = None
+    auroc_mark: float | None = None  # set with ``auroc``: the most its change may be
     batch_invariance: float | None = None
 
     @property
     def passed(self) -> bool:
-        return all(diff.passes for diff in self.outputs if diff.judged)
+        return all(diff.passes for diff in self.outputs if diff.judged) and self.auroc_holds
+
+    @property
+    def auroc_holds(self) -> bool:
+        """Whether the AUROC change is within its mark (True where no labels gave one)."""
+        return self.auroc is None or abs(self.auroc["change"]) <= self.auroc_mark
 
     @property
     def max_abs_diff(self) -> float:
@@ -122,9 +135,15 @@ class ParityReport:
             lines.append("rank agreement of scores: " + ", ".join(
                 f"{k.replace('_', ' ')} {v:.4f}" for k, v in self.rank.items()))  # fmt: skip
         if self.auroc is not None:
-            lines.append("image AUROC: " + ", ".join(
-                f"{k} {v:+.4f}" if k == "change" else f"{k} {v:.4f}"
-                for k, v in self.auroc.items()))  # fmt: skip
+            verdict = "within" if self.auroc_holds else "PAST"
+            lines.append(
+                f"image AUROC: pytorch {self.auroc['pytorch']:.4f}, bundle "
+                f"{self.auroc['bundle']:.4f}, change {self.auroc['change']:+.4f} ({verdict} the "
+                f"mark {self.auroc_mark:g})"
+            )
+        if any(not d.judged and d.name not in INTERMEDIATES for d in self.outputs):
+            judged = ", ".join(d.name for d in self.outputs if d.judged)
+            lines.append(f"the {self.precision} contract judges {judged}; the rest is reported")
         verdict = "PASSED" if self.passed else "FAILED"
         lines.append(f"parity {verdict}: max abs diff {self.max_abs_diff:.2e}, atol {self.atol:g}")
         return Group(table, *(Text(line) for line in lines))
@@ -162,8 +181,10 @@ def compare(
         "text_prior": (detector.bundle.prior(category), torch_prior.matrix()),
         **{name: (getattr(scores, name), getattr(torch_scores, name)) for name in SCORE_FIELDS},
     }
+    precision = detector.bundle.graphs["encoder"].precision
+    judged = JUDGED.get(precision, tuple(name for name in pairs if name not in INTERMEDIATES))
     report = ParityReport(
-        precision=detector.bundle.graphs["encoder"].precision,
+        precision=precision,
         category=category,
         shots=len(prompts),
         queries=len(queries),
@@ -171,7 +192,7 @@ def compare(
         atol=atol,
         backend=detector.encoder_engine.backend,
         outputs=[
-            _diff(name, ours, np.asarray(ref.cpu()), atol, judged=name not in INTERMEDIATES)
+            _diff(name, ours, np.asarray(ref.cpu()), atol, judged=name in judged)
             for name, (ours, ref) in pairs.items()
         ],
     )
@@ -180,6 +201,7 @@ def compare(
         report.rank = rank_agreement(scores.score, reference)
     if labels is not None and 0 < sum(labels) < len(labels):
         report.auroc = _auroc_change(labels, reference, scores.score)
+        report.auroc_mark = AUROC_MARK
     few = pixels[:_BATCH_CHECK]
     one_by_one = detector.score_arrays(category, few, bank=bank, batch_size=1).score
     report.batch_invariance = float(np.abs(one_by_one - scores.score[: len(few)]).max())
