@@ -1,6 +1,6 @@
-"""What a bundle holds, as ``inctrl-run info`` reports it: the model, each graph's precision, the
-export check, its TensorRT builds, and per category its text prior, registered bank and
-calibration.
+"""What a bundle holds, as ``inctrl-run info`` reports it: the model, each graph's precision (and
+quantization), the export check, its TensorRT builds, and per category its text prior,
+registered bank and calibration.
 
 ``bundle_info`` gathers the facts as a JSON-ready dict (``info --json``); ``info_sections`` puts
 them in words, the rows of a two-column table, section by section. Nothing here prints.
@@ -47,7 +47,11 @@ def bundle_info(bundle: Path) -> dict:
             "tapped_blocks": model["tapped_blocks"],
         },
         "graphs": {
-            name: {"file": str(graph.file.relative_to(checked.path)), "precision": graph.precision}
+            name: {
+                "file": str(graph.file.relative_to(checked.path)),
+                "precision": graph.precision,
+                **_quantization(checked.manifest["graphs"][name]),
+            }
             for name, graph in checked.graphs.items()
         },
         "export_check": _export_check(checked.manifest.get("verification")),
@@ -60,6 +64,15 @@ def bundle_info(bundle: Path) -> dict:
             for category in (*checked.categories, *extra)
         },
     }
+
+
+def _quantization(graph: dict) -> dict:
+    """``{"quantization": record}`` for a quantized graph, without the calibration images'
+    digests; nothing for another."""
+    record = graph.get("quantization")
+    if not isinstance(record, dict):
+        return {}
+    return {"quantization": {k: v for k, v in record.items() if k != "image_digests"}}
 
 
 def _export_check(verification: dict | None) -> dict | None:
@@ -156,7 +169,15 @@ def _bundle_rows(found: dict) -> list[Row]:
     sizes = f"image {model['image_size']}, embedding {model['embed_dim']}, tapped blocks {blocks}"
     rows = [("model", f"{model['preset']}: {model['backbone']}"), ("sizes", sizes)]
     for name, graph in found["graphs"].items():
-        rows.append((f"{name} graph", f"{graph['file']} ({graph['precision']})"))
+        text = f"{graph['file']} ({graph['precision']})"
+        record = graph.get("quantization")
+        if record:
+            text += (
+                f", {record.get('format')}: activations {record.get('activations')}, weights "
+                f"{record.get('weights')}, calibrated by {record.get('method')} on "
+                f"{record.get('images')} images"
+            )
+        rows.append((f"{name} graph", text))
     if check is None:
         verdict = "none recorded"
     else:
