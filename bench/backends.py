@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 DEFAULT_CATEGORY = "candle"
 # The GPU that --device cuda benches (the runtime's "cuda" and "tensorrt" devices mean GPU 0).
 GPU_INDEX = 0
-# A VGA camera frame (height, width): the bench's queries are seeded random ones.
-FRAME = (480, 640)
+# A VGA camera frame (height, width): the bench's queries are seeded random ones, and without
+# --eval an int8 export of a real checkpoint is calibrated on CALIBRATION_FRAMES of them.
+FRAME, CALIBRATION_FRAMES = (480, 640), 16
 
 
 def random_frames(rng: np.random.Generator, count: int) -> list[np.ndarray]:
@@ -139,9 +140,9 @@ def check_runnable(backend: Backend, device: str) -> None:
 class Sources:
     """What each backend runs, made on demand in ``workdir``: the torch rows a checkpoint
     (``--checkpoint``, ``--preset``'s or the demo), the runtime rows a bundle of each precision
-    exported from it (for ``data``'s categories where given), or the given BUNDLE (its
-    precision only), and the tensorrt rows that bundle's TensorRT plans, built here when it has
-    none this GPU runs."""
+    exported from it (for ``data``'s categories where given; int8 calibrated on its train/good
+    images), or the given BUNDLE (its precision only), and the tensorrt rows that bundle's
+    TensorRT plans, built here when it has none this GPU runs."""
 
     def __init__(
         self,
@@ -244,10 +245,31 @@ class Sources:
         out = self.workdir / f"bundle-{precision}"
         try:
             # No self-check: the bench compares the backends' speed (and with --eval, accuracy).
-            export_bundle(out, checkpoint, self.categories, precision=precision, verify=False)
+            export_bundle(
+                out,
+                checkpoint,
+                self.categories,
+                precision=precision,
+                verify=False,
+                calibration=self._calibration(checkpoint) if precision == "int8" else None,
+            )
         except InputError as err:
             return Unavailable(f"inctrl-export cannot make a {precision} bundle: {err}")
         return out
+
+    def _calibration(self, checkpoint: Path | None) -> list[str] | list[np.ndarray] | None:
+        """The int8 export's calibration images: None for the demo (its own synthetic normals),
+        else --eval's train/good images, else seeded random frames (noted)."""
+        if checkpoint is None:
+            return None
+        if self.data is not None:
+            return self.data.normal_images()
+        self.notes.append(
+            f"the int8 bundle is calibrated on {CALIBRATION_FRAMES} random camera frames (no "
+            "--eval data): random-frame calibration makes its scores' accuracy meaningless; its "
+            "speed stands"
+        )
+        return random_frames(np.random.default_rng(self.seed), CALIBRATION_FRAMES)
 
     def engines(
         self, precision: str, batch: tuple[int, int, int], shots: tuple[int, int, int]

@@ -311,6 +311,10 @@ def test_every_backend_on_the_tiny_model(tiny_checkpoint: Path, tmp_path) -> Non
     assert record["backends"]["authors"]["registration"] == []
     assert len(record["backends"]["torch-fp32"]["registration"]) == 2
     assert "torch-fp16" not in available  # CUDA only
+    # No --eval: int8 of a real checkpoint is calibrated on random frames, and the notes say so.
+    assert record["backends"]["onnxruntime-cpu-int8"]["quantization"]["images"] == 16
+    assert any("random-frame calibration makes its" in note for note in record["notes"])
+    assert all(backend["accuracy"] is None for backend in record["backends"].values())
     if NO_GPU is not None:
         for name in NATIVE:
             assert NO_GPU in record["backends"][name]["reason"], name
@@ -653,7 +657,7 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
 
     settings = BenchSettings(
         checkpoint=tiny_checkpoint,
-        backends=("authors", "torch-fp32", "onnxruntime-cpu-fp32"),
+        backends=("authors", "torch-fp32", "onnxruntime-cpu"),
         batches=(1, 4),
         shots=(2, 3),
         repeats=1,
@@ -681,6 +685,11 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
     assert ran["torch-fp32"]["accuracy"]["drift_max_abs"] == 0.0
     assert ran["onnxruntime-cpu-fp32"]["accuracy"]["drift_max_abs"] < 1e-4
     assert ran["authors"]["accuracy"]["drift_max_abs"] < 1e-4  # same weights, batch 1
+    # int8 of a real checkpoint: calibrated on the data's train/good images, 4 per category.
+    int8 = ran["onnxruntime-cpu-int8"]
+    assert int8["quantization"]["images"] == 8 and int8["quantization"]["format"] == "qdq"
+    assert int8["accuracy"]["drift_max_abs"] < 1e-1
+    assert not any("random camera frames" in note for note in record["notes"])
 
     # torch-fp32's AUROC is the model's own, prompts the first k of train/good, every test image.
     model, data = load_model(tiny_checkpoint), load_eval_data(eval_data, 2)
