@@ -67,7 +67,9 @@ def bench(
     ),
     json_file: Path = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot_file: Path = typer.Option(
-        None, "--plot", help="Write a PNG: latency per query vs batch, speed-ups."
+        None,
+        "--plot",
+        help="Write a PNG: latency per query vs batch, speed-ups (with --eval: AUROC).",
     ),
 ) -> None:
     """Measure latency per query (p50/p90/p99, stages), throughput per batch size, prompt
