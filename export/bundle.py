@@ -92,7 +92,7 @@ def export_bundle(
         calibration: int8 only: normal images of the bundle's categories, a folder
             (``quantize.calibration_images`` says which of its images) or a list of images;
             required unless the model is the demo, which has its own synthetic normals.
-        calibration_method: int8 only: ``minmax`` (default), ``percentile`` or ``entropy``.
+        calibration_method: int8 only: ``percentile`` (default), ``minmax`` or ``entropy``.
         int8_activations: int8 only: ``symmetric`` (default; int8 with zero point 0, what
             TensorRT takes) or ``asymmetric`` (uint8).
         verify: run the self-check; with ``atol`` (default: the contract's tolerance for

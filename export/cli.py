@@ -118,8 +118,8 @@ def onnx(
     calibration_method: str = typer.Option(
         None,
         "--calibration-method",
-        help="int8: how activation ranges are set from the calibration images: minmax "
-        "(default), percentile (99.999th of |x|) or entropy.",
+        help="int8: how activation ranges are set from the calibration images: percentile "
+        "(default: the 99.999th percentile of |x|), minmax or entropy.",
         show_default=False,
     ),
     int8_activations: str = typer.Option(

@@ -16,6 +16,7 @@ from inctrl_export.bundle import export_bundle
 from inctrl_export.cli import main
 from inctrl_export.parity import AUROC_MARK, DEFAULT_ATOL, OutputDiff, ParityReport
 from inctrl_export.quantize import (
+    DEFAULT_CALIBRATION_METHOD,
     DEMO_IMAGES_PER_CATEGORY,
     MAX_CALIBRATION_IMAGES,
     calibration_images,
@@ -111,7 +112,7 @@ def test_the_manifest_records_the_calibration(int8_export, synth: Path, tiny_bun
     assert manifest["graphs"]["encoder"]["precision"] == "int8"
     assert {k: v for k, v in record.items() if k != "image_digests"} == {
         "format": "qdq", "activations": "int8-symmetric",
-        "weights": "int8-symmetric-per-channel", "method": "minmax",
+        "weights": "int8-symmetric-per-channel", "method": DEFAULT_CALIBRATION_METHOD,
         "images": CALIBRATION_IMAGES,
     }  # fmt: skip
     # The digests are the runtime's own of the train/good images, as it preprocesses them.
@@ -239,8 +240,8 @@ def test_the_demo_calibrates_on_its_own_synthetic_normals(tmp_path: Path) -> Non
     assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))
     digests = [pixel_digest(p) for p in calibration_pixels(images, Preprocessing())]
     assert len(set(digests)) == count  # all different
-    result = export_bundle(tmp_path / "demo", precision="int8", calibration_method="percentile")
+    result = export_bundle(tmp_path / "demo", precision="int8", calibration_method="minmax")
     manifest = json.loads((result.path / "manifest.json").read_text())
     record = manifest["graphs"]["encoder"]["quantization"]
-    assert record["method"] == "percentile" and record["image_digests"] == digests
+    assert record["method"] == "minmax" and record["image_digests"] == digests
     assert result.report.passed
