@@ -76,7 +76,6 @@ def export_bundle(
     model: InCTRL | None = None,
     calibration: Calibration | None = None,
     calibration_method: str | None = None,
-    int8_activations: str | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the embedded demo) as a bundle for ``categories``.
 
@@ -93,8 +92,6 @@ def export_bundle(
             (``quantize.calibration_images`` says which of its images) or a list of images;
             required unless the model is the demo, which has its own synthetic normals.
         calibration_method: int8 only: ``percentile`` (default), ``minmax`` or ``entropy``.
-        int8_activations: int8 only: ``symmetric`` (default; int8 with zero point 0, what
-            TensorRT takes) or ``asymmetric`` (uint8).
         verify: run the self-check; with ``atol`` (default: the contract's tolerance for
             ``precision``) as the pass mark.
         log: called with one line per finished step.
@@ -103,7 +100,7 @@ def export_bundle(
     given = model is not None
     checkpoint_path, is_demo = (None, False) if given else resolve_checkpoint(checkpoint)
     categories = _check_arguments(out, categories, is_demo, precision, opset, force)
-    int8 = _int8_settings(precision, calibration, calibration_method, int8_activations, is_demo)
+    int8 = _int8_settings(precision, calibration, calibration_method, is_demo)
     atol = pass_mark(atol, precision)
     seconds: dict[str, float] = {}
     if model is None:
@@ -121,7 +118,7 @@ def export_bundle(
             done = f"quantized the encoder (int8, {int8.method} on {len(pixels)} images)"
             with _timed(seconds, "quantize", log, done):
                 encoder = staging / graph_specs(model.config)["encoder"].file
-                quantization = quantize_encoder(encoder, pixels, int8.method, int8.activations)
+                quantization = quantize_encoder(encoder, pixels, int8.method)
         with _timed(seconds, "priors", log, f"text priors of {len(categories)} categories"):
             _write_priors(model, categories, staging / PRIORS)
         manifest = _manifest(model, staging, checkpoint_path, is_demo, categories, opset, precision)
@@ -164,24 +161,13 @@ def _check_arguments(
 
 
 def _int8_settings(
-    precision: str,
-    calibration: Calibration | None,
-    method: str | None,
-    activations: str | None,
-    is_demo: bool,
+    precision: str, calibration: Calibration | None, method: str | None, is_demo: bool
 ) -> Int8Settings | None:
     """The int8 export's settings (None for another precision, which takes none of them)."""
     if precision == "int8":
-        return Int8Settings.checked(calibration, method, activations, is_demo)
-    given = [
-        option
-        for option, value in (
-            ("--calibration", calibration),
-            ("--calibration-method", method),
-            ("--int8-activations", activations),
-        )
-        if value is not None
-    ]
+        return Int8Settings.checked(calibration, method, is_demo)
+    options = (("--calibration", calibration), ("--calibration-method", method))
+    given = [option for option, value in options if value is not None]
     if given:
         raise InputError(f"{', '.join(given)}: only for --precision int8, not {precision}")
     return None

@@ -103,8 +103,8 @@ def onnx(
     precision: str = typer.Option(
         "fp32",
         help="Encoder precision: fp32; fp16 (for GPUs; LayerNorm, softmax, norms stay fp32); "
-        "int8 (static Q/DQ: the transformer blocks' matrix products in int8, weights per "
-        "channel, activations calibrated on --calibration images; for CPUs and TensorRT).",
+        "int8 (static Q/DQ: the transformer blocks' matrix products in int8, symmetric, weights "
+        "per channel, activations calibrated on --calibration images; for CPUs and TensorRT).",
     ),
     calibration: Path = typer.Option(
         None,
@@ -120,13 +120,6 @@ def onnx(
         "--calibration-method",
         help="int8: how activation ranges are set from the calibration images: percentile "
         "(default: the 99.999th percentile of |x|), minmax or entropy.",
-        show_default=False,
-    ),
-    int8_activations: str = typer.Option(
-        None,
-        "--int8-activations",
-        help="int8: symmetric (default: int8 with zero point 0, what TensorRT takes) or "
-        "asymmetric (uint8, onnxruntime on CPUs only).",
         show_default=False,
     ),
     clip_weights: Path = ClipWeights,
@@ -164,7 +157,6 @@ def onnx(
             log=_log,
             calibration=calibration,
             calibration_method=calibration_method,
-            int8_activations=int8_activations,
         )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.file_bytes.items())
     say(f"wrote {out}: {sizes}")

@@ -36,8 +36,10 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # generated data, entropy close behind and minmax last; for BERT, NVIDIA's int8 study (Wu et
 # al. 2020) also found percentile calibration better than max.
 DEFAULT_CALIBRATION_METHOD = "percentile"
-# --int8-activations -> the manifest's name for the form
-ACTIVATIONS = {"symmetric": "int8-symmetric", "asymmetric": "uint8-asymmetric"}
+# The manifest's names of the forms. Activations are signed and symmetric, the form TensorRT
+# takes; onnxruntime on x86 turns them into uint8 with zero point 128 for its kernels, so
+# quantizing them as asymmetric uint8 (which TensorRT does not take) was no faster there.
+ACTIVATIONS = "int8-symmetric"
 WEIGHTS = "int8-symmetric-per-channel"
 QUANTIZED_OPS = ("MatMul", "Gemm")
 BLOCKS = "/resblocks."
@@ -57,34 +59,28 @@ Calibration = str | os.PathLike | Sequence[ImageSource]
 @dataclass(frozen=True)
 class Int8Settings:
     """How an int8 export quantizes: where its calibration images come from (None: the demo's
-    own synthetic normals), the calibration method and the activations' form."""
+    own synthetic normals) and the calibration method."""
 
     calibration: Calibration | None = None
     method: str = DEFAULT_CALIBRATION_METHOD
-    activations: str = "symmetric"
 
     @classmethod
     def checked(
-        cls, calibration: Calibration | None, method: str | None, activations: str | None,
-        is_demo: bool,
-    ) -> Int8Settings:  # fmt: skip
+        cls, calibration: Calibration | None, method: str | None, is_demo: bool
+    ) -> Int8Settings:
         """The settings, refused in one line where they cannot work: no ``calibration`` for
-        a model other than the demo, an unknown method or form, a folder without images."""
+        a model other than the demo, an unknown method, a folder without images."""
         method = method or DEFAULT_CALIBRATION_METHOD
-        activations = activations or "symmetric"
         if method not in CALIBRATION_METHODS:
             choices = ", ".join(CALIBRATION_METHODS)
             raise InputError(f"unknown --calibration-method {method!r}; choose {choices}")
-        if activations not in ACTIVATIONS:
-            choices = " or ".join(ACTIVATIONS)
-            raise InputError(f"unknown --int8-activations {activations!r}; choose {choices}")
         if calibration is None and not is_demo:
             raise InputError(
                 "--precision int8 needs --calibration DIR: normal images of the bundle's "
                 "categories (a folder of images, or an MVTec-layout category or data set folder "
                 "whose train/good images are used); only the demo model brings its own"
             )
-        settings = cls(calibration, method, activations)
+        settings = cls(calibration, method)
         if calibration is not None:
             settings.images()  # a folder without images is refused before any work
         return settings
@@ -196,9 +192,8 @@ class _Reader:
 
 
 def quantize_encoder(
-    path: Path, pixels: np.ndarray, method: str = DEFAULT_CALIBRATION_METHOD,
-    activations: str = "symmetric",
-) -> dict:  # fmt: skip
+    path: Path, pixels: np.ndarray, method: str = DEFAULT_CALIBRATION_METHOD
+) -> dict:
     """Quantize the fp32 encoder at ``path`` in place (static Q/DQ, calibrated on ``pixels``);
     returns the manifest's record of it (``graphs.encoder.quantization``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -207,7 +202,6 @@ def quantize_encoder(
     _constant_identities_to_initializers(model)
     nodes = quantized_nodes(model)
     _products_before_transposes(model, nodes)
-    symmetric = activations == "symmetric"
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=path.parent) as work:
         source = Path(work) / "fp32.onnx"
         onnx.save(model, str(source))
@@ -218,7 +212,7 @@ def quantize_encoder(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 per_channel=True,
-                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=nodes,
                 calibrate_method={
@@ -227,9 +221,9 @@ def quantize_encoder(
                     "entropy": CalibrationMethod.Entropy,
                 }[method],
                 extra_options={
-                    "ActivationSymmetric": symmetric,
+                    "ActivationSymmetric": True,
                     "WeightSymmetric": True,
-                    "CalibTensorRangeSymmetric": symmetric,
+                    "CalibTensorRangeSymmetric": True,
                     "CalibStridedMinMax": 1,  # one batch at a time, whatever the method
                     "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
                 },
@@ -238,7 +232,7 @@ def quantize_encoder(
         os.replace(quantized, path)
     return {
         "format": "qdq",
-        "activations": ACTIVATIONS[activations],
+        "activations": ACTIVATIONS,
         "weights": WEIGHTS,
         "method": method,
         "images": len(pixels),

@@ -208,7 +208,6 @@ def test_int8_of_a_real_checkpoint_needs_calibration_images(
         (tmp_path / "empty",): "no images directly in it",
         (tmp_path / "none",): "no such folder of images",
         (tmp_path, "--calibration-method", "mse"): "choose minmax, percentile, entropy",
-        (tmp_path, "--int8-activations", "u8"): "choose symmetric or asymmetric",
     }
     for options, phrase in refusals.items():
         run_main(main, *int8, "--calibration", *options).assert_refused(phrase)
