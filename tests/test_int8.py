@@ -25,6 +25,7 @@ from inctrl_export.quantize import (
 )
 from inctrl_export.verify import verify_bundle
 from inctrl_runtime.detector import Detector
+from inctrl_runtime.info import bundle_info, info_sections
 from inctrl_runtime.preprocess import Preprocessing, pixel_digest
 from inctrl_runtime.results import SCORE_FIELDS
 
@@ -106,6 +107,26 @@ def test_qdq_with_zero_points_0_and_per_channel_weights_on_exactly_the_block_pro
 
 
 @pytest.mark.unit
+def test_onnxruntime_runs_every_quantized_product_as_an_integer_kernel(
+    int8_export, tmp_path: Path
+) -> None:
+    """With the runtime's session options, no product is left as a float MatMul behind a
+    DequantizeLinear (which would be slower than fp32): the attention input's Transpose moved."""
+    import onnxruntime as ort
+
+    from inctrl_runtime.engines.ort import session_options
+
+    options = session_options(precision="int8")
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8_export.path / "encoder.onnx"), options,
+                         providers=["CPUExecutionProvider"])  # fmt: skip
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    kinds = [node.op_type for node in optimized.graph.node]
+    assert kinds.count("MatMulIntegerToFloat") + kinds.count("QGemm") == 4 * TINY.vision.layers
+    assert "DequantizeLinear" not in kinds
+
+
+@pytest.mark.unit
 def test_the_manifest_records_the_calibration(int8_export, synth: Path, tiny_bundle: Path) -> None:
     manifest = json.loads((int8_export.path / "manifest.json").read_text())
     record = manifest["graphs"]["encoder"]["quantization"]
@@ -120,6 +141,11 @@ def test_the_manifest_records_the_calibration(int8_export, synth: Path, tiny_bun
     normals = sorted((synth / "train" / "good").iterdir())
     assert record["image_digests"] == [pixel_digest(p) for p in detector.pixels(normals)]
     assert "quantize" in manifest["export_seconds"]
+    shown = bundle_info(int8_export.path)["graphs"]["encoder"]["quantization"]
+    assert shown == {k: v for k, v in record.items() if k != "image_digests"}
+    rows = dict(info_sections(bundle_info(int8_export.path))[0])
+    assert "activations int8-symmetric" in rows["encoder graph"]
+    assert f"{DEFAULT_CALIBRATION_METHOD} on {CALIBRATION_IMAGES} images" in rows["encoder graph"]
     fp32 = (tiny_bundle / "encoder.onnx").stat().st_size  # the same checkpoint's fp32 encoder
     assert int8_export.file_bytes["encoder.onnx"] < 0.7 * fp32
 
