@@ -174,8 +174,8 @@ def verify_command(
         "--images",
         help="A folder of images (--shots prompts drawn with --seed, the rest the queries), or "
         "a category folder in MVTec layout (prompts from train/good, labelled test images: "
-        "AUROC on both sides, its change judged: at most 0.01). Default: the export's seeded "
-        "check images.",
+        "AUROC on both sides; int8's change is judged: at most 0.01). Default: the export's "
+        "seeded check images.",
         show_default=False,
     ),
     category: str = typer.Option(
@@ -200,8 +200,8 @@ def verify_command(
     """Compare a bundle with PyTorch: per output max abs / max rel difference and the tolerance
     that would pass, rank agreement of scores, AUROC on labelled data, batch invariance.
 
-    Exit code 1 if a judged output differs by more than --atol (int8: the final score), or the
-    image AUROC on labelled --images changes by more than 0.01. Example:
+    Exit code 1 if a judged output differs by more than --atol (int8: the final score), or an
+    int8 bundle's image AUROC on labelled --images changes by more than 0.01. Example:
 
         inctrl-export verify candle_pcb -c inctrl_k2.pyth --images mvtec/candle -k 2
     """

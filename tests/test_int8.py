@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from inctrl_export.bundle import export_bundle
 from inctrl_export.cli import main
-from inctrl_export.parity import AUROC_MARK, DEFAULT_ATOL, OutputDiff, ParityReport
+from inctrl_export.parity import AUROC_MARKS, DEFAULT_ATOL, OutputDiff, ParityReport
 from inctrl_export.quantize import (
     DEFAULT_CALIBRATION_METHOD,
     DEMO_IMAGES_PER_CATEGORY,
@@ -186,18 +186,20 @@ def test_the_self_check_judges_the_final_score_at_1e_2(int8_export) -> None:
 
 @pytest.mark.unit
 def test_an_unjudged_output_past_the_mark_does_not_fail_but_the_auroc_change_does() -> None:
-    def report(auroc_change: float | None) -> ParityReport:
+    def report(change: float | None, precision: str = "int8") -> ParityReport:
         outputs = [OutputDiff("score", (4,), 5e-3, 1e-2, True, True),
                    OutputDiff("image_residual_score", (4,), 8e-2, 0.3, False, False)]  # fmt: skip
-        auroc = None
-        if auroc_change is not None:
-            auroc = {"pytorch": 0.9, "bundle": 0.9 + auroc_change, "change": auroc_change}
-        return ParityReport("int8", "candle", 2, 4, 4, 1e-2, "onnxruntime-cpu", outputs,
-                            auroc=auroc, auroc_mark=AUROC_MARK if auroc else None)  # fmt: skip
+        auroc = None if change is None else {"pytorch": 0.9, "bundle": 0.9 + change,
+                                              "change": change}  # fmt: skip
+        mark = AUROC_MARKS.get(precision) if auroc else None
+        return ParityReport(precision, "candle", 2, 4, 4, 1e-2, "onnxruntime-cpu", outputs,
+                            auroc=auroc, auroc_mark=mark)  # fmt: skip
 
     assert report(None).passed and report(-0.01).passed and report(0.004).passed
     assert not report(-0.0101).passed and not report(0.02).passed
-    assert report(0.02).to_dict()["auroc_mark"] == AUROC_MARK == 0.01
+    assert report(0.02).to_dict()["auroc_mark"] == AUROC_MARKS["int8"] == 0.01
+    # A float precision's AUROC change is reported, not judged (its scores are, each).
+    assert report(0.05, "fp16").passed and report(0.05, "fp16").auroc_mark is None
 
 
 @pytest.mark.parity
