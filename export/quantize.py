@@ -248,9 +248,14 @@ def _constant_identities_to_initializers(model: onnx.ModelProto) -> None:
     cannot fuse it into an integer kernel.
     """
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    outputs = {output.name for output in model.graph.output}
     kept = []
     for node in model.graph.node:
-        if node.op_type == "Identity" and node.input[0] in initializers:
+        if (
+            node.op_type == "Identity"
+            and node.input[0] in initializers
+            and node.output[0] not in outputs
+        ):
             copy = onnx.TensorProto()
             copy.CopyFrom(initializers[node.input[0]])
             copy.name = node.output[0]
