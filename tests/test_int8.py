@@ -272,3 +272,18 @@ def test_the_demo_calibrates_on_its_own_synthetic_normals(tmp_path: Path) -> Non
     record = manifest["graphs"]["encoder"]["quantization"]
     assert record["method"] == "minmax" and record["image_digests"] == digests
     assert result.report.passed
+
+
+@pytest.mark.cli
+def test_the_help_states_the_int8_options_and_contract() -> None:
+    import typer
+
+    from inctrl_export.cli import app
+
+    commands = typer.main.get_command(app).commands
+    helps = {o.name: o.help for o in commands["onnx"].params if o.param_type_name == "option"}
+    assert f"at most {MAX_CALIBRATION_IMAGES} are used" in helps["calibration"]
+    assert f"{DEFAULT_CALIBRATION_METHOD} (default" in helps["calibration_method"]
+    assert "for int8 the final score within 1e-2" in helps["atol"]
+    verify = {o.name: o.help for o in commands["verify"].params if o.param_type_name == "option"}
+    assert f"int8's change is judged: at most {AUROC_MARKS['int8']:g}" in verify["images"]
