@@ -69,6 +69,7 @@ CATALOGUE = (
     # Native TensorRT plans (inctrl-export tensorrt), run by the runtime's TrtEngine.
     Backend("tensorrt-fp32", "tensorrt", "fp32", "cuda", "tensorrt"),
     Backend("tensorrt-fp16", "tensorrt", "fp16", "cuda", "tensorrt"),
+    Backend("tensorrt-int8", "tensorrt", "int8", "cuda", "tensorrt"),
 )
 
 

@@ -26,7 +26,7 @@ from inctrl_runtime.errors import InputError
 
 NAMES = [backend.name for backend in CATALOGUE]
 TIMING_KEYS = {"runs", "p50_ms", "p90_ms", "p99_ms", "stages_ms", "gpu_p50_ms"}
-NATIVE = ["tensorrt-fp32", "tensorrt-fp16"]
+NATIVE = ["tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
 PROVIDER = ["onnxruntime-tensorrt-fp32", "onnxruntime-tensorrt-fp16"]
 # Measured only for TensorRT plans (or only on a GPU): null in every other row.
 ENGINE_KEYS = ("engine_build", "build_s", "plan_mb")
@@ -104,7 +104,7 @@ def test_backend_selection_by_name_and_prefix() -> None:
     assert {(b.kind, b.runtime_device, b.device) for b in provider} == {
         ("onnxruntime", "ort-tensorrt", "cuda")
     }
-    assert [b.precision for b in native + provider] == ["fp32", "fp16"] * 2
+    assert [b.precision for b in native + provider] == ["fp32", "fp16", "int8", "fp32", "fp16"]
     selected = select_backends(["torch-fp32", "authors", "onnxruntime-cpu"])
     assert [b.name for b in selected] == [
         "authors",
