@@ -19,22 +19,12 @@ import pytest
 
 from inctrl_runtime.engines import cuda as cuda_module
 from inctrl_runtime.engines import trt as trt_module
-from inctrl_runtime.engines.cuda import (
-    CUDA_API,
-    gpu_problem,
-)
-from inctrl_runtime.engines.plans import (
-    ComputeCapability,
-)
+from inctrl_runtime.engines.cuda import CUDA_API, gpu_problem
 from inctrl_runtime.engines.trt import TRT_RUNNER_API, tensorrt_runtimes
 
 ENGINES = Path(trt_module.__file__).parent
 LEAN = "tensorrt_lean_bindings"
-L4 = ComputeCapability(8, 9)
 NO_GPU = gpu_problem(0)
-needs_no_gpu = pytest.mark.skipif(
-    NO_GPU is None, reason="a CUDA GPU is usable here: these are the refusals without one"
-)
 
 
 # -------------------------------------------------------- the names the runner uses, checked

@@ -24,7 +24,7 @@ from PIL import Image
 
 from inctrl.loading import load_model
 from inctrl_export.bundle import export_bundle
-from inctrl_export.parity import DEFAULT_ATOL, pass_mark
+from inctrl_export.parity import DEFAULT_ATOL, JUDGED, pass_mark
 from inctrl_export.tensorrt import TRT_QUANTIZATION, TensorrtBuild, build_engines
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.detector import Detector
@@ -64,7 +64,7 @@ def _contract(precision: str) -> tuple[float, tuple[str, ...]]:
     """The contract's mark against PyTorch fp32 and the outputs it judges: fp32 every output,
     fp16 the scores (not the patch map's entries), int8 the final score (the others are
     reported, not judged)."""
-    fields = {"fp32": SCORE_FIELDS, "fp16": SCALAR_FIELDS, "int8": ("score",)}[precision]
+    fields = JUDGED.get(precision) or {"fp32": SCORE_FIELDS, "fp16": SCALAR_FIELDS}[precision]
     return pass_mark(None, precision), fields
 
 

@@ -26,7 +26,6 @@ from inctrl_runtime.cli import main as inctrl_run
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.devices import parse_device
 from inctrl_runtime.engines import TensorSpec
-from inctrl_runtime.engines import trt as trt_module
 from inctrl_runtime.engines.cuda import (
     DeviceMemory,
     Event,
@@ -56,7 +55,6 @@ from inctrl_runtime.engines.trt_buffers import aligned_rows, chunks
 from inctrl_runtime.engines.trt_io import Binding, PlanIO
 from inctrl_runtime.errors import BundleError, InputError
 
-ENGINES = Path(trt_module.__file__).parent
 LEAN = "tensorrt_lean_bindings"
 L4 = ComputeCapability(8, 9)
 NO_GPU = gpu_problem(0)
