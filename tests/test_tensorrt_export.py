@@ -23,14 +23,8 @@ from conftest import BUNDLE_CATEGORIES, run_main, snapshot
 import inctrl_export
 from inctrl_export.cli import app, main
 from inctrl_export.parity import OutputDiff, ParityReport
-from inctrl_export.tensorrt import (
-    BUILDER_API,
-    check_no_plans,
-    default_timing_cache,
-    export_command,
-    graph_profiles,
-    off_opt,
-)
+from inctrl_export.tensorrt import BUILDER_API, default_timing_cache, graph_profiles, off_opt
+from inctrl_export.tensorrt_checks import check_no_plans, export_command
 from inctrl_runtime.bundle import MANIFEST, Bundle
 from inctrl_runtime.engines.plans import (
     ENGINES_KEY,

@@ -25,7 +25,8 @@ from PIL import Image
 from inctrl.loading import load_model
 from inctrl_export.bundle import export_bundle
 from inctrl_export.parity import DEFAULT_ATOL, JUDGED, pass_mark
-from inctrl_export.tensorrt import TRT_QUANTIZATION, TensorrtBuild, build_engines
+from inctrl_export.tensorrt import TensorrtBuild, build_engines
+from inctrl_export.tensorrt_checks import TRT_QUANTIZATION
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.engines.cuda import compute_capability, gpu_problem
