@@ -454,6 +454,10 @@ def unregister(bundle: Path = BundleArgument, category: str = CategoryOption) ->
     say(f"unregistered {category!r}: removed {path}")
 
 
+# Commands in their own modules register on ``app`` when imported.
+from inctrl_runtime import cli_serve  # noqa: E402, F401
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``inctrl-run``."""
     run_app(app, "inctrl-run", argv)

@@ -8,6 +8,7 @@ images come out as the authors' pipeline makes them.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,21 +154,31 @@ def load_image(source: ImageSource, size: int = Preprocessing.size) -> Image.Ima
             raise InputError(f"{path}: not a readable .npy array ({err})") from None
         _check_array(array, str(path), size)
         return _array_to_pil(np.array(array))  # read into memory, detached from the file
+    return _decode(path, str(path), size)
+
+
+def decode_image(data: bytes, size: int = Preprocessing.size) -> Image.Image:
+    """An encoded image file's bytes (png, jpg, ...) as PIL, checked as ``load_image`` checks a
+    file (``check_size`` before its pixels are decoded); errors name it by its length."""
+    return _decode(io.BytesIO(data), f"image of {len(data):,} bytes", size)
+
+
+def _decode(file: Path | io.BytesIO, name: str, size: int) -> Image.Image:
     try:
-        with Image.open(path) as image:  # reads the header only
-            check_size(str(path), image.width, image.height, size)
+        with Image.open(file) as image:  # reads the header only
+            check_size(name, image.width, image.height, size)
             image.load()
             return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # Pillow's own check, in open() or in load() (a GIF frame, a TIFF tile), refused it
         # before ours could see its size (above twice its limit, or its warning made an error).
         raise InputError(
-            f"{path}: too many pixels, a possible decompression bomb (Pillow: {_first_line(err)}"
+            f"{name}: too many pixels, a possible decompression bomb (Pillow: {_first_line(err)}"
             f"); images may have at most {Image.MAX_IMAGE_PIXELS:,} pixels: downscale or crop "
             "it first"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise InputError(f"{path}: not a readable image ({_first_line(err)})") from None
+        raise InputError(f"{name}: not a readable image ({_first_line(err)})") from None
 
 
 def _first_line(err: Exception) -> str:

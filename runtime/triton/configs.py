@@ -1,0 +1,182 @@
+"""The ``config.pbtxt`` of each model of a bundle's repository, as text.
+
+Shapes come from the bundle's manifest (the encoder's graph record and the model record), never
+from constants; dims exclude the batch axis, which every model has (``max_batch_size``). The
+encoder's text is shared by its three runtimes: the python backend, onnxruntime and TensorRT
+(``encoder_config``); ``inctrl_export.triton`` writes the latter two with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.triton.names import (
+    CATEGORY,
+    ENCODER,
+    ENCODERS,
+    ENSEMBLE,
+    HEAD,
+    IMAGE,
+    OUTPUTS,
+    PIXELS,
+    PREPROCESS,
+)
+
+DEFAULT_MAX_BATCH = 32
+# How long a model's scheduler waits for more requests to fill a batch: a small fraction of one
+# encoder pass on a CPU, enough for concurrent clients' requests to meet.
+QUEUE_DELAY_US = 2000
+_TYPES = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
+# What runs each encoder, and where its instances go (a plan is built for a GPU).
+_ENCODER_RUNTIMES = {
+    "python": ('backend: "python"', "KIND_CPU"),
+    "onnxruntime": ('platform: "onnxruntime_onnx"', "KIND_CPU"),
+    "tensorrt": ('platform: "tensorrt_plan"', "KIND_GPU"),
+}
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    """One input or output of a model: name, numpy dtype name, dims without the batch axis."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+
+    def text(self) -> str:
+        dims = ", ".join(str(d) for d in self.dims)
+        return f'  {{ name: "{self.name}" data_type: {_TYPES[self.dtype]} dims: [ {dims} ] }}'
+
+
+def preferred_batch_sizes(max_batch: int) -> list[int]:
+    """The batch sizes the dynamic batcher aims for: a quarter, a half and all of the maximum."""
+    return sorted({max(1, max_batch // 4), max(1, max_batch // 2), max_batch})
+
+
+def check_sizes(max_batch: int, instances: int) -> None:
+    """Refuse a maximum batch or an instance count that is not a whole number of at least 1."""
+    for option, value in (("--max-batch", max_batch), ("--instances", instances)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{option} must be a whole number of at least 1, got {value!r}")
+
+
+def model_config(
+    name: str,
+    runtime: str,
+    max_batch: int,
+    inputs: Sequence[TensorConfig],
+    outputs: Sequence[TensorConfig],
+    instances: int | None = 1,
+    kind: str = "KIND_CPU",
+    parameters: Mapping[str, object] | None = None,
+    scheduling: str | None = None,
+) -> str:
+    """A model's config text; ``runtime`` is its ``backend: ...`` or ``platform: ...`` line,
+    ``instances`` None leaves out the instance group (an ensemble has none), ``scheduling``
+    replaces the dynamic batcher (an ensemble's steps)."""
+    lines = [f'name: "{name}"', runtime, f"max_batch_size: {max_batch}"]
+    lines += ["input [", ",\n".join(t.text() for t in inputs), "]"]
+    lines += ["output [", ",\n".join(t.text() for t in outputs), "]"]
+    if scheduling is None:
+        sizes = ", ".join(str(s) for s in preferred_batch_sizes(max_batch))
+        lines.append(
+            f"dynamic_batching {{ preferred_batch_size: [ {sizes} ] "
+            f"max_queue_delay_microseconds: {QUEUE_DELAY_US} }}"
+        )
+    else:
+        lines.append(scheduling)
+    if instances is not None:
+        lines.append(f"instance_group [ {{ count: {instances} kind: {kind} }} ]")
+    for key, value in (parameters or {}).items():
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def encoder_tensors(bundle: Bundle) -> tuple[list[TensorConfig], list[TensorConfig]]:
+    """The encoder graph's inputs and outputs as the manifest records them, without the batch."""
+    graph = bundle.graphs["encoder"]
+    inputs, outputs = (
+        [TensorConfig(s.name, s.dtype, tuple(int(d) for d in s.shape[1:])) for s in specs]
+        for specs in (graph.inputs, graph.outputs)
+    )
+    return inputs, outputs
+
+
+def output_tensors(bundle: Bundle) -> list[TensorConfig]:
+    """The entry point's outputs (the head's): a value per image, the patch map P values."""
+    patches = bundle.model.num_patches
+    dims = {name: (patches,) if name == "patch_residual_map" else (1,) for name in OUTPUTS}
+    dtypes = {name: "bool" if name == "anomalous" else "float32" for name in OUTPUTS}
+    return [TensorConfig(name, dtypes[name], dims[name]) for name in OUTPUTS]
+
+
+def _text(name: str) -> TensorConfig:
+    """One string a request row: the image file's bytes, or the category's utf-8 name."""
+    return TensorConfig(name, "bytes", (1,))
+
+
+def preprocess_config(
+    bundle: Bundle, max_batch: int, instances: int, parameters: Mapping[str, object]
+) -> str:
+    """Image bytes -> the encoder's input, preprocessed by the runtime (python backend)."""
+    (pixels,) = encoder_tensors(bundle)[0]
+    return model_config(
+        PREPROCESS, 'backend: "python"', max_batch, [_text(IMAGE)],
+        [pixels], instances, parameters=parameters,
+    )  # fmt: skip
+
+
+def encoder_config(
+    bundle: Bundle,
+    encoder: str,
+    max_batch: int,
+    instances: int,
+    parameters: Mapping[str, object] | None = None,
+) -> str:
+    """The encoder shared by every category: ``python`` (the runtime's engine on the CPU;
+    ``parameters`` name the bundle), ``onnxruntime`` (model.onnx) or ``tensorrt``
+    (model.plan, on the GPU), with a dynamic batcher and ``instances`` instances."""
+    if encoder not in ENCODERS:
+        raise InputError(f"unknown encoder backend {encoder!r}: choose {', '.join(ENCODERS)}")
+    runtime, kind = _ENCODER_RUNTIMES[encoder]
+    inputs, outputs = encoder_tensors(bundle)
+    return model_config(
+        ENCODER, runtime, max_batch, inputs, outputs, instances, kind, parameters=parameters
+    )
+
+
+def head_config(bundle: Bundle, max_batch: int, parameters: Mapping[str, object]) -> str:
+    """The encoder's outputs and the category -> every entry output (python backend, one
+    instance holding every category's bank)."""
+    inputs = [*encoder_tensors(bundle)[1], _text(CATEGORY)]
+    return model_config(
+        HEAD, 'backend: "python"', max_batch, inputs, output_tensors(bundle), 1,
+        parameters=parameters,
+    )  # fmt: skip
+
+
+def ensemble_config(bundle: Bundle, max_batch: int) -> str:
+    """The entry point: preprocess -> encoder -> head, so that the encoder's dynamic batcher
+    merges the requests of every category."""
+    features = [t.name for t in encoder_tensors(bundle)[1]]
+    (encoder_input,) = encoder_tensors(bundle)[0]
+    steps = [
+        _step(PREPROCESS, {IMAGE: IMAGE}, {encoder_input.name: PIXELS}),
+        _step(ENCODER, {encoder_input.name: PIXELS}, {name: name for name in features}),
+        _step(HEAD, {**{n: n for n in features}, CATEGORY: CATEGORY}, {n: n for n in OUTPUTS}),
+    ]
+    scheduling = "ensemble_scheduling { step [\n" + ",\n".join(steps) + "\n] }"
+    return model_config(
+        ENSEMBLE, 'platform: "ensemble"', max_batch, [_text(IMAGE), _text(CATEGORY)],
+        output_tensors(bundle), instances=None, scheduling=scheduling,
+    )  # fmt: skip
+
+
+def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str]) -> str:
+    """One ensemble step: the model's tensor names -> the ensemble's."""
+    maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
+    maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
+    return f'  {{ model_name: "{model}" model_version: -1 ' + " ".join(maps) + " }"

@@ -1,0 +1,177 @@
+"""Write a Triton model repository for a bundle (torch-free: ``inctrl-run serve`` writes one).
+
+    REPO/inctrl/             ensemble: image bytes + category -> scores and decisions
+    REPO/inctrl_preprocess/  python: the runtime's preprocessing
+    REPO/inctrl_encoder/     python (the runtime's CPU engine), onnxruntime (model.onnx) or
+                             tensorrt (model.plan): shared by every category, batched
+    REPO/inctrl_head/        python: every category's bank, the head graph, the decisions
+    REPO/inctrl_head/bundle/ with ``copy_bundle``: the bundle's checked files and banks
+
+The python models find the bundle through their ``bundle`` parameter and check it (manifest
+and every file's sha256) when they load; the head checks a model.onnx / model.plan against the
+manifest too. ``inctrl_export.triton`` writes the onnxruntime and tensorrt variants with it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from inctrl_runtime.bundle import MANIFEST, REFERENCES_DIR, Bundle
+from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
+from inctrl_runtime.detector import load_registered
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import staging_folder
+from inctrl_runtime.triton.configs import (
+    DEFAULT_MAX_BATCH,
+    check_sizes,
+    encoder_config,
+    ensemble_config,
+    head_config,
+    preprocess_config,
+)
+from inctrl_runtime.triton.names import (
+    BUNDLE_COPY,
+    CONFIG,
+    ENCODER,
+    ENCODER_FILES,
+    ENSEMBLE,
+    HEAD,
+    PARAM_BUNDLE,
+    PARAM_CATEGORIES,
+    PARAM_FPR,
+    PARAM_THREADS,
+    PREPROCESS,
+    PYTHON_MODEL,
+    VERSION,
+)
+
+# Each python model's source in inctrl_runtime.triton.models.
+_SOURCES = {PREPROCESS: "preprocess.py", ENCODER: "encoder.py", HEAD: "head.py"}
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no space, no time) where the file system allows it, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def registered_categories(bundle: Bundle, categories: Sequence[str] | None) -> list[str]:
+    """The categories a repository serves from the start, each checked (a text prior and a
+    registered bank that fits): those given, or every registered one (None)."""
+    if categories is None:
+        found = bundle.path / REFERENCES_DIR
+        categories = sorted(c for c in bundle.categories if bundle.reference_path(c).is_file())
+        return categories if found.is_dir() else []
+    for category in categories:
+        bundle.prior(category)
+        if not bundle.reference_path(category).is_file():
+            raise InputError(
+                f"category {category!r} is not registered in {bundle.path}: run inctrl-run "
+                f"register {bundle.path} --category {category} --shot IMG ... first"
+            )
+        load_registered(bundle, category)
+    return list(categories)
+
+
+def copy_bundle_into(bundle: Bundle, folder: Path, categories: Sequence[str]) -> None:
+    """The bundle's manifest, every file it lists, and the banks of ``categories``."""
+    (folder / REFERENCES_DIR).mkdir(parents=True)
+    shutil.copyfile(bundle.path / MANIFEST, folder / MANIFEST)
+    for name in bundle.manifest["files"]:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(bundle.path / name, folder / name)
+    for category in categories:
+        source = bundle.reference_path(category)
+        shutil.copyfile(source, folder / REFERENCES_DIR / source.name)
+
+
+def write_model(repository: Path, name: str, config: str, source: str | None = None) -> Path:
+    """``<name>/config.pbtxt`` and its version folder, with a python model's source in it."""
+    version = repository / name / VERSION
+    version.mkdir(parents=True)
+    (repository / name / CONFIG).write_text(config)
+    if source is not None:
+        text = resources.files("inctrl_runtime.triton.models").joinpath(source).read_text()
+        (version / PYTHON_MODEL).write_text(text)
+    return version
+
+
+def write_repository(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    encoder: str = "python",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    instances: int = 1,
+    categories: Sequence[str] | None = None,
+    fpr: float = DEFAULT_FPR,
+    copy_bundle: bool = False,
+    threads: int | None = None,
+    encoder_file: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Check a bundle and write its Triton repository at ``out``, atomically (built beside it,
+    then renamed); returns ``out``.
+
+    Args:
+        encoder: ``python`` (the runtime's CPU engine), ``onnxruntime`` (``encoder_file``,
+            default the bundle's encoder.onnx, as model.onnx) or ``tensorrt`` (``encoder_file``,
+            a plan of the bundle, as model.plan).
+        max_batch: every model's ``max_batch_size``; instances: the encoder's and the
+            preprocessing's instance count.
+        categories: the categories the head loads at start, each registered (None: every
+            registered one; others are read when a request first names them).
+        fpr: the false-positive rate of the decisions.
+        copy_bundle: copy the bundle into ``inctrl_head/bundle`` (a repository that travels);
+            otherwise the models read the bundle where it is (its absolute path).
+        threads: intra-op threads per engine instance (None: onnxruntime's default).
+        overwrite: replace an existing non-empty ``out`` (refused otherwise).
+    """
+    checked = Bundle.open(bundle, check_files=True)
+    check_sizes(max_batch, instances)
+    check_fpr(fpr)
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    if encoder == "tensorrt" and encoder_file is None:
+        raise InputError("a tensorrt encoder needs its plan: give encoder_file")
+    serving = registered_categories(checked, categories)
+    target = Path(out)
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise InputError(f"{target}: exists and is not empty; name a new folder or remove it")
+    where = f"{HEAD}/{BUNDLE_COPY}" if copy_bundle else str(checked.path.resolve())
+    parameters = {
+        PARAM_BUNDLE: where,
+        PARAM_FPR: repr(float(fpr)),
+        PARAM_THREADS: "" if threads is None else str(threads),
+    }
+    with staging_folder(target) as staging:
+        repository = staging / "repository"
+        repository.mkdir()
+        write_model(repository, ENSEMBLE, ensemble_config(checked, max_batch))
+        write_model(
+            repository, PREPROCESS,
+            preprocess_config(checked, max_batch, instances, {PARAM_BUNDLE: where}),
+            _SOURCES[PREPROCESS],
+        )  # fmt: skip
+        head = {**parameters, PARAM_CATEGORIES: ",".join(serving)}
+        write_model(repository, HEAD, head_config(checked, max_batch, head), _SOURCES[HEAD])
+        python = encoder == "python"
+        version = write_model(
+            repository, ENCODER,
+            encoder_config(checked, encoder, max_batch, instances, parameters if python else None),
+            _SOURCES[ENCODER] if python else None,
+        )  # fmt: skip
+        if not python:
+            model = encoder_file or checked.graphs["encoder"].file
+            link_or_copy(Path(model), version / ENCODER_FILES[encoder])
+        if copy_bundle:
+            copy_bundle_into(checked, repository / HEAD / BUNDLE_COPY, serving)
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(repository, target)
+    return target

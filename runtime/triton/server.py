@@ -1,0 +1,266 @@
+"""The real ``tritonserver`` of the serve extra (``nvidia-pytriton``), run on a repository.
+
+    with TritonServer("repo/") as server:        # started, and ready
+        print(server.http_url, server.grpc_url)
+                                                 # stopped, its temporary folder removed
+
+The wheel carries the server and its python backend; the backend's folder is laid out in the
+server's own temporary folder (``--backend-directory``; nothing is written into
+site-packages), with the stub built for the running Python. The stub is started by the server
+and runs the models' code in this environment: its ``bin`` first on PATH (the stub finds this
+Python's numpy and packages that way), the interpreter's LIBDIR on LD_LIBRARY_PATH (the stub
+links libpython), and the wheel's own libraries there too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from inctrl_runtime.errors import InputError
+
+INSTALL_SERVE = 'pip install "inctrl[serve]"'
+LOG = "tritonserver.log"
+_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+_STUB = "triton_python_backend_stub"
+# How long the server may take to finish in-flight requests once told to stop.
+EXIT_TIMEOUT_S = 10
+
+
+def serving_problem() -> str | None:
+    """Why this environment cannot serve (one line that says what to install), or None."""
+    if (
+        importlib.util.find_spec("pytriton") is None
+        or importlib.util.find_spec("tritonclient") is None
+    ):
+        return f"serving needs the serve extra (nvidia-pytriton, tritonclient): {INSTALL_SERVE}"
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        return (
+            f"serving needs numpy<2 (Triton's python backend fails every response with numpy "
+            f"{numpy.__version__}): {INSTALL_SERVE}"
+        )
+    if not _server_binary().is_file() or not _stub_source().is_file():
+        return (
+            f"the serve extra has no tritonserver or no python backend stub for Python "
+            f"{sys.version_info.major}.{sys.version_info.minor}: {INSTALL_SERVE}"
+        )
+    return None
+
+
+def _distribution() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "tritonserver"
+
+
+def _server_binary() -> Path:
+    return _distribution() / "bin" / "tritonserver"
+
+
+def _stub_source() -> Path:
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return _distribution() / "python_backend_stubs" / version / _STUB
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def server_environment() -> dict[str, str]:
+    """This environment for the server and its stub (see the module's docstring)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), env.get("PATH", "")])
+    libraries = [
+        sysconfig.get_config_var("LIBDIR") or "",
+        str(_distribution().parent.parent / "nvidia_pytriton.libs"),
+        env.get("LD_LIBRARY_PATH", ""),
+    ]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
+    return env
+
+
+def _die_with_parent() -> None:
+    # The server goes when the process that started it dies, even by SIGKILL (Linux).
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class TritonServer:
+    """One ``tritonserver`` on a model repository, bound to ``host``; a port of 0 is a free
+    one. Use it as a context manager (started and ready inside, stopped after) or call
+    ``start``, ``wait_ready`` and ``stop``."""
+
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        workdir: str | os.PathLike | None = None,
+    ) -> None:
+        self.repository = Path(repository)
+        self.workdir = workdir  # where its temporary folder goes (None: the system's)
+        self.host = host
+        self.http_port = http_port or free_port(host)
+        self.grpc_port = grpc_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.folder: Path | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def log(self) -> Path | None:
+        """The server's log (stdout and stderr), while it runs."""
+        return None if self.folder is None else self.folder / LOG
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's log ("" when there is none)."""
+        if self.log is None or not self.log.is_file():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def command(self) -> list[str]:
+        """The server's command line (once ``start`` laid out its backend folder)."""
+        assert self.folder is not None
+        return [
+            str(_server_binary()),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={self.folder / 'backends'}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            "--log-verbose=0",
+        ]
+
+    def start(self) -> TritonServer:
+        """Lay out the python backend in a new temporary folder and start the server."""
+        problem = serving_problem()
+        if problem:
+            raise InputError(problem)
+        if self.process is not None:
+            raise RuntimeError("this server is already started")
+        if not self.repository.is_dir():
+            raise InputError(f"{self.repository}: no such model repository folder")
+        self.folder = Path(tempfile.mkdtemp(prefix="inctrl-triton-", dir=self.workdir))
+        try:
+            backend = self.folder / "backends" / "python"
+            backend.mkdir(parents=True)
+            source = _distribution() / "backends" / "python"
+            for name in _BACKEND_FILES:
+                (backend / name).symlink_to(source / name)
+            (backend / _STUB).symlink_to(_stub_source())
+            with open(self.folder / LOG, "wb") as log:
+                self.process = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=server_environment(),
+                    start_new_session=True,  # its own group: the stubs go with it (stop)
+                    preexec_fn=_die_with_parent,
+                )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def ready(self) -> bool:
+        """Whether the server answers ready on HTTP (every model loaded)."""
+        import tritonclient.http
+
+        client = tritonclient.http.InferenceServerClient(
+            f"{self.host}:{self.http_port}", connection_timeout=2.0, network_timeout=2.0
+        )
+        try:
+            return bool(client.is_server_ready())
+        except Exception:  # refused or reset while it starts: not ready yet
+            return False
+        finally:
+            client.close()
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Wait until the server is ready; returns the seconds waited. A server that exits or
+        is not ready in ``timeout`` seconds is stopped, and the one-line error quotes its
+        log's last lines."""
+        if self.process is None:
+            raise RuntimeError("start the server first")
+        began = time.monotonic()
+        while not self.ready():
+            code = self.process.poll()
+            waited = time.monotonic() - began
+            if code is not None or waited > timeout:
+                self.stop_with(
+                    f"exited with code {code}"
+                    if code is not None
+                    else f"not ready after {timeout:g} s"
+                )
+            time.sleep(0.2)
+        return time.monotonic() - began
+
+    def stop_with(self, what: str) -> None:
+        """Stop the server and raise the one-line error that says ``what`` happened to it,
+        quoting the last lines of its log."""
+        tail = " | ".join(line.strip() for line in self.log_tail(8).splitlines() if line.strip())
+        self.stop()
+        raise InputError(f"tritonserver on {self.repository}: {what}; its log ends: {tail}")
+
+    def stop(self, timeout: float = EXIT_TIMEOUT_S + 10) -> None:
+        """SIGTERM the server (it unloads its models and stops their stubs), SIGKILL what is
+        left of its process group after ``timeout`` seconds, and remove the temporary folder."""
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # the group it leads: itself and stubs
+            process.wait()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
