@@ -70,6 +70,7 @@ def _print_endpoints(server, bundle: Path, waited: float) -> None:
         f"  HTTP     {server.http_url}",
         f"  gRPC     {server.grpc_url}",
         f"  metrics  {server.metrics_url}",
+        f"  repository {server.repository} (removed when it stops)",
         f"  model    {ENSEMBLE} (inputs {IMAGE}: the image file's bytes, {CATEGORY}: its name)",
         f"  registered categories: {served} (of {', '.join(checked.categories)})",
         f"add one while it runs: inctrl-run register {bundle} --category C --shot IMG ...",

@@ -41,10 +41,7 @@ EXIT_TIMEOUT_S = 10
 
 def serving_problem() -> str | None:
     """Why this environment cannot serve (one line that says what to install), or None."""
-    if (
-        importlib.util.find_spec("pytriton") is None
-        or importlib.util.find_spec("tritonclient") is None
-    ):
+    if not all(_installed(name) for name in ("pytriton", "tritonclient")):
         return f"serving needs the serve extra (nvidia-pytriton, tritonclient): {INSTALL_SERVE}"
     import numpy
 
@@ -59,6 +56,13 @@ def serving_problem() -> str | None:
             f"{sys.version_info.major}.{sys.version_info.minor}: {INSTALL_SERVE}"
         )
     return None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # a module set to None in sys.modules: blocked, as if not installed
+        return False
 
 
 def _distribution() -> Path:
