@@ -455,7 +455,7 @@ def unregister(bundle: Path = BundleArgument, category: str = CategoryOption) ->
 
 
 # Commands in their own modules register on ``app`` when imported.
-from inctrl_runtime import cli_serve  # noqa: E402, F401
+from inctrl_runtime import cli_client, cli_serve  # noqa: E402, F401
 
 
 def main(argv: Sequence[str] | None = None) -> None:

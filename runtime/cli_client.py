@@ -1,0 +1,78 @@
+"""``inctrl-run client``: score images on a running server of a bundle (``inctrl-run serve``,
+or an exported repository) and print what ``inctrl-run score`` prints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import typer
+
+from inctrl_runtime.cli import CategoryOption, QueryPaths, app, images_of
+from inctrl_runtime.console import JsonFlag, require_category
+from inctrl_runtime.errors import InputError
+
+# Requests per printed batch, per thread: enough to keep every thread busy between batches.
+REQUESTS_PER_THREAD = 8
+
+
+def run_client(
+    url: str, category: str | None, queries: Sequence[Path], concurrency: int = 1
+) -> Iterator[list[dict]]:
+    """Score queries (image files, or folders: their images, sorted by name) on the server at
+    ``url``, ``concurrency`` requests at once: the records of each batch as it is answered, as
+    ``inctrl-run score --json`` writes them. Everything the client can check is checked before
+    the first request."""
+    from inctrl_runtime.triton.client import Request, TritonClient
+
+    require_category(category)
+    client = TritonClient(url)
+    if concurrency < 1:
+        raise InputError(f"--concurrency {concurrency}: give at least 1")
+    if not queries:
+        raise InputError("no query images given: list the images or folders to score after URL")
+    images = images_of(queries, "query image")
+    client.require_ready()
+    step = concurrency * REQUESTS_PER_THREAD
+
+    def batches() -> Iterator[list[dict]]:
+        for start in range(0, len(images), step):
+            requests = [Request.of(category, image) for image in images[start : start + step]]
+            yield [answer.record for answer in client.answer(requests, concurrency)]
+
+    return batches()
+
+
+@app.command()
+def client(
+    url: str = typer.Argument(
+        ..., help="The server: http://HOST:PORT (HTTP) or grpc://HOST:PORT (gRPC)."
+    ),
+    queries: QueryPaths = None,
+    category: str = CategoryOption,
+    concurrency: int = typer.Option(
+        1, "--concurrency", "-n", help="Requests in flight at once (one image each)."
+    ),
+    as_json: JsonFlag = False,
+    as_jsonl: bool = typer.Option(
+        False, "--jsonl", help="Print one JSON record a line as each batch is answered."
+    ),
+) -> None:
+    """Score QUERIES (images, or folders of images) of a --category on a running Triton server
+    of a bundle (inctrl-run serve BUNDLE): the same table or JSON as `inctrl-run score`.
+
+    Examples:
+
+        inctrl-run client http://127.0.0.1:8000 --category candle --json q1.png q2.png
+
+        inctrl-run client grpc://127.0.0.1:8001 --category candle --concurrency 8 images/
+    """
+    from inctrl_runtime.results import print_streamed
+
+    if as_json and as_jsonl:
+        raise InputError(
+            "--json and --jsonl exclude each other: --json prints one list at the end, --jsonl "
+            "one record a line as batches are answered"
+        )
+    batches = run_client(url, category, queries or [], concurrency)
+    print_streamed(batches, "jsonl" if as_jsonl else "json" if as_json else "table")

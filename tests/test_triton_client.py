@@ -1,0 +1,313 @@
+"""``inctrl_runtime.triton.client`` and ``inctrl-run client``: addresses, the runtime's records
+from the entry point's outputs (NaN decisions as None), the bytes sent for each kind of image,
+one-line errors without a server; then against the REAL ``tritonserver`` (the session's
+``triton_server``, 127.0.0.1, free ports): records over HTTP and gRPC equal to
+``Detector.score``'s, the command line equal to ``inctrl-run score``, a refused request named,
+and the load test (8 client threads, 200 requests of both categories: none lost or swapped,
+the encoder batching them), whose figures go to stdout and LOAD_FIGURES.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BUNDLE_CATEGORIES, CATEGORY, VARIED_SIZES, png_bytes, random_images, run_main
+from PIL import Image
+
+from inctrl_runtime.cli import main as inctrl_run
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.preprocess import (
+    Preprocessing,
+    decode_image,
+    describe,
+    load_image,
+    preprocess,
+)
+from inctrl_runtime.results import SCALAR_FIELDS, Result
+from inctrl_runtime.triton.client import (
+    DEFAULT_PORTS,
+    Request,
+    TritonClient,
+    encoded_image,
+    parse_url,
+    record_of,
+)
+from inctrl_runtime.triton.names import ENCODER, OUTPUTS
+from inctrl_runtime.triton.server import free_port
+
+# Where the load test leaves its figures for the project's notes (override with the variable).
+LOAD_FIGURES = Path(os.environ.get("INCTRL_LOAD_FIGURES", "/tmp/brief/load_figures.txt"))
+THREADS, PER_THREAD = 8, 25
+OTHER = BUNDLE_CATEGORIES[1]  # metal_nut: registered, not calibrated
+
+
+# ------------------------------------------------------------------------- no server needed
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("url", "protocol", "address"),
+    [
+        ("http://127.0.0.1:8123", "http", "127.0.0.1:8123"),
+        ("grpc://localhost:9001/", "grpc", "localhost:9001"),
+        ("HTTP://triton.local", "http", f"triton.local:{DEFAULT_PORTS['http']}"),
+        ("grpc://10.0.0.2", "grpc", f"10.0.0.2:{DEFAULT_PORTS['grpc']}"),
+    ],
+)
+def test_the_scheme_chooses_the_protocol(url: str, protocol: str, address: str) -> None:
+    assert parse_url(url) == (protocol, address)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("url", "phrase"),
+    [
+        ("127.0.0.1:8000", "give http://HOST:PORT"),
+        ("https://host:8000", "give http://HOST:PORT"),
+        ("http://:8000", "give http://HOST:PORT"),
+        ("http://host:port", "give http://HOST:PORT"),
+        ("http://host:8000/v2/models", "without a path or query"),
+        ("grpc://host:8001?x=1", "without a path or query"),
+    ],
+)
+def test_other_addresses_are_refused_in_one_line(url: str, phrase: str) -> None:
+    with pytest.raises(InputError, match=phrase):
+        TritonClient(url)
+
+
+def _outputs(p_value: float, threshold: float, anomalous: bool) -> dict[str, np.ndarray]:
+    """The entry point's outputs for one image, as the server sends them (batch axis first)."""
+    scalars = {"score": 0.75, "holistic_score": 0.5, "image_residual_score": 0.25}
+    scalars |= {"text_score": 0.125, "max_patch_residual": 1.5}
+    scalars |= {"p_value": p_value, "threshold": threshold}
+    outputs = {name: np.array([[value]], np.float32) for name, value in scalars.items()}
+    outputs["anomalous"] = np.array([[anomalous]])
+    outputs["patch_residual_map"] = np.arange(9, dtype=np.float32).reshape(1, 9) / 8
+    assert set(outputs) == set(OUTPUTS)
+    return outputs
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("sent", "decided"),
+    [
+        ((0.25, 0.5, True), {"p_value": 0.25, "threshold": 0.5, "anomalous": True}),
+        ((0.75, 0.5, False), {"p_value": 0.75, "threshold": 0.5, "anomalous": False}),
+        ((0.25, math.nan, False), {"p_value": 0.25}),  # too few normals for the rate
+        ((math.nan, math.nan, False), {}),  # uncalibrated
+    ],
+)
+def test_records_are_the_runtimes_with_nan_decisions_as_none(sent, decided) -> None:
+    outputs = _outputs(*sent)
+    result = Result(
+        image="q.png",
+        view=Image.new("RGB", (4, 4)),
+        **{name: float(outputs[name][0, 0]) for name in SCALAR_FIELDS},
+        patch_residual_map=outputs["patch_residual_map"][0],
+        preprocessing=Preprocessing(),
+        **decided,
+    )
+    record = record_of("q.png", outputs.__getitem__)
+    assert record == result.record()
+    assert list(record) == list(result.record())  # the same keys in the same order
+    assert json.dumps(record) == json.dumps(result.record())
+
+
+@pytest.mark.unit
+def test_the_bytes_sent_are_the_file_or_the_same_pixels(tmp_path: Path) -> None:
+    rgb, gray16 = random_images(1, seed=3)[0], np.arange(60000, dtype=np.uint16).reshape(200, 300)
+    file = tmp_path / "q.png"
+    file.write_bytes(png_bytes(rgb))
+    assert encoded_image(file) == file.read_bytes() == encoded_image(str(file))
+    np.save(tmp_path / "q.npy", rgb)
+    rgba = Image.fromarray(rgb).convert("RGBA")
+    for source in (rgb, gray16, rgba, tmp_path / "q.npy"):
+        sent = decode_image(encoded_image(source))
+        want = load_image(source)
+        assert sent.mode == want.mode and sent.size == want.size
+        assert np.array_equal(preprocess(sent), preprocess(want))
+    request = Request.of(CATEGORY, rgb)
+    assert request.image == "<array uint8 (260, 300, 3)>" and request.category == CATEGORY
+    with pytest.raises(InputError, match="no such query image file"):
+        encoded_image(tmp_path / "missing.png")
+    with pytest.raises(InputError, match="unsupported array"):
+        encoded_image(np.zeros((8, 8, 2), np.float32))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_no_server_is_one_line_naming_the_address(scheme: str) -> None:
+    client = TritonClient(f"{scheme}://127.0.0.1:{free_port()}", timeout_s=10)
+    assert client.ready() is False
+    for call in (client.statistics, lambda: client.score(CATEGORY, random_images(1))):
+        with pytest.raises(InputError, match="no answer from a Triton server") as refused:
+            call()
+        assert client.url in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(InputError, match="--concurrency 0: give at least 1"):
+        client.score(CATEGORY, random_images(1), concurrency=0)
+    assert client.score(CATEGORY, []) == []  # nothing to send: no connection needed
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["ftp://host:1", "--category", CATEGORY, "q.png"], "not a Triton server's address"),
+        (["http://127.0.0.1:1", "q.png"], "no --category given"),
+        (["http://127.0.0.1:1", "--category", CATEGORY], "no query images given"),
+        (["http://127.0.0.1:1", "--category", CATEGORY, "missing.png"], "no such query image"),
+        (["http://127.0.0.1:1", "--category", CATEGORY, "-n", "0", "q.png"], "--concurrency 0"),
+        (["http://127.0.0.1:1", "--category", CATEGORY, "--json", "--jsonl", "q.png"], "exclude"),
+    ],
+)
+def test_client_command_refusals_are_one_line(
+    args: list[str], phrase: str, tmp_path, monkeypatch
+) -> None:
+    (tmp_path / "q.png").write_bytes(png_bytes(random_images(1)[0]))
+    monkeypatch.chdir(tmp_path)
+    run_main(inctrl_run, "client", *args).assert_refused(phrase)
+
+
+@pytest.mark.cli
+def test_client_command_without_a_server_says_so(tmp_path: Path) -> None:
+    (tmp_path / "q.png").write_bytes(png_bytes(random_images(1)[0]))
+    url = f"grpc://127.0.0.1:{free_port()}"
+    outcome = run_main(inctrl_run, "client", url, "--category", CATEGORY, tmp_path / "q.png")
+    outcome.assert_refused(url, "no answer from a Triton server", "inctrl-run serve")
+
+
+# ------------------------------------------------------------------- the real tritonserver
+def assert_same_records(got: list[dict], want: list[dict], atol: float = 1e-5) -> None:
+    """Equal records: the same keys in order, image names and decisions; numbers within
+    ``atol``."""
+    assert len(got) == len(want)
+    for ours, theirs in zip(got, want, strict=True):
+        assert list(ours) == list(theirs)
+        for key, value in theirs.items():
+            if isinstance(value, float):
+                assert abs(ours[key] - value) <= atol, (key, ours[key], value)
+            elif key == "patch_residual_map":
+                assert np.abs(np.subtract(ours[key], value)).max() <= atol, key
+            else:
+                assert ours[key] == value, (key, ours[key], value)
+
+
+def query_files(folder: Path, count: int, seed: int) -> list[Path]:
+    """Seeded query images of varied sizes as PNG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"q{i:02d}.png" for i in range(count)]
+    for file, image in zip(files, random_images(count, seed=seed, size=VARIED_SIZES), strict=True):
+        file.write_bytes(png_bytes(image))
+    return files
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_records_equal_the_runtimes_over_both_protocols(triton_server, tmp_path, scheme) -> None:
+    from inctrl_runtime.detector import Detector
+
+    client = TritonClient(triton_server.http_url if scheme == "http" else triton_server.grpc_url)
+    assert client.ready()
+    files = query_files(tmp_path, 3, seed=60)
+    array = random_images(1, seed=61, size=(300, 260))[0]
+    detector = Detector.open(triton_server.bundle)
+    queries = [*files, array]
+    for category in BUNDLE_CATEGORIES:
+        want = [r.record() for r in detector.score(category, queries, fpr=triton_server.fpr)]
+        got = client.score(category, queries, concurrency=2)
+        assert_same_records(got, want)
+        calibrated = category == CATEGORY  # candle: decisions at the server's rate
+        assert all((r["p_value"] is not None) == calibrated for r in got), category
+        assert all((r["anomalous"] is not None) == calibrated for r in got), category
+    assert client.score(OTHER, files[0]) == client.score(OTHER, [files[0]])
+    detector.close()
+
+
+@pytest.mark.parity
+def test_a_refused_request_is_named_and_the_next_is_answered(triton_server, tmp_path) -> None:
+    client = TritonClient(triton_server.grpc_url)
+    files = query_files(tmp_path, 2, seed=62)
+    (tmp_path / "bad.png").write_bytes(b"GIF89a not really")
+    with pytest.raises(InputError) as refused:
+        client.score("nope", files)
+    message = str(refused.value)
+    assert message.startswith(f"{files[0]}: the server at {client.url} refused it")
+    assert "category 'nope' has no text prior" in message and "\n" not in message
+    with pytest.raises(InputError, match="bad.png: .*not a readable image"):
+        client.score(CATEGORY, [files[0], tmp_path / "bad.png", files[1]], concurrency=3)
+    assert len(client.score(CATEGORY, files, concurrency=2)) == 2
+
+
+@pytest.mark.cli
+def test_client_command_prints_what_score_prints(triton_server, tmp_path) -> None:
+    files = query_files(tmp_path / "queries", 3, seed=63)
+    fpr = str(triton_server.fpr)
+    score = run_main(
+        inctrl_run, "score", triton_server.bundle, "--category", CATEGORY, "--fpr", fpr, "--json",
+        tmp_path / "queries",
+    )  # fmt: skip
+    assert score.code == 0, score.err
+    want = json.loads(score.out)
+    url = triton_server.http_url
+    served = run_main(inctrl_run, "client", url, "--category", CATEGORY, "--json", *files)
+    assert served.code == 0, served.err
+    assert_same_records(json.loads(served.out), want)
+    lines = run_main(
+        inctrl_run, "client", triton_server.grpc_url, "--category", CATEGORY, "--jsonl", "-n", "2",
+        tmp_path / "queries",
+    )  # fmt: skip
+    assert lines.code == 0, lines.err
+    assert_same_records([json.loads(line) for line in lines.out.splitlines()], want)
+    table = run_main(inctrl_run, "client", url, "--category", CATEGORY, files[0])
+    assert table.code == 0 and "InCTRL anomaly scores" in table.out and "p-value" in table.out
+    refused = run_main(inctrl_run, "client", url, "--category", "nope", files[0])
+    refused.assert_refused(str(files[0]), "category 'nope' has no text prior")
+
+
+@pytest.mark.parity
+@pytest.mark.slow
+def test_load_none_lost_or_swapped_and_the_encoder_batches(triton_server, tmp_path) -> None:
+    from inctrl_bench.triton_backend import batch_sizes_text, served_run
+    from inctrl_runtime.detector import Detector
+
+    # 10 images x 2 categories: 20 different answers, each request's known beforehand
+    images = random_images(10, seed=70, size=VARIED_SIZES)
+    detector = Detector.open(triton_server.bundle)
+    want = {
+        (category, index): record
+        for category in BUNDLE_CATEGORIES
+        for index, record in enumerate(
+            r.record() for r in detector.score(category, images, fpr=triton_server.fpr)
+        )
+    }
+    detector.close()
+    maps = np.array([record["patch_residual_map"] for record in want.values()])
+    apart = np.abs(maps[:, None] - maps[None]).max(axis=2) + np.eye(len(maps))
+    assert apart.min() > 1e-3  # a swapped answer cannot pass for its own (1e-5)
+    count = THREADS * PER_THREAD
+    jobs = [(BUNDLE_CATEGORIES[(i // 3) % 2], (7 * i) % len(images)) for i in range(count)]
+    sent = [(describe(image), encoded_image(image)) for image in images]
+    requests = [Request(category, *sent[index]) for category, index in jobs]
+    client = TritonClient(triton_server.http_url)
+    run, answers = served_run(client, requests, THREADS)
+
+    assert len(answers) == count and None not in answers  # every request answered
+    for job, answer in zip(jobs, answers, strict=True):  # each its own image's, none swapped
+        assert_same_records([answer.record], [want[job]])
+    encoder = run.executed[ENCODER]
+    assert sum(size * times for size, times in encoder.items()) == count  # each image once
+    assert max(encoder) > 1, encoder  # concurrent requests merged by the dynamic batcher
+    figures = (
+        f"load test (tests/test_triton_client.py, tiny fp32 bundle, python backend on the CPU, "
+        f"HTTP): {run.requests} requests of {len(BUNDLE_CATEGORIES)} categories from "
+        f"{run.concurrency} client threads, lost 0, swapped 0; client-observed latency p50 "
+        f"{run.latency.p50_ms:.1f} ms, p99 {run.latency.p99_ms:.1f} ms; "
+        f"{run.images_per_s:.1f} images/s; encoder executed batch sizes (size x times) "
+        f"{batch_sizes_text(encoder)}"
+    )
+    print(figures)
+    if LOAD_FIGURES.parent.is_dir():
+        LOAD_FIGURES.write_text(figures + "\n")
