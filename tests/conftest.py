@@ -211,6 +211,84 @@ def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
 
 
+# ------------------------------------------------- a real Triton server (the serve extra)
+TRITON_FPR = 0.1  # the served decisions' rate: candle's 12 calibration normals give a threshold
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An image array as a PNG file's bytes, what a Triton client sends."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class ServedBundle:
+    """A bundle served by a real ``tritonserver`` on 127.0.0.1 (free ports): the ``bundle``
+    folder it reads, the ``server`` (``inctrl_runtime.triton.server.TritonServer``) and the
+    false-positive rate ``fpr`` of its decisions."""
+
+    bundle: Path
+    server: object
+    fpr: float
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url  # http://127.0.0.1:PORT
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url  # grpc://127.0.0.1:PORT
+
+
+def register_served(bundle: Path, categories=BUNDLE_CATEGORIES) -> None:
+    """Register each category on 2 seeded shots; candle is also calibrated on 12 normals."""
+    from inctrl_runtime.detector import Detector
+
+    detector = Detector.open(bundle)
+    for index, category in enumerate(categories):
+        detector.register(category, random_images(2, seed=20 + index))
+    if CATEGORY in categories:
+        detector.calibrate(CATEGORY, random_images(12, seed=30))
+    detector.close()
+
+
+@contextlib.contextmanager
+def serve_bundle(bundle: Path, repository: Path, fpr: float = TRITON_FPR):
+    """Serve ``bundle`` (python-backend repository written at ``repository``: max batch 8, one
+    thread per engine) until the block ends, stopping the server even if the block fails."""
+    from inctrl_runtime.triton.repository import write_repository
+    from inctrl_runtime.triton.server import TritonServer
+
+    write_repository(bundle, repository, max_batch=8, fpr=fpr, threads=1)
+    with TritonServer(repository) as server:
+        yield ServedBundle(bundle, server, fpr)
+
+
+def require_serving() -> None:
+    """Skip, saying why, where the serve extra is missing (``serving_problem``)."""
+    from inctrl_runtime.triton.server import serving_problem
+
+    problem = serving_problem()
+    if problem:
+        pytest.skip(f"no Triton server in this environment: {problem}")
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory, tiny_bundle: Path):
+    """A ServedBundle: a copy of the tiny bundle with candle (calibrated: decisions at
+    TRITON_FPR) and metal_nut registered (``register_served``), served for the whole session.
+    Tests must not change its bundle (use ``serve_bundle`` on a copy for that)."""
+    require_serving()
+    folder = tmp_path_factory.mktemp("triton")
+    bundle = Path(shutil.copytree(tiny_bundle, folder / "bundle"))
+    register_served(bundle)
+    with serve_bundle(bundle, folder / "repository") as served:
+        yield served
+
+
 # ------------------------------------------------------- checkpoints: every part perturbed
 @pytest.fixture(scope="session")
 def prompts_and_queries() -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -237,9 +238,15 @@ class TritonServer:
     def stop_with(self, what: str) -> None:
         """Stop the server and raise the one-line error that says ``what`` happened to it,
         quoting the last lines of its log."""
-        tail = " | ".join(line.strip() for line in self.log_tail(8).splitlines() if line.strip())
+        tail = self.log_tail(200).splitlines()
+        # Triton's error lines ('E1202 10:00:00.1 123 file.cc:45] "..."'), a model's failed
+        # load first (a CPU machine logs a CUDA error too); a python model's traceback follows
+        # its message after an escaped newline.
+        errors = [line.split("] ", 1)[-1] for line in tail if re.match(r"E\d{4} ", line)]
+        errors = [e for e in errors if "failed to load" in e] or errors
+        said = errors[0].split("\\n")[0].strip('"') if errors else " | ".join(tail[-3:])
         self.stop()
-        raise InputError(f"tritonserver on {self.repository}: {what}; its log ends: {tail}")
+        raise InputError(f"tritonserver on {self.repository}: {what}; its log says: {said}")
 
     def stop(self, timeout: float = EXIT_TIMEOUT_S + 10) -> None:
         """SIGTERM the server (it unloads its models and stops their stubs), SIGKILL what is

@@ -1,0 +1,317 @@
+"""The python-backend repository served by the REAL ``tritonserver`` of the serve extra, on
+127.0.0.1 and free ports, asked with ``tritonclient`` over HTTP and gRPC: its scores and
+decisions are ``inctrl-run score``'s, requests of both categories batch together, bad requests
+fail alone, a category registered while it runs is served, its models check the bundle when
+they load, and ``inctrl-run serve`` leaves nothing behind after SIGTERM.
+
+Every server is stopped by the context manager that starts it (the session's by the
+``triton_server`` fixture), also when a test fails; each call has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    BUNDLE_CATEGORIES,
+    CATEGORY,
+    TRITON_FPR,
+    VARIED_SIZES,
+    png_bytes,
+    random_images,
+    register_served,
+    require_serving,
+    run_main,
+    serve_bundle,
+)
+
+from inctrl_runtime.cli import main as inctrl_run
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.results import SCORE_FIELDS
+from inctrl_runtime.triton.names import CATEGORY as CATEGORY_INPUT
+from inctrl_runtime.triton.names import ENCODER, ENSEMBLE, IMAGE, OUTPUTS
+from inctrl_runtime.triton.repository import write_repository
+from inctrl_runtime.triton.server import TritonServer
+
+pytestmark = pytest.mark.parity
+TIMEOUT_S = 60.0
+OTHER = BUNDLE_CATEGORIES[1]  # metal_nut: registered, not calibrated
+
+
+def infer(url: str, images: list[bytes], categories: list[str]) -> dict[str, np.ndarray]:
+    """One request to the entry point (a row per image) over ``url``'s protocol."""
+    import tritonclient.grpc
+    import tritonclient.http
+
+    scheme, address = url.split("://")
+    module = tritonclient.http if scheme == "http" else tritonclient.grpc
+    rows = {IMAGE: images, CATEGORY_INPUT: [c.encode() for c in categories]}
+    inputs = []
+    for name, values in rows.items():
+        tensor = module.InferInput(name, [len(values), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(values, dtype=object).reshape(-1, 1))
+        inputs.append(tensor)
+    if scheme == "http":
+        client = module.InferenceServerClient(address, network_timeout=TIMEOUT_S)
+        result = client.infer(ENSEMBLE, inputs)
+    else:
+        client = module.InferenceServerClient(address)
+        result = client.infer(ENSEMBLE, inputs, client_timeout=TIMEOUT_S)
+    client.close()
+    return {name: result.as_numpy(name) for name in OUTPUTS}
+
+
+def refusal(url: str, image: bytes, category: str) -> str:
+    """The error message of a request the server must refuse."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as refused:
+        infer(url, [image], [category])
+    return str(refused.value)
+
+
+def cli_records(bundle: Path, category: str, files: list[Path], fpr: float) -> list[dict]:
+    """``inctrl-run score --json`` on the images (the real command, in this process)."""
+    outcome = run_main(
+        inctrl_run, "score", bundle, "--category", category, *files, "--json", "--fpr", fpr
+    )
+    assert outcome.code == 0, outcome.err
+    return json.loads(outcome.out)
+
+
+def assert_answer_is(answer: dict[str, np.ndarray], record: dict, row: int = 0) -> None:
+    """Row ``row`` of an answer equals a record of ``inctrl-run score --json``: every score
+    within 1e-5, and the decision fields (NaN p_value / threshold, false anomalous: None)."""
+    for name in SCORE_FIELDS:
+        want = np.asarray(record[name], dtype=np.float64).reshape(-1)
+        got = answer[name][row].astype(np.float64)
+        assert got.shape == want.shape, name
+        assert np.abs(got - want).max() <= 1e-5, (name, got, want)
+    for name in ("p_value", "threshold"):
+        got = float(answer[name][row, 0])
+        if record[name] is None:
+            assert math.isnan(got), (name, got)
+        else:
+            assert abs(got - record[name]) <= 1e-6, (name, got, record[name])
+    assert bool(answer["anomalous"][row, 0]) == bool(record["anomalous"]), record
+
+
+def query_files(folder: Path, count: int = 3, seed: int = 40) -> list[Path]:
+    """Seeded query images of varied sizes, written as PNG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, image in enumerate(random_images(count, seed=seed, size=VARIED_SIZES)):
+        files.append(folder / f"q{index}.png")
+        files[-1].write_bytes(png_bytes(image))
+    return files
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_scores_and_decisions_are_inctrl_run_scores(triton_server, tmp_path, protocol):
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    files = query_files(tmp_path)
+    images = [f.read_bytes() for f in files]
+    for category in BUNDLE_CATEGORIES:
+        records = cli_records(triton_server.bundle, category, files, TRITON_FPR)
+        answer = infer(url, images, [category] * len(images))
+        for row, record in enumerate(records):
+            assert_answer_is(answer, record, row)
+        if category == CATEGORY:  # calibrated: the decisions are given, at the server's rate
+            assert all(r["p_value"] is not None and r["threshold"] is not None for r in records)
+        else:
+            assert all(r["p_value"] is None for r in records)
+    # one request of both categories, row by row: the head groups its rows by category
+    mixed = infer(url, images[:2], [CATEGORY, OTHER])
+    assert_answer_is(mixed, cli_records(triton_server.bundle, CATEGORY, files[:1], TRITON_FPR)[0])
+    other = cli_records(triton_server.bundle, OTHER, files[1:2], TRITON_FPR)[0]
+    assert_answer_is(mixed, other, row=1)
+
+
+def encoder_batches(url: str) -> dict[int, int]:
+    """Executed batch size -> count of the encoder's executions (Triton's statistics)."""
+    import tritonclient.http
+
+    client = tritonclient.http.InferenceServerClient(url.split("://")[1])
+    stats = client.get_inference_statistics(ENCODER)["model_stats"]
+    client.close()
+    return {
+        int(batch["batch_size"]): int(batch["compute_infer"]["count"])
+        for model in stats
+        for batch in model.get("batch_stats", [])
+    }
+
+
+def test_concurrent_requests_of_both_categories_batch_in_the_encoder(triton_server, tmp_path):
+    from inctrl_runtime.detector import Detector
+
+    images = random_images(16, seed=50, size=VARIED_SIZES)
+    categories = [BUNDLE_CATEGORIES[i % 2] for i in range(len(images))]
+    detector = Detector.open(triton_server.bundle)
+    want = [
+        detector.score(c, [image])[0].score for c, image in zip(categories, images, strict=True)
+    ]
+    encoded = [png_bytes(image) for image in images]
+    before = encoder_batches(triton_server.http_url)
+
+    def ask(index: int) -> tuple[int, float, float]:
+        began = time.perf_counter()
+        answer = infer(triton_server.http_url, [encoded[index]], [categories[index]])
+        return index, float(answer["score"][0, 0]), time.perf_counter() - began
+
+    jobs = [i for _ in range(3) for i in range(len(images))]  # 48 requests, 8 at a time
+    with ThreadPoolExecutor(8) as pool:
+        answered = list(pool.map(ask, jobs, timeout=TIMEOUT_S * 2))
+    assert len(answered) == len(jobs)
+    for index, score, _ in answered:  # each answer is its own image's, none swapped
+        assert abs(score - want[index]) <= 1e-5, (index, score, want[index])
+    after = encoder_batches(triton_server.http_url)
+    executed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert sum(size * count for size, count in executed.items()) == len(jobs)
+    assert any(size > 1 and count > 0 for size, count in executed.items()), executed
+    latencies = sorted(seconds for *_, seconds in answered)
+    print(f"encoder batches {executed}; latency p50 {latencies[len(latencies) // 2]:.3f} s")
+
+
+def test_bad_requests_fail_alone_and_the_next_is_answered(triton_server, tmp_path):
+    url = triton_server.http_url
+    (file,) = query_files(tmp_path, count=1)
+    good = file.read_bytes()
+    record = cli_records(triton_server.bundle, CATEGORY, [file], TRITON_FPR)[0]
+    elongated = png_bytes(np.zeros((1, 50000, 3), np.uint8))  # 240 x 12,000,000 once resized
+    cases = [
+        (good, "nope", "category 'nope' has no text prior"),
+        (good, "../x", "category '../x' has no text prior"),
+        (b"GIF89a not really", CATEGORY, "not a readable image"),
+        (elongated, CATEGORY, "too many pixels once resized"),
+    ]
+    for image, category, phrase in cases:
+        assert phrase in refusal(url, image, category)
+        assert_answer_is(infer(url, [good], [CATEGORY]), record)
+    # a bad request batched with good ones: the good ones are answered
+    with ThreadPoolExecutor(4) as pool:
+        bad = pool.submit(refusal, url, b"broken", CATEGORY)
+        answers = list(pool.map(lambda _: infer(url, [good], [CATEGORY]), range(6)))
+        assert "not a readable image" in bad.result(TIMEOUT_S)
+    for answer in answers:
+        assert_answer_is(answer, record)
+
+
+def test_a_category_registered_while_serving_is_served(tiny_bundle, tmp_path):
+    require_serving()
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    register_served(bundle, categories=(CATEGORY,))
+    files = query_files(tmp_path / "queries", count=2)
+    images = [f.read_bytes() for f in files]
+    shots = query_files(tmp_path / "shots", count=2, seed=60)
+    with serve_bundle(bundle, tmp_path / "repository") as served:
+        message = refusal(served.http_url, images[0], OTHER)
+        assert f"category {OTHER!r} is not registered" in message
+        assert "inctrl-run register" in message
+        outcome = run_main(
+            inctrl_run, "register", bundle, "--category", OTHER, "--shot", shots[0],
+            "--shot", shots[1],
+        )  # fmt: skip
+        assert outcome.code == 0, outcome.err
+        answer = infer(served.grpc_url, images, [OTHER, OTHER])
+        for row, record in enumerate(cli_records(bundle, OTHER, files, TRITON_FPR)):
+            assert_answer_is(answer, record, row)
+        # registered anew on other shots (and so uncalibrated): the new bank is served
+        before = infer(served.http_url, images[:1], [CATEGORY])
+        outcome = run_main(inctrl_run, "register", bundle, "--category", CATEGORY,
+                           "--shot", shots[0])  # fmt: skip
+        assert outcome.code == 0, outcome.err
+        after = infer(served.http_url, images[:1], [CATEGORY])
+        assert abs(float(after["score"][0, 0]) - float(before["score"][0, 0])) > 1e-6
+        assert_answer_is(after, cli_records(bundle, CATEGORY, files[:1], TRITON_FPR)[0])
+
+
+def test_models_check_the_bundle_when_they_load(tiny_bundle, tmp_path):
+    require_serving()
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    repository = write_repository(bundle, tmp_path / "repository", threads=1)
+    data = bytearray((bundle / "head.onnx").read_bytes())
+    data[len(data) // 2] ^= 1  # the same size, another sha256
+    (bundle / "head.onnx").write_bytes(bytes(data))
+    server = TritonServer(repository)
+    with pytest.raises(InputError) as refused, server:
+        pass
+    message = str(refused.value)
+    assert "failed to load" in message and "head.onnx: sha256 differs" in message, message
+    assert "\n" not in message
+    assert server.process is None and server.folder is None
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the live processes that name ``text`` (e.g. a temporary folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and text in command:
+            found.append(command)
+    return found
+
+
+def _read_until(process: subprocess.Popen, last: str, timeout: float) -> list[str]:
+    """The lines ``process`` prints on stdout until ``last`` (within ``timeout`` seconds)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not seen or seen[-1].strip() != last:
+        try:
+            seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            raise AssertionError(f"no {last!r} in {timeout} s: {seen}") from None
+    return seen
+
+
+@pytest.mark.cli
+def test_serve_answers_and_leaves_nothing_after_sigterm(triton_server, tmp_path):
+    (file,) = query_files(tmp_path, count=1)
+    code = "import sys; from inctrl_runtime.cli import main; main(sys.argv[1:])"
+    ports = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", str(triton_server.bundle), *ports, "--threads",
+         "1", "--fpr", str(TRITON_FPR)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = _read_until(process, "Ctrl-C stops it", TIMEOUT_S * 2)
+        fields = dict(line.split(None, 1) for line in lines if line.startswith("  "))
+        folder = Path(fields["repository"].split(" (")[0]).parent
+        assert folder.is_dir() and _processes_naming(str(folder))
+        record = cli_records(triton_server.bundle, CATEGORY, [file], TRITON_FPR)[0]
+        assert_answer_is(infer(fields["HTTP"].strip(), [file.read_bytes()], [CATEGORY]), record)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT_S) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "interrupted by SIGTERM" in process.stderr.read()
+    assert not folder.exists()
+    assert _processes_naming(str(folder)) == []
+
+
+@pytest.mark.cli
+def test_serve_without_the_serve_extra_says_what_to_install(tiny_bundle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytriton", None)  # as if nvidia-pytriton were missing
+    outcome = run_main(inctrl_run, "serve", tiny_bundle)
+    outcome.assert_refused('pip install "inctrl[serve]"')
