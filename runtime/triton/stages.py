@@ -56,7 +56,7 @@ class ModelArgs:
     def parse(cls, args: Mapping[str, str]) -> ModelArgs:
         """From ``TritonPythonModel.initialize``'s ``args`` (the config as JSON)."""
         config = json.loads(args["model_config"])
-        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         return cls(Path(args["model_repository"]), parameters)
 
     @property
