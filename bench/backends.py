@@ -41,7 +41,8 @@ class Backend:
     """One way of running InCTRL: ``authors`` and ``torch`` run the PyTorch model (on
     ``--device`` unless ``device`` is set), ``onnxruntime`` a bundle's ONNX graphs and
     ``tensorrt`` its native TensorRT plans, both through ``inctrl_runtime.Detector`` on
-    ``runtime_device``. ``precision`` is the encoder's."""
+    ``runtime_device``, ``triton`` a bundle served by tritonserver (``inctrl-run serve``).
+    ``precision`` is the encoder's."""
 
     name: str
     kind: str
@@ -73,11 +74,17 @@ CATALOGUE = (
 )
 
 
+# Rows benched only when named: they start a server of their own (bench/triton_backend.py).
+SERVED = (Backend("triton", "triton", "fp32", "cpu", "cpu"),)
+
+
 def select_backends(patterns: Sequence[str]) -> list[Backend]:
-    """The backends named by name, prefix or comma-separated list, in catalogue order; or all."""
+    """The backends named by name, prefix or comma-separated list, in catalogue order (the
+    ``SERVED`` ones last); or all of ``CATALOGUE``."""
     if not patterns:
         return list(CATALOGUE)
-    names, chosen = [b.name for b in CATALOGUE], set()
+    known = (*CATALOGUE, *SERVED)
+    names, chosen = [b.name for b in known], set()
     for pattern in (part.strip() for value in patterns for part in value.split(",")):
         matches = {name for name in names if name.startswith(pattern)}
         if not pattern or not matches:
@@ -85,7 +92,7 @@ def select_backends(patterns: Sequence[str]) -> list[Backend]:
                 f"unknown backend {pattern!r}; give a name or prefix of {', '.join(names)}"
             )
         chosen |= matches
-    return [b for b in CATALOGUE if b.name in chosen]
+    return [b for b in known if b.name in chosen]
 
 
 def _tensorrt_problem() -> str | None:

@@ -43,7 +43,9 @@ def bench(
         "--backend",
         "-b",
         help="Backend by name or prefix (onnxruntime: all its variants; tensorrt: native plans; "
-        "onnxruntime-tensorrt: onnxruntime's TensorRT provider); repeat for several. Default: all.",
+        "onnxruntime-tensorrt: onnxruntime's TensorRT provider; triton: the bundle served by "
+        "tritonserver, measured from a client at concurrency 1, 4, 16, only when named); repeat "
+        "for several. Default: all but triton.",
     ),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for throughput."),
     shots: str = typer.Option(
@@ -87,6 +89,8 @@ def bench(
         inctrl-bench --preset ViT-B-16-plus-240 --backend torch-fp32 --backend onnxruntime
 
         inctrl-bench --device cuda --backend tensorrt --backend onnxruntime-tensorrt
+
+        inctrl-bench --backend triton --backend onnxruntime-cpu-fp32
     """
     from inctrl_bench.machine import Progress
     from inctrl_bench.report import print_report

@@ -31,6 +31,7 @@ from inctrl_runtime.errors import InputError
 
 if TYPE_CHECKING:
     from inctrl_bench.suite import BenchSettings
+    from inctrl_bench.triton_backend import ServedRun
     from inctrl_runtime.detector import Detector
     from inctrl_runtime.engines.plans import Build
 
@@ -207,6 +208,7 @@ class BackendResult:
     plan_mb: float | None = None
     shape: ModelShape | None = None  # the model's numbers, reported once per model
     accuracy: Accuracy | None = None  # with --eval: AUROC and score drift on its data
+    served: list[ServedRun] = field(default_factory=list)  # a served row's, by concurrency
 
     @property
     def largest_batch(self) -> Throughput:
@@ -288,6 +290,10 @@ def bench_backend(
 ) -> BackendResult:
     """Open and measure one backend, then score ``data`` with it (after the memory peak's
     window); an unavailable one comes back with the reason."""
+    if backend.kind == "triton":
+        from inctrl_bench.triton_backend import bench_triton
+
+        return bench_triton(backend, settings, sources, progress)
     device = settings.device
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:

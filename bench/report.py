@@ -13,6 +13,7 @@ from rich.table import Table
 from inctrl_bench.accuracy import describe_data
 from inctrl_bench.measure import QUERY_STAGES, BackendResult
 from inctrl_bench.suite import SPEEDUP_BASELINES, BenchReport
+from inctrl_bench.triton_backend import served_table
 from inctrl_runtime.files import atomic_path
 
 MISSING = "-"
@@ -207,6 +208,8 @@ def print_report(report: BenchReport, console: Console | None = None) -> None:
     """The header lines, the tables, then why each unavailable backend is so."""
     console = console or Console()
     lines = [*header_lines(report), *(_table(*table) for table in _tables(report))]
+    served = served_table(report.backends)
+    lines += [served] if served is not None else []
     unavailable = [r for r in report.backends if not r.available]
     if unavailable:
         lines += ["Not available:", *(f"  {r.name}: {r.reason}" for r in unavailable)]

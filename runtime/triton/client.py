@@ -145,7 +145,7 @@ class TritonClient:
             self._triton = importlib.import_module(f"tritonclient.{self.protocol}")
         except ImportError as err:
             raise InputError(
-                f"the client needs tritonclient ({err}): pip install \"inctrl[serve]\""
+                f'the client needs tritonclient ({err}): pip install "inctrl[serve]"'
             ) from None
 
     @contextlib.contextmanager
@@ -180,8 +180,8 @@ class TritonClient:
 
     def _no_answer(self, detail: str) -> str:
         return (
-            f"{self.url}: no answer from a Triton server ({detail}); start one with "
-            "`inctrl-run serve BUNDLE`, or check the address"
+            f"{self.url}: no answer from a Triton server ({detail}); start one (inctrl-run "
+            "serve BUNDLE) or check the address"
         )
 
     def ready(self) -> bool:
