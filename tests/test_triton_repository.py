@@ -28,6 +28,7 @@ from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.files import file_sha256
 from inctrl_runtime.results import SCORE_FIELDS
 from inctrl_runtime.triton.configs import encoder_config
 from inctrl_runtime.triton.head import HeadStage, decision_arrays
@@ -161,6 +162,26 @@ def test_onnxruntime_and_tensorrt_encoders(served_bundle, tmp_path):
     assert parsed.instance_group[0].kind == parsed.instance_group[0].KIND_GPU
     with pytest.raises(InputError, match="unknown encoder backend"):
         encoder_config(bundle, "openvino", 16, 1)
+
+
+def test_the_head_checks_a_plan_against_the_manifests_builds(served_bundle, tmp_path):
+    bundle = Path(shutil.copytree(served_bundle, tmp_path / "bundle"))
+    plan = tmp_path / "encoder.plan"
+    plan.write_bytes(b"a serialized engine")
+    repository = write_repository(bundle, tmp_path / "r", encoder="tensorrt", encoder_file=plan)
+    assert (repository / ENCODER / VERSION / "model.plan").read_bytes() == plan.read_bytes()
+    with pytest.raises(BundleError, match="model.plan: its sha256 is not the bundle manifest's"):
+        HeadStage.open(load_args(repository, HEAD))  # the bundle records no such build
+    record = {"file": "engines/encoder.plan", "sha256": file_sha256(plan), "bytes": 19,
+              "build_seconds": 1.0, "profiles": {}}  # fmt: skip
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["engines"] = {"fp32.trt11.4.sm89": {
+        "precision": "fp32", "tensorrt": "11.4.0.106", "compute_capability": "8.9",
+        "version_compatible": False, "batch": [1, 8, 32], "shots": [1, 2, 8],
+        "plans": {"encoder": record},
+    }}  # fmt: skip
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    HeadStage.open(load_args(repository, HEAD)).close()
 
 
 def test_the_writer_refuses_and_leaves_nothing(served_bundle, tmp_path):
