@@ -65,9 +65,7 @@ def registered_categories(bundle: Bundle, categories: Sequence[str] | None) -> l
     """The categories a repository serves from the start, each checked (a text prior and a
     registered bank that fits): those given, or every registered one (None)."""
     if categories is None:
-        found = bundle.path / REFERENCES_DIR
-        categories = sorted(c for c in bundle.categories if bundle.reference_path(c).is_file())
-        return categories if found.is_dir() else []
+        return sorted(c for c in bundle.categories if bundle.reference_path(c).is_file())
     for category in categories:
         bundle.prior(category)
         if not bundle.reference_path(category).is_file():

@@ -67,9 +67,10 @@ class ModelArgs:
     def bundle(self) -> Bundle:
         """The bundle the ``bundle`` parameter names (relative: to the repository's root),
         checked with every file's sha256."""
-        path = Path(self.parameters.get(PARAM_BUNDLE, ""))
-        if not self.parameters.get(PARAM_BUNDLE):
+        named = self.parameters.get(PARAM_BUNDLE)
+        if not named:
             raise InputError(f"{self.folder}: its config names no {PARAM_BUNDLE!r} parameter")
+        path = Path(named)
         return Bundle.open(path if path.is_absolute() else self.root / path, check_files=True)
 
     @property
