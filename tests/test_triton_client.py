@@ -224,6 +224,12 @@ def test_records_equal_the_runtimes_over_both_protocols(triton_server, tmp_path,
         assert all((r["anomalous"] is not None) == calibrated for r in got), category
     assert client.score(OTHER, files[0]) == client.score(OTHER, [files[0]])
     detector.close()
+    # the statistics API read the same over both protocols (gRPC's counts come as strings)
+    stats = client.statistics()
+    assert stats == TritonClient(triton_server.http_url).statistics()
+    encoder = stats[ENCODER]
+    assert encoder.execution_count == sum(encoder.batch_sizes.values()) > 0
+    assert encoder.inference_count == sum(size * n for size, n in encoder.batch_sizes.items())
 
 
 @pytest.mark.parity
