@@ -302,9 +302,13 @@ def test_serve_answers_and_leaves_nothing_after_sigterm(triton_server, tmp_path)
         process.send_signal(signal.SIGTERM)
         assert process.wait(TIMEOUT_S) == 128 + signal.SIGTERM
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed test: SIGTERM lets it clean up, then KILL
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     assert "interrupted by SIGTERM" in process.stderr.read()
     assert not folder.exists()
     assert _processes_naming(str(folder)) == []
