@@ -1,10 +1,11 @@
 """``inctrl_runtime.triton.client`` and ``inctrl-run client``: addresses, the runtime's records
 from the entry point's outputs (NaN decisions as None), the bytes sent for each kind of image,
-one-line errors without a server; then against the REAL ``tritonserver`` (the session's
-``triton_server``, 127.0.0.1, free ports): records over HTTP and gRPC equal to
-``Detector.score``'s, the command line equal to ``inctrl-run score``, a refused request named,
-and the load test (8 client threads, 200 requests of both categories: none lost or swapped,
-the encoder batching them), whose figures go to stdout and LOAD_FIGURES.
+one-line errors without a server; then against the REAL ``tritonserver`` (127.0.0.1, free
+ports): a server without the entry point is not ready, and on the session's ``triton_server``
+records over HTTP and gRPC equal ``Detector.score``'s, the statistics read the same over both,
+the command line prints what ``inctrl-run score`` prints, a refused request is named, and the
+load test (8 client threads, 200 requests of both categories: none lost or swapped, the encoder
+batching them) writes its figures to stdout and LOAD_FIGURES.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUNDLE_CATEGORIES, CATEGORY, VARIED_SIZES, png_bytes, random_images, run_main
+from conftest import (
+    BUNDLE_CATEGORIES,
+    CATEGORY,
+    VARIED_SIZES,
+    png_bytes,
+    random_images,
+    require_serving,
+    run_main,
+)
 from PIL import Image
 
 from inctrl_runtime.cli import main as inctrl_run
@@ -38,7 +47,7 @@ from inctrl_runtime.triton.client import (
     record_of,
 )
 from inctrl_runtime.triton.names import ENCODER, OUTPUTS
-from inctrl_runtime.triton.server import free_port
+from inctrl_runtime.triton.server import TritonServer, free_port
 
 # Where the load test leaves its figures for the project's notes (override with the variable).
 LOAD_FIGURES = Path(os.environ.get("INCTRL_LOAD_FIGURES", "/tmp/brief/load_figures.txt"))
@@ -245,6 +254,39 @@ def test_a_refused_request_is_named_and_the_next_is_answered(triton_server, tmp_
     with pytest.raises(InputError, match="bad.png: .*not a readable image"):
         client.score(CATEGORY, [files[0], tmp_path / "bad.png", files[1]], concurrency=3)
     assert len(client.score(CATEGORY, files, concurrency=2)) == 2
+
+
+ECHO_CONFIG = """name: "echo"
+backend: "python"
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+ECHO_MODEL = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(
+                r, "x").as_numpy())]) for r in requests
+        ]
+"""
+
+
+@pytest.mark.parity
+def test_a_server_without_the_entry_point_is_not_ready(tmp_path: Path) -> None:
+    require_serving()
+    (tmp_path / "repository" / "echo" / "1").mkdir(parents=True)
+    (tmp_path / "repository" / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (tmp_path / "repository" / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
+    with TritonServer(tmp_path / "repository") as server:
+        for url in (server.http_url, server.grpc_url):
+            client = TritonClient(url)
+            assert client.ready() is False
+            with pytest.raises(InputError, match="the server runs but its model 'inctrl' is not"):
+                client.score(CATEGORY, random_images(1))
+            assert set(client.statistics()) == {"echo"}
 
 
 @pytest.mark.cli
