@@ -122,6 +122,15 @@ def onnx(
         "(default: the 99.999th percentile of |x|), minmax or entropy.",
         show_default=False,
     ),
+    keep_fp32: list[str] = typer.Option(
+        None,
+        "--keep-fp32",
+        help="int8: leave in fp32 the transformer blocks' products whose node name contains "
+        "this (c_fc, c_proj, attn/MatMul for attention's input projection, attn/Gemm for its "
+        "output projection, /resblocks.0/ for a block); repeat for several. The manifest "
+        "records which stayed fp32. Default: none.",
+        show_default=False,
+    ),
     clip_weights: Path = ClipWeights,
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Check the bundle against PyTorch after writing it."
@@ -157,6 +166,7 @@ def onnx(
             log=_log,
             calibration=calibration,
             calibration_method=calibration_method,
+            keep_fp32=keep_fp32 or [],
         )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.file_bytes.items())
     say(f"wrote {out}: {sizes}")
@@ -291,6 +301,73 @@ def tensorrt(
     say(f"wrote {sizes} into {bundle}; timing cache {result.timing_cache}")
     if result.report is not None:
         _report(result.report, json_file)
+
+
+@app.command()
+def triton(
+    bundle: Path = typer.Argument(..., help="Bundle folder (made by inctrl-export onnx)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model repository folder to create."),
+    backend: str = typer.Option(
+        "onnxruntime",
+        "--backend",
+        help="What runs the encoder: onnxruntime (platform onnxruntime_onnx, the bundle's "
+        "encoder.onnx, KIND_CPU: it loads on any server), tensorrt (tensorrt_plan, the encoder "
+        "plan inctrl-export tensorrt recorded, KIND_GPU) or python (the runtime's engine on the "
+        "CPU, as inctrl-run serve).",
+    ),
+    max_batch: int = typer.Option(
+        32, "--max-batch", help="max_batch_size of every model; a TensorRT plan must take it."
+    ),
+    instances: int = typer.Option(
+        1,
+        "--instances",
+        help="Instances of the encoder (on every GPU for tensorrt) and of the preprocessing.",
+    ),
+    category: list[str] = typer.Option(
+        None,
+        "--category",
+        help="A category the head loads at start; repeat for several. Default: every registered "
+        "one (others are loaded when first asked for).",
+        show_default=False,
+    ),
+    fpr: float = typer.Option(0.01, "--fpr", help="False-positive rate of the decisions."),
+    engine: str = typer.Option(
+        None,
+        "--engine",
+        help="tensorrt: the build to serve, e.g. fp16.trt11.4.sm89 (inctrl-run info lists them). "
+        "Default: the bundle's one build of its encoder precision.",
+        show_default=False,
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+) -> None:
+    r"""Write an NVIDIA Triton Inference Server model repository for a bundle.
+
+    The entry model 'inctrl' takes an image file's bytes and a category name and returns the
+    scores, the patch map and the decisions; one encoder serves every category, with dynamic
+    batching. The bundle's manifest and checksums are checked first, and a copy of the bundle
+    travels inside the repository. Examples:
+
+        inctrl-export triton candle_pcb --out repo --max-batch 32
+
+        inctrl-export tensorrt candle_pcb --batch 1,8,32 && inctrl-export triton candle_pcb \
+            --out repo --backend tensorrt --instances 2
+
+    On a GPU machine, serve it with NVIDIA's container (a release whose TensorRT built the
+    plan); its python models (preprocess, head) need the runtime in the container's Python:
+    pip install "inctrl\[cpu]" "numpy<2" (onnxruntime, no torch; Triton's python backend needs
+    numpy 1.x):
+
+        docker run --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/repo:/models \
+            nvcr.io/nvidia/tritonserver:<yy.mm>-py3 sh -c 'pip install "inctrl\[cpu]" \
+            "numpy<2" && tritonserver --model-repository /models'
+    """
+    from inctrl_export.triton import export_triton
+
+    result = export_triton(
+        bundle, out, backend, max_batch, instances, category or None, fpr, engine, force
+    )
+    for line in result.summary():
+        say(line)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
