@@ -96,8 +96,7 @@ def export_triton(
     """
     check_backend(backend, engine)
     out = Path(out)
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; --force to replace it, or choose another --out")
+    check_out(Path(bundle), out, force)
     encoder_file, build = None, None
     if backend == "tensorrt":
         # Sizes only here: the writer hashes every file of the bundle before it writes.
@@ -123,6 +122,18 @@ def check_backend(backend: str, engine: str | None = None) -> None:
         raise InputError(
             f"--engine {engine} names a TensorRT build: use it with --backend tensorrt"
         )
+
+
+def check_out(bundle: Path, out: Path, force: bool) -> None:
+    """Refuse an ``out`` that exists (unless ``force``), and one that is the bundle or a folder
+    holding it, which replacing it would delete."""
+    if out.exists() and out.resolve() in (bundle.resolve(), *bundle.resolve().parents):
+        raise InputError(
+            f"--out {out}: holds the bundle {bundle}, which replacing it would delete; choose "
+            "another --out"
+        )
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists; --force to replace it, or choose another --out")
 
 
 def choose_plan(

@@ -344,6 +344,15 @@ def test_bad_options_are_one_line(
 
 
 @pytest.mark.cli
+@pytest.mark.parametrize("where", [".", ".."])
+def test_force_never_replaces_the_bundle_itself(bundle: Path, where: str) -> None:
+    before = snapshot(bundle.parent)
+    outcome = run_main(main, "triton", bundle, "--out", bundle / where, "--force")
+    outcome.assert_refused("holds the bundle", "would delete")
+    assert snapshot(bundle.parent) == before
+
+
+@pytest.mark.cli
 def test_the_command_writes_and_replaces_only_with_force(registered: Path, tmp_path: Path):
     out = tmp_path / "repo"
     first = run_main(main, "triton", registered, "--out", out, "--category", "candle")
