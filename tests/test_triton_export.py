@@ -45,6 +45,7 @@ from inctrl_runtime.engines.plans import (
     plan_file,
 )
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.triton.head import check_encoder_file
 from inctrl_runtime.triton.names import (
     BUNDLE_COPY,
     CONFIG,
@@ -254,6 +255,27 @@ def test_the_bundle_travels_with_the_repository(exported: tuple[str, Path], regi
         assert hashlib.sha256(served).hexdigest() in recorded
     if backend == "tensorrt":
         assert served == PLAN_BYTES
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_the_head_takes_the_exported_encoder_file_and_no_other(
+    registered: Path, tmp_path: Path, backend: str
+) -> None:
+    """The head's load-time check (``check_encoder_file``) against the bundle copy: the file
+    as exported passes; one byte changed (a new file: the exported one is hard-linked to the
+    bundle's) is refused."""
+    out = tmp_path / "repo"
+    export_triton(registered, out, backend)
+    copy = Bundle.open(out / HEAD / BUNDLE_COPY)
+    check_encoder_file(out, copy)
+    served = out / ENCODER / VERSION / ENCODER_FILES[backend]
+    data = bytearray(served.read_bytes())
+    data[-1] ^= 0x01
+    served.unlink()
+    served.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 is not the bundle manifest's"):
+        check_encoder_file(out, copy)
 
 
 @pytest.mark.unit
