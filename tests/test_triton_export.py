@@ -218,6 +218,21 @@ def test_the_encoder_config_is_the_onnx_graphs_signature(
     if backend == "onnxruntime":  # the file Triton loads is that graph, byte for byte
         served = repository / ENCODER / VERSION / ENCODER_FILES[backend]
         assert served.read_bytes() == (registered / "encoder.onnx").read_bytes()
+        assert_runs_as_configured(served, encoder)
+
+
+def assert_runs_as_configured(model: Path, config: ModelConfig) -> None:
+    """onnxruntime runs the model on a batch of 2 inputs of the config's dims, and every output
+    has the config's dims (what Triton checks of each response; symbolic dims of the graph
+    included)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {t.name: rng.standard_normal((2, *t.dims), dtype=np.float32) for t in config.input}
+    values = session.run([t.name for t in config.output], feeds)
+    for tensor, value in zip(config.output, values, strict=True):
+        assert value.shape == (2, *tensor.dims), (tensor.name, value.shape)
 
 
 @pytest.mark.unit
