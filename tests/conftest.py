@@ -289,6 +289,73 @@ def triton_server(tmp_path_factory, tiny_bundle: Path):
         yield served
 
 
+# ------------------------------------------- inctrl-export triton: plan records, configs
+PLAN_TENSORRT = "11.4.0.106"
+# Not a TensorRT plan: bytes inctrl-export triton checks (size, sha256) and copies, which is all
+# it does with a plan (it never deserializes one), so tests of it can write them.
+PLAN_BYTES = b"made-up plan bytes: inctrl-export triton checks size and sha256, then copies"
+
+
+def record_plan(
+    bundle: Path,
+    batch: tuple[int, int, int] = (1, 8, 32),
+    precision: str = "fp32",
+    sm: tuple[int, int] = (8, 9),
+    version_compatible: bool = False,
+) -> str:
+    """Record an encoder plan in the manifest's ``engines`` as ``inctrl-export tensorrt`` does
+    (its profile from the bundle's graphs and ``batch``), with ``PLAN_BYTES`` as its file;
+    returns the build's key."""
+    import json
+
+    from inctrl_export.tensorrt import graph_profiles
+    from inctrl_runtime.bundle import MANIFEST, Bundle
+    from inctrl_runtime.engines.plans import (
+        ENGINES_KEY,
+        Build,
+        ComputeCapability,
+        PlanRecord,
+        build_key,
+        plan_file,
+    )
+
+    capability = ComputeCapability(*sm)
+    key = build_key(precision, PLAN_TENSORRT, capability, version_compatible)
+    shapes = graph_profiles(Bundle.open(bundle), batch, (1, 2, 8))["encoder"]
+    digest = hashlib.sha256(PLAN_BYTES).hexdigest()
+    plan = PlanRecord("encoder", plan_file("encoder", key), digest, len(PLAN_BYTES), 1.0, shapes)
+    build = Build(key, precision, PLAN_TENSORRT, capability, version_compatible, False, batch,
+                  (1, 2, 8), {"encoder": plan}, gpu="NVIDIA L4")  # fmt: skip
+    (bundle / plan.file).parent.mkdir(exist_ok=True)
+    (bundle / plan.file).write_bytes(PLAN_BYTES)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest.setdefault(ENGINES_KEY, {})[key] = build.to_manifest()
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    return key
+
+
+def read_triton_configs(repository: Path) -> dict:
+    """Every model folder's config.pbtxt of a Triton repository, parsed by Triton's own
+    protobuf definitions (``ModelConfig`` of tritonclient), by folder name."""
+    from google.protobuf import text_format
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+    return {
+        folder.name: text_format.Parse((folder / "config.pbtxt").read_text(), ModelConfig())
+        for folder in sorted(p for p in repository.iterdir() if p.is_dir())
+    }
+
+
+@pytest.fixture(scope="session")
+def exportable_bundle(tmp_path_factory, tiny_bundle: Path) -> Path:
+    """A copy of the tiny bundle with candle registered and calibrated (metal_nut has a text
+    prior only) and an encoder plan recorded (``record_plan``); copy it before changing it."""
+    folder = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("exportable") / "b"))
+    record_plan(folder)
+    register_served(folder, (CATEGORY,))
+    return folder
+
+
 # ------------------------------------------------------- checkpoints: every part perturbed
 @pytest.fixture(scope="session")
 def prompts_and_queries() -> tuple[list[np.ndarray], list[np.ndarray]]:
