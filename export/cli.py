@@ -122,15 +122,6 @@ def onnx(
         "(default: the 99.999th percentile of |x|), minmax or entropy.",
         show_default=False,
     ),
-    keep_fp32: list[str] = typer.Option(
-        None,
-        "--keep-fp32",
-        help="int8: leave in fp32 the transformer blocks' products whose node name contains "
-        "this (c_fc, c_proj, attn/MatMul for attention's input projection, attn/Gemm for its "
-        "output projection, /resblocks.0/ for a block); repeat for several. The manifest "
-        "records which stayed fp32. Default: none.",
-        show_default=False,
-    ),
     clip_weights: Path = ClipWeights,
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Check the bundle against PyTorch after writing it."
@@ -166,7 +157,6 @@ def onnx(
             log=_log,
             calibration=calibration,
             calibration_method=calibration_method,
-            keep_fp32=keep_fp32 or [],
         )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.file_bytes.items())
     say(f"wrote {out}: {sizes}")
