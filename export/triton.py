@@ -7,8 +7,9 @@ banks) inside the head's folder, so that the folder can be mounted on another ma
 module chooses the encoder, shared by every category:
 
 - ``onnxruntime``: platform ``onnxruntime_onnx``, the bundle's ``encoder.onnx`` as
-  ``1/model.onnx``, its instances on the CPU (KIND_CPU), because a model whose instances ask for
-  a GPU does not load on a server without one.
+  ``1/model.onnx``, its instances KIND_AUTO: on the server's GPUs when it has them (Triton's
+  onnxruntime backend then runs its CUDA provider), else on the CPU, so that one repository
+  loads on either (KIND_GPU would not load on a server without a GPU).
 - ``tensorrt``: platform ``tensorrt_plan``, the encoder plan of a build that ``inctrl-export
   tensorrt`` recorded in the manifest, as ``1/model.plan``, on the GPU (KIND_GPU: a plan runs
   nowhere else). The plan is checked against its record (size, sha256) but never deserialized

@@ -182,7 +182,7 @@ def test_sizes_batching_and_instances_are_as_asked(exported: tuple[str, Path]) -
     assert encoder.dynamic_batching.max_queue_delay_microseconds > 0
     (group,) = encoder.instance_group
     assert group.count == 2
-    assert group.kind == (KIND.KIND_GPU if backend == "tensorrt" else KIND.KIND_CPU)
+    assert group.kind == ({"tensorrt": KIND.KIND_GPU, "onnxruntime": KIND.KIND_AUTO}.get(backend, KIND.KIND_CPU))
     assert not configs[ENSEMBLE].HasField("dynamic_batching")
     assert not configs[ENSEMBLE].instance_group
 

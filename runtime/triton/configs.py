@@ -30,10 +30,12 @@ DEFAULT_MAX_BATCH = 32
 # encoder pass on a CPU, enough for concurrent clients' requests to meet.
 QUEUE_DELAY_US = 2000
 _TYPES = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
-# What runs each encoder, and where its instances go (a plan is built for a GPU).
+# What runs each encoder, and where its instances go: a plan is built for a GPU; onnxruntime's
+# go on the server's GPUs when it has them (its CUDA provider), else on the CPU (KIND_AUTO), so
+# one repository loads on both; the python encoder runs the runtime on the CPU.
 _ENCODER_RUNTIMES = {
     "python": ('backend: "python"', "KIND_CPU"),
-    "onnxruntime": ('platform: "onnxruntime_onnx"', "KIND_CPU"),
+    "onnxruntime": ('platform: "onnxruntime_onnx"', "KIND_AUTO"),
     "tensorrt": ('platform: "tensorrt_plan"', "KIND_GPU"),
 }
 
