@@ -177,7 +177,12 @@ def _decode(file: Path | io.BytesIO, name: str, size: int) -> Image.Image:
             f"); images may have at most {Image.MAX_IMAGE_PIXELS:,} pixels: downscale or crop "
             "it first"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except UnidentifiedImageError:
+        # Pillow's text names the file object (an address, for bytes): say what it means.
+        raise InputError(
+            f"{name}: not a readable image (no image format Pillow reads: png, jpg, tiff, ...)"
+        ) from None
+    except (OSError, SyntaxError) as err:
         raise InputError(f"{name}: not a readable image ({_first_line(err)})") from None
 
 
