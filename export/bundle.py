@@ -76,6 +76,7 @@ def export_bundle(
     model: InCTRL | None = None,
     calibration: Calibration | None = None,
     calibration_method: str | None = None,
+    keep_fp32: Sequence[str] = (),
 ) -> ExportResult:
     """Export a checkpoint (default: the embedded demo) as a bundle for ``categories``.
 
@@ -92,6 +93,8 @@ def export_bundle(
             (``quantize.calibration_images`` says which of its images) or a list of images;
             required unless the model is the demo, which has its own synthetic normals.
         calibration_method: int8 only: ``percentile`` (default), ``minmax`` or ``entropy``.
+        keep_fp32: int8 only: block products to leave in fp32, by kind, block or both
+            (``quantize.fp32_choice``); none by default.
         verify: run the self-check; with ``atol`` (default: the contract's tolerance for
             ``precision``) as the pass mark.
         log: called with one line per finished step.
@@ -100,7 +103,7 @@ def export_bundle(
     given = model is not None
     checkpoint_path, is_demo = (None, False) if given else resolve_checkpoint(checkpoint)
     categories = _check_arguments(out, categories, is_demo, precision, opset, force)
-    int8 = _int8_settings(precision, calibration, calibration_method, is_demo)
+    int8 = _int8_settings(precision, calibration, calibration_method, is_demo, keep_fp32)
     atol = pass_mark(atol, precision)
     seconds: dict[str, float] = {}
     if model is None:
@@ -118,7 +121,7 @@ def export_bundle(
             done = f"quantized the encoder (int8, {int8.method} on {len(pixels)} images)"
             with _timed(seconds, "quantize", log, done):
                 encoder = staging / graph_specs(model.config)["encoder"].file
-                quantization = quantize_encoder(encoder, pixels, int8.method)
+                quantization = quantize_encoder(encoder, pixels, int8.method, int8.keep_fp32)
         with _timed(seconds, "priors", log, f"text priors of {len(categories)} categories"):
             _write_priors(model, categories, staging / PRIORS)
         manifest = _manifest(model, staging, checkpoint_path, is_demo, categories, opset, precision)
@@ -161,12 +164,20 @@ def _check_arguments(
 
 
 def _int8_settings(
-    precision: str, calibration: Calibration | None, method: str | None, is_demo: bool
+    precision: str,
+    calibration: Calibration | None,
+    method: str | None,
+    is_demo: bool,
+    keep_fp32: Sequence[str] = (),
 ) -> Int8Settings | None:
     """The int8 export's settings (None for another precision, which takes none of them)."""
     if precision == "int8":
-        return Int8Settings.checked(calibration, method, is_demo)
-    options = (("--calibration", calibration), ("--calibration-method", method))
+        return Int8Settings.checked(calibration, method, is_demo, keep_fp32)
+    options = (
+        ("--calibration", calibration),
+        ("--calibration-method", method),
+        ("--keep-fp32", list(keep_fp32) or None),
+    )
     given = [option for option, value in options if value is not None]
     if given:
         raise InputError(f"{', '.join(given)}: only for --precision int8, not {precision}")

@@ -122,6 +122,15 @@ def onnx(
         "(default: the 99.999th percentile of |x|), minmax or entropy.",
         show_default=False,
     ),
+    keep_fp32: list[str] = typer.Option(
+        None,
+        "--keep-fp32",
+        help="int8: leave these transformer block products in fp32: a kind (in_proj, out_proj: "
+        "attention's input and output projections; c_fc, c_proj: the MLP's), a block number "
+        "counted from 0 (its four), or both as KIND:BLOCK (c_proj:3); repeat for several. The "
+        "manifest records which stayed fp32. Default: none.",
+        show_default=False,
+    ),
     clip_weights: Path = ClipWeights,
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Check the bundle against PyTorch after writing it."
@@ -157,6 +166,7 @@ def onnx(
             log=_log,
             calibration=calibration,
             calibration_method=calibration_method,
+            keep_fp32=keep_fp32 or [],
         )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.file_bytes.items())
     say(f"wrote {out}: {sizes}")

@@ -9,6 +9,14 @@ products, the embedding projection and the adapter (the image residual head take
 difference of adapted embeddings, which their quantization noise would swamp). The outputs of
 the quantized products are not re-quantized, so each one returns fp32.
 
+Mixed precision: ``keep_fp32`` names block products to leave in fp32 as well, by kind
+(``PRODUCT_KINDS``), by block (``3``: its four) or both (``c_proj:3``); the manifest records which
+stayed fp32 and the choices that kept them. None by default, as no rule measured on the demo
+keeps int8's speed and fits its final-score drift goal (README, "int8 mixed precision"): its
+drift comes from rounding the activations, which differs from image to image and so does not
+cancel in the query-prompt differences its heads score; every product alone drifts its final
+score by 0.007 to 0.029, and fitting 1e-2 took 22 of its 24 products in fp32.
+
 Every scale is a constant of the graph, so an image's scores do not depend on the batch it is
 scored in.
 """
@@ -43,6 +51,13 @@ ACTIVATIONS = "int8-symmetric"
 WEIGHTS = "int8-symmetric-per-channel"
 QUANTIZED_OPS = ("MatMul", "Gemm")
 BLOCKS = "/resblocks."
+# Each block's products by kind, as the tracer names them after the block's "/resblocks.N".
+PRODUCT_KINDS = {
+    "in_proj": "/attn/MatMul",  # attention's input projection (queries, keys and values)
+    "out_proj": "/attn/Gemm",  # attention's output projection
+    "c_fc": "/mlp/c_fc/",
+    "c_proj": "/mlp/c_proj/",
+}
 # The demo's calibration: this many train/good normals of each of its categories, rendered in
 # memory with a seed the demo's training data never used.
 DEMO_IMAGES_PER_CATEGORY = 5
@@ -63,13 +78,19 @@ class Int8Settings:
 
     calibration: Calibration | None = None
     method: str = DEFAULT_CALIBRATION_METHOD
+    keep_fp32: tuple[str, ...] = ()  # block products left in fp32 (``fp32_choice``)
 
     @classmethod
     def checked(
-        cls, calibration: Calibration | None, method: str | None, is_demo: bool
+        cls,
+        calibration: Calibration | None,
+        method: str | None,
+        is_demo: bool,
+        keep_fp32: Sequence[str] = (),
     ) -> Int8Settings:
         """The settings, refused in one line where they cannot work: no ``calibration`` for
-        a model other than the demo, an unknown method, a folder without images."""
+        a model other than the demo, an unknown method, a folder without images, a
+        ``keep_fp32`` choice that is not a product kind, a block or both."""
         method = method or DEFAULT_CALIBRATION_METHOD
         if method not in CALIBRATION_METHODS:
             choices = ", ".join(CALIBRATION_METHODS)
@@ -80,7 +101,9 @@ class Int8Settings:
                 "categories (a folder of images, or an MVTec-layout category or data set folder "
                 "whose train/good images are used); only the demo model brings its own"
             )
-        settings = cls(calibration, method)
+        for choice in keep_fp32:
+            fp32_choice(choice)
+        settings = cls(calibration, method, tuple(dict.fromkeys(keep_fp32)))
         if calibration is not None:
             settings.images()  # a folder without images is refused before any work
         return settings
@@ -156,14 +179,52 @@ def calibration_pixels(images: Sequence[ImageSource], preprocessing: Preprocessi
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
-    """The names of the nodes to quantize: the transformer blocks' matrix products by a
-    constant weight (see the module docstring)."""
+    """The names of the nodes that may be quantized: the transformer blocks' matrix products
+    by a constant weight (see the module docstring)."""
     weights = {tensor.name for tensor in model.graph.initializer}
     return [
         node.name
         for node in model.graph.node
         if node.op_type in QUANTIZED_OPS and BLOCKS in node.name and node.input[1] in weights
     ]
+
+
+def fp32_choice(choice: str) -> tuple[str | None, int | None]:
+    """A ``--keep-fp32`` choice as (kind, block), either None for any: ``KIND`` (one of
+    ``PRODUCT_KINDS``), ``BLOCK`` (counted from 0) or ``KIND:BLOCK``; refused otherwise."""
+    kind, _, block = choice.rpartition(":") if ":" in choice else (choice, "", "")
+    if kind.isdigit() and not block:
+        kind, block = "", kind
+    if (kind and kind not in PRODUCT_KINDS) or (block and not block.isdigit()) or not choice:
+        kinds = ", ".join(PRODUCT_KINDS)
+        raise InputError(
+            f"--keep-fp32 {choice!r}: give a product kind ({kinds}), a block number counted "
+            "from 0, or both as KIND:BLOCK, e.g. c_proj:3"
+        )
+    return kind or None, int(block) if block else None
+
+
+def kept_in_fp32(nodes: Sequence[str], keep_fp32: Sequence[str]) -> list[str]:
+    """The products of ``nodes`` that a ``keep_fp32`` choice names (``fp32_choice``); a
+    choice that names none of them, or choices that would leave none in int8, are refused."""
+
+    def named(node: str, choice: str) -> bool:
+        kind, block = fp32_choice(choice)
+        return (block is None or node.startswith(f"{BLOCKS}{block}/")) and (
+            kind is None or PRODUCT_KINDS[kind] in node
+        )
+
+    for choice in keep_fp32:
+        if not any(named(node, choice) for node in nodes):
+            blocks = len({node.split("/")[1] for node in nodes})
+            raise InputError(
+                f"--keep-fp32 {choice!r}: no such product; the model has blocks 0 to "
+                f"{blocks - 1}, each with {', '.join(PRODUCT_KINDS)}"
+            )
+    kept = [node for node in nodes if any(named(node, choice) for choice in keep_fp32)]
+    if len(kept) == len(nodes):
+        raise InputError("--keep-fp32 keeps every block product in fp32: export fp32 instead")
+    return kept
 
 
 class _Reader:
@@ -192,15 +253,21 @@ class _Reader:
 
 
 def quantize_encoder(
-    path: Path, pixels: np.ndarray, method: str = DEFAULT_CALIBRATION_METHOD
+    path: Path,
+    pixels: np.ndarray,
+    method: str = DEFAULT_CALIBRATION_METHOD,
+    keep_fp32: Sequence[str] = (),
 ) -> dict:
-    """Quantize the fp32 encoder at ``path`` in place (static Q/DQ, calibrated on ``pixels``);
-    returns the manifest's record of it (``graphs.encoder.quantization``)."""
+    """Quantize the fp32 encoder at ``path`` in place (static Q/DQ, calibrated on ``pixels``),
+    but for the block products that ``keep_fp32`` names (``kept_in_fp32``); returns the
+    manifest's record of it (``graphs.encoder.quantization``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(path))
     _constant_identities_to_initializers(model)
-    nodes = quantized_nodes(model)
+    candidates = quantized_nodes(model)
+    fp32 = kept_in_fp32(candidates, keep_fp32)
+    nodes = [node for node in candidates if node not in fp32]
     _products_before_transposes(model, nodes)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=path.parent) as work:
         source = Path(work) / "fp32.onnx"
@@ -236,6 +303,9 @@ def quantize_encoder(
         "weights": WEIGHTS,
         "method": method,
         "images": len(pixels),
+        "int8_products": len(nodes),
+        "fp32_products": fp32,
+        "fp32_because": f"--keep-fp32 {', '.join(keep_fp32)}" if keep_fp32 else None,
         "image_digests": [pixel_digest(image) for image in pixels],
     }
 
