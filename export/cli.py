@@ -311,9 +311,9 @@ def triton(
         "onnxruntime",
         "--backend",
         help="What runs the encoder: onnxruntime (platform onnxruntime_onnx, the bundle's "
-        "encoder.onnx, KIND_CPU: it loads on any server), tensorrt (tensorrt_plan, the encoder "
-        "plan inctrl-export tensorrt recorded, KIND_GPU) or python (the runtime's engine on the "
-        "CPU, as inctrl-run serve).",
+        "encoder.onnx, KIND_AUTO: the server's GPUs if it has any, else the CPU), tensorrt "
+        "(tensorrt_plan, the encoder plan inctrl-export tensorrt recorded, KIND_GPU) or python "
+        "(the runtime's engine on the CPU, as inctrl-run serve).",
     ),
     max_batch: int = typer.Option(
         32, "--max-batch", help="max_batch_size of every model; a TensorRT plan must take it."

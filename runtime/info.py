@@ -177,6 +177,11 @@ def _bundle_rows(found: dict) -> list[Row]:
                 f"{record.get('weights')}, calibrated by {record.get('method')} on "
                 f"{record.get('images')} images"
             )
+            if record.get("fp32_products"):
+                text += (
+                    f"; {len(record['fp32_products'])} block products kept fp32 "
+                    f"({record.get('fp32_because')})"
+                )
         rows.append((f"{name} graph", text))
     if check is None:
         verdict = "none recorded"

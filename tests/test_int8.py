@@ -147,6 +147,8 @@ def test_keep_fp32_leaves_the_products_it_names_in_fp32_and_the_manifest_says_so
     assert record["int8_products"] == len(blocks - kept)
     assert record["fp32_because"] == f"--keep-fp32 c_proj, 0, in_proj:{TINY.vision.layers - 1}"
     assert bundle_info(mixed_export.path)["graphs"]["encoder"]["quantization"]["fp32_products"]
+    row = dict(info_sections(bundle_info(mixed_export.path))[0])["encoder graph"]
+    assert f"{len(kept)} block products kept fp32 ({record['fp32_because']})" in row
     assert mixed_export.report.batch_invariance <= 1e-5
 
 

@@ -182,7 +182,8 @@ def test_sizes_batching_and_instances_are_as_asked(exported: tuple[str, Path]) -
     assert encoder.dynamic_batching.max_queue_delay_microseconds > 0
     (group,) = encoder.instance_group
     assert group.count == 2
-    assert group.kind == ({"tensorrt": KIND.KIND_GPU, "onnxruntime": KIND.KIND_AUTO}.get(backend, KIND.KIND_CPU))
+    kinds = {"tensorrt": KIND.KIND_GPU, "onnxruntime": KIND.KIND_AUTO, "python": KIND.KIND_CPU}
+    assert group.kind == kinds[backend]
     assert not configs[ENSEMBLE].HasField("dynamic_batching")
     assert not configs[ENSEMBLE].instance_group
 

@@ -177,7 +177,7 @@ def test_help_explains_every_option_and_the_gpu_deployment() -> None:
     for option in ("--out", "--backend", "--max-batch", "--instances", "--category", "--fpr",
                    "--engine", "--force"):  # fmt: skip
         assert option in text, option
-    for phrase in ("onnxruntime_onnx", "tensorrt_plan", "KIND_CPU", "KIND_GPU",
+    for phrase in ("onnxruntime_onnx", "tensorrt_plan", "KIND_AUTO", "KIND_GPU",
                    "docker run --gpus all", "nvcr.io/nvidia/tritonserver:<yy.mm>-py3",
                    "--model-repository /models",
                    "pip install \"inctrl[cpu]\"", "numpy<2"):  # fmt: skip
