@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +48,6 @@ from inctrl_runtime.triton.client import (
 from inctrl_runtime.triton.names import ENCODER, OUTPUTS
 from inctrl_runtime.triton.server import TritonServer, free_port
 
-# Where the load test leaves its figures for the project's notes (override with the variable).
-LOAD_FIGURES = Path(os.environ.get("INCTRL_LOAD_FIGURES", "/tmp/brief/load_figures.txt"))
 THREADS, PER_THREAD = 8, 25
 OTHER = BUNDLE_CATEGORIES[1]  # metal_nut: registered, not calibrated
 
@@ -356,6 +353,4 @@ def test_load_none_lost_or_swapped_and_the_encoder_batches(triton_server, tmp_pa
         f"{run.images_per_s:.1f} images/s; encoder executed batch sizes (size x times) "
         f"{batch_sizes_text(encoder)}"
     )
-    print(figures)
-    if LOAD_FIGURES.parent.is_dir():
-        LOAD_FIGURES.write_text(figures + "\n")
+    print(figures)  # pytest -s shows them
