@@ -65,7 +65,8 @@ def test_inctrl_uses_only_the_runtime_torch_free_base() -> None:
 
 def test_torch_free_base_imports_no_onnxruntime() -> None:
     for file, names in imports("runtime").items():
-        module = "inctrl_runtime." + Path(file).stem if Path(file).stem != "__init__" else None
+        parts = Path(file).with_suffix("").parts[1:]  # runtime/triton/models/x.py: not .x
+        module = ".".join(("inctrl_runtime", *parts)) if parts[-1] != "__init__" else None
         if module in TORCH_FREE_BASE:
             heavy = {n for n in names if top(n) == "onnxruntime"}
             heavy |= {n for n in names if top(n) == "inctrl_runtime"} - TORCH_FREE_BASE
