@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inctrl.data import NORMAL, category_folders, scan_category
 from inctrl_bench.machine import Progress
+from inctrl_runtime.datasets import NORMAL, category_folders, scan_category
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import check_category_name
 

@@ -94,15 +94,15 @@ def bench(
     """
     from inctrl_bench.machine import Progress
     from inctrl_bench.report import print_report
-    from inctrl_bench.suite import BenchSettings, check_sizes, run_bench
+    from inctrl_bench.suite import BenchSettings, parse_sizes, run_bench
 
     settings = BenchSettings(
         bundle=bundle,
         checkpoint=checkpoint,
         preset=preset,
         backends=tuple(backend or ()),
-        batches=check_sizes(batch, "--batch"),
-        shots=check_sizes(shots, "--shots"),
+        batches=parse_sizes(batch, "--batch"),
+        shots=parse_sizes(shots, "--shots"),
         device=device,
         repeats=repeats,
         eval_data=eval_data,

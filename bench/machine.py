@@ -76,9 +76,9 @@ def _gpu_names() -> list[str]:
 def cuda_gpu(index: int) -> dict[str, str] | None:
     """The name and compute capability of CUDA GPU ``index``, as the runtime's CUDA layer sees
     it (None without the CUDA bindings or without that GPU)."""
-    if import_problem("inctrl_runtime.engines.cuda") is not None:
+    if import_problem("inctrl_runtime.engines.tensorrt.cuda") is not None:
         return None
-    from inctrl_runtime.engines.cuda import compute_capability, gpu_name, gpu_problem
+    from inctrl_runtime.engines.tensorrt.cuda import compute_capability, gpu_name, gpu_problem
 
     if gpu_problem(index) is not None:
         return None

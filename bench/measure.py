@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inctrl_bench.accuracy import REFERENCE, Accuracy, EvalData, eval_scores
+from inctrl_bench.artifacts import Artifacts, RowSource, engine_profile
 from inctrl_bench.backends import (
     CATALOGUE,
     GPU_INDEX,
     Backend,
-    Sources,
     Unavailable,
     check_runnable,
-    engine_profile,
     random_frames,
 )
 from inctrl_bench.flops import ModelShape, query_flops
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from inctrl_bench.suite import BenchSettings
     from inctrl_bench.triton_backend import ServedRun
     from inctrl_runtime.detector import Detector
-    from inctrl_runtime.engines.plans import Build
+    from inctrl_runtime.engines.tensorrt.plans import Build
 
 PREPROCESS, ENCODER, HEAD, REGISTER = "preprocess", "encoder", "head", "reference"
 QUERY_STAGES = (PREPROCESS, ENCODER, HEAD)
@@ -55,7 +54,7 @@ class Subject:
     what runs the graphs; ``gpu_ms``: the GPU time of the last query where the engines measure
     it (CUDA events); ``build``: the TensorRT build whose plans run; ``final_scores``: the
     final score of each query of ``head``'s outputs, as float64 numbers; ``quantization``: how
-    an int8 encoder was quantized (``quantization_record``)."""
+    an int8 encoder was quantized (``QuantizationRecord.summary``)."""
 
     shape: ModelShape
     pixels: Callable[[Images], Any]
@@ -90,15 +89,7 @@ def _open_detector(backend: Backend, bundle: Path, build: str | None) -> Detecto
     ``build``."""
     from inctrl_runtime.detector import Detector
 
-    device = backend.runtime_device or "cpu"
-    if backend.kind != "tensorrt":
-        return Detector.open(bundle, device=device)
-    from inctrl_runtime.bundle import Bundle
-    from inctrl_runtime.engines.trt import open_trt_engines
-
-    checked = Bundle.open(bundle)
-    engines = open_trt_engines(checked, device, build)
-    return Detector(checked, engines["encoder"], engines["head"])
+    return Detector.open(bundle, device=backend.runtime_device or "cpu", build=build)
 
 
 def _query_gpu_ms(detector: Detector) -> float | None:
@@ -115,19 +106,13 @@ def _synchronize(detector: Detector) -> None:
         engine.stream.synchronize()
 
 
-def quantization_record(manifest: dict) -> dict | None:
-    """How the bundle's encoder was quantized, as its manifest records it, without the
-    calibration images' digests (their count stays); None for a float encoder."""
-    record = manifest["graphs"]["encoder"].get("quantization")
-    return {k: v for k, v in record.items() if k != "image_digests"} if record else None
-
-
 @contextlib.contextmanager
 def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> Iterator[Prepare]:
     """A bundle's engines on the backend's device, through ``inctrl_runtime.Detector``; for
     the tensorrt kind, the plans of the bundle's TensorRT build ``build``."""
     detector = _open_detector(backend, bundle, build)
-    shape = ModelShape.from_config(detector.bundle.manifest["model"]["config"])
+    shape = ModelShape.from_config(detector.bundle.model.config)
+    quantization = detector.bundle.graphs["encoder"].quantization
 
     def prepare(prompts: Images, category: str) -> Subject:
         bank_inputs = detector.bank_inputs(category, detector.reference(prompts))
@@ -139,7 +124,7 @@ def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> It
             detector.reference,
             query_flops(shape, len(prompts)),
             engine=detector.backend,
-            quantization=quantization_record(detector.bundle.manifest),
+            quantization=quantization.summary() if quantization else None,
         )
         if backend.kind == "tensorrt":
             subject.sync = functools.partial(_synchronize, detector)
@@ -253,21 +238,18 @@ class BackendResult:
         return record
 
 
-Source = tuple[Path | None, str | None]  # a checkpoint or bundle, and a TensorRT build key
-
-
-def _source(backend: Backend, settings: BenchSettings, sources: Sources) -> Source:
+def _source(backend: Backend, settings: BenchSettings, artifacts: Artifacts) -> RowSource:
     """What the backend runs: a checkpoint (None: the demo) or a bundle, and the TensorRT build
     for the tensorrt kind (else None)."""
     if backend.uses_torch:
-        return sources.checkpoint(), None
+        return RowSource(artifacts.checkpoint(), None)
     if backend.kind == "tensorrt":
         profile = engine_profile(settings.batches, settings.shots)
-        return sources.engines(backend.precision, *profile)
-    return sources.bundle(backend.precision), None
+        return artifacts.engines(backend.precision, *profile)
+    return RowSource(artifacts.bundle(backend.precision), None)
 
 
-def _open(backend: Backend, device: str, source: Source, stack) -> Prepare:
+def _open(backend: Backend, device: str, source: RowSource, stack) -> Prepare:
     """Load the model or start the engines; a file that will not load is this row's reason."""
     path, build = source
     try:
@@ -283,7 +265,7 @@ def _open(backend: Backend, device: str, source: Source, stack) -> Prepare:
 def bench_backend(
     backend: Backend,
     settings: BenchSettings,
-    sources: Sources,
+    artifacts: Artifacts,
     peak: Peak,
     progress: Progress,
     data: EvalData | None = None,
@@ -293,19 +275,19 @@ def bench_backend(
     if backend.kind == "triton":
         from inctrl_bench.triton_backend import bench_triton
 
-        return bench_triton(backend, settings, sources, progress)
+        return bench_triton(backend, settings, artifacts, progress)
     device = settings.device
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:
         check_runnable(backend, device)
-        source = _source(backend, settings, sources)
+        source = _source(backend, settings, artifacts)
         progress.step(f"{backend.name}: loading")
         began = time.perf_counter()
         with contextlib.ExitStack() as stack:
             with PeakRss() as rss:
                 prepare = _open(backend, device, source, stack)
                 result.load_s = time.perf_counter() - began
-                subject = result.measure(prepare, settings, sources.category, progress)
+                subject = result.measure(prepare, settings, artifacts.category, progress)
             gpu_bytes = subject.gpu_peak_bytes()
             if data is not None:
                 scores = eval_scores(prepare, data, settings.batches[-1], backend.name, progress)
@@ -332,13 +314,13 @@ def bench_backend(
 
 
 def reference_scores(
-    settings: BenchSettings, sources: Sources, data: EvalData, progress: Progress
+    settings: BenchSettings, artifacts: Artifacts, data: EvalData, progress: Progress
 ) -> dict[str, np.ndarray]:
     """torch-fp32's final scores on ``data``, for the drift of the other rows when its own row
     was not benched; ``Unavailable`` says why it cannot run here."""
     backend = next(b for b in CATALOGUE if b.name == REFERENCE)
     check_runnable(backend, settings.device)
-    source = _source(backend, settings, sources)
+    source = _source(backend, settings, artifacts)
     with contextlib.ExitStack() as stack:
         prepare = _open(backend, settings.device, source, stack)
         return eval_scores(prepare, data, settings.batches[-1], REFERENCE, progress)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from inctrl_bench import machine
 from inctrl_bench.accuracy import REFERENCE, EvalData, load_eval_data
-from inctrl_bench.backends import Sources, Unavailable, select_backends
+from inctrl_bench.artifacts import Artifacts
+from inctrl_bench.backends import Unavailable, select_backends
 from inctrl_bench.flops import flops_record
 from inctrl_bench.machine import Peak, Progress
 from inctrl_bench.measure import BackendResult, bench_backend, reference_scores
@@ -25,7 +26,7 @@ SCHEMA = "inctrl.bench/1"
 SPEEDUP_BASELINES = {"authors": "speedup_vs_authors", "torch-fp32": "speedup_vs_torch_fp32"}
 
 
-def check_sizes(sizes: str | Sequence[int], option: str) -> tuple[int, ...]:
+def parse_sizes(sizes: str | Sequence[int], option: str) -> tuple[int, ...]:
     """Batch sizes or prompt counts (``"32,1,8"`` or numbers) in increasing order, no repeats."""
     parts = sizes.split(",") if isinstance(sizes, str) else sizes
     try:
@@ -54,8 +55,8 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         # Sorted once here: the last batch is the largest, the first k the one queries use.
-        object.__setattr__(self, "batches", check_sizes(self.batches, "--batch"))
-        object.__setattr__(self, "shots", check_sizes(self.shots, "--shots"))
+        object.__setattr__(self, "batches", parse_sizes(self.batches, "--batch"))
+        object.__setattr__(self, "shots", parse_sizes(self.shots, "--shots"))
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"unknown device {self.device!r}; use cpu or cuda")
         if self.repeats is not None and self.repeats < 1:
@@ -123,7 +124,7 @@ def add_speedups(results: list[BackendResult]) -> None:
 def add_drift(
     results: list[BackendResult],
     settings: BenchSettings,
-    sources: Sources,
+    artifacts: Artifacts,
     data: EvalData,
     progress: Progress,
 ) -> None:
@@ -137,13 +138,13 @@ def add_drift(
         reference = scored[REFERENCE].scores
     else:
         try:
-            reference = reference_scores(settings, sources, data, progress)
+            reference = reference_scores(settings, artifacts, data, progress)
         except Unavailable as err:
-            sources.notes.append(f"score drift not measured: {REFERENCE} cannot run here: {err}")
+            artifacts.notes.append(f"score drift not measured: {REFERENCE} cannot run here: {err}")
             for accuracy in scored.values():
                 accuracy.drift_reason = f"{REFERENCE} cannot run here: {err}"
             return
-        sources.notes.append(
+        artifacts.notes.append(
             f"score drift is against {label}, run on the --eval images only (not a benched row)"
         )
     for accuracy in scored.values():
@@ -183,16 +184,16 @@ def run_bench(
     machine_record = machine.machine_info(settings.command_line())
     with tempfile.TemporaryDirectory(prefix="inctrl-bench-") as workdir:
         given = settings.bundle, settings.checkpoint, settings.preset
-        sources = Sources(Path(workdir), *given, settings.seed, progress, data)
+        artifacts = Artifacts(Path(workdir), *given, settings.seed, progress, data)
         progress.step("measuring the fp32 matrix-product peak")
-        # torch only if loaded anyway: importing it adds ~0.5 GB to every onnxruntime row's RSS.
+        # torch only if loaded anyway: its libraries would count in every onnxruntime row's RSS.
         with_torch = any(b.uses_torch for b in backends) or "torch" in sys.modules
         peak = machine.measure_peak(settings.device, with_torch)
-        results = [bench_backend(b, settings, sources, peak, progress, data) for b in backends]
+        results = [bench_backend(b, settings, artifacts, peak, progress, data) for b in backends]
         if data is not None:  # after every row: torch loaded now adds to no row's memory
-            add_drift(results, settings, sources, data, progress)
+            add_drift(results, settings, artifacts, data, progress)
     add_speedups(results)
-    model, category, notes = sources.model_label, sources.category, sources.notes
+    model, category, notes = artifacts.model_label, artifacts.category, artifacts.notes
     report = BenchReport(machine_record, settings.to_dict(), model, category, peak, results, notes)
     report.eval_data = data.to_dict() if data is not None else None
     if json_file is not None:

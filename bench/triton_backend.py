@@ -22,7 +22,8 @@ import numpy as np
 from rich import box
 from rich.table import Table
 
-from inctrl_bench.backends import Backend, Sources, Unavailable, random_frames
+from inctrl_bench.artifacts import Artifacts
+from inctrl_bench.backends import Backend, Unavailable, random_frames
 from inctrl_bench.machine import Progress, Timing
 from inctrl_bench.measure import BackendResult, Throughput
 from inctrl_runtime.errors import InputError
@@ -66,11 +67,11 @@ def executed_since(
 def served_run(
     client: TritonClient, requests: Sequence[Request], concurrency: int
 ) -> tuple[ServedRun, list[Answer]]:
-    """Send ``requests`` ``concurrency`` at a time (``TritonClient.answer``); the figures of
+    """Send ``requests`` ``concurrency`` at a time (``TritonClient.answers``); the figures of
     the run, and the answers in the requests' order."""
     before = client.statistics()
     began = time.perf_counter()
-    answers = client.answer(requests, concurrency)
+    answers = client.answers(requests, concurrency)
     wall_s = time.perf_counter() - began
     executed = executed_since(before, client.statistics())
     latencies = [answer.latency_s * 1e3 for answer in answers]
@@ -98,13 +99,13 @@ def served_copy(bundle: Path, folder: Path, category: str, prompts: Sequence[np.
 
 
 def bench_triton(
-    backend: Backend, settings: BenchSettings, sources: Sources, progress: Progress
+    backend: Backend, settings: BenchSettings, artifacts: Artifacts, progress: Progress
 ) -> BackendResult:
     """The triton row: the bench's fp32 bundle served on this machine's CPU and measured at
     each of ``CONCURRENCIES``; an unavailable row comes back with the reason."""
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or "cpu")
     try:
-        _measure(result, settings, sources, progress)
+        _measure(result, settings, artifacts, progress)
     except Unavailable as err:
         result.reason = str(err)
         progress.done(f"{backend.name}: not available: {err}")
@@ -118,7 +119,7 @@ def bench_triton(
 
 
 def _measure(
-    result: BackendResult, settings: BenchSettings, sources: Sources, progress: Progress
+    result: BackendResult, settings: BenchSettings, artifacts: Artifacts, progress: Progress
 ) -> None:
     from inctrl_runtime.triton.server import serving_problem
 
@@ -131,11 +132,11 @@ def _measure(
     from inctrl_runtime.triton.repository import write_repository
     from inctrl_runtime.triton.server import TritonServer
 
-    bundle, category = sources.bundle(result.precision), sources.category
+    bundle, category = artifacts.bundle(result.precision), artifacts.category
     rng = np.random.default_rng(settings.seed)
     frames, prompts = random_frames(rng, FRAMES), random_frames(rng, settings.shots[0])
     rounds = settings.repeats or ROUNDS
-    with tempfile.TemporaryDirectory(prefix="triton-", dir=sources.workdir) as folder:
+    with tempfile.TemporaryDirectory(prefix="triton-", dir=artifacts.workdir) as folder:
         progress.step(f"{result.name}: writing and starting the server")
         began = time.perf_counter()
         try:
@@ -149,7 +150,7 @@ def _measure(
                 requests = [Request.of(category, frame) for frame in frames]
                 for concurrency in CONCURRENCIES:
                     progress.step(f"{result.name}: concurrency {concurrency}")
-                    client.answer(requests[:concurrency], concurrency)  # warm-up
+                    client.answers(requests[:concurrency], concurrency)  # warm-up
                     count = concurrency * rounds
                     cycled = [requests[i % len(requests)] for i in range(count)]
                     result.served.append(served_run(client, cycled, concurrency)[0])
@@ -161,8 +162,8 @@ def _measure(
     result.available, result.engine = True, "tritonserver python backend, onnxruntime-cpu"
     result.latency = one_at_a_time.latency
     result.throughput = [Throughput.of(1, one_at_a_time.latency)]  # as the other rows' b=1
-    if sources.data is not None:
-        sources.notes.append(f"{result.name}: not scored on the --eval data (speed only)")
+    if artifacts.data is not None:
+        artifacts.notes.append(f"{result.name}: not scored on the --eval data (speed only)")
 
 
 def batch_sizes_text(executed: dict[int, int]) -> str:

@@ -23,11 +23,12 @@ import numpy as np
 from inctrl.demo import HELD_OUT_CATEGORIES, TRAIN_CATEGORIES
 from inctrl.loading import load_model, resolve_checkpoint
 from inctrl.model import InCTRL
+from inctrl_export.calibration_images import CalibrationImages, calibration_pixels
 from inctrl_export.graphs import graph_specs, wrappers
 from inctrl_export.onnx_files import TRACE_SHOTS, check_opset, export_graph
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare, pass_mark
-from inctrl_export.quantize import Calibration, Int8Settings, calibration_pixels, quantize_encoder
-from inctrl_runtime.bundle import FORMAT, MANIFEST, PRIORS, SCHEMA_VERSION
+from inctrl_export.quantize import Int8Settings, quantize_encoder
+from inctrl_runtime.bundle import PRIORS
 from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import check_category_name
@@ -38,6 +39,7 @@ from inctrl_runtime.files import (
     staging_folder,
     write_json,
 )
+from inctrl_runtime.manifest import FORMAT, MANIFEST, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from inctrl.config import InCTRLConfig
@@ -74,7 +76,7 @@ def export_bundle(
     force: bool = False,
     log: Log = lambda message: None,
     model: InCTRL | None = None,
-    calibration: Calibration | None = None,
+    calibration: CalibrationImages | None = None,
     calibration_method: str | None = None,
     keep_fp32: Sequence[str] = (),
 ) -> ExportResult:
@@ -165,7 +167,7 @@ def _check_arguments(
 
 def _int8_settings(
     precision: str,
-    calibration: Calibration | None,
+    calibration: CalibrationImages | None,
     method: str | None,
     is_demo: bool,
     keep_fp32: Sequence[str] = (),

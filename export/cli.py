@@ -139,7 +139,9 @@ def onnx(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
     json_file: Path = JsonReport,
 ) -> None:
-    """Export a checkpoint as a bundle: encoder.onnx, head.onnx, priors.json, manifest.json.
+    """Export a checkpoint as a bundle for the lean runtime.
+
+    The bundle holds encoder.onnx, head.onnx, priors.json and manifest.json.
 
     The bundle is then run through inctrl_runtime on seeded images (other batch size and k than
     the tracing inputs) and compared with PyTorch; the exit code is 1 if a judged output differs
@@ -207,8 +209,10 @@ def verify_command(
     batch_size: int = typer.Option(16, help="Queries per batch on both sides."),
     json_file: Path = JsonReport,
 ) -> None:
-    """Compare a bundle with PyTorch: per output max abs / max rel difference and the tolerance
-    that would pass, rank agreement of scores, AUROC on labelled data, batch invariance.
+    """Compare a bundle with PyTorch on images, and say what differs.
+
+    Reports per output the max abs / max rel difference and the tolerance that would pass, the
+    rank agreement of scores, AUROC on labelled data and batch invariance.
 
     Exit code 1 if a judged output differs by more than --atol (int8: the final score), or an
     int8 bundle's image AUROC on labelled --images changes by more than 0.01. Example:

@@ -1,9 +1,10 @@
-"""The two exported graphs: wrapper modules, and their names, shapes and dynamic axes in one place.
+"""The two exported graphs: wrapper modules, and their names, shapes and dynamic axes.
 
 ``encoder``: image -> embedding, adapted embedding, unit-norm patch tokens of the tapped blocks.
 ``head``: query features + a category's reference bank + its text prior -> every field of
-``inctrl.Scores``. Symbolic dimensions (strings) are the dynamic axes: ``batch`` everywhere and
-``prompt_patches`` (N = k * P) on the bank.
+``inctrl.Scores``. Names and shapes are the runtime's graph contract
+(``inctrl_runtime.contract``), sized by the model config; symbolic dimensions (strings) are the
+dynamic axes: ``batch`` everywhere and ``prompt_patches`` (N = k * P) on the bank.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from torch import nn
 from inctrl.backbone import ImageFeatures
 from inctrl.config import InCTRLConfig
 from inctrl.model import InCTRL
-from inctrl.residual import Scores, unit
+from inctrl.residual import unit
+from inctrl_runtime.contract import BATCH_AXIS, GRAPHS, PROMPT_AXIS, ModelSizes, graph_shapes
 
 Shape = tuple[int | str, ...]
 
@@ -51,31 +53,22 @@ class GraphSpec:
         return {"file": self.file, "inputs": entries(self.inputs), "outputs": entries(self.outputs)}
 
 
+def model_sizes(config: InCTRLConfig) -> ModelSizes:
+    """The sizes of the contract's letters for a model config."""
+    return ModelSizes(
+        image_size=config.vision.image_size,
+        num_patches=config.vision.num_patches,
+        layers=len(config.vision.tapped_blocks),
+        width=config.vision.width,
+        embed_dim=config.embed_dim,
+    )
+
+
 def graph_specs(config: InCTRLConfig) -> dict[str, GraphSpec]:
     """The encoder and head signatures of a model config (docs/model.md, "What is computed
-    once")."""
-    size, layers = config.vision.image_size, len(config.vision.tapped_blocks)
-    patches, width, embed = config.vision.num_patches, config.vision.width, config.embed_dim
-    features = {
-        "embedding": (BATCH, embed),
-        "adapted": (BATCH, embed),
-        "patches": (BATCH, layers, patches, width),
-    }
-    outputs = {name: (BATCH,) for name in Scores._fields}
-    outputs["patch_residual_map"] = (BATCH, patches)
-    return {
-        "encoder": GraphSpec("encoder", {"image": (BATCH, 3, size, size)}, features),
-        "head": GraphSpec(
-            "head",
-            {
-                **features,
-                "ref_patches": (layers, PROMPT_PATCHES, width),
-                "ref_adapted": (embed,),
-                "text_prior": (2, embed),
-            },
-            outputs,
-        ),
-    }
+    once"): the runtime's contract with its letters sized and its dynamic axes named."""
+    sizes, dynamic = model_sizes(config), {BATCH_AXIS: BATCH, PROMPT_AXIS: PROMPT_PATCHES}
+    return {name: GraphSpec(name, *graph_shapes(name, sizes, dynamic)) for name in GRAPHS}
 
 
 def dummy_inputs(

@@ -11,11 +11,8 @@ the quantized products are not re-quantized, so each one returns fp32.
 
 Mixed precision: ``keep_fp32`` names block products to leave in fp32 as well, by kind
 (``PRODUCT_KINDS``), by block (``3``: its four) or both (``c_proj:3``); the manifest records which
-stayed fp32 and the choices that kept them. None by default, as no rule measured on the demo
-keeps int8's speed and fits its final-score drift goal (README, "int8 mixed precision"): its
-drift comes from rounding the activations, which differs from image to image and so does not
-cancel in the query-prompt differences its heads score; every product alone drifts its final
-score by 0.007 to 0.029, and fitting 1e-2 took 22 of its 24 products in fp32.
+stayed fp32 and the choices that kept them. None by default (docs/int8.md, "Mixed precision",
+has the measurements behind that choice).
 
 Every scale is a constant of the graph, so an image's scores do not depend on the batch it is
 scored in.
@@ -34,15 +31,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from inctrl_export.calibration_images import (
+    CalibrationImages,
+    calibration_images,
+    demo_calibration_images,
+)
 from inctrl_export.onnx_files import sort_nodes
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.fewshot import list_images
-from inctrl_runtime.preprocess import ImageSource, Preprocessing, pixel_digest, preprocess_many
+from inctrl_runtime.preprocess import ImageSource, pixel_digest
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-# Percentile (the 99.999th percentile of |x|) drifted least from PyTorch fp32 on the demo's
-# generated data, entropy close behind and minmax last; for BERT, NVIDIA's int8 study (Wu et
-# al. 2020) also found percentile calibration better than max.
+# Percentile: the 99.999th percentile of |x| (docs/int8.md compares the methods).
 DEFAULT_CALIBRATION_METHOD = "percentile"
 # The manifest's names of the forms. Activations are signed and symmetric, the form TensorRT
 # takes; onnxruntime on x86 turns them into uint8 with zero point 128 for its kernels, so
@@ -58,17 +57,8 @@ PRODUCT_KINDS = {
     "c_fc": "/mlp/c_fc/",
     "c_proj": "/mlp/c_proj/",
 }
-# The demo's calibration: this many train/good normals of each of its categories, rendered in
-# memory with a seed the demo's training data never used.
-DEMO_IMAGES_PER_CATEGORY = 5
-DEMO_CALIBRATION_SEED = 9001
-DEMO_IMAGE_SIZE = 256
-# A larger --calibration folder is thinned to this many images, evenly spaced in name order.
-MAX_CALIBRATION_IMAGES = 200
 # Images per calibration run (the histograms of a batch are held in memory at once).
 CALIBRATION_BATCH = 4
-
-Calibration = str | os.PathLike | Sequence[ImageSource]
 
 
 @dataclass(frozen=True)
@@ -76,14 +66,14 @@ class Int8Settings:
     """How an int8 export quantizes: where its calibration images come from (None: the demo's
     own synthetic normals) and the calibration method."""
 
-    calibration: Calibration | None = None
+    calibration: CalibrationImages | None = None
     method: str = DEFAULT_CALIBRATION_METHOD
     keep_fp32: tuple[str, ...] = ()  # block products left in fp32 (``fp32_choice``)
 
     @classmethod
     def checked(
         cls,
-        calibration: Calibration | None,
+        calibration: CalibrationImages | None,
         method: str | None,
         is_demo: bool,
         keep_fp32: Sequence[str] = (),
@@ -113,69 +103,6 @@ class Int8Settings:
         if self.calibration is None:
             return demo_calibration_images()
         return calibration_images(self.calibration)
-
-
-def calibration_images(calibration: Calibration) -> list[ImageSource]:
-    """The images to calibrate on: a list as given, or from a folder: a category folder in
-    MVTec layout gives its train/good images; a data set root whose subfolders are category
-    folders gives the train/good images of each; any other folder the images directly in it.
-    More than ``MAX_CALIBRATION_IMAGES`` are thinned, evenly spaced in name order."""
-    if not isinstance(calibration, (str, os.PathLike)):
-        images = list(calibration)
-        if not images:
-            raise InputError("no calibration images given")
-        return _thinned(images)
-    folder = Path(calibration)
-    if not folder.is_dir():
-        raise InputError(f"--calibration {folder}: no such folder of images")
-    categories = [folder] if _is_category(folder) else sorted(
-        f for f in folder.iterdir() if f.is_dir() and _is_category(f)
-    )  # fmt: skip
-    if categories:
-        images = [path for category in categories for path in _normals(category)]
-        where = "in train/good"
-    else:
-        images, where = list_images(folder), "directly in it"
-    if not images:
-        raise InputError(
-            f"--calibration {folder}: no images {where}; give a folder of normal images, or "
-            "an MVTec-layout category (or data set) folder whose train/good holds them"
-        )
-    return _thinned(images)
-
-
-def _is_category(folder: Path) -> bool:
-    return (folder / "train" / "good").is_dir()
-
-
-def _normals(category: Path) -> list[Path]:
-    return list_images(category / "train" / "good")
-
-
-def _thinned(images: list[ImageSource]) -> list[ImageSource]:
-    if len(images) <= MAX_CALIBRATION_IMAGES:
-        return images
-    picks = np.linspace(0, len(images) - 1, MAX_CALIBRATION_IMAGES).round().astype(int)
-    return [images[i] for i in picks]
-
-
-def demo_calibration_images() -> list[np.ndarray]:
-    """Synthetic train/good normals of the demo's categories, rendered in memory
-    (``inctrl.synth.render``: the same images every time)."""
-    from inctrl.demo import HELD_OUT_CATEGORIES, TRAIN_CATEGORIES
-    from inctrl.synth import render
-
-    return [
-        render(category, "train", "good", index, seed=DEMO_CALIBRATION_SEED,
-               size=DEMO_IMAGE_SIZE).image
-        for category in (*TRAIN_CATEGORIES, *HELD_OUT_CATEGORIES)
-        for index in range(DEMO_IMAGES_PER_CATEGORY)
-    ]  # fmt: skip
-
-
-def calibration_pixels(images: Sequence[ImageSource], preprocessing: Preprocessing) -> np.ndarray:
-    """The calibration images as the runtime feeds them to the encoder: N x 3 x S x S."""
-    return preprocess_many(list(images), preprocessing)
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:

@@ -35,19 +35,20 @@ from inctrl_export.tensorrt_checks import (
     sizes_of,
 )
 from inctrl_export.verify import check_source_checkpoint
-from inctrl_runtime.bundle import GRAPH_CONTRACT, GRAPHS, MANIFEST, Bundle, read_manifest
-from inctrl_runtime.engines.plans import (
-    ENGINES_KEY,
+from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.contract import GRAPH_CONTRACT, GRAPHS
+from inctrl_runtime.engines.tensorrt.plans import (
     Build,
     PlanRecord,
     Profile,
     build_key,
-    check_sizes,
     plan_file,
+    profile_sizes,
     profiles,
 )
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.files import WriteError, atomic_path, write_json
+from inctrl_runtime.files import WriteError, atomic_path
+from inctrl_runtime.manifest import record_build
 
 if TYPE_CHECKING:
     from inctrl_export.tensorrt_build import PlanSettings
@@ -122,7 +123,7 @@ def default_timing_cache(bundle: str | os.PathLike) -> Path:
 def builder_problem() -> str | None:
     """Why TensorRT engines cannot be built here (no TensorRT builder, no CUDA GPU: each that
     holds, and what to install), or None."""
-    from inctrl_runtime.engines.cuda import gpu_problem
+    from inctrl_runtime.engines.tensorrt.cuda import gpu_problem
 
     problems = []
     try:
@@ -172,7 +173,7 @@ def build_engines(
     opened = Bundle.open(bundle)
     precision = check_precision(opened, precision)
     batch = check_batch(sizes_of(batch))
-    shots = check_sizes(sizes_of(shots), "--shots")
+    shots = profile_sizes(sizes_of(shots), "--shots")
     if workspace_mib is not None and workspace_mib < 1:
         raise InputError(f"--workspace must be at least 1 MiB, got {workspace_mib}")
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(opened.path)
@@ -186,7 +187,7 @@ def build_engines(
         raise InputError(problem)
 
     from inctrl_export.tensorrt_build import VERSION, PlanSettings
-    from inctrl_runtime.engines.cuda import compute_capability, gpu_name
+    from inctrl_runtime.engines.tensorrt.cuda import compute_capability, gpu_name
 
     capability = compute_capability(BUILD_GPU)
     key = build_key(precision, VERSION, capability, version_compatible)
@@ -208,7 +209,7 @@ def build_engines(
     settings = PlanSettings(workspace_mib, version_compatible)
     build, plans, seconds = _build_plans(opened, build, settings, cache_path, log)
     result = TensorrtBuild(opened.path, build, cache_path, seconds=seconds)
-    _forget_build(opened.path, key)  # --force: the old record must not name the new files
+    record_build(opened.path, key, None)  # --force: the old record must not name the new files
     try:
         for graph, plan in build.plans.items():
             with atomic_path(opened.path / plan.file) as tmp:
@@ -219,7 +220,7 @@ def build_engines(
             seconds["verify"] = time.perf_counter() - began
             log(f"checked against PyTorch ({seconds['verify']:.1f} s)")
             result.build = dataclasses.replace(build, verification=result.report.to_dict())
-        _record_build(opened.path, result.build)
+        record_build(opened.path, key, result.build.to_manifest())
     except BaseException:
         for plan in build.plans.values():
             (opened.path / plan.file).unlink(missing_ok=True)
@@ -263,14 +264,14 @@ def graph_profiles(
     """Each graph's optimization profile: input name -> (min, opt, max) shapes, from the graph
     contract and the bundle's model sizes: the batch axis of both graphs from ``batch``, the
     head's prompt patches from ``shots`` (k x P)."""
-    sizes = bundle.model.sizes()
-    return {graph: profiles(GRAPH_CONTRACT[graph][0], sizes, batch, shots) for graph in GRAPHS}
+    inputs = {graph: GRAPH_CONTRACT[graph][0] for graph in GRAPHS}
+    return {graph: profiles(inputs[graph], bundle.model, batch, shots) for graph in GRAPHS}
 
 
 def _check_lean_runtime(version: str) -> None:
     """Version-compatible plans (the lean runtime excluded) are checked on the lean runtime of
     the builder's version, which must be importable here."""
-    from inctrl_runtime.engines.trt import runtime_problems, tensorrt_runtimes
+    from inctrl_runtime.engines.tensorrt.runtimes import runtime_problems, tensorrt_runtimes
 
     found = tensorrt_runtimes().get("tensorrt-lean")
     if found != version:
@@ -294,12 +295,10 @@ def self_check(
     on the export's seeded check images, with a batch and k inside the profile other than its
     opt."""
     from inctrl_runtime.detector import Detector
-    from inctrl_runtime.engines.trt import open_trt_engines
 
     model = load_model(checkpoint, clip_weights, notice=log)
     shots, queries = off_opt(build.shots), off_opt(build.batch)
-    engines = open_trt_engines(bundle, "tensorrt", build=build)
-    detector = Detector(bundle, engines["encoder"], engines["head"])
+    detector = Detector.open(bundle.path, device="tensorrt", check_files=False, build=build)
     try:
         images = check_images(shots + queries, CHECK_SEED)
         prompts, rest = images[:shots], images[shots:]
@@ -316,19 +315,3 @@ def off_opt(sizes: tuple[int, int, int]) -> int:
     if opt + 1 <= high:
         return opt + 1
     return opt - 1 if opt - 1 >= low else opt
-
-
-def _forget_build(bundle: Path, key: str) -> None:
-    """Drop ``key``'s record from the manifest (read again just before it is written)."""
-    manifest = read_manifest(bundle)
-    if key in (manifest.get(ENGINES_KEY) or {}):
-        del manifest[ENGINES_KEY][key]
-        write_json(bundle / MANIFEST, manifest)
-
-
-def _record_build(bundle: Path, build: Build) -> None:
-    """Set ``build``'s record in the manifest's ``engines`` (read again just before it is
-    written, so a concurrent change elsewhere in it is kept)."""
-    manifest = read_manifest(bundle)
-    manifest.setdefault(ENGINES_KEY, {})[build.key] = build.to_manifest()
-    write_json(bundle / MANIFEST, manifest)

@@ -3,7 +3,7 @@
 Everything here that calls TensorRT keeps to ``inctrl_export.tensorrt.BUILDER_API``, names that
 TensorRT 10 and 11 both document (a test checks the list against this file and against the names
 the installed TensorRT 11 bindings define). The runner is elsewhere
-(``inctrl_runtime.engines.trt``), as in TensorRT's samples (``common_runtime.py``).
+(``inctrl_runtime.engines.tensorrt``), as in TensorRT's samples (``common_runtime.py``).
 
 Importing this module imports the full TensorRT module (``tensorrt``, else ``tensorrt_bindings``)
 and raises ImportError, with each import's reason, where it is missing or has no builder.
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 from inctrl_export.tensorrt_graph import parser_graph
-from inctrl_runtime.engines.plans import Profile
+from inctrl_runtime.engines.tensorrt.plans import Profile
 from inctrl_runtime.errors import InputError
 
 BUILDER_MODULES = ("tensorrt", "tensorrt_bindings")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from inctrl_runtime.bundle import GRAPHS, Bundle
-from inctrl_runtime.engines.plans import ENGINES_KEY, TRT_PRECISIONS, check_sizes, plan_file
+from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.contract import GRAPHS
+from inctrl_runtime.engines.tensorrt.plans import TRT_PRECISIONS, plan_file, profile_sizes
 from inctrl_runtime.errors import InputError
 
 # The one int8 encoder TensorRT consumes: static Q/DQ with signed, symmetric (zero point 0)
-# activations (manifest["graphs"]["encoder"]["quantization"] holds at least these).
+# activations (the encoder's quantization record holds at least these).
 TRT_QUANTIZATION = {"format": "qdq", "activations": "int8-symmetric"}
 
 
@@ -29,7 +30,7 @@ def sizes_of(sizes: Sequence[int] | str) -> tuple:
 def check_batch(sizes: tuple) -> tuple[int, int, int]:
     """``--batch`` as (min, opt, max), from 1: the runtime encodes one image, and k prompts as
     one batch, so an engine must take any batch up to its max (opt is what it is tuned for)."""
-    batch = check_sizes(sizes, "--batch")
+    batch = profile_sizes(sizes, "--batch")
     if batch[0] != 1:
         raise InputError(
             f"--batch {','.join(map(str, sizes))}: MIN must be 1 (the runtime encodes single "
@@ -62,8 +63,7 @@ def check_quantization(bundle: Bundle) -> None:
     symmetric Q/DQ nodes (``TRT_QUANTIZATION``): TensorRT takes int8 only from Q/DQ nodes whose
     zero points are 0."""
     encoder = bundle.graphs["encoder"]
-    record = bundle.manifest["graphs"]["encoder"].get("quantization")
-    record = record if isinstance(record, dict) else {}
+    record = encoder.quantization.raw if encoder.quantization else {}
     if encoder.precision == "int8" and all(record.get(k) == v for k, v in TRT_QUANTIZATION.items()):
         return
     if record:
@@ -100,7 +100,7 @@ def check_no_plans(bundle: Bundle, key: str, force: bool) -> None:
         return
     files = (plan_file(graph, key) for graph in GRAPHS)
     found = [file for file in files if (bundle.path / file).exists()]
-    if key in (bundle.manifest.get(ENGINES_KEY) or {}):
+    if key in bundle.builds:
         found.insert(0, f"the manifest's record {key}")
     if found:
         raise InputError(

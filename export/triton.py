@@ -31,10 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from inctrl_runtime.bundle import MANIFEST, Bundle
+from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.decisions import DEFAULT_FPR
-from inctrl_runtime.engines.plans import Build, PlanRecord, read_builds, read_plan
+from inctrl_runtime.engines.tensorrt.plans import Build, PlanRecord, read_plan
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.manifest import MANIFEST
 from inctrl_runtime.triton.configs import DEFAULT_MAX_BATCH
 from inctrl_runtime.triton.names import ENCODER, ENCODER_FILES, ENCODERS, VERSION
 from inctrl_runtime.triton.repository import write_repository
@@ -142,14 +143,14 @@ def choose_plan(
 ) -> tuple[Build, PlanRecord]:
     """The TensorRT build whose encoder plan the repository serves, and that plan.
 
-    As the runtime chooses (``inctrl_runtime.engines.plans.choose_build``): a build of the
+    As the runtime chooses (``inctrl_runtime.engines.tensorrt.plans.choose_build``): a build of the
     bundle's encoder precision, or the one ``engine`` names. Unlike the runtime's, the GPU and
     TensorRT that will run it are the server's, not this machine's, so where several builds
     fit, ``engine`` must say which. Refused in one line: no builds (the ``inctrl-export
     tensorrt`` to run), none that fits, several, or a profile whose largest batch is under
     ``max_batch`` (the ``--batch`` to rebuild with)."""
     where = bundle.path / MANIFEST
-    builds = read_builds(bundle.manifest, where)
+    builds = bundle.builds
     rebuild = f"inctrl-export tensorrt {bundle.path} --batch 1,8,{max_batch}"
     if not builds:
         raise BundleError(

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from inctrl.data import is_category_folder, scan_category
 from inctrl.loading import load_model, resolve_checkpoint
 from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
 from inctrl_export.parity import ParityReport, compare, pass_mark
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.console import require_files
+from inctrl_runtime.datasets import is_category_folder, scan_category
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import choose_prompts, list_images, prompt_generator
@@ -57,18 +57,18 @@ def verify_bundle(
 def check_source_checkpoint(bundle: Bundle, checkpoint: str | os.PathLike | None) -> Path:
     """The checkpoint ``bundle`` was exported from: ``checkpoint`` (default, for a demo bundle:
     the embedded demo), refused in one line unless its sha256 is the manifest's source's."""
-    source = bundle.manifest.get("source", {})
+    source = bundle.source
     recorded = bundle.source_file or "no checkpoint file (a model in memory)"
-    if checkpoint is None and not source.get("demo"):
+    if checkpoint is None and not source.demo:
         raise InputError(
             f"{bundle.path}: exported from {recorded}; name that file with --checkpoint"
         )
     path, _ = resolve_checkpoint(checkpoint)
     require_files([path], "checkpoint")
-    if file_sha256(path) != source.get("sha256"):
+    if file_sha256(path) != source.sha256:
         raise InputError(
             f"{path}: not the checkpoint {bundle.path} was exported from ({recorded}, sha256 "
-            f"{str(source.get('sha256'))[:12]}...); name the right --checkpoint"
+            f"{str(source.sha256)[:12]}...); name the right --checkpoint"
         )
     return path
 

@@ -1,9 +1,9 @@
 """Data sets as lists of samples: MVTec-layout folders and the authors' JSON lists
 (docs/model.md, "Data formats").
 
-A folder is either a data set root (``<root>/<category>/train/good/...``) or one category
-(``<category>/train/good/...``). JSON lists hold ``{"image_path", "target", "type"}`` objects.
-numpy-free and torch-free: only paths and labels.
+The MVTec layout (which folder is a category, its samples) is the runtime's
+(``inctrl_runtime.datasets``), shared with the export and the bench; JSON lists hold
+``{"image_path", "target", "type"}`` objects. numpy-free and torch-free: only paths and labels.
 """
 
 from __future__ import annotations
@@ -11,71 +11,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from inctrl_runtime.datasets import (
+    ANOMALOUS,
+    NORMAL,
+    Sample,
+    category_folders,
+    scan_category,
+)
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.fewshot import category_file, list_images
+from inctrl_runtime.fewshot import category_file
 from inctrl_runtime.files import write_json
-
-NORMAL, ANOMALOUS = 0, 1
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image with its label: ``target`` 0 normal, 1 anomalous; ``split`` train or test."""
-
-    image_path: str
-    target: int
-    category: str
-    split: str = "test"
-    defect: str = "good"
-    mask_path: str | None = None
-
-
-def is_category_folder(folder: Path) -> bool:
-    return (folder / "train").is_dir() or (folder / "test").is_dir()
-
-
-def _mask_for(folder: Path, defect: str, image: Path) -> str | None:
-    for candidate in (f"{image.stem}_mask.png", f"{image.stem}.png"):
-        mask = folder / "ground_truth" / defect / candidate
-        if mask.is_file():
-            return str(mask)
-    return None
-
-
-def scan_category(folder: str | os.PathLike, category: str | None = None) -> list[Sample]:
-    """All samples of one MVTec-layout category folder, train then test, sorted by path."""
-    folder = Path(folder)
-    category = category or folder.name
-    samples = [
-        Sample(str(p), NORMAL, category, "train") for p in list_images(folder / "train" / "good")
-    ]
-    test = folder / "test"
-    defects = sorted(d.name for d in test.iterdir() if d.is_dir()) if test.is_dir() else []
-    for defect in ["good", *(d for d in defects if d != "good")]:
-        target = NORMAL if defect == "good" else ANOMALOUS
-        for image in list_images(test / defect):
-            mask = _mask_for(folder, defect, image) if target == ANOMALOUS else None
-            samples.append(Sample(str(image), target, category, "test", defect, mask))
-    return samples
-
-
-def category_folders(root: str | os.PathLike) -> list[Path]:
-    """The category folders of a data set root, or the root itself if it is one category."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such data folder")
-    if is_category_folder(root):
-        return [root]
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and is_category_folder(d))
-    if not folders:
-        raise InputError(
-            f"{root}: no MVTec-layout category here (expected <category>/train/good/*.png or "
-            "<category>/test/<defect>/*.png)"
-        )
-    return folders
 
 
 def read_json_list(path: str | os.PathLike) -> list[Sample]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from inctrl.backbone import ImageFeatures
-from inctrl.data import NORMAL, Sample, by_category, normal_pool
+from inctrl.data import by_category, normal_pool
 from inctrl.evaluation_report import (
     CategoryResult,
     EvaluationReport,
@@ -38,6 +38,7 @@ from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel
 from inctrl.model import InCTRL
 from inctrl.prompt_files import read_prompt_file
 from inctrl.state import ReferenceBank, TextPrior
+from inctrl_runtime.datasets import NORMAL, Sample
 from inctrl_runtime.decisions import TARGET_FPRS, decide
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import category_file

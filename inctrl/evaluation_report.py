@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from inctrl.data import NORMAL
+from inctrl_runtime.datasets import NORMAL
 from inctrl_runtime.decisions import TARGET_FPRS
 
 TABLE_COLUMNS = ("category", "AUROC", "AUPRC", "pixel AUROC", "normal / anomalous")

@@ -2,7 +2,7 @@
 
     det = inctrl_runtime.Detector.open("bundle/", device="cpu")
     det.register("candle", ["good_1.png", "good_2.png"])
-    results = det.score("candle", ["a.png", "b.png"])     # .score, .patch_residual_map, .heatmap()
+    results = det.results("candle", ["a.png", "b.png"])   # .score, .patch_residual_map, .heatmap()
 
 It never imports torch or ``inctrl``. Names load on first use, so that the torch side can use the
 preprocessing and file helpers here without importing onnxruntime.

@@ -1,121 +1,79 @@
-"""The bundle as the runtime reads it: a manifest it trusts only after checking it.
+"""The bundle as the runtime reads it: a manifest it trusts only after checking it, exposed as
+typed records (no other module reads the manifest's dicts).
 
 ``Bundle.open`` refuses, in one line that names the file and what to do, a folder without a
 manifest, a manifest of another schema version, a file named anywhere in the manifest that lies
 outside the bundle or is not listed with its size and sha256, a missing file, a file whose size
 or sha256 differ from the record, a model record, preprocessing or text priors that cannot be
 right (non-finite, a zero std, another image size), and graph signatures other than those the
-runtime feeds and reads for that model (``GRAPH_CONTRACT``). Each engine is checked against these
-records when it opens (``inctrl_runtime.engines.check_signature``).
+runtime feeds and reads for that model (``inctrl_runtime.contract``). Each engine is checked
+against these records when it opens (``inctrl_runtime.engines.check_signature``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from inctrl_runtime.contract import DYNAMIC_AXES, GRAPHS, graph_shapes
 from inctrl_runtime.engines import REEXPORT, TensorSpec, signature_difference
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.fewshot import BankShape, category_file
 from inctrl_runtime.files import file_sha256
+from inctrl_runtime.manifest import (
+    ENGINES_KEY,
+    MANIFEST,
+    ExportCheck,
+    ModelRecord,
+    QuantizationRecord,
+    SourceRecord,
+    read_manifest,
+)
 from inctrl_runtime.preprocess import Preprocessing
-from inctrl_runtime.results import Scores
 
-FORMAT = "inctrl.bundle"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+if TYPE_CHECKING:
+    from inctrl_runtime.engines.tensorrt.plans import Build
+
 PRIORS = "priors.json"
 REFERENCES_DIR = "references"
-GRAPHS = ("encoder", "head")
-_FEATURES = {"embedding": ("B", "E"), "adapted": ("B", "E"), "patches": ("B", "L", "P", "D")}
-# What the runtime feeds each graph and reads from it: name -> shape, all float32 at the graph's
-# boundary whatever the precision inside. Letters are the model record's sizes (S image size,
-# E embedding, L tapped layers, P patches, D width); B (batch) and N (prompt patches) are dynamic.
-GRAPH_CONTRACT = {
-    "encoder": ({"image": ("B", 3, "S", "S")}, _FEATURES),
-    "head": (
-        {
-            **_FEATURES,
-            "ref_patches": ("L", "N", "D"),
-            "ref_adapted": ("E",),
-            "text_prior": (2, "E"),
-        },
-        {name: ("B", "P") if name == "patch_residual_map" else ("B",) for name in Scores._fields},
-    ),
-}
-_DYNAMIC = ("B", "N")
 # Priors are unit vectors; JSON floats keep float32 to ~1e-7, so this only catches damage.
 _UNIT_NORM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
-class ModelRecord:
-    """The sizes the manifest's ``model`` record gives, which every graph, bank and prior of
-    the bundle must agree with."""
-
-    image_size: int
-    num_patches: int
-    layers: int  # tapped blocks
-    width: int
-    embed_dim: int
-
-    @classmethod
-    def from_manifest(cls, record: dict) -> ModelRecord:
-        sizes = {
-            "image_size": record["image_size"],
-            "num_patches": record["num_patches"],
-            "layers": len(record["tapped_blocks"]),
-            "width": record["width"],
-            "embed_dim": record["embed_dim"],
-        }
-        bad = [
-            k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1
-        ]
-        if bad:
-            raise ValueError(f"model record: {', '.join(bad)} not a positive integer")
-        return cls(**sizes)
-
-    def sizes(self) -> dict[str, int]:
-        """The letters of ``GRAPH_CONTRACT``."""
-        return {
-            "S": self.image_size,
-            "E": self.embed_dim,
-            "L": self.layers,
-            "P": self.num_patches,
-            "D": self.width,
-        }
-
-    @property
-    def bank_shape(self) -> BankShape:
-        return BankShape(self.layers, self.num_patches, self.width, self.embed_dim)
-
-
-@dataclass(frozen=True)
 class GraphInfo:
-    """One graph of the bundle as the manifest records it: file, signature, precision."""
+    """One graph of the bundle as the manifest records it: file, signature, precision, and
+    how it was quantized (None: a float graph)."""
 
     file: Path
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     precision: str
+    quantization: QuantizationRecord | None = None
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A checked bundle: manifest, model record, graphs, preprocessing and the text prior of
-    each category."""
+    """A checked bundle: its model record, graphs, preprocessing, the text prior of each
+    category, and the manifest's other records (files, source, export check, TensorRT builds)."""
 
     path: Path
-    manifest: dict
     model: ModelRecord
     preprocessing: Preprocessing
     graphs: dict[str, GraphInfo]
     priors: dict[str, np.ndarray]  # category -> 2 x E float32, rows (normal, anomaly)
+    files: dict[str, str]  # every listed file (relative name) -> its sha256
+    source: SourceRecord
+    verification: ExportCheck | None  # the export's own check (None: not run)
+    _manifest: Mapping[str, Any] = field(repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, check_files: bool = True) -> Bundle:
@@ -138,7 +96,17 @@ class Bundle:
         if PRIORS not in manifest["files"]:
             raise BundleError(f"{where}: does not list {PRIORS} with its sha256; {REEXPORT}")
         priors = read_priors(path / PRIORS, model.embed_dim)
-        return cls(path, manifest, model, preprocessing, graphs, priors)
+        return cls(
+            path=path,
+            model=model,
+            preprocessing=preprocessing,
+            graphs=graphs,
+            priors=priors,
+            files={name: record["sha256"] for name, record in manifest["files"].items()},
+            source=SourceRecord.from_manifest(manifest.get("source")),
+            verification=ExportCheck.from_manifest(manifest.get("verification")),
+            _manifest=manifest,
+        )
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -147,7 +115,7 @@ class Bundle:
     @property
     def encoder_sha256(self) -> str:
         """Identifies the encoder that reference banks of this bundle were made with."""
-        return self.manifest["files"][self.graphs["encoder"].file.name]["sha256"]
+        return self.files[self.graphs["encoder"].file.name]
 
     @property
     def bank_shape(self) -> BankShape:
@@ -156,15 +124,21 @@ class Bundle:
 
     @property
     def is_demo(self) -> bool:
-        return bool(self.manifest.get("source", {}).get("demo", False))
+        return self.source.demo
 
     @property
     def source_file(self) -> str | None:
         """The file name of the checkpoint this bundle was exported from (None: exported from a
-        model in memory); a schema-1 manifest that recorded its path gives the path's name."""
-        source = self.manifest.get("source") or {}
-        recorded = source.get("file") or source.get("checkpoint")
-        return Path(recorded).name if recorded else None
+        model in memory)."""
+        return self.source.file
+
+    @functools.cached_property
+    def builds(self) -> dict[str, Build]:
+        """The TensorRT builds the manifest records, by key ({} when none; read on first use,
+        so that a damaged record refuses only what uses it)."""
+        from inctrl_runtime.engines.tensorrt.plans import read_builds
+
+        return read_builds(self._manifest.get(ENGINES_KEY), self.path / MANIFEST)
 
     def prior(self, category: str) -> np.ndarray:
         """The 2 x E text prior of a category; unknown categories are a one-line error."""
@@ -179,28 +153,6 @@ class Bundle:
     def reference_path(self, category: str) -> Path:
         """Where the registered reference bank of a category lives: references/<category>.npz."""
         return category_file(self.path / REFERENCES_DIR, category, ".npz")
-
-
-def read_manifest(path: Path) -> dict:
-    """The manifest of a bundle folder, with its format and schema version checked."""
-    manifest_path = path / MANIFEST
-    if not path.is_dir():
-        raise BundleError(f"{path}: no such bundle folder (make one with inctrl-export onnx)")
-    if not manifest_path.is_file():
-        raise BundleError(f"{path}: has no {MANIFEST}, so it is not an inctrl bundle; {REEXPORT}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{manifest_path}: not readable JSON ({err}); {REEXPORT}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: not an inctrl bundle manifest; {REEXPORT}")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{manifest_path}: bundle schema version {version!r}, but this inctrl_runtime reads "
-            f"version {SCHEMA_VERSION}; {REEXPORT} from the same inctrl release"
-        )
-    return manifest
 
 
 def inside(folder: Path, name: object, where: Path) -> Path:
@@ -255,18 +207,14 @@ def _graph_info(path: Path, name: str, record: dict, model: ModelRecord, files: 
         inputs=specs(record["inputs"]),
         outputs=specs(record["outputs"]),
         precision=record["precision"],
+        quantization=QuantizationRecord.from_manifest(record.get("quantization")),
     )
-    sizes = model.sizes()
+    contract = graph_shapes(name, model, dict.fromkeys(DYNAMIC_AXES, "?"))
     for kind, recorded, wanted in zip(
-        ("inputs", "outputs"), (graph.inputs, graph.outputs), GRAPH_CONTRACT[name], strict=True
+        ("inputs", "outputs"), (graph.inputs, graph.outputs), contract, strict=True
     ):
-        contract = tuple(
-            TensorSpec(
-                n, tuple("?" if d in _DYNAMIC else sizes.get(d, d) for d in shape), "float32"
-            )
-            for n, shape in wanted.items()
-        )
-        difference = signature_difference(recorded, contract)
+        expected = tuple(TensorSpec(n, shape, "float32") for n, shape in wanted.items())
+        difference = signature_difference(recorded, expected)
         if difference:
             raise BundleError(
                 f"{where}: the {name} graph's {kind} are not what this runtime "

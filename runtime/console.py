@@ -15,7 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from PIL import Image
@@ -42,6 +42,22 @@ Heatmaps = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")]
+JsonlFlag = Annotated[
+    bool,
+    typer.Option("--jsonl", help="Print one JSON record a line as each batch is done."),
+]
+Output = Literal["table", "json", "jsonl"]
+
+
+def output_format(as_json: bool, as_jsonl: bool) -> Output:
+    """How records are printed: ``--json`` (one list at the end), ``--jsonl`` (a record a line
+    as batches are done) or a table; both flags are a one-line error."""
+    if as_json and as_jsonl:
+        raise InputError(
+            "--json and --jsonl exclude each other: --json prints one list at the end, --jsonl "
+            "one record a line as batches are done"
+        )
+    return "jsonl" if as_jsonl else "json" if as_json else "table"
 
 
 def new_app(name: str, help: str, no_args_is_help: bool = True) -> typer.Typer:

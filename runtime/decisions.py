@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,6 +23,9 @@ from inctrl_runtime.errors import InputError
 DEFAULT_FPR = 0.01
 # The operating points ``inctrl evaluate`` reports.
 TARGET_FPRS = (0.01, 0.05, 0.1)
+# A query's decision fields, in the order records carry them.
+DECISION_FIELDS = ("p_value", "threshold", "anomalous")
+P_VALUE, THRESHOLD, ANOMALOUS = DECISION_FIELDS
 
 
 def check_fpr(alpha: float) -> float:
@@ -53,6 +56,10 @@ def threshold(calibration: np.ndarray, alpha: float) -> float | None:
     """The ceil((n + 1)(1 - alpha))-th smallest calibration score, None when n is too small."""
     rank = math.ceil(_rounded((len(calibration) + 1) * (1 - alpha)))
     return float(calibration[rank - 1]) if 1 <= rank <= len(calibration) else None
+
+
+class CalibrationWarning(UserWarning):
+    """Decisions are made with a calibration that does not quite fit the call."""
 
 
 class Decisions(NamedTuple):
@@ -121,6 +128,19 @@ class Calibration:
         """p-values of ``scores``, and the threshold and decisions at rate ``alpha``."""
         return decide(self.scores, scores, alpha)
 
+    def misfits(self, backend: str, precision: str, alpha: float) -> list[str]:
+        """Why decisions at rate ``alpha`` on ``backend`` at ``precision`` are not exactly what
+        this calibration promises (none: they are): another backend or precision scored it,
+        or it is too small for the rate (p-values are still given)."""
+        found = []
+        if (self.backend, self.precision) != (backend, precision):
+            found.append(
+                f"the calibration was scored with {self.backend} {self.precision}, this is "
+                f"{backend} {precision}: scores may differ slightly, so may the false-positive "
+                "rate; calibrate again on this backend to be exact"
+            )
+        return [*found, self.too_small_for(alpha)] if self.too_small_for(alpha) else found
+
     def too_small_for(self, alpha: float) -> str:
         """Why this calibration cannot decide at rate ``alpha`` ("" if it can)."""
         if self.n >= min_normals(alpha):
@@ -130,3 +150,54 @@ class Calibration:
             f"images, this category has {self.n}: calibrate with more normal images, or ask for "
             f"a rate of at least {1 / (self.n + 1):.3g}"
         )
+
+
+# The decision fields' one codec. A record says "no decision" with None: p_value, threshold and
+# anomalous all None for an uncalibrated category (or prompts given for the call), threshold and
+# anomalous None for a calibration too small for the rate asked. Arrays (a served answer) cannot
+# hold None: they say it with NaN (p_value, threshold) and false (anomalous).
+
+
+def decision_arrays(
+    calibration: Calibration | None,
+    scores: np.ndarray,
+    alpha: float,
+    dtype: type = np.float32,
+) -> dict[str, np.ndarray]:
+    """p_value, threshold and anomalous for B scores as arrays: NaN, NaN and false where a
+    record says None (``decoded_decision`` reads them back)."""
+    count = len(scores)
+    arrays = {
+        P_VALUE: np.full(count, np.nan, dtype),
+        THRESHOLD: np.full(count, np.nan, dtype),
+        ANOMALOUS: np.zeros(count, bool),
+    }
+    if calibration is not None:
+        decisions = calibration.decide(scores, alpha)
+        arrays[P_VALUE][:] = decisions.p_value
+        if decisions.anomalous is not None:
+            arrays[THRESHOLD][:] = decisions.threshold
+            arrays[ANOMALOUS][:] = decisions.anomalous
+    return arrays
+
+
+def decoded_decision(arrays: Mapping[str, np.ndarray], row: int) -> dict:
+    """One query's decision fields as a record holds them, from ``decision_arrays`` (or a
+    served answer's arrays of the same names): None where the arrays say NaN."""
+    p_value, threshold = (float(np.ravel(arrays[name])[row]) for name in (P_VALUE, THRESHOLD))
+    fields = dict.fromkeys(DECISION_FIELDS)
+    if not math.isnan(p_value):
+        fields[P_VALUE] = p_value
+        if not math.isnan(threshold):
+            fields[THRESHOLD] = threshold
+            fields[ANOMALOUS] = bool(np.ravel(arrays[ANOMALOUS])[row])
+    return fields
+
+
+def decision_fields(
+    calibration: Calibration | None, scores: np.ndarray, alpha: float
+) -> list[dict]:
+    """Each query's decision fields as records carry them (None where there is no decision):
+    ``decision_arrays`` in float64, read back by ``decoded_decision``."""
+    arrays = decision_arrays(calibration, scores, alpha, np.float64)
+    return [decoded_decision(arrays, row) for row in range(len(scores))]

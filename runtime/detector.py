@@ -2,12 +2,16 @@
 
     det = Detector.open("bundle/", device="cpu")
     det.register("candle", ["good_1.png", "good_2.png"])      # references/candle.npz
-    for result in det.score("candle", ["a.png", "b.png"]):
+    for result in det.results("candle", ["a.png", "b.png"]):
         print(result.score); result.heatmap().save("a_map.png")
 
-A query costs one encoder pass and the head; the encoder's outputs feed the head as they are
-(numpy arrays on the CPU, device buffers on a GPU). Which backend runs the graphs is the engines'
-business (``inctrl_runtime.engines``): nothing here calls a backend's API.
+Every call that encodes images checks what it is given first (``_prepare``: the category, the
+bank, the prior, the calibration and the rate, each once) and then runs the one batch loop
+(``encoded_batches``): each image is decoded once, and its picture and model view travel with
+its features through the batch. A query costs one encoder pass and the head; the encoder's
+outputs feed the head as they are (numpy arrays on the CPU, device buffers on a GPU). Which
+backend runs the graphs is the engines' business (``inctrl_runtime.engines``): nothing here calls
+a backend's API.
 """
 
 from __future__ import annotations
@@ -15,40 +19,73 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inctrl_runtime.bundle import Bundle
-from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr
-from inctrl_runtime.engines import Engine, VerificationWarning, open_engines
+from inctrl_runtime.decisions import (
+    DEFAULT_FPR,
+    Calibration,
+    CalibrationWarning,
+    check_fpr,
+    decision_fields,
+)
+from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import (
+    DecodedImage,
     ImageSource,
+    checked_images,
+    decode,
     describe,
-    image_sequence,
-    model_views,
     pixel_digest,
     preprocess_many,
 )
-from inctrl_runtime.references import NumpyBank, read_digest
-from inctrl_runtime.results import Result, Scores, results
-from inctrl_runtime.selection import (
-    SELECTIONS,
-    Selection,
-    coverage_selection,
-    mean_residual,
-    random_draw,
+from inctrl_runtime.references import (
+    NumpyBank,
+    RegisteredBanks,
+    check_fits,
+    head_feeds,
+    read_digest,
 )
+from inctrl_runtime.results import Result, Scores, to_results
+
+if TYPE_CHECKING:
+    from inctrl_runtime.engines.tensorrt.plans import Build
 
 Features = dict[str, Any]  # numpy arrays, or the encoder engine's device values
+Images = Sequence[ImageSource] | np.ndarray  # sources, or preprocessed B x 3 x S x S pixels
+ProgressUpdate = Callable[[int], None]  # hears the number of images done after each batch
 
 
-class CalibrationWarning(UserWarning):
-    """Decisions are made with a calibration that does not quite fit the call."""
+@dataclass(frozen=True)
+class EncodedBatch:
+    """One batch of the loop: its images decoded once (None for pixels given as they are),
+    the encoder's input made from their views, and the encoder's outputs."""
+
+    names: list[str]  # ``describe`` of each image
+    decoded: list[DecodedImage] | None
+    pixels: np.ndarray  # B x 3 x S x S float32
+    features: Features
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A call's inputs, checked once before any image is read: the images, and what each batch
+    is scored against (the bank and prior on the head's device, the calibration to decide with
+    and its rate; no calibration: no decisions)."""
+
+    category: str
+    images: Images
+    batch_size: int
+    bank: NumpyBank
+    head_inputs: dict
+    calibration: Calibration | None
+    fpr: float
 
 
 class Detector:
@@ -58,8 +95,7 @@ class Detector:
         self.bundle = bundle
         self.encoder_engine = encoder_engine
         self.head_engine = head_engine
-        # Registered banks read from disk, with the digest their file recorded.
-        self._registered: dict[str, tuple[str, NumpyBank]] = {}
+        self.banks = RegisteredBanks(bundle)
 
     @classmethod
     def open(
@@ -69,6 +105,7 @@ class Detector:
         threads: int | None = None,
         strict: bool = True,
         check_files: bool = True,
+        build: Build | str | None = None,
     ) -> Detector:
         """Check a bundle and open its engines (each checked against the manifest).
 
@@ -80,17 +117,13 @@ class Detector:
             strict: refuse a device whose provider is missing; False warns and uses the CPU
                 (onnxruntime devices; ``tensorrt`` always refuses).
             check_files: verify each file's sha256 against the manifest (sizes always are).
+            build: with ``tensorrt``, the build to run: a key of the manifest's builds, or a
+                build not yet recorded (default: the one this GPU and TensorRT can run).
         """
         checked = Bundle.open(bundle, check_files=check_files)
-        verification = checked.manifest.get("verification") or {}
-        if verification and not verification.get("passed", False):
-            warnings.warn(
-                f"{checked.path}: this bundle failed its export check against PyTorch "
-                f"(max abs diff {verification.get('max_abs_diff')}); see its manifest",
-                VerificationWarning,
-                stacklevel=2,
-            )
-        engines = open_engines(checked, device, threads, strict)
+        if checked.verification is not None:
+            checked.verification.warn_if_failed(f"{checked.path}: this bundle")
+        engines = open_engines(checked, device, threads, strict, build)
         return cls(checked, engines["encoder"], engines["head"])
 
     @property
@@ -99,27 +132,46 @@ class Detector:
         after a fallback)."""
         return self.encoder_engine.device
 
-    def close(self) -> None:
-        """Release both engines."""
-        self.encoder_engine.close()
-        self.head_engine.close()
+    @property
+    def backend(self) -> str:
+        """What scores: e.g. ``onnxruntime-cpu`` (recorded with a calibration)."""
+        return self.encoder_engine.backend
+
+    @property
+    def precision(self) -> str:
+        """The encoder's precision (recorded with a calibration)."""
+        return self.bundle.graphs["encoder"].precision
 
     @property
     def categories(self) -> tuple[str, ...]:
         """Categories this bundle has text priors for."""
         return self.bundle.categories
 
-    # ------------------------------------------------------------------------------- features
+    def close(self) -> None:
+        """Release both engines."""
+        self.encoder_engine.close()
+        self.head_engine.close()
+
+    # --------------------------------------------------------------------------------- stages
     def pixels(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
         """B x 3 x S x S float32, preprocessed as the manifest says."""
         return preprocess_many(images, self.bundle.preprocessing)
 
     def encode(self, pixels: np.ndarray, on_device: bool = False) -> Features:
-        """The encoder's outputs (embedding, adapted, patches) for preprocessed images.
-
-        ``on_device`` keeps them in GPU memory when the encoder runs on a GPU.
-        """
+        """The encoder's outputs (embedding, adapted, patches) for preprocessed images;
+        ``on_device`` keeps them in GPU memory when the encoder runs on a GPU."""
         return self.encoder_engine.run({"image": pixels}, keep_on_device=on_device)
+
+    def head(self, features: Features, head_inputs: dict) -> Scores:
+        """The residual head on encoded queries and a category's ``bank_inputs``."""
+        inputs = {name: features[name] for name in ("embedding", "adapted", "patches")}
+        outputs = self.head_engine.run({**inputs, **head_inputs})
+        return Scores(**{name: outputs[name] for name in Scores._fields})
+
+    def bank_inputs(self, category: str, bank: NumpyBank | None = None) -> dict:
+        """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
+        given), uploaded once to the GPU when the head runs there; pass them to ``head``."""
+        return self._prepare(category, (), bank, need_images=False).head_inputs
 
     # ------------------------------------------------------------------------- few-shot state
     def reference(
@@ -127,21 +179,19 @@ class Detector:
     ) -> NumpyBank:
         """Encode k normal prompt images (a single one is a list of one) into a NumpyBank (not
         saved)."""
-        prompt_images = image_sequence(prompt_images)
-        if len(prompt_images) == 0:
-            raise InputError("no prompt images: give at least one normal image of the category")
-        _check_batch_size(batch_size)
-        pixels = self.pixels(prompt_images)
-        starts = range(0, len(pixels), batch_size)
-        chunks = [self.encode(pixels[i : i + batch_size]) for i in starts]
-        patches = np.concatenate([c["patches"] for c in chunks])  # k x L x P x D
-        adapted = np.concatenate([c["adapted"] for c in chunks])
+        images = checked_images(prompt_images, batch_size, "no prompt images: give at least "
+                                 "one normal image of the category")  # fmt: skip
+        patches, adapted, digests = [], [], []
+        for batch in self.encoded_batches(images, batch_size):
+            patches.append(batch.features["patches"])  # k x L x P x D
+            adapted.append(batch.features["adapted"])
+            digests += [pixel_digest(pixels) for pixels in batch.pixels]
         return NumpyBank(
-            patches=np.ascontiguousarray(stack_prompts(patches)),
-            adapted_mean=adapted.mean(axis=0, dtype=np.float32),
-            shots=len(patches),
-            sources=tuple(describe(s) for s in prompt_images),
-            digests=tuple(pixel_digest(p) for p in pixels),
+            patches=np.ascontiguousarray(stack_prompts(np.concatenate(patches))),
+            adapted_mean=np.concatenate(adapted).mean(axis=0, dtype=np.float32),
+            shots=len(digests),
+            sources=tuple(describe(source) for source in images),
+            digests=tuple(digests),
             encoder_sha256=self.bundle.encoder_sha256,
         )
 
@@ -155,76 +205,25 @@ class Detector:
         """Build a category's bank and save it as ``references/<category>.npz`` (atomically);
         ``selection`` records how the prompts were chosen from a pool (``NumpyBank``)."""
         self.bundle.prior(category)  # an unknown category fails before any work
-        path = self.bundle.reference_path(category)
+        self.bundle.reference_path(category)  # a name that cannot be a file, too
         bank = self.reference(prompt_images, batch_size)
         bank = replace(bank, category=category, selection=selection)
-        bank.save(path)
-        self._registered[category] = (bank.digest, bank)
+        self.banks.save(bank)
         return bank
-
-    def select(
-        self,
-        pool: ImageSource | Sequence[ImageSource],
-        shots: int,
-        method: str = "coverage",
-        seed: int = 0,
-        category: str = "",
-        batch_size: int = 16,
-        progress: Callable[[int], None] | None = None,
-    ) -> Selection:
-        """Choose k = ``shots`` prompts from a pool of normal images (``inctrl_runtime.
-        selection``): ``coverage`` covers the pool's patch tokens best; ``random`` is the seeded
-        draw of ``inctrl evaluate`` for (seed, category), from the pool sorted by name (a path's
-        text). The pool is encoded batch by batch (``progress`` gets the number done); its patch
-        tokens are held once (n x L x P x D float32). Returns indices into the pool and the
-        pool's mean patch residual with those prompts; ``register`` the chosen images."""
-        images = image_sequence(pool)
-        _check_batch_size(batch_size)
-        if method not in SELECTIONS:
-            raise InputError(f"unknown selection {method!r}: choose {' or '.join(SELECTIONS)}")
-        if not 0 < shots <= len(images):
-            raise InputError(f"cannot select {shots} prompts from {len(images)} images")
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            chunks.append(self.encode(self.pixels(images[start : start + batch_size]))["patches"])
-            if progress is not None:
-                progress(min(start + batch_size, len(images)))
-        patches = np.concatenate(chunks)
-        if method == "coverage":
-            return coverage_selection(patches, shots)
-        names = [describe(source) for source in images]
-        drawn = random_draw(range(len(images)), shots, seed, category, key=names.__getitem__)
-        return Selection(tuple(drawn), mean_residual(patches, drawn))
 
     def registered(self, category: str) -> NumpyBank:
         """The bank saved by ``register`` for a category, read from disk once (again only when
         the digest its file records changes, e.g. registered anew by another process)."""
-        path = self.bundle.reference_path(category)
-        if not path.is_file():
-            raise InputError(
-                f"category {category!r} is not registered in {self.bundle.path}: run "
-                f"inctrl-run register {self.bundle.path} --category {category} --shot IMG ..."
-            )
-        digest, bank = self._registered.get(category, (None, None))
-        if digest is None or read_digest(path) != digest:
-            bank = load_registered(self.bundle, category)
-            self._registered[category] = (bank.digest, bank)
-        return bank
+        return self.banks.bank(category)
 
     # ---------------------------------------------------------------------------------- scoring
-    def head(self, features: Features, bank_inputs: dict) -> Scores:
-        """The residual head on encoded queries and a category's bank and prior inputs."""
-        inputs = {name: features[name] for name in ("embedding", "adapted", "patches")}
-        outputs = self.head_engine.run({**inputs, **bank_inputs})
-        return Scores(**{name: outputs[name] for name in Scores._fields})
-
     def score_arrays(
         self,
         category: str,
-        images: ImageSource | Sequence[ImageSource],
+        images: Images,
         bank: NumpyBank | None = None,
         batch_size: int = 16,
-        progress: Callable[[int], None] | None = None,
+        progress: ProgressUpdate | None = None,
     ) -> Scores:
         """Every head output for the queries, in order, batch by batch.
 
@@ -232,42 +231,20 @@ class Detector:
         B x 3 x S x S pixels; ``bank`` defaults to the category's registered one; ``progress``
         is called with the number of queries done after each batch.
         """
-        images = image_sequence(images)
-        _check_batch_size(batch_size)
-        if len(images) == 0:
-            raise InputError("no query images given")
-        bank_inputs = self.bank_inputs(category, bank)
-        chunks = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            pixels = batch if isinstance(batch, np.ndarray) else self.pixels(batch)
-            chunks.append(self.head(self.encode(pixels, on_device=True), bank_inputs))
-            if progress is not None:
-                progress(start + len(batch))
+        prepared = self._prepare(category, images, bank, batch_size)
+        chunks = [
+            self.head(batch.features, prepared.head_inputs)
+            for batch in self.encoded_batches(prepared.images, batch_size, True, progress)
+        ]
         return Scores(*(np.concatenate(field) for field in zip(*chunks, strict=True)))
 
-    def bank_inputs(self, category: str, bank: NumpyBank | None = None) -> dict:
-        """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
-        given), uploaded once to the GPU when the head runs there; pass them to ``head``."""
-        prior = self.bundle.prior(category)
-        if bank is None:
-            bank = self.registered(category)
-        else:
-            _check_bank(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
-        arrays = {
-            "ref_patches": bank.patches,
-            "ref_adapted": bank.adapted_mean,
-            "text_prior": prior,
-        }
-        return self.head_engine.upload(arrays)
-
-    def score(
+    def results(
         self,
         category: str,
         images: ImageSource | Sequence[ImageSource],
         bank: NumpyBank | None = None,
         batch_size: int = 16,
-        progress: Callable[[int], None] | None = None,
+        progress: ProgressUpdate | None = None,
         fpr: float = DEFAULT_FPR,
     ) -> list[Result]:
         """Score query images of a category (a single one is a list of one): one Result per
@@ -275,13 +252,13 @@ class Detector:
         category is calibrated and scored against its registered bank, its p-value and its
         decision at false-positive rate ``fpr``."""
         scored: list[Result] = []
-        for batch in self.score_batches(category, images, bank, batch_size, fpr):
+        for batch in self.result_batches(category, images, bank, batch_size, fpr):
             scored.extend(batch)
             if progress is not None:
                 progress(len(scored))
         return scored
 
-    def score_batches(
+    def result_batches(
         self,
         category: str,
         images: ImageSource | Sequence[ImageSource],
@@ -289,68 +266,47 @@ class Detector:
         batch_size: int = 16,
         fpr: float = DEFAULT_FPR,
     ) -> Iterator[list[Result]]:
-        """``score``, one batch of Results at a time: images are decoded batch by batch, so
-        memory stays flat in the number of images if the caller lets each batch go."""
-        images = image_sequence(images)
-        _check_batch_size(batch_size)
-        check_fpr(fpr)
-        if len(images) == 0:
-            raise InputError("no query images given")
-        registered = bank is None
-        bank = self.registered(category) if registered else bank
-        bank_inputs = self.bank_inputs(category, bank)
-        calibration = self._usable(bank.calibration, fpr) if registered else None
+        """``results``, one batch at a time: everything is checked before this returns, then
+        images are decoded batch by batch, so memory stays flat in the number of images if the
+        caller lets each batch go."""
+        prepared = self._prepare(category, images, bank, batch_size, fpr)
+        return self._result_batches(prepared)
+
+    def _result_batches(self, prepared: Prepared) -> Iterator[list[Result]]:
         preprocessing = self.bundle.preprocessing
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            views = model_views(batch, preprocessing)
-            scores = self.head(self.encode(self.pixels(views), on_device=True), bank_inputs)
-            decisions = calibration.decide(scores.score, fpr) if calibration else None
-            yield results(batch, scores, preprocessing, views, decisions)
-
-    # ------------------------------------------------------------------------------ decisions
-    @property
-    def backend(self) -> str:
-        """What scores: e.g. ``onnxruntime-cpu`` (recorded with a calibration)."""
-        return self.encoder_engine.backend
-
-    @property
-    def precision(self) -> str:
-        """The encoder's precision (recorded with a calibration)."""
-        return self.bundle.graphs["encoder"].precision
+        for batch in self.encoded_batches(prepared.images, prepared.batch_size, True):
+            scores = self.head(batch.features, prepared.head_inputs)
+            decisions = None
+            if prepared.calibration is not None:
+                decisions = decision_fields(prepared.calibration, scores.score, prepared.fpr)
+            views = [decoded.view for decoded in batch.decoded or ()]
+            yield to_results(batch.names, views, scores, preprocessing, decisions)
 
     def calibrate(
         self,
         category: str,
         normal_images: ImageSource | Sequence[ImageSource],
         batch_size: int = 16,
-        progress: Callable[[int], None] | None = None,
+        progress: ProgressUpdate | None = None,
     ) -> Calibration:
         """Score n normal images that are not the category's prompts against its registered
         bank and keep their sorted scores with the bank (``references/<category>.npz``,
         atomically): its queries then get p-values and decisions. Returns the calibration."""
-        images = image_sequence(normal_images)
-        _check_batch_size(batch_size)
-        if len(images) == 0:
-            raise InputError("no normal images to calibrate with")
-        bank = self.registered(category)
-        bank_inputs = self.bank_inputs(category, bank)
-        prompts = set(bank.digests)
+        prepared = self._prepare(category, normal_images, None, batch_size, what="no normal "
+                                 "images to calibrate with")  # fmt: skip
+        prompts = set(prepared.bank.digests)
         digests: list[str] = []
         chunks = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            pixels = self.pixels(batch)
-            for source, pixel in zip(batch, pixels, strict=True):
-                digests.append(pixel_digest(pixel))
+        for batch in self.encoded_batches(prepared.images, batch_size, True, progress):
+            for name, pixels in zip(batch.names, batch.pixels, strict=True):
+                digests.append(pixel_digest(pixels))
                 if digests[-1] in prompts:  # it would score near 0 and bias the rate
                     raise InputError(
-                        f"{describe(source)}: is one of the prompt images of {category!r}; "
-                        "calibrate on normal images that are not prompts"
+                        f"{name}: is one of the prompt images of {category!r}; calibrate on "
+                        "normal images that are not prompts"
                     )
-            chunks.append(self.head(self.encode(pixels, on_device=True), bank_inputs).score)
-            if progress is not None:
-                progress(len(digests))
+            chunks.append(self.head(batch.features, prepared.head_inputs).score)
+        bank = prepared.bank
         calibration = Calibration.of(
             np.concatenate(chunks), digests, self.backend, self.precision, bank.encoder_sha256
         )
@@ -359,27 +315,72 @@ class Detector:
             raise InputError(
                 f"{path}: registered anew while calibrating; calibrate {category} again"
             )
-        calibrated = replace(bank, calibration=calibration)
-        calibrated.save(path)
-        self._registered[category] = (calibrated.digest, calibrated)
+        self.banks.save(bank.calibrated(calibration))
         return calibration
 
-    def _usable(self, calibration: Calibration | None, fpr: float) -> Calibration | None:
-        """The calibration to decide with, warning when it was made by another backend or
-        precision, or is too small for ``fpr`` (p-values are still given)."""
-        if calibration is None:
+    # ------------------------------------------------------------------ checks and the loop
+    def _prepare(
+        self,
+        category: str,
+        images: ImageSource | Images,
+        bank: NumpyBank | None,
+        batch_size: int = 16,
+        fpr: float | None = None,
+        need_images: bool = True,
+        what: str = "no query images given",
+    ) -> Prepared:
+        """Check a call's inputs, each once, before any image is read: the batch size, the rate
+        (``fpr``; None: the call makes no decisions), the images, the category's prior, the
+        bank (its registered one unless ``bank`` is given, which then must fit the bundle)
+        and the calibration to decide with (the registered bank's, warned where it does not
+        quite fit)."""
+        if fpr is not None:
+            check_fpr(fpr)
+        found = checked_images(images, batch_size, what) if need_images else ()
+        prior = self.bundle.prior(category)
+        if bank is None:
+            bank = self.registered(category)
+            calibration = self._usable(bank.calibration, fpr)
+        else:
+            check_fits(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
+            calibration = None
+        head_inputs = self.head_engine.upload(head_feeds(bank, prior))
+        return Prepared(category, found, batch_size, bank, head_inputs, calibration,
+                        fpr or DEFAULT_FPR)  # fmt: skip
+
+    def encoded_batches(
+        self,
+        images: Images,
+        batch_size: int,
+        on_device: bool = False,
+        progress: ProgressUpdate | None = None,
+    ) -> Iterator[EncodedBatch]:
+        """The one batch loop, for images checked by ``checked_images``: each batch's images
+        decoded once, their pixels made from the views, and encoded (``on_device``: the
+        features stay on the GPU); ``progress`` hears of the images done once the caller has
+        taken a batch."""
+        preprocessing = self.bundle.preprocessing
+        for start in range(0, len(images), batch_size):
+            part = images[start : start + batch_size]
+            if isinstance(part, np.ndarray) and part.ndim == 4:  # preprocessed pixels
+                names = [f"<pixels {start + i}>" for i in range(len(part))]
+                decoded, pixels = None, part
+            else:
+                decoded = [decode(source, preprocessing) for source in part]
+                names = [image.name for image in decoded]
+                pixels = np.stack([image.pixels(preprocessing) for image in decoded])
+            features = self.encode(pixels, on_device=on_device)
+            yield EncodedBatch(names, decoded, pixels, features)
+            if progress is not None:
+                progress(start + len(part))
+
+    def _usable(self, calibration: Calibration | None, fpr: float | None) -> Calibration | None:
+        """The calibration to decide with (None for a call that makes no decisions), warned
+        about where it does not quite fit (``Calibration.misfits``)."""
+        if calibration is None or fpr is None:
             return None
-        if (calibration.backend, calibration.precision) != (self.backend, self.precision):
-            warnings.warn(
-                f"the calibration was scored with {calibration.backend} {calibration.precision}, "
-                f"this is {self.backend} {self.precision}: scores may differ slightly, so may "
-                "the false-positive rate; calibrate again on this backend to be exact",
-                CalibrationWarning,
-                stacklevel=3,
-            )
-        too_small = calibration.too_small_for(fpr)
-        if too_small:
-            warnings.warn(too_small, CalibrationWarning, stacklevel=3)
+        for misfit in calibration.misfits(self.backend, self.precision, fpr):
+            warnings.warn(misfit, CalibrationWarning, stacklevel=4)
         return calibration
 
     def __repr__(self) -> str:
@@ -387,26 +388,3 @@ class Detector:
             f"Detector({str(Path(self.bundle.path))!r}, device={self.device!r}, "
             f"categories={list(self.categories)})"
         )
-
-
-def load_registered(bundle: Bundle, category: str) -> NumpyBank:
-    """A category's bank file (``references/<category>.npz``, which must exist) read and
-    checked: whole, registered for this category, by this bundle's encoder, of its shapes."""
-    path = bundle.reference_path(category)
-    bank = NumpyBank.load(path)
-    if bank.category != category:
-        raise InputError(
-            f"{path}: holds the bank registered for category {bank.category!r}, not "
-            f"{category!r} (a copied file?); register {category} with inctrl-run register"
-        )
-    _check_bank(bundle, bank, str(path))
-    return bank
-
-
-def _check_bank(bundle: Bundle, bank: NumpyBank, where: str) -> None:
-    bank.check(bundle.bank_shape, bundle.encoder_sha256, "the bundle's model", where)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch size must be a whole number of at least 1, got {batch_size!r}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from inctrl_runtime.bundle import MANIFEST, REFERENCES_DIR, Bundle
+from inctrl_runtime.bundle import REFERENCES_DIR, Bundle
 from inctrl_runtime.decisions import TARGET_FPRS, Calibration, min_normals, threshold
-from inctrl_runtime.detector import load_registered
-from inctrl_runtime.engines.plans import Build, read_builds
+from inctrl_runtime.engines.tensorrt.plans import Build
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import check_category_name
+from inctrl_runtime.manifest import ExportCheck
+from inctrl_runtime.references import load_registered
 
 Row = tuple[str, str]
 
@@ -32,7 +33,7 @@ def bundle_info(bundle: Path) -> dict:
     precision, the export check, and per category its text prior, registered bank and
     calibration. A bank that cannot be used is reported damaged, with the reason."""
     checked = Bundle.open(bundle)
-    model = checked.manifest["model"]
+    model = checked.model
     banks = [path.stem for path in sorted((checked.path / REFERENCES_DIR).glob("*.npz"))]
     extra = [name for name in banks if name not in checked.priors and _is_category_name(name)]
     return {
@@ -40,24 +41,23 @@ def bundle_info(bundle: Path) -> dict:
         "demo": checked.is_demo,
         "source_file": checked.source_file,
         "model": {
-            "preset": model.get("name"),
-            "backbone": model.get("backbone"),
-            "image_size": checked.model.image_size,
-            "embed_dim": checked.model.embed_dim,
-            "tapped_blocks": model["tapped_blocks"],
+            "preset": model.preset,
+            "backbone": model.backbone,
+            "image_size": model.image_size,
+            "embed_dim": model.embed_dim,
+            "tapped_blocks": list(model.tapped_blocks),
         },
         "graphs": {
             name: {
                 "file": str(graph.file.relative_to(checked.path)),
                 "precision": graph.precision,
-                **_quantization(checked.manifest["graphs"][name]),
+                **({"quantization": graph.quantization.summary()} if graph.quantization else {}),
             }
             for name, graph in checked.graphs.items()
         },
-        "export_check": _export_check(checked.manifest.get("verification")),
+        "export_check": _export_check(checked.verification),
         "tensorrt": {
-            key: _build_info(checked.path, build)
-            for key, build in read_builds(checked.manifest, checked.path / MANIFEST).items()
+            key: _build_info(checked.path, build) for key, build in checked.builds.items()
         },
         "categories": {
             category: _category_info(checked, category)
@@ -66,24 +66,9 @@ def bundle_info(bundle: Path) -> dict:
     }
 
 
-def _quantization(graph: dict) -> dict:
-    """``{"quantization": record}`` for a quantized graph, without the calibration images'
-    digests; nothing for another."""
-    record = graph.get("quantization")
-    if not isinstance(record, dict):
-        return {}
-    return {"quantization": {k: v for k, v in record.items() if k != "image_digests"}}
-
-
-def _export_check(verification: dict | None) -> dict | None:
-    """The export's own check against PyTorch, as the manifest records it (None: not run)."""
-    if not verification:
-        return None
-    difference = verification.get("max_abs_diff")
-    return {
-        "passed": bool(verification.get("passed")),
-        "max_abs_diff": float(difference) if isinstance(difference, (int, float)) else None,
-    }
+def _export_check(check: ExportCheck | None) -> dict | None:
+    """An export's own check against PyTorch, as ``info --json`` prints it (None: not run)."""
+    return None if check is None else {"passed": check.passed, "max_abs_diff": check.max_abs_diff}
 
 
 def _build_info(bundle: Path, build: Build) -> dict:
@@ -106,7 +91,7 @@ def _build_info(bundle: Path, build: Build) -> dict:
             }
             for graph, plan in build.plans.items()
         },
-        "check": _export_check(build.verification),
+        "check": _export_check(build.check),
     }
 
 

@@ -3,6 +3,11 @@
 The steps reproduce torchvision's ``Resize(240, BICUBIC) -> CenterCrop(240) -> RGB -> ToTensor ->
 Normalize`` on a PIL image, including its size arithmetic, so grayscale, RGBA, palette and 16-bit
 images come out as the authors' pipeline makes them.
+
+An image source is a path (an image file or ``.npy``), an encoded file's bytes, a PIL image or a
+numpy array. ``decode`` reads one once into a ``DecodedImage``: the picture as given and the
+picture the model sees, which travel together (the encoder's input is made from the view;
+heatmaps are drawn on the pictures, never read from disk again).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from inctrl_runtime.errors import InputError
 
-ImageSource = str | os.PathLike | Image.Image | np.ndarray
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # How large an image may be. The source: Pillow's own limit, Image.MAX_IMAGE_PIXELS (about 89.5
 # million pixels unless changed there), read when an image is checked. Pillow warns above it and
@@ -72,23 +77,40 @@ def describe(source: ImageSource) -> str:
     """A short name for an image source, for messages and provenance."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
+    if isinstance(source, bytes):
+        return f"image of {len(source):,} bytes"
     if isinstance(source, Image.Image):
         return f"<PIL {source.mode} {source.width}x{source.height}>"
     return f"<array {getattr(source, 'dtype', '?')} {getattr(source, 'shape', '?')}>"
 
 
 def is_one_image(source: object) -> bool:
-    """Whether ``source`` is a single image rather than a sequence of them: a path, a PIL image,
-    or an H x W or H x W x C (C = 1, 3 or 4) array; any other array is a batch along axis 0."""
+    """Whether ``source`` is a single image rather than a sequence of them: a path, a file's
+    bytes, a PIL image, or an H x W or H x W x C (C = 1, 3 or 4) array; any other array is a
+    batch along axis 0."""
     if isinstance(source, np.ndarray):
         return source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4))
-    return isinstance(source, (str, os.PathLike, Image.Image))
+    return isinstance(source, (str, os.PathLike, bytes, Image.Image))
 
 
 def image_sequence(images: ImageSource | Sequence[ImageSource]) -> Sequence[ImageSource]:
     """Images where a sequence of them is expected: a single image becomes a list of one (a
     path string is not walked character by character); a sequence or batch is left as it is."""
     return [images] if is_one_image(images) else images
+
+
+def checked_images(
+    images: ImageSource | Sequence[ImageSource] | np.ndarray, batch_size: int, empty: str | None
+) -> Sequence[ImageSource] | np.ndarray:
+    """The images of a call as a sequence (a single one is a list of one), refused when the
+    batch size is not a whole number of at least 1, or when there are none and ``empty`` says
+    why that is wrong (None: the caller refuses too few itself)."""
+    found = image_sequence(images)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    if len(found) == 0 and empty is not None:
+        raise InputError(empty)
+    return found
 
 
 def check_size(name: str, width: int, height: int, size: int) -> None:
@@ -132,16 +154,20 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
 
 
 def load_image(source: ImageSource, size: int = Preprocessing.size) -> Image.Image:
-    """Open a path (image file or ``.npy``), or accept a PIL image or numpy array, as PIL.
+    """Open a path (image file or ``.npy``) or an encoded file's bytes, or accept a PIL image or
+    numpy array, as PIL.
 
-    Files and arrays are checked (``check_size``, for resizing the shorter side to ``size``)
-    before their pixels are decoded or copied; a PIL image is checked where it is resized.
+    Files, bytes and arrays are checked (``check_size``, for resizing the shorter side to
+    ``size``) before their pixels are decoded or copied; a PIL image is checked where it is
+    resized. Errors name bytes by their length.
     """
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
         _check_array(source, describe(source), size)
         return _array_to_pil(source)
+    if isinstance(source, bytes):
+        return _decode(io.BytesIO(source), describe(source), size)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"cannot read an image from a {type(source).__name__}")
     path = Path(source)
@@ -155,12 +181,6 @@ def load_image(source: ImageSource, size: int = Preprocessing.size) -> Image.Ima
         _check_array(array, str(path), size)
         return _array_to_pil(np.array(array))  # read into memory, detached from the file
     return _decode(path, str(path), size)
-
-
-def decode_image(data: bytes, size: int = Preprocessing.size) -> Image.Image:
-    """An encoded image file's bytes (png, jpg, ...) as PIL, checked as ``load_image`` checks a
-    file (``check_size`` before its pixels are decoded); errors name it by its length."""
-    return _decode(io.BytesIO(data), f"image of {len(data):,} bytes", size)
 
 
 def _decode(file: Path | io.BytesIO, name: str, size: int) -> Image.Image:
@@ -217,21 +237,40 @@ def model_view(image: Image.Image, config: Preprocessing = Preprocessing()) -> I
     return image.convert("RGB")
 
 
-def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> np.ndarray:
-    """One PIL image -> normalized float32 array 3 x size x size."""
-    pixels = np.asarray(model_view(image, config), dtype=np.float32) / np.float32(255.0)
+def normalized(view: Image.Image, config: Preprocessing = Preprocessing()) -> np.ndarray:
+    """The encoder's input for one picture the model sees (``model_view``'s): 3 x size x size
+    float32, scaled to [0, 1] and normalized by the mean and std."""
+    pixels = np.asarray(view, dtype=np.float32) / np.float32(255.0)
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
 
 
-def model_views(
-    sources: ImageSource | Sequence[ImageSource], config: Preprocessing = Preprocessing()
-) -> list[Image.Image]:
-    """Each source decoded once into the picture the model sees: keep these to score and to
-    draw heatmaps on without reading the files again (``preprocess_many`` takes them as they
-    are). A single source is a list of one (``image_sequence``)."""
-    return [model_view(load_image(s, config.size), config) for s in image_sequence(sources)]
+def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> np.ndarray:
+    """One PIL image -> normalized float32 array 3 x size x size."""
+    return normalized(model_view(image, config), config)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One image source decoded once: its name (``describe``), the picture as given and the
+    picture the model sees. The encoder's input comes from ``view``; pictures for people are
+    drawn on them, so nothing is read twice."""
+
+    name: str
+    original: Image.Image
+    view: Image.Image
+
+    def pixels(self, config: Preprocessing = Preprocessing()) -> np.ndarray:
+        """The encoder's input: 3 x size x size float32 (``normalized``)."""
+        return normalized(self.view, config)
+
+
+def decode(source: ImageSource, config: Preprocessing = Preprocessing()) -> DecodedImage:
+    """Read an image source once (``load_image``, its checks included) and make the picture the
+    model sees from it."""
+    original = load_image(source, config.size)
+    return DecodedImage(describe(source), original, model_view(original, config))
 
 
 def preprocess_many(
@@ -241,7 +280,7 @@ def preprocess_many(
     sources = image_sequence(sources)
     if len(sources) == 0:
         raise InputError("no images given")
-    return np.stack([preprocess(view, config) for view in model_views(sources, config)])
+    return np.stack([decode(source, config).pixels(config) for source in sources])
 
 
 def pixel_digest(pixels: np.ndarray) -> str:

@@ -1,4 +1,5 @@
-"""A category's reference bank as the runtime keeps it: numpy arrays in one ``.npz`` file.
+"""A category's reference bank as the runtime keeps it, in one ``.npz`` file, and the banks
+registered in a bundle (``references/<category>.npz``): the one home of both.
 
 The file records its format version, the category it was registered for, the sha256 of the
 encoder that made it, once calibrated its calibration (``inctrl_runtime.decisions``: a bank
@@ -6,6 +7,17 @@ and its calibration live and die together) and a digest of its own contents. ``N
 checks all of it (and every array's dtype, shape and finiteness) and refuses, in one line that
 says how to register again, anything else; ``read_digest`` reads the digest alone, so that a
 long-lived reader knows whether the file changed without loading it.
+
+How the format grows (docs/architecture.md, "Reference banks"): new fields are optional arrays
+added within format 2, whose absence means "not available", so banks registered earlier keep
+loading. Every array beyond the core, the calibration and the selection is digested by name,
+dtype, shape and bytes, in name order, and kept as it is (``NumpyBank.extras``) by a reader that
+does not know it; a new calibration drops the ``calibration_*`` ones it does not know. A field
+that changes what the bank means is named in the array ``requires``: a reader refuses a bank
+that requires what it does not know.
+
+``RegisteredBanks`` is what a long-lived scorer (``Detector``, the Triton head) holds: each
+category's bank read once, again only when its file's digest changes.
 """
 
 from __future__ import annotations
@@ -17,8 +29,10 @@ import os
 import re
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +40,9 @@ from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import BankShape, check_category_name
 from inctrl_runtime.files import atomic_path
+
+if TYPE_CHECKING:
+    from inctrl_runtime.bundle import Bundle
 
 # 1: inctrl 0.1 (no version, category or digest); 2: adds them.
 BANK_FORMAT = 2
@@ -49,7 +66,12 @@ _CALIBRATION = {
     "calibration_encoder_sha256": "encoder_sha256",
     "calibration_created": "created",
 }
+_SELECTION = "selection"
+# Names the array ``requires`` may hold that this runtime knows how to read (none yet).
+KNOWN_REQUIREMENTS: tuple[str, ...] = ()
+REQUIRES = "requires"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_KNOWN = frozenset((*_ARRAYS, *_CALIBRATION, _SELECTION))
 # What a damaged .npz raises inside numpy and zipfile.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
@@ -70,6 +92,7 @@ class NumpyBank:
         calibration: the category's calibration, made with this bank (None: uncalibrated).
         selection: how the prompts were chosen from a pool, e.g. ``{"method": "coverage",
             "pool": 25, "seed": 0, "mean_residual": 0.0046}`` (None: given as they are).
+        extras: arrays of later additions to the format, kept and digested as they are.
     """
 
     patches: np.ndarray
@@ -81,6 +104,7 @@ class NumpyBank:
     category: str | None = None
     calibration: Calibration | None = None
     selection: dict | None = None
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @functools.cached_property
     def digest(self) -> str:
@@ -99,7 +123,16 @@ class NumpyBank:
                          calibration.encoder_sha256, calibration.created):  # fmt: skip
                 digest.update(text.encode() + b"\0")
             digest.update(np.ascontiguousarray(calibration.scores, dtype=np.float32).tobytes())
+        for name in sorted(self.extras):
+            array = np.ascontiguousarray(self.extras[name])
+            digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+            digest.update(array.tobytes())
         return digest.hexdigest()
+
+    def calibrated(self, calibration: Calibration) -> NumpyBank:
+        """This bank with a new calibration, without the ``calibration_*`` extras of another."""
+        extras = {k: v for k, v in self.extras.items() if not k.startswith("calibration_")}
+        return replace(self, calibration=calibration, extras=extras)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bank as ``.npz`` (no pickled objects), atomically; it must have a category."""
@@ -121,10 +154,11 @@ class NumpyBank:
             )
 
     def _optional_arrays(self) -> dict[str, np.ndarray]:
-        """The calibration's and the selection's arrays, for the banks that have them."""
-        arrays = {}
+        """The calibration's, the selection's and the extras' arrays, for the banks that have
+        them."""
+        arrays = dict(self.extras)
         if self.selection is not None:
-            arrays["selection"] = np.str_(json.dumps(self.selection))
+            arrays[_SELECTION] = np.str_(json.dumps(self.selection))
         if self.calibration is None:
             return arrays
         values = {name: getattr(self.calibration, field) for name, field in _CALIBRATION.items()}
@@ -152,9 +186,9 @@ class NumpyBank:
                     raise InputError(
                         f"{path}: incomplete reference bank, lacks {', '.join(missing)}; {again}"
                     )
-                names = (*_ARRAYS, *_CALIBRATION, "selection")
-                arrays = {name: data[name] for name in names if name in data}
-                selection = json.loads(str(arrays["selection"])) if "selection" in arrays else None
+                arrays = {name: data[name] for name in data.files}
+                _check_requirements(path, arrays)
+                selection = json.loads(str(arrays[_SELECTION])) if _SELECTION in arrays else None
         except _DAMAGED as err:
             reason = str(err).split("\n")[0] or type(err).__name__
             raise InputError(
@@ -173,6 +207,7 @@ class NumpyBank:
             category=str(arrays["category"]),
             calibration=_calibration(arrays),
             selection=selection if isinstance(selection, dict) else None,
+            extras={name: a for name, a in arrays.items() if name not in _KNOWN},
         )
         if bank.digest != str(arrays["digest"]):
             raise InputError(f"{path}: its contents do not match its digest (damaged); {again}")
@@ -190,6 +225,18 @@ class NumpyBank:
         problem = shape.problem(self.patches.shape, self.adapted_mean.shape, self.shots, model)
         if problem:
             raise InputError(f"{where}: does not fit ({problem}); {again}")
+
+
+def _check_requirements(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Refuse a bank that requires a feature this runtime does not know (a later format)."""
+    if REQUIRES not in arrays:
+        return
+    unknown = sorted(set(map(str, np.ravel(arrays[REQUIRES]))) - set(KNOWN_REQUIREMENTS))
+    if unknown:
+        raise InputError(
+            f"{path}: registered by a newer inctrl_runtime (it uses {', '.join(unknown)}); "
+            "upgrade inctrl, or register the category again with this one"
+        )
 
 
 def read_digest(path: str | os.PathLike) -> str | None:
@@ -266,3 +313,66 @@ def _register_command(path: Path, data) -> str:
     named = [s for s in shots if not s.startswith("<")]
     shot_args = " ".join(f"--shot {s}" for s in named) if named else "--shot IMG ..."
     return f"register it again: inctrl-run register {bundle} --category {category} {shot_args}"
+
+
+def not_registered(bundle: Bundle, category: str, then: str = "") -> InputError:
+    """The one line for a category with no bank in ``bundle``: how to register it, and ``then``
+    what follows (e.g. that a running server serves it from then on)."""
+    return InputError(
+        f"category {category!r} is not registered in {bundle.path}: run inctrl-run register "
+        f"{bundle.path} --category {category} --shot IMG ...{then}"
+    )
+
+
+def load_registered(bundle: Bundle, category: str) -> NumpyBank:
+    """A category's registered bank (``references/<category>.npz``) read and checked: whole,
+    registered for this category, by this bundle's encoder, of its shapes."""
+    path = bundle.reference_path(category)
+    if not path.is_file():
+        raise not_registered(bundle, category)
+    bank = NumpyBank.load(path)
+    if bank.category != category:
+        raise InputError(
+            f"{path}: holds the bank registered for category {bank.category!r}, not "
+            f"{category!r} (a copied file?); register {category} with inctrl-run register"
+        )
+    check_fits(bundle, bank, str(path))
+    return bank
+
+
+def check_fits(bundle: Bundle, bank: NumpyBank, where: str) -> None:
+    """Refuse a bank that another encoder made, or of other shapes than the bundle's model."""
+    bank.check(bundle.bank_shape, bundle.encoder_sha256, "the bundle's model", where)
+
+
+def head_feeds(bank: NumpyBank, prior: np.ndarray) -> dict[str, np.ndarray]:
+    """The head graph's few-shot inputs: the bank's patch tokens and adapted mean, and the
+    category's 2 x E text prior."""
+    return {"ref_patches": bank.patches, "ref_adapted": bank.adapted_mean, "text_prior": prior}
+
+
+class RegisteredBanks:
+    """The banks registered in a bundle, each read from disk once and again only when the
+    digest its file records changes (registered or calibrated anew by another process)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self._held: dict[str, NumpyBank] = {}
+
+    def bank(self, category: str, then: str = "") -> NumpyBank:
+        """A category's registered bank (``load_registered``); ``then`` ends the message for
+        an unregistered one (``not_registered``)."""
+        path = self.bundle.reference_path(category)
+        if not path.is_file():
+            raise not_registered(self.bundle, category, then)
+        held = self._held.get(category)
+        if held is None or read_digest(path) != held.digest:
+            held = self._held[category] = load_registered(self.bundle, category)
+        return held
+
+    def save(self, bank: NumpyBank) -> None:
+        """Write a bank as its category's registered one (atomically) and hold it."""
+        if bank.category is None:
+            raise ValueError("a registered bank has a category: give it one (dataclasses.replace)")
+        bank.save(self.bundle.reference_path(bank.category))
+        self._held[bank.category] = bank

@@ -1,31 +1,27 @@
-"""Scores as the runtime returns them, and the results, records, tables and heatmaps made from
-them.
+"""The output contract: the head's ``Scores``, and one query's ``Result`` and its JSON record.
 
-``Scores`` mirrors ``inctrl.Scores`` field for field (a test holds them equal). ``inctrl score``
-and ``inctrl-run score`` both go ``results`` -> ``records`` -> ``print_streamed`` (``inctrl-run``
-batch by batch, through ``record_batches``), so their JSON is the same, heatmaps are drawn on
-the pictures decoded for scoring, not read from disk again, and a failed heatmap write still
-shows the scores.
+``Scores`` mirrors ``inctrl.Scores`` field for field (a test holds them equal); the two graphs
+(``inctrl_runtime.contract``), the Triton models and the client all name their outputs after
+its fields. A record is ``score_record``'s dict: the image, every scalar score, the decision
+fields (``inctrl_runtime.decisions``, their one codec), then the patch map; ``inctrl score``,
+``inctrl-run score`` and ``inctrl-run client`` all print it. Writing records, heatmap files and
+tables is ``inctrl_runtime.output``'s business.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from inctrl_runtime.decisions import Decisions
-from inctrl_runtime.errors import InputError
-from inctrl_runtime.files import atomic_path, make_folder, sweep_stale
+from inctrl_runtime.decisions import DECISION_FIELDS
+from inctrl_runtime.files import atomic_path
 from inctrl_runtime.heatmap import heatmap_overlay
-from inctrl_runtime.preprocess import ImageSource, Preprocessing, describe
+from inctrl_runtime.preprocess import Preprocessing
 
 
 class Scores(NamedTuple):
@@ -44,8 +40,16 @@ SCORE_FIELDS = Scores._fields
 SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_map")
 
 
-# The decision fields of a record (None: an uncalibrated category, or shots given for the call).
-DECISION_FIELDS = ("p_value", "threshold", "anomalous")
+def score_record(image: str, values: Mapping[str, Any]) -> dict:
+    """The JSON record of one query: ``image``, every scalar score, the decision fields (None
+    where there is no decision), then ``patch_residual_map`` as a list; ``values`` maps each
+    field name to its value."""
+    return {
+        "image": image,
+        **{name: float(values[name]) for name in SCALAR_FIELDS},
+        **{name: values.get(name) for name in DECISION_FIELDS},
+        "patch_residual_map": np.ravel(values["patch_residual_map"]).tolist(),
+    }
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,8 @@ class Result:
     anomalous: bool | None = None  # p_value <= that rate
 
     def record(self) -> dict:
-        """The JSON record of ``inctrl score --json``: the image, every scalar head output, the
-        decision fields, then the patch map."""
-        return {
-            "image": self.image,
-            **{name: getattr(self, name) for name in SCALAR_FIELDS},
-            **{name: getattr(self, name) for name in DECISION_FIELDS},
-            "patch_residual_map": self.patch_residual_map.tolist(),
-        }
+        """The JSON record of ``inctrl score --json`` (``score_record``)."""
+        return score_record(self.image, vars(self))
 
     def caption(self) -> str:
         """One line for the heatmap: the score and, when calibrated, the decision."""
@@ -101,186 +99,25 @@ class Result:
             self.heatmap().save(tmp, format="PNG")
 
 
-def results(
-    sources: Sequence[ImageSource],
+def to_results(
+    names: Sequence[str],
+    views: Sequence[Image.Image],
     scores: Scores,
     preprocessing: Preprocessing,
-    views: Sequence[Image.Image],
-    decisions: Decisions | None = None,
+    decisions: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Result]:
-    """One Result per query, in order; ``views`` are the pictures scored (``model_views``);
-    ``decisions`` those of a calibrated category (None: the decision fields stay None)."""
+    """One Result per query, in order: its name, the picture it was scored on, its row of
+    ``scores`` and its decision fields (``decisions.decision_fields``; None: none)."""
     scalars = {name: getattr(scores, name).tolist() for name in SCALAR_FIELDS}
-    decided = [{} for _ in sources]
-    if decisions is not None:
-        for i, row in enumerate(decided):
-            row["p_value"] = float(decisions.p_value[i])
-            if decisions.anomalous is not None:
-                row["threshold"] = decisions.threshold
-                row["anomalous"] = bool(decisions.anomalous[i])
+    decided = decisions if decisions is not None else [{} for _ in names]
     return [
         Result(
-            image=describe(source),
+            image=name,
             view=view,
-            **{name: values[i] for name, values in scalars.items()},
+            **{field: values[i] for field, values in scalars.items()},
             patch_residual_map=scores.patch_residual_map[i],
             preprocessing=preprocessing,
             **decided[i],
         )
-        for i, (source, view) in enumerate(zip(sources, views, strict=True))
+        for i, (name, view) in enumerate(zip(names, views, strict=True))
     ]
-
-
-class HeatmapWriteError(InputError):
-    """Scoring finished but a heatmap could not be written: the one-line error, with the
-    records (and the heatmaps written so far) for the command line to print first."""
-
-    def __init__(self, message: str, records: list[dict]) -> None:
-        super().__init__(message)
-        self.records = records
-
-
-def check_heatmaps(folder: str | os.PathLike | None) -> None:
-    """Refuse a ``--heatmaps`` that names an existing file, before any scoring work."""
-    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
-        raise InputError(
-            f"--heatmaps {folder}: is a file, not a folder; name a folder for the heatmap PNGs "
-            "(it is created if missing)"
-        )
-
-
-def heatmap_names(images: Sequence[str], start: int = 0) -> list[str]:
-    """The heatmap file of each image (``Result.image``): ``NNNN_<image stem>.png``, NNNN the
-    image's index in the whole run, counted from ``start`` for this part of it."""
-    return [f"{start + i:04d}_{Path(image).stem}.png" for i, image in enumerate(images)]
-
-
-def records(
-    scored: Sequence[Result],
-    heatmaps: str | os.PathLike | None = None,
-    start: int = 0,
-    sweep: bool = True,
-) -> list[dict]:
-    """The JSON records of ``inctrl score`` and ``inctrl-run score``, in order; with a
-    ``heatmaps`` folder, a heatmap PNG per result there (``heatmap_names``, numbered from
-    ``start``, the index of the first result in the run), drawn on the picture already decoded,
-    and its path in the record. ``sweep``: first remove what dead writers left of these files
-    (``record_batches`` sweeps once for a whole run instead).
-
-    Raises HeatmapWriteError (with the records) if a heatmap cannot be written.
-    """
-    rows = [result.record() for result in scored]
-    if heatmaps is None:
-        return rows
-    try:
-        folder = make_folder(heatmaps)
-        names = heatmap_names([result.image for result in scored], start)
-        if sweep:
-            sweep_stale(folder, names)  # once for the folder, not once per file
-        for result, row, name in zip(scored, rows, names, strict=True):
-            with atomic_path(folder / name, sweep=False) as tmp:
-                result.heatmap().save(tmp, format="PNG")
-            row["heatmap"] = str(folder / name)
-    except InputError as err:
-        raise HeatmapWriteError(str(err), rows) from err
-    return rows
-
-
-def record_batches(
-    batches: Iterable[Sequence[Result]],
-    images: Sequence[str],
-    heatmaps: str | os.PathLike | None = None,
-) -> Iterator[list[dict]]:
-    """``records`` of each batch of a run over ``images`` (as ``Result.image`` names them), as
-    the batch comes: heatmap names numbered across the run, the folder swept once for all of
-    them. A batch's Results (and their pictures) can go once its records are yielded."""
-    if heatmaps is not None:
-        sweep_stale(heatmaps, heatmap_names(images))  # nothing to sweep in a missing folder
-    start = 0
-    for batch in batches:
-        yield records(batch, heatmaps, start, sweep=False)
-        start += len(batch)
-
-
-def print_records(records: list[dict], as_json: bool = False) -> None:
-    """The records on stdout: a JSON list (``--json``), or a table."""
-    if as_json:
-        sys.stdout.write(json.dumps(records) + "\n")
-    else:
-        print_table(records)
-
-
-def _write_lines(records: list[dict]) -> None:
-    sys.stdout.write("".join(json.dumps(record) + "\n" for record in records))
-    sys.stdout.flush()  # a reader of the pipe sees each batch as it finishes
-
-
-def print_streamed(
-    batches: Iterable[list[dict]], output: Literal["table", "json", "jsonl"] = "table"
-) -> None:
-    """Print batches of records on stdout: ``jsonl`` writes one record a line as each batch
-    comes (nothing is kept), ``json`` (a list) and ``table`` print them all at the end. If a
-    heatmap write fails, the records so far (the failing batch's too, with the heatmaps
-    written) are printed first, then the one-line error is raised."""
-    kept: list[dict] = []
-    failed: HeatmapWriteError | None = None
-    try:
-        for rows in batches:
-            if output == "jsonl":
-                _write_lines(rows)
-            else:
-                kept.extend(rows)
-    except HeatmapWriteError as err:
-        failed = err
-        if output == "jsonl":
-            _write_lines(err.records)
-        else:
-            kept.extend(err.records)
-    if output != "jsonl":
-        print_records(kept, output == "json")
-    if failed is not None:
-        raise failed
-
-
-def print_scored(score: Callable[[], list[dict]], as_json: bool = False) -> None:
-    """Run ``score`` and print its records (``print_streamed``, as a JSON list or a table)."""
-
-    def one_batch() -> Iterator[list[dict]]:
-        yield score()
-
-    print_streamed(one_batch(), "json" if as_json else "table")
-
-
-def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> None:
-    """A readable table of the scalar scores (higher = more anomalous) on stdout; for a
-    calibrated category the p-value and decision come right after the score, and the
-    threshold under the table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{title} (higher = more anomalous)")
-    table.add_column("image", overflow="fold", ratio=1, min_width=16)
-    table.add_column("score", justify="right")
-    calibrated = any(record.get("p_value") is not None for record in records)
-    if calibrated:
-        table.add_column("p-value", justify="right")
-        table.add_column("decision", min_width=len("ANOMALOUS"), no_wrap=True)
-    for header in ("holistic", "image res.", "text", "max patch"):
-        table.add_column(header, justify="right")
-    for record in records:
-        score, *parts = (f"{record[n]:.4f}" for n in SCALAR_FIELDS)
-        decision = [_p_value_cell(record.get("p_value")), _decision_cell(record.get("anomalous"))]
-        table.add_row(record["image"], score, *(decision if calibrated else []), *parts)
-    # One threshold per run: the calibration's at the false-positive rate asked for.
-    threshold = next((r["threshold"] for r in records if r.get("threshold") is not None), None)
-    if threshold is not None:
-        table.caption = f"ANOMALOUS: a score above the threshold {threshold:.4f}"
-    Console().print(table)
-
-
-def _p_value_cell(p_value: float | None) -> str:
-    return "-" if p_value is None else f"{p_value:.3g}"
-
-
-def _decision_cell(anomalous: bool | None) -> str:
-    return "-" if anomalous is None else ("ANOMALOUS" if anomalous else "normal")

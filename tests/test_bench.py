@@ -1,6 +1,6 @@
-"""inctrl-bench: FLOP counts by hand, backend selection, why the TensorRT rows cannot run here
-(the real checks), the JSON report of a run of every backend on the tiny model and the printed
-report, one-line errors, and a bench of a bundle with torch unimportable."""
+"""inctrl-bench's backend rows: selection by name and prefix, why the TensorRT rows cannot run
+here (the real checks), the JSON report of a run of every backend on the tiny model, the native
+plans' runs on a GPU, and the printed report's TensorRT and int8 rows."""
 
 from __future__ import annotations
 
@@ -8,20 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_command
 
-from inctrl import get_config
-from inctrl_bench.backends import (
-    CATALOGUE,
-    Sources,
-    Unavailable,
-    check_runnable,
-    engine_profile,
-    select_backends,
-)
-from inctrl_bench.flops import ModelShape, encoder_flops, head_flops, query_flops
-from inctrl_bench.suite import BenchSettings, check_sizes, run_bench
-from inctrl_runtime.engines.cuda import gpu_problem
+from inctrl_bench.backends import CATALOGUE, Unavailable, check_runnable, select_backends
+from inctrl_bench.flops import query_flops
+from inctrl_bench.suite import BenchSettings, run_bench
+from inctrl_runtime.engines.tensorrt.cuda import gpu_problem
 from inctrl_runtime.errors import InputError
 
 NAMES = [backend.name for backend in CATALOGUE]
@@ -31,58 +22,6 @@ PROVIDER = ["onnxruntime-tensorrt-fp32", "onnxruntime-tensorrt-fp16"]
 # Measured only for TensorRT plans (or only on a GPU): null in every other row.
 ENGINE_KEYS = ("engine_build", "build_s", "plan_mb")
 NO_GPU = gpu_problem(0)
-
-
-@pytest.mark.unit
-def test_flops_of_the_tiny_config_by_hand() -> None:
-    # tiny: 240 px, patch 16 -> P = 225 patches, T = 226 tokens; width D = 64, 4 blocks,
-    # MLP 4 x 64 = 256; embed E = 32, adapter 32 -> 8 -> 32; heads 128 -> 64 -> 1; 3 taps.
-    patch_embedding = 2 * 225 * (3 * 16 * 16) * 64  # conv as a matmul: P x 768 @ 768 x D
-    qkv = 2 * 226 * 64 * (3 * 64)
-    scores = 2 * 226 * 226 * 64  # q @ k^T, heads together
-    attention_v = 2 * 226 * 226 * 64
-    out_projection = 2 * 226 * 64 * 64
-    mlp = 2 * 226 * 64 * 256 + 2 * 226 * 256 * 64
-    block = qkv + scores + attention_v + out_projection + mlp
-    assert block == 35_292_160
-    projection = 2 * 64 * 32  # class token through ln_post @ proj
-    adapter = 2 * 32 * 8 + 2 * 8 * 32
-    encoder = patch_embedding + 4 * block + projection + adapter
-    assert encoder == 163_292_160
-
-    k = 2
-    similarity = 2 * 3 * 225 * (k * 225) * 64  # L x P x N x D
-    image_head = 2 * (32 * 128 + 128 * 64 + 64 * 1)
-    holistic_head = 2 * (225 * 128 + 128 * 64 + 64 * 1)
-    text_score = 2 * 32 * 2
-    head = similarity + image_head + holistic_head + text_score
-    assert head == 38_978_944
-
-    shape = ModelShape.from_config(get_config("tiny").to_dict())
-    assert sum(encoder_flops(shape).values()) == encoder
-    assert sum(head_flops(shape, k).values()) == head
-    assert query_flops(shape, k) == encoder + head
-
-
-@pytest.mark.unit
-def test_vector_extensions_from_the_cpu_flags() -> None:
-    from inctrl_bench.machine import vector_extensions
-
-    cpuinfo = (
-        "processor\t: 0\nmodel name\t: A CPU\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw "
-        "avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n"
-    )
-    assert vector_extensions(cpuinfo) == [
-        "avx2",
-        "avx512f",
-        "avx512_vnni",
-        "avx512_bf16",
-        "amx_bf16",
-        "amx_int8",
-        "amx_tile",
-    ]
-    assert vector_extensions("flags\t: fpu sse2 avx2 avx_vnni\n") == ["avx2", "avx_vnni"]
-    assert vector_extensions("Features\t: fp asimd\n") == []  # no x86 flags: unknown, empty
 
 
 @pytest.mark.unit
@@ -117,31 +56,6 @@ def test_backend_selection_by_name_and_prefix() -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("text", ["1,x", "0,8", "", "-1", "1.5"])
-def test_bad_size_lists_are_refused(text: str) -> None:
-    with pytest.raises(InputError, match="--batch"):
-        check_sizes(text, "--batch")
-    assert check_sizes("32, 1,8,8", "--batch") == (1, 8, 32)
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("batches", "shots", "profile"),
-    [
-        ((1, 8, 32), (2, 4, 8), ((1, 8, 32), (2, 2, 8))),
-        ((2,), (1,), ((1, 2, 2), (1, 1, 1))),
-        ((1, 2), (1, 2, 8), ((1, 2, 8), (1, 1, 8))),  # registering k=8 encodes a batch of 8
-    ],
-)
-def test_engine_profile_covers_what_the_bench_runs(batches, shots, profile) -> None:
-    from inctrl_runtime.engines.plans import check_sizes as check_profile
-
-    assert engine_profile(batches, shots) == profile
-    batch, prompts = profile
-    assert check_profile(batch, "--batch") == batch and check_profile(prompts, "--shots") == prompts
-
-
-@pytest.mark.unit
 @pytest.mark.skipif(NO_GPU is None, reason="this machine has a CUDA GPU")
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_native_rows_name_the_missing_gpu(device: str) -> None:
@@ -149,87 +63,6 @@ def test_native_rows_name_the_missing_gpu(device: str) -> None:
         with pytest.raises(Unavailable) as refused:
             check_runnable(backend, device)
         assert NO_GPU in str(refused.value)
-
-
-@pytest.mark.unit
-def test_native_rows_without_plans_name_the_missing_builder(bundle: Path, tmp_path) -> None:
-    from inctrl_export.tensorrt import builder_problem
-
-    missing = builder_problem()
-    if missing is None:
-        pytest.skip("TensorRT's builder runs here: the bench would build the plans")
-    profile = engine_profile((1, 2), (1, 2))
-    with pytest.raises(Unavailable) as refused:
-        Sources(tmp_path / "work", bundle=bundle).engines("fp32", *profile)
-    assert "has no TensorRT engines" in str(refused.value) and missing in str(refused.value)
-    with pytest.raises(Unavailable, match="given bundle's encoder is fp32"):
-        Sources(tmp_path / "work", bundle=bundle).engines("fp16", *profile)
-
-    # A build recorded for k=1 only cannot serve queries with k=2 prompts.
-    from inctrl_runtime.engines.plans import Build, ComputeCapability, PlanRecord
-
-    plan = PlanRecord("encoder", "engines/encoder.fp32.trt11.4.sm89.plan", "0" * 64, 1, 2.0, {})
-    build = Build(
-        key="fp32.trt11.4.sm89",
-        precision="fp32",
-        tensorrt="11.4.0.106",
-        compute_capability=ComputeCapability(8, 9),
-        version_compatible=False,
-        lean_runtime_embedded=False,
-        batch=(1, 2, 2),
-        shots=(1, 1, 1),
-        plans={"encoder": plan, "head": plan},
-    )
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["engines"] = {build.key: build.to_manifest()}
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(Unavailable) as refused:
-        Sources(tmp_path / "work", bundle=bundle).engines("fp32", *engine_profile((1,), (2,)))
-    assert "builds (fp32.trt11.4.sm89) do not run batch 1 with k=2" in str(refused.value)
-    assert missing in str(refused.value)
-
-
-@pytest.mark.unit
-def test_sources_of_a_given_bundle(tiny_checkpoint: Path, tiny_bundle: Path, tmp_path) -> None:
-    checkpoint, bundle = tiny_checkpoint, tiny_bundle
-    sources = Sources(tmp_path, bundle=bundle)
-    assert sources.category == "candle"
-    # The manifest names its source by file name only: the torch rows need --checkpoint.
-    with pytest.raises(Unavailable, match=r"give --checkpoint \(.*exported from tiny\.safe"):
-        sources.checkpoint()
-    sources = Sources(tmp_path, bundle, checkpoint)
-    assert sources.checkpoint() == checkpoint and sources.notes == []  # sha256 matches
-    assert sources.bundle("fp32") == bundle
-    with pytest.raises(Unavailable, match="given bundle's encoder is fp32"):
-        sources.bundle("int8")
-    other = tmp_path / "other.safetensors"
-    other.write_bytes(b"not the same weights")
-    assert "not the checkpoint" in Sources(tmp_path, bundle, other).notes[0]
-    with pytest.raises(InputError, match="--preset builds its own model"):
-        Sources(tmp_path, bundle=bundle, preset="tiny")
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("source", "reason"),
-    [
-        ({"checkpoint": "/elsewhere/old.pyth", "sha256": "0" * 64}, "exported from old.pyth"),
-        ({"file": "new.safetensors", "sha256": "0" * 64}, "exported from new.safetensors"),
-        ({}, "the bundle names no source checkpoint"),
-        ({"file": "demo.safetensors", "sha256": "0" * 64, "demo": True}, None),
-    ],
-)
-def test_torch_rows_of_a_bundle_need_its_checkpoint(
-    source: dict, reason: str | None, bundle: Path, tmp_path
-) -> None:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    (bundle / "manifest.json").write_text(json.dumps({**manifest, "source": source}))
-    sources = Sources(tmp_path, bundle=bundle)
-    if reason is None:
-        assert sources.checkpoint() is None  # a demo bundle: the embedded demo
-        return
-    with pytest.raises(Unavailable, match=rf"^give --checkpoint \(.*{reason}\)$"):
-        sources.checkpoint()
 
 
 def _check_timing(record: dict) -> None:
@@ -307,7 +140,7 @@ def _builder_problem() -> str | None:
 @pytest.mark.gpu
 @pytest.mark.skipif(_builder_problem() is not None, reason=f"{_builder_problem()}")
 def test_native_rows_build_and_time_their_plans_on_a_gpu(tiny_checkpoint: Path, tmp_path) -> None:
-    from inctrl_runtime.engines.cuda import compute_capability, gpu_name
+    from inctrl_runtime.engines.tensorrt.cuda import compute_capability, gpu_name
 
     settings = BenchSettings(
         checkpoint=tiny_checkpoint,
@@ -368,23 +201,6 @@ def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: P
     assert torch_fp32.speedup_vs_authors["throughput"] > 0
 
 
-@pytest.mark.unit
-def test_plans_are_built_in_a_copy_of_a_given_bundle(bundle: Path, tmp_path) -> None:
-    from inctrl_bench.backends import _copy_without_engines
-    from inctrl_runtime.bundle import Bundle
-
-    (bundle / "engines").mkdir()
-    (bundle / "engines" / "encoder.fp32.trt11.4.sm89.plan").write_bytes(b"plan")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    (bundle / "manifest.json").write_text(json.dumps({**manifest, "engines": {"x": {}}}))
-    before = sorted(path.relative_to(bundle) for path in bundle.rglob("*"))
-
-    copy = _copy_without_engines(bundle, tmp_path / "copy")
-    assert not (copy / "engines").exists() and "engines" not in Bundle.open(copy).manifest
-    assert Bundle.open(copy).manifest["files"] == manifest["files"]  # every sha256 still holds
-    assert sorted(path.relative_to(bundle) for path in bundle.rglob("*")) == before
-
-
 def _report_with(results: list) -> str:
     """The printed report of ``results`` on a GPU machine, as an 80-column terminal shows it."""
     import io
@@ -439,42 +255,15 @@ def test_a_tensorrt_row_reports_its_build_size_and_gpu_time() -> None:
 
 
 @pytest.mark.unit
-def test_unwritable_outputs_are_refused_before_measuring(tmp_path) -> None:
-    not_a_folder = tmp_path / "file"
-    not_a_folder.write_text("")
-    with pytest.raises(InputError, match="--json .*cannot write in"):
-        run_bench(BenchSettings(), json_file=not_a_folder / "bench.json")
-    with pytest.raises(InputError, match="--plot .*is a folder"):
-        run_bench(BenchSettings(), plot_file=tmp_path)
-
-
-@pytest.mark.cli
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--backend", "cudnn"], "unknown backend 'cudnn'"),
-        (["--batch", "1,eight"], "--batch '1,eight'"),
-        (["no_such_bundle"], "no_such_bundle: no such bundle folder"),
-        (["--eval", "no_such_data"], "--eval no_such_data: no such folder; give labelled"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path) -> None:
-    result = run_command("inctrl_bench.cli", *args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("error: ") and message in result.stderr
-
-
-@pytest.mark.unit
 def test_an_int8_row_names_its_quantization() -> None:
-    from inctrl_bench.measure import BackendResult, quantization_record
+    from inctrl_bench.measure import BackendResult
+    from inctrl_runtime.manifest import QuantizationRecord
 
     record = {"format": "qdq", "activations": "int8-symmetric", "method": "minmax"}
     record |= {"weights": "int8-symmetric-per-channel", "images": 2, "image_digests": ["a", "b"]}
-    manifest = {"graphs": {"encoder": {"precision": "int8", "quantization": record}}}
-    kept = quantization_record(manifest)
+    kept = QuantizationRecord.from_manifest(record).summary()
     assert kept == {k: v for k, v in record.items() if k != "image_digests"}
-    assert quantization_record({"graphs": {"encoder": {"precision": "fp32"}}}) is None
+    assert QuantizationRecord.from_manifest(None) is None  # a float encoder records none
     int8 = BackendResult("onnxruntime-cpu-int8", "onnxruntime", "int8", "cpu", reason="x")
     int8.quantization = kept
     assert int8.to_dict()["quantization"] == kept

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synth_data
 
-from inctrl_bench.backends import Sources
+from inctrl_bench.artifacts import Artifacts
 from inctrl_bench.suite import BenchSettings, run_bench
 from inctrl_runtime.errors import InputError
+
+from helpers import synth_data
 
 PROVIDER = ["onnxruntime-tensorrt-fp32", "onnxruntime-tensorrt-fp16"]
 # The accuracy record of a row benched with --eval.
@@ -240,7 +241,7 @@ def test_a_given_bundle_without_the_eval_categories_is_refused(
 
     data = load_eval_data(eval_data, 1)
     with pytest.raises(InputError) as refused:
-        Sources(tmp_path, bundle=tiny_bundle, data=data)
+        Artifacts(tmp_path, bundle=tiny_bundle, data=data)
     message = str(refused.value)
     assert "has no text prior for the --eval data's synth_fabric, synth_washer (it has " in message
     assert "candle, metal_nut); export them (inctrl-export onnx --category" in message

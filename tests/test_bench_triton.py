@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import require_serving, snapshot
 from rich.console import Console
 
 from inctrl_bench.backends import CATALOGUE, select_backends
@@ -19,6 +18,8 @@ from inctrl_bench.suite import BenchSettings, run_bench
 from inctrl_bench.triton_backend import CONCURRENCIES, batch_sizes_text, executed_since
 from inctrl_runtime.triton.client import ModelStatistics
 from inctrl_runtime.triton.names import ENCODER, HEAD
+
+from helpers import require_serving, snapshot
 
 
 @pytest.mark.unit

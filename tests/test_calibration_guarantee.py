@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_main
 
 from inctrl.cli import main
 from inctrl_runtime.decisions import TARGET_FPRS, decide
+
+from helpers import run_main
 
 SEED = 5
 CATEGORY = "synth_fabric"  # the first synthetic category: the one --categories 1 writes

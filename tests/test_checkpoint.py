@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FULL, TINY, assert_same_scores, assert_same_state, authors_layout, scores_of
 from safetensors.torch import save_file
 
 from inctrl import InCTRL, InputError, get_config
 from inctrl.checkpoint import OPTIONAL_KEYS, is_head_key, ours_to_authors
+
+from helpers import FULL, TINY, assert_same_scores, assert_same_state, authors_layout, scores_of
 
 pytestmark = pytest.mark.unit
 

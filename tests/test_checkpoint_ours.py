@@ -10,7 +10,15 @@ import json
 import open_clip
 import pytest
 import torch
-from conftest import (
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from inctrl import InCTRL, InputError, get_config
+from inctrl.checkpoint import CHECKPOINT_KIND, FORMAT_VERSION, HEAD_PREFIX, is_head_key
+from inctrl.files import read_safetensors
+from inctrl_runtime.files import file_sha256
+
+from helpers import (
     FULL,
     TINY,
     VARIED_SIZES,
@@ -21,13 +29,6 @@ from conftest import (
     random_images,
     scores_of,
 )
-from safetensors import safe_open
-from safetensors.torch import save_file
-
-from inctrl import InCTRL, InputError, get_config
-from inctrl.checkpoint import CHECKPOINT_KIND, FORMAT_VERSION, HEAD_PREFIX, is_head_key
-from inctrl.files import read_safetensors
-from inctrl_runtime.files import file_sha256
 
 
 # ------------------------------------------------------------------ our safetensors format

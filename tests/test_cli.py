@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturb_heads, random_images, run_inctrl
 from PIL import Image
 
 from inctrl import InCTRL, get_config
@@ -15,6 +14,8 @@ from inctrl.checkpoint import ours_to_authors
 from inctrl.cli.score import run_score
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.results import SCORE_FIELDS
+
+from helpers import perturb_heads, random_images, run_inctrl
 
 pytestmark = pytest.mark.cli
 
@@ -73,7 +74,7 @@ def test_json_contract_and_values(workspace) -> None:
 
 def test_authors_checkpoint_gives_the_same_scores(workspace) -> None:
     common = dict(
-        category="candle", shots=[workspace / "img0.png"], queries=[workspace / "img3.png"]
+        category="candle", shot_images=[workspace / "img0.png"], queries=[workspace / "img3.png"]
     )
     ours = run_score(workspace / "tiny.safetensors", **common)
     authors = run_score(workspace / "tiny_authors.pyth", **common)
@@ -103,21 +104,16 @@ def test_table_output_and_heatmaps(workspace, tmp_path) -> None:
         assert heatmap.size == (240, 260) and heatmap.mode == "RGB"  # the map, its caption
 
 
-def test_heatmaps_are_drawn_without_reading_the_images_again(workspace, tmp_path, monkeypatch):
-    opened: list[str] = []
-    image_open = Image.open
-
-    def counting_open(fp, *args, **kwargs):
-        opened.append(Path(fp).name)
-        return image_open(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", counting_open)
-    queries = [workspace / "img2.png", workspace / "img3.png"]
+def test_heatmaps_are_drawn_without_reading_the_images_again(workspace, tmp_path, image_reads):
+    """The torch side opens and decodes each image once, heatmaps on, over several batches."""
+    queries = [workspace / "img2.png", workspace / "img3.png", workspace / "img1.png"]
     shots = [workspace / "img0.png"]
-    records = run_score(workspace / "tiny.safetensors", "candle", shots, queries,
+    records = run_score(workspace / "tiny.safetensors", "candle", shots, queries, batch_size=2,
                         heatmaps=tmp_path / "maps")  # fmt: skip
-    assert [Path(r["heatmap"]).name for r in records] == ["0000_img2.png", "0001_img3.png"]
-    assert sorted(opened) == ["img0.png", "img2.png", "img3.png"]  # each image read once
+    names = ["0000_img2.png", "0001_img3.png", "0002_img1.png"]
+    assert [Path(r["heatmap"]).name for r in records] == names
+    assert image_reads.names == ["img0.png", "img1.png", "img2.png", "img3.png"]  # read once
+    assert image_reads.decoded == 4  # and decoded once each
 
 
 @pytest.mark.parametrize(
@@ -186,13 +182,13 @@ def test_a_saved_bank_replaces_the_shots(workspace, tmp_path) -> None:
     common = dict(checkpoint=workspace / "tiny.safetensors", category="candle")
     queries = [workspace / "img3.png"]
     from_shots = run_score(
-        shots=[workspace / "img0.png", workspace / "img1.png"], queries=queries, **common
+        shot_images=[workspace / "img0.png", workspace / "img1.png"], queries=queries, **common
     )
-    from_bank = run_score(shots=[], queries=queries, bank_file=tmp_path / "b.st", **common)
+    from_bank = run_score(shot_images=[], queries=queries, bank_file=tmp_path / "b.st", **common)
     assert from_bank == from_shots
     with pytest.raises(InputError, match="either --shot images or --bank"):
-        run_score(shots=queries, queries=queries, bank_file=tmp_path / "b.st", **common)
+        run_score(shot_images=queries, queries=queries, bank_file=tmp_path / "b.st", **common)
     other = InCTRL(get_config("demo")).reference([workspace / "img0.png"])
     other.save(tmp_path / "other.st")
     with pytest.raises(InputError, match="does not fit this model"):
-        run_score(shots=[], queries=queries, bank_file=tmp_path / "other.st", **common)
+        run_score(shot_images=[], queries=queries, bank_file=tmp_path / "other.st", **common)

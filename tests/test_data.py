@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_inctrl, synth_data
 
 from inctrl.data import (
     ANOMALOUS,
@@ -20,6 +19,8 @@ from inctrl.data import (
 )
 from inctrl.synth import split_counts
 from inctrl_runtime.errors import InputError
+
+from helpers import run_inctrl, synth_data
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Split-conformal decisions (``inctrl_runtime.decisions``) on hand-made score lists: p-values,
-the order-statistic threshold, ties, and calibrations too small for a rate."""
+the order-statistic threshold, ties, calibrations too small for a rate, and the one codec of
+the decision fields (records and served arrays)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import numpy as np
 import pytest
 
 from inctrl_runtime.decisions import (
+    DECISION_FIELDS,
     TARGET_FPRS,
     Calibration,
     check_fpr,
     decide,
+    decision_arrays,
+    decision_fields,
+    decoded_decision,
     min_normals,
     p_values,
     threshold,
@@ -112,3 +117,33 @@ def test_rates_outside_0_and_1_are_refused(alpha) -> None:
     with pytest.raises(InputError, match="--fpr must be a rate between 0 and 1"):
         check_fpr(alpha)
     assert check_fpr(0.05) == 0.05
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("n", [None, 5, 19])  # uncalibrated; too few for 0.1; enough for 0.1
+def test_the_decision_codec_reads_back_what_it_writes(n: int | None) -> None:
+    """Records (None where there is no decision) and arrays (NaN / false there) are one codec:
+    each row of the arrays reads back as the record's fields, at float32 as served."""
+    scores = np.array([0.05, 0.4, 0.85, 2.0], np.float32)
+    calibration = None
+    if n is not None:
+        calibration = Calibration.of(np.linspace(0, 0.8, n), ["d"] * n, "cpu", "fp32", "0" * 64)
+    records = decision_fields(calibration, scores, 0.1)
+    served = decision_arrays(calibration, scores, 0.1)  # float32, as the Triton head answers
+    assert [list(record) for record in records] == [list(DECISION_FIELDS)] * len(scores)
+    for row, record in enumerate(records):
+        read = decoded_decision(served, row)
+        assert list(read) == list(record)
+        for name in DECISION_FIELDS:
+            if record[name] is None or isinstance(record[name], bool):
+                assert read[name] is record[name], name
+            else:
+                assert read[name] == pytest.approx(record[name], rel=1e-6), name
+    if calibration is None:
+        assert all(value is None for record in records for value in record.values())
+    elif n == 5:  # p-values, no threshold at 0.1
+        assert all(r["p_value"] is not None and r["threshold"] is None for r in records)
+    else:
+        decided = calibration.decide(scores, 0.1)
+        assert [r["anomalous"] for r in records] == decided.anomalous.tolist()
+        assert [r["p_value"] for r in records] == decided.p_value.tolist()  # float64, exact

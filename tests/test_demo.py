@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_inctrl, synth_data
 from PIL import Image
 
 from inctrl import InCTRL
 from inctrl.data import load_samples
 from inctrl.demo import DEMO_CHECKPOINT, HELD_OUT_CATEGORIES, MAX_DEMO_BYTES, build_demo
 from inctrl.evaluation import evaluate
+
+from helpers import run_inctrl, synth_data
 
 
 @pytest.fixture(scope="module")

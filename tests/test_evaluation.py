@@ -1,41 +1,24 @@
-"""Evaluation: metrics against hand computations, one encoder pass per query, reproducible prompt
-draws, the authors' prompt files, pixel AUROC, reports, and the `inctrl evaluate` command."""
+"""Evaluation's numbers: metrics against hand computations, one encoder pass per query,
+reproducible prompt draws, the coverage-selected run beside them, and pixel AUROC."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import perturb_heads, run_inctrl
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from inctrl import InCTRL, InputError, get_config
-from inctrl.cli import main
-from inctrl.cli.evaluate import run_evaluate
+from inctrl import InCTRL, InputError
 from inctrl.data import index_to_json, load_samples
-from inctrl.evaluation import evaluate, operating_points
-from inctrl.evaluation_report import OPERATING_COLUMNS, SELECTION_COLUMNS, TABLE_COLUMNS, MeanStd
+from inctrl.evaluation import evaluate
 from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
-from inctrl.prompt_files import read_prompt_file, write_prompt_file
-from inctrl.synth import synthesize
-from inctrl_runtime.decisions import TARGET_FPRS, min_normals, threshold
 from inctrl_runtime.selection import coverage_selection
 
-CATEGORIES = ["synth_fabric", "synth_washer"]
-TEST_IMAGES = 8  # per category: 3 test/good and one of each of the 5 defects
-POOL_IMAGES = 6  # per category: train/good
-
-
-def table_header(columns) -> str:
-    return "| " + " | ".join(columns) + " |"
+from helpers import CATEGORIES, POOL_IMAGES, TEST_IMAGES
 
 
 def rank_auroc(targets, scores) -> float:
@@ -45,30 +28,6 @@ def rank_auroc(targets, scores) -> float:
     ranks = np.array([(scores < s).sum() + ((scores == s).sum() + 1) / 2 for s in scores])
     positives, negatives = targets.sum(), (~targets).sum()
     return (ranks[targets].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """Synthetic MVTec-layout data (2 categories, 6 train/good images each), a tiny checkpoint."""
-    root = tmp_path_factory.mktemp("evaluation")
-    synthesize(root / "synth", 0, categories=2, images_per_category=6, size=64)
-    perturb_heads(InCTRL(get_config("tiny"))).save(root / "tiny.safetensors")
-    return root
-
-
-@pytest.fixture(scope="module")
-def model(workspace) -> InCTRL:
-    return InCTRL.from_checkpoint(workspace / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def samples(workspace):
-    return load_samples([workspace / "synth"])
-
-
-@pytest.fixture(scope="module")
-def report(model, samples):
-    return evaluate(model, samples, shots=2, seeds=(0, 1, 2), checkpoint_name="tiny")
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -112,8 +71,8 @@ def test_report_metrics_are_those_of_its_scores(report) -> None:
 
 # ------------------------------------------------------------------- encoding, prompt draws
 @pytest.mark.unit
-def test_each_image_is_encoded_once_whatever_the_number_of_seeds(workspace, samples) -> None:
-    model = InCTRL.from_checkpoint(workspace / "tiny.safetensors")
+def test_each_image_is_encoded_once_whatever_the_number_of_seeds(eval_dir, samples) -> None:
+    model = InCTRL.from_checkpoint(eval_dir / "tiny.safetensors")
     encode, encoded = model.encode, []
 
     def counting_encode(pixels):
@@ -146,137 +105,7 @@ def test_runs_are_reproducible_and_seeds_draw_different_prompts(model, samples, 
         assert by_name[category.category].runs[0].auroc == category.runs[2].auroc
 
 
-# -------------------------------------------------------------------- authors' prompt files
-@pytest.mark.unit
-def test_prompt_files_round_trip_and_are_used_exactly(model, samples, tmp_path) -> None:
-    prompts = {}
-    for index, category in enumerate(CATEGORIES):
-        # The other category's images: a set no draw could produce.
-        other = [s.image_path for s in samples if s.category == CATEGORIES[1 - index]][:2]
-        prompts[category] = model.pixels(other).cpu()
-        write_prompt_file(tmp_path / f"{category}.pt", prompts[category])
-        stored = torch.load(tmp_path / f"{category}.pt", weights_only=True)
-        assert isinstance(stored, list) and len(stored) == 2  # the authors' layout
-        assert all(t.shape == (3, 240, 240) for t in stored)
-        assert torch.equal(read_prompt_file(tmp_path / f"{category}.pt"), prompts[category])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{c}.pt" for c in CATEGORIES]
-
-    result = evaluate(model, samples, shots=2, prompts_dir=tmp_path)
-    assert result.settings.seeds is None and result.settings.prompts == str(tmp_path)
-    for category in result.categories:
-        (run,) = category.runs
-        assert run.seed is None
-        with torch.no_grad():
-            expected = model.head(
-                model.encode(model.pixels(list(category.images))),
-                model.reference(prompts[category.category]),
-                model.text_prior(category.category),
-            ).score
-        assert torch.allclose(
-            torch.tensor(run.scores, dtype=torch.float64), expected.double(), atol=1e-6
-        )
-
-
-@pytest.mark.unit
-def test_bad_prompt_files_are_refused(tmp_path) -> None:
-    (tmp_path / "garbage.pt").write_bytes(b"\x00 not torch" * 8)
-    torch.save([torch.zeros(3, 64, 64)], tmp_path / "small.pt")
-    torch.save({"a": torch.zeros(3, 240, 240)}, tmp_path / "dict.pt")
-    for name, message in [
-        ("missing.pt", "no such few-shot prompt file"),
-        ("garbage.pt", "not a readable torch file"),
-        ("small.pt", "shape (3, 64, 64)"),
-        ("dict.pt", "expected a non-empty list"),
-    ]:
-        with pytest.raises(InputError, match=re.escape(message)):
-            read_prompt_file(tmp_path / name)
-
-
-# ------------------------------------------------------ operating points, prompt selection
-@pytest.mark.unit
-def test_operating_points_on_hand_made_scores() -> None:
-    calibration = [0.1 * i for i in range(19, 0, -1)]  # n = 19, any order: 0.01 needs 99
-    # Thresholds: at 0.1 the ceil(20 * 0.9) = 18th smallest, 1.8; at 0.05 the 19th, 1.9.
-    # A score equal to the threshold is not flagged: its p-value is (1 + 2) / 20 > 0.1.
-    targets = [0, 0, 0, 0, 1, 1, 1]
-    scores = [0.5, 1.85, 1.95, 1.8, 1.85, 2.5, 1.0]
-    at_01, at_05, at_10 = operating_points(calibration, targets, scores)
-    assert at_01 == (0.01, None, None, None)
-    assert at_05.threshold == pytest.approx(1.9)
-    assert (at_05.false_positive_rate, at_05.recall) == (1 / 4, 1 / 3)  # 1.95; 2.5
-    assert at_10.threshold == pytest.approx(1.8)
-    assert (at_10.false_positive_rate, at_10.recall) == (2 / 4, 2 / 3)  # 1.85, 1.95; 1.85, 2.5
-    assert [p.target_fpr for p in operating_points([], targets, scores)] == list(TARGET_FPRS)
-    assert all(p.threshold is None for p in operating_points([], targets, scores))
-
-
-@pytest.fixture(scope="module")
-def calibrated(workspace, model):
-    """One category with 20 train/good images: each run (k = 2) calibrates on 18, enough for
-    a false-positive rate of 0.1, too few for 0.05 (19) and 0.01 (99)."""
-    root = workspace / "pool20"
-    synthesize(root, 3, categories=1, images_per_category=20, size=64)
-    samples = load_samples([root])
-    return samples, evaluate(model, samples, shots=2, seeds=(0, 1, 2), pixel=False)
-
-
-@pytest.mark.unit
-def test_each_run_is_calibrated_on_train_good_less_its_prompts(model, calibrated) -> None:
-    samples, report = calibrated
-    (category,) = report.categories
-    pool = sorted(s.image_path for s in samples if s.split == "train")
-    targets = np.asarray(category.targets)
-    prior = model.text_prior(category.category)
-    for run in category.runs:
-        rest = [path for path in pool if path not in run.prompts]
-        assert run.calibration == len(rest) == 18
-        with torch.no_grad():
-            normals = model.score(rest, model.reference(list(run.prompts)), prior).score
-        normals = np.sort(normals.numpy())
-        scores = np.asarray(run.scores)
-        for point in run.operating_points:
-            cut = threshold(normals, point.target_fpr)
-            if min_normals(point.target_fpr) > 18:
-                assert cut is None and point == (point.target_fpr, None, None, None)
-                continue
-            assert point.threshold == pytest.approx(cut, abs=1e-5)
-            assert point.false_positive_rate == np.mean(scores[targets == 0] > cut)
-            assert point.recall == np.mean(scores[targets == 1] > cut)
-    at_01, at_05, at_10 = category.operating_points
-    assert at_01.false_positive_rate is None and at_05.recall is None
-    assert at_10.recall == MeanStd.of(run.operating_points[2].recall for run in category.runs)
-    assert at_10.recall.mean > 0  # the test anomalies are not all below the threshold
-    data = report.to_dict()["categories"][0]
-    assert (
-        data["calibration"] == 18
-        and data["operating_points"][2]["recall"] == at_10.recall._asdict()
-    )
-    assert (
-        data["runs"][0]["operating_points"][2]["threshold"]
-        == category.runs[0].operating_points[2].threshold
-    )
-    assert report.operating_points == category.operating_points  # one category: its mean
-
-
-@pytest.mark.unit
-def test_prompt_file_runs_calibrate_without_the_files_images(model, samples, tmp_path) -> None:
-    for index, category in enumerate(CATEGORIES):
-        train = [s.image_path for s in samples if s.split == "train"]
-        own = [path for path in train if f"/{category}/" in path][:2]
-        other = [path for path in train if f"/{CATEGORIES[1 - index]}/" in path][:2]
-        write_prompt_file(tmp_path / "own" / f"{category}.pt", model.pixels(own).cpu())
-        write_prompt_file(tmp_path / "other" / f"{category}.pt", model.pixels(other).cpu())
-    own = evaluate(model, samples, shots=2, prompts_dir=tmp_path / "own", pixel=False)
-    other = evaluate(model, samples, shots=2, prompts_dir=tmp_path / "other", pixel=False)
-    # The file holds pixels, not paths: its train/good images are found by pixel digest.
-    assert [c.calibration for c in own.categories] == [POOL_IMAGES - 2] * len(CATEGORIES)
-    assert [c.calibration for c in other.categories] == [POOL_IMAGES] * len(CATEGORIES)
-    # No draws, so no coverage selection to set beside them.
-    assert all(c.selected is None for c in own.categories) and own.selection is None
-    assert own.to_dict()["mean"]["selection"] is None and own.selection_rows() == []
-    assert "Prompt choice" not in own.to_markdown() and "Operating points" in own.to_markdown()
-
-
+# ----------------------------------------------------------------------- coverage selection
 @pytest.mark.unit
 def test_coverage_selected_run_beside_the_random_draws(model, samples, report) -> None:
     for category in report.categories:
@@ -398,9 +227,9 @@ def test_pixel_auroc_of_a_run_equals_a_direct_computation(model, report) -> None
 
 
 @pytest.mark.unit
-def test_json_lists_without_masks_give_no_pixel_auroc(workspace, model, report) -> None:
-    lists = workspace / "json"
-    index_to_json(workspace / "synth", lists)
+def test_json_lists_without_masks_give_no_pixel_auroc(eval_dir, model, report) -> None:
+    lists = eval_dir / "json"
+    index_to_json(eval_dir / "synth", lists)
     # The training list repeats test/good: each test image must still count once.
     names = ["val_normal", "val_outlier", "normal"]
     samples = load_samples([lists / f"{c}_{n}.json" for c in CATEGORIES for n in names])
@@ -411,128 +240,3 @@ def test_json_lists_without_masks_give_no_pixel_auroc(workspace, model, report) 
         assert mine.pixel_auroc is None and folder.pixel_auroc is not None
         assert [r.auroc for r in mine.runs] == pytest.approx([r.auroc for r in folder.runs])
     assert "| - |" in result.to_markdown()
-
-
-# ------------------------------------------------------------------------ reports, command line
-@pytest.mark.cli
-def test_json_and_markdown_files(workspace, tmp_path) -> None:
-    result = run_evaluate(
-        [workspace / "synth"],
-        2,
-        checkpoint=workspace / "tiny.safetensors",
-        seeds=2,
-        json_out=tmp_path / "out" / "report.json",
-        markdown_out=tmp_path / "out" / "report.md",
-    )
-    assert json.loads((tmp_path / "out" / "report.json").read_text()) == result.to_dict()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md"]
-    data = result.to_dict()
-    assert data["settings"]["seeds"] == [0, 1] and data["settings"]["shots"] == 2
-    assert data["mean"]["auroc"]["mean"] == pytest.approx(result.auroc.mean)
-    lines = (tmp_path / "out" / "report.md").read_text().splitlines()
-    assert lines[0].startswith("InCTRL evaluation of") and "k = 2" in lines[0]
-    assert lines[2] == table_header(TABLE_COLUMNS)
-    fabric = result.categories[0]
-    assert lines[4] == (
-        f"| synth_fabric | {fabric.auroc.mean:.3f} ± {fabric.auroc.std:.3f} | "
-        f"{fabric.auprc.mean:.3f} ± {fabric.auprc.std:.3f} | "
-        f"{fabric.pixel_auroc.mean:.3f} ± {fabric.pixel_auroc.std:.3f} | 3 / 5 |"
-    )
-    assert lines[6].startswith(f"| mean | {result.auroc.mean:.3f} ± ") and lines[6].endswith(
-        "| 6 / 10 |"
-    )
-    # Then the prompt choice and the operating points, each a title and a table of 2 + 3 rows.
-    assert lines[8].startswith("Prompt choice") and lines[10] == table_header(SELECTION_COLUMNS)
-    choice = fabric.selection
-    assert lines[12] == (
-        f"| synth_fabric | {choice.selected:.3f} | {fabric.auroc} | {choice.random_min:.3f} |"
-    )
-    assert lines[16].startswith("Operating points") and lines[18] == table_header(OPERATING_COLUMNS)
-    assert lines[20] == "| synth_fabric | 4 | - | - | - |"  # 6 train/good less 2 prompts
-    assert lines[22] == "| mean | 8 | - | - | - |" and len(lines) == 23
-
-
-@pytest.mark.cli
-def test_command_end_to_end(workspace, model, samples, tmp_path) -> None:
-    checkpoint = str(workspace / "tiny.safetensors")
-    common = ["evaluate", "-c", checkpoint, "--data", str(workspace / "synth"), "--shots", "2"]
-    result = run_inctrl(*common, "--seeds", "2", "--json", "-", "--markdown", "r.md", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    printed = json.loads(result.stdout)
-    expected = evaluate(model, samples, shots=2, seeds=(0, 1), checkpoint_name=checkpoint)
-    assert printed["settings"] == expected.to_dict()["settings"]
-    assert printed["mean"]["auroc"] == pytest.approx(expected.auroc._asdict())
-    assert printed["mean"]["pixel_auroc"] == pytest.approx(expected.pixel_auroc._asdict())
-    assert (tmp_path / "r.md").read_text() == expected.to_markdown()
-
-    table = run_inctrl(*common, "--seeds", "1", "--no-pixel", cwd=tmp_path)
-    assert table.returncode == 0, table.stderr
-    assert "synth_fabric" in table.stdout and "mean" in table.stdout
-    assert "± 0.000" in table.stdout and "3 / 5" in table.stdout
-    assert "coverage AUROC" in table.stdout and "Operating points" in table.stdout
-
-
-@pytest.fixture(scope="module")
-def bad_inputs(workspace) -> Path:
-    """A category without anomalies; prompt folders that are empty, hold k = 2, or garbage."""
-    root = workspace / "bad"
-    for split in ("train", "test"):
-        source = workspace / "synth" / "synth_fabric" / split / "good"
-        shutil.copytree(source, root / "only_good" / "widget" / split / "good")
-    (root / "empty").mkdir()
-    prompts = torch.zeros(2, 3, 240, 240)
-    for category in CATEGORIES:
-        write_prompt_file(root / "k2" / f"{category}.pt", prompts)
-        (root / "garbage").mkdir(exist_ok=True)
-        (root / "garbage" / f"{category}.pt").write_bytes(b"junk" * 16)
-    return root
-
-
-@pytest.mark.cli
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--data", "bad/only_good", "--shots", "2"], "'widget': no anomalous test images"),
-        (["--data", "synth", "--shots", "7"], "train/good holds only 6"),
-        (["--data", "synth", "--shots", "2", "--prompts", "bad/empty"], "synth_fabric.pt: no such"),
-        (["--data", "synth", "--shots", "3", "--prompts", "bad/k2"], "but --shots is 3"),
-        (["--data", "synth", "--shots", "2", "--prompts", "bad/garbage"], "not a readable torch"),
-        (["--data", "synth", "--shots", "2", "--seeds", "0"], "--seeds"),
-        (["--data", "synth"], "no --shots"),
-        (["--shots", "2"], "no --data"),
-        (["--data", "nowhere", "--shots", "2"], "nowhere: no such data folder"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(
-    workspace, bad_inputs, args, message, capsys, monkeypatch
-):
-    monkeypatch.chdir(workspace)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", "-c", "tiny.safetensors", "--json", "-", *args])
-    assert exit_info.value.code == 2
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
-
-
-@pytest.mark.cli
-def test_bad_input_in_a_real_process(workspace, bad_inputs) -> None:
-    args = ["evaluate", "-c", "tiny.safetensors", "--data", "bad/only_good", "--shots", "2"]
-    result = run_inctrl(*args, cwd=workspace)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.startswith("error: category 'widget': no anomalous test images")
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-
-
-@pytest.mark.unit
-def test_plot_shows_every_category(report, tmp_path) -> None:
-    from PIL import Image
-
-    from inctrl.plots import plot_report
-
-    plot_report(report, tmp_path / "plots" / "report.png")
-    assert [p.name for p in (tmp_path / "plots").iterdir()] == ["report.png"]
-    with Image.open(tmp_path / "plots" / "report.png") as picture:
-        assert picture.format == "PNG"
-        # one column (ROC above, histogram below) per category
-        assert picture.width > picture.height * 0.8 * len(report.categories) / 2

@@ -10,16 +10,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import BUNDLE_CATEGORIES, perturb_heads, random_images, run_command
 
 from inctrl import InCTRL, Scores, get_config
 from inctrl_export.bundle import export_bundle
 from inctrl_export.graphs import graph_specs
-from inctrl_runtime.bundle import SCHEMA_VERSION
-from inctrl_runtime.detector import Detector, VerificationWarning
+from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import file_sha256
+from inctrl_runtime.manifest import SCHEMA_VERSION, VerificationWarning
 from inctrl_runtime.results import Scores as RuntimeScores
+
+from helpers import BUNDLE_CATEGORIES, perturb_heads, random_images, run_command
 
 ATOL_FP32 = 1e-4  # docs/model.md: ONNX Runtime fp32 vs inctrl
 ATOL_FP16 = 5e-3  # docs/model.md: fp16 vs inctrl fp32, scores

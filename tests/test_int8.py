@@ -10,26 +10,26 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import TINY, random_images, run_main, synth_data
 from onnx import numpy_helper
 
 from inctrl_export.bundle import export_bundle
-from inctrl_export.cli import main
-from inctrl_export.parity import AUROC_MARKS, DEFAULT_ATOL, OutputDiff, ParityReport
-from inctrl_export.quantize import (
-    DEFAULT_CALIBRATION_METHOD,
+from inctrl_export.calibration_images import (
     DEMO_IMAGES_PER_CATEGORY,
     MAX_CALIBRATION_IMAGES,
-    PRODUCT_KINDS,
     calibration_images,
     calibration_pixels,
     demo_calibration_images,
 )
+from inctrl_export.cli import main
+from inctrl_export.parity import AUROC_MARKS, DEFAULT_ATOL, OutputDiff, ParityReport
+from inctrl_export.quantize import DEFAULT_CALIBRATION_METHOD, PRODUCT_KINDS
 from inctrl_export.verify import verify_bundle
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.info import bundle_info, info_sections
 from inctrl_runtime.preprocess import Preprocessing, pixel_digest
 from inctrl_runtime.results import SCORE_FIELDS
+
+from helpers import TINY, random_images, run_main, synth_data
 
 CALIBRATION_IMAGES = 8
 # Mixed precision: every MLP output projection, all of the first block's products and the last

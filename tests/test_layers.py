@@ -1,10 +1,14 @@
-"""The import graph (README, "Layout"), read from the sources: arrows run bench -> export ->
-inctrl -> runtime, the runtime imports no torch-side package, and ``inctrl`` uses only the
-runtime's torch-free base (never onnxruntime, its engines or the Detector)."""
+"""The import graph (docs/architecture.md, "Layers"), read from the sources: arrows run bench ->
+export -> inctrl -> runtime, the runtime imports no torch-side package, ``inctrl`` uses only the
+runtime's torch-free base (never onnxruntime, its engines or the Detector), and the Triton
+models reach banks through ``references``, never through the Detector."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,12 +21,14 @@ TORCH_SIDE = ("torch", "torchvision", "open_clip", "safetensors", "onnx")
 TORCH_FREE_BASE = {
     "inctrl_runtime",
     "inctrl_runtime.console",
+    "inctrl_runtime.datasets",
     "inctrl_runtime.decisions",
     "inctrl_runtime.devices",
     "inctrl_runtime.errors",
     "inctrl_runtime.fewshot",
     "inctrl_runtime.files",
     "inctrl_runtime.heatmap",
+    "inctrl_runtime.output",
     "inctrl_runtime.preprocess",
     "inctrl_runtime.results",
     "inctrl_runtime.selection",
@@ -76,3 +82,25 @@ def test_torch_free_base_imports_no_onnxruntime() -> None:
 def test_export_imports_no_bench() -> None:
     for file, names in imports("export").items():
         assert not {n for n in names if top(n) == "inctrl_bench"}, file
+
+
+def test_triton_does_not_import_the_detector() -> None:
+    """Nothing under runtime/triton/ imports runtime/detector.py, directly or through another
+    module: the served models share the registered banks' home, not the Detector."""
+    for file, names in imports("runtime/triton").items():
+        assert "inctrl_runtime.detector" not in names, file
+    modules = sorted(
+        ".".join(("inctrl_runtime", *path.relative_to(ROOT / "runtime").with_suffix("").parts))
+        for path in (ROOT / "runtime" / "triton").glob("*.py")
+        if path.name != "__init__.py"
+    )
+    code = textwrap.dedent(
+        f"""
+        import importlib, sys
+        for name in {modules!r}:
+            importlib.import_module(name)
+        assert "inctrl_runtime.detector" not in sys.modules, "the detector was imported"
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import perturb_heads, random_images
 from PIL import Image
 
 from inctrl import InCTRL, InputError, get_config
 from inctrl.backbone import encode_texts, make_tokenizer
 from inctrl.residual import text_anomaly_score as residual_text_score
 from inctrl.text import prompt_ensemble
+
+from helpers import perturb_heads, random_images
 
 
 def naive_score(model: InCTRL, query: np.ndarray, prompts: list[np.ndarray], category: str):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_images
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
@@ -20,6 +19,8 @@ from inctrl_runtime.preprocess import (
     preprocess_many,
     resized_size,
 )
+
+from helpers import random_images
 
 # (width, height): square, landscape, portrait, odd crop offsets that Python's round-half-to-even
 # decides (241 x 500 -> 240 x 497, top 128.5 -> 128; 17 x 31 -> 240 x 437, top 98.5 -> 98),

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_inctrl
 
 from inctrl import InCTRL, ReferenceBank, get_config
 from inctrl.cli.prompts import run_prompts_make
@@ -16,6 +15,8 @@ from inctrl.evaluation import draw_prompts
 from inctrl.prompt_files import read_prompt_file
 from inctrl.synth import synthesize
 from inctrl_runtime.errors import InputError
+
+from helpers import run_inctrl
 
 pytestmark = pytest.mark.cli
 

@@ -12,16 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_images, run_command, run_inctrl
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from inctrl_runtime.bundle import MANIFEST, Bundle
+from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.engines.ort import ProviderFallbackWarning
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.manifest import MANIFEST
 from inctrl_runtime.references import NumpyBank
+
+from helpers import random_images, run_command, run_inctrl
 
 RUN = "inctrl_runtime.cli"
 
@@ -71,7 +73,7 @@ def test_runtime_scores_with_torch_unimportable(bundle: Path, pictures: dict) ->
         from inctrl_runtime.cli import main
         det = inctrl_runtime.Detector.open({str(bundle)!r})
         det.register("candle", {shots!r})
-        results = det.score("candle", {queries!r}, batch_size=2)
+        results = det.results("candle", {queries!r}, batch_size=2)
         results[0].heatmap()
         assert not any(m.split(".")[0] in BLOCKED for m in sys.modules), sorted(sys.modules)
         print(json.dumps([r.record() for r in results]))
@@ -130,7 +132,7 @@ def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path
     np.testing.assert_array_equal(saved.patches, bank.patches)
     assert saved.shots == 2 and saved.sources == tuple(str(p) for p in pictures["shots"])
     assert len(saved.digests) == 2 and saved.encoder_sha256 == detector.bundle.encoder_sha256
-    results = detector.score("metal_nut", pictures["queries"])
+    results = detector.results("metal_nut", pictures["queries"])
     assert [r.image for r in results] == [str(p) for p in pictures["queries"]]
     overlay = results[0].heatmap(caption=False)
     assert overlay.size == (240, 240) and overlay.mode == "RGB"
@@ -151,13 +153,14 @@ def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path
 
 @pytest.mark.cli
 def test_heatmaps_are_drawn_without_reading_the_images_again(
-    bundle: Path, pictures: dict, tmp_path: Path, monkeypatch
+    bundle: Path, pictures: dict, tmp_path: Path, image_reads
 ) -> None:
-    from inctrl_runtime.cli import run_score
+    """The runtime opens and decodes each image once, heatmaps on, over several batches."""
+    from inctrl_runtime.cli.score import run_score
 
     queries = [Path(shutil.copy(p, tmp_path / p.name)) for p in pictures["queries"]]
     detector = Detector.open(bundle)
-    results = detector.score("candle", queries, detector.reference(pictures["shots"]))
+    results = detector.results("candle", queries, detector.reference(pictures["shots"]))
     expected = np.asarray(results[0].heatmap())
     for path in queries:
         path.write_bytes(b"not an image any more")
@@ -166,18 +169,14 @@ def test_heatmaps_are_drawn_without_reading_the_images_again(
 
     for array, path in zip(random_images(3, seed=90, size=(250, 300)), queries, strict=True):
         Image.fromarray(array).save(path)
-    opened: list[str] = []
-    image_open = Image.open
-
-    def counting_open(fp, *args, **kwargs):
-        opened.append(str(fp))
-        return image_open(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", counting_open)
-    batches = run_score(bundle, "candle", queries, pictures["shots"][:1], heatmaps=tmp_path / "m")
+    image_reads.opened.clear()
+    image_reads.decoded = 0
+    batches = run_score(bundle, "candle", queries, pictures["shots"][:1], batch_size=2,
+                        heatmaps=tmp_path / "m")  # fmt: skip
     records = [record for batch in batches for record in batch]
     assert all(Path(r["heatmap"]).is_file() for r in records)
-    assert sorted(opened) == sorted(map(str, [*queries, pictures["shots"][0]]))  # once each
+    assert sorted(image_reads.opened) == sorted(map(str, [*queries, pictures["shots"][0]]))
+    assert image_reads.decoded == len(queries) + 1  # each image opened and decoded once
 
 
 @pytest.mark.parity
@@ -291,7 +290,7 @@ def test_bank_of_another_bundle_is_refused(
     Detector.open(other).register("candle", pictures["shots"])
     shutil.copytree(other / "references", bundle / "references")
     with pytest.raises(InputError, match="registered with another encoder"):
-        Detector.open(bundle).score("candle", pictures["queries"])
+        Detector.open(bundle).results("candle", pictures["queries"])
 
 
 @pytest.mark.unit

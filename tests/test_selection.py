@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_main, snapshot
 from PIL import Image
 
 import inctrl.cli
@@ -24,6 +23,7 @@ from inctrl_runtime.cli import main
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import list_images
+from inctrl_runtime.pool import select_prompts
 from inctrl_runtime.preprocess import pixel_digest
 from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.selection import (
@@ -34,6 +34,8 @@ from inctrl_runtime.selection import (
     random_draw,
     split_pool,
 )
+
+from helpers import run_main, snapshot
 
 
 def unit_tokens(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -225,7 +227,7 @@ def test_register_pool_never_registers_both_of_a_near_duplicate_pair(bundle, poo
     assert not {str(p) for p in pool["pair"]} <= set(bank.sources), bank.sources
     # What it printed is what the API selects, and what it registered.
     detector = Detector.open(bundle)
-    selection = detector.select(pool["files"], k)
+    selection = select_prompts(detector, pool["files"], k)
     chosen = [str(pool["files"][i]) for i in selection.indices]
     assert list(bank.sources) == chosen
     assert f"selected {k} of 7 images by coverage" in done.err
@@ -240,7 +242,12 @@ def test_select_follows_the_pool_not_its_order(bundle, pool) -> None:
     shuffled = random.Random(1).sample(files, len(files))
     for method in SELECTIONS:
         picks = [
-            [order[i] for i in detector.select(order, 3, method, seed=4, category="candle").indices]
+            [
+                order[i]
+                for i in select_prompts(
+                    detector, order, 3, method, seed=4, category="candle"
+                ).indices
+            ]
             for order in (files, shuffled, files)
         ]
         assert picks[0] == picks[1] == picks[2], method
@@ -278,7 +285,7 @@ def test_register_pool_calibrates_only_on_images_the_selection_never_saw(bundle,
     assert "calibrated on n = 3 images set apart; threshold at fpr 0.01: none" in done.err
     assert "needs at least 99 calibration images" in done.err
     # The bank records how its prompts were chosen; info shows it.
-    selection = detector.select(part, 2, "coverage", 3, "candle")
+    selection = select_prompts(detector, part, 2, "coverage", 3, "candle")
     assert bank.selection == {
         "method": "coverage", "pool": 4, "seed": 3,
         "mean_residual": selection.mean_residual, "calibration_set_apart": 3,

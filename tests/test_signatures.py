@@ -3,7 +3,6 @@ reads, and each engine against the manifest (names, ranks, dtypes, fixed dimensi
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,29 +11,14 @@ import onnx
 import pytest
 from PIL import Image
 
-from inctrl_runtime.bundle import MANIFEST, Bundle
+from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.cli import main as run_main
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import BundleError
-from inctrl_runtime.files import file_sha256
+from inctrl_runtime.manifest import MANIFEST
 
-
-def edit_manifest(bundle: Path, change) -> None:
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    change(manifest)
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
-
-
-def forge_file(bundle: Path, name: str, source: Path) -> None:
-    """Replace a bundle file and record its sha256 and size, as a careful forger would."""
-    shutil.copyfile(source, bundle / name)
-    edit_manifest(
-        bundle,
-        lambda m: m["files"][name].update(
-            sha256=file_sha256(bundle / name), bytes=(bundle / name).stat().st_size
-        ),
-    )
+from helpers import edit_manifest, forge
 
 
 def refused_in_one_line(bundle: Path, capsys, *words: str) -> str:
@@ -66,7 +50,7 @@ def test_renamed_output_in_the_manifest_is_refused(bundle: Path, capsys) -> None
 
 @pytest.mark.cli
 def test_head_swapped_for_the_encoder_with_a_forged_sha256_is_refused(bundle: Path, capsys) -> None:
-    forge_file(bundle, "head.onnx", bundle / "encoder.onnx")
+    forge(bundle, "head.onnx", lambda path: shutil.copyfile(bundle / "encoder.onnx", path))
     with pytest.raises(BundleError, match="head.onnx: its inputs differ"):
         Detector.open(bundle)
     refused_in_one_line(bundle, capsys, "head.onnx", "ref_patches")
@@ -112,7 +96,7 @@ def test_a_graph_renamed_with_its_manifest_is_still_not_what_the_runtime_reads(
         node.output[:] = ["final" if out == "score" else out for out in node.output]
     next(o for o in graph.graph.output if o.name == "score").name = "final"
     onnx.save(graph, str(tmp_path / "renamed.onnx"))
-    forge_file(bundle, "head.onnx", tmp_path / "renamed.onnx")
+    forge(bundle, "head.onnx", lambda path: shutil.copyfile(tmp_path / "renamed.onnx", path))
     edit_manifest(bundle, lambda m: head_output(m, "score").update(name="final"))
     refused_in_one_line(bundle, capsys, "not what this runtime reads", "score")
 

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import random_images
 from PIL import Image
 
 import inctrl.state
 from inctrl import InCTRL, InputError, ReferenceBank, TextPrior, get_config
 
+from helpers import random_images
+
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def model() -> InCTRL:
+def unperturbed() -> InCTRL:
     torch.manual_seed(0)
     return InCTRL(get_config("tiny"))
 
@@ -35,13 +36,13 @@ def prompt_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def bank(model: InCTRL, prompt_paths: list[Path]) -> ReferenceBank:
-    return model.reference(prompt_paths)
+def bank(unperturbed: InCTRL, prompt_paths: list[Path]) -> ReferenceBank:
+    return unperturbed.reference(prompt_paths)
 
 
 @pytest.fixture(scope="module")
-def prior(model: InCTRL) -> TextPrior:
-    return model.text_prior("candle")
+def prior(unperturbed: InCTRL) -> TextPrior:
+    return unperturbed.text_prior("candle")
 
 
 def files_in(folder: Path) -> list[str]:
@@ -218,12 +219,12 @@ def test_failing_save_keeps_the_old_file(
 
 # ------------------------------------------------------------------------ digests
 def test_digests_do_not_depend_on_the_source_type(
-    model: InCTRL, bank: ReferenceBank, prompt_paths: list[Path]
+    unperturbed: InCTRL, bank: ReferenceBank, prompt_paths: list[Path]
 ) -> None:
     images = [Image.open(p) for p in prompt_paths]
     arrays = [np.asarray(Image.open(p)) for p in prompt_paths]
-    from_images = model.reference(images)
-    from_arrays = model.reference(arrays)
+    from_images = unperturbed.reference(images)
+    from_arrays = unperturbed.reference(arrays)
     assert from_images.digests == bank.digests
     assert from_arrays.digests == bank.digests
     assert torch.equal(from_images.patches, bank.patches)
@@ -232,9 +233,9 @@ def test_digests_do_not_depend_on_the_source_type(
 
 
 def test_digest_of_an_image_does_not_depend_on_its_batch(
-    model: InCTRL, bank: ReferenceBank, prompt_paths: list[Path]
+    unperturbed: InCTRL, bank: ReferenceBank, prompt_paths: list[Path]
 ) -> None:
-    alone = model.reference([prompt_paths[1]])
+    alone = unperturbed.reference([prompt_paths[1]])
     assert alone.digests == (bank.digests[1],)
-    reordered = model.reference([prompt_paths[2], prompt_paths[0]])
+    reordered = unperturbed.reference([prompt_paths[2], prompt_paths[0]])
     assert reordered.digests == (bank.digests[2], bank.digests[0])

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from inctrl_runtime.engines import cuda as cuda_module
-from inctrl_runtime.engines import trt as trt_module
-from inctrl_runtime.engines.cuda import CUDA_API, gpu_problem
-from inctrl_runtime.engines.trt import TRT_RUNNER_API, tensorrt_runtimes
+from inctrl_runtime.engines.tensorrt import cuda as cuda_module
+from inctrl_runtime.engines.tensorrt.cuda import CUDA_API, gpu_problem
+from inctrl_runtime.engines.tensorrt.runtimes import TRT_RUNNER_API, tensorrt_runtimes
 
-ENGINES = Path(trt_module.__file__).parent
+RUNNER = Path(cuda_module.__file__).parent
 LEAN = "tensorrt_lean_bindings"
 NO_GPU = gpu_problem(0)
 
@@ -69,7 +68,8 @@ TRT_RECEIVERS = {
     "trt_engine": "ICudaEngine",
     "trt_context": "IExecutionContext",
 }
-TRT_FILES = sorted(ENGINES.glob("trt*.py"))
+# The runner's files: every module of the package but the CUDA layer.
+TRT_FILES = sorted(path for path in RUNNER.glob("*.py") if path.name != "cuda.py")
 
 
 def dotted_pairs(names: tuple[str, ...]) -> set[tuple[str, str]]:
@@ -150,7 +150,7 @@ def test_the_tensorrt_logger_keeps_tensorrt_s_errors() -> None:
     code = textwrap.dedent(
         f"""
         import json, os, {LEAN} as trt
-        from inctrl_runtime.engines.trt import _error_log_class
+        from inctrl_runtime.engines.tensorrt.runtimes import _error_log_class
         log = _error_log_class(trt)()
         runtime = trt.Runtime(log)
         print(json.dumps(log.errors), flush=True)

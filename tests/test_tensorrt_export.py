@@ -18,23 +18,19 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import BUNDLE_CATEGORIES, run_main, snapshot
 
 import inctrl_export
 from inctrl_export.cli import app, main
 from inctrl_export.parity import OutputDiff, ParityReport
 from inctrl_export.tensorrt import BUILDER_API, default_timing_cache, graph_profiles, off_opt
 from inctrl_export.tensorrt_checks import check_no_plans, export_command
-from inctrl_runtime.bundle import MANIFEST, Bundle
-from inctrl_runtime.engines.plans import (
-    ENGINES_KEY,
-    Build,
-    ComputeCapability,
-    PlanRecord,
-    build_key,
-    plan_file,
-)
+from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.engines.tensorrt.cuda import ComputeCapability
+from inctrl_runtime.engines.tensorrt.plans import Build, PlanRecord, build_key, plan_file
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.manifest import ENGINES_KEY, MANIFEST
+
+from helpers import BUNDLE_CATEGORIES, run_main, snapshot
 
 BUILDER_SOURCE = Path(inctrl_export.__file__).parent / "tensorrt_build.py"
 # The builder's variables, by the TensorRT class each holds (the naming the builder keeps to).
@@ -235,7 +231,7 @@ def test_the_timing_cache_lives_beside_the_bundle(tmp_path: Path) -> None:
 @pytest.mark.cli
 def test_without_a_builder_or_gpu_one_line_says_which(bundle: Path, tiny_checkpoint: Path):
     from inctrl_export.tensorrt import builder_problem
-    from inctrl_runtime.engines.cuda import gpu_problem
+    from inctrl_runtime.engines.tensorrt.cuda import gpu_problem
 
     if builder_problem() is None:
         pytest.skip("this machine has TensorRT's builder and a CUDA GPU")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FULL, VARIED_SIZES, random_images, run_command
 from PIL import Image
 
 from inctrl.loading import load_model
@@ -29,10 +28,12 @@ from inctrl_export.tensorrt import TensorrtBuild, build_engines
 from inctrl_export.tensorrt_checks import TRT_QUANTIZATION
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.detector import Detector
-from inctrl_runtime.engines.cuda import compute_capability, gpu_problem
-from inctrl_runtime.engines.plans import plan_file
+from inctrl_runtime.engines.tensorrt.cuda import compute_capability, gpu_problem
+from inctrl_runtime.engines.tensorrt.plans import plan_file
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.results import SCALAR_FIELDS, SCORE_FIELDS
+
+from helpers import FULL, VARIED_SIZES, random_images, run_command
 
 
 def _builder_problem() -> str | None:

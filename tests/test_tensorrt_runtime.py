@@ -19,14 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_main
 
-from inctrl_runtime.bundle import GRAPH_CONTRACT, Bundle
+from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.cli import main as inctrl_run
+from inctrl_runtime.contract import GRAPH_CONTRACT
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.devices import parse_device
 from inctrl_runtime.engines import TensorSpec
-from inctrl_runtime.engines.cuda import (
+from inctrl_runtime.engines.tensorrt.buffers import aligned_rows, chunks
+from inctrl_runtime.engines.tensorrt.cuda import (
+    ComputeCapability,
     DeviceMemory,
     Event,
     GpuError,
@@ -39,21 +41,21 @@ from inctrl_runtime.engines.cuda import (
     gpu_name,
     gpu_problem,
 )
-from inctrl_runtime.engines.plans import (
+from inctrl_runtime.engines.tensorrt.plan_io import Binding, PlanIO
+from inctrl_runtime.engines.tensorrt.plans import (
     Build,
-    ComputeCapability,
     PlanRecord,
     build_key,
-    check_sizes,
     choose_build,
     plan_file,
+    profile_sizes,
     profiles,
     read_builds,
     read_plan,
 )
-from inctrl_runtime.engines.trt_buffers import aligned_rows, chunks
-from inctrl_runtime.engines.trt_io import Binding, PlanIO
 from inctrl_runtime.errors import BundleError, InputError
+
+from helpers import run_main
 
 LEAN = "tensorrt_lean_bindings"
 L4 = ComputeCapability(8, 9)
@@ -110,16 +112,16 @@ def test_plan_names_carry_precision_tensorrt_version_and_gpu() -> None:
 
 @pytest.mark.unit
 def test_profile_sizes_are_checked() -> None:
-    assert check_sizes([1, 8, 32], "--batch") == (1, 8, 32)
-    assert check_sizes([8], "--batch") == (8, 8, 8)
+    assert profile_sizes([1, 8, 32], "--batch") == (1, 8, 32)
+    assert profile_sizes([8], "--batch") == (8, 8, 8)
     for sizes in ([8, 1, 32], [0, 1, 2], [1, 2], [1, 2, 3, 4], [True, 2, 3], []):
         with pytest.raises(InputError, match="--shots .*MIN,OPT,MAX in increasing order"):
-            check_sizes(sizes, "--shots")
+            profile_sizes(sizes, "--shots")
 
 
 @pytest.mark.unit
 def test_profiles_come_from_the_graph_contract(tiny_bundle: Path) -> None:
-    sizes = Bundle.open(tiny_bundle).model.sizes()  # tiny: L 3, P 225, D 64, E 32
+    sizes = Bundle.open(tiny_bundle).model  # tiny: L 3, P 225, D 64, E 32
     encoder = profiles(GRAPH_CONTRACT["encoder"][0], sizes, (1, 8, 32), (1, 2, 8))
     assert encoder == {"image": ((1, 3, 240, 240), (8, 3, 240, 240), (32, 3, 240, 240))}
     head = profiles(GRAPH_CONTRACT["head"][0], sizes, (2, 4, 16), (1, 2, 8))
@@ -140,11 +142,11 @@ def test_build_records_round_trip_through_the_manifest() -> None:
     )  # fmt: skip
     record = json.loads(json.dumps(build.to_manifest()))  # what the manifest file holds
     assert Build.from_manifest(build.key, record) == build
-    assert read_builds({"engines": {build.key: record}}, Path("m.json")) == {build.key: build}
-    assert read_builds({}, Path("m.json")) == {}
+    assert read_builds({build.key: record}, Path("m.json")) == {build.key: build}
+    assert read_builds(None, Path("m.json")) == {}
     del record["precision"]
     with pytest.raises(BundleError, match="m.json: its TensorRT engines record is incomplete"):
-        read_builds({"engines": {build.key: record}}, Path("m.json"))
+        read_builds({build.key: record}, Path("m.json"))
 
 
 @pytest.mark.unit
@@ -358,8 +360,8 @@ def test_the_tensorrt_runner_imports_without_torch() -> None:
         import sys
         import {LEAN}
         import inctrl_runtime.detector
-        from inctrl_runtime.engines import cuda, trt
-        print(trt.tensorrt_runtimes()["tensorrt-lean"], cuda.gpu_problem() is None)
+        from inctrl_runtime.engines.tensorrt import cuda, engine, runtimes
+        print(runtimes.tensorrt_runtimes()["tensorrt-lean"], cuda.gpu_problem() is None)
         side = ("torch", "inctrl", "inctrl_export", "onnxruntime")
         assert not [m for m in sys.modules if m.split(".")[0] in side], sorted(sys.modules)
         """

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturb_heads
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -30,6 +29,8 @@ from inctrl.training import TrainConfig, focal_loss, train
 from inctrl.training.loop import FeatureStore
 from inctrl.training.sampling import BalancedSampler, training_set
 from inctrl_runtime.files import file_sha256
+
+from helpers import perturb_heads
 
 SHORT = TrainConfig(epochs=2, steps_per_epoch=4, batch_size=4)
 

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    BUNDLE_CATEGORIES,
-    CATEGORY,
-    VARIED_SIZES,
-    png_bytes,
-    random_images,
-    require_serving,
-    run_main,
-)
 from PIL import Image
 
 from inctrl_runtime.cli import main as inctrl_run
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import (
     Preprocessing,
-    decode_image,
     describe,
     load_image,
     preprocess,
@@ -47,6 +37,16 @@ from inctrl_runtime.triton.client import (
 )
 from inctrl_runtime.triton.names import ENCODER, OUTPUTS
 from inctrl_runtime.triton.server import TritonServer, free_port
+
+from helpers import (
+    BUNDLE_CATEGORIES,
+    CATEGORY,
+    VARIED_SIZES,
+    png_bytes,
+    random_images,
+    require_serving,
+    run_main,
+)
 
 THREADS, PER_THREAD = 8, 25
 OTHER = BUNDLE_CATEGORIES[1]  # metal_nut: registered, not calibrated
@@ -131,7 +131,7 @@ def test_the_bytes_sent_are_the_file_or_the_same_pixels(tmp_path: Path) -> None:
     np.save(tmp_path / "q.npy", rgb)
     rgba = Image.fromarray(rgb).convert("RGBA")
     for source in (rgb, gray16, rgba, tmp_path / "q.npy"):
-        sent = decode_image(encoded_image(source))
+        sent = load_image(encoded_image(source))
         want = load_image(source)
         assert sent.mode == want.mode and sent.size == want.size
         assert np.array_equal(preprocess(sent), preprocess(want))
@@ -148,13 +148,13 @@ def test_the_bytes_sent_are_the_file_or_the_same_pixels(tmp_path: Path) -> None:
 def test_no_server_is_one_line_naming_the_address(scheme: str) -> None:
     client = TritonClient(f"{scheme}://127.0.0.1:{free_port()}", timeout_s=10)
     assert client.ready() is False
-    for call in (client.statistics, lambda: client.score(CATEGORY, random_images(1))):
+    for call in (client.statistics, lambda: client.records(CATEGORY, random_images(1))):
         with pytest.raises(InputError, match="no answer from a Triton server") as refused:
             call()
         assert client.url in str(refused.value) and "\n" not in str(refused.value)
     with pytest.raises(InputError, match="--concurrency 0: give at least 1"):
-        client.score(CATEGORY, random_images(1), concurrency=0)
-    assert client.score(CATEGORY, []) == []  # nothing to send: no connection needed
+        client.records(CATEGORY, random_images(1), concurrency=0)
+    assert client.records(CATEGORY, []) == []  # nothing to send: no connection needed
 
 
 @pytest.mark.cli
@@ -222,13 +222,13 @@ def test_records_equal_the_runtimes_over_both_protocols(triton_server, tmp_path,
     detector = Detector.open(triton_server.bundle)
     queries = [*files, array]
     for category in BUNDLE_CATEGORIES:
-        want = [r.record() for r in detector.score(category, queries, fpr=triton_server.fpr)]
-        got = client.score(category, queries, concurrency=2)
+        want = [r.record() for r in detector.results(category, queries, fpr=triton_server.fpr)]
+        got = client.records(category, queries, concurrency=2)
         assert_same_records(got, want)
         calibrated = category == CATEGORY  # candle: decisions at the server's rate
         assert all((r["p_value"] is not None) == calibrated for r in got), category
         assert all((r["anomalous"] is not None) == calibrated for r in got), category
-    assert client.score(OTHER, files[0]) == client.score(OTHER, [files[0]])
+    assert client.records(OTHER, files[0]) == client.records(OTHER, [files[0]])
     detector.close()
     # the statistics API read the same over both protocols (gRPC's counts come as strings)
     stats = client.statistics()
@@ -244,13 +244,13 @@ def test_a_refused_request_is_named_and_the_next_is_answered(triton_server, tmp_
     files = query_files(tmp_path, 2, seed=62)
     (tmp_path / "bad.png").write_bytes(b"GIF89a not really")
     with pytest.raises(InputError) as refused:
-        client.score("nope", files)
+        client.records("nope", files)
     message = str(refused.value)
     assert message.startswith(f"{files[0]}: the server at {client.url} refused it")
     assert "category 'nope' has no text prior" in message and "\n" not in message
     with pytest.raises(InputError, match="bad.png: .*not a readable image"):
-        client.score(CATEGORY, [files[0], tmp_path / "bad.png", files[1]], concurrency=3)
-    assert len(client.score(CATEGORY, files, concurrency=2)) == 2
+        client.records(CATEGORY, [files[0], tmp_path / "bad.png", files[1]], concurrency=3)
+    assert len(client.records(CATEGORY, files, concurrency=2)) == 2
 
 
 ECHO_CONFIG = """name: "echo"
@@ -282,7 +282,7 @@ def test_a_server_without_the_entry_point_is_not_ready(tmp_path: Path) -> None:
             client = TritonClient(url)
             assert client.ready() is False
             with pytest.raises(InputError, match="the server runs but its model 'inctrl' is not"):
-                client.score(CATEGORY, random_images(1))
+                client.records(CATEGORY, random_images(1))
             assert set(client.statistics()) == {"echo"}
 
 
@@ -325,7 +325,7 @@ def test_load_none_lost_or_swapped_and_the_encoder_batches(triton_server, tmp_pa
         (category, index): record
         for category in BUNDLE_CATEGORIES
         for index, record in enumerate(
-            r.record() for r in detector.score(category, images, fpr=triton_server.fpr)
+            r.record() for r in detector.results(category, images, fpr=triton_server.fpr)
         )
     }
     detector.close()

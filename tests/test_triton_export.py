@@ -5,8 +5,8 @@ and the head's check of the encoder file; and the exported python repository ser
 tritonserver. Refusals and the command line: tests/test_triton_export_checks.py.
 
 No GPU and no TensorRT here: the ``tensorrt`` variant is written from a manifest engines record
-(the real format, ``inctrl_runtime.engines.plans.Build``) and a plan file whose bytes the test
-makes up (``conftest.record_plan``). That is honest because the export never deserializes a
+(the real format, ``inctrl_runtime.engines.tensorrt.plans.Build``) and a plan file whose bytes
+the test makes up (``helpers.record_plan``). That is honest because the export never deserializes a
 plan: it checks the file's size and sha256 against the record and copies it. Whether a real plan
 serves is for a GPU machine with NVIDIA's Triton container (README, "Serving with Triton").
 """
@@ -20,22 +20,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import (
-    CATEGORY,
-    PLAN_BYTES,
-    TRITON_FPR,
-    random_images,
-    read_triton_configs,
-    require_serving,
-)
 from tritonclient.grpc import model_config_pb2
 
 from inctrl_export.triton import export_triton
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.detector import Detector
-from inctrl_runtime.engines.plans import ENGINES_KEY
 from inctrl_runtime.errors import BundleError
-from inctrl_runtime.triton.head import check_encoder_file
+from inctrl_runtime.manifest import read_manifest
+from inctrl_runtime.triton.head_stage import check_encoder_file
 from inctrl_runtime.triton.names import (
     BUNDLE_COPY,
     ENCODER,
@@ -44,6 +36,15 @@ from inctrl_runtime.triton.names import (
     HEAD,
     MODELS,
     VERSION,
+)
+
+from helpers import (
+    CATEGORY,
+    PLAN_BYTES,
+    TRITON_FPR,
+    random_images,
+    read_triton_configs,
+    require_serving,
 )
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
@@ -197,15 +198,15 @@ def test_the_bundle_travels_with_the_repository(
     encoder.onnx, or the recorded plan's bytes."""
     backend, repository = exported
     copy = Bundle.open(repository / HEAD / BUNDLE_COPY, check_files=True)
-    assert copy.manifest == Bundle.open(exportable_bundle).manifest
+    assert read_manifest(copy.path) == read_manifest(exportable_bundle)
     assert (
         copy.reference_path("candle").read_bytes()
         == (exportable_bundle / "references" / "candle.npz").read_bytes()
     )
     if backend in ENCODER_FILES:
         served = (repository / ENCODER / VERSION / ENCODER_FILES[backend]).read_bytes()
-        (build,) = copy.manifest[ENGINES_KEY].values()
-        recorded = {copy.encoder_sha256, build["plans"]["encoder"]["sha256"]}
+        (build,) = copy.builds.values()
+        recorded = {copy.encoder_sha256, build.plans["encoder"].sha256}
         assert hashlib.sha256(served).hexdigest() in recorded
     if backend == "tensorrt":
         assert served == PLAN_BYTES
@@ -249,12 +250,12 @@ def test_the_exported_repository_serves_without_the_bundle_it_came_from(
     images = random_images(3, seed=41)
     detector = Detector.open(bundle)
     try:
-        want = [r.record() for r in detector.score(CATEGORY, images, fpr=TRITON_FPR)]
+        want = [r.record() for r in detector.results(CATEGORY, images, fpr=TRITON_FPR)]
     finally:
         detector.close()
     shutil.rmtree(bundle)
     with TritonServer(repository) as server:
-        got = TritonClient(server.http_url).score(CATEGORY, images)
+        got = TritonClient(server.http_url).records(CATEGORY, images)
     assert want[0]["threshold"] is not None  # calibrated: the decisions are compared too
     for served, local in zip(got, want, strict=True):
         for name, value in local.items():

@@ -2,7 +2,7 @@
 damaged bundle or plan, no plans, a profile under --max-batch, builds to choose from, bad
 options, an --out that exists or holds the bundle), and its command line (what it says, --help).
 
-The plans here are manifest records with made-up bytes (``conftest.record_plan``): the export
+The plans here are manifest records with made-up bytes (``helpers.record_plan``): the export
 only checks a plan's size and sha256 against its record and copies it.
 """
 
@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from inctrl_export.cli import main
+from inctrl_export.triton import export_triton
+from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.triton.names import ENCODER, HEAD, VERSION
+
+from helpers import (
     PLAN_BYTES,
     PLAN_TENSORRT,
     read_triton_configs,
@@ -19,11 +25,6 @@ from conftest import (
     run_main,
     snapshot,
 )
-
-from inctrl_export.cli import main
-from inctrl_export.triton import export_triton
-from inctrl_runtime.errors import BundleError, InputError
-from inctrl_runtime.triton.names import ENCODER, HEAD, VERSION
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 

@@ -14,24 +14,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import (
-    BUNDLE_CATEGORIES,
-    CATEGORY,
-    TRITON_FPR,
-    VARIED_SIZES,
-    png_bytes,
-    random_images,
-    register_served,
-)
 
 from inctrl_runtime.bundle import Bundle
-from inctrl_runtime.decisions import Calibration
+from inctrl_runtime.decisions import Calibration, decision_arrays
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256
+from inctrl_runtime.manifest import read_manifest
 from inctrl_runtime.results import SCORE_FIELDS
 from inctrl_runtime.triton.configs import encoder_config
-from inctrl_runtime.triton.head import HeadStage, decision_arrays
+from inctrl_runtime.triton.head_stage import HeadStage
 from inctrl_runtime.triton.names import (
     BUNDLE_COPY,
     CONFIG,
@@ -41,6 +33,7 @@ from inctrl_runtime.triton.names import (
     IMAGE,
     MODELS,
     OUTPUTS,
+    PIXELS,
     PREPROCESS,
     PYTHON_MODEL,
     VERSION,
@@ -55,6 +48,16 @@ from inctrl_runtime.triton.stages import (
     PreprocessStage,
     concatenate,
     split,
+)
+
+from helpers import (
+    BUNDLE_CATEGORIES,
+    CATEGORY,
+    TRITON_FPR,
+    VARIED_SIZES,
+    png_bytes,
+    random_images,
+    register_served,
 )
 
 pytest.importorskip("tritonclient.grpc", reason="parsing config.pbtxt needs tritonclient[grpc]")
@@ -112,7 +115,7 @@ def test_configs_parse_and_are_wired_with_the_graphs(repository, served_bundle):
     head_in, head_out = onnx_signature(served_bundle / "head.onnx")
     assert tensors(configs[ENCODER].input) == encoder_in
     assert tensors(configs[ENCODER].output) == encoder_out
-    assert tensors(configs[PREPROCESS].output) == encoder_in
+    assert tensors(configs[PREPROCESS].output) == {PIXELS: encoder_in["image"]}
     features = {k: v for k, v in head_in.items() if k in encoder_out}
     assert features == encoder_out
     assert tensors(configs[HEAD].input) == {**features, CATEGORY_INPUT: [1]}
@@ -211,7 +214,7 @@ def test_a_copied_bundle_travels_with_the_repository(served_bundle, tiny_bundle,
         served_bundle, tmp_path / "r", categories=[CATEGORY], copy_bundle=True
     )
     copy = repository / HEAD / BUNDLE_COPY
-    assert Bundle.open(copy).manifest == Bundle.open(served_bundle).manifest
+    assert read_manifest(copy) == read_manifest(served_bundle)
     assert [p.name for p in (copy / "references").iterdir()] == [f"{CATEGORY}.npz"]
     args = ModelArgs.parse(load_args(repository, HEAD))
     assert args.parameters["bundle"] == f"{HEAD}/{BUNDLE_COPY}"
@@ -246,7 +249,7 @@ def test_stages_score_as_the_detector_and_refuse_requests_alone(repository, serv
     ]
     pixels = preprocess.run(requests)
     assert isinstance(pixels[1], InputError) and "not a readable image" in str(pixels[1])
-    good = [pixels[0], pixels[2]]
+    good = [{"image": pixels[0][PIXELS]}, {"image": pixels[2][PIXELS]}]  # the ensemble's map
     features = encoder.run(good)
     assert [len(f["patches"]) for f in features] == [2, 3]
     names = [[CATEGORY, OTHER], [OTHER, CATEGORY, CATEGORY]]
@@ -264,7 +267,7 @@ def test_stages_score_as_the_detector_and_refuse_requests_alone(repository, serv
     for answer, queries, categories in order:
         assert set(answer) == set(OUTPUTS)
         for row, (image, category) in enumerate(zip(queries, categories, strict=True)):
-            (result,) = detector.score(category, [image], fpr=head.fpr)
+            (result,) = detector.results(category, [image], fpr=head.fpr)
             for name in SCORE_FIELDS:
                 want = np.atleast_1d(getattr(result, name))
                 assert np.abs(answer[name][row] - want).max() <= 1e-5, name
@@ -290,7 +293,7 @@ def test_the_head_serves_a_bank_registered_anew(repository, served_bundle, tmp_p
     detector.register(OTHER, random_images(3, seed=81))
     after = head.run([request])[0]["score"]
     assert abs(float(after[0, 0]) - float(before[0, 0])) > 1e-6
-    assert abs(float(after[0, 0]) - detector.score(OTHER, image)[0].score) <= 1e-6
+    assert abs(float(after[0, 0]) - detector.results(OTHER, image)[0].score) <= 1e-6
     (bundle / "references" / f"{OTHER}.npz").unlink()
     (answer,) = head.run([request])
     assert f"category '{OTHER}' is not registered" in str(answer)

@@ -24,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+
+from inctrl_runtime.cli import main as inctrl_run
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.results import SCORE_FIELDS
+from inctrl_runtime.triton.names import CATEGORY as CATEGORY_INPUT
+from inctrl_runtime.triton.names import ENCODER, ENSEMBLE, IMAGE, OUTPUTS
+from inctrl_runtime.triton.repository import write_repository
+from inctrl_runtime.triton.server import TritonServer
+
+from helpers import (
     BUNDLE_CATEGORIES,
     CATEGORY,
     TRITON_FPR,
@@ -36,14 +45,6 @@ from conftest import (
     run_main,
     serve_bundle,
 )
-
-from inctrl_runtime.cli import main as inctrl_run
-from inctrl_runtime.errors import InputError
-from inctrl_runtime.results import SCORE_FIELDS
-from inctrl_runtime.triton.names import CATEGORY as CATEGORY_INPUT
-from inctrl_runtime.triton.names import ENCODER, ENSEMBLE, IMAGE, OUTPUTS
-from inctrl_runtime.triton.repository import write_repository
-from inctrl_runtime.triton.server import TritonServer
 
 pytestmark = pytest.mark.parity
 TIMEOUT_S = 60.0
@@ -160,7 +161,7 @@ def test_concurrent_requests_of_both_categories_batch_in_the_encoder(triton_serv
     categories = [BUNDLE_CATEGORIES[i % 2] for i in range(len(images))]
     detector = Detector.open(triton_server.bundle)
     want = [
-        detector.score(c, [image])[0].score for c, image in zip(categories, images, strict=True)
+        detector.results(c, [image])[0].score for c, image in zip(categories, images, strict=True)
     ]
     encoded = [png_bytes(image) for image in images]
     before = encoder_batches(triton_server.http_url)

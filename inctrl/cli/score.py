@@ -23,21 +23,15 @@ from inctrl_runtime.console import (
     warn,
 )
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.preprocess import model_views
-from inctrl_runtime.results import (
-    Result,
-    Scores,
-    check_heatmaps,
-    print_scored,
-    records,
-    results,
-)
+from inctrl_runtime.output import check_heatmaps, print_scored, to_records
+from inctrl_runtime.preprocess import decode
+from inctrl_runtime.results import Result, Scores, to_results
 
 
 def run_score(
     checkpoint: Path | None,
     category: str | None,
-    shots: Sequence[Path],
+    shot_images: Sequence[Path],
     queries: Sequence[Path],
     device: str = "cpu",
     precision: str = "fp32",
@@ -50,12 +44,12 @@ def run_score(
 
     Each record holds ``image`` (the path as given) and every head output, the patch map as a
     flat list of P floats (row-major over the patch grid). ``bank_file`` (a ReferenceBank saved
-    by ``inctrl prompts make`` or the Python API) replaces the shots.
+    by ``inctrl prompts make`` or the Python API) replaces the ``shot_images``.
     """
     require_category(category)
-    if not shots and bank_file is None:
+    if not shot_images and bank_file is None:
         raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
-    if shots and bank_file is not None:
+    if shot_images and bank_file is not None:
         raise InputError("give either --shot images or --bank, not both")
     if not queries:
         raise InputError("no query images given: list the images to score after the options")
@@ -63,7 +57,7 @@ def run_score(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if checkpoint is not None:
         require_files([checkpoint], "checkpoint")
-    require_files(shots, "--shot image")
+    require_files(shot_images, "--shot image")
     require_files([bank_file] if bank_file else [], "--bank")
     require_files(queries, "query image")
     check_heatmaps(heatmaps)
@@ -72,17 +66,19 @@ def run_score(
 
     with status("loading model"):
         model = load_model(checkpoint, clip_weights, device, precision, notice=warn)
-        bank = ReferenceBank.load(bank_file) if bank_file else model.reference(list(shots))
+        bank = ReferenceBank.load(bank_file) if bank_file else model.reference(list(shot_images))
         prior = model.text_prior(category)
 
     scored: list[Result] = []
     chunks = [list(queries[i : i + batch_size]) for i in range(0, len(queries), batch_size)]
     for chunk in track(chunks, description="scoring", console=stderr, disable=not interactive()):
-        views = model_views(chunk, model.preprocessing)  # decoded once: scores and heatmaps
+        decoded = [decode(query, model.preprocessing) for query in chunk]  # once: scores, heatmaps
+        views = [image.view for image in decoded]
         scores = model.score(views, bank, prior, batch_size=batch_size)
         arrays = Scores(*(field.cpu().numpy() for field in scores))
-        scored.extend(results(chunk, arrays, model.preprocessing, views))
-    return records(scored, heatmaps)
+        names = [image.name for image in decoded]
+        scored.extend(to_results(names, views, arrays, model.preprocessing))
+    return to_records(scored, heatmaps)
 
 
 @app.command()

@@ -10,7 +10,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from inctrl.data import ANOMALOUS, NORMAL, Sample, by_category
+from inctrl.data import by_category
+from inctrl_runtime.datasets import ANOMALOUS, NORMAL, Sample
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import choose_prompts
 

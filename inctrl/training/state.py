@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from inctrl.data import ANOMALOUS, NORMAL
 from inctrl.state import read_kind
 from inctrl.training.config import TrainConfig
 from inctrl.training.sampling import BalancedSampler
+from inctrl_runtime.datasets import ANOMALOUS, NORMAL
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import atomic_path
 

@@ -7,9 +7,8 @@ checked against the manifest's record of its graph before it is used, so that a 
 not match its manifest is refused in one line instead of failing inside the backend.
 
 Backends: ``OrtEngine`` (onnxruntime, any execution provider; ``inctrl_runtime.engines.ort``)
-and ``TrtEngine`` (a native TensorRT plan on the full or the lean TensorRT runtime;
-``inctrl_runtime.engines.trt``, with ``cuda`` for the CUDA runtime and ``plans`` for the plans'
-names and manifest records).
+and ``TrtEngine`` (a native TensorRT plan on the full or the lean TensorRT runtime; the package
+``inctrl_runtime.engines.tensorrt``).
 """
 
 from __future__ import annotations
@@ -19,17 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from inctrl_runtime.errors import BundleError
+from inctrl_runtime.errors import BundleError, InputError
 
 if TYPE_CHECKING:
     from inctrl_runtime.bundle import Bundle, GraphInfo
+    from inctrl_runtime.engines.tensorrt.plans import Build
 
 REEXPORT = "re-export it with inctrl-export onnx"
-
-
-class VerificationWarning(UserWarning):
-    """The bundle's own export check (or a TensorRT build's) found outputs outside the parity
-    tolerance."""
 
 
 @dataclass(frozen=True)
@@ -118,21 +113,28 @@ def signature_difference(found: tuple[TensorSpec, ...], wanted: tuple[TensorSpec
 
 
 def open_engines(
-    bundle: Bundle, device: str = "cpu", threads: int | None = None, strict: bool = True
+    bundle: Bundle,
+    device: str = "cpu",
+    threads: int | None = None,
+    strict: bool = True,
+    build: Build | str | None = None,
 ) -> dict[str, Engine]:
     """Open the bundle's encoder and head on ``device``, each checked against the manifest.
 
-    ``tensorrt[:N]`` runs the bundle's native TensorRT plans on GPU N (``open_trt_engines``;
-    ``threads`` and ``strict`` do not apply: there is no CPU fallback for a plan). The other
-    devices are onnxruntime's execution providers: ``cpu``, ``cuda[:N]`` and ``ort-tensorrt[:N]``
-    (its TensorRT provider, building its own engines from the ONNX graphs).
+    ``tensorrt[:N]`` runs the bundle's native TensorRT plans on GPU N (``open_trt_engines``:
+    ``build`` picks a build by key or gives one not yet recorded; ``threads`` and ``strict`` do
+    not apply: there is no CPU fallback for a plan). The other devices are onnxruntime's
+    execution providers: ``cpu``, ``cuda[:N]`` and ``ort-tensorrt[:N]`` (its TensorRT provider,
+    building its own engines from the ONNX graphs); a ``build`` for them is refused.
     """
     from inctrl_runtime.devices import parse_device
 
     if parse_device(device).kind == "tensorrt":
-        from inctrl_runtime.engines.trt import open_trt_engines
+        from inctrl_runtime.engines.tensorrt.engine import open_trt_engines
 
-        return dict(open_trt_engines(bundle, device))
+        return dict(open_trt_engines(bundle, device, build))
+    if build is not None:
+        raise InputError(f"a TensorRT build runs on --device tensorrt, not {device!r}")
     from inctrl_runtime.engines.ort import OrtEngine, place
 
     placement = place(device, strict=strict)

@@ -29,12 +29,12 @@ def python_model(open_stage: Callable[[Mapping[str, str]], Stage]) -> type:
                 for r in requests
             ]  # fmt: skip
             responses = []
-            for answer in self.stage.run(feeds):
-                if isinstance(answer, Exception):
-                    error = pb_utils.TritonError(str(answer))
+            for reply in self.stage.run(feeds):
+                if isinstance(reply, Exception):
+                    error = pb_utils.TritonError(str(reply))
                     responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 else:
-                    tensors = [pb_utils.Tensor(name, array) for name, array in answer.items()]
+                    tensors = [pb_utils.Tensor(name, array) for name, array in reply.items()]
                     responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             return responses
 

@@ -2,7 +2,7 @@
 records of ``inctrl-run score --json`` out, over HTTP or gRPC (``tritonclient`` underneath).
 
     client = TritonClient("http://127.0.0.1:8000")        # or grpc://127.0.0.1:8001
-    records = client.score("candle", ["a.png", "b.png"], concurrency=4)
+    records = client.records("candle", ["a.png", "b.png"], concurrency=4)
 
 Each image is one request to the entry point. With ``concurrency`` N, N threads each hold their
 own connection (tritonclient's HTTP client is not thread-safe) and take the next request when
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import math
 import os
 import queue
 import threading
@@ -28,15 +27,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from inctrl_runtime.decisions import DECISION_FIELDS, decoded_decision
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, image_sequence, load_image
-from inctrl_runtime.results import DECISION_FIELDS, SCALAR_FIELDS
+from inctrl_runtime.results import SCALAR_FIELDS, score_record
 from inctrl_runtime.triton.names import CATEGORY, ENSEMBLE, IMAGE, OUTPUTS
 
 # Triton's own default ports, for a URL that names none.
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 TIMEOUT_S = 60.0  # the longest a request may wait for its answer
-P_VALUE, THRESHOLD, ANOMALOUS = DECISION_FIELDS
 # gRPC's codes for a server that is not there, or did not answer in time.
 _NO_ANSWER = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
@@ -109,24 +108,12 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def record_of(image: str, output: Callable[[str], np.ndarray]) -> dict:
     """The record ``Result.record()`` makes, from the entry point's outputs for one image
-    (``output(name)``): a NaN p-value is an uncalibrated category (no decision fields), a NaN
-    threshold a calibration too small for the rate asked (a p-value, no decision)."""
-
-    def value(name: str) -> np.ndarray:
-        return output(name).reshape(-1)
-
-    p_value, threshold = (float(value(name)[0]) for name in (P_VALUE, THRESHOLD))
-    decided = dict.fromkeys(DECISION_FIELDS)
-    if not math.isnan(p_value):
-        decided[P_VALUE] = p_value
-        if not math.isnan(threshold):
-            decided[THRESHOLD], decided[ANOMALOUS] = threshold, bool(value(ANOMALOUS)[0])
-    return {
-        "image": image,
-        **{name: float(value(name)[0]) for name in SCALAR_FIELDS},
-        **decided,
-        "patch_residual_map": value("patch_residual_map").tolist(),
-    }
+    (``output(name)``), the decisions read by their codec (``decisions.decoded_decision``:
+    a NaN p-value is an uncalibrated category, a NaN threshold a calibration too small for the
+    rate asked)."""
+    values = {name: output(name).reshape(-1)[0] for name in SCALAR_FIELDS}
+    values |= decoded_decision({name: output(name) for name in DECISION_FIELDS}, 0)
+    return score_record(image, {**values, "patch_residual_map": output("patch_residual_map")})
 
 
 def _batch_size(batch: dict) -> int:
@@ -223,16 +210,16 @@ class TritonClient:
             for model in found.get("model_stats", [])
         }
 
-    def score(
+    def records(
         self, category: str, images: ImageSource | Sequence[ImageSource], concurrency: int = 1
     ) -> list[dict]:
         """Score images of a category (a single one is a list of one): one record per image,
         in order, equal to ``inctrl-run score --json``'s; up to ``concurrency`` requests at
         once."""
         requests = [Request.of(category, source) for source in image_sequence(images)]
-        return [answer.record for answer in self.answer(requests, concurrency)]
+        return [answer.record for answer in self.answers(requests, concurrency)]
 
-    def answer(self, requests: Sequence[Request], concurrency: int = 1) -> list[Answer]:
+    def answers(self, requests: Sequence[Request], concurrency: int = 1) -> list[Answer]:
         """Send every request, ``concurrency`` at a time, each thread on its own connection:
         the answers in the requests' order. The first refused request (in that order) is
         raised as one line, once the requests in flight are answered; none is sent after."""

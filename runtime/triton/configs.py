@@ -58,7 +58,7 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
     return sorted({max(1, max_batch // 4), max(1, max_batch // 2), max_batch})
 
 
-def check_sizes(max_batch: int, instances: int) -> None:
+def check_serving_sizes(max_batch: int, instances: int) -> None:
     """Refuse a maximum batch or an instance count that is not a whole number of at least 1."""
     for option, value in (("--max-batch", max_batch), ("--instances", instances)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -123,8 +123,10 @@ def _text(name: str) -> TensorConfig:
 def preprocess_config(
     bundle: Bundle, max_batch: int, instances: int, parameters: Mapping[str, object]
 ) -> str:
-    """Image bytes -> the encoder's input, preprocessed by the runtime (python backend)."""
-    (pixels,) = encoder_tensors(bundle)[0]
+    """Image bytes -> the encoder's input (as ``pixels``), preprocessed by the runtime (python
+    backend)."""
+    (encoder_input,) = encoder_tensors(bundle)[0]
+    pixels = TensorConfig(PIXELS, encoder_input.dtype, encoder_input.dims)
     return model_config(
         PREPROCESS, 'backend: "python"', max_batch, [_text(IMAGE)],
         [pixels], instances, parameters=parameters,
@@ -166,7 +168,7 @@ def ensemble_config(bundle: Bundle, max_batch: int) -> str:
     features = [t.name for t in encoder_tensors(bundle)[1]]
     (encoder_input,) = encoder_tensors(bundle)[0]
     steps = [
-        _step(PREPROCESS, {IMAGE: IMAGE}, {encoder_input.name: PIXELS}),
+        _step(PREPROCESS, {IMAGE: IMAGE}, {PIXELS: PIXELS}),
         _step(ENCODER, {encoder_input.name: PIXELS}, {name: name for name in features}),
         _step(HEAD, {**{n: n for n in features}, CATEGORY: CATEGORY}, {n: n for n in OUTPUTS}),
     ]

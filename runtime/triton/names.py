@@ -6,7 +6,8 @@ and the client use these, so that a name is spelled in one place.
 
 from __future__ import annotations
 
-from inctrl_runtime.results import DECISION_FIELDS, SCORE_FIELDS
+from inctrl_runtime.decisions import DECISION_FIELDS
+from inctrl_runtime.results import SCORE_FIELDS
 
 # The models of a repository: the entry point (an ensemble) and its three steps.
 ENSEMBLE = "inctrl"
@@ -24,8 +25,8 @@ BUNDLE_COPY = "bundle"
 # The entry point's inputs: the encoded image file (png, jpg, ...) and the category, utf-8.
 IMAGE = "image"
 CATEGORY = "category"
-# The preprocessed image inside the ensemble (the preprocess model's output is named ``image``,
-# as the encoder's input is).
+# The preprocessed image: the preprocess model's output, and the ensemble's tensor that feeds the
+# encoder's input (named by the encoder graph: ``image``).
 PIXELS = "pixels"
 # The entry point's outputs: the head's Scores, then the decisions (NaN / false when none).
 OUTPUTS = (*SCORE_FIELDS, *DECISION_FIELDS)

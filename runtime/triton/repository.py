@@ -20,14 +20,15 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from inctrl_runtime.bundle import MANIFEST, REFERENCES_DIR, Bundle
+from inctrl_runtime.bundle import REFERENCES_DIR, Bundle
 from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
-from inctrl_runtime.detector import load_registered
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import staging_folder
+from inctrl_runtime.manifest import MANIFEST
+from inctrl_runtime.references import load_registered, not_registered
 from inctrl_runtime.triton.configs import (
     DEFAULT_MAX_BATCH,
-    check_sizes,
+    check_serving_sizes,
     encoder_config,
     ensemble_config,
     head_config,
@@ -69,10 +70,7 @@ def registered_categories(bundle: Bundle, categories: Sequence[str] | None) -> l
     for category in categories:
         bundle.prior(category)
         if not bundle.reference_path(category).is_file():
-            raise InputError(
-                f"category {category!r} is not registered in {bundle.path}: run inctrl-run "
-                f"register {bundle.path} --category {category} --shot IMG ... first"
-            )
+            raise not_registered(bundle, category, then=" first")
         load_registered(bundle, category)
     return list(categories)
 
@@ -81,7 +79,7 @@ def copy_bundle_into(bundle: Bundle, folder: Path, categories: Sequence[str]) ->
     """The bundle's manifest, every file it lists, and the banks of ``categories``."""
     (folder / REFERENCES_DIR).mkdir(parents=True)
     shutil.copyfile(bundle.path / MANIFEST, folder / MANIFEST)
-    for name in bundle.manifest["files"]:
+    for name in bundle.files:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         link_or_copy(bundle.path / name, folder / name)
     for category in categories:
@@ -131,7 +129,7 @@ def write_repository(
         overwrite: replace an existing non-empty ``out`` (refused otherwise).
     """
     checked = Bundle.open(bundle, check_files=True)
-    check_sizes(max_batch, instances)
+    check_serving_sizes(max_batch, instances)
     check_fpr(fpr)
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}")

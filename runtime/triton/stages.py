@@ -1,8 +1,8 @@
 """What the python models of a repository do, as plain classes on numpy arrays.
 
 Triton hands a python model's ``execute`` the list of requests its dynamic batcher gathered;
-each stage takes their inputs (one dict of arrays per request, rows along axis 0) and answers
-each request with its outputs or the one-line ``InputError`` that refuses it, so that a bad
+each stage takes their inputs (one dict of arrays per request, rows along axis 0) and replies
+to each request with its outputs or the one-line ``InputError`` that refuses it, so that a bad
 request fails alone. Stages run as ONE engine call over all rows of all requests and split the
 outputs again (``concatenate`` / ``split``). Nothing here imports Triton: ``backend`` does.
 """
@@ -22,17 +22,18 @@ from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
 from inctrl_runtime.engines import Engine, check_signature
 from inctrl_runtime.engines.ort import OrtEngine, place
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.preprocess import decode_image, preprocess
+from inctrl_runtime.preprocess import preprocess_many
 from inctrl_runtime.triton.names import (
     IMAGE,
     PARAM_BUNDLE,
     PARAM_CATEGORIES,
     PARAM_FPR,
     PARAM_THREADS,
+    PIXELS,
 )
 
 Feeds = dict[str, np.ndarray]
-Answer = Feeds | InputError  # a request's outputs, or why it is refused
+Reply = Feeds | InputError  # a stage's reply to one request: its outputs, or why it is refused
 
 
 class Stage(Protocol):
@@ -40,7 +41,7 @@ class Stage(Protocol):
 
     inputs: tuple[str, ...]
 
-    def run(self, requests: Sequence[Feeds]) -> list[Answer]: ...
+    def run(self, requests: Sequence[Feeds]) -> list[Reply]: ...
 
     def close(self) -> None: ...
 
@@ -125,7 +126,6 @@ class PreprocessStage:
 
     def __init__(self, bundle: Bundle) -> None:
         self.preprocessing = bundle.preprocessing
-        self.output = bundle.graphs["encoder"].inputs[0].name
 
     @classmethod
     def open(cls, args: Mapping[str, str]) -> PreprocessStage:
@@ -133,18 +133,16 @@ class PreprocessStage:
 
     def pixels(self, images: np.ndarray) -> np.ndarray:
         """B x 1 encoded files -> B x 3 x S x S float32."""
-        size = self.preprocessing.size
-        decoded = (decode_image(bytes(item), size) for item in images.reshape(-1))
-        return np.stack([preprocess(image, self.preprocessing) for image in decoded])
+        return preprocess_many([bytes(item) for item in images.reshape(-1)], self.preprocessing)
 
-    def run(self, requests: Sequence[Feeds]) -> list[Answer]:
-        answers: list[Answer] = []
+    def run(self, requests: Sequence[Feeds]) -> list[Reply]:
+        replies: list[Reply] = []
         for request in requests:
             try:
-                answers.append({self.output: self.pixels(request[IMAGE])})
+                replies.append({PIXELS: self.pixels(request[IMAGE])})
             except InputError as err:
-                answers.append(err)
-        return answers
+                replies.append(err)
+        return replies
 
     def close(self) -> None:
         """Nothing to release."""
@@ -162,7 +160,7 @@ class EncoderStage:
         parsed = ModelArgs.parse(args)
         return cls(open_graph(parsed.bundle(), "encoder", parsed.threads))
 
-    def run(self, requests: Sequence[Feeds]) -> list[Answer]:
+    def run(self, requests: Sequence[Feeds]) -> list[Reply]:
         feeds, rows = concatenate(requests, self.inputs)
         return split(self.engine.run(feeds), rows)
 

@@ -2,9 +2,10 @@
 hostile names. Each case damages a fresh copy of a registered tiny bundle (or a work folder),
 runs a real command line's ``main`` in process and asserts: exit 2, one ``error:`` line holding
 the case's phrases, no traceback, and every byte of the bundle and the work folder unchanged.
+Beside the table: a refusal in a real process, and Pillow's warning range.
 
-The other hostile-input tests beside this file: images (bombs, extreme aspect ratios), writes
-(full and read-only disks, heatmap paths) and signals.
+The other hostile-input tests beside this file: the Python API, images (bombs, extreme aspect
+ratios), writes (full and read-only disks, heatmap paths) and signals.
 """
 
 from __future__ import annotations
@@ -22,49 +23,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_images, run_main, snapshot
 from PIL import Image
 
 import inctrl.cli
 import inctrl_export.cli
 import inctrl_runtime.cli
-from inctrl_runtime.bundle import MANIFEST, PRIORS, Bundle
+from inctrl_runtime.bundle import PRIORS
 from inctrl_runtime.detector import Detector
-from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.references import NumpyBank
+
+from helpers import Work, edit_manifest, forge, run_main, snapshot
 
 MAINS = {
     "run": inctrl_runtime.cli.main,
     "inctrl": inctrl.cli.main,
     "export": inctrl_export.cli.main,
 }
-
-
-@dataclass(frozen=True)
-class Work:
-    """One case's workspace: a registered bundle (candle), images, a checkpoint, a folder."""
-
-    bundle: Path
-    folder: Path
-    shots: list[Path]
-    queries: list[Path]
-    checkpoint: Path
-
-    @property
-    def bank(self) -> Path:
-        return self.bundle / "references" / "candle.npz"
-
-    def score(self, *extra: str) -> list[str]:
-        """``inctrl-run score`` of the queries against the registered candle bank."""
-        return ["score", str(self.bundle), "--category", "candle", *extra, *map(str, self.queries)]
-
-    def torch_score(self, *extra: str) -> list[str]:
-        """``inctrl score`` of the queries with the tiny checkpoint (the shots, unless ``--bank``
-        is among ``extra``)."""
-        shots = [] if "--bank" in extra else [f"--shot={p}" for p in self.shots]
-        return ["score", "-c", str(self.checkpoint), "--category", "candle", *shots, *extra,
-                *map(str, self.queries)]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,44 +52,7 @@ class Case:
     phrases: tuple[str, ...]
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, tiny_bundle: Path) -> tuple[Path, list[Path], list[Path]]:
-    """The tiny bundle with candle registered, and the image files."""
-    root = tmp_path_factory.mktemp("hostile")
-    files = []
-    for i, array in enumerate(random_images(4, seed=70, size=[(250, 270), (240, 300)])):
-        files.append(root / f"image_{i}.png")
-        Image.fromarray(array).save(files[-1])
-    bundle = Path(shutil.copytree(tiny_bundle, root / "bundle"))
-    Detector.open(bundle).register("candle", files[:2])
-    return bundle, files[:2], files[2:]
-
-
-@pytest.fixture
-def work(template, tmp_path: Path, tiny_checkpoint: Path) -> Work:
-    bundle, shots, queries = template
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return Work(Path(shutil.copytree(bundle, tmp_path / "bundle")), folder, shots, queries,
-                tiny_checkpoint)  # fmt: skip
-
-
 # ------------------------------------------------------------------------------ damage helpers
-def edit_manifest(work: Work, change: Callable[[dict], None]) -> None:
-    path = work.bundle / MANIFEST
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
-
-
-def forge(work: Work, name: str, write: Callable[[Path], None]) -> None:
-    """Change a bundle file and record its new size and sha256, as a careful forger would."""
-    path = work.bundle / name
-    write(path)
-    record = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-    edit_manifest(work, lambda m: m["files"][name].update(record))
-
-
 def bank_of(work: Work) -> NumpyBank:
     return NumpyBank.load(work.bank)
 
@@ -253,7 +191,7 @@ CASES = [
          after(lambda w: _unlisted_encoder(w), score),
          ("other.onnx", "not among the listed and hashed files")),
     Case("graph missing from files", "run",
-         after(lambda w: edit_manifest(w, lambda m: m["files"].pop("encoder.onnx")), score),
+         after(lambda w: edit_manifest(w.bundle, lambda m: m["files"].pop("encoder.onnx")), score),
          ("encoder.onnx", "not among the listed")),
     Case("graph file outside the bundle, listed and hashed", "run",
          after(lambda w: _graph_outside(w), score),
@@ -262,29 +200,29 @@ CASES = [
          after(lambda w: _listed_outside(w), score),
          ("../x.onnx", "not inside the bundle")),
     Case("absolute file name", "run",
-         after(lambda w: edit_manifest(w, lambda m: m["files"].update(
+         after(lambda w: edit_manifest(w.bundle, lambda m: m["files"].update(
              {"/etc/hostname": {"sha256": "0" * 64, "bytes": 1}})), score),
          ("/etc/hostname", "not inside the bundle")),
     Case("preprocessing of another size", "run",
-         after(lambda w: edit_manifest(w, lambda m: m["preprocessing"].update(
+         after(lambda w: edit_manifest(w.bundle, lambda m: m["preprocessing"].update(
              resize_shorter_side=224, center_crop=224)), score),
          ("manifest.json", "224", "240")),
     Case("preprocessing std 0", "run",
-         after(lambda w: edit_manifest(w, lambda m: m["preprocessing"].update(
+         after(lambda w: edit_manifest(w.bundle, lambda m: m["preprocessing"].update(
              std=[0.0, 0.26, 0.27])), score),
          ("manifest.json", "std must be positive")),
     Case("preprocessing mean NaN", "run",
-         after(lambda w: edit_manifest(w, lambda m: m["preprocessing"].update(
+         after(lambda w: edit_manifest(w.bundle, lambda m: m["preprocessing"].update(
              mean=[math.nan, 0.4, 0.4])), score),
          ("manifest.json", "finite")),
     Case("NaN prior, hash forged", "run",
-         after(lambda w: forge(w, PRIORS, _nan_prior), score),
+         after(lambda w: forge(w.bundle, PRIORS, _nan_prior), score),
          ("priors.json", "'candle'", "not finite")),
     Case("prior not unit, hash forged", "run",
-         after(lambda w: forge(w, PRIORS, _long_prior), score),
+         after(lambda w: forge(w.bundle, PRIORS, _long_prior), score),
          ("priors.json", "unit vectors")),
     Case("model record not numbers", "run",
-         after(lambda w: edit_manifest(w, lambda m: m["model"].update(width="wide")), score),
+         after(lambda w: edit_manifest(w.bundle, lambda m: m["model"].update(width="wide")), score),
          ("manifest.json", "width")),
     # 9. category names that would leave their folder
     Case("prompts make with a hostile type", "inctrl",
@@ -338,7 +276,7 @@ def _old_format(path: Path) -> None:
 def _unlisted_encoder(work: Work) -> None:
     """Another encoder dropped into the bundle and named by the graph record, but not listed."""
     shutil.copyfile(work.bundle / "encoder.onnx", work.bundle / "other.onnx")
-    edit_manifest(work, lambda m: m["graphs"]["encoder"].update(file="other.onnx"))
+    edit_manifest(work.bundle, lambda m: m["graphs"]["encoder"].update(file="other.onnx"))
 
 
 def _graph_outside(work: Work) -> None:
@@ -352,14 +290,14 @@ def _graph_outside(work: Work) -> None:
         manifest["graphs"]["encoder"]["file"] = "../encoder.onnx"
         manifest["files"]["../encoder.onnx"] = record
 
-    edit_manifest(work, change)
+    edit_manifest(work.bundle, change)
 
 
 def _listed_outside(work: Work) -> None:
     outside = work.bundle.parent / "x.onnx"
     shutil.copyfile(work.bundle / "encoder.onnx", outside)
     record = {"sha256": file_sha256(outside), "bytes": outside.stat().st_size}
-    edit_manifest(work, lambda m: m["files"].update({"../x.onnx": record}))
+    edit_manifest(work.bundle, lambda m: m["files"].update({"../x.onnx": record}))
 
 
 def _priors_edited(change: Callable[[list[float]], list[float]]) -> Callable[[Path], None]:
@@ -393,59 +331,6 @@ def test_prompts_make_writes_nothing_outside_out(work: Work) -> None:
     run_main(MAINS["inctrl"], *args)
     assert not (work.folder / "out").exists()
     assert not (work.folder.parent / "x").exists() and not (work.folder / "x").exists()
-
-
-# ----------------------------------------------------------------------------- the Python API
-@pytest.mark.unit
-def test_same_size_reregistration_within_the_mtime_granularity_is_seen(work: Work) -> None:
-    """Defect 10: the bank cache is keyed on the digest the file records, not (mtime, size)."""
-    reader, writer = Detector.open(work.bundle), Detector.open(work.bundle)
-    first = reader.registered("candle")
-    stamp = work.bank.stat()
-    writer.register("candle", list(reversed(work.shots)))  # same k, same sizes, new content
-    os.utime(work.bank, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the same mtime
-    assert work.bank.stat().st_size == stamp.st_size
-    again = reader.registered("candle")
-    assert again.digests == tuple(reversed(first.digests))
-    assert reader.registered("candle") is again  # unchanged: read once
-
-
-@pytest.mark.unit
-def test_a_bank_records_its_format_category_and_digest(work: Work) -> None:
-    bank = NumpyBank.load(work.bank)
-    assert bank.category == "candle"
-    with np.load(work.bank) as data:
-        assert int(data["format_version"]) == 2 and str(data["digest"]) == bank.digest
-    with pytest.raises(ValueError, match="category"):
-        replace(bank, category=None).save(work.folder / "x.npz")
-
-
-@pytest.mark.unit
-def test_banks_given_to_score_are_checked_too(work: Work) -> None:
-    detector = Detector.open(work.bundle)
-    bank = detector.registered("candle")
-    narrow = replace(bank, patches=bank.patches[..., :-1])
-    with pytest.raises(InputError, match="does not fit"):
-        detector.score_arrays("candle", detector.pixels(work.queries), bank=narrow)
-    other = replace(bank, encoder_sha256="f" * 64)
-    with pytest.raises(InputError, match="another encoder"):
-        detector.score("candle", work.queries, bank=other)
-
-
-@pytest.mark.unit
-def test_reference_batch_size_zero_is_one_line(work: Work) -> None:
-    with pytest.raises(InputError, match="batch size"):
-        Detector.open(work.bundle).reference(work.shots, batch_size=0)
-
-
-@pytest.mark.unit
-def test_manifest_files_and_graphs_must_agree(work: Work) -> None:
-    """Every file the manifest names is inside, listed and hashed: the bundle as exported opens,
-    and each graph's file is among the hashed ones."""
-    bundle = Bundle.open(work.bundle)
-    for graph in bundle.graphs.values():
-        assert graph.file.name in bundle.manifest["files"]
-        assert graph.file.resolve().parent == work.bundle.resolve()
 
 
 @pytest.mark.cli

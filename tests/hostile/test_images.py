@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CATEGORY, random_images, run_main, snapshot
 from PIL import Image, ImageFile
 
 import inctrl.cli
@@ -25,6 +24,8 @@ from inctrl_runtime.preprocess import (
     model_view,
     preprocess_many,
 )
+
+from helpers import CATEGORY, random_images, run_main, snapshot
 
 STRIP = np.zeros((1, 50000), dtype=np.uint8)  # 50000 x 1: resized to 12000000 x 240
 # Line-scan strips (H, W): within the limits, they score like any image.
@@ -211,8 +212,8 @@ def test_a_single_path_is_one_image_in_the_runtime(bundle: Path, good: Path) -> 
     detector = Detector.open(bundle)
     bank = detector.register(CATEGORY, str(good))
     assert bank.shots == 1 and bank.sources == (str(good),)
-    one = detector.score(CATEGORY, str(good))
-    listed = detector.score(CATEGORY, [str(good)])
+    one = detector.results(CATEGORY, str(good))
+    listed = detector.results(CATEGORY, [str(good)])
     assert [r.image for r in one] == [str(good)]
     assert one[0].score == listed[0].score
     array = np.asarray(Image.open(good))

@@ -13,12 +13,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import random_images, run_main
 from PIL import Image
 
 import inctrl_runtime.cli
 from inctrl_runtime.console import new_app, run_app
 from inctrl_runtime.files import STALE_AFTER_S, sweep_stale
+
+from helpers import random_images, run_main
 
 CATEGORY = "candle"
 RANDOM = "abcd_123"  # the 8 characters tempfile puts in a name

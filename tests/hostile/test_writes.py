@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BUNDLE_CATEGORIES, Outcome, random_images, run_main, snapshot
 from PIL import Image
 
 import inctrl.cli
@@ -24,6 +23,8 @@ import inctrl_export.cli
 import inctrl_runtime.cli
 from inctrl_runtime.console import new_app, one_line, run_app
 from inctrl_runtime.files import STAGING
+
+from helpers import BUNDLE_CATEGORIES, Outcome, random_images, run_main, snapshot
 
 CATEGORY = BUNDLE_CATEGORIES[0]
 

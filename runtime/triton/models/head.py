@@ -2,6 +2,6 @@
 category of a batch, with the decisions."""
 
 from inctrl_runtime.triton.backend import python_model
-from inctrl_runtime.triton.head import HeadStage
+from inctrl_runtime.triton.head_stage import HeadStage
 
 TritonPythonModel = python_model(HeadStage.open)

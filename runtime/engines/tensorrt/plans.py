@@ -2,8 +2,8 @@
 checks a plan passes before any TensorRT code reads it (torch-free, TensorRT-free).
 
 The builder (``inctrl_export.tensorrt``) writes plans under ``engines/`` and one record per build
-in the manifest's ``engines`` object; the runner (``inctrl_runtime.engines.trt``) picks the build
-that this GPU and this TensorRT can run and checks its plans here. Plans are not among the
+in the manifest's ``engines`` object; the runner (``engine``) picks the build that this GPU and
+this TensorRT can run and checks its plans here. Plans are not among the
 manifest's ``files``, so a bundle shipped without ``engines/`` still opens for onnxruntime.
 
     "engines": {"fp16.trt11.4.sm89": {
@@ -24,42 +24,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from inctrl_runtime.contract import BATCH_AXIS, PROMPT_AXIS, GraphContract, ModelSizes
+from inctrl_runtime.engines.tensorrt.cuda import ComputeCapability
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.manifest import MANIFEST, ExportCheck
 
 ENGINES_DIR = "engines"
-ENGINES_KEY = "engines"  # the manifest's record of the builds
 PLAN_SUFFIX = ".plan"
 # The precisions a native engine is built in: the bundle's own (strongly typed networks; int8
 # from an encoder with symmetric Q/DQ nodes, which give TensorRT its types and scales).
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
-# The axes of the graph contract (``inctrl_runtime.bundle.GRAPH_CONTRACT``) a profile spans.
-BATCH_AXIS, PROMPT_AXIS = "B", "N"
-REBUILD = "build engines for it with inctrl-export tensorrt {bundle} on that machine"
+BUILD_ON_THAT_MACHINE = "build engines for it with inctrl-export tensorrt {bundle} on that machine"
 
 Shape = tuple[int, ...]
 Profile = tuple[Shape, Shape, Shape]  # min, opt, max
-
-
-@dataclass(frozen=True)
-class ComputeCapability:
-    """A GPU's compute capability, e.g. 8.9 (``sm89`` in a plan's name)."""
-
-    major: int
-    minor: int
-
-    @classmethod
-    def parse(cls, text: str) -> ComputeCapability:
-        major, _, minor = str(text).partition(".")
-        if not (major.isdigit() and minor.isdigit()):
-            raise ValueError(f"compute capability {text!r} is not MAJOR.MINOR")
-        return cls(int(major), int(minor))
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}"
-
-    @property
-    def sm(self) -> str:
-        return f"sm{self.major}{self.minor}"
 
 
 def short_version(version: str) -> str:
@@ -80,7 +58,7 @@ def plan_file(graph: str, key: str) -> str:
     return f"{ENGINES_DIR}/{graph}.{key}{PLAN_SUFFIX}"
 
 
-def check_sizes(sizes: Sequence[int], option: str) -> tuple[int, int, int]:
+def profile_sizes(sizes: Sequence[int], option: str) -> tuple[int, int, int]:
     """``--batch`` / ``--shots`` as a profile's (min, opt, max): one size (a fixed profile) or
     three in increasing order, each at least 1."""
     sizes = tuple(sizes)
@@ -96,22 +74,22 @@ def check_sizes(sizes: Sequence[int], option: str) -> tuple[int, int, int]:
 
 
 def profiles(
-    contract: Mapping[str, tuple],
-    sizes: Mapping[str, int],
+    inputs: GraphContract,
+    sizes: ModelSizes,
     batch: tuple[int, int, int],
     shots: tuple[int, int, int],
 ) -> dict[str, Profile]:
-    """Min/opt/max shapes of every input whose shape has a dynamic axis, from a graph's entry in
-    ``GRAPH_CONTRACT`` (input name -> shape letters), the model's ``sizes`` (the letters' values),
-    the batch sizes and the prompt counts k (N = k x P prompt patches)."""
-    patches = sizes["P"]
-    dynamic = {BATCH_AXIS: batch, PROMPT_AXIS: tuple(k * patches for k in shots)}
+    """Min/opt/max shapes of every input whose shape has a dynamic axis, from a graph's inputs in
+    ``inctrl_runtime.contract.GRAPH_CONTRACT`` (input name -> shape letters), the model's
+    ``sizes``, the batch sizes and the prompt counts k (N = k x P prompt patches)."""
+    letters = sizes.letters()
+    dynamic = {BATCH_AXIS: batch, PROMPT_AXIS: tuple(k * sizes.num_patches for k in shots)}
     found: dict[str, Profile] = {}
-    for name, letters in contract.items():
-        if not any(letter in dynamic for letter in letters):
+    for name, shape in inputs.items():
+        if not any(letter in dynamic for letter in shape):
             continue
         found[name] = tuple(  # type: ignore[assignment]
-            tuple(dynamic[d][i] if d in dynamic else sizes.get(d, d) for d in letters)
+            tuple(dynamic[d][i] if d in dynamic else letters.get(d, d) for d in shape)
             for i in range(3)
         )
     return found
@@ -167,7 +145,12 @@ class Build:
     shots: tuple[int, int, int]
     plans: dict[str, PlanRecord]
     gpu: str = ""
-    verification: dict | None = None
+    verification: dict | None = None  # the build's own check, as recorded
+
+    @property
+    def check(self) -> ExportCheck | None:
+        """The build's own check against PyTorch (None: not run)."""
+        return ExportCheck.from_manifest(self.verification)
 
     @classmethod
     def from_manifest(cls, key: str, record: Mapping) -> Build:
@@ -240,11 +223,11 @@ def _runs(runtime: str, built: str) -> bool:
     return have >= need and have[0] - need[0] in (0, 1)
 
 
-def read_builds(manifest: Mapping, where: Path) -> dict[str, Build]:
-    """The manifest's TensorRT builds by key ({} when it records none)."""
-    record = manifest.get(ENGINES_KEY) or {}
+def read_builds(record: object, where: Path) -> dict[str, Build]:
+    """The TensorRT builds of a manifest's ``engines`` record, by key ({} for none);
+    ``where`` (the manifest) names it in the error."""
     try:
-        return {key: Build.from_manifest(key, value) for key, value in record.items()}
+        return {key: Build.from_manifest(key, value) for key, value in (record or {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise BundleError(
             f"{where}: its TensorRT engines record is incomplete or invalid ({err}); rebuild "
@@ -256,7 +239,7 @@ def require_builds(builds: Mapping[str, Build], bundle: Path) -> None:
     """Refuse a bundle that records no TensorRT builds, in one line saying how to build them."""
     if not builds:
         raise BundleError(
-            f"{bundle}: has no TensorRT engines; {REBUILD.format(bundle=bundle)} "
+            f"{bundle}: has no TensorRT engines; {BUILD_ON_THAT_MACHINE.format(bundle=bundle)} "
             "(or use --device cuda)"
         )
 
@@ -273,7 +256,7 @@ def choose_build(
     (name -> version), and the runtime to run it with; ``key`` asks for one build. Refused in
     one line that says what was found and how to rebuild."""
     require_builds(builds, bundle)
-    rebuild = REBUILD.format(bundle=bundle)
+    rebuild = BUILD_ON_THAT_MACHINE.format(bundle=bundle)
     if key is not None and key not in builds:
         raise BundleError(f"{bundle}: has no TensorRT build {key!r} (it has: {', '.join(builds)})")
     candidates = [builds[key]] if key is not None else list(builds.values())
@@ -298,7 +281,7 @@ def choose_build(
 def read_plan(bundle: Path, plan: PlanRecord) -> bytes:
     """A plan's bytes, once its file is inside the bundle and its size and sha256 match the
     manifest (before any TensorRT code, which may load host code from it, sees it)."""
-    from inctrl_runtime.bundle import MANIFEST, inside
+    from inctrl_runtime.bundle import inside
 
     rebuild = f"rebuild with inctrl-export tensorrt {bundle} --force"
     path = inside(bundle, plan.file, bundle / MANIFEST)

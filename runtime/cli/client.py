@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.cli import CategoryOption, QueryPaths, app, images_of
-from inctrl_runtime.console import JsonFlag, require_category
+from inctrl_runtime.cli.common import CategoryOption, QueryPaths, app, images_of
+from inctrl_runtime.console import JsonFlag, JsonlFlag, output_format, require_category
 from inctrl_runtime.errors import InputError
 
 # Requests per printed batch, per thread: enough to keep every thread busy between batches.
@@ -38,7 +38,7 @@ def run_client(
     def batches() -> Iterator[list[dict]]:
         for start in range(0, len(images), step):
             requests = [Request.of(category, image) for image in images[start : start + step]]
-            yield [answer.record for answer in client.answer(requests, concurrency)]
+            yield [answer.record for answer in client.answers(requests, concurrency)]
 
     return batches()
 
@@ -54,12 +54,12 @@ def client(
         1, "--concurrency", "-n", help="Requests in flight at once (one image each)."
     ),
     as_json: JsonFlag = False,
-    as_jsonl: bool = typer.Option(
-        False, "--jsonl", help="Print one JSON record a line as each batch is answered."
-    ),
+    as_jsonl: JsonlFlag = False,
 ) -> None:
-    """Score QUERIES (images, or folders of images) of a --category on a running Triton server
-    of a bundle (inctrl-run serve BUNDLE): the same table or JSON as `inctrl-run score`.
+    """Score images on a running Triton server of a bundle.
+
+    Scores QUERIES (images, or folders of images) of a --category on a server of a bundle
+    (inctrl-run serve BUNDLE): the same table or JSON as `inctrl-run score`.
 
     Examples:
 
@@ -67,12 +67,8 @@ def client(
 
         inctrl-run client grpc://127.0.0.1:8001 --category candle --concurrency 8 images/
     """
-    from inctrl_runtime.results import print_streamed
+    from inctrl_runtime.output import print_streamed
 
-    if as_json and as_jsonl:
-        raise InputError(
-            "--json and --jsonl exclude each other: --json prints one list at the end, --jsonl "
-            "one record a line as batches are answered"
-        )
-    batches = run_client(url, category, queries or [], concurrency)
-    print_streamed(batches, "jsonl" if as_jsonl else "json" if as_json else "table")
+    output = output_format(as_json, as_jsonl)
+    batches = run_client(url, category, queries or [], concurrency=concurrency)
+    print_streamed(batches, output)

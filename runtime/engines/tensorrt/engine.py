@@ -18,20 +18,23 @@ and runs a batch above the profile's largest in profile-sized chunks into the sa
 
 from __future__ import annotations
 
-import functools
-import importlib
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from inctrl_runtime.contract import GRAPHS
 from inctrl_runtime.devices import parse_device
-from inctrl_runtime.engines import VerificationWarning, check_signature
-from inctrl_runtime.engines.cuda import (
+from inctrl_runtime.engines import check_signature
+from inctrl_runtime.engines.tensorrt.buffers import (
+    BatchBuffers,
+    DeviceTensor,
+    chunks,
+    upload_array,
+)
+from inctrl_runtime.engines.tensorrt.cuda import (
     Event,
     GpuError,
     Stream,
@@ -41,139 +44,19 @@ from inctrl_runtime.engines.cuda import (
     gpu_problem,
     use_device,
 )
-from inctrl_runtime.engines.plans import (
-    Build,
-    PlanRecord,
-    choose_build,
-    read_builds,
-    read_plan,
-    require_builds,
+from inctrl_runtime.engines.tensorrt.plan_io import REBUILD, PlanIO, read_bindings
+from inctrl_runtime.engines.tensorrt.plans import Build, choose_build, require_builds
+from inctrl_runtime.engines.tensorrt.runtimes import (
+    INSTALL_TENSORRT,
+    TensorrtRuntime,
+    runtime_modules,
+    tensorrt_runtimes,
 )
-from inctrl_runtime.engines.trt_buffers import BatchBuffers, DeviceTensor, chunks, upload_array
-from inctrl_runtime.engines.trt_io import REBUILD, PlanIO, read_bindings
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.manifest import MANIFEST
 
 if TYPE_CHECKING:
     from inctrl_runtime.bundle import Bundle
-
-# Every TensorRT name the runner uses, by owner ("module": the tensorrt / tensorrt_lean module);
-# a test checks each against the installed lean runtime, and that this module uses no other.
-TRT_RUNNER_API = {
-    "module": ("ILogger", "Runtime", "TensorIOMode", "__version__", "nptype"),
-    "ILogger": ("ERROR", "INTERNAL_ERROR", "log"),
-    "TensorIOMode": ("INPUT",),
-    "Runtime": ("deserialize_cuda_engine", "engine_host_code_allowed"),
-    "ICudaEngine": (
-        "create_execution_context",
-        "get_tensor_dtype",
-        "get_tensor_mode",
-        "get_tensor_name",
-        "get_tensor_profile_shape",
-        "get_tensor_shape",
-        "num_io_tensors",
-    ),
-    "IExecutionContext": ("execute_async_v3", "set_input_shape", "set_tensor_address"),
-}
-# runtime -> the import names to try, in order (the user-facing package, then its bindings).
-RUNTIME_MODULES = {
-    "tensorrt": ("tensorrt", "tensorrt_bindings"),
-    "tensorrt-lean": ("tensorrt_lean", "tensorrt_lean_bindings"),
-}
-INSTALL = (
-    'pip install "inctrl[tensorrt-lean]" (version-compatible plans) or "inctrl[tensorrt]" '
-    "(with NVIDIA's TensorRT libraries)"
-)
-# Runtimes that failed to start: TensorRT 11.4 crashes the process when one is touched or freed.
-_UNUSABLE: list = []
-
-
-@functools.cache
-def _runtime_modules() -> tuple[dict[str, ModuleType], dict[str, str]]:
-    """The TensorRT runtime modules that import here, and why each other one does not."""
-    found: dict[str, ModuleType] = {}
-    problems: dict[str, str] = {}
-    for runtime, names in RUNTIME_MODULES.items():
-        reasons = []
-        for name in names:
-            try:
-                found[runtime] = importlib.import_module(name)
-                break
-            except (ImportError, OSError) as err:
-                reasons.append(f"{name}: {str(err).strip() or type(err).__name__}")
-        else:
-            problems[runtime] = "; ".join(reasons)
-    return found, problems
-
-
-def tensorrt_runtimes() -> dict[str, str]:
-    """The TensorRT runtimes that import here: ``tensorrt`` / ``tensorrt-lean`` -> version."""
-    return {name: str(trt.__version__) for name, trt in _runtime_modules()[0].items()}
-
-
-def runtime_problems() -> dict[str, str]:
-    """Why each TensorRT runtime that does not import here does not (the import errors)."""
-    return dict(_runtime_modules()[1])
-
-
-@functools.cache
-def _error_log_class(trt: ModuleType) -> type:
-    class ErrorLog(trt.ILogger):
-        """Keeps TensorRT's errors, so that a failure can quote them; drops the rest (the
-        runtime reports what matters itself, as with onnxruntime)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
-                self.errors.append(" ".join(str(msg).split()))
-
-    return ErrorLog
-
-
-@dataclass
-class _Runtime:
-    """A TensorRT runtime (full or lean) and the logger that keeps its errors; it outlives the
-    engines it deserialized."""
-
-    name: str  # tensorrt or tensorrt-lean: the engines' backend
-    trt: ModuleType
-    log: Any
-    trt_runtime: Any
-
-    def quote(self) -> str:
-        """TensorRT's last errors, for a one-line message."""
-        return "; ".join(self.log.errors[-2:]) or "TensorRT logged no error"
-
-    @classmethod
-    def start(cls, name: str, trt: ModuleType) -> _Runtime:
-        """A runtime, refused in one line when TensorRT cannot start CUDA (e.g. a driver older
-        than the CUDA of its wheels)."""
-        log = _error_log_class(trt)()
-        runtime = cls(name, trt, log, trt.Runtime(log))
-        if log.errors:
-            _UNUSABLE.append(runtime)
-            raise GpuError(
-                f"{name} {trt.__version__} cannot start on this GPU ({runtime.quote()}); the "
-                "NVIDIA driver must support the CUDA of the TensorRT wheels (the -cu12 extras "
-                "are for CUDA 12 drivers)"
-            )
-        return runtime
-
-    def load(self, bundle: Path, plan: PlanRecord, host_code: bool) -> Any:
-        """Deserialize a plan once ``read_plan`` checked its size and sha256; ``host_code``
-        lets TensorRT run the lean runtime embedded in it (only ever for checked bytes)."""
-        data = read_plan(bundle, plan)
-        self.trt_runtime.engine_host_code_allowed = host_code
-        self.log.errors.clear()
-        trt_engine = self.trt_runtime.deserialize_cuda_engine(data)
-        if trt_engine is None:
-            raise BundleError(
-                f"{bundle / plan.file}: {self.name} {self.trt.__version__} cannot deserialize "
-                f"it ({self.quote()}); {REBUILD.format(bundle=bundle)}"
-            )
-        return trt_engine
 
 
 class TrtEngine:
@@ -184,7 +67,7 @@ class TrtEngine:
     on_gpu = True
 
     def __init__(
-        self, bundle: Path, build: Build, graph: str, runtime: _Runtime, device_index: int
+        self, bundle: Path, build: Build, graph: str, runtime: TensorrtRuntime, device_index: int
     ) -> None:
         self.bundle, self.build, self.plan = bundle, build, build.plans[graph]
         self.file = bundle / self.plan.file
@@ -351,14 +234,13 @@ def open_trt_engines(
 ) -> dict[str, TrtEngine]:
     """The bundle's encoder and head as TensorRT engines on ``device`` (``tensorrt[:N]``), each
     checked against the manifest. ``build`` picks one build by key, or gives one not yet in the
-    manifest (the export's self-check); by default the one this GPU and TensorRT can run."""
-    from inctrl_runtime.bundle import GRAPHS, MANIFEST
-
+    manifest (the export's self-check); by default the one this GPU and TensorRT can run. A
+    build whose own check failed is warned about (``ExportCheck.warn_if_failed``)."""
     index = parse_device(device, ("tensorrt",)).index or 0
     if isinstance(build, Build):
         builds, key = {build.key: build}, None
     else:
-        builds, key = read_builds(bundle.manifest, bundle.path / MANIFEST), build
+        builds, key = bundle.builds, build
     require_builds(builds, bundle.path)
     problem = gpu_problem(index)
     if problem:
@@ -366,10 +248,12 @@ def open_trt_engines(
             f"device {device!r}: {problem}; TensorRT plans run on an NVIDIA GPU with its driver "
             "(or use --device cpu)"
         )
-    modules, problems = _runtime_modules()
+    modules, problems = runtime_modules()
     if not modules:
         reasons = "; ".join(problems.values())
-        raise InputError(f"device {device!r}: no TensorRT runtime imports ({reasons}); {INSTALL}")
+        raise InputError(
+            f"device {device!r}: no TensorRT runtime imports ({reasons}); {INSTALL_TENSORRT}"
+        )
     precision, capability = bundle.graphs["encoder"].precision, compute_capability(index)
     chosen, runtime_name = choose_build(
         builds, bundle.path, precision, capability, tensorrt_runtimes(), key
@@ -380,9 +264,11 @@ def open_trt_engines(
             f"{bundle.path / MANIFEST}: build {chosen.key} records no {' or '.join(missing)} "
             f"plan; {REBUILD.format(bundle=bundle.path)}"
         )
-    _warn_if_unverified(bundle.path, chosen)
+    if chosen.check is not None:
+        what = f"{bundle.path}: the TensorRT build {chosen.key}"
+        chosen.check.warn_if_failed(what, stacklevel=5)  # Detector.open's caller
     use_device(index)  # TensorRT deserializes onto the current GPU
-    runtime = _Runtime.start(runtime_name, modules[runtime_name])
+    runtime = TensorrtRuntime.start(runtime_name, modules[runtime_name])
     engines: dict[str, TrtEngine] = {}
     try:
         for graph in GRAPHS:
@@ -394,14 +280,3 @@ def open_trt_engines(
             engine.close()
         raise
     return engines
-
-
-def _warn_if_unverified(bundle: Path, build: Build) -> None:
-    check = build.verification or {}
-    if check and not check.get("passed", False):
-        warnings.warn(
-            f"{bundle}: the TensorRT build {build.key} failed its check against PyTorch (max abs "
-            f"diff {check.get('max_abs_diff')}); see its manifest",
-            VerificationWarning,
-            stacklevel=5,  # Detector.open's caller
-        )

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import functools
 import weakref
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
 
-from inctrl_runtime.engines.plans import ComputeCapability
 from inctrl_runtime.errors import InputError
 
-INSTALL = 'pip install "inctrl[tensorrt-lean]" (or "inctrl[tensorrt-lean-cu12]" on CUDA 12)'
+INSTALL_CUDA_BINDINGS = (
+    'pip install "inctrl[tensorrt-lean]" (or "inctrl[tensorrt-lean-cu12]" on CUDA 12)'
+)
 # Every name of cuda.bindings.runtime used here, dotted for members (a test checks each exists in
 # the installed bindings, 12.x and 13.x alike, and that this module uses no other).
 CUDA_API = (
@@ -56,6 +58,28 @@ CUDA_API = (
 )
 
 
+@dataclass(frozen=True)
+class ComputeCapability:
+    """A GPU's compute capability, e.g. 8.9 (``sm89`` in a plan's name)."""
+
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> ComputeCapability:
+        major, _, minor = str(text).partition(".")
+        if not (major.isdigit() and minor.isdigit()):
+            raise ValueError(f"compute capability {text!r} is not MAJOR.MINOR")
+        return cls(int(major), int(minor))
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+    @property
+    def sm(self) -> str:
+        return f"sm{self.major}{self.minor}"
+
+
 class GpuError(InputError):
     """A CUDA or TensorRT call failed on this machine (driver, memory, a plan that does not fit
     the GPU): printed in one line, like a user mistake, with the backend's own words."""
@@ -67,7 +91,9 @@ def cuda_runtime() -> ModuleType:
     try:
         from cuda.bindings import runtime
     except ImportError as err:
-        raise InputError(f"the CUDA bindings are not installed ({err}); {INSTALL}") from None
+        raise InputError(
+            f"the CUDA bindings are not installed ({err}); {INSTALL_CUDA_BINDINGS}"
+        ) from None
     return runtime
 
 

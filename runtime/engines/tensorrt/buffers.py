@@ -1,5 +1,5 @@
-"""Device memory for ``TrtEngine`` (``inctrl_runtime.engines.trt``): the batch buffers it binds,
-the device values its runs and uploads return, and how a batch is cut into profile-sized runs.
+"""Device memory for ``TrtEngine`` (``engine``): the batch buffers it binds, the device values its
+runs and uploads return, and how a batch is cut into profile-sized runs.
 
 A run's outputs live in the engine's own buffers until its next run overwrites them, so the
 ``DeviceTensor`` that hands them out carries the run's generation, and is refused once stale.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inctrl_runtime.engines.cuda import (
+from inctrl_runtime.engines.tensorrt.cuda import (
     DeviceMemory,
     Event,
     Stream,
@@ -25,7 +25,7 @@ from inctrl_runtime.engines.cuda import (
 from inctrl_runtime.errors import InputError
 
 if TYPE_CHECKING:
-    from inctrl_runtime.engines.trt import TrtEngine
+    from inctrl_runtime.engines.tensorrt.engine import TrtEngine
 
 # TensorRT binds a tensor only at an address aligned to 256 bytes (IExecutionContext::
 # setTensorAddress); cudaMalloc's allocations are.

@@ -1,6 +1,6 @@
-"""A TensorRT plan's IO tensors as ``TrtEngine`` (``inctrl_runtime.engines.trt``) binds them: read
-by name from the deserialized engine, and the checks of what a run or an upload is given, each
-refusal one line that says how to rebuild the plan or what to give instead.
+"""A TensorRT plan's IO tensors as ``TrtEngine`` (``engine``) binds them: read by name from the
+deserialized engine, and the checks of what a run or an upload is given, each refusal one line
+that says how to rebuild the plan or what to give instead.
 
 Batched tensors (axis 0 dynamic, every other axis fixed) are bound at row offsets into one
 buffer; the others are the few-shot inputs (the bank, whose one dynamic axis is its N = k x P
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from inctrl_runtime.engines import TensorSpec
-from inctrl_runtime.engines.plans import Profile
-from inctrl_runtime.engines.trt_buffers import DeviceTensor
+from inctrl_runtime.engines.tensorrt.buffers import DeviceTensor
+from inctrl_runtime.engines.tensorrt.plans import Profile
 from inctrl_runtime.errors import BundleError, InputError
 
 REBUILD = "rebuild with inctrl-export tensorrt {bundle} --force"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.cli import BundleArgument, ThreadsOption, app
+from inctrl_runtime.cli.common import BundleArgument, ThreadsOption, app
 from inctrl_runtime.console import status
 from inctrl_runtime.decisions import DEFAULT_FPR
 from inctrl_runtime.errors import InputError
@@ -47,7 +47,7 @@ def run_serve(
             bundle, Path(folder) / "repository", max_batch=max_batch, instances=instances,
             fpr=fpr, threads=threads,
         )  # fmt: skip
-        server = TritonServer(repository, host, http_port, grpc_port, metrics_port, folder)
+        server = TritonServer(repository, host, http_port, grpc_port, metrics_port, workdir=folder)
         try:
             with status("starting tritonserver"):
                 waited = server.start().wait_ready(ready_timeout)
@@ -93,10 +93,21 @@ def serve(
     fpr: float = typer.Option(DEFAULT_FPR, "--fpr", help="False-positive rate of decisions."),
     threads: int | None = ThreadsOption,
 ) -> None:
-    """Serve a bundle on NVIDIA Triton Inference Server (the serve extra's tritonserver, python
-    backend, CPU) until Ctrl-C: every registered category, and those registered while it runs.
+    """Serve a bundle on NVIDIA Triton Inference Server until Ctrl-C.
+
+    Runs the serve extra's tritonserver (python backend, CPU) on every registered category,
+    and on those registered while it runs.
 
     Example: inctrl-run serve bundle/ --http-port 8000
     """
-    run_serve(bundle, host, http_port, grpc_port, metrics_port, instances, max_batch, fpr,
-              threads)  # fmt: skip
+    run_serve(
+        bundle,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        instances=instances,
+        max_batch=max_batch,
+        fpr=fpr,
+        threads=threads,
+    )

@@ -1,0 +1,206 @@
+"""``inctrl-run score`` and ``calibrate``: a category's images scored against its bank, with
+p-values and decisions once it is calibrated on normal images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import typer
+
+from inctrl_runtime.cli.common import (
+    BundleArgument,
+    CategoryOption,
+    DeviceOption,
+    QueryPaths,
+    ThreadsOption,
+    app,
+    images_of,
+    open_detector,
+)
+from inctrl_runtime.console import (
+    BatchSize,
+    Heatmaps,
+    JsonFlag,
+    JsonlFlag,
+    output_format,
+    progress_bar,
+    require_category,
+    require_files,
+    say,
+)
+from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, min_normals
+from inctrl_runtime.errors import InputError
+
+
+def run_score(
+    bundle: Path,
+    category: str | None,
+    queries: Sequence[Path],
+    shot_images: Sequence[Path] = (),
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int = 16,
+    heatmaps: Path | None = None,
+    fpr: float = DEFAULT_FPR,
+) -> Iterator[list[dict]]:
+    """Score queries (image files, or folders: their images, sorted by name) batch by batch:
+    the records of each batch as it finishes, as ``inctrl score --json`` writes them, with its
+    heatmaps written; nothing of a batch is kept once its records are out. Everything is
+    checked before this returns (the detector prepares the call eagerly).
+
+    A calibrated category's records carry its p-values and decisions at false-positive rate
+    ``fpr``. ``shot_images`` replace the category's registered bank for this call (nothing is
+    saved, and there are no decisions).
+    """
+    from inctrl_runtime.output import check_heatmaps, record_batches
+
+    require_category(category)
+    if not queries:
+        raise InputError(
+            "no query images given: list the images or folders to score after the options"
+        )
+    require_files(shot_images, "--shot image")
+    images = images_of(queries, "query image")
+    check_heatmaps(heatmaps)
+    detector = open_detector(bundle, device, threads)
+    bank = detector.reference(list(shot_images)) if shot_images else None
+    batches = detector.result_batches(category, images, bank, batch_size, fpr)
+    return record_batches(_with_progress(batches, len(images)), list(map(str, images)), heatmaps)
+
+
+def _with_progress(batches: Iterator[list], total: int) -> Iterator[list]:
+    """The batches, with a progress bar of the images done."""
+    with progress_bar("scoring", total) as progress:
+        done = 0
+        for batch in batches:
+            yield batch
+            done += len(batch)
+            progress(done)
+
+
+def run_calibrate(
+    bundle: Path,
+    category: str | None,
+    normals: Path | None,
+    images: Sequence[Path] = (),
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int = 16,
+) -> tuple[Calibration, Path]:
+    """Calibrate a registered category on normal images that are not its prompts: the images
+    of the folder ``normals``, or ``images`` (files or folders). Returns the calibration and
+    the bank file that keeps it."""
+    require_category(category)
+    if normals is not None and images:
+        raise InputError("give either --normals DIR or the normal images, not both")
+    given = [normals] if normals is not None else list(images)
+    if not given:
+        raise InputError(
+            "no normal images given: name a folder with --normals DIR, or list the images after "
+            "the options"
+        )
+    files = images_of(given, "normal image")
+    detector = open_detector(bundle, device, threads)
+    with progress_bar("calibrating", len(files)) as progress:
+        calibration = detector.calibrate(category, files, batch_size, progress)
+    return calibration, detector.bundle.reference_path(category)
+
+
+@app.command()
+def score(
+    bundle: Path = BundleArgument,
+    queries: QueryPaths = None,
+    category: str = CategoryOption,
+    shot: list[Path] = typer.Option(
+        None,
+        "--shot",
+        "-s",
+        help="Normal example images to use for this call instead of the registered ones.",
+        show_default=False,
+    ),
+    device: str = DeviceOption,
+    threads: int = ThreadsOption,
+    batch_size: BatchSize = 16,
+    heatmaps: Heatmaps = None,
+    fpr: float = typer.Option(
+        DEFAULT_FPR,
+        "--fpr",
+        help="False-positive rate for a calibrated category's decisions (threshold, anomalous).",
+    ),
+    as_json: JsonFlag = False,
+    as_jsonl: JsonlFlag = False,
+) -> None:
+    """Score images of a category against its registered normal images.
+
+    Scores QUERIES (images, or folders of images) of a --category against its registered
+    normal images (or --shot images). A calibrated category's results carry a p-value and, at
+    the --fpr rate, the threshold and the decision. The JSON is that of `inctrl score --json`.
+
+    Examples:
+
+        inctrl-run score bundle/ --category candle --json q1.png q2.png
+
+        inctrl-run score bundle/ --category candle --jsonl images/ > scores.jsonl
+    """
+    from inctrl_runtime.output import print_streamed
+
+    output = output_format(as_json, as_jsonl)
+    batches = run_score(
+        bundle,
+        category,
+        queries or [],
+        shot_images=shot or [],
+        device=device,
+        threads=threads,
+        batch_size=batch_size,
+        heatmaps=heatmaps,
+        fpr=fpr,
+    )
+    print_streamed(batches, output)
+
+
+@app.command()
+def calibrate(
+    bundle: Path = BundleArgument,
+    images: list[Path] = typer.Argument(
+        None, help="Normal images, or folders of them, that are not prompts.", show_default=False
+    ),
+    category: str = CategoryOption,
+    normals: Path = typer.Option(
+        None,
+        "--normals",
+        help="A folder of normal images that are not the category's prompts.",
+        show_default=False,
+    ),
+    device: str = DeviceOption,
+    threads: int = ThreadsOption,
+    batch_size: BatchSize = 16,
+) -> None:
+    """Calibrate a category's decisions on normal images.
+
+    Scores normal images of a registered --category that are not its prompts (--normals DIR,
+    or IMAGES) and keeps their sorted scores with its bank (references/<category>.npz); its
+    scores then carry p-values and decisions (inctrl-run score --fpr). Registering the
+    category again drops its calibration.
+
+    Example: inctrl-run calibrate bundle/ --category candle --normals good/
+    """
+    from inctrl_runtime.info import target_thresholds
+
+    calibration, path = run_calibrate(
+        bundle,
+        category,
+        normals,
+        images or [],
+        device=device,
+        threads=threads,
+        batch_size=batch_size,
+    )
+    say(
+        f"calibrated {category!r} on n = {calibration.n} normal images "
+        f"({calibration.backend} {calibration.precision}), kept in {path}"
+    )
+    for rate, cut in target_thresholds(calibration).items():
+        needs = f"no threshold: needs at least {min_normals(rate)} normal images"
+        say(f"  false-positive rate {rate:g}: {needs if cut is None else f'threshold {cut:.4f}'}")

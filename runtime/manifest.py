@@ -1,0 +1,197 @@
+"""The bundle's manifest: its file, and typed records of what it says (``Bundle`` holds them).
+
+Only the bundle layer (this module and ``inctrl_runtime.bundle``) reads the manifest's dicts;
+everything else reads these records. Writers: ``inctrl-export onnx`` writes the manifest,
+``inctrl-export tensorrt`` records its builds with ``record_build``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inctrl_runtime.contract import ModelSizes
+from inctrl_runtime.engines import REEXPORT
+from inctrl_runtime.errors import BundleError
+from inctrl_runtime.fewshot import BankShape
+from inctrl_runtime.files import write_json
+
+FORMAT = "inctrl.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ENGINES_KEY = "engines"  # the manifest's record of the TensorRT builds
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of a bundle folder, with its format and schema version checked."""
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder (make one with inctrl-export onnx)")
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: has no {MANIFEST}, so it is not an inctrl bundle; {REEXPORT}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{manifest_path}: not readable JSON ({err}); {REEXPORT}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path}: not an inctrl bundle manifest; {REEXPORT}")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle schema version {version!r}, but this inctrl_runtime reads "
+            f"version {SCHEMA_VERSION}; {REEXPORT} from the same inctrl release"
+        )
+    return manifest
+
+
+class VerificationWarning(UserWarning):
+    """The bundle's own export check (or a TensorRT build's) found outputs outside the parity
+    tolerance."""
+
+
+@dataclass(frozen=True)
+class ModelRecord(ModelSizes):
+    """The manifest's ``model`` record: the sizes every graph, bank and prior of the bundle
+    must agree with, and what the model is."""
+
+    preset: str | None = None
+    backbone: str | None = None
+    tapped_blocks: tuple[int, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)  # ``InCTRLConfig.to_dict()``
+
+    @classmethod
+    def from_manifest(cls, record: dict) -> ModelRecord:
+        sizes = {
+            "image_size": record["image_size"],
+            "num_patches": record["num_patches"],
+            "layers": len(record["tapped_blocks"]),
+            "width": record["width"],
+            "embed_dim": record["embed_dim"],
+        }
+        bad = [
+            k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1
+        ]
+        if bad:
+            raise ValueError(f"model record: {', '.join(bad)} not a positive integer")
+        return cls(
+            **sizes,
+            preset=record.get("name"),
+            backbone=record.get("backbone"),
+            tapped_blocks=tuple(record["tapped_blocks"]),
+            config=record.get("config") or {},
+        )
+
+    @property
+    def bank_shape(self) -> BankShape:
+        return BankShape(self.layers, self.num_patches, self.width, self.embed_dim)
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """An export's own check against PyTorch (the bundle's, or a TensorRT build's), as the
+    manifest records it."""
+
+    passed: bool
+    max_abs_diff: float | None
+
+    @classmethod
+    def from_manifest(cls, record: object) -> ExportCheck | None:
+        """None where no check was recorded."""
+        if not isinstance(record, Mapping) or not record:
+            return None
+        difference = record.get("max_abs_diff")
+        number = isinstance(difference, (int, float)) and not isinstance(difference, bool)
+        return cls(bool(record.get("passed", False)), float(difference) if number else None)
+
+    def warn_if_failed(self, what: str, stacklevel: int = 3) -> None:
+        """A VerificationWarning that ``what`` (e.g. ``bundle/: this bundle``) failed it."""
+        if not self.passed:
+            warnings.warn(
+                f"{what} failed its check against PyTorch (max abs diff "
+                f"{self.max_abs_diff}); see its manifest",
+                VerificationWarning,
+                stacklevel=stacklevel,
+            )
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """How a graph was quantized (``inctrl-export onnx --precision int8``), as recorded."""
+
+    format: str | None
+    activations: str | None
+    weights: str | None
+    method: str | None
+    images: int | None  # calibration images
+    fp32_products: tuple[str, ...]  # block products kept in fp32
+    fp32_because: str | None
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_manifest(cls, record: object) -> QuantizationRecord | None:
+        if not isinstance(record, Mapping):
+            return None
+        return cls(
+            format=record.get("format"),
+            activations=record.get("activations"),
+            weights=record.get("weights"),
+            method=record.get("method"),
+            images=record.get("images"),
+            fp32_products=tuple(record.get("fp32_products") or ()),
+            fp32_because=record.get("fp32_because"),
+            raw=dict(record),
+        )
+
+    def summary(self) -> dict:
+        """The record without the calibration images' digests (their count stays), as ``info``
+        and the bench report it."""
+        return {k: v for k, v in self.raw.items() if k != "image_digests"}
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """Where the bundle's model came from: a checkpoint by file name and sha256, or the
+    embedded demo, or a model in memory (no file)."""
+
+    file: str | None
+    sha256: str | None
+    demo: bool
+
+    @classmethod
+    def from_manifest(cls, record: object) -> SourceRecord:
+        record = record if isinstance(record, Mapping) else {}
+        # a schema-1 manifest that recorded a path gives its name
+        recorded = record.get("file") or record.get("checkpoint")
+        return cls(
+            file=Path(recorded).name if recorded else None,
+            sha256=record.get("sha256"),
+            demo=bool(record.get("demo", False)),
+        )
+
+
+def record_build(bundle: str | Path, key: str, record: dict | None) -> None:
+    """Set (or, with None, drop) one TensorRT build's record in a bundle's manifest, read again
+    just before it is written so that a concurrent change elsewhere in it is kept."""
+    path = Path(bundle)
+    manifest = read_manifest(path)
+    builds = manifest.setdefault(ENGINES_KEY, {})
+    if record is not None:
+        builds[key] = record
+    elif key in builds:
+        del builds[key]
+    else:
+        return
+    write_json(path / MANIFEST, manifest)
+
+
+def drop_builds(bundle: str | Path) -> None:
+    """Remove every TensorRT build's record from a bundle's manifest (a copy that builds its
+    own)."""
+    path = Path(bundle)
+    manifest = read_manifest(path)
+    manifest.pop(ENGINES_KEY, None)
+    write_json(path / MANIFEST, manifest)

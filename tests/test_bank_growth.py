@@ -1,0 +1,91 @@
+"""How a registered bank's file grows (docs/architecture.md, "Reference banks"): arrays of later
+additions load, are digested and kept; a new calibration drops the ``calibration_*`` ones it
+does not know; a bank that requires a feature this runtime does not know is refused in one
+line; and a bank without additions keeps the digest it was saved with."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inctrl_runtime.decisions import Calibration
+from inctrl_runtime.detector import Detector
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.references import REQUIRES, NumpyBank
+
+from helpers import random_images
+
+pytestmark = pytest.mark.unit
+
+CATEGORY = "candle"
+
+
+@pytest.fixture
+def registered(bundle: Path) -> tuple[Detector, Path]:
+    """The bundle's detector with candle registered on two seeded shots, and its bank file."""
+    detector = Detector.open(bundle)
+    detector.register(CATEGORY, random_images(2, seed=40))
+    return detector, bundle / "references" / f"{CATEGORY}.npz"
+
+
+def test_arrays_of_later_additions_load_and_are_kept(registered) -> None:
+    detector, path = registered
+    plain = NumpyBank.load(path)
+    assert plain.extras == {}
+    extras = {"thumbnails": np.arange(12, dtype=np.uint8).reshape(2, 2, 3)}
+    grown = dataclasses.replace(plain, extras=extras)
+    assert grown.digest != plain.digest  # an addition is part of what the digest covers
+    grown.save(path)
+    loaded = NumpyBank.load(path)
+    assert loaded.digest == grown.digest
+    np.testing.assert_array_equal(loaded.extras["thumbnails"], extras["thumbnails"])
+    scores = detector.score_arrays(CATEGORY, random_images(2, seed=41))  # it still scores
+    assert np.isfinite(scores.score).all()
+    with np.load(path) as data:  # a changed addition is damage, caught by the digest
+        arrays = {name: data[name] for name in data.files}
+    arrays["thumbnails"] = arrays["thumbnails"] + 1
+    np.savez(path, **arrays)
+    with pytest.raises(InputError, match="do not match its digest"):
+        NumpyBank.load(path)
+
+
+def test_a_new_calibration_drops_the_calibration_additions_it_does_not_know(registered) -> None:
+    detector, path = registered
+    later = {
+        "calibration_max_patch_residual": np.array([0.1, 0.2], np.float32),
+        "thumbnails": np.zeros((2, 2), np.uint8),
+    }
+    dataclasses.replace(NumpyBank.load(path), extras=later).save(path)
+    detector.calibrate(CATEGORY, random_images(4, seed=42))
+    calibrated = NumpyBank.load(path)
+    assert calibrated.calibration is not None and calibrated.calibration.n == 4
+    assert set(calibrated.extras) == {"thumbnails"}  # the bank's own addition stays
+
+
+def test_a_bank_requiring_an_unknown_feature_is_refused(registered) -> None:
+    detector, path = registered
+    requires = np.array(["tiles"], dtype=np.str_)
+    dataclasses.replace(NumpyBank.load(path), extras={REQUIRES: requires}).save(path)
+    with pytest.raises(InputError) as refused:
+        NumpyBank.load(path)
+    message = str(refused.value)
+    assert "newer inctrl_runtime" in message and "tiles" in message and "\n" not in message
+    with pytest.raises(InputError, match="newer inctrl_runtime"):
+        Detector.open(path.parent.parent).results(CATEGORY, random_images(1, seed=43))
+
+
+def test_a_bank_without_additions_keeps_its_digest(registered) -> None:
+    _, path = registered
+    bank = NumpyBank.load(path)
+    calibration = Calibration.of(np.array([0.3, 0.1]), ["a", "b"], "cpu", "fp32", "0" * 64)
+    for same in (bank, dataclasses.replace(bank, extras={})):
+        assert same.digest == bank.digest
+    with np.load(path) as data:
+        assert str(data["digest"]) == bank.digest  # the digest the file was saved with
+    assert (
+        bank.calibrated(calibration).digest
+        == dataclasses.replace(bank, calibration=calibration).digest
+    )  # no additions to drop: the same bank as before additions existed
