@@ -2,7 +2,8 @@
 127.0.0.1 and free ports, asked with ``tritonclient`` over HTTP and gRPC: its scores and
 decisions are ``inctrl-run score``'s, requests of both categories batch together, bad requests
 fail alone, a category registered while it runs is served, its models check the bundle when
-they load, and ``inctrl-run serve`` leaves nothing behind after SIGTERM.
+they load, ``inctrl-run serve`` leaves nothing behind after SIGTERM, and a server killed before
+its stubs clean up leaves no shared memory.
 
 Every server is stopped by the context manager that starts it (the session's by the
 ``triton_server`` fixture), also when a test fails; each call has a timeout.
@@ -31,7 +32,7 @@ from inctrl_runtime.results import SCORE_FIELDS
 from inctrl_runtime.triton.names import CATEGORY as CATEGORY_INPUT
 from inctrl_runtime.triton.names import ENCODER, ENSEMBLE, IMAGE, OUTPUTS
 from inctrl_runtime.triton.repository import write_repository
-from inctrl_runtime.triton.server import TritonServer
+from inctrl_runtime.triton.server import TritonServer, group_members, shared_memory_of
 
 from helpers import (
     BUNDLE_CATEGORIES,
@@ -252,6 +253,20 @@ def test_models_check_the_bundle_when_they_load(tiny_bundle, tmp_path):
     assert "failed to load" in message and "head.onnx: sha256 differs" in message, message
     assert "\n" not in message
     assert server.process is None and server.folder is None
+
+
+def test_a_killed_server_leaves_no_shared_memory(tiny_bundle, tmp_path):
+    """Stopped with no time to exit cleanly (the group SIGKILLed at once), the server's stubs
+    cannot unlink the shared memory they map: ``stop`` removes it."""
+    require_serving()
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    register_served(bundle, categories=(CATEGORY,))
+    server = TritonServer(write_repository(bundle, tmp_path / "repository", threads=1))
+    with server:
+        regions = shared_memory_of(group_members(server.process.pid))
+        assert len(regions) >= 3 and all(region.exists() for region in regions)  # 3 stubs
+        server.stop(timeout=0)
+    assert not [region for region in regions if region.exists()]
 
 
 def _processes_naming(text: str) -> list[str]:

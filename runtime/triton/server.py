@@ -38,6 +38,8 @@ _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
 # How long the server may take to finish in-flight requests once told to stop.
 EXIT_TIMEOUT_S = 10
+# The python backend's shared memory between the server and its stubs: /dev/shm/<prefix>_<uuid>.
+SHARED_MEMORY = "/dev/shm/triton_python_backend_shm_region"
 
 
 def serving_problem() -> str | None:
@@ -99,6 +101,35 @@ def server_environment() -> dict[str, str]:
     ]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
     return env
+
+
+def group_members(group: int) -> list[int]:
+    """The pids of a process group, from /proc (none where there is no /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat.rsplit(")", 1)[-1].split()  # after the command: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(group):
+            found.append(int(entry.name))
+    return found
+
+
+def shared_memory_of(pids: list[int]) -> set[Path]:
+    """The python backend's shared-memory files that these processes map."""
+    regions = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(SHARED_MEMORY):
+                regions.add(Path(fields[5].removesuffix(" (deleted)")))
+    return regions
 
 
 def _die_with_parent() -> None:
@@ -250,9 +281,11 @@ class TritonServer:
 
     def stop(self, timeout: float = EXIT_TIMEOUT_S + 10) -> None:
         """SIGTERM the server (it unloads its models and stops their stubs), SIGKILL what is
-        left of its process group after ``timeout`` seconds, and remove the temporary folder."""
+        left of its process group after ``timeout`` seconds, and remove the temporary folder
+        and the shared memory its stubs mapped (a stub killed before it cleaned up leaves it)."""
         process, self.process = self.process, None
         if process is not None:
+            regions = shared_memory_of(group_members(process.pid))
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -260,6 +293,8 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # the group it leads: itself and stubs
             process.wait()
+            for region in regions:  # this server's own: gone already after a clean exit
+                region.unlink(missing_ok=True)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
