@@ -9,6 +9,7 @@ Progress and notes go to stderr (stdout may carry JSON); user mistakes print one
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import sys
 import threading
@@ -174,14 +175,42 @@ def _refuse(message: str) -> None:
     sys.exit(EXIT_INPUT_ERROR)
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """The exception base of the click that typer runs on: typer 0.2x carries its own copy
+    (``typer._click``), older typer raises click's own; both where both exist."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError):
+            found.append(importlib.import_module(module).ClickException)
+    return tuple(found)
+
+
+def _usage_error_line(err: Exception) -> str:
+    """A usage error (an unknown option, a value of the wrong type, a missing argument, an
+    unknown command) as one line: click's words and where to read the command's help."""
+    message = " ".join(err.format_message().split()).rstrip(".")
+    context = getattr(err, "ctx", None)
+    if context is not None:
+        message += f" (see {context.command_path} --help)"
+    return message
+
+
 def run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> None:
-    """Run a typer app, turning user mistakes (and writes that fail for a reason a user can
-    fix: disk full, read-only, ...) into one line and exit code 2, SIGINT and SIGTERM into exit
-    code 128 + signum once every ``finally`` ran, and Python warnings (a provider fallback, a
-    demo model) into notes."""
+    """Run a typer app, turning user mistakes (a usage error, a bad input, a write that fails
+    for a reason a user can fix: disk full, read-only, ...) into one line and exit code 2,
+    SIGINT and SIGTERM into exit code 128 + signum once every ``finally`` ran, and Python
+    warnings (a provider fallback, a demo model) into notes. A program run bare prints its help
+    (exit 2), as typer does."""
     with _warnings_as_notes(), _signals_unwind():
         try:
-            app(args=argv, prog_name=prog_name, standalone_mode=True)
+            code = app(args=argv, prog_name=prog_name, standalone_mode=False)
+        except _click_errors() as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # the help is printed: no error
+                sys.exit(EXIT_INPUT_ERROR)
+            if getattr(err, "exit_code", EXIT_INPUT_ERROR) != EXIT_INPUT_ERROR:
+                say(f"error: {one_line(' '.join(err.format_message().split()))}")
+                sys.exit(err.exit_code)
+            _refuse(_usage_error_line(err))
         except Interrupted as interrupted:
             say(f"interrupted by {interrupted}")
             sys.exit(128 + interrupted.signum)
@@ -192,3 +221,5 @@ def run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None)
             if message is None:
                 raise
             _refuse(message)
+        if isinstance(code, int) and code:  # ``typer.Exit(code)``: help, or a failed check
+            sys.exit(code)
