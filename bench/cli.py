@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from inctrl_runtime.console import new_app, run_app, say, status
+from inctrl_runtime.files import check_output_paths
 
 app = new_app(
     "inctrl-bench",
@@ -96,6 +97,7 @@ def bench(
     from inctrl_bench.report import print_report
     from inctrl_bench.suite import BenchSettings, parse_sizes, run_bench
 
+    check_output_paths({"--json": json_file, "--plot": plot_file})
     settings = BenchSettings(
         bundle=bundle,
         checkpoint=checkpoint,

@@ -34,6 +34,7 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import check_category_name
 from inctrl_runtime.files import (
     REPLACED,
+    check_output_path,
     file_sha256,
     new_staging_folder,
     staging_folder,
@@ -150,6 +151,7 @@ def _check_arguments(
         choices = " or ".join(EXPORT_PRECISIONS)
         raise InputError(f"unknown --precision {precision!r}; choose {choices}")
     check_opset(opset)
+    check_output_path(out, "--out", replaces=force, may_be_bundle=True)
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise InputError(
             f"{out}: already exists; choose another --out, or --force to replace it (its "

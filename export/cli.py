@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from inctrl_runtime.console import new_app, run_app, say, status, stderr
+from inctrl_runtime.files import check_output_paths
 
 EXIT_PARITY_FAILED = 1
 
@@ -154,6 +155,7 @@ def onnx(
     """
     from inctrl_export.bundle import export_bundle
 
+    check_output_paths({"--json": json_file})
     with status("exporting (tracing, text priors, self-check)"):
         result = export_bundle(
             out,
@@ -221,6 +223,7 @@ def verify_command(
     """
     from inctrl_export.verify import verify_bundle
 
+    check_output_paths({"--json": json_file})
     with status("scoring with PyTorch and with the bundle"):
         report = verify_bundle(
             bundle, checkpoint, clip_weights, images, category, shots, device, atol, batch_size,
@@ -294,6 +297,7 @@ def tensorrt(
     """
     from inctrl_export.tensorrt import build_engines
 
+    check_output_paths({"--json": json_file})
     with status("building TensorRT engines (minutes), then checking them"):
         result = build_engines(
             bundle, checkpoint, clip_weights, batch, shots, timing_cache, version_compatible,

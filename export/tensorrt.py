@@ -47,7 +47,7 @@ from inctrl_runtime.engines.tensorrt.plans import (
     profiles,
 )
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.files import WriteError, atomic_path
+from inctrl_runtime.files import WriteError, atomic_path, check_output_path
 from inctrl_runtime.manifest import record_build
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ def build_engines(
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(opened.path)
     if cache_path.is_dir():
         raise InputError(f"--timing-cache {cache_path}: is a folder; name a file")
+    check_output_path(cache_path, "--timing-cache")
     atol = pass_mark(atol, precision)
     if verify:
         check_source_checkpoint(opened, checkpoint)

@@ -35,9 +35,17 @@ from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.decisions import DEFAULT_FPR
 from inctrl_runtime.engines.tensorrt.plans import Build, PlanRecord, read_plan
 from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.files import check_output_path
 from inctrl_runtime.manifest import MANIFEST
 from inctrl_runtime.triton.configs import DEFAULT_MAX_BATCH
-from inctrl_runtime.triton.names import ENCODER, ENCODER_FILES, ENCODERS, VERSION
+from inctrl_runtime.triton.names import (
+    BUNDLE_COPY,
+    ENCODER,
+    ENCODER_FILES,
+    ENCODERS,
+    HEAD,
+    VERSION,
+)
 from inctrl_runtime.triton.repository import write_repository
 
 DEFAULT_BACKEND = "onnxruntime"
@@ -127,13 +135,16 @@ def check_backend(backend: str, engine: str | None = None) -> None:
 
 
 def check_out(bundle: Path, out: Path, force: bool) -> None:
-    """Refuse an ``out`` that exists (unless ``force``), and one that is the bundle or a folder
-    holding it, which replacing it would delete."""
-    if out.exists() and out.resolve() in (bundle.resolve(), *bundle.resolve().parents):
+    """Refuse an ``out`` that exists (unless ``force``), that holds the bundle exported (a
+    repository made from a copy of it included), and one that is a bundle, lies inside one or
+    holds one other than an earlier repository's copy (``files.check_output_path``: replacing
+    it would delete the bundle, its banks and calibrations)."""
+    if out.resolve() in (bundle.resolve(), *bundle.resolve().parents):
         raise InputError(
             f"--out {out}: holds the bundle {bundle}, which replacing it would delete; choose "
             "another --out"
         )
+    check_output_path(out, "--out", replaces=force, own=[f"{HEAD}/{BUNDLE_COPY}"])
     if out.exists() and not force:
         raise InputError(f"{out}: already exists; --force to replace it, or choose another --out")
 

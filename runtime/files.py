@@ -227,6 +227,76 @@ def write_json(path: str | os.PathLike, value: object, default=None) -> None:
     write_text(path, json.dumps(value, indent=1, default=default) + "\n")
 
 
+def is_bundle(folder: Path) -> bool:
+    """Whether a folder is an inctrl bundle: its ``manifest.json`` says so."""
+    from inctrl_runtime.manifest import FORMAT, MANIFEST
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def _bundle_below(
+    folder: Path, depth: int | None, itself: bool = True, own: Collection[str] = ()
+) -> Path | None:
+    """A bundle at ``folder`` (unless not ``itself``) or below it, ``depth`` levels down at
+    most (None: all), but for the bundles at the relative paths ``own``."""
+    for top, folders, _ in os.walk(folder):
+        here = Path(top)
+        relative = here.relative_to(folder)
+        if relative.as_posix() in own:
+            folders.clear()  # the command's own copy, and what it holds
+        elif (itself or here != folder) and is_bundle(here):
+            return here
+        elif depth is not None and len(relative.parts) >= depth:
+            folders.clear()
+    return None
+
+
+def check_output_path(
+    path: str | os.PathLike,
+    option: str,
+    replaces: bool = False,
+    may_be_bundle: bool = False,
+    own: Collection[str] = (),
+) -> None:
+    """Refuse, in one line and before anything is written, an output path that is a bundle,
+    lies inside one, or holds one: a bundle's files and its ``references/`` and ``engines/``
+    are written only by the bundle's own commands. ``may_be_bundle``: the path may itself be
+    a bundle (``inctrl-export onnx --force`` replaces one); ``own``: where, relative to the
+    path, the command's earlier output keeps a copy of a bundle (an exported Triton repository:
+    ``inctrl_head/bundle``). ``replaces``: the command replaces what is there, so every folder
+    below it is looked through; otherwise its first two levels (where a folder of outputs
+    would hold a bundle by mistake)."""
+    target = Path(path).resolve()
+    what = "replacing it" if replaces else "writing there"
+    for folder in target.parents:
+        if is_bundle(folder):
+            raise InputError(
+                f"{option} {path}: lies inside the bundle {folder}, which {what} would change; "
+                "name a path outside every bundle"
+            )
+    if not target.is_dir():
+        return
+    itself = not (may_be_bundle and is_bundle(target))
+    found = _bundle_below(target, None if replaces else 2, itself, own)
+    if found is not None:
+        raise InputError(
+            f"{option} {path}: holds the bundle {found}, which {what} would delete or change; "
+            "name a path outside every bundle"
+        )
+
+
+def check_output_paths(paths: dict[str, str | os.PathLike | None]) -> None:
+    """``check_output_path`` for each option's path that is given (None, and ``-`` for stdout,
+    are not paths)."""
+    for option, path in paths.items():
+        if path is not None and str(path) != "-":
+            check_output_path(path, option)
+
+
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.files import atomic_path, make_folder, sweep_stale
+from inctrl_runtime.files import atomic_path, check_output_path, make_folder, sweep_stale
 from inctrl_runtime.results import SCALAR_FIELDS, Result
 
 
@@ -30,8 +30,12 @@ class HeatmapWriteError(InputError):
 
 
 def check_heatmaps(folder: str | os.PathLike | None) -> None:
-    """Refuse a ``--heatmaps`` that names an existing file, before any scoring work."""
-    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+    """Refuse a ``--heatmaps`` that names an existing file or a place in a bundle
+    (``files.check_output_path``), before any scoring work."""
+    if folder is None:
+        return
+    check_output_path(folder, "--heatmaps")
+    if Path(folder).exists() and not Path(folder).is_dir():
         raise InputError(
             f"--heatmaps {folder}: is a file, not a folder; name a folder for the heatmap PNGs "
             "(it is created if missing)"

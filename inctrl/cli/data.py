@@ -13,6 +13,7 @@ from rich.table import Table
 from inctrl.cli.common import data_app
 from inctrl_runtime.console import status
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import check_output_paths
 
 
 @data_app.command("synth")
@@ -34,6 +35,7 @@ def data_synth(
 
     if out is None:
         raise InputError("no --out given: name a new folder for the data set, e.g. --out synth")
+    check_output_paths({"--out": out})
     with status(f"writing {out}"):
         summary = synthesize(out, seed, categories, images_per_category, size)
     if as_json:
@@ -64,6 +66,7 @@ def data_index(
 
     if out is None:
         raise InputError("no --out given: name a folder for the JSON lists, e.g. --out json")
+    check_output_paths({"--out": out})
     written = index_to_json(root, out)
     for path in written:
         sys.stdout.write(f"{path}\n")

@@ -12,6 +12,7 @@ from rich.console import Console
 from inctrl.cli.common import demo_app
 from inctrl_runtime.console import interactive, stderr
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import check_output_paths
 
 
 @demo_app.command("info")
@@ -38,12 +39,13 @@ def demo_build(
     out: Path = typer.Option(None, help="Where to write the model (default: inside the package)."),
     seed: int = typer.Option(0, help="Seed of the data and of training."),
 ) -> None:
-    """Rebuild the demo model from scratch (about a minute on a laptop CPU).
+    """Rebuild the demo model from scratch (docs/demo.md says how long it takes).
 
     Synthesizes data, trains the heads (paper recipe), evaluates the held-out categories and
     writes the model and its record."""
     from inctrl.demo import DEMO_CHECKPOINT, build_demo
 
+    check_output_paths({"--work": work, "--out": out})
     record = build_demo(
         work, out or DEMO_CHECKPOINT, seed=seed, console=stderr if interactive() else None
     )

@@ -17,7 +17,7 @@ from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, app
 from inctrl.loading import load_model
 from inctrl_runtime.console import interactive, require_files, status, warn
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.files import write_json, write_text
+from inctrl_runtime.files import check_output_paths, write_json, write_text
 
 if TYPE_CHECKING:
     from inctrl.evaluation_report import EvaluationReport
@@ -57,6 +57,7 @@ def run_evaluate(
         warn("--seeds is ignored with --prompts: the prompt files make a single run")
     runs = DEFAULT_RUNS if seeds is None else seeds
     check_arguments(shots, batch_size, range(runs), prompts)
+    check_output_paths({"--json": json_out, "--markdown": markdown_out, "--plot": plot})
     if checkpoint is not None:
         require_files([checkpoint], "checkpoint")
     samples = load_samples(data)

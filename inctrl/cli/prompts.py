@@ -12,7 +12,7 @@ from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, prompts_app
 from inctrl_runtime.console import status, warn
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import category_file
-from inctrl_runtime.files import write_json
+from inctrl_runtime.files import check_output_paths, write_json
 from inctrl_runtime.selection import SELECTIONS, coverage_selection
 
 
@@ -45,6 +45,7 @@ def run_prompts_make(
         raise InputError(f"--shots must be at least 1, got {shots}")
     if select not in SELECTIONS:
         raise InputError(f"unknown --select {select!r}: choose {' or '.join(SELECTIONS)}")
+    check_output_paths({"--out": out})
     paths = {
         "authors": category_file(out, category, ".pt"),
         "bank": category_file(out, category, ".bank.safetensors"),
@@ -142,6 +143,7 @@ def prompts_bank(
 
     if out is None:
         raise InputError("no --out given: name the bank file, e.g. --out candle.bank.safetensors")
+    check_output_paths({"--out": out})
     pixels = read_prompt_file(prompt_file)
     model = load_model(checkpoint, clip_weights, device, notice=warn)
     model.reference(pixels).save(out)

@@ -14,6 +14,7 @@ from inctrl.cli.common import Device, app
 from inctrl.training.config import TrainConfig, is_main_process
 from inctrl_runtime.console import interactive, stderr
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.files import check_output_paths
 
 DEFAULTS = TrainConfig()
 
@@ -98,6 +99,7 @@ def train_command(
         raise InputError("no --data given: name a data set root, category folder or JSON list")
     if out is None:
         raise InputError("no --out given: name a folder for the run, e.g. --out runs/k2")
+    check_output_paths({"--out": out})
     config = TrainConfig(
         shots=shots,
         epochs=epochs,
