@@ -21,12 +21,14 @@ from inctrl_runtime.results import SCALAR_FIELDS, Result
 
 
 class HeatmapWriteError(InputError):
-    """Scoring finished but a heatmap could not be written: the one-line error, with the
-    records (and the heatmaps written so far) for the command line to print first."""
+    """Heatmaps that could not be written (every score was, nonetheless): the first failure's
+    one line and how many failed, with the records (and the heatmaps that were written) for the
+    command line to print first."""
 
-    def __init__(self, message: str, records: list[dict]) -> None:
-        super().__init__(message)
-        self.records = records
+    def __init__(self, first: str, failed: int, records: list[dict]) -> None:
+        plural = "s" if failed != 1 else ""
+        super().__init__(f"{first} ({failed} heatmap{plural} not written; every score is printed)")
+        self.first, self.failed, self.records = first, failed, records
 
 
 def check_heatmaps(folder: str | os.PathLike | None) -> None:
@@ -60,22 +62,31 @@ def to_records(
     and its path in the record. ``sweep``: first remove what dead writers left of these files
     (``record_batches`` sweeps once for a whole run instead).
 
-    Raises HeatmapWriteError (with the records) if a heatmap cannot be written.
+    A heatmap that cannot be written (disk full, read-only, a name in the way) costs only its
+    picture: the others are still written, and HeatmapWriteError (with every record) is raised
+    once all were tried.
     """
     rows = [result.record() for result in scored]
     if heatmaps is None:
         return rows
     try:
         folder = make_folder(heatmaps)
-        names = heatmap_names([result.image for result in scored], start)
-        if sweep:
-            sweep_stale(folder, names)  # once for the folder, not once per file
-        for result, row, name in zip(scored, rows, names, strict=True):
+    except InputError as err:
+        raise HeatmapWriteError(str(err), len(rows), rows) from err
+    names = heatmap_names([result.image for result in scored], start)
+    if sweep:
+        sweep_stale(folder, names)  # once for the folder, not once per file
+    failures = []
+    for result, row, name in zip(scored, rows, names, strict=True):
+        try:
             with atomic_path(folder / name, sweep=False) as tmp:
                 result.heatmap().save(tmp, format="PNG")
+        except InputError as err:
+            failures.append(str(err))
+        else:
             row["heatmap"] = str(folder / name)
-    except InputError as err:
-        raise HeatmapWriteError(str(err), rows) from err
+    if failures:
+        raise HeatmapWriteError(failures[0], len(failures), rows)
     return rows
 
 
@@ -86,13 +97,21 @@ def record_batches(
 ) -> Iterator[list[dict]]:
     """``to_records`` of each batch of a run over ``images`` (as ``Result.image`` names them), as
     the batch comes: heatmap names numbered across the run, the folder swept once for all of
-    them. A batch's Results (and their pictures) can go once its records are yielded."""
+    them. A batch's Results (and their pictures) can go once its records are yielded. Heatmaps
+    that could not be written cost no score: every batch's records come, and one
+    HeatmapWriteError (the first failure, how many) is raised after the last."""
     if heatmaps is not None:
         sweep_stale(heatmaps, heatmap_names(images))  # nothing to sweep in a missing folder
-    start = 0
+    start, first, failed = 0, "", 0
     for batch in batches:
-        yield to_records(batch, heatmaps, start, sweep=False)
+        try:
+            rows = to_records(batch, heatmaps, start, sweep=False)
+        except HeatmapWriteError as err:
+            rows, first, failed = err.records, first or err.first, failed + err.failed
+        yield rows
         start += len(batch)
+    if failed:
+        raise HeatmapWriteError(first, failed, [])
 
 
 def print_records(records: list[dict], as_json: bool = False) -> None:
@@ -112,9 +131,9 @@ def print_streamed(
     batches: Iterable[list[dict]], output: Literal["table", "json", "jsonl"] = "table"
 ) -> None:
     """Print batches of records on stdout: ``jsonl`` writes one record a line as each batch
-    comes (nothing is kept), ``json`` (a list) and ``table`` print them all at the end. If a
-    heatmap write fails, the records so far (the failing batch's too, with the heatmaps
-    written) are printed first, then the one-line error is raised."""
+    comes (nothing is kept), ``json`` (a list) and ``table`` print them all at the end. When
+    heatmaps could not be written, every record is printed first (the error's too), then the
+    one-line error is raised: the command exits non-zero once every score is out."""
     kept: list[dict] = []
     failed: HeatmapWriteError | None = None
     try:

@@ -259,7 +259,7 @@ def test_jsonl_lines_are_out_before_the_next_batch() -> None:
     def batches():
         yield [{"image": "a"}, {"image": "b"}]
         seen.append(out.getvalue())
-        raise HeatmapWriteError("no space left writing maps/0003_d.png", [{"image": "c"}])
+        raise HeatmapWriteError("no space left writing maps/0003_d.png", 1, [{"image": "c"}])
 
     with contextlib.redirect_stdout(out), pytest.raises(HeatmapWriteError, match="no space"):
         print_streamed(batches(), "jsonl")

@@ -30,7 +30,7 @@ CATEGORY = BUNDLE_CATEGORIES[0]
 
 
 # ---------------------------------------------------------------------------------- helpers
-def pngs(folder: Path, count: int, seed: int, name: str = "image") -> list[Path]:
+def query_pngs(folder: Path, count: int, seed: int, name: str = "image") -> list[Path]:
     """``count`` seeded PNG images in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}{i}.png" for i in range(count)]
@@ -77,7 +77,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 def bundle_on_tmpfs(bundle: Path, tmpfs: Path, tmp_path: Path) -> Path:
     """The tiny bundle on the tmpfs, with ``candle`` registered (a bank whose bytes must stay)."""
     copy = Path(shutil.copytree(bundle, tmpfs / "bundle"))
-    assert register(copy, pngs(tmp_path / "first", 2, seed=1)).code == 0
+    assert register(copy, query_pngs(tmp_path / "first", 2, seed=1)).code == 0
     assert (copy / "references" / f"{CATEGORY}.npz").is_file()
     return copy
 
@@ -94,7 +94,7 @@ ScoreCommand = Callable[..., Outcome]
 def score_command(request, bundle: Path, tiny_checkpoint: Path, tmp_path: Path) -> ScoreCommand:
     """``inctrl-run score`` (the bundle) or ``inctrl score`` (the checkpoint), two --shot images,
     the given arguments after them."""
-    shots = [a for shot in pngs(tmp_path / "shots", 2, seed=3) for a in ("-s", shot)]
+    shots = [a for shot in query_pngs(tmp_path / "shots", 2, seed=3) for a in ("-s", shot)]
     if request.param == "inctrl-run":
         head = [inctrl_runtime.cli.main, "score", bundle]
     else:
@@ -107,7 +107,7 @@ def score_command(request, bundle: Path, tiny_checkpoint: Path, tmp_path: Path) 
 def test_register_on_a_full_disk_keeps_the_bank(bundle_on_tmpfs: Path, tmp_path: Path):
     fill(bundle_on_tmpfs)
     before = snapshot(bundle_on_tmpfs)
-    outcome = register(bundle_on_tmpfs, pngs(tmp_path / "second", 2, seed=2))
+    outcome = register(bundle_on_tmpfs, query_pngs(tmp_path / "second", 2, seed=2))
     outcome.assert_refused("no space left writing", f"{CATEGORY}.npz", "free space")
     assert snapshot(bundle_on_tmpfs) == before  # the bank unchanged, no temporary left
 
@@ -118,7 +118,7 @@ def test_register_on_a_read_only_disk_keeps_the_bank(
 ):
     before = snapshot(bundle_on_tmpfs)
     read_only(tmpfs)
-    outcome = register(bundle_on_tmpfs, pngs(tmp_path / "second", 2, seed=2))
+    outcome = register(bundle_on_tmpfs, query_pngs(tmp_path / "second", 2, seed=2))
     outcome.assert_refused("read-only file system writing", f"{CATEGORY}.npz")
     assert snapshot(bundle_on_tmpfs) == before
 
@@ -130,7 +130,7 @@ def test_heatmaps_naming_a_file_is_refused_before_scoring(
 ):
     taken = tmp_path / "taken.png"
     taken.write_bytes(b"not a folder")
-    queries = pngs(tmp_path / "queries", 1, seed=4, name="query")
+    queries = query_pngs(tmp_path / "queries", 1, seed=4, name="query")
     outcome = score_command("--heatmaps", taken, "--json", *queries)
     outcome.assert_refused("--heatmaps", "is a file, not a folder")
     assert outcome.out == ""
@@ -143,7 +143,7 @@ def test_a_failed_heatmap_prints_the_scores_first(score_command: ScoreCommand, t
     records are printed (the first with its heatmap), then the one-line error."""
     heatmaps = tmp_path / "heatmaps"
     (heatmaps / "0001_query0.png").mkdir(parents=True)
-    queries = pngs(tmp_path / "queries", 1, seed=4, name="query") * 2
+    queries = query_pngs(tmp_path / "queries", 1, seed=4, name="query") * 2
     outcome = score_command("--heatmaps", heatmaps, "--json", *queries)
     outcome.assert_refused("a folder is in the way of a file writing", "0001_query0.png")
     first, second = json.loads(outcome.out)
@@ -154,10 +154,25 @@ def test_a_failed_heatmap_prints_the_scores_first(score_command: ScoreCommand, t
 
 
 @pytest.mark.cli
+def test_a_failed_heatmap_costs_no_score(score_command: ScoreCommand, tmp_path: Path):
+    """A heatmap that cannot be written in the first batch: every later batch is still scored
+    and its heatmaps written, every record is printed, and the error comes once, at the end."""
+    heatmaps = tmp_path / "heatmaps"
+    (heatmaps / "0001_query1.png").mkdir(parents=True)
+    queries = query_pngs(tmp_path / "queries", 6, seed=5, name="query")
+    outcome = score_command("--heatmaps", heatmaps, "--batch-size", "2", "--json", *queries)
+    outcome.assert_refused("0001_query1.png", "1 heatmap not written", "every score is printed")
+    records = json.loads(outcome.out)
+    assert [Path(r["image"]).name for r in records] == [q.name for q in queries]
+    assert [("heatmap" in r) for r in records] == [True, False, True, True, True, True]
+    assert all(Path(r["heatmap"]).is_file() for r in records if "heatmap" in r)
+
+
+@pytest.mark.cli
 def test_heatmaps_on_a_full_disk_print_the_table_then_the_error(
     score_command: ScoreCommand, tmpfs: Path, tmp_path: Path
 ):
-    queries = pngs(tmp_path / "queries", 2, seed=4, name="query")
+    queries = query_pngs(tmp_path / "queries", 2, seed=4, name="query")
     fill(tmpfs)
     outcome = score_command("--heatmaps", tmpfs / "heatmaps", *queries)
     outcome.assert_refused("no space left writing", "0000_query0.png")
@@ -170,7 +185,7 @@ def test_heatmaps_on_a_full_disk_print_the_table_then_the_error(
 def test_heatmaps_on_a_read_only_disk_print_the_scores_then_the_error(
     score_command: ScoreCommand, tmpfs: Path, tmp_path: Path
 ):
-    queries = pngs(tmp_path / "queries", 2, seed=4, name="query")
+    queries = query_pngs(tmp_path / "queries", 2, seed=4, name="query")
     (tmpfs / "heatmaps").mkdir()
     read_only(tmpfs)
     outcome = score_command("--heatmaps", tmpfs / "heatmaps", "--json", *queries)
@@ -228,7 +243,7 @@ def test_failed_force_export_keeps_the_old_bundle(
 def test_a_newline_in_what_an_error_quotes_stays_on_one_line(
     option: str, bundle: Path, tmp_path: Path
 ):
-    shot = pngs(tmp_path / "shots", 1, seed=5)[0]
+    shot = query_pngs(tmp_path / "shots", 1, seed=5)[0]
     given = {"--category": CATEGORY, "--shot": shot, option: "a\nb\x1b[2J"}
     before = snapshot(bundle)
     outcome = run_main(
