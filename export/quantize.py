@@ -118,11 +118,16 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
 
 def fp32_choice(choice: str) -> tuple[str | None, int | None]:
     """A ``--keep-fp32`` choice as (kind, block), either None for any: ``KIND`` (one of
-    ``PRODUCT_KINDS``), ``BLOCK`` (counted from 0) or ``KIND:BLOCK``; refused otherwise."""
-    kind, _, block = choice.rpartition(":") if ":" in choice else (choice, "", "")
-    if kind.isdigit() and not block:
-        kind, block = "", kind
-    if (kind and kind not in PRODUCT_KINDS) or (block and not block.isdigit()) or not choice:
+    ``PRODUCT_KINDS``), ``BLOCK`` (counted from 0) or ``KIND:BLOCK``, both parts given;
+    refused otherwise."""
+    parts = choice.split(":")
+    if len(parts) == 2 and all(parts):  # KIND:BLOCK, both given
+        kind, block = parts
+    elif len(parts) == 1 and choice:
+        kind, block = ("", choice) if choice.isdigit() else (choice, "")
+    else:
+        kind, block = "?", ""  # ':3', 'c_fc:', '', 'a:b:c': refused below
+    if (kind and kind not in PRODUCT_KINDS) or (block and not block.isdigit()):
         kinds = ", ".join(PRODUCT_KINDS)
         raise InputError(
             f"--keep-fp32 {choice!r}: give a product kind ({kinds}), a block number counted "

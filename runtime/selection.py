@@ -122,7 +122,8 @@ def coverage_selection(patches: np.ndarray, k: int) -> Selection:
     head's patch residual map with those prompts. Ties go to the lowest index, so a pool gives
     the same prompts every time (callers that want it independent of how they listed the pool
     sort it first). A near copy of a chosen image lowers the mean by almost nothing, so it is
-    not picked while a distinct image remains.
+    not picked while a distinct image remains; when only exact copies of chosen images remain
+    (k above the pool's distinct images), the selection is refused in one line.
 
     Args:
         patches: n x L x P x D float32, unit-norm patch tokens of the n pool images (the
@@ -141,6 +142,12 @@ def coverage_selection(patches: np.ndarray, k: int) -> Selection:
             for j in range(len(patches))
         ]
         best = int(np.argmin(means))  # the first of equal means: the lowest index
+        if chosen and means[best] >= value:  # every image left is a copy of a chosen one
+            distinct = f"{len(chosen)} image" + ("s" if len(chosen) > 1 else "")
+            raise InputError(
+                f"cannot select {k} coverage prompts: the pool holds {distinct} and copies of "
+                "them; give more distinct images or fewer --shots"
+            )
         chosen.append(best)
         current = np.minimum(current, residuals[best])
         value = means[best]

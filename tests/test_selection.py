@@ -99,9 +99,11 @@ def test_coverage_follows_the_images_not_their_order() -> None:
 @pytest.mark.unit
 def test_coverage_ties_go_to_the_lowest_index() -> None:
     pool = np.repeat(unit_tokens((1, 2, 3, 4), seed=5), 4, axis=0)  # four equal images
-    selection = coverage_selection(pool, 3)
-    assert selection.indices == (0, 1, 2)
+    selection = coverage_selection(pool, 1)
+    assert selection.indices == (0,)
     assert selection.mean_residual == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(InputError, match="holds 1 image and copies of them"):
+        coverage_selection(pool, 3)  # a second prompt would be a copy of the first
 
 
 @pytest.mark.unit

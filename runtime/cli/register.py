@@ -74,7 +74,7 @@ def run_register(
         raise InputError("--pool and --shot exclude each other: give a folder or the shots")
     if shots is None:
         raise InputError("no --shots given: say how many prompts to select, e.g. --shots 2")
-    select = select or "coverage"
+    select = "coverage" if select is None else select
     if select not in SELECTIONS:
         raise InputError(f"unknown --select {select!r}: choose {' or '.join(SELECTIONS)}")
     if not pool.is_dir():
