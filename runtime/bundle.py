@@ -25,7 +25,7 @@ import numpy as np
 
 from inctrl_runtime.contract import DYNAMIC_AXES, GRAPHS, graph_shapes
 from inctrl_runtime.engines import REEXPORT, TensorSpec, signature_difference
-from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.errors import BundleError, InputError, one_line
 from inctrl_runtime.fewshot import BankShape, category_file
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.manifest import (
@@ -146,7 +146,7 @@ class Bundle:
             known = ", ".join(self.categories)
             raise InputError(
                 f"category {category!r} has no text prior in {self.path} (it has: {known}); "
-                f"export the bundle again with --category {category}"
+                f"export the bundle again with --category {one_line(category)}"
             )
         return self.priors[category]
 

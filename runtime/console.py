@@ -22,7 +22,7 @@ import typer
 from PIL import Image
 from rich.console import Console
 
-from inctrl_runtime.errors import InputError
+from inctrl_runtime.errors import InputError, one_line
 from inctrl_runtime.files import write_error_message
 
 EXIT_INPUT_ERROR = 2
@@ -162,12 +162,6 @@ def _warnings_as_notes() -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = previous
-
-
-def one_line(text: str) -> str:
-    """``text`` with newlines and other control characters escaped (``\\n``), so that what an
-    error message quotes (a file or category name) cannot split it or move the cursor."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _refuse(message: str) -> None:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inctrl_runtime.decisions import Calibration
-from inctrl_runtime.errors import InputError
+from inctrl_runtime.errors import InputError, one_line
 from inctrl_runtime.fewshot import BankShape, check_category_name
 from inctrl_runtime.files import atomic_path
 
@@ -320,7 +320,7 @@ def not_registered(bundle: Bundle, category: str, then: str = "") -> InputError:
     what follows (e.g. that a running server serves it from then on)."""
     return InputError(
         f"category {category!r} is not registered in {bundle.path}: run inctrl-run register "
-        f"{bundle.path} --category {category} --shot IMG ...{then}"
+        f"{bundle.path} --category {one_line(category)} --shot IMG ...{then}"
     )
 
 

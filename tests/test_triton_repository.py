@@ -297,6 +297,10 @@ def test_the_head_serves_a_bank_registered_anew(repository, served_bundle, tmp_p
     (bundle / "references" / f"{OTHER}.npz").unlink()
     (answer,) = head.run([request])
     assert f"category '{OTHER}' is not registered" in str(answer)
+    hostile = {**features, CATEGORY_INPUT: rows_of([b"a\n\x1b[31mb"])}
+    (answer,) = head.run([hostile])  # a served error quotes the name escaped, command included
+    assert isinstance(answer, InputError) and str(answer).isprintable(), str(answer)
+    assert "--category a\\n\\x1b[31mb" in str(answer)
 
 
 def test_decision_arrays_say_none_as_nan_and_false():
