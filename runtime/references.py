@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -138,20 +139,24 @@ class NumpyBank:
         """Write the bank as ``.npz`` (no pickled objects), atomically; it must have a category."""
         if self.category is None:
             raise ValueError("a bank is saved for a category: give it one (dataclasses.replace)")
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                format_version=np.int64(BANK_FORMAT),
-                category=np.str_(self.category),
-                digest=np.str_(self.digest),
-                patches=np.ascontiguousarray(self.patches, dtype=np.float32),
-                adapted_mean=np.ascontiguousarray(self.adapted_mean, dtype=np.float32),
-                shots=np.int64(self.shots),
-                sources=np.array(self.sources, dtype=np.str_),
-                digests=np.array(self.digests, dtype=np.str_),
-                encoder_sha256=np.str_(self.encoder_sha256),
-                **self._optional_arrays(),
-            )
+        # Into memory first: numpy's savez leaves its zip file open when a write to disk fails
+        # (numpy 1.x), which would print noise after the one-line error of a full disk.
+        packed = io.BytesIO()
+        np.savez(
+            packed,
+            format_version=np.int64(BANK_FORMAT),
+            category=np.str_(self.category),
+            digest=np.str_(self.digest),
+            patches=np.ascontiguousarray(self.patches, dtype=np.float32),
+            adapted_mean=np.ascontiguousarray(self.adapted_mean, dtype=np.float32),
+            shots=np.int64(self.shots),
+            sources=np.array(self.sources, dtype=np.str_),
+            digests=np.array(self.digests, dtype=np.str_),
+            encoder_sha256=np.str_(self.encoder_sha256),
+            **self._optional_arrays(),
+        )
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(packed.getbuffer())
 
     def _optional_arrays(self) -> dict[str, np.ndarray]:
         """The calibration's, the selection's and the extras' arrays, for the banks that have

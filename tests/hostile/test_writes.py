@@ -24,7 +24,14 @@ import inctrl_runtime.cli
 from inctrl_runtime.console import new_app, one_line, run_app
 from inctrl_runtime.files import STAGING
 
-from helpers import BUNDLE_CATEGORIES, Outcome, random_images, run_main, snapshot
+from helpers import (
+    BUNDLE_CATEGORIES,
+    Outcome,
+    random_images,
+    run_command,
+    run_main,
+    snapshot,
+)
 
 CATEGORY = BUNDLE_CATEGORIES[0]
 
@@ -110,6 +117,18 @@ def test_register_on_a_full_disk_keeps_the_bank(bundle_on_tmpfs: Path, tmp_path:
     outcome = register(bundle_on_tmpfs, query_pngs(tmp_path / "second", 2, seed=2))
     outcome.assert_refused("no space left writing", f"{CATEGORY}.npz", "free space")
     assert snapshot(bundle_on_tmpfs) == before  # the bank unchanged, no temporary left
+
+
+@pytest.mark.cli
+def test_register_on_a_full_disk_says_one_line_and_no_more(bundle_on_tmpfs: Path, tmp_path: Path):
+    """In a process of its own, so that nothing printed at its exit (an unclosed file's
+    warning at garbage collection) escapes: stderr is the one error line."""
+    fill(bundle_on_tmpfs)
+    shots = [a for shot in query_pngs(tmp_path / "second", 2, seed=2) for a in ("-s", str(shot))]
+    done = run_command("inctrl_runtime.cli", "register", str(bundle_on_tmpfs), "--category",
+                       CATEGORY, *shots)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "no space left" in done.stderr
 
 
 @pytest.mark.cli
