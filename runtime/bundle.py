@@ -90,6 +90,8 @@ class Bundle:
                 for name in GRAPHS
             }
             preprocessing = _preprocessing(manifest["preprocessing"], model)
+            source = SourceRecord.from_manifest(manifest.get("source"))
+            verification = ExportCheck.from_manifest(manifest.get("verification"))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             message = f"{where}: incomplete or invalid manifest ({err}); {REEXPORT}"
             raise BundleError(message) from None
@@ -103,8 +105,8 @@ class Bundle:
             graphs=graphs,
             priors=priors,
             files={name: record["sha256"] for name, record in manifest["files"].items()},
-            source=SourceRecord.from_manifest(manifest.get("source")),
-            verification=ExportCheck.from_manifest(manifest.get("verification")),
+            source=source,
+            verification=verification,
             _manifest=manifest,
         )
 

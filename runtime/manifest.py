@@ -48,6 +48,22 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _field(record: Mapping, key: str, kinds: type | tuple[type, ...], what: str) -> Any:
+    """``record[key]`` (None when absent), refused unless it is None or of ``kinds``."""
+    value = record.get(key)
+    plain_bool = kinds is not bool and isinstance(value, bool)  # True is no number here
+    if value is not None and (plain_bool or not isinstance(value, kinds)):
+        raise ValueError(f"{what}.{key} is {type(value).__name__} {value!r}")
+    return value
+
+
+def _record(value: object, what: str) -> Mapping | None:
+    """A manifest record: an object, or None where it is absent."""
+    if value is not None and not isinstance(value, Mapping):
+        raise ValueError(f"{what} is {type(value).__name__} {value!r}, not an object")
+    return value
+
+
 class VerificationWarning(UserWarning):
     """The bundle's own export check (or a TensorRT build's) found outputs outside the parity
     tolerance."""
@@ -99,13 +115,14 @@ class ExportCheck:
     max_abs_diff: float | None
 
     @classmethod
-    def from_manifest(cls, record: object) -> ExportCheck | None:
-        """None where no check was recorded."""
-        if not isinstance(record, Mapping) or not record:
+    def from_manifest(cls, record: object, what: str = "verification") -> ExportCheck | None:
+        """None where no check was recorded; a record of other types is refused."""
+        record = _record(record, what)
+        if not record:
             return None
-        difference = record.get("max_abs_diff")
-        number = isinstance(difference, (int, float)) and not isinstance(difference, bool)
-        return cls(bool(record.get("passed", False)), float(difference) if number else None)
+        difference = _field(record, "max_abs_diff", (int, float), what)
+        passed = _field(record, "passed", bool, what)
+        return cls(bool(passed), None if difference is None else float(difference))
 
     def warn_if_failed(self, what: str, stacklevel: int = 3) -> None:
         """A VerificationWarning that ``what`` (e.g. ``bundle/: this bundle``) failed it."""
@@ -132,17 +149,20 @@ class QuantizationRecord:
     raw: Mapping[str, Any]
 
     @classmethod
-    def from_manifest(cls, record: object) -> QuantizationRecord | None:
-        if not isinstance(record, Mapping):
+    def from_manifest(cls, record: object, what: str = "quantization") -> QuantizationRecord | None:
+        """None for a float graph; a record of other types is refused."""
+        record = _record(record, what)
+        if record is None:
             return None
+        texts = {k: _field(record, k, str, what) for k in ("format", "activations", "weights",
+                                                           "method", "fp32_because")}  # fmt: skip
+        products = _field(record, "fp32_products", list, what) or []
+        if not all(isinstance(product, str) for product in products):
+            raise ValueError(f"{what}.fp32_products holds something other than names")
         return cls(
-            format=record.get("format"),
-            activations=record.get("activations"),
-            weights=record.get("weights"),
-            method=record.get("method"),
-            images=record.get("images"),
-            fp32_products=tuple(record.get("fp32_products") or ()),
-            fp32_because=record.get("fp32_because"),
+            **texts,
+            images=_field(record, "images", int, what),
+            fp32_products=tuple(products),
             raw=dict(record),
         )
 
@@ -162,14 +182,15 @@ class SourceRecord:
     demo: bool
 
     @classmethod
-    def from_manifest(cls, record: object) -> SourceRecord:
-        record = record if isinstance(record, Mapping) else {}
+    def from_manifest(cls, record: object, what: str = "source") -> SourceRecord:
+        """The record (none recorded: no file, not the demo); one of other types is refused."""
+        record = _record(record, what) or {}
         # a schema-1 manifest that recorded a path gives its name
-        recorded = record.get("file") or record.get("checkpoint")
+        recorded = _field(record, "file", str, what) or _field(record, "checkpoint", str, what)
         return cls(
             file=Path(recorded).name if recorded else None,
-            sha256=record.get("sha256"),
-            demo=bool(record.get("demo", False)),
+            sha256=_field(record, "sha256", str, what),
+            demo=bool(_field(record, "demo", bool, what)),
         )
 
 

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -335,3 +336,30 @@ def test_serve_without_the_serve_extra_says_what_to_install(tiny_bundle, monkeyp
     monkeypatch.setitem(sys.modules, "pytriton", None)  # as if nvidia-pytriton were missing
     outcome = run_main(inctrl_run, "serve", tiny_bundle)
     outcome.assert_refused('pip install "inctrl[serve]"')
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize(
+    ("option", "value", "phrase"),
+    [
+        ("--host", "999.1.1.1", "--host 999.1.1.1: this machine cannot listen there"),
+        ("--host", "10.255.255.1", "--host 10.255.255.1: this machine cannot listen there"),
+        ("--http-port", "70000", "--http-port 70000: not a port"),
+        ("--grpc-port", "-1", "--grpc-port -1: not a port"),
+    ],
+)
+def test_serve_refuses_an_address_it_cannot_listen_on(tiny_bundle, option, value, phrase):
+    require_serving()
+    before = set(Path(tempfile.gettempdir()).glob("inctrl-serve-*"))
+    outcome = run_main(inctrl_run, "serve", tiny_bundle, option, value)
+    outcome.assert_refused(phrase)
+    assert set(Path(tempfile.gettempdir()).glob("inctrl-serve-*")) == before  # nothing left
+
+
+@pytest.mark.cli
+def test_the_client_on_the_grpc_port_over_http_says_so(triton_server, tmp_path):
+    (file,) = query_files(tmp_path, count=1)
+    port = triton_server.grpc_url.rsplit(":", 1)[1]
+    outcome = run_main(inctrl_run, "client", f"http://127.0.0.1:{port}", "--category",
+                       CATEGORY, file)  # fmt: skip
+    outcome.assert_refused("the answer is not HTTP", "grpc://HOST:PORT")

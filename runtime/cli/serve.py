@@ -43,11 +43,13 @@ def run_serve(
     if problem:
         raise InputError(problem)
     with tempfile.TemporaryDirectory(prefix="inctrl-serve-") as folder:
-        repository = write_repository(
-            bundle, Path(folder) / "repository", max_batch=max_batch, instances=instances,
-            fpr=fpr, threads=threads,
-        )  # fmt: skip
+        repository = Path(folder) / "repository"
+        # checks the address first: a host or port it cannot listen on writes nothing
         server = TritonServer(repository, host, http_port, grpc_port, metrics_port, workdir=folder)
+        write_repository(
+            bundle, repository, max_batch=max_batch, instances=instances, fpr=fpr,
+            threads=threads,
+        )  # fmt: skip
         try:
             with status("starting tritonserver"):
                 waited = server.start().wait_ready(ready_timeout)

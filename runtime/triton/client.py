@@ -13,6 +13,7 @@ is kept at its own request's place.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib
 import io
 import os
@@ -164,6 +165,11 @@ class TritonClient:
             raise InputError(f"{what}the server at {self.url} refused it: {message}") from None
         except OSError as err:  # HTTP: refused, no such host, timed out
             raise InputError(self._no_answer(str(err) or type(err).__name__)) from None
+        except http.client.HTTPException as err:  # an answer that is not HTTP: the gRPC port?
+            raise InputError(
+                f"{self.url}: the answer is not HTTP ({type(err).__name__}); is it the server's "
+                "gRPC port? ask it as grpc://HOST:PORT"
+            ) from None
 
     def _no_answer(self, detail: str) -> str:
         return (

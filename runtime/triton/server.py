@@ -90,6 +90,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def check_address(host: str, ports: dict[str, int]) -> None:
+    """Refuse, in one line, a host this machine cannot listen on and a port out of range
+    (``ports``: option -> port; 0 is a free one)."""
+    for option, port in ports.items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InputError(f"{option} {port}: not a port; give 1 to 65535, or 0 for a free one")
+    try:
+        free_port(host)
+    except OSError as err:  # socket.gaierror too: a name that does not resolve
+        raise InputError(
+            f"--host {host}: this machine cannot listen there ({err.strerror or err}); give one "
+            "of its addresses, e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (all)"
+        ) from None
+
+
 def server_environment() -> dict[str, str]:
     """This environment for the server and its stub (see the module's docstring)."""
     env = dict(os.environ)
@@ -152,6 +167,8 @@ class TritonServer:
         metrics_port: int = 0,
         workdir: str | os.PathLike | None = None,
     ) -> None:
+        ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        check_address(host, ports)
         self.repository = Path(repository)
         self.workdir = workdir  # where its temporary folder goes (None: the system's)
         self.host = host

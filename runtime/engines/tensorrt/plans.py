@@ -154,6 +154,7 @@ class Build:
 
     @classmethod
     def from_manifest(cls, key: str, record: Mapping) -> Build:
+        ExportCheck.from_manifest(record.get("verification"), f"engines.{key}.verification")
         return cls(
             key=key,
             precision=str(record["precision"]),
