@@ -66,7 +66,7 @@ def _print_endpoints(server, bundle: Path, waited: float) -> None:
     from inctrl_runtime.triton.repository import registered_categories
 
     checked = Bundle.open(bundle, check_files=False)
-    served = ", ".join(registered_categories(checked, None)) or "none yet"
+    served = ", ".join(registered_categories(checked, None, check_banks=False)) or "none yet"
     lines = [
         f"serving {bundle} on tritonserver (pid {server.process.pid}, ready in {waited:.1f} s)",
         f"  HTTP     {server.http_url}",

@@ -9,6 +9,7 @@ next request on, without a restart.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -61,8 +62,9 @@ class HeadStage:
         self.features = tuple(spec.name for spec in bundle.graphs["encoder"].outputs)
         self.inputs = (*self.features, CATEGORY)
         self.banks = RegisteredBanks(bundle)
-        for category in categories:
-            self.bank(category)  # a category asked for at load must be there
+        for category in categories:  # read ahead; a damaged bank fails alone when asked for
+            with contextlib.suppress(InputError):
+                self.bank(category)
 
     @classmethod
     def open(cls, args: Mapping[str, str]) -> HeadStage:

@@ -62,11 +62,18 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def registered_categories(bundle: Bundle, categories: Sequence[str] | None) -> list[str]:
-    """The categories a repository serves from the start, each checked (a text prior and a
-    registered bank that fits): those given, or every registered one (None)."""
+def registered_categories(
+    bundle: Bundle, categories: Sequence[str] | None, check_banks: bool = True
+) -> list[str]:
+    """The categories a repository serves from the start: those given, each checked (a text
+    prior and a whole registered bank that fits: ``load_registered``'s line names a damaged
+    one), or every registered one (None), checked so where ``check_banks`` (a repository that
+    copies the banks must not carry a damaged one; one served in place lets a damaged bank fail
+    alone, on the requests that name it)."""
     if categories is None:
-        return sorted(c for c in bundle.categories if bundle.reference_path(c).is_file())
+        categories = sorted(c for c in bundle.categories if bundle.reference_path(c).is_file())
+        if not check_banks:
+            return categories
     for category in categories:
         bundle.prior(category)
         if not bundle.reference_path(category).is_file():
@@ -135,7 +142,7 @@ def write_repository(
         raise InputError(f"--threads must be at least 1, got {threads}")
     if encoder == "tensorrt" and encoder_file is None:
         raise InputError("a tensorrt encoder needs its plan: give encoder_file")
-    serving = registered_categories(checked, categories)
+    serving = registered_categories(checked, categories, check_banks=copy_bundle)
     target = Path(out)
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"{target}: exists and is not empty; name a new folder or remove it")
