@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import new_app, run_app, say, status, stderr
+from inctrl_runtime.console import Interrupted, new_app, run_app, say, status, stderr
 from inctrl_runtime.files import check_output_paths
 
 EXIT_PARITY_FAILED = 1
@@ -59,6 +60,17 @@ JsonReport = typer.Option(
     help="Write the parity report as JSON to this file (- for stdout).",
     show_default=False,
 )
+
+
+@contextlib.contextmanager
+def _left_as_it_was(out: Path) -> Iterator[None]:
+    """Say, when a signal ends an export before its bundle is in place, that ``out`` is as it
+    was (no bundle, or the old one: the new one is built aside and renamed last)."""
+    try:
+        yield
+    except Interrupted:
+        say(f"{out}: left as it was (the new bundle was not complete)")
+        raise
 
 
 def _log(message: str) -> None:
@@ -156,7 +168,7 @@ def onnx(
     from inctrl_export.bundle import export_bundle
 
     check_output_paths({"--json": json_file})
-    with status("exporting (tracing, text priors, self-check)"):
+    with status("exporting (tracing, text priors, self-check)"), _left_as_it_was(out):
         result = export_bundle(
             out,
             checkpoint,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -164,9 +165,9 @@ def _warnings_as_notes() -> Iterator[None]:
         warnings.showwarning = previous
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> int:
     say(f"error: {one_line(message)}")
-    sys.exit(EXIT_INPUT_ERROR)
+    return EXIT_INPUT_ERROR
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
@@ -194,26 +195,40 @@ def run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None)
     for a reason a user can fix: disk full, read-only, ...) into one line and exit code 2,
     SIGINT and SIGTERM into exit code 128 + signum once every ``finally`` ran, and Python
     warnings (a provider fallback, a demo model) into notes. A program run bare prints its help
-    (exit 2), as typer does."""
+    (exit 2), as typer does.
+
+    Run as the program itself (``argv`` None), the process ends as soon as the command is done
+    and its output flushed: the interpreter's teardown (freeing torch and onnxruntime, about a
+    second) runs with the default signal actions, so a SIGTERM then would end it silently after
+    the work was done, and nothing is left to free that the operating system does not."""
+    code = _run_app(app, prog_name, argv)
+    if argv is not None:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_app(app: typer.Typer, prog_name: str, argv: Sequence[str] | None) -> int:
+    """``run_app``'s work: the exit code."""
     with _warnings_as_notes(), _signals_unwind():
         try:
             code = app(args=argv, prog_name=prog_name, standalone_mode=False)
         except _click_errors() as err:
             if type(err).__name__ == "NoArgsIsHelpError":  # the help is printed: no error
-                sys.exit(EXIT_INPUT_ERROR)
+                return EXIT_INPUT_ERROR
             if getattr(err, "exit_code", EXIT_INPUT_ERROR) != EXIT_INPUT_ERROR:
                 say(f"error: {one_line(' '.join(err.format_message().split()))}")
-                sys.exit(err.exit_code)
-            _refuse(_usage_error_line(err))
+                return err.exit_code
+            return _refuse(_usage_error_line(err))
         except Interrupted as interrupted:
             say(f"interrupted by {interrupted}")
-            sys.exit(128 + interrupted.signum)
+            return 128 + interrupted.signum
         except InputError as err:
-            _refuse(str(err))
+            return _refuse(str(err))
         except OSError as err:
             message = write_error_message(err)
             if message is None:
                 raise
-            _refuse(message)
-        if isinstance(code, int) and code:  # ``typer.Exit(code)``: help, or a failed check
-            sys.exit(code)
+            return _refuse(message)
+    return code if isinstance(code, int) else 0  # ``typer.Exit(code)``: help, a failed check

@@ -170,3 +170,31 @@ def test_a_signal_during_export_leaves_nothing(signum: int, tiny_checkpoint: Pat
     # What matters is what is left (nothing), not the exit code (130/143 is run_app's test).
     assert b"Traceback" not in err, err.decode()
     assert list(folder.iterdir()) == []
+    assert b"out: left as it was (the new bundle was not complete)" in err, err.decode()
+
+
+@pytest.mark.cli
+def test_a_signal_after_the_export_finished_is_not_a_silent_death(
+    tiny_checkpoint: Path, tmp_path: Path
+):
+    """The program itself (``main()``, as the installed command runs it), signalled just after
+    it printed its report: it has ended already (its teardown skipped), or it says it was
+    interrupted; never the default action's silent death, and the bundle is whole."""
+    code = "from inctrl_export.cli import main; main()"
+    out = tmp_path / "out"
+    args = ["onnx", "--out", str(out), "-c", str(tiny_checkpoint), "--category", CATEGORY]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        for line in process.stderr:
+            if b"parity PASSED" in line:
+                break
+        time.sleep(0.3)  # inside the second the interpreter's teardown took
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode in (0, 128 + signal.SIGTERM), (process.returncode, err.decode())
+    assert process.returncode == 0 or b"interrupted by SIGTERM" in err
+    assert (out / "manifest.json").is_file() and not list(tmp_path.glob(".out.*"))
