@@ -11,11 +11,13 @@ Every server is stopped by the context manager that starts it (the session's by 
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +35,7 @@ from inctrl_runtime.results import SCORE_FIELDS
 from inctrl_runtime.triton.names import CATEGORY as CATEGORY_INPUT
 from inctrl_runtime.triton.names import ENCODER, ENSEMBLE, IMAGE, OUTPUTS
 from inctrl_runtime.triton.repository import write_repository
-from inctrl_runtime.triton.server import TritonServer, group_members, shared_memory_of
+from inctrl_runtime.triton.server import PYTHON_ENVS, SHARED_MEMORY, TritonServer
 
 from helpers import (
     BUNDLE_CATEGORIES,
@@ -258,16 +260,19 @@ def test_models_check_the_bundle_when_they_load(tiny_bundle, tmp_path):
 
 def test_a_killed_server_leaves_no_shared_memory(tiny_bundle, tmp_path):
     """Stopped with no time to exit cleanly (the group SIGKILLed at once), the server's stubs
-    cannot unlink the shared memory they map: ``stop`` removes it."""
+    cannot remove what they made: ``stop`` removes their shared memory (found by the server's
+    own prefix) and their empty Python environment folders."""
     require_serving()
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
     register_served(bundle, categories=(CATEGORY,))
+    envs = set(glob.glob(PYTHON_ENVS))
     server = TritonServer(write_repository(bundle, tmp_path / "repository", threads=1))
     with server:
-        regions = shared_memory_of(group_members(server.process.pid))
-        assert len(regions) >= 3 and all(region.exists() for region in regions)  # 3 stubs
+        regions = list(SHARED_MEMORY.glob(f"{server.shm_prefix}*"))
+        assert len(regions) >= 3  # one a stub: preprocess, encoder, head
         server.stop(timeout=0)
     assert not [region for region in regions if region.exists()]
+    assert set(glob.glob(PYTHON_ENVS)) <= envs
 
 
 def _processes_naming(text: str) -> list[str]:
@@ -363,3 +368,23 @@ def test_the_client_on_the_grpc_port_over_http_says_so(triton_server, tmp_path):
     outcome = run_main(inctrl_run, "client", f"http://127.0.0.1:{port}", "--category",
                        CATEGORY, file)  # fmt: skip
     outcome.assert_refused("the answer is not HTTP", "grpc://HOST:PORT")
+
+
+@pytest.mark.cli
+def test_a_port_in_use_is_said_and_leaves_nothing(tiny_bundle, tmp_path):
+    """The server cannot start (its HTTP port is taken): the line quotes why, not the CUDA
+    noise a CPU machine logs first, and its stubs' shared memory and folders are gone."""
+    require_serving()
+    envs = set(glob.glob(PYTHON_ENVS))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = TritonServer(
+            write_repository(tiny_bundle, tmp_path / "r", threads=1), http_port=port
+        )
+        with pytest.raises(InputError, match="already in use") as refused, server:
+            pass
+    assert "CudaDriverHelper" not in str(refused.value)
+    assert not list(SHARED_MEMORY.glob(f"{server.shm_prefix}*"))
+    assert set(glob.glob(PYTHON_ENVS)) <= envs and server.folder is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import glob
 import importlib.util
 import os
 import re
@@ -28,6 +29,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from inctrl_runtime.errors import InputError
@@ -38,8 +40,11 @@ _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB = "triton_python_backend_stub"
 # How long the server may take to finish in-flight requests once told to stop.
 EXIT_TIMEOUT_S = 10
-# The python backend's shared memory between the server and its stubs: /dev/shm/<prefix>_<uuid>.
-SHARED_MEMORY = "/dev/shm/triton_python_backend_shm_region"
+# Where the python backend keeps what its stubs share with the server: regions named
+# <prefix><uuid> (each server gets a prefix of its own, to find them by), and a folder a stub
+# makes for its Python environment.
+SHARED_MEMORY = Path("/dev/shm")
+PYTHON_ENVS = "/tmp/python_env_*"
 
 
 def serving_problem() -> str | None:
@@ -118,35 +123,6 @@ def server_environment() -> dict[str, str]:
     return env
 
 
-def group_members(group: int) -> list[int]:
-    """The pids of a process group, from /proc (none where there is no /proc)."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat.rsplit(")", 1)[-1].split()  # after the command: state, ppid, pgrp, ...
-        if len(fields) > 2 and fields[2] == str(group):
-            found.append(int(entry.name))
-    return found
-
-
-def shared_memory_of(pids: list[int]) -> set[Path]:
-    """The python backend's shared-memory files that these processes map."""
-    regions = set()
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith(SHARED_MEMORY):
-                regions.add(Path(fields[5].removesuffix(" (deleted)")))
-    return regions
-
-
 def _die_with_parent() -> None:
     # The server goes when the process that started it dies, even by SIGKILL (Linux).
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -177,6 +153,9 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port(host)
         self.folder: Path | None = None
         self.process: subprocess.Popen | None = None
+        # This server's shared-memory prefix, and the stubs' folders that were there before it.
+        self.shm_prefix = f"inctrl_{os.getpid()}_{uuid.uuid4().hex[:12]}_"
+        self._envs_before: set[str] = set()
 
     @property
     def http_url(self) -> str:
@@ -215,6 +194,7 @@ class TritonServer:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--log-verbose=0",
         ]
 
@@ -228,6 +208,7 @@ class TritonServer:
         if not self.repository.is_dir():
             raise InputError(f"{self.repository}: no such model repository folder")
         self.folder = Path(tempfile.mkdtemp(prefix="inctrl-triton-", dir=self.workdir))
+        self._envs_before = set(glob.glob(PYTHON_ENVS))
         try:
             backend = self.folder / "backends" / "python"
             backend.mkdir(parents=True)
@@ -287,22 +268,28 @@ class TritonServer:
         """Stop the server and raise the one-line error that says ``what`` happened to it,
         quoting the last lines of its log."""
         tail = self.log_tail(200).splitlines()
-        # Triton's error lines ('E1202 10:00:00.1 123 file.cc:45] "..."'), a model's failed
-        # load first (a CPU machine logs a CUDA error too); a python model's traceback follows
-        # its message after an escaped newline.
+        # Triton's error lines ('E1202 10:00:00.1 123 file.cc:45] "..."'): a model's failed
+        # load first, else a service's failed start (a port in use), else the last one (a CPU
+        # machine logs a CUDA error at every start); a python model's traceback follows its
+        # message after an escaped newline.
         errors = [line.split("] ", 1)[-1] for line in tail if re.match(r"E\d{4} ", line)]
-        errors = [e for e in errors if "failed to load" in e] or errors
-        said = errors[0].split("\\n")[0].strip('"') if errors else " | ".join(tail[-3:])
+        errors = (
+            [e for e in errors if "failed to load" in e]
+            or [e for e in errors if "failed to start" in e]
+            or errors[-1:]
+        )
+        said = errors[0].split("\\n")[0].strip('" ') if errors else " | ".join(tail[-3:])
         self.stop()
         raise InputError(f"tritonserver on {self.repository}: {what}; its log says: {said}")
 
     def stop(self, timeout: float = EXIT_TIMEOUT_S + 10) -> None:
         """SIGTERM the server (it unloads its models and stops their stubs), SIGKILL what is
         left of its process group after ``timeout`` seconds, and remove the temporary folder
-        and the shared memory its stubs mapped (a stub killed before it cleaned up leaves it)."""
+        and what its stubs leave when one is killed before it cleans up (every exit path,
+        a failed start included): its shared-memory regions (by its prefix) and the empty
+        folders its stubs made for their Python environment."""
         process, self.process = self.process, None
         if process is not None:
-            regions = shared_memory_of(group_members(process.pid))
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -310,8 +297,11 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # the group it leads: itself and stubs
             process.wait()
-            for region in regions:  # this server's own: gone already after a clean exit
+            for region in SHARED_MEMORY.glob(f"{self.shm_prefix}*"):
                 region.unlink(missing_ok=True)
+            for folder in set(glob.glob(PYTHON_ENVS)) - self._envs_before:
+                with contextlib.suppress(OSError):  # not empty, or not ours to remove
+                    os.rmdir(folder)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
