@@ -1,11 +1,16 @@
 """From scores to decisions: split-conformal calibration on normal images (torch-free).
 
 A category is calibrated with the scores of n normal images that were not its prompts. For a
-query's score s, ``p_value = (1 + #{calibration scores >= s}) / (n + 1)``; calling a query
-anomalous when ``p_value <= alpha`` flags a new normal image with probability at most alpha
-(for exchangeable normals), whatever the model's quality. The same decision as a score
-threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest calibration score, which exists only
-when ``n >= 1 / alpha - 1``.
+query's score s, ``p_value = (1 + #{calibration scores >= s - TIE_TOLERANCE}) / (n + 1)``;
+calling a query anomalous when ``p_value <= alpha`` flags a new normal image with probability
+at most alpha (for exchangeable normals), whatever the model's quality. The same decision as a
+score threshold: anomalous above the ``ceil((n + 1)(1 - alpha))``-th smallest calibration
+score plus ``TIE_TOLERANCE``, which exists only when ``n >= 1 / alpha - 1``.
+
+A calibration score within ``TIE_TOLERANCE`` below s counts as at least as large: a backend's
+scores of one image differ by batch (the parity contract allows 1e-5), so a re-scored
+calibration image gets the same p-value and decision at every batch size. Counting more
+calibration scores only raises p-values, so the rate promise holds (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ TARGET_FPRS = (0.01, 0.05, 0.1)
 # A query's decision fields, in the order records carry them.
 DECISION_FIELDS = ("p_value", "threshold", "anomalous")
 P_VALUE, THRESHOLD, ANOMALOUS = DECISION_FIELDS
+# How close below a query's score a calibration score still counts as "at least as large": the
+# parity contract's batch invariance (a score may move this much with the batch it is in).
+TIE_TOLERANCE = 1e-5
 
 
 def check_fpr(alpha: float) -> float:
@@ -46,16 +54,21 @@ def _rounded(value: float) -> float:
 
 
 def p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """(1 + #{calibration >= s}) / (n + 1) for each score s; ``calibration`` sorted ascending."""
+    """(1 + #{calibration >= s - TIE_TOLERANCE}) / (n + 1) for each score s; ``calibration``
+    sorted ascending."""
     n = len(calibration)
-    at_least = n - np.searchsorted(calibration, np.asarray(scores), side="left")
+    lowered = np.asarray(scores, dtype=np.float64) - TIE_TOLERANCE
+    at_least = n - np.searchsorted(np.asarray(calibration, np.float64), lowered, side="left")
     return (1 + at_least) / (n + 1)
 
 
 def threshold(calibration: np.ndarray, alpha: float) -> float | None:
-    """The ceil((n + 1)(1 - alpha))-th smallest calibration score, None when n is too small."""
+    """The score above which a query is anomalous at rate ``alpha``: the ceil((n + 1)(1 -
+    alpha))-th smallest calibration score plus ``TIE_TOLERANCE``; None when n is too small."""
     rank = math.ceil(_rounded((len(calibration) + 1) * (1 - alpha)))
-    return float(calibration[rank - 1]) if 1 <= rank <= len(calibration) else None
+    if not 1 <= rank <= len(calibration):
+        return None
+    return float(calibration[rank - 1]) + TIE_TOLERANCE
 
 
 class CalibrationWarning(UserWarning):

@@ -253,8 +253,12 @@ def calibrated(bundle: Path, inputs: dict, count: int = NORMALS) -> Path:
 
 
 def order_statistic(calibration: np.ndarray, alpha: float) -> float | None:
+    """The decision threshold worked out by hand: the ceil((n + 1)(1 - alpha))-th smallest
+    calibration score, plus the tie tolerance."""
+    from inctrl_runtime.decisions import TIE_TOLERANCE
+
     rank = math.ceil((len(calibration) + 1) * (1 - alpha))
-    return float(calibration[rank - 1]) if rank <= len(calibration) else None
+    return float(calibration[rank - 1]) + TIE_TOLERANCE if rank <= len(calibration) else None
 
 
 # ----------------------------------------------------- hostile input: one case's workspace

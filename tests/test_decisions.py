@@ -12,6 +12,7 @@ import pytest
 from inctrl_runtime.decisions import (
     DECISION_FIELDS,
     TARGET_FPRS,
+    TIE_TOLERANCE,
     Calibration,
     check_fpr,
     decide,
@@ -32,26 +33,27 @@ def test_p_values_count_the_calibration_scores_at_or_above() -> None:
     calibration = np.array([1.0, 2.0, 3.0, 4.0])  # n = 4: p = (1 + #{>= s}) / 5
     p = p_values(calibration, [0.0, 1.0, 2.5, 4.0, 5.0])
     assert p.tolist() == pytest.approx([5 / 5, 5 / 5, 3 / 5, 2 / 5, 1 / 5])
-    # Ties: a score equal to calibration scores counts all of them, one just above none.
+    # Ties: a score equal to calibration scores counts all of them, and so does one above them
+    # by less than the tie tolerance (a batch's wobble); one above by more counts none.
     tied = np.array([1.0, 2.0, 2.0, 2.0, 3.0])
-    assert p_values(tied, [2.0, np.nextafter(2.0, 3.0), 3.5]).tolist() == pytest.approx(
-        [5 / 6, 2 / 6, 1 / 6]
-    )
+    scores = [2.0, 2.0 + TIE_TOLERANCE / 2, 2.0 + 2 * TIE_TOLERANCE, 3.5]
+    assert p_values(tied, scores).tolist() == pytest.approx([5 / 6, 5 / 6, 2 / 6, 1 / 6])
     assert p_values(np.array([]), [0.3]).tolist() == [1.0]  # no calibration: never anomalous
 
 
 @pytest.mark.unit
 def test_threshold_is_the_order_statistic() -> None:
     calibration = np.arange(1, 20) / 10  # n = 19: 0.1 .. 1.9
-    assert threshold(calibration, 0.1) == pytest.approx(1.8)  # ceil(20 * 0.9) = 18th
-    assert threshold(calibration, 0.05) == pytest.approx(1.9)  # ceil(20 * 0.95) = 19th: max
-    assert threshold(calibration, 0.5) == pytest.approx(1.0)  # 10th
-    assert threshold(np.arange(99.0), 0.01) == 98.0  # ceil(100 * 0.99) = 99th: the max
+    tie = TIE_TOLERANCE  # the threshold is the order statistic plus the tie tolerance
+    assert threshold(calibration, 0.1) == pytest.approx(1.8 + tie)  # ceil(20 * 0.9) = 18th
+    assert threshold(calibration, 0.05) == pytest.approx(1.9 + tie)  # ceil(20 * 0.95): max
+    assert threshold(calibration, 0.5) == pytest.approx(1.0 + tie)  # 10th
+    assert threshold(np.arange(99.0), 0.01) == 98.0 + tie  # ceil(100 * 0.99) = 99th: the max
     # (n + 1)(1 - 0.7) = 10 * 0.30000000000000004 in floats: still the 3rd, not the 4th.
-    assert threshold(np.arange(9.0), 0.7) == 2.0
+    assert threshold(np.arange(9.0), 0.7) == 2.0 + tie
     # Ties: the 3rd of four is 1.0; a score equal to it is not above it, and not flagged.
     tied = np.array([1.0, 1.0, 1.0, 2.0])
-    assert threshold(tied, 0.5) == 1.0
+    assert threshold(tied, 0.5) == 1.0 + tie
     assert decide(tied, [1.0, 1.5], 0.5).anomalous.tolist() == [False, True]  # p = 1, 0.4
 
 

@@ -16,7 +16,7 @@ from inctrl.evaluation import evaluate, operating_points
 from inctrl.evaluation_report import MeanStd
 from inctrl.prompt_files import read_prompt_file, write_prompt_file
 from inctrl.synth import synthesize
-from inctrl_runtime.decisions import TARGET_FPRS, min_normals, threshold
+from inctrl_runtime.decisions import TARGET_FPRS, TIE_TOLERANCE, min_normals, threshold
 
 from helpers import CATEGORIES, POOL_IMAGES
 
@@ -77,9 +77,9 @@ def test_operating_points_on_hand_made_scores() -> None:
     scores = [0.5, 1.85, 1.95, 1.8, 1.85, 2.5, 1.0]
     at_01, at_05, at_10 = operating_points(calibration, targets, scores)
     assert at_01 == (0.01, None, None, None)
-    assert at_05.threshold == pytest.approx(1.9)
+    assert at_05.threshold == pytest.approx(1.9 + TIE_TOLERANCE)
     assert (at_05.false_positive_rate, at_05.recall) == (1 / 4, 1 / 3)  # 1.95; 2.5
-    assert at_10.threshold == pytest.approx(1.8)
+    assert at_10.threshold == pytest.approx(1.8 + TIE_TOLERANCE)
     assert (at_10.false_positive_rate, at_10.recall) == (2 / 4, 2 / 3)  # 1.85, 1.95; 1.85, 2.5
     assert [p.target_fpr for p in operating_points([], targets, scores)] == list(TARGET_FPRS)
     assert all(p.threshold is None for p in operating_points([], targets, scores))
