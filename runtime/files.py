@@ -23,6 +23,11 @@ from pathlib import Path
 
 from inctrl_runtime.errors import InputError
 
+# What makes a folder a bundle: a manifest file of this format (``inctrl_runtime.manifest``
+# reads the rest of it).
+MANIFEST = "manifest.json"
+FORMAT = "inctrl.bundle"
+
 TEMPORARY = ".tmp"
 STAGING = ".partial"
 REPLACED = ".old"
@@ -229,8 +234,6 @@ def write_json(path: str | os.PathLike, value: object, default=None) -> None:
 
 def is_bundle(folder: Path) -> bool:
     """Whether a folder is an inctrl bundle: its ``manifest.json`` says so."""
-    from inctrl_runtime.manifest import FORMAT, MANIFEST
-
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, UnicodeDecodeError, ValueError):

@@ -18,11 +18,9 @@ from inctrl_runtime.contract import ModelSizes
 from inctrl_runtime.engines import REEXPORT
 from inctrl_runtime.errors import BundleError
 from inctrl_runtime.fewshot import BankShape
-from inctrl_runtime.files import write_json
+from inctrl_runtime.files import FORMAT, MANIFEST, write_json
 
-FORMAT = "inctrl.bundle"
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 ENGINES_KEY = "engines"  # the manifest's record of the TensorRT builds
 
 
