@@ -1,5 +1,6 @@
 """``inctrl-run client``: score images on a running server of a bundle (``inctrl-run serve``,
-or an exported repository) and print what ``inctrl-run score`` prints."""
+or an exported repository) and print what ``inctrl-run score`` prints; with ``--check``, a
+liveness check that really infers."""
 
 from __future__ import annotations
 
@@ -9,11 +10,43 @@ from pathlib import Path
 import typer
 
 from inctrl_runtime.cli.common import CategoryOption, QueryPaths, app, images_of
-from inctrl_runtime.console import JsonFlag, JsonlFlag, output_format, require_category
+from inctrl_runtime.console import (
+    JsonFlag,
+    JsonlFlag,
+    output_format,
+    require_category,
+    say,
+)
 from inctrl_runtime.errors import InputError
 
 # Requests per printed batch, per thread: enough to keep every thread busy between batches.
 REQUESTS_PER_THREAD = 8
+# The image --check sends: seeded noise of a camera frame's shape (any image gets an answer).
+CHECK_SEED, CHECK_SIZE = 0, (480, 640, 3)
+
+
+def run_check(url: str, category: str | None) -> str:
+    """Send one image through the server's entry model and return a line saying it answered;
+    an answer that is missing, incomplete or not finite is a one-line error (a server that
+    says it is ready but cannot infer fails this)."""
+    import math
+    import time
+
+    import numpy as np
+
+    from inctrl_runtime.results import SCALAR_FIELDS
+    from inctrl_runtime.triton.client import TritonClient
+
+    require_category(category)
+    image = np.random.default_rng(CHECK_SEED).integers(0, 256, CHECK_SIZE, dtype=np.uint8)
+    began = time.perf_counter()
+    (record,) = TritonClient(url).records(category, [image])
+    seconds = time.perf_counter() - began
+    patch_map = record["patch_residual_map"]
+    values = [*(record[name] for name in SCALAR_FIELDS), *patch_map]
+    if not patch_map or not all(math.isfinite(value) for value in values):
+        raise InputError(f"{url}: answered {category!r} with scores that are not finite numbers")
+    return f"ok: {url} answered {category!r} in {1000 * seconds:.0f} ms"
 
 
 def run_client(
@@ -55,6 +88,12 @@ def client(
     ),
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Send one generated image instead of QUERIES; exit 0 only on a complete, finite "
+        "answer (a liveness probe).",
+    ),
 ) -> None:
     """Score images on a running Triton server of a bundle.
 
@@ -66,9 +105,16 @@ def client(
         inctrl-run client http://127.0.0.1:8000 --category candle --json q1.png q2.png
 
         inctrl-run client grpc://127.0.0.1:8001 --category candle --concurrency 8 images/
+
+        inctrl-run client http://127.0.0.1:8000 --category candle --check
     """
     from inctrl_runtime.output import print_streamed
 
+    if check:
+        if queries:
+            raise InputError("--check sends its own image: give no QUERIES with it")
+        say(run_check(url, category))
+        return
     output = output_format(as_json, as_jsonl)
     batches = run_client(url, category, queries or [], concurrency=concurrency)
     print_streamed(batches, output)

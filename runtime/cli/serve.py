@@ -2,7 +2,9 @@
 
 It writes the python-backend repository of the bundle into a temporary folder (the models read
 the bundle where it is), starts ``tritonserver`` on it, prints the endpoints once it is ready,
-and on Ctrl-C / SIGTERM stops the server and removes the folder.
+watches its python stubs (``StubWatchdog``: a model whose stub died is loaded again, and said
+so; one that cannot be is a one-line stop), and on Ctrl-C / SIGTERM stops the server and
+removes the folder.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import typer
 
 from inctrl_runtime.cli.common import BundleArgument, ThreadsOption, app
-from inctrl_runtime.console import status
+from inctrl_runtime.console import say, status
 from inctrl_runtime.decisions import DEFAULT_FPR
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.triton.configs import DEFAULT_MAX_BATCH
@@ -38,6 +40,7 @@ def run_serve(
     one-line error quoting its log's end."""
     from inctrl_runtime.triton.repository import write_repository
     from inctrl_runtime.triton.server import TritonServer, serving_problem
+    from inctrl_runtime.triton.watchdog import StubWatchdog
 
     problem = serving_problem()
     if problem:
@@ -50,14 +53,20 @@ def run_serve(
             bundle, repository, max_batch=max_batch, instances=instances, fpr=fpr,
             threads=threads,
         )  # fmt: skip
+        watchdog = None
         try:
             with status("starting tritonserver"):
                 waited = server.start().wait_ready(ready_timeout)
             _print_endpoints(server, bundle, waited)
+            watchdog = StubWatchdog(server, report=say).start()
             while server.process is not None and server.process.poll() is None:
+                if watchdog.failed is not None:
+                    server.stop_with(watchdog.failed)
                 time.sleep(0.5)
             server.stop_with("exited on its own")
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             server.stop()
 
 

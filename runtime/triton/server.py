@@ -195,6 +195,9 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            # every model loaded at start, and loadable again (a stub that died: watchdog)
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--log-verbose=0",
         ]
 
