@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -154,6 +155,13 @@ class Outcome:
             assert phrase in lines[0], (phrase, lines[0])
 
 
+def program_mains() -> dict[str, Callable[[list[str]], None]]:
+    """Each command-line program's ``main``, by the program's name."""
+    modules = {"inctrl": "inctrl.cli", "inctrl-export": "inctrl_export.cli",
+               "inctrl-run": "inctrl_runtime.cli", "inctrl-bench": "inctrl_bench.cli"}  # fmt: skip
+    return {name: importlib.import_module(module).main for name, module in modules.items()}
+
+
 def run_main(main: Callable[[list[str]], None], *args: str) -> Outcome:
     """Run a command line's ``main`` (e.g. ``inctrl_runtime.cli.main``) in this process with
     captured streams: the same code path as the installed command, without a subprocess."""
@@ -274,7 +282,7 @@ class Work:
 
     @property
     def bank(self) -> Path:
-        return self.bundle / "references" / "candle.npz"
+        return bank_file(self.bundle)
 
     def score(self, *extra: str) -> list[str]:
         """``inctrl-run score`` of the queries against the registered candle bank."""
@@ -302,20 +310,14 @@ def png_bytes(image: np.ndarray) -> bytes:
 @dataclass(frozen=True)
 class ServedBundle:
     """A bundle served by a real ``tritonserver`` on 127.0.0.1 (free ports): the ``bundle``
-    folder it reads, the ``server`` (``inctrl_runtime.triton.server.TritonServer``) and the
-    false-positive rate ``fpr`` of its decisions."""
+    folder it reads, the ``server`` (``inctrl_runtime.triton.server.TritonServer``), the
+    false-positive rate ``fpr`` of its decisions, and its ``http://`` and ``grpc://`` URLs."""
 
     bundle: Path
     server: object
     fpr: float
-
-    @property
-    def http_url(self) -> str:
-        return self.server.http_url  # http://127.0.0.1:PORT
-
-    @property
-    def grpc_url(self) -> str:
-        return self.server.grpc_url  # grpc://127.0.0.1:PORT
+    http_url: str
+    grpc_url: str
 
 
 def register_served(bundle: Path, categories=BUNDLE_CATEGORIES) -> None:
@@ -337,7 +339,7 @@ def serve_bundle(bundle: Path, repository: Path, fpr: float = TRITON_FPR):
 
     write_repository(bundle, repository, max_batch=8, fpr=fpr, threads=1)
     with TritonServer(repository) as server:
-        yield ServedBundle(bundle, server, fpr)
+        yield ServedBundle(bundle, server, fpr, server.http_url, server.grpc_url)
 
 
 def require_serving() -> None:
@@ -371,7 +373,7 @@ def record_plan(
     from inctrl_runtime.bundle import Bundle
     from inctrl_runtime.engines.tensorrt.cuda import ComputeCapability
     from inctrl_runtime.engines.tensorrt.plans import Build, PlanRecord, build_key, plan_file
-    from inctrl_runtime.manifest import ENGINES_KEY, MANIFEST
+    from inctrl_runtime.manifest import record_build
 
     capability = ComputeCapability(*sm)
     key = build_key(precision, PLAN_TENSORRT, capability, version_compatible)
@@ -382,9 +384,7 @@ def record_plan(
                   (1, 2, 8), {"encoder": plan}, gpu="NVIDIA L4")  # fmt: skip
     (bundle / plan.file).parent.mkdir(exist_ok=True)
     (bundle / plan.file).write_bytes(PLAN_BYTES)
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    manifest.setdefault(ENGINES_KEY, {})[key] = build.to_manifest()
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    record_build(bundle, key, build.to_manifest())
     return key
 
 

@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import inctrl.cli
-import inctrl_bench.cli
-import inctrl_export.cli
-import inctrl_runtime.cli
 from inctrl_runtime.detector import Detector
 
-from helpers import random_images, run_main, snapshot
+from helpers import program_mains, random_images, run_main, snapshot
 
 pytestmark = pytest.mark.cli
 
-MAINS = {
-    "inctrl": inctrl.cli.main,
-    "inctrl-export": inctrl_export.cli.main,
-    "inctrl-run": inctrl_runtime.cli.main,
-    "inctrl-bench": inctrl_bench.cli.main,
-}
+MAINS = program_mains()
 INSIDE, HOLDS = "lies inside the bundle", "holds the bundle"
 # (program, arguments with {b} the bundle and {up} the folder holding it, the refusal)
 CASES = [

@@ -7,21 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-import inctrl.cli
-import inctrl_bench.cli
-import inctrl_export.cli
-import inctrl_runtime.cli
-
-from helpers import run_main
+from helpers import program_mains, run_main
 
 pytestmark = pytest.mark.cli
 
-MAINS = {
-    "inctrl": inctrl.cli.main,
-    "inctrl-export": inctrl_export.cli.main,
-    "inctrl-run": inctrl_runtime.cli.main,
-    "inctrl-bench": inctrl_bench.cli.main,
-}
+MAINS = program_mains()
 CASES = [
     ("inctrl-run", ["score", "b", "--fpr", "abc", "q.png"], ("'--fpr'", "valid number")),
     ("inctrl-run", ["register", "b", "--shots", "abc"], ("'--shots'", "valid integer")),
