@@ -16,7 +16,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -152,6 +152,12 @@ class Bundle:
             )
         return self.priors[category]
 
+    def check_sha256(self, names: Iterable[str]) -> None:
+        """Hash the listed files named (``files``' keys) against the manifest: for a reader
+        that opened the bundle with ``check_files=False`` and reads only these."""
+        for name in names:
+            _check_sha256(self.path / name, self.files[name])
+
     def reference_path(self, category: str) -> Path:
         """Where the registered reference bank of a category lives: references/<category>.npz."""
         return category_file(self.path / REFERENCES_DIR, category, ".npz")
@@ -186,10 +192,15 @@ def _check_files(path: Path, manifest: dict, check_sha256: bool) -> None:
                 f"{file}: {file.stat().st_size} bytes, the manifest says {record.get('bytes')} "
                 f"(truncated or replaced); {REEXPORT}"
             )
-        if check_sha256 and file_sha256(file) != record["sha256"]:
-            raise BundleError(
-                f"{file}: sha256 differs from the manifest (tampered with or damaged); {REEXPORT}"
-            )
+        if check_sha256:
+            _check_sha256(file, record["sha256"])
+
+
+def _check_sha256(file: Path, recorded: str) -> None:
+    if file_sha256(file) != recorded:
+        raise BundleError(
+            f"{file}: sha256 differs from the manifest (tampered with or damaged); {REEXPORT}"
+        )
 
 
 def _graph_info(path: Path, name: str, record: dict, model: ModelRecord, files: dict) -> GraphInfo:

@@ -319,3 +319,17 @@ def test_decision_arrays_say_none_as_nan_and_false():
     want = enough.decide(scores, 0.1)
     assert np.allclose(decided["threshold"], want.threshold)
     assert decided["anomalous"].tolist() == want.anomalous.tolist() == [False, False, True]
+
+
+def test_each_model_hashes_only_what_it_reads(served_bundle, tmp_path):
+    """A python model instance checks the sha256 of the files it reads, not of every file
+    (the encoder, hundreds of MB for the full model, once per instance of every model)."""
+    bundle = Path(shutil.copytree(served_bundle, tmp_path / "bundle"))
+    repository = write_repository(bundle, tmp_path / "repository", threads=1)
+    data = bytearray((bundle / "encoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 1  # the same size, another sha256
+    (bundle / "encoder.onnx").write_bytes(bytes(data))
+    PreprocessStage.open(load_args(repository, PREPROCESS)).close()  # reads the manifest
+    HeadStage.open(load_args(repository, HEAD)).close()  # reads head.onnx and priors.json
+    with pytest.raises(BundleError, match="encoder.onnx: sha256 differs"):
+        EncoderStage.open(load_args(repository, ENCODER))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.bundle import PRIORS, Bundle
 from inctrl_runtime.decisions import decision_arrays
 from inctrl_runtime.engines import Engine
 from inctrl_runtime.errors import BundleError, InputError
@@ -69,7 +69,7 @@ class HeadStage:
     @classmethod
     def open(cls, args: Mapping[str, str]) -> HeadStage:
         parsed = ModelArgs.parse(args)
-        bundle = parsed.bundle()
+        bundle = parsed.bundle(reads=lambda bundle: [bundle.graphs["head"].file.name, PRIORS])
         check_encoder_file(parsed.root, bundle)
         engine = open_graph(bundle, "head", parsed.threads)
         return cls(bundle, engine, parsed.fpr, parsed.categories)

@@ -7,9 +7,9 @@
     REPO/inctrl_head/        python: every category's bank, the head graph, the decisions
     REPO/inctrl_head/bundle/ with ``copy_bundle``: the bundle's checked files and banks
 
-The python models find the bundle through their ``bundle`` parameter and check it (manifest
-and every file's sha256) when they load; the head checks a model.onnx / model.plan against the
-manifest too. ``inctrl_export.triton`` writes the onnxruntime and tensorrt variants with it.
+The python models find the bundle through their ``bundle`` parameter and check it when they
+load (the manifest, every file's size, and the sha256 of the files each reads); the head checks
+a model.onnx / model.plan against the manifest too. ``inctrl_export.triton`` writes the onnxruntime and tensorrt variants with it.
 """
 
 from __future__ import annotations

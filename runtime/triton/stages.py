@@ -10,7 +10,7 @@ outputs again (``concatenate`` / ``split``). Nothing here imports Triton: ``back
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -65,14 +65,17 @@ class ModelArgs:
         """The repository's root folder."""
         return self.folder.parent
 
-    def bundle(self) -> Bundle:
+    def bundle(self, reads: Callable[[Bundle], Iterable[str]] = lambda bundle: ()) -> Bundle:
         """The bundle the ``bundle`` parameter names (relative: to the repository's root),
-        checked with every file's sha256."""
+        checked, with the sha256 of the files the model ``reads`` (each model instance hashes
+        only what it reads: the encoder is by far the largest file)."""
         named = self.parameters.get(PARAM_BUNDLE)
         if not named:
             raise InputError(f"{self.folder}: its config names no {PARAM_BUNDLE!r} parameter")
         path = Path(named)
-        return Bundle.open(path if path.is_absolute() else self.root / path, check_files=True)
+        bundle = Bundle.open(path if path.is_absolute() else self.root / path, check_files=False)
+        bundle.check_sha256(reads(bundle))
+        return bundle
 
     @property
     def threads(self) -> int | None:
@@ -158,7 +161,8 @@ class EncoderStage:
     @classmethod
     def open(cls, args: Mapping[str, str]) -> EncoderStage:
         parsed = ModelArgs.parse(args)
-        return cls(open_graph(parsed.bundle(), "encoder", parsed.threads))
+        bundle = parsed.bundle(reads=lambda bundle: [bundle.graphs["encoder"].file.name])
+        return cls(open_graph(bundle, "encoder", parsed.threads))
 
     def run(self, requests: Sequence[Feeds]) -> list[Reply]:
         feeds, rows = concatenate(requests, self.inputs)
