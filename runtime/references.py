@@ -329,12 +329,13 @@ def not_registered(bundle: Bundle, category: str, then: str = "") -> InputError:
     )
 
 
-def load_registered(bundle: Bundle, category: str) -> NumpyBank:
+def load_registered(bundle: Bundle, category: str, then: str = "") -> NumpyBank:
     """A category's registered bank (``references/<category>.npz``) read and checked: whole,
-    registered for this category, by this bundle's encoder, of its shapes."""
+    registered for this category, by this bundle's encoder, of its shapes; ``then`` ends the
+    line for an unregistered one (``not_registered``)."""
     path = bundle.reference_path(category)
     if not path.is_file():
-        raise not_registered(bundle, category)
+        raise not_registered(bundle, category, then)
     bank = NumpyBank.load(path)
     if bank.category != category:
         raise InputError(
@@ -365,14 +366,11 @@ class RegisteredBanks:
         self._held: dict[str, NumpyBank] = {}
 
     def bank(self, category: str, then: str = "") -> NumpyBank:
-        """A category's registered bank (``load_registered``); ``then`` ends the message for
-        an unregistered one (``not_registered``)."""
-        path = self.bundle.reference_path(category)
-        if not path.is_file():
-            raise not_registered(self.bundle, category, then)
+        """A category's registered bank (``load_registered``, ``then`` included), read again
+        only when its file's digest changed."""
         held = self._held.get(category)
-        if held is None or read_digest(path) != held.digest:
-            held = self._held[category] = load_registered(self.bundle, category)
+        if held is None or read_digest(self.bundle.reference_path(category)) != held.digest:
+            held = self._held[category] = load_registered(self.bundle, category, then)
         return held
 
     def save(self, bank: NumpyBank) -> None:

@@ -9,7 +9,8 @@
 
 The python models find the bundle through their ``bundle`` parameter and check it when they
 load (the manifest, every file's size, and the sha256 of the files each reads); the head checks
-a model.onnx / model.plan against the manifest too. ``inctrl_export.triton`` writes the onnxruntime and tensorrt variants with it.
+a model.onnx / model.plan against the manifest too. ``inctrl_export.triton`` writes the
+onnxruntime and tensorrt variants with it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import staging_folder
 from inctrl_runtime.manifest import MANIFEST
-from inctrl_runtime.references import load_registered, not_registered
+from inctrl_runtime.references import load_registered
 from inctrl_runtime.triton.configs import (
     DEFAULT_MAX_BATCH,
     check_serving_sizes,
@@ -76,9 +77,7 @@ def registered_categories(
             return categories
     for category in categories:
         bundle.prior(category)
-        if not bundle.reference_path(category).is_file():
-            raise not_registered(bundle, category, then=" first")
-        load_registered(bundle, category)
+        load_registered(bundle, category, then=" first")
     return list(categories)
 
 

@@ -37,7 +37,7 @@ from inctrl_runtime.errors import InputError
 INSTALL_SERVE = 'pip install "inctrl[serve]"'
 LOG = "tritonserver.log"
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
-_STUB = "triton_python_backend_stub"
+STUB = "triton_python_backend_stub"  # the program each python model instance runs in
 # How long the server may take to finish in-flight requests once told to stop.
 EXIT_TIMEOUT_S = 10
 # Where the python backend keeps what its stubs share with the server: regions named
@@ -85,7 +85,7 @@ def _server_binary() -> Path:
 
 def _stub_source() -> Path:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return _distribution() / "python_backend_stubs" / version / _STUB
+    return _distribution() / "python_backend_stubs" / version / STUB
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -218,7 +218,7 @@ class TritonServer:
             source = _distribution() / "backends" / "python"
             for name in _BACKEND_FILES:
                 (backend / name).symlink_to(source / name)
-            (backend / _STUB).symlink_to(_stub_source())
+            (backend / STUB).symlink_to(_stub_source())
             with open(self.folder / LOG, "wb") as log:
                 self.process = subprocess.Popen(
                     self.command(),
@@ -234,13 +234,18 @@ class TritonServer:
             raise
         return self
 
-    def ready(self) -> bool:
-        """Whether the server answers ready on HTTP (every model loaded)."""
+    def http_client(self, timeout: float):
+        """A ``tritonclient.http`` client of this server, from this machine."""
         import tritonclient.http
 
-        client = tritonclient.http.InferenceServerClient(
-            f"{self.host}:{self.http_port}", connection_timeout=2.0, network_timeout=2.0
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return tritonclient.http.InferenceServerClient(
+            f"{host}:{self.http_port}", connection_timeout=timeout, network_timeout=timeout
         )
+
+    def ready(self) -> bool:
+        """Whether the server answers ready on HTTP (every model loaded)."""
+        client = self.http_client(2.0)
         try:
             return bool(client.is_server_ready())
         except Exception:  # refused or reset while it starts: not ready yet

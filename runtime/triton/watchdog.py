@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inctrl_runtime.triton.names import PYTHON_MODEL, VERSION
+from inctrl_runtime.triton.server import STUB
 
 if TYPE_CHECKING:
     from inctrl_runtime.triton.server import TritonServer
 
-STUB = "triton_python_backend_stub"
 LOAD_TIMEOUT_S = 60.0
 
 
@@ -88,15 +88,11 @@ class StubWatchdog:
             self.check()
 
     def _load_again(self, model: str) -> None:
-        import tritonclient.http
         from tritonclient.utils import InferenceServerException
 
         began = time.monotonic()
         (self.server.repository / model / VERSION / PYTHON_MODEL).touch()
-        address = f"{_local(self.server.host)}:{self.server.http_port}"
-        client = tritonclient.http.InferenceServerClient(
-            address, connection_timeout=LOAD_TIMEOUT_S, network_timeout=LOAD_TIMEOUT_S
-        )
+        client = self.server.http_client(LOAD_TIMEOUT_S)
         try:
             client.load_model(model)
         except (InferenceServerException, OSError) as err:
@@ -109,8 +105,3 @@ class StubWatchdog:
         self.report(
             f"{model}: a python stub died; loaded it again in {time.monotonic() - began:.1f} s"
         )
-
-
-def _local(host: str) -> str:
-    """The address to reach a server bound to ``host`` from this machine."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
