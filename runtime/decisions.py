@@ -152,7 +152,8 @@ class Calibration:
                 f"{backend} {precision}: scores may differ slightly, so may the false-positive "
                 "rate; calibrate again on this backend to be exact"
             )
-        return [*found, self.too_small_for(alpha)] if self.too_small_for(alpha) else found
+        too_small = self.too_small_for(alpha)
+        return [*found, too_small] if too_small else found
 
     def too_small_for(self, alpha: float) -> str:
         """Why this calibration cannot decide at rate ``alpha`` ("" if it can)."""

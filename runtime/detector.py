@@ -79,7 +79,6 @@ class Prepared:
     is scored against (the bank and prior on the head's device, the calibration to decide with
     and its rate; no calibration: no decisions)."""
 
-    category: str
     images: Images
     batch_size: int
     bank: NumpyBank
@@ -171,7 +170,7 @@ class Detector:
     def bank_inputs(self, category: str, bank: NumpyBank | None = None) -> dict:
         """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
         given), uploaded once to the GPU when the head runs there; pass them to ``head``."""
-        return self._prepare(category, (), bank, need_images=False).head_inputs
+        return self._prepare(category, (), bank, what=None).head_inputs
 
     # ------------------------------------------------------------------------- few-shot state
     def reference(
@@ -326,8 +325,7 @@ class Detector:
         bank: NumpyBank | None,
         batch_size: int = 16,
         fpr: float | None = None,
-        need_images: bool = True,
-        what: str = "no query images given",
+        what: str | None = "no query images given",
     ) -> Prepared:
         """Check a call's inputs, each once, before any image is read: the batch size, the rate
         (``fpr``; None: the call makes no decisions), the images, the category's prior, the
@@ -336,7 +334,7 @@ class Detector:
         quite fit)."""
         if fpr is not None:
             check_fpr(fpr)
-        found = checked_images(images, batch_size, what) if need_images else ()
+        found = checked_images(images, batch_size, what)
         prior = self.bundle.prior(category)
         if bank is None:
             bank = self.registered(category)
@@ -345,8 +343,7 @@ class Detector:
             check_fits(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
             calibration = None
         head_inputs = self.head_engine.upload(head_feeds(bank, prior))
-        return Prepared(category, found, batch_size, bank, head_inputs, calibration,
-                        fpr or DEFAULT_FPR)  # fmt: skip
+        return Prepared(found, batch_size, bank, head_inputs, calibration, fpr or DEFAULT_FPR)
 
     def encoded_batches(
         self,

@@ -5,9 +5,9 @@ Normalize`` on a PIL image, including its size arithmetic, so grayscale, RGBA, p
 images come out as the authors' pipeline makes them.
 
 An image source is a path (an image file or ``.npy``), an encoded file's bytes, a PIL image or a
-numpy array. ``decode`` reads one once into a ``DecodedImage``: the picture as given and the
-picture the model sees, which travel together (the encoder's input is made from the view;
-heatmaps are drawn on the pictures, never read from disk again).
+numpy array. ``decode`` reads one once into a ``DecodedImage``: its name and the picture the
+model sees (the encoder's input is made from the view; heatmaps are drawn on it, never read
+from disk again).
 """
 
 from __future__ import annotations
@@ -253,12 +253,11 @@ def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> n
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """One image source decoded once: its name (``describe``), the picture as given and the
-    picture the model sees. The encoder's input comes from ``view``; pictures for people are
-    drawn on them, so nothing is read twice."""
+    """One image source decoded once: its name (``describe``) and the picture the model sees.
+    The encoder's input comes from ``view`` and pictures for people are drawn on it, so
+    nothing is read twice; the picture as given is let go once the view is made."""
 
     name: str
-    original: Image.Image
     view: Image.Image
 
     def pixels(self, config: Preprocessing = Preprocessing()) -> np.ndarray:
@@ -269,8 +268,7 @@ class DecodedImage:
 def decode(source: ImageSource, config: Preprocessing = Preprocessing()) -> DecodedImage:
     """Read an image source once (``load_image``, its checks included) and make the picture the
     model sees from it."""
-    original = load_image(source, config.size)
-    return DecodedImage(describe(source), original, model_view(original, config))
+    return DecodedImage(describe(source), model_view(load_image(source, config.size), config))
 
 
 def preprocess_many(

@@ -29,7 +29,7 @@ from inctrl_runtime.console import (
     require_files,
     say,
 )
-from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, min_normals
+from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr, min_normals
 from inctrl_runtime.errors import InputError
 
 
@@ -60,10 +60,12 @@ def run_score(
         raise InputError(
             "no query images given: list the images or folders to score after the options"
         )
+    check_fpr(fpr)  # cheap checks before the bundle is hashed and any shot encoded
     require_files(shot_images, "--shot image")
     images = images_of(queries, "query image")
     check_heatmaps(heatmaps)
     detector = open_detector(bundle, device, threads)
+    detector.bundle.prior(category)
     bank = detector.reference(list(shot_images)) if shot_images else None
     batches = detector.result_batches(category, images, bank, batch_size, fpr)
     return record_batches(_with_progress(batches, len(images)), list(map(str, images)), heatmaps)
