@@ -36,7 +36,7 @@ from inctrl_export.tensorrt_checks import (
 )
 from inctrl_export.verify import check_source_checkpoint
 from inctrl_runtime.bundle import Bundle
-from inctrl_runtime.contract import GRAPH_CONTRACT, GRAPHS
+from inctrl_runtime.contract import GRAPHS
 from inctrl_runtime.engines.tensorrt.plans import (
     Build,
     PlanRecord,
@@ -265,8 +265,7 @@ def graph_profiles(
     """Each graph's optimization profile: input name -> (min, opt, max) shapes, from the graph
     contract and the bundle's model sizes: the batch axis of both graphs from ``batch``, the
     head's prompt patches from ``shots`` (k x P)."""
-    inputs = {graph: GRAPH_CONTRACT[graph][0] for graph in GRAPHS}
-    return {graph: profiles(inputs[graph], bundle.model, batch, shots) for graph in GRAPHS}
+    return {graph: profiles(graph, bundle.model, batch, shots) for graph in GRAPHS}
 
 
 def _check_lean_runtime(version: str) -> None:

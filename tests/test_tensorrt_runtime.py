@@ -22,7 +22,6 @@ import pytest
 
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.cli import main as inctrl_run
-from inctrl_runtime.contract import GRAPH_CONTRACT
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.devices import parse_device
 from inctrl_runtime.engines import TensorSpec
@@ -122,9 +121,9 @@ def test_profile_sizes_are_checked() -> None:
 @pytest.mark.unit
 def test_profiles_come_from_the_graph_contract(tiny_bundle: Path) -> None:
     sizes = Bundle.open(tiny_bundle).model  # tiny: L 3, P 225, D 64, E 32
-    encoder = profiles(GRAPH_CONTRACT["encoder"][0], sizes, (1, 8, 32), (1, 2, 8))
+    encoder = profiles("encoder", sizes, (1, 8, 32), (1, 2, 8))
     assert encoder == {"image": ((1, 3, 240, 240), (8, 3, 240, 240), (32, 3, 240, 240))}
-    head = profiles(GRAPH_CONTRACT["head"][0], sizes, (2, 4, 16), (1, 2, 8))
+    head = profiles("head", sizes, (2, 4, 16), (1, 2, 8))
     assert set(head) == {"embedding", "adapted", "patches", "ref_patches"}  # the others: fixed
     assert head["embedding"] == ((2, 32), (4, 32), (16, 32))
     assert head["patches"] == ((2, 3, 225, 64), (4, 3, 225, 64), (16, 3, 225, 64))

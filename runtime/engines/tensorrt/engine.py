@@ -44,8 +44,8 @@ from inctrl_runtime.engines.tensorrt.cuda import (
     gpu_problem,
     use_device,
 )
-from inctrl_runtime.engines.tensorrt.plan_io import REBUILD, PlanIO, read_bindings
-from inctrl_runtime.engines.tensorrt.plans import Build, choose_build, require_builds
+from inctrl_runtime.engines.tensorrt.plan_io import PlanIO, read_bindings
+from inctrl_runtime.engines.tensorrt.plans import REBUILD, Build, choose_build, require_builds
 from inctrl_runtime.engines.tensorrt.runtimes import (
     INSTALL_TENSORRT,
     TensorrtRuntime,

@@ -20,10 +20,8 @@ import numpy as np
 
 from inctrl_runtime.engines import TensorSpec
 from inctrl_runtime.engines.tensorrt.buffers import DeviceTensor
-from inctrl_runtime.engines.tensorrt.plans import Profile
+from inctrl_runtime.engines.tensorrt.plans import REBUILD, Profile
 from inctrl_runtime.errors import BundleError, InputError
-
-REBUILD = "rebuild with inctrl-export tensorrt {bundle} --force"
 
 
 @dataclass(frozen=True)

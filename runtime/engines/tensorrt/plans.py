@@ -19,15 +19,25 @@ manifest's ``files``, so a bundle shipped without ``engines/`` still opens for o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from inctrl_runtime.contract import BATCH_AXIS, PROMPT_AXIS, GraphContract, ModelSizes
+from inctrl_runtime.contract import (
+    BATCH_AXIS,
+    GRAPH_CONTRACT,
+    PROMPT_AXIS,
+    ModelSizes,
+    graph_shapes,
+)
 from inctrl_runtime.engines.tensorrt.cuda import ComputeCapability
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.manifest import MANIFEST, ExportCheck
+
+# The advice for a plan that cannot be used as it is.
+REBUILD = "rebuild with inctrl-export tensorrt {bundle} --force"
 
 ENGINES_DIR = "engines"
 PLAN_SUFFIX = ".plan"
@@ -74,25 +84,25 @@ def profile_sizes(sizes: Sequence[int], option: str) -> tuple[int, int, int]:
 
 
 def profiles(
-    inputs: GraphContract,
+    graph: str,
     sizes: ModelSizes,
     batch: tuple[int, int, int],
     shots: tuple[int, int, int],
 ) -> dict[str, Profile]:
-    """Min/opt/max shapes of every input whose shape has a dynamic axis, from a graph's inputs in
-    ``inctrl_runtime.contract.GRAPH_CONTRACT`` (input name -> shape letters), the model's
-    ``sizes``, the batch sizes and the prompt counts k (N = k x P prompt patches)."""
-    letters = sizes.letters()
-    dynamic = {BATCH_AXIS: batch, PROMPT_AXIS: tuple(k * sizes.num_patches for k in shots)}
-    found: dict[str, Profile] = {}
-    for name, shape in inputs.items():
-        if not any(letter in dynamic for letter in shape):
-            continue
-        found[name] = tuple(  # type: ignore[assignment]
-            tuple(dynamic[d][i] if d in dynamic else letters.get(d, d) for d in shape)
-            for i in range(3)
-        )
-    return found
+    """Min/opt/max shapes of every input of ``graph`` whose shape has a dynamic axis
+    (``contract.graph_shapes`` at each of the three sizes): the model's ``sizes``, the batch
+    sizes and the prompt counts k (N = k x P prompt patches)."""
+    dynamic = (BATCH_AXIS, PROMPT_AXIS)
+    prompts = [k * sizes.num_patches for k in shots]
+    shapes = [
+        graph_shapes(graph, sizes, {BATCH_AXIS: batch[i], PROMPT_AXIS: prompts[i]})[0]
+        for i in range(3)
+    ]
+    return {
+        name: tuple(shape[name] for shape in shapes)  # type: ignore[misc]
+        for name, letters in GRAPH_CONTRACT[graph][0].items()
+        if any(letter in dynamic for letter in letters)
+    }
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,7 @@ class Build:
     gpu: str = ""
     verification: dict | None = None  # the build's own check, as recorded
 
-    @property
+    @functools.cached_property
     def check(self) -> ExportCheck | None:
         """The build's own check against PyTorch (None: not run)."""
         return ExportCheck.from_manifest(self.verification)
@@ -284,7 +294,7 @@ def read_plan(bundle: Path, plan: PlanRecord) -> bytes:
     manifest (before any TensorRT code, which may load host code from it, sees it)."""
     from inctrl_runtime.bundle import inside
 
-    rebuild = f"rebuild with inctrl-export tensorrt {bundle} --force"
+    rebuild = REBUILD.format(bundle=bundle)
     path = inside(bundle, plan.file, bundle / MANIFEST)
     if not path.is_file():
         raise BundleError(

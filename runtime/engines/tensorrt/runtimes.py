@@ -12,8 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from inctrl_runtime.engines.tensorrt.cuda import GpuError
-from inctrl_runtime.engines.tensorrt.plan_io import REBUILD
-from inctrl_runtime.engines.tensorrt.plans import PlanRecord, read_plan
+from inctrl_runtime.engines.tensorrt.plans import REBUILD, PlanRecord, read_plan
 from inctrl_runtime.errors import BundleError
 
 # Every TensorRT name the runner uses, by owner ("module": the tensorrt / tensorrt_lean module);
