@@ -39,9 +39,14 @@ BatchSize = Annotated[int, typer.Option(help="Query images per encoder pass.")]
 Heatmaps = Annotated[
     Path | None,
     typer.Option(
-        help="Write a heatmap PNG per query (patch residuals over the image) here.",
+        help="Write a heatmap PNG per query here, named after its image: the patch residuals "
+        "over the whole frame, regions outlined, the band the model does not see greyed.",
         show_default=False,
     ),
+]
+HeatmapSize = Annotated[
+    int,
+    typer.Option(help="Longest side, in pixels, of a heatmap (larger frames are drawn smaller)."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")]
 JsonlFlag = Annotated[

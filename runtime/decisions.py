@@ -36,10 +36,10 @@ P_VALUE, THRESHOLD, ANOMALOUS = DECISION_FIELDS
 TIE_TOLERANCE = 1e-5
 
 
-def check_fpr(alpha: float) -> float:
-    """A false-positive rate must lie strictly between 0 and 1."""
+def check_fpr(alpha: float, option: str = "--fpr") -> float:
+    """A false-positive rate (given as ``option``) must lie strictly between 0 and 1."""
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise InputError(f"--fpr must be a rate between 0 and 1 (e.g. 0.01), got {alpha}")
+        raise InputError(f"{option} must be a rate between 0 and 1 (e.g. 0.01), got {alpha}")
     return float(alpha)
 
 
@@ -103,6 +103,9 @@ class Calibration:
         backend: what scored them (e.g. ``onnxruntime-cpu``); precision: the encoder's.
         encoder_sha256: the encoder that scored them (the bank's).
         created: when, ISO 8601 UTC.
+        map_maxima: n float32, ascending: each image's ``max_patch_residual``, whose order
+            statistic is the region threshold (``regions.RegionRule``); None for a
+            calibration made before regions were kept.
     """
 
     scores: np.ndarray
@@ -111,6 +114,7 @@ class Calibration:
     precision: str
     encoder_sha256: str
     created: str
+    map_maxima: np.ndarray | None = None
 
     @classmethod
     def of(
@@ -120,8 +124,10 @@ class Calibration:
         backend: str,
         precision: str,
         encoder_sha256: str,
+        map_maxima: np.ndarray | None = None,
     ) -> Calibration:
-        """A calibration from unsorted scores, dated now."""
+        """A calibration from unsorted scores (and the same images' map maxima, sorted on
+        their own), dated now."""
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         order = np.argsort(np.asarray(scores, dtype=np.float32), kind="stable")
         return cls(
@@ -131,6 +137,7 @@ class Calibration:
             precision=precision,
             encoder_sha256=encoder_sha256,
             created=now,
+            map_maxima=None if map_maxima is None else np.sort(np.asarray(map_maxima, np.float32)),
         )
 
     @property
@@ -141,10 +148,13 @@ class Calibration:
         """p-values of ``scores``, and the threshold and decisions at rate ``alpha``."""
         return decide(self.scores, scores, alpha)
 
-    def misfits(self, backend: str, precision: str, alpha: float) -> list[str]:
-        """Why decisions at rate ``alpha`` on ``backend`` at ``precision`` are not exactly what
-        this calibration promises (none: they are): another backend or precision scored it,
-        or it is too small for the rate (p-values are still given)."""
+    def misfits(
+        self, backend: str, precision: str, alpha: float, region_alpha: float | None = None
+    ) -> list[str]:
+        """Why decisions at rate ``alpha`` (and regions at ``region_alpha``; None: none asked)
+        on ``backend`` at ``precision`` are not exactly what this calibration promises (none:
+        they are): another backend or precision scored it, it is too small for a rate
+        (p-values are still given), or it keeps no map maxima (no regions)."""
         found = []
         if (self.backend, self.precision) != (backend, precision):
             found.append(
@@ -152,15 +162,22 @@ class Calibration:
                 f"{backend} {precision}: scores may differ slightly, so may the false-positive "
                 "rate; calibrate again on this backend to be exact"
             )
-        too_small = self.too_small_for(alpha)
-        return [*found, too_small] if too_small else found
+        found.append(self.too_small_for(alpha))
+        if region_alpha is not None and self.map_maxima is None:
+            found.append(
+                "the calibration keeps no map maxima (made before regions were): no regions; "
+                "calibrate again (inctrl-run calibrate) to get them"
+            )
+        elif region_alpha is not None and region_alpha != alpha:
+            found.append(self.too_small_for(region_alpha, "region false-positive rate"))
+        return [line for line in found if line]
 
-    def too_small_for(self, alpha: float) -> str:
+    def too_small_for(self, alpha: float, rate: str = "false-positive rate") -> str:
         """Why this calibration cannot decide at rate ``alpha`` ("" if it can)."""
         if self.n >= min_normals(alpha):
             return ""
         return (
-            f"a false-positive rate of {alpha:g} needs at least {min_normals(alpha)} calibration "
+            f"a {rate} of {alpha:g} needs at least {min_normals(alpha)} calibration "
             f"images, this category has {self.n}: calibrate with more normal images, or ask for "
             f"a rate of at least {1 / (self.n + 1):.3g}"
         )

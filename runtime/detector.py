@@ -37,7 +37,9 @@ from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import (
+    DEFAULT_HEATMAP_SIZE,
     DecodedImage,
+    check_heatmap_size,
     ImageSource,
     checked_images,
     decode,
@@ -52,6 +54,7 @@ from inctrl_runtime.references import (
     head_feeds,
     read_digest,
 )
+from inctrl_runtime.regions import RegionRule, region_rule
 from inctrl_runtime.results import Result, Scores, to_results
 
 if TYPE_CHECKING:
@@ -85,6 +88,7 @@ class Prepared:
     head_inputs: dict
     calibration: Calibration | None
     fpr: float
+    regions: RegionRule | None = None  # the region threshold (None: no regions)
 
 
 class Detector:
@@ -245,13 +249,20 @@ class Detector:
         batch_size: int = 16,
         progress: ProgressUpdate | None = None,
         fpr: float = DEFAULT_FPR,
+        region_fpr: float | None = None,
+        heatmap_size: int | None = DEFAULT_HEATMAP_SIZE,
     ) -> list[Result]:
         """Score query images of a category (a single one is a list of one): one Result per
-        image, with ``heatmap()`` (drawn on the picture decoded here for scoring) and, when the
-        category is calibrated and scored against its registered bank, its p-value and its
-        decision at false-positive rate ``fpr``."""
+        image, with ``heatmap()`` (drawn on a picture of the whole frame, kept when the image
+        was decoded for scoring, its longer side at most ``heatmap_size``; None keeps none)
+        and, when the category is calibrated and scored against its registered bank, its
+        p-value and its decision at false-positive rate ``fpr``, and its regions at
+        ``region_fpr`` (None: ``fpr``)."""
         scored: list[Result] = []
-        for batch in self.result_batches(category, images, bank, batch_size, fpr):
+        batches = self.result_batches(
+            category, images, bank, batch_size, fpr, region_fpr, heatmap_size
+        )
+        for batch in batches:
             scored.extend(batch)
             if progress is not None:
                 progress(len(scored))
@@ -264,22 +275,36 @@ class Detector:
         bank: NumpyBank | None = None,
         batch_size: int = 16,
         fpr: float = DEFAULT_FPR,
+        region_fpr: float | None = None,
+        heatmap_size: int | None = DEFAULT_HEATMAP_SIZE,
     ) -> Iterator[list[Result]]:
         """``results``, one batch at a time: everything is checked before this returns, then
         images are decoded batch by batch, so memory stays flat in the number of images if the
         caller lets each batch go."""
-        prepared = self._prepare(category, images, bank, batch_size, fpr)
-        return self._result_batches(prepared)
+        check_heatmap_size(heatmap_size)
+        prepared = self._prepare(category, images, bank, batch_size, fpr, region_fpr=region_fpr)
+        return self._result_batches(prepared, heatmap_size)
 
-    def _result_batches(self, prepared: Prepared) -> Iterator[list[Result]]:
+    def _result_batches(
+        self, prepared: Prepared, heatmap_size: int | None
+    ) -> Iterator[list[Result]]:
         preprocessing = self.bundle.preprocessing
-        for batch in self.encoded_batches(prepared.images, prepared.batch_size, True):
+        loop = self.encoded_batches(prepared.images, prepared.batch_size, True, None, heatmap_size)
+        for batch in loop:
             scores = self.head(batch.features, prepared.head_inputs)
             decisions = None
             if prepared.calibration is not None:
                 decisions = decision_fields(prepared.calibration, scores.score, prepared.fpr)
-            views = [decoded.view for decoded in batch.decoded or ()]
-            yield to_results(batch.names, views, scores, preprocessing, decisions)
+            decoded = batch.decoded
+            yield to_results(
+                batch.names,
+                scores,
+                preprocessing,
+                decisions,
+                prepared.regions,
+                frames=None if decoded is None else [image.frame for image in decoded],
+                pictures=None if decoded is None else [image.picture for image in decoded],
+            )
 
     def calibrate(
         self,
@@ -295,7 +320,7 @@ class Detector:
                                  "images to calibrate with")  # fmt: skip
         prompts = set(prepared.bank.digests)
         digests: list[str] = []
-        chunks = []
+        chunks, maxima = [], []
         for batch in self.encoded_batches(prepared.images, batch_size, True, progress):
             for name, pixels in zip(batch.names, batch.pixels, strict=True):
                 digests.append(pixel_digest(pixels))
@@ -304,10 +329,17 @@ class Detector:
                         f"{name}: is one of the prompt images of {category!r}; calibrate on "
                         "normal images that are not prompts"
                     )
-            chunks.append(self.head(batch.features, prepared.head_inputs).score)
+            scores = self.head(batch.features, prepared.head_inputs)
+            chunks.append(scores.score)
+            maxima.append(scores.max_patch_residual)
         bank = prepared.bank
         calibration = Calibration.of(
-            np.concatenate(chunks), digests, self.backend, self.precision, bank.encoder_sha256
+            np.concatenate(chunks),
+            digests,
+            self.backend,
+            self.precision,
+            bank.encoder_sha256,
+            map_maxima=np.concatenate(maxima),
         )
         path = self.bundle.reference_path(category)
         if read_digest(path) != bank.digest:
@@ -326,24 +358,29 @@ class Detector:
         batch_size: int = 16,
         fpr: float | None = None,
         what: str | None = "no query images given",
+        region_fpr: float | None = None,
     ) -> Prepared:
-        """Check a call's inputs, each once, before any image is read: the batch size, the rate
-        (``fpr``; None: the call makes no decisions), the images, the category's prior, the
-        bank (its registered one unless ``bank`` is given, which then must fit the bundle)
-        and the calibration to decide with (the registered bank's, warned where it does not
-        quite fit)."""
+        """Check a call's inputs, each once, before any image is read: the batch size, the
+        rates (``fpr``; None: the call makes no decisions; ``region_fpr``, None: ``fpr``), the
+        images, the category's prior, the bank (its registered one unless ``bank`` is given,
+        which then must fit the bundle) and the calibration to decide with (the registered
+        bank's, warned where it does not quite fit) and its region rule."""
         if fpr is not None:
             check_fpr(fpr)
+            region_fpr = fpr if region_fpr is None else check_fpr(region_fpr, "--region-fpr")
         found = checked_images(images, batch_size, what)
         prior = self.bundle.prior(category)
+        calibration = None
         if bank is None:
             bank = self.registered(category)
-            calibration = self._usable(bank.calibration, fpr)
+            calibration = self._usable(bank.calibration, fpr, region_fpr)
         else:
             check_fits(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
-            calibration = None
         head_inputs = self.head_engine.upload(head_feeds(bank, prior))
-        return Prepared(found, batch_size, bank, head_inputs, calibration, fpr or DEFAULT_FPR)
+        regions = None if calibration is None else region_rule(calibration, region_fpr)
+        return Prepared(
+            found, batch_size, bank, head_inputs, calibration, fpr or DEFAULT_FPR, regions
+        )
 
     def encoded_batches(
         self,
@@ -351,11 +388,13 @@ class Detector:
         batch_size: int,
         on_device: bool = False,
         progress: ProgressUpdate | None = None,
+        picture_size: int | None = None,
     ) -> Iterator[EncodedBatch]:
         """The one batch loop, for images checked by ``checked_images``: each batch's images
-        decoded once, their pixels made from the views, and encoded (``on_device``: the
-        features stay on the GPU); ``progress`` hears of the images done once the caller has
-        taken a batch."""
+        decoded once (``picture_size``: keeping a picture of each frame that large, for
+        heatmaps), their pixels made from the views, and encoded (``on_device``: the features
+        stay on the GPU); ``progress`` hears of the images done once the caller has taken a
+        batch."""
         preprocessing = self.bundle.preprocessing
         for start in range(0, len(images), batch_size):
             part = images[start : start + batch_size]
@@ -363,7 +402,7 @@ class Detector:
                 names = [f"<pixels {start + i}>" for i in range(len(part))]
                 decoded, pixels = None, part
             else:
-                decoded = [decode(source, preprocessing) for source in part]
+                decoded = [decode(source, preprocessing, picture_size) for source in part]
                 names = [image.name for image in decoded]
                 pixels = np.stack([image.pixels(preprocessing) for image in decoded])
             features = self.encode(pixels, on_device=on_device)
@@ -371,12 +410,14 @@ class Detector:
             if progress is not None:
                 progress(start + len(part))
 
-    def _usable(self, calibration: Calibration | None, fpr: float | None) -> Calibration | None:
+    def _usable(
+        self, calibration: Calibration | None, fpr: float | None, region_fpr: float | None
+    ) -> Calibration | None:
         """The calibration to decide with (None for a call that makes no decisions), warned
         about where it does not quite fit (``Calibration.misfits``)."""
         if calibration is None or fpr is None:
             return None
-        for misfit in calibration.misfits(self.backend, self.precision, fpr):
+        for misfit in calibration.misfits(self.backend, self.precision, fpr, region_fpr):
             warnings.warn(misfit, CalibrationWarning, stacklevel=4)
         return calibration
 

@@ -28,6 +28,14 @@ def target_thresholds(calibration: Calibration) -> dict[float, float | None]:
     return {alpha: threshold(calibration.scores, alpha) for alpha in TARGET_FPRS}
 
 
+def target_region_thresholds(calibration: Calibration) -> dict[float, float | None] | None:
+    """The calibration's region threshold at each target rate (None where it has too few
+    images for that rate); None for a calibration that keeps no map maxima."""
+    if calibration.map_maxima is None:
+        return None
+    return {alpha: threshold(calibration.map_maxima, alpha) for alpha in TARGET_FPRS}
+
+
 def bundle_info(bundle: Path) -> dict:
     """What a bundle holds, as ``inctrl-run info --json`` prints it: the model, each graph's
     precision, the export check, and per category its text prior, registered bank and
@@ -136,6 +144,7 @@ def _category_info(bundle: Bundle, category: str) -> dict:
             "precision": calibration.precision,
             "created": calibration.created,
             "thresholds": {f"{a:g}": cut for a, cut in target_thresholds(calibration).items()},
+            "region_thresholds": _by_rate(target_region_thresholds(calibration)),
         }
     return info
 
@@ -238,4 +247,14 @@ def _category_rows(name: str, category: dict) -> list[Row]:
     for rate, cut in calibration["thresholds"].items():
         needs = f"none: needs n >= {min_normals(float(rate))}"
         rows.append((f"threshold @ fpr {rate}", needs if cut is None else f"{cut:.4f}"))
+    regions = calibration["region_thresholds"]
+    if regions is None:
+        return [*rows, ("regions", "none: calibrated before regions were kept; calibrate again")]
+    for rate, cut in regions.items():
+        needs = f"none: needs n >= {min_normals(float(rate))}"
+        rows.append((f"region threshold @ {rate}", needs if cut is None else f"{cut:.4f}"))
     return rows
+
+
+def _by_rate(thresholds: dict[float, float | None] | None) -> dict[str, float | None] | None:
+    return None if thresholds is None else {f"{a:g}": cut for a, cut in thresholds.items()}

@@ -35,6 +35,9 @@ ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 # fraction of a second; at size 240 it lets aspect ratios up to about 580:1 through, line-scan
 # strips included (16384 x 512 is 32:1, 8000 x 100 is 80:1).
 MAX_RESIZED_PIXELS = 1 << 25
+# The longer side of the picture of a frame kept for its heatmap, unless asked otherwise: large
+# enough to see a region, small enough that a batch of camera frames costs little memory.
+DEFAULT_HEATMAP_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -253,22 +256,49 @@ def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> n
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """One image source decoded once: its name (``describe``) and the picture the model sees.
-    The encoder's input comes from ``view`` and pictures for people are drawn on it, so
-    nothing is read twice; the picture as given is let go once the view is made."""
+    """One image source decoded once: its name (``describe``), its size as given (``frame``:
+    width, height), the picture the model sees, and, when asked for, a picture of the whole
+    frame for people (``picture``: no larger than a cap, for heatmaps). The encoder's input
+    comes from ``view``; the full-size picture is let go once these are made."""
 
     name: str
     view: Image.Image
+    frame: tuple[int, int]
+    picture: Image.Image | None = None
 
     def pixels(self, config: Preprocessing = Preprocessing()) -> np.ndarray:
         """The encoder's input: 3 x size x size float32 (``normalized``)."""
         return normalized(self.view, config)
 
 
-def decode(source: ImageSource, config: Preprocessing = Preprocessing()) -> DecodedImage:
+def check_heatmap_size(size: int | None) -> None:
+    """A heatmap size is None (keep no picture) or a whole number of pixels, at least 16."""
+    if size is not None and (not isinstance(size, (int, np.integer)) or size < 16):
+        raise InputError(
+            f"--heatmap-size must be a whole number of pixels of at least 16, got {size!r}"
+        )
+
+
+def capped(image: Image.Image, longest: int) -> Image.Image:
+    """An RGB picture of the whole image whose longer side is at most ``longest`` pixels
+    (the image itself, in RGB, when it is that small already)."""
+    scale = longest / max(image.size)
+    if scale < 1:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.BILINEAR, reducing_gap=2.0)
+    return image.convert("RGB")
+
+
+def decode(
+    source: ImageSource, config: Preprocessing = Preprocessing(), picture_size: int | None = None
+) -> DecodedImage:
     """Read an image source once (``load_image``, its checks included) and make the picture the
-    model sees from it."""
-    return DecodedImage(describe(source), model_view(load_image(source, config.size), config))
+    model sees from it; with ``picture_size``, also a picture of the whole frame whose longer
+    side is at most that many pixels (``capped``)."""
+    image = load_image(source, config.size)
+    view = model_view(image, config)
+    picture = None if picture_size is None else capped(image, picture_size)
+    return DecodedImage(describe(source), view, image.size, picture)
 
 
 def preprocess_many(

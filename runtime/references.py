@@ -67,12 +67,14 @@ _CALIBRATION = {
     "calibration_encoder_sha256": "encoder_sha256",
     "calibration_created": "created",
 }
+# Optional within a calibration: the images' map maxima (regions), digested as a further array.
+_MAP_MAXIMA = "calibration_map_maxima"
 _SELECTION = "selection"
 # Names the array ``requires`` may hold that this runtime knows how to read (none yet).
 KNOWN_REQUIREMENTS: tuple[str, ...] = ()
 REQUIRES = "requires"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_KNOWN = frozenset((*_ARRAYS, *_CALIBRATION, _SELECTION))
+_KNOWN = frozenset((*_ARRAYS, *_CALIBRATION, _MAP_MAXIMA, _SELECTION))
 # What a damaged .npz raises inside numpy and zipfile.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
@@ -124,11 +126,19 @@ class NumpyBank:
                          calibration.encoder_sha256, calibration.created):  # fmt: skip
                 digest.update(text.encode() + b"\0")
             digest.update(np.ascontiguousarray(calibration.scores, dtype=np.float32).tobytes())
-        for name in sorted(self.extras):
-            array = np.ascontiguousarray(self.extras[name])
+        further = {**self.extras, **self._map_maxima()}
+        for name in sorted(further):
+            array = np.ascontiguousarray(further[name])
             digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
             digest.update(array.tobytes())
         return digest.hexdigest()
+
+    def _map_maxima(self) -> dict[str, np.ndarray]:
+        """The calibration's map maxima as the array that holds them (a later addition to the
+        format: digested as every further array is), if it has them."""
+        if self.calibration is None or self.calibration.map_maxima is None:
+            return {}
+        return {_MAP_MAXIMA: np.asarray(self.calibration.map_maxima, dtype=np.float32)}
 
     def calibrated(self, calibration: Calibration) -> NumpyBank:
         """This bank with a new calibration, without the ``calibration_*`` extras of another."""
@@ -161,7 +171,7 @@ class NumpyBank:
     def _optional_arrays(self) -> dict[str, np.ndarray]:
         """The calibration's, the selection's and the extras' arrays, for the banks that have
         them."""
-        arrays = dict(self.extras)
+        arrays = {**self.extras, **self._map_maxima()}
         if self.selection is not None:
             arrays[_SELECTION] = np.str_(json.dumps(self.selection))
         if self.calibration is None:
@@ -289,6 +299,7 @@ def _calibration(arrays: dict[str, np.ndarray]) -> Calibration | None:
         digests=tuple(str(d) for d in values["digests"]),
         **{field: str(values[field]) for field in ("backend", "precision", "encoder_sha256",
                                                    "created")},
+        map_maxima=arrays.get(_MAP_MAXIMA),
     )  # fmt: skip
 
 
@@ -296,7 +307,7 @@ def _calibration_problem(arrays: dict[str, np.ndarray]) -> str:
     """What is wrong with a bank's calibration ("" if nothing, or if it has none)."""
     present = [name for name in _CALIBRATION if name in arrays]
     if not present:
-        return ""
+        return "its calibration is incomplete" if _MAP_MAXIMA in arrays else ""
     if len(present) != len(_CALIBRATION):
         return "its calibration is incomplete"
     scores, digests = arrays["calibration_scores"], arrays["calibration_digests"]
@@ -306,6 +317,12 @@ def _calibration_problem(arrays: dict[str, np.ndarray]) -> str:
         return "its calibration scores are not finite and sorted"
     if digests.ndim != 1 or len(digests) != len(scores):
         return "its calibration images do not each have a digest"
+    maxima = arrays.get(_MAP_MAXIMA)
+    if maxima is not None and (
+        maxima.dtype != np.float32 or maxima.shape != scores.shape
+        or not np.isfinite(maxima).all() or (np.diff(maxima) < 0).any()
+    ):  # fmt: skip
+        return "its calibration map maxima are not one finite sorted float32 per image"
     if str(arrays["calibration_encoder_sha256"]) != str(arrays["encoder_sha256"]):
         return "its calibration was scored by another encoder than its bank's"
     return ""

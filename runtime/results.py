@@ -3,8 +3,10 @@
 ``Scores`` mirrors ``inctrl.Scores`` field for field (a test holds them equal); the two graphs
 (``inctrl_runtime.contract``), the Triton models and the client all name their outputs after
 its fields. A record is ``score_record``'s dict: the image, every scalar score, the decision
-fields (``inctrl_runtime.decisions``, their one codec), then the patch map; ``inctrl score``,
-``inctrl-run score`` and ``inctrl-run client`` all print it. Writing records, heatmap files and
+fields (``inctrl_runtime.decisions``, their one codec), where the defect is (the frame's size,
+the share of it inspected, the region threshold and the regions: ``inctrl_runtime.regions``),
+then the patch map; ``inctrl score``, ``inctrl-run score`` and ``inctrl-run client`` all print
+it. Writing records, heatmap files and
 tables is ``inctrl_runtime.output``'s business.
 """
 
@@ -19,9 +21,11 @@ import numpy as np
 from PIL import Image
 
 from inctrl_runtime.decisions import DECISION_FIELDS
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import atomic_path
-from inctrl_runtime.heatmap import heatmap_overlay
+from inctrl_runtime.heatmap import heatmap_picture
 from inctrl_runtime.preprocess import Preprocessing
+from inctrl_runtime.regions import Framing, Region, RegionRule, frame_map, region_mask
 
 
 class Scores(NamedTuple):
@@ -40,58 +44,98 @@ SCORE_FIELDS = Scores._fields
 SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_map")
 
 
+# What a record says of where a query's defect is, after its decision fields.
+REGION_FIELDS = ("frame_size", "inspected_fraction", "region_threshold", "regions")
+
+
 def score_record(image: str, values: Mapping[str, Any]) -> dict:
     """The JSON record of one query: ``image``, every scalar score, the decision fields (None
-    where there is no decision), then ``patch_residual_map`` as a list; ``values`` maps each
-    field name to its value."""
+    where there is no decision), the region fields (``frame_size`` [width, height],
+    ``inspected_fraction``, ``region_threshold`` and ``regions``: None where there are no
+    regions, else a list of ``Region.record()``), then ``patch_residual_map`` as a list;
+    ``values`` maps each field name to its value."""
+    regions = values.get("regions")
+    threshold = values.get("region_threshold")
     return {
         "image": image,
         **{name: float(values[name]) for name in SCALAR_FIELDS},
         **{name: values.get(name) for name in DECISION_FIELDS},
+        "frame_size": [int(side) for side in values["frame_size"]],
+        "inspected_fraction": float(values["inspected_fraction"]),
+        "region_threshold": None if threshold is None else float(threshold),
+        "regions": None if regions is None else [dict(region) for region in regions],
         "patch_residual_map": np.ravel(values["patch_residual_map"]).tolist(),
     }
 
 
 @dataclass(frozen=True)
 class Result:
-    """One query's scores and, for a calibrated category, its decision, with the picture it was
-    scored on, to draw its heatmap."""
+    """One query's scores and, for a calibrated category, its decision and regions, with a
+    picture of its frame to draw its heatmap on."""
 
     image: str
-    view: Image.Image  # the resized, cropped RGB picture the model saw, decoded once
     score: float
     holistic_score: float
     image_residual_score: float
     text_score: float
     max_patch_residual: float
     patch_residual_map: np.ndarray  # P, row-major over the patch grid
-    preprocessing: Preprocessing
+    framing: Framing  # the frame's size and how the model's view lies in it
+    picture: Image.Image | None = None  # the whole frame, capped (None: not kept)
     p_value: float | None = None  # (1 + #{calibration scores >= score}) / (n + 1)
     threshold: float | None = None  # the score threshold at the false-positive rate asked for
     anomalous: bool | None = None  # p_value <= that rate
+    region_threshold: float | None = None  # a pixel above it is in a region (None: no regions)
+    regions: tuple[Region, ...] | None = None  # largest peak first (None: no regions)
 
     def record(self) -> dict:
         """The JSON record of ``inctrl score --json`` (``score_record``)."""
-        return score_record(self.image, vars(self))
+        regions = None if self.regions is None else [r.record() for r in self.regions]
+        return score_record(
+            self.image,
+            {
+                **vars(self),
+                "frame_size": (self.framing.width, self.framing.height),
+                "inspected_fraction": self.framing.inspected_fraction,
+                "regions": regions,
+            },
+        )
 
     def caption(self) -> str:
-        """One line for the heatmap: the score and, when calibrated, the decision."""
+        """One line for the heatmap: the score and, when calibrated, the decision and the
+        number of regions."""
         text = f"score {self.score:.4f}"
         if self.p_value is not None:
             text += f"  p {self.p_value:.3g}"
         if self.anomalous is not None:
             text += "  ANOMALOUS" if self.anomalous else "  normal"
+        if self.regions is not None:
+            text += f"  {len(self.regions)} region{'s' if len(self.regions) != 1 else ''}"
         return text
 
     def heatmap(self, caption: bool = True) -> Image.Image:
-        """The patch residual map, upsampled and colored, over the picture the model saw; with
-        ``caption``, the score and decision (``caption()``) on a strip under it."""
-        return heatmap_overlay(
-            self.view,
+        """The patch residual map coloured over the whole frame (the picture kept when it was
+        decoded), the not-inspected band greyed, regions outlined, with a colour bar and, with
+        ``caption``, the score and decision (``caption()``) under it."""
+        if self.picture is None:
+            raise InputError(
+                f"{self.image}: no picture kept for its heatmap; score with a heatmap size "
+                "(heatmap_size=..., --heatmaps)"
+            )
+        return heatmap_picture(
+            self.picture,
             self.patch_residual_map,
-            config=self.preprocessing,
+            self.framing,
             caption=self.caption() if caption else None,
+            regions=self.regions or (),
+            region_threshold=self.region_threshold,
         )
+
+    def mask(self) -> Image.Image:
+        """The regions as an 8-bit mask of the frame's size (``regions.region_mask``: 255 in
+        a region, 0 elsewhere, ``NOT_INSPECTED`` over the band the crop cut off)."""
+        values = frame_map(self.patch_residual_map, self.framing)
+        return Image.fromarray(region_mask(values, self.region_threshold), mode="L")
 
     def save_heatmap(self, path: str | os.PathLike) -> None:
         """Write ``heatmap()`` as a PNG, atomically."""
@@ -101,23 +145,36 @@ class Result:
 
 def to_results(
     names: Sequence[str],
-    views: Sequence[Image.Image],
     scores: Scores,
     preprocessing: Preprocessing,
     decisions: Sequence[Mapping[str, Any]] | None = None,
+    rule: RegionRule | None = None,
+    frames: Sequence[tuple[int, int]] | None = None,
+    pictures: Sequence[Image.Image | None] | None = None,
 ) -> list[Result]:
-    """One Result per query, in order: its name, the picture it was scored on, its row of
-    ``scores`` and its decision fields (``decisions.decision_fields``; None: none)."""
+    """One Result per query, in order: its name, its row of ``scores``, its decision fields
+    (``decisions.decision_fields``; None: none), its regions under ``rule`` (None: no
+    regions), its frame's size (width, height; None: the model's size, e.g. for pixels given
+    as they are) and the picture kept of it for heatmaps (None: none)."""
+    count = len(names)
     scalars = {name: getattr(scores, name).tolist() for name in SCALAR_FIELDS}
     decided = decisions if decisions is not None else [{} for _ in names]
-    return [
-        Result(
-            image=name,
-            view=view,
-            **{field: values[i] for field, values in scalars.items()},
-            patch_residual_map=scores.patch_residual_map[i],
-            preprocessing=preprocessing,
-            **decided[i],
+    size = preprocessing.size
+    framings = [Framing(w, h, size) for w, h in (frames or [(size, size)] * count)]
+    kept = pictures if pictures is not None else [None] * count
+    results = []
+    for i, (name, framing, picture) in enumerate(zip(names, framings, kept, strict=True)):
+        patch_map = scores.patch_residual_map[i]
+        results.append(
+            Result(
+                image=name,
+                **{field: values[i] for field, values in scalars.items()},
+                patch_residual_map=patch_map,
+                framing=framing,
+                picture=picture,
+                **decided[i],
+                region_threshold=None if rule is None else rule.threshold,
+                regions=None if rule is None else tuple(rule.regions(patch_map, framing)),
+            )
         )
-        for i, (name, view) in enumerate(zip(names, views, strict=True))
-    ]
+    return results

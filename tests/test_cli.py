@@ -21,7 +21,10 @@ pytestmark = pytest.mark.cli
 
 # The image, every scalar head output, the decision (null: the torch side is never calibrated),
 # then the patch map.
-KEYS = ["image", *SCORE_FIELDS[:-1], "p_value", "threshold", "anomalous", "patch_residual_map"]
+KEYS = [
+    "image", *SCORE_FIELDS[:-1], "p_value", "threshold", "anomalous", "frame_size",
+    "inspected_fraction", "region_threshold", "regions", "patch_residual_map",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +102,12 @@ def test_table_output_and_heatmaps(workspace, tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "img2.png" in result.stdout and "score" in result.stdout
     maps = sorted((tmp_path / "maps").iterdir())
-    assert [m.name for m in maps] == ["0000_img2.png", "0001_img3.png"]
-    with Image.open(maps[0]) as heatmap:
-        assert heatmap.size == (240, 260) and heatmap.mode == "RGB"  # the map, its caption
+    assert [m.name for m in maps] == ["img2.png", "img3.png"]  # named after their images
+    with Image.open(maps[0]) as heatmap, Image.open(workspace / "img2.png") as image:
+        # the whole frame (drawn at least 256 px), the colour bar, the caption
+        scale = max(1, 256 / max(image.size))
+        width, height = (round(side * scale) for side in image.size)
+        assert heatmap.size == (width + 64, height + 20) and heatmap.mode == "RGB"
 
 
 def test_heatmaps_are_drawn_without_reading_the_images_again(workspace, tmp_path, image_reads):
@@ -110,7 +116,7 @@ def test_heatmaps_are_drawn_without_reading_the_images_again(workspace, tmp_path
     shots = [workspace / "img0.png"]
     records = run_score(workspace / "tiny.safetensors", "candle", shots, queries, batch_size=2,
                         heatmaps=tmp_path / "maps")  # fmt: skip
-    names = ["0000_img2.png", "0001_img3.png", "0002_img1.png"]
+    names = ["img2.png", "img3.png", "img1.png"]
     assert [Path(r["heatmap"]).name for r in records] == names
     assert image_reads.names == ["img0.png", "img1.png", "img2.png", "img3.png"]  # read once
     assert image_reads.decoded == 4  # and decoded once each

@@ -22,7 +22,7 @@ from PIL import Image
 from inctrl_runtime.cli.score import run_score
 from inctrl_runtime.decisions import TIE_TOLERANCE
 from inctrl_runtime.detector import Detector
-from inctrl_runtime.output import HeatmapWriteError, print_streamed
+from inctrl_runtime.output import PictureWriteError, print_streamed
 from inctrl_runtime.references import NumpyBank
 
 from helpers import (
@@ -75,8 +75,12 @@ def test_calibrate_then_score_gives_conformal_decisions(bundle: Path, inputs: di
     assert f"on n = {NORMALS} normal images" in lines[0] and str(bank_file(bundle)) in lines[0]
     assert lines[1:] == [
         "  false-positive rate 0.01: no threshold: needs at least 99 normal images",
-        f"  false-positive rate 0.05: threshold {order_statistic(calibration.scores, 0.05):.4f}",
-        f"  false-positive rate 0.1: threshold {order_statistic(calibration.scores, 0.1):.4f}",
+        *(
+            f"  false-positive rate {rate}: threshold "
+            f"{order_statistic(calibration.scores, rate):.4f}, region threshold "
+            f"{order_statistic(calibration.map_maxima, rate):.4f}"
+            for rate in (0.05, 0.1)
+        ),
     ]
 
     records = scored(bundle, "--fpr", FPR, *inputs["queries"])
@@ -227,7 +231,7 @@ def test_jsonl_lines_are_the_json_list(bundle: Path, inputs: dict, tmp_path: Pat
         [json.loads(line) for line in lines.out.splitlines()],
     )
     assert len(as_lines) == len(inputs["queries"])
-    names = [f"{i:04d}_query{i:02d}.png" for i in range(6)]  # numbered across the batches
+    names = [f"query{i:02d}.png" for i in range(6)]  # named after their images
     assert [Path(r.pop("heatmap")).name for r in as_list] == names
     assert [Path(r.pop("heatmap")) for r in as_lines] == [tmp_path / "b" / n for n in names]
     assert as_lines == as_list
@@ -261,9 +265,9 @@ def test_jsonl_lines_are_out_before_the_next_batch() -> None:
     def batches():
         yield [{"image": "a"}, {"image": "b"}]
         seen.append(out.getvalue())
-        raise HeatmapWriteError("no space left writing maps/0003_d.png", 1, [{"image": "c"}])
+        raise PictureWriteError("no space left writing maps/0003_d.png", 1, [{"image": "c"}])
 
-    with contextlib.redirect_stdout(out), pytest.raises(HeatmapWriteError, match="no space"):
+    with contextlib.redirect_stdout(out), pytest.raises(PictureWriteError, match="no space"):
         print_streamed(batches(), "jsonl")
     assert seen == ['{"image": "a"}\n{"image": "b"}\n']
     assert out.getvalue().splitlines() == ['{"image": "a"}', '{"image": "b"}', '{"image": "c"}']

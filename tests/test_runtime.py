@@ -110,12 +110,15 @@ def test_cli_round_trip_matches_inctrl_score(
     assert [list(r) for r in ours] == [list(r) for r in theirs]  # same keys, same order
     assert list(ours[0]) == [
         "image", "score", "holistic_score", "image_residual_score", "text_score",
-        "max_patch_residual", "p_value", "threshold", "anomalous", "patch_residual_map",
+        "max_patch_residual", "p_value", "threshold", "anomalous", "frame_size",
+        "inspected_fraction", "region_threshold", "regions", "patch_residual_map",
     ]  # fmt: skip
     for a, b in zip(ours, theirs, strict=True):
         assert a["image"] == b["image"]
-        assert a["p_value"] is a["threshold"] is a["anomalous"] is b["p_value"] is None
-        for key in (k for k in a if k not in ("image", "p_value", "threshold", "anomalous")):
+        nothing = ("p_value", "threshold", "anomalous", "region_threshold", "regions")
+        assert all(a[key] is None and b[key] is None for key in nothing)  # not calibrated
+        assert a["frame_size"] == b["frame_size"] and a["inspected_fraction"] > 0
+        for key in (k for k in a if k not in ("image", "frame_size", *nothing)):
             np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-4, err_msg=key)
     with_shots = run_command(
         RUN, "score", str(bundle), "--category", "candle", *shots[:2], "--json", *queries
@@ -134,15 +137,17 @@ def test_register_then_score_and_heatmaps(bundle: Path, pictures: dict, tmp_path
     assert len(saved.digests) == 2 and saved.encoder_sha256 == detector.bundle.encoder_sha256
     results = detector.results("metal_nut", pictures["queries"])
     assert [r.image for r in results] == [str(p) for p in pictures["queries"]]
-    overlay = results[0].heatmap(caption=False)
-    assert overlay.size == (240, 240) and overlay.mode == "RGB"
+    width, height = Image.open(pictures["queries"][0]).size
+    assert results[0].framing.width == width and results[0].framing.height == height
+    overlay = results[0].heatmap(caption=False)  # the whole frame, and the colour bar beside it
+    assert overlay.size == (width + 64, height) and overlay.mode == "RGB"
     assert np.asarray(overlay).std() > 0
     captioned = np.asarray(results[0].heatmap())  # the score written on a strip under the map
-    assert captioned.shape == (260, 240, 3) and captioned[240:].std() > 0
-    np.testing.assert_array_equal(captioned[:240], np.asarray(overlay))
+    assert captioned.shape == (height + 20, width + 64, 3) and captioned[height:].std() > 0
+    np.testing.assert_array_equal(captioned[:height], np.asarray(overlay))
     results[1].save_heatmap(tmp_path / "one.png")
-    assert Image.open(tmp_path / "one.png").size == (240, 260)
-    assert not np.array_equal(np.asarray(Image.open(tmp_path / "one.png"))[:240], overlay)
+    size = Image.open(pictures["queries"][1]).size
+    assert Image.open(tmp_path / "one.png").size == (size[0] + 64, size[1] + 20)
     maps = tmp_path / "maps"
     args = ["score", str(bundle), "--category", "metal_nut", "--heatmaps", str(maps), "--json"]
     done = run_command(RUN, *args, *map(str, pictures["queries"]))

@@ -13,6 +13,7 @@ from inctrl.loading import load_model
 from inctrl_runtime.console import (
     BatchSize,
     Heatmaps,
+    HeatmapSize,
     JsonFlag,
     QueryImages,
     interactive,
@@ -23,8 +24,8 @@ from inctrl_runtime.console import (
     warn,
 )
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.output import check_heatmaps, print_scored, to_records
-from inctrl_runtime.preprocess import decode
+from inctrl_runtime.output import check_picture_folders, print_scored, to_records
+from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, check_heatmap_size, decode
 from inctrl_runtime.results import Result, Scores, to_results
 
 
@@ -39,12 +40,15 @@ def run_score(
     clip_weights: Path | None = None,
     heatmaps: Path | None = None,
     bank_file: Path | None = None,
+    heatmap_size: int = DEFAULT_HEATMAP_SIZE,
 ) -> list[dict]:
     """Score query images against k normal shots of a category; one record per query, in order.
 
     Each record holds ``image`` (the path as given) and every head output, the patch map as a
-    flat list of P floats (row-major over the patch grid). ``bank_file`` (a ReferenceBank saved
-    by ``inctrl prompts make`` or the Python API) replaces the ``shot_images``.
+    flat list of P floats (row-major over the patch grid); the decision and region fields are
+    None (no calibration here: ``inctrl-run calibrate`` makes one). ``bank_file`` (a
+    ReferenceBank saved by ``inctrl prompts make`` or the Python API) replaces the
+    ``shot_images``.
     """
     require_category(category)
     if not shot_images and bank_file is None:
@@ -60,7 +64,8 @@ def run_score(
     require_files(shot_images, "--shot image")
     require_files([bank_file] if bank_file else [], "--bank")
     require_files(queries, "query image")
-    check_heatmaps(heatmaps)
+    check_heatmap_size(heatmap_size)
+    check_picture_folders(heatmaps)
 
     from inctrl.state import ReferenceBank  # torch: only once the arguments are sane
 
@@ -72,13 +77,18 @@ def run_score(
     scored: list[Result] = []
     chunks = [list(queries[i : i + batch_size]) for i in range(0, len(queries), batch_size)]
     for chunk in track(chunks, description="scoring", console=stderr, disable=not interactive()):
-        decoded = [decode(query, model.preprocessing) for query in chunk]  # once: scores, heatmaps
-        views = [image.view for image in decoded]
-        scores = model.score(views, bank, prior, batch_size=batch_size)
-        arrays = Scores(*(field.cpu().numpy() for field in scores))
-        names = [image.name for image in decoded]
-        scored.extend(to_results(names, views, arrays, model.preprocessing))
-    return to_records(scored, heatmaps)
+        picture_size = heatmap_size if heatmaps is not None else None
+        # once: scores and heatmaps
+        decoded = [decode(query, model.preprocessing, picture_size) for query in chunk]
+        scores = model.score([image.view for image in decoded], bank, prior, batch_size=batch_size)
+        scored += to_results(
+            [image.name for image in decoded],
+            Scores(*(field.cpu().numpy() for field in scores)),
+            model.preprocessing,
+            frames=[image.frame for image in decoded],
+            pictures=[image.picture for image in decoded],
+        )
+    return to_records(scored, heatmaps=heatmaps)
 
 
 @app.command()
@@ -103,6 +113,7 @@ def score(
     batch_size: BatchSize = 16,
     clip_weights: ClipWeights = None,
     heatmaps: Heatmaps = None,
+    heatmap_size: HeatmapSize = DEFAULT_HEATMAP_SIZE,
     bank: Path = typer.Option(
         None,
         help="A saved ReferenceBank (inctrl prompts make) instead of --shot images.",
@@ -126,6 +137,7 @@ def score(
             clip_weights=clip_weights,
             heatmaps=heatmaps,
             bank_file=bank,
+            heatmap_size=heatmap_size,
         ),
         as_json,
     )

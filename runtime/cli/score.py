@@ -21,6 +21,7 @@ from inctrl_runtime.cli.common import (
 from inctrl_runtime.console import (
     BatchSize,
     Heatmaps,
+    HeatmapSize,
     JsonFlag,
     JsonlFlag,
     output_format,
@@ -31,6 +32,8 @@ from inctrl_runtime.console import (
 )
 from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr, min_normals
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, check_heatmap_size
+from inctrl_runtime.regions import NOT_INSPECTED, REGION
 
 
 def run_score(
@@ -43,6 +46,9 @@ def run_score(
     batch_size: int = 16,
     heatmaps: Path | None = None,
     fpr: float = DEFAULT_FPR,
+    masks: Path | None = None,
+    region_fpr: float | None = None,
+    heatmap_size: int = DEFAULT_HEATMAP_SIZE,
 ) -> Iterator[list[dict]]:
     """Score queries (image files, or folders: their images, sorted by name) batch by batch:
     the records of each batch as it finishes, as ``inctrl score --json`` writes them, with its
@@ -50,10 +56,11 @@ def run_score(
     checked before this returns (the detector prepares the call eagerly).
 
     A calibrated category's records carry its p-values and decisions at false-positive rate
-    ``fpr``. ``shot_images`` replace the category's registered bank for this call (nothing is
-    saved, and there are no decisions).
+    ``fpr``, and its regions at ``region_fpr`` (None: ``fpr``); ``masks`` names a folder for
+    each query's region mask. ``shot_images`` replace the category's registered bank for this
+    call (nothing is saved, and there are no decisions or regions).
     """
-    from inctrl_runtime.output import check_heatmaps, record_batches
+    from inctrl_runtime.output import check_picture_folders, record_batches
 
     require_category(category)
     if not queries:
@@ -61,14 +68,21 @@ def run_score(
             "no query images given: list the images or folders to score after the options"
         )
     check_fpr(fpr)  # cheap checks before the bundle is hashed and any shot encoded
+    if region_fpr is not None:
+        check_fpr(region_fpr, "--region-fpr")
+    check_heatmap_size(heatmap_size)
     require_files(shot_images, "--shot image")
     images = images_of(queries, "query image")
-    check_heatmaps(heatmaps)
+    check_picture_folders(heatmaps, masks)
     detector = open_detector(bundle, device, threads)
     detector.bundle.prior(category)
     bank = detector.reference(list(shot_images)) if shot_images else None
-    batches = detector.result_batches(category, images, bank, batch_size, fpr)
-    return record_batches(_with_progress(batches, len(images)), list(map(str, images)), heatmaps)
+    picture_size = heatmap_size if heatmaps is not None else None
+    batches = detector.result_batches(
+        category, images, bank, batch_size, fpr, region_fpr, picture_size
+    )
+    named = list(map(str, images))
+    return record_batches(_with_progress(batches, len(images)), named, heatmaps, masks)
 
 
 def _with_progress(batches: Iterator[list], total: int) -> Iterator[list]:
@@ -125,10 +139,23 @@ def score(
     threads: int = ThreadsOption,
     batch_size: BatchSize = 16,
     heatmaps: Heatmaps = None,
+    masks: Path = typer.Option(
+        None,
+        help="Write each query's region mask here, named after its image: an 8-bit PNG of its "
+        f"size, {REGION} in a region, 0 elsewhere, {NOT_INSPECTED} where the model does not see.",
+        show_default=False,
+    ),
+    heatmap_size: HeatmapSize = DEFAULT_HEATMAP_SIZE,
     fpr: float = typer.Option(
         DEFAULT_FPR,
         "--fpr",
         help="False-positive rate for a calibrated category's decisions (threshold, anomalous).",
+    ),
+    region_fpr: float = typer.Option(
+        None,
+        "--region-fpr",
+        help="Rate of good parts that may get any region (default: --fpr).",
+        show_default=False,
     ),
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
@@ -137,11 +164,14 @@ def score(
 
     Scores QUERIES (images, or folders of images) of a --category against its registered
     normal images (or --shot images). A calibrated category's results carry a p-value and, at
-    the --fpr rate, the threshold and the decision. The JSON is that of `inctrl score --json`.
+    the --fpr rate, the threshold and the decision, and its defect regions (boxes in the
+    image's pixels) at the --region-fpr rate. The JSON is that of `inctrl score --json`.
 
     Examples:
 
         inctrl-run score bundle/ --category candle --json q1.png q2.png
+
+        inctrl-run score bundle/ --category candle --heatmaps maps/ --masks masks/ images/
 
         inctrl-run score bundle/ --category candle --jsonl images/ > scores.jsonl
     """
@@ -158,6 +188,9 @@ def score(
         batch_size=batch_size,
         heatmaps=heatmaps,
         fpr=fpr,
+        masks=masks,
+        region_fpr=region_fpr,
+        heatmap_size=heatmap_size,
     )
     print_streamed(batches, output)
 
@@ -183,12 +216,13 @@ def calibrate(
 
     Scores normal images of a registered --category that are not its prompts (--normals DIR,
     or IMAGES) and keeps their sorted scores with its bank (references/<category>.npz); its
-    scores then carry p-values and decisions (inctrl-run score --fpr). Registering the
-    category again drops its calibration.
+    scores then carry p-values and decisions (inctrl-run score --fpr), and their maps' maxima
+    give the region threshold (--region-fpr). Registering the category again drops its
+    calibration.
 
     Example: inctrl-run calibrate bundle/ --category candle --normals good/
     """
-    from inctrl_runtime.info import target_thresholds
+    from inctrl_runtime.info import target_region_thresholds, target_thresholds
 
     calibration, path = run_calibrate(
         bundle,
@@ -203,6 +237,11 @@ def calibrate(
         f"calibrated {category!r} on n = {calibration.n} normal images "
         f"({calibration.backend} {calibration.precision}), kept in {path}"
     )
+    regions = target_region_thresholds(calibration) or {}
     for rate, cut in target_thresholds(calibration).items():
-        needs = f"no threshold: needs at least {min_normals(rate)} normal images"
-        say(f"  false-positive rate {rate:g}: {needs if cut is None else f'threshold {cut:.4f}'}")
+        if cut is None:
+            say(f"  false-positive rate {rate:g}: no threshold: needs at least "
+                f"{min_normals(rate)} normal images")  # fmt: skip
+        else:
+            say(f"  false-positive rate {rate:g}: threshold {cut:.4f}, region threshold "
+                f"{regions[rate]:.4f}")  # fmt: skip
