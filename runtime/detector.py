@@ -39,8 +39,8 @@ from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import (
     DEFAULT_HEATMAP_SIZE,
     DecodedImage,
-    check_heatmap_size,
     ImageSource,
+    check_heatmap_size,
     checked_images,
     decode,
     describe,

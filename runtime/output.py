@@ -51,12 +51,12 @@ def check_picture_folders(heatmaps: PathLike | None, masks: PathLike | None = No
                 f"{option} {folder}: is a file, not a folder; name a folder for the PNGs (it is "
                 "created if missing)"
             )
-    if heatmaps is not None and masks is not None:
-        if Path(heatmaps).resolve() == Path(masks).resolve():
-            raise InputError(
-                f"--heatmaps and --masks both name {heatmaps}: a heatmap and a mask are named "
-                "after their image; name two folders"
-            )
+    both = heatmaps is not None and masks is not None
+    if both and Path(heatmaps).resolve() == Path(masks).resolve():
+        raise InputError(
+            f"--heatmaps and --masks both name {heatmaps}: a heatmap and a mask are named after "
+            "their image; name two folders"
+        )
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
