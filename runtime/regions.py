@@ -5,10 +5,12 @@ The model sees a frame through its preprocessing: the shorter side resized to S,
 centred S x S crop (``preprocess``). ``Framing`` is that geometry for one frame, and
 ``frame_map`` carries the G x G patch map back through it: every pixel of the frame (or of a
 smaller picture of the whole frame) whose centre falls inside the crop gets the bilinear
-interpolation of the grid (``align_corners=False``, as torch's ``interpolate`` upsamples a map
-over the view); the pixels of the band the crop cut off are NaN, not inspected. Bilinear
-interpolation is a weighted mean of grid values, so the map in the frame never exceeds the grid's
-maximum (``max_patch_residual``).
+interpolation of the grid at its centre (``align_corners=False``, as torch's ``interpolate``
+upsamples a map over the view), and the pixel that holds a patch's centre at least that patch's
+value (the bilinear map's value there, which no pixel centre meets exactly); the pixels of the
+band the crop cut off are NaN, not inspected. Bilinear interpolation is a weighted mean of grid
+values, so the map in the frame never exceeds the grid's maximum (``max_patch_residual``), and it
+reaches it: a frame has a pixel above a threshold exactly when its grid does.
 
 A region is a connected component (8-connected) of the frame's pixels whose map lies above the
 region threshold. The threshold is the split-conformal order statistic of the calibration
@@ -90,6 +92,16 @@ class Framing:
         weights[rows, high] += fraction  # the same cell as ``low`` at the clamped edges
         return weights, inspected
 
+    def knots(self, axis: int, samples: int, grid: int) -> np.ndarray:
+        """For ``samples`` pixels spread evenly over the frame along ``axis``: the pixel that
+        holds each grid column's (row's) centre, G indices."""
+        full = (self.width, self.height)[axis]
+        scaled = self.resized[axis]
+        start = center_crop_box(*self.resized, self.size)[axis]
+        centres = (np.arange(grid) + 0.5) * (self.size / grid)  # view pixels
+        in_frame = (centres + start) * (full / scaled) * (samples / full)
+        return np.minimum(np.floor(in_frame).astype(np.int64), samples - 1)
+
 
 def frame_map(
     patch_map: np.ndarray, framing: Framing, shape: tuple[int, int] | None = None
@@ -104,7 +116,12 @@ def frame_map(
     height, width = shape if shape is not None else (framing.height, framing.width)
     across, inspected_x = framing.grid_weights(0, width, grid)
     down, inspected_y = framing.grid_weights(1, height, grid)
-    upsampled = (down @ values.reshape(grid, grid)) @ across.T
+    cells = values.reshape(grid, grid)
+    upsampled = (down @ cells) @ across.T
+    # The pixel holding a patch's centre takes at least the patch's value (the bilinear map's
+    # value at that point): the frame's maximum is then the grid's.
+    columns, rows = framing.knots(0, width, grid), framing.knots(1, height, grid)
+    np.maximum.at(upsampled, (rows[:, None], columns[None, :]), cells)
     upsampled[~inspected_y, :] = np.nan
     upsampled[:, ~inspected_x] = np.nan
     return upsampled

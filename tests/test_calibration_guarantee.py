@@ -19,6 +19,16 @@ the mean false-positive rate over splits, its standard deviation across splits, 
 
 The mean is what the guarantee bounds; the std is how far the rate of one calibration of 100
 images, checked on 108 other normals, lands from it.
+
+The region guarantee on the same records: the region threshold from the 100 calibration images'
+map maxima (``max_patch_residual``), and a held-out normal gets a region when any pixel of its
+map in the frame (``regions.frame_map``) lies above it. The mean share of held-out normals with
+any region must lie in [ALPHA - 1 / (n + 1) - 0.01, ALPHA + 0.01] (seed 1 splits):
+
+| target | mean | std | min | max |
+| ---: | ---: | ---: | ---: | ---: |
+| 0.05 | 0.0476 | 0.0302 | 0.0000 | 0.1296 |
+| 0.1 | 0.0931 | 0.0387 | 0.0185 | 0.2315 |
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import pytest
 
 from inctrl.cli import main
 from inctrl_runtime.decisions import TARGET_FPRS, decide
+from inctrl_runtime.regions import Framing, RegionRule, frame_map
 
 from helpers import run_main
 
@@ -42,9 +53,10 @@ TRAIN_GOOD = 140  # --images-per-category: test/good gets half, 70
 CALIBRATION = 100
 SPLITS = 200
 PROMPTS = 2
+REGION_FPRS = (0.05, 0.1)
 
 
-def normal_scores(root: Path) -> np.ndarray:
+def normal_records(root: Path) -> list[dict]:
     """Generate the data, then score every normal image but the k fixed prompts, once."""
     data = root / "synth"
     synth = run_main(
@@ -64,7 +76,40 @@ def normal_scores(root: Path) -> np.ndarray:
     assert scored.code == 0, scored.err
     records = json.loads(scored.out)
     assert [record["image"] for record in records] == [str(path) for path in rest]
+    return records
+
+
+def normal_scores(records: list[dict]) -> np.ndarray:
     return np.array([record["score"] for record in records], dtype=np.float32)
+
+
+def region_peaks(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's map maximum on the 15 x 15 grid (what a calibration keeps) and in its frame
+    (what decides whether it gets a region: any pixel above the region threshold)."""
+    grid = np.array([record["max_patch_residual"] for record in records], dtype=np.float32)
+    framed = np.array(
+        [
+            np.nanmax(frame_map(record["patch_residual_map"], Framing(*record["frame_size"], 240)))
+            for record in records
+        ]
+    )
+    return grid, framed
+
+
+def region_flag_rates(
+    grid: np.ndarray, framed: np.ndarray, n: int = CALIBRATION, splits: int = SPLITS
+) -> dict[float, np.ndarray]:
+    """Per rate, the share of held-out normals that get any region, on each seeded split:
+    the region threshold from n calibration images' grid maxima, a region wherever the map in
+    the frame lies above it."""
+    rng = np.random.default_rng(1)
+    rates: dict[float, list[float]] = {alpha: [] for alpha in REGION_FPRS}
+    for _ in range(splits):
+        order = rng.permutation(len(grid))
+        maxima, new = np.sort(grid[order[:n]]), framed[order[n:]]
+        for alpha in REGION_FPRS:
+            rates[alpha].append(float((new > RegionRule.at(maxima, alpha).threshold).mean()))
+    return {alpha: np.array(values) for alpha, values in rates.items()}
 
 
 def false_positive_rates(
@@ -94,8 +139,13 @@ def report(rates: dict[float, np.ndarray]) -> str:
 
 
 @pytest.fixture(scope="module")
-def rates(tmp_path_factory) -> dict[float, np.ndarray]:
-    scores = normal_scores(tmp_path_factory.mktemp("guarantee"))
+def records(tmp_path_factory) -> list[dict]:
+    return normal_records(tmp_path_factory.mktemp("guarantee"))
+
+
+@pytest.fixture(scope="module")
+def rates(records) -> dict[float, np.ndarray]:
+    scores = normal_scores(records)
     assert len(scores) == TRAIN_GOOD + TRAIN_GOOD // 2 - PROMPTS >= CALIBRATION + 100
     assert len(np.unique(scores)) > 0.95 * len(scores)  # hardly any ties: the rates are sharp
     measured = false_positive_rates(scores)
@@ -113,6 +163,21 @@ def test_mean_false_positive_rate_over_splits_is_the_target(rates, alpha: float)
     assert values.std() > 0  # each split measures its own rate: the splits do differ
 
 
+@pytest.mark.cli
+@pytest.mark.parametrize("alpha", REGION_FPRS)
+def test_mean_good_part_region_flag_rate_over_splits_is_at_most_the_rate(records, alpha) -> None:
+    grid, framed = region_peaks(records)
+    assert (framed <= grid + 1e-6).all()  # bilinear: the frame's map never exceeds the grid's
+    rates = region_flag_rates(grid, framed)
+    values = rates[alpha]
+    assert len(values) == SPLITS
+    low, high = alpha - 1 / (CALIBRATION + 1) - 0.01, alpha + 0.01
+    assert low <= values.mean() <= high, report(rates)
+    assert values.std() > 0
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as work:
-        sys.stdout.write(report(false_positive_rates(normal_scores(Path(work)))) + "\n")
+        found = normal_records(Path(work))
+        sys.stdout.write(report(false_positive_rates(normal_scores(found))) + "\n\n")
+        sys.stdout.write(report(region_flag_rates(*region_peaks(found))) + "\n")
