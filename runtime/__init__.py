@@ -2,7 +2,7 @@
 
     det = inctrl_runtime.Detector.open("bundle/", device="cpu")
     det.register("candle", ["good_1.png", "good_2.png"])
-    results = det.results("candle", ["a.png", "b.png"])   # .score, .patch_residual_map, .heatmap()
+    results = det.results("candle", ["a.png", "b.png"])   # .score, .regions, .heatmap(), .mask()
 
 It never imports torch or ``inctrl``. Names load on first use, so that the torch side can use the
 preprocessing and file helpers here without importing onnxruntime.
@@ -23,6 +23,7 @@ _EXPORTS = {
     "InputError": "inctrl_runtime.errors",
     "Preprocessing": "inctrl_runtime.preprocess",
     "NumpyBank": "inctrl_runtime.references",
+    "Region": "inctrl_runtime.regions",
     "Result": "inctrl_runtime.results",
     "Scores": "inctrl_runtime.results",
 }
@@ -35,6 +36,7 @@ __all__ = [
     "InputError",
     "Preprocessing",
     "NumpyBank",
+    "Region",
     "Result",
     "Scores",
 ]
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from inctrl_runtime.errors import BundleError, InputError
     from inctrl_runtime.preprocess import Preprocessing
     from inctrl_runtime.references import NumpyBank
+    from inctrl_runtime.regions import Region
     from inctrl_runtime.results import Result, Scores
 
 

@@ -14,12 +14,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from inctrl_runtime.regions import Framing, Region, frame_map
 
-# Residuals are 0.5 * (1 - cos): the colour scale's top is fixed so that maps compare.
-VMAX = 0.5
 _ALPHA = 0.5  # how much of the colour covers the picture
 _CAPTION_HEIGHT = 20  # pixels of the strip under a heatmap that holds its caption
 _BAR_WIDTH = 64  # pixels right of the picture holding the colour bar and its labels
-_MIN_SIDE = 256  # smaller pictures are drawn larger, so the caption and bar stay readable
 _NOT_INSPECTED_GREY = np.float32(128)
 _BOX = (255, 48, 48)
 # A perceptually ordered dark-blue -> yellow ramp (viridis-like), interpolated in numpy.
@@ -47,19 +44,19 @@ def heatmap_picture(
     caption: str | None = None,
     regions: Sequence[Region] = (),
     region_threshold: float | None = None,
-    vmax: float = VMAX,
 ) -> Image.Image:
     """The patch residual map (P values, row-major square grid) coloured over ``picture``, a
     picture of the whole frame ``framing`` describes (any size: ``preprocess.capped``'s). The
-    not-inspected band is greyed, each region's box outlined, and a colour bar (with the
-    region threshold marked, when there is one) drawn right of it; ``caption`` (e.g. the score
-    and decision) goes on a strip under it."""
+    not-inspected band is greyed, each region's box outlined, and a colour bar drawn right of
+    it; ``caption`` (e.g. the score and decision) goes on a strip under it.
+
+    The colour scale runs from 0 to twice the region threshold where there is one (the
+    threshold in the middle of the bar, marked; every map of a category on one scale), else
+    to the map's own maximum."""
     picture = picture.convert("RGB")
-    if max(picture.size) < _MIN_SIDE:
-        scale = _MIN_SIDE / max(picture.size)
-        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-        picture = picture.resize(size, Image.BILINEAR)
     values = frame_map(patch_map, framing, (picture.height, picture.width))
+    top = np.nanmax(values) if region_threshold is None else 2 * region_threshold
+    vmax = float(top) if np.isfinite(top) and top > 0 else 1.0
     base = np.asarray(picture, dtype=np.float32)
     inspected = ~np.isnan(values)
     colours = colorize(np.where(inspected, values, 0) / vmax).astype(np.float32)
@@ -108,9 +105,9 @@ def _colour_bar(
     for row, colour in enumerate(ramp):
         draw.line([(left, top + row), (left + 10, top + row)], fill=tuple(int(c) for c in colour))
     grey = (200, 200, 200)
-    draw.text((left + 14, top - 4), f"{vmax:g}", fill=grey, font=font)
+    draw.text((left + 14, top - 4), f"{vmax:.3g}", fill=grey, font=font)
     draw.text((left + 14, bottom - 8), "0", fill=grey, font=font)
     if threshold is not None and 0 <= threshold <= vmax:
         y = bottom - round(threshold / vmax * span)
         draw.line([(left - 3, y), (left + 13, y)], fill=_BOX, width=2)
-        draw.text((left + 14, y - 6), f"t {threshold:.3f}", fill=_BOX, font=font)
+        draw.text((left + 14, y - 6), f"t {threshold:.3g}", fill=_BOX, font=font)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Literal
@@ -68,18 +67,15 @@ def _safe(text: str) -> str:
 
 def output_names(images: Sequence[str]) -> list[str]:
     """The file name of each image's heatmap and mask (``Result.image`` names the image), in
-    order: its file stem (``scratch_000.png`` for ``.../scratch_000.png``); where several
-    images of the run share a stem, the parent folder's name and the stem (``scratch_000.png``
-    for ``test/scratch/000.png``); where that is shared too, ``_2``, ``_3``, ... after the
-    second and later ones in run order. Characters other than letters, digits, ``.``, ``_``
-    and ``-`` become ``_``."""
+    order: its file stem (``scratch_000.png`` for ``.../scratch_000.png``); when images of the
+    run share a stem, every name is the parent folder's name and the stem (``scratch_000.png``
+    for ``test/scratch/000.png``, ``good_000.png`` for ``test/good/000.png``); names still
+    shared get ``_2``, ``_3``, ... after the second and later ones in run order. Characters
+    other than letters, digits, ``.``, ``_`` and ``-`` become ``_``."""
     paths = [PurePath(image) for image in images]
-    stems = [_safe(path.stem) for path in paths]
-    shared = Counter(stems)
-    named = [
-        stem if shared[stem] == 1 else _safe(f"{path.parent.name}_{path.stem}")
-        for stem, path in zip(stems, paths, strict=True)
-    ]
+    named = [_safe(path.stem) for path in paths]
+    if len(set(named)) < len(named):
+        named = [_safe(f"{path.parent.name}_{path.stem}") for path in paths]
     used: set[str] = set()
     unique = []
     for name in named:

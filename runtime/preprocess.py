@@ -38,6 +38,7 @@ MAX_RESIZED_PIXELS = 1 << 25
 # The longer side of the picture of a frame kept for its heatmap, unless asked otherwise: large
 # enough to see a region, small enough that a batch of camera frames costs little memory.
 DEFAULT_HEATMAP_SIZE = 512
+MIN_PICTURE_SIDE = 256  # smaller images are drawn this large (captions and bars stay readable)
 
 
 @dataclass(frozen=True)
@@ -280,12 +281,15 @@ def check_heatmap_size(size: int | None) -> None:
 
 
 def capped(image: Image.Image, longest: int) -> Image.Image:
-    """An RGB picture of the whole image whose longer side is at most ``longest`` pixels
-    (the image itself, in RGB, when it is that small already)."""
-    scale = longest / max(image.size)
-    if scale < 1:
+    """An RGB picture of the whole image for people: its longer side at most ``longest``
+    pixels, and small images enlarged up to ``MIN_PICTURE_SIDE`` (within ``longest``) so that
+    what is drawn on them stays readable."""
+    side = max(image.size)
+    target = min(longest, max(side, MIN_PICTURE_SIDE))
+    if target != side:
+        scale = target / side
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.BILINEAR, reducing_gap=2.0)
+        image = image.resize(size, Image.BILINEAR, reducing_gap=2.0 if scale < 1 else None)
     return image.convert("RGB")
 
 

@@ -103,28 +103,53 @@ class Framing:
         return np.minimum(np.floor(in_frame).astype(np.int64), samples - 1)
 
 
+def _cells(patch_map: np.ndarray) -> np.ndarray:
+    """A patch map (P values, row-major over a square grid) as its G x G float32 grid."""
+    values = np.asarray(patch_map, dtype=np.float32).reshape(-1)
+    grid = int(round(len(values) ** 0.5))
+    if grid * grid != len(values):
+        raise ValueError(f"a patch map of {len(values)} values is not a square grid")
+    return values.reshape(grid, grid)
+
+
 def frame_map(
     patch_map: np.ndarray, framing: Framing, shape: tuple[int, int] | None = None
 ) -> np.ndarray:
     """The patch residual map (P values, row-major over a square grid) in the frame: a float32
     ``shape`` (height, width; default the frame's own) picture of the whole frame, bilinear
     inside the crop and NaN over the band the crop cut off (not inspected)."""
-    values = np.asarray(patch_map, dtype=np.float32).reshape(-1)
-    grid = int(round(len(values) ** 0.5))
-    if grid * grid != len(values):
-        raise ValueError(f"a patch map of {len(values)} values is not a square grid")
+    cells = _cells(patch_map)
     height, width = shape if shape is not None else (framing.height, framing.width)
-    across, inspected_x = framing.grid_weights(0, width, grid)
-    down, inspected_y = framing.grid_weights(1, height, grid)
-    cells = values.reshape(grid, grid)
-    upsampled = (down @ cells) @ across.T
-    # The pixel holding a patch's centre takes at least the patch's value (the bilinear map's
-    # value at that point): the frame's maximum is then the grid's.
-    columns, rows = framing.knots(0, width, grid), framing.knots(1, height, grid)
-    np.maximum.at(upsampled, (rows[:, None], columns[None, :]), cells)
+    upsampled, inspected_y, inspected_x = _sampled(cells, framing, height, width)
     upsampled[~inspected_y, :] = np.nan
     upsampled[:, ~inspected_x] = np.nan
     return upsampled
+
+
+def _sampled(
+    cells: np.ndarray,
+    framing: Framing,
+    height: int,
+    width: int,
+    rows: slice = slice(None),
+    columns: slice = slice(None),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid sampled at ``rows`` x ``columns`` of a height x width picture of the frame
+    (bilinear, and the knots), with whether each of those rows and columns is inspected."""
+    grid = len(cells)
+    across, inspected_x = framing.grid_weights(0, width, grid)
+    down, inspected_y = framing.grid_weights(1, height, grid)
+    upsampled = (down[rows] @ cells) @ across[columns].T
+    # The pixel holding a patch's centre takes at least the patch's value (the bilinear map's
+    # value at that point): the frame's maximum is then the grid's.
+    knot_y, knot_x = framing.knots(1, height, grid), framing.knots(0, width, grid)
+    y_start, y_stop, _ = rows.indices(height)
+    x_start, x_stop, _ = columns.indices(width)
+    in_y = (knot_y >= y_start) & (knot_y < y_stop)
+    in_x = (knot_x >= x_start) & (knot_x < x_stop)
+    place = ((knot_y[in_y] - y_start)[:, None], (knot_x[in_x] - x_start)[None, :])
+    np.maximum.at(upsampled, place, cells[np.ix_(in_y, in_x)])
+    return upsampled, inspected_y[rows], inspected_x[columns]
 
 
 @dataclass(frozen=True)
@@ -238,16 +263,37 @@ class RegionRule:
         return None if cut is None else cls(maxima, alpha, cut)
 
     def regions(self, patch_map: np.ndarray, framing: Framing) -> list[Region]:
-        """The regions of one query in its frame, largest peak first; none at all (and no
-        frame-sized work) when the grid's maximum is not above the threshold."""
-        if float(np.max(patch_map)) <= self.threshold:
+        """The regions of one query in its frame, largest peak first. The map is made only
+        where a pixel can lie above the threshold: near a patch above it (a pixel's value
+        mixes the four patches around it). A part whose grid is not above it costs nothing."""
+        cells = _cells(patch_map)
+        hot = cells > self.threshold
+        if not hot.any():
             return []
-        return self.regions_of(frame_map(patch_map, framing), framing)
+        left, top, right, bottom = framing.inspected_box()
+        grid = len(cells)
+        window = []
+        for axis, (start, stop) in ((1, (top, bottom)), (0, (left, right))):
+            touched = np.flatnonzero(hot.any(axis=axis))  # rows (axis 1) or columns (axis 0)
+            low, high = max(touched[0] - 1, 0), min(touched[-1] + 1, grid - 1)
+            weights, _ = framing.grid_weights(axis, (framing.width, framing.height)[axis], grid)
+            near = np.flatnonzero(weights[start:stop, low : high + 1].any(axis=1)) + start
+            window.append(slice(int(near[0]), int(near[-1]) + 1))
+        rows, columns = window
+        values, _, _ = _sampled(cells, framing, framing.height, framing.width, rows, columns)
+        return self._components(values, columns.start, rows.start, framing)
 
     def regions_of(self, values: np.ndarray, framing: Framing) -> list[Region]:
         """The regions of a frame map (``frame_map`` at the frame's size)."""
         left, top, right, bottom = framing.inspected_box()
-        inside = np.ascontiguousarray(values[top:bottom, left:right])  # no NaN: all inspected
+        return self._components(values[top:bottom, left:right], left, top, framing)
+
+    def _components(
+        self, inside: np.ndarray, left: int, top: int, framing: Framing
+    ) -> list[Region]:
+        """The regions of ``inside``, a part of the frame's map with no pixel outside the crop
+        whose top-left pixel is (``left``, ``top``) in the frame."""
+        inside = np.ascontiguousarray(inside)
         runs = Runs.of(inside > self.threshold)
         component, count = runs.components()
         if count == 0:
@@ -267,7 +313,8 @@ class RegionRule:
         np.maximum.at(x1, component, runs.end)
         np.minimum.at(y0, component, runs.row)
         np.maximum.at(y1, component, runs.row + 1)
-        inspected = inside.size
+        x0_, y0_, x1_, y1_ = framing.inspected_box()
+        inspected = (x1_ - x0_) * (y1_ - y0_)
         peaks_p = p_values(self.maxima, peak)
         found = [
             Region(

@@ -30,6 +30,7 @@ TORCH_FREE_BASE = {
     "inctrl_runtime.heatmap",
     "inctrl_runtime.output",
     "inctrl_runtime.preprocess",
+    "inctrl_runtime.regions",
     "inctrl_runtime.results",
     "inctrl_runtime.selection",
 }

@@ -248,10 +248,31 @@ def test_records_carry_regions_or_null() -> None:
 def test_picture_files_are_named_after_their_images() -> None:
     assert output_names(["data/a/scratch_000.png", "b.jpg"]) == ["scratch_000.png", "b.png"]
     mvtec = ["x/test/scratch/000.png", "x/test/good/000.png", "x/test/good/001.png"]
-    assert output_names(mvtec) == ["scratch_000.png", "good_000.png", "001.png"]
+    assert output_names(mvtec) == ["scratch_000.png", "good_000.png", "good_001.png"]
     same = ["p/good/000.png", "q/good/000.png", "good_000.png"]
     assert output_names(same) == ["good_000.png", "good_000_2.png", "good_000_3.png"]
     assert output_names(["<PIL RGB 240x240>", "image of 812 bytes"]) == [
         "PIL_RGB_240x240.png",
         "image_of_812_bytes.png",
     ]
+
+
+@pytest.mark.unit
+def test_regions_made_near_hot_patches_are_those_of_the_whole_frame_map() -> None:
+    """``RegionRule.regions`` maps only the part of the frame near patches above the threshold;
+    its regions are those of the whole frame's map."""
+    rng = np.random.default_rng(2)
+    for width, height in FRAMES:
+        framing = Framing(width, height, SIZE)
+        for _ in range(20):
+            patch_map = (rng.random(GRID * GRID) * 0.3).astype(np.float32)
+            hot_cells = rng.integers(0, GRID * GRID, rng.integers(1, 4))
+            patch_map[hot_cells] = 0.5 + rng.random(len(hot_cells)) * 0.3
+            rule = RegionRule(np.sort(rng.random(100) * 0.5), 0.1, float(rng.uniform(0.25, 0.6)))
+            near = rule.regions(patch_map, framing)
+            whole = rule.regions_of(frame_map(patch_map, framing), framing)
+            assert [r.box for r in near] == [r.box for r in whole]
+            assert [r.area for r in near] == [r.area for r in whole]
+            for a, b in zip(near, whole, strict=True):
+                assert a.peak_residual == b.peak_residual and a.p_value == b.p_value
+                assert a.mean_residual == pytest.approx(b.mean_residual, rel=1e-6)
