@@ -89,3 +89,36 @@ def test_a_bank_without_additions_keeps_its_digest(registered) -> None:
         bank.calibrated(calibration).digest
         == dataclasses.replace(bank, calibration=calibration).digest
     )  # no additions to drop: the same bank as before additions existed
+
+
+def test_calibration_map_maxima_are_an_addition_earlier_readers_verify(registered) -> None:
+    """The region threshold's maxima are the first field added this way: a reader that knows
+    them loads them into the calibration; one that does not would keep them as an extra with the
+    same digest; a calibration without them keeps the digest it always had."""
+    detector, path = registered
+    calibration = detector.calibrate(CATEGORY, random_images(4, seed=42))
+    maxima = calibration.map_maxima
+    assert maxima is not None and len(maxima) == 4 and (np.diff(maxima) >= 0).all()
+    bank = NumpyBank.load(path)
+    np.testing.assert_array_equal(bank.calibration.map_maxima, maxima)
+    assert bank.extras == {}
+    without = dataclasses.replace(bank.calibration, map_maxima=None)
+    as_extra = dataclasses.replace(
+        bank, calibration=without, extras={"calibration_map_maxima": maxima}
+    )
+    assert as_extra.digest == bank.digest  # what an earlier reader computes
+    before = dataclasses.replace(bank, calibration=without)
+    assert before.digest != bank.digest  # the maxima are covered
+    before.save(path)
+    assert NumpyBank.load(path).calibration.map_maxima is None  # a bank from before loads
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["calibration_map_maxima"] = maxima[:3]  # one short: refused, not misread
+    arrays["digest"] = np.str_(
+        dataclasses.replace(
+            bank, calibration=dataclasses.replace(bank.calibration, map_maxima=maxima[:3])
+        ).digest
+    )
+    np.savez(path, **arrays)
+    with pytest.raises(InputError, match="map maxima"):
+        NumpyBank.load(path)
