@@ -351,6 +351,12 @@ def triton(
         show_default=False,
     ),
     fpr: float = typer.Option(0.01, "--fpr", help="False-positive rate of the decisions."),
+    region_fpr: float = typer.Option(
+        None,
+        "--region-fpr",
+        help="Rate of good parts that may get any region (default: --fpr).",
+        show_default=False,
+    ),
     engine: str = typer.Option(
         None,
         "--engine",
@@ -362,10 +368,11 @@ def triton(
 ) -> None:
     r"""Write an NVIDIA Triton Inference Server model repository for a bundle.
 
-    The entry model 'inctrl' takes an image file's bytes and a category name and returns the
-    scores, the patch map and the decisions; one encoder serves every category, with dynamic
-    batching. The bundle's manifest and checksums are checked first, and a copy of the bundle
-    travels inside the repository. Examples:
+    The entry model 'inctrl' takes an image file's bytes and a category name and returns what
+    inctrl-run score --json records: the scores, the patch map, the decisions and the defect
+    regions (as JSON text); one encoder serves every category, with dynamic batching. The
+    bundle's manifest and checksums are checked first, and a copy of the bundle travels inside
+    the repository. Examples:
 
         inctrl-export triton candle_pcb --out repo --max-batch 32
 
@@ -384,8 +391,9 @@ def triton(
     from inctrl_export.triton import export_triton
 
     result = export_triton(
-        bundle, out, backend, max_batch, instances, category or None, fpr, engine, force
-    )
+        bundle, out, backend, max_batch, instances, category or None, fpr, region_fpr, engine,
+        force,
+    )  # fmt: skip
     for line in result.summary():
         say(line)
 

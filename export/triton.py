@@ -88,6 +88,7 @@ def export_triton(
     instances: int = 1,
     categories: Sequence[str] | None = None,
     fpr: float = DEFAULT_FPR,
+    region_fpr: float | None = None,
     engine: str | None = None,
     force: bool = False,
 ) -> TritonExport:
@@ -100,6 +101,7 @@ def export_triton(
         categories: the categories the head loads at start, each registered (default: every
             registered one; others are read when a request first names them).
         fpr: the false-positive rate of the decisions.
+        region_fpr: the rate of good parts that may get any region (None: ``fpr``).
         engine: tensorrt only: the key of the build to serve the encoder plan of (default: the
             bundle's one build of its encoder precision).
         force: replace an existing ``out``.
@@ -116,8 +118,8 @@ def export_triton(
         encoder_file = opened.path / plan.file
     write_repository(
         bundle, out, encoder=backend, max_batch=max_batch, instances=instances,
-        categories=categories, fpr=fpr, copy_bundle=True, encoder_file=encoder_file,
-        overwrite=force,
+        categories=categories, fpr=fpr, region_fpr=region_fpr, copy_bundle=True,
+        encoder_file=encoder_file, overwrite=force,
     )  # fmt: skip
     served = out / ENCODER / VERSION / ENCODER_FILES[backend] if backend in ENCODER_FILES else None
     return TritonExport(out, backend, served, build)

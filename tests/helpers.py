@@ -320,26 +320,64 @@ class ServedBundle:
     grpc_url: str
 
 
-def register_served(bundle: Path, categories=BUNDLE_CATEGORIES) -> None:
-    """Register each category on 2 seeded shots; candle is also calibrated on 12 normals."""
+def register_served(bundle: Path, categories=BUNDLE_CATEGORIES, calibrated=(CATEGORY,)) -> None:
+    """Register each category on 2 seeded shots; those also ``calibrated`` (candle, by default)
+    are calibrated on 12 normals."""
     detector = Detector.open(bundle)
     for index, category in enumerate(categories):
         detector.register(category, random_images(2, seed=20 + index))
-    if CATEGORY in categories:
-        detector.calibrate(CATEGORY, random_images(12, seed=30))
+    for category in [c for c in categories if c in calibrated]:
+        detector.calibrate(category, random_images(12, seed=30))
     detector.close()
 
 
 @contextlib.contextmanager
-def serve_bundle(bundle: Path, repository: Path, fpr: float = TRITON_FPR):
+def serve_bundle(
+    bundle: Path, repository: Path, fpr: float = TRITON_FPR, region_fpr: float | None = None
+):
     """Serve ``bundle`` (python-backend repository written at ``repository``: max batch 8, one
-    thread per engine) until the block ends, stopping the server even if the block fails."""
+    thread per engine; regions at ``region_fpr``, None: ``fpr``) until the block ends, stopping
+    the server even if the block fails."""
     from inctrl_runtime.triton.repository import write_repository
     from inctrl_runtime.triton.server import TritonServer
 
-    write_repository(bundle, repository, max_batch=8, fpr=fpr, threads=1)
+    write_repository(bundle, repository, max_batch=8, fpr=fpr, region_fpr=region_fpr, threads=1)
     with TritonServer(repository) as server:
         yield ServedBundle(bundle, server, fpr, server.http_url, server.grpc_url)
+
+
+def assert_same_regions(got: list[dict] | None, want: list[dict] | None) -> None:
+    """The same regions (or both None), in order: each box within one pixel, each area within
+    one pixel and every other number within 1e-4 (a batch wobble of the patch map, 1e-7, can
+    move a pixel across the region threshold)."""
+    if want is None or got is None:
+        assert got == want
+        return
+    assert len(got) == len(want), (got, want)
+    for ours, theirs in zip(got, want, strict=True):
+        assert list(ours) == list(theirs)
+        assert np.abs(np.subtract(ours["box"], theirs["box"])).max() <= 1, (ours, theirs)
+        assert abs(ours["area"] - theirs["area"]) <= 1, (ours, theirs)
+        for key in set(theirs) - {"box", "area"}:
+            assert abs(ours[key] - theirs[key]) <= 1e-4, (key, ours, theirs)
+
+
+def assert_same_records(got: list[dict], want: list[dict], atol: float = 1e-5) -> None:
+    """Equal records (a served one and the runtime's, say): the same keys in order, image
+    names, decisions and frame sizes; numbers within ``atol``; regions as
+    ``assert_same_regions`` says."""
+    assert len(got) == len(want)
+    for ours, theirs in zip(got, want, strict=True):
+        assert list(ours) == list(theirs)
+        for key, value in theirs.items():
+            if isinstance(value, float):
+                assert abs(ours[key] - value) <= atol, (key, ours[key], value)
+            elif key == "patch_residual_map":
+                assert np.abs(np.subtract(ours[key], value)).max() <= atol, key
+            elif key == "regions":
+                assert_same_regions(ours[key], value)
+            else:
+                assert ours[key] == value, (key, ours[key], value)
 
 
 def require_serving() -> None:

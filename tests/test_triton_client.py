@@ -1,6 +1,7 @@
 """``inctrl_runtime.triton.client`` and ``inctrl-run client``: addresses, the runtime's records
 from the entry point's outputs (NaN decisions as None), the bytes sent for each kind of image,
-one-line errors without a server; then against the REAL ``tritonserver`` (127.0.0.1, free
+and the region fields read by their codec, one-line errors without a server; then against the
+REAL ``tritonserver`` (127.0.0.1, free
 ports): a server without the entry point is not ready, and on the session's ``triton_server``
 records over HTTP and gRPC equal ``Detector.score``'s, the statistics read the same over both,
 the command line prints what ``inctrl-run score`` prints, a refused request is named, and the
@@ -20,12 +21,8 @@ from PIL import Image
 
 from inctrl_runtime.cli import main as inctrl_run
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.preprocess import (
-    Preprocessing,
-    describe,
-    load_image,
-    preprocess,
-)
+from inctrl_runtime.preprocess import describe, load_image, preprocess
+from inctrl_runtime.regions import Framing, RegionRule
 from inctrl_runtime.results import SCALAR_FIELDS, Result
 from inctrl_runtime.triton.client import (
     DEFAULT_PORTS,
@@ -35,13 +32,15 @@ from inctrl_runtime.triton.client import (
     parse_url,
     record_of,
 )
-from inctrl_runtime.triton.names import ENCODER, OUTPUTS
+from inctrl_runtime.triton.names import ENCODER, FRAME_SIZE, OUTPUTS
+from inctrl_runtime.triton.region_codec import frame_sizes, region_arrays
 from inctrl_runtime.triton.server import TritonServer, free_port
 
 from helpers import (
     BUNDLE_CATEGORIES,
     CATEGORY,
     VARIED_SIZES,
+    assert_same_records,
     png_bytes,
     random_images,
     require_serving,
@@ -84,7 +83,19 @@ def test_other_addresses_are_refused_in_one_line(url: str, phrase: str) -> None:
         TritonClient(url)
 
 
-def _outputs(p_value: float, threshold: float, anomalous: bool) -> dict[str, np.ndarray]:
+# A frame twice as wide as high: the model's 240 x 240 view sees half of it (exactly, in fp32).
+FRAME, SIZE = (480, 240), 240
+MAXIMA = np.linspace(0, 1, 19, dtype=np.float32)  # a calibration's sorted map maxima
+RULES = {  # region rules whose thresholds fp32 holds exactly: the patch map below crosses 0.5
+    "regions": RegionRule(MAXIMA, 0.1, 0.5),
+    "none above": RegionRule(MAXIMA, 0.1, 1.5),
+    "no rule": None,
+}
+
+
+def _outputs(
+    p_value: float, threshold: float, anomalous: bool, rule: RegionRule | None
+) -> dict[str, np.ndarray]:
     """The entry point's outputs for one image, as the server sends them (batch axis first)."""
     scalars = {"score": 0.75, "holistic_score": 0.5, "image_residual_score": 0.25}
     scalars |= {"text_score": 0.125, "max_patch_residual": 1.5}
@@ -92,34 +103,45 @@ def _outputs(p_value: float, threshold: float, anomalous: bool) -> dict[str, np.
     outputs = {name: np.array([[value]], np.float32) for name, value in scalars.items()}
     outputs["anomalous"] = np.array([[anomalous]])
     outputs["patch_residual_map"] = np.arange(9, dtype=np.float32).reshape(1, 9) / 8
+    outputs[FRAME_SIZE] = frame_sizes([FRAME])
+    regions = region_arrays(rule, outputs["patch_residual_map"], outputs[FRAME_SIZE], SIZE)
+    outputs |= {name: array.reshape(-1, 1) for name, array in regions.items()}
     assert set(outputs) == set(OUTPUTS)
     return outputs
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("sent", "decided"),
+    ("sent", "decided", "rule"),
     [
-        ((0.25, 0.5, True), {"p_value": 0.25, "threshold": 0.5, "anomalous": True}),
-        ((0.75, 0.5, False), {"p_value": 0.75, "threshold": 0.5, "anomalous": False}),
-        ((0.25, math.nan, False), {"p_value": 0.25}),  # too few normals for the rate
-        ((math.nan, math.nan, False), {}),  # uncalibrated
+        ((0.25, 0.5, True), {"p_value": 0.25, "threshold": 0.5, "anomalous": True}, "regions"),
+        ((0.75, 0.5, False), {"p_value": 0.75, "threshold": 0.5, "anomalous": False}, "none above"),
+        ((0.25, math.nan, False), {"p_value": 0.25}, "regions"),  # too few normals for the fpr
+        ((0.25, math.nan, False), {"p_value": 0.25}, "no rule"),  # ... and for the region fpr
+        ((math.nan, math.nan, False), {}, "no rule"),  # uncalibrated
     ],
 )
-def test_records_are_the_runtimes_with_nan_decisions_as_none(sent, decided) -> None:
-    outputs = _outputs(*sent)
+def test_records_are_the_runtimes_with_nan_decisions_as_none(sent, decided, rule) -> None:
+    outputs = _outputs(*sent, RULES[rule])
+    framing = Framing(*FRAME, SIZE)
+    patch_map = outputs["patch_residual_map"][0]
+    found = None if RULES[rule] is None else tuple(RULES[rule].regions(patch_map, framing))
     result = Result(
         image="q.png",
-        view=Image.new("RGB", (4, 4)),
         **{name: float(outputs[name][0, 0]) for name in SCALAR_FIELDS},
-        patch_residual_map=outputs["patch_residual_map"][0],
-        preprocessing=Preprocessing(),
+        patch_residual_map=patch_map,
+        framing=framing,
         **decided,
+        region_threshold=None if RULES[rule] is None else RULES[rule].threshold,
+        regions=found,
     )
+    if found is not None:  # the codec carries regions, and an empty list
+        assert bool(found) == (rule == "regions")
     record = record_of("q.png", outputs.__getitem__)
     assert record == result.record()
     assert list(record) == list(result.record())  # the same keys in the same order
     assert json.dumps(record) == json.dumps(result.record())
+    assert record["inspected_fraction"] == 0.5 and record["frame_size"] == list(FRAME)
 
 
 @pytest.mark.unit
@@ -186,21 +208,6 @@ def test_client_command_without_a_server_says_so(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------- the real tritonserver
-def assert_same_records(got: list[dict], want: list[dict], atol: float = 1e-5) -> None:
-    """Equal records: the same keys in order, image names and decisions; numbers within
-    ``atol``."""
-    assert len(got) == len(want)
-    for ours, theirs in zip(got, want, strict=True):
-        assert list(ours) == list(theirs)
-        for key, value in theirs.items():
-            if isinstance(value, float):
-                assert abs(ours[key] - value) <= atol, (key, ours[key], value)
-            elif key == "patch_residual_map":
-                assert np.abs(np.subtract(ours[key], value)).max() <= atol, key
-            else:
-                assert ours[key] == value, (key, ours[key], value)
-
-
 def query_files(folder: Path, count: int, seed: int) -> list[Path]:
     """Seeded query images of varied sizes as PNG files."""
     folder.mkdir(parents=True, exist_ok=True)

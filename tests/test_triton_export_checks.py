@@ -116,6 +116,7 @@ def test_a_build_of_another_precision_is_not_served(bundle: Path, tmp_path: Path
         (("--max-batch", "0"), ("--max-batch",)),
         (("--instances", "0"), ("--instances",)),
         (("--fpr", "1.5"), ("--fpr",)),
+        (("--region-fpr", "0"), ("--region-fpr must be a rate",)),
     ],
 )
 def test_bad_options_are_one_line(
@@ -138,11 +139,14 @@ def test_force_never_replaces_the_bundle_itself(bundle: Path, where: str) -> Non
 @pytest.mark.cli
 def test_the_command_writes_and_replaces_only_with_force(exportable_bundle: Path, tmp_path: Path):
     out = tmp_path / "repo"
-    first = run_main(main, "triton", exportable_bundle, "--out", out, "--category", "candle")
+    first = run_main(main, "triton", exportable_bundle, "--out", out, "--category", "candle",
+                     "--region-fpr", "0.5")  # fmt: skip
     assert first.code == 0, first.err
     assert f"wrote {out}: the onnxruntime encoder, on the CPU" in first.err
     head = read_triton_configs(out)[HEAD]
     assert head.parameters["categories"].string_value == "candle"
+    assert head.parameters["fpr"].string_value == "0.01"
+    assert head.parameters["region_fpr"].string_value == "0.5"
     again = run_main(main, "triton", exportable_bundle, "--out", out, "--backend", "python")
     again.assert_refused(str(out), "--force")
     assert read_triton_configs(out)[ENCODER].platform == "onnxruntime_onnx"
@@ -176,7 +180,7 @@ def test_help_explains_every_option_and_the_gpu_deployment() -> None:
     assert outcome.code == 0
     text = " ".join(outcome.out.split())
     for option in ("--out", "--backend", "--max-batch", "--instances", "--category", "--fpr",
-                   "--engine", "--force"):  # fmt: skip
+                   "--region-fpr", "--engine", "--force"):  # fmt: skip
         assert option in text, option
     for phrase in ("onnxruntime_onnx", "tensorrt_plan", "KIND_AUTO", "KIND_GPU",
                    "docker run --gpus all", "nvcr.io/nvidia/tritonserver:<yy.mm>-py3",

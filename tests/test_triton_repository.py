@@ -1,8 +1,9 @@
 """The Triton repository of a bundle without a server: every config.pbtxt parses with Triton's
 own ``ModelConfig`` and is wired with the ONNX graphs' names; the writer's layout, refusals
 and bundle copy; and the python models' stages run on numpy, opened from the written configs
-as Triton opens them (scores equal ``Detector.score``, rows grouped by category, bad requests
-refused alone, banks read again when registered anew, the encoder file checked)."""
+as Triton opens them (scores, decisions and regions equal ``Detector.results``', rows grouped
+by category, bad requests refused alone, banks read again when registered anew, the encoder
+file checked)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.manifest import read_manifest
-from inctrl_runtime.results import SCORE_FIELDS
+from inctrl_runtime.triton.client import record_of
 from inctrl_runtime.triton.configs import encoder_config
 from inctrl_runtime.triton.head_stage import HeadStage
 from inctrl_runtime.triton.names import (
@@ -29,7 +30,9 @@ from inctrl_runtime.triton.names import (
     CONFIG,
     ENCODER,
     ENSEMBLE,
+    FRAME_SIZE,
     HEAD,
+    HEAD_OUTPUTS,
     IMAGE,
     MODELS,
     OUTPUTS,
@@ -41,6 +44,7 @@ from inctrl_runtime.triton.names import (
 from inctrl_runtime.triton.names import (
     CATEGORY as CATEGORY_INPUT,
 )
+from inctrl_runtime.triton.region_codec import frame_sizes
 from inctrl_runtime.triton.repository import write_repository
 from inctrl_runtime.triton.stages import (
     EncoderStage,
@@ -55,6 +59,7 @@ from helpers import (
     CATEGORY,
     TRITON_FPR,
     VARIED_SIZES,
+    assert_same_records,
     png_bytes,
     random_images,
     register_served,
@@ -115,15 +120,20 @@ def test_configs_parse_and_are_wired_with_the_graphs(repository, served_bundle):
     head_in, head_out = onnx_signature(served_bundle / "head.onnx")
     assert tensors(configs[ENCODER].input) == encoder_in
     assert tensors(configs[ENCODER].output) == encoder_out
-    assert tensors(configs[PREPROCESS].output) == {PIXELS: encoder_in["image"]}
+    assert tensors(configs[PREPROCESS].output) == {PIXELS: encoder_in["image"], FRAME_SIZE: [2]}
     features = {k: v for k, v in head_in.items() if k in encoder_out}
     assert features == encoder_out
-    assert tensors(configs[HEAD].input) == {**features, CATEGORY_INPUT: [1]}
+    assert tensors(configs[HEAD].input) == {**features, FRAME_SIZE: [2], CATEGORY_INPUT: [1]}
     assert {k: tensors(configs[HEAD].output)[k] for k in head_out} == {
         k: v or [1] for k, v in head_out.items()
     }
     assert [t.name for t in configs[ENSEMBLE].output] == list(OUTPUTS)
-    assert [t.name for t in configs[HEAD].output] == list(OUTPUTS)
+    assert [t.name for t in configs[HEAD].output] == list(HEAD_OUTPUTS)
+    from tritonclient.grpc.model_config_pb2 import DataType
+
+    types = {t.name: DataType.Name(t.data_type) for t in configs[ENSEMBLE].output}
+    assert types[FRAME_SIZE] == "TYPE_INT32" and types["regions"] == "TYPE_STRING"
+    assert types["inspected_fraction"] == types["region_threshold"] == "TYPE_FP32"
     # each step reads tensors the ensemble has by then, by its model's own input names
     available = {t.name for t in configs[ENSEMBLE].input}
     for step in configs[ENSEMBLE].ensemble_scheduling.step:
@@ -142,6 +152,8 @@ def test_configs_parse_and_are_wired_with_the_graphs(repository, served_bundle):
         assert (repository / model / VERSION / PYTHON_MODEL).read_text() == source.read_text()
     assert configs[HEAD].parameters["bundle"].string_value == str(served_bundle.resolve())
     assert configs[HEAD].parameters["categories"].string_value == ",".join(BUNDLE_CATEGORIES)
+    rates = {key: configs[HEAD].parameters[key].string_value for key in ("fpr", "region_fpr")}
+    assert rates == {"fpr": repr(TRITON_FPR), "region_fpr": repr(TRITON_FPR)}  # regions: fpr
 
 
 def test_onnxruntime_and_tensorrt_encoders(served_bundle, tmp_path):
@@ -202,6 +214,7 @@ def test_the_writer_refuses_and_leaves_nothing(served_bundle, tmp_path):
         ({"max_batch": 0}, "--max-batch must be a whole number"),
         ({"instances": 1.5}, "--instances must be a whole number"),
         ({"fpr": 1.5}, "--fpr must be a rate"),
+        ({"region_fpr": 0.0}, "--region-fpr must be a rate"),
         ({"encoder": "tensorrt"}, "needs its plan"),
     ]:
         with pytest.raises(InputError, match=phrase):
@@ -247,10 +260,15 @@ def test_stages_score_as_the_detector_and_refuse_requests_alone(repository, serv
         {IMAGE: rows_of([b"junk"])},
         {IMAGE: rows_of(files[2:])},
     ]
-    pixels = preprocess.run(requests)
-    assert isinstance(pixels[1], InputError) and "not a readable image" in str(pixels[1])
-    good = [{"image": pixels[0][PIXELS]}, {"image": pixels[2][PIXELS]}]  # the ensemble's map
-    features = encoder.run(good)
+    made = preprocess.run(requests)
+    assert isinstance(made[1], InputError) and "not a readable image" in str(made[1])
+    frames = [made[0][FRAME_SIZE], made[2][FRAME_SIZE]]
+    assert [list(frame) for part in frames for frame in part] == [
+        [w, h] for h, w, _ in (image.shape for image in images)
+    ]
+    good = [{"image": made[0][PIXELS]}, {"image": made[2][PIXELS]}]  # the ensemble's map
+    encoded = encoder.run(good)
+    features = [{**f, FRAME_SIZE: frame} for f, frame in zip(encoded, frames, strict=True)]
     assert [len(f["patches"]) for f in features] == [2, 3]
     names = [[CATEGORY, OTHER], [OTHER, CATEGORY, CATEGORY]]
     asked = [
@@ -263,21 +281,17 @@ def test_stages_score_as_the_detector_and_refuse_requests_alone(repository, serv
     assert "category 'nope' has no text prior" in str(answers[1])
     assert "not utf-8" in str(answers[3])
     detector = Detector.open(served_bundle)
-    order = [(answers[0], images[:2], names[0]), (answers[2], images[2:], names[1])]
-    for answer, queries, categories in order:
-        assert set(answer) == set(OUTPUTS)
+    order = [(answers[0], 0, images[:2], names[0]), (answers[2], 1, images[2:], names[1])]
+    for answer, request, queries, categories in order:
+        assert set(answer) == set(HEAD_OUTPUTS)
+        outputs = {**answer, FRAME_SIZE: frames[request]}  # the ensemble's output
         for row, (image, category) in enumerate(zip(queries, categories, strict=True)):
-            (result,) = detector.results(category, [image], fpr=head.fpr)
-            for name in SCORE_FIELDS:
-                want = np.atleast_1d(getattr(result, name))
-                assert np.abs(answer[name][row] - want).max() <= 1e-5, name
-            decided = [answer[name][row, 0] for name in ("p_value", "threshold", "anomalous")]
-            if category == CATEGORY:  # calibrated, with a threshold at the rate served
-                assert abs(decided[0] - result.p_value) <= 1e-6
-                assert decided[1:] == [np.float32(result.threshold), result.anomalous]
-            else:
-                assert np.isnan(decided[:2]).all() and not decided[2]
-                assert result.p_value is None and result.anomalous is None
+            want = detector.results(category, [image], fpr=head.fpr)[0].record()
+            mine = {name: array[row : row + 1] for name, array in outputs.items()}
+            got = record_of(want["image"], mine.__getitem__)
+            assert_same_records([got], [want])
+            calibrated = category == CATEGORY  # decisions and regions at the rates served
+            assert (got["threshold"] is not None) == (got["regions"] is not None) == calibrated
     for stage in (preprocess, encoder, head):
         stage.close()
 
@@ -288,7 +302,8 @@ def test_the_head_serves_a_bank_registered_anew(repository, served_bundle, tmp_p
     image = random_images(1, seed=80)
     features = detector.encode(detector.pixels(image))
     head = HeadStage(detector.bundle, detector.head_engine, 0.1)
-    request = {**features, CATEGORY_INPUT: rows_of([OTHER.encode()])}
+    frame = frame_sizes([image[0].shape[1::-1]])
+    request = {**features, FRAME_SIZE: frame, CATEGORY_INPUT: rows_of([OTHER.encode()])}
     before = head.run([request])[0]["score"]
     detector.register(OTHER, random_images(3, seed=81))
     after = head.run([request])[0]["score"]
@@ -297,7 +312,7 @@ def test_the_head_serves_a_bank_registered_anew(repository, served_bundle, tmp_p
     (bundle / "references" / f"{OTHER}.npz").unlink()
     (answer,) = head.run([request])
     assert f"category '{OTHER}' is not registered" in str(answer)
-    hostile = {**features, CATEGORY_INPUT: rows_of([b"a\n\x1b[31mb"])}
+    hostile = {**features, FRAME_SIZE: frame, CATEGORY_INPUT: rows_of([b"a\n\x1b[31mb"])}
     (answer,) = head.run([hostile])  # a served error quotes the name escaped, command included
     assert isinstance(answer, InputError) and str(answer).isprintable(), str(answer)
     assert "--category a\\n\\x1b[31mb" in str(answer)

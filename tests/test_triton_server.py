@@ -1,9 +1,9 @@
 """The python-backend repository served by the REAL ``tritonserver`` of the serve extra, on
-127.0.0.1 and free ports, asked with ``tritonclient`` over HTTP and gRPC: its scores and
-decisions are ``inctrl-run score``'s, requests of both categories batch together, bad requests
-fail alone, a category registered while it runs is served, its models check the bundle when
-they load, ``inctrl-run serve`` leaves nothing behind after SIGTERM, and a server killed before
-its stubs clean up leaves no shared memory.
+127.0.0.1 and free ports, asked with ``tritonclient`` over HTTP and gRPC: its scores,
+decisions and regions are ``inctrl-run score``'s, requests of both categories batch together,
+bad requests fail alone, a category registered while it runs is served, its models check the
+bundle when they load, ``inctrl-run serve`` leaves nothing behind after SIGTERM, and a server
+killed before its stubs clean up leaves no shared memory.
 
 Every server is stopped by the context manager that starts it (the session's by the
 ``triton_server`` fixture), also when a test fails; each call has a timeout.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import queue
 import shutil
 import signal
@@ -31,7 +30,7 @@ import pytest
 
 from inctrl_runtime.cli import main as inctrl_run
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.results import SCORE_FIELDS
+from inctrl_runtime.triton.client import TritonClient, record_of
 from inctrl_runtime.triton.names import CATEGORY as CATEGORY_INPUT
 from inctrl_runtime.triton.names import ENCODER, ENSEMBLE, IMAGE, OUTPUTS
 from inctrl_runtime.triton.repository import write_repository
@@ -42,6 +41,7 @@ from helpers import (
     CATEGORY,
     TRITON_FPR,
     VARIED_SIZES,
+    assert_same_records,
     png_bytes,
     random_images,
     register_served,
@@ -53,6 +53,8 @@ from helpers import (
 pytestmark = pytest.mark.parity
 TIMEOUT_S = 60.0
 OTHER = BUNDLE_CATEGORIES[1]  # metal_nut: registered, not calibrated
+# A region rate at which about half of good parts get a region: queries that have some.
+REGION_FPR = 0.5
 
 
 def infer(url: str, images: list[bytes], categories: list[str]) -> dict[str, np.ndarray]:
@@ -87,30 +89,25 @@ def refusal(url: str, image: bytes, category: str) -> str:
     return str(refused.value)
 
 
-def cli_records(bundle: Path, category: str, files: list[Path], fpr: float) -> list[dict]:
-    """``inctrl-run score --json`` on the images (the real command, in this process)."""
+def cli_records(
+    bundle: Path, category: str, files: list[Path], fpr: float, *options: object
+) -> list[dict]:
+    """``inctrl-run score --json`` on the images, with ``options`` (the real command, in this
+    process)."""
     outcome = run_main(
-        inctrl_run, "score", bundle, "--category", category, *files, "--json", "--fpr", fpr
-    )
+        inctrl_run, "score", bundle, "--category", category, *files, "--json", "--fpr", fpr,
+        *options,
+    )  # fmt: skip
     assert outcome.code == 0, outcome.err
     return json.loads(outcome.out)
 
 
 def assert_answer_is(answer: dict[str, np.ndarray], record: dict, row: int = 0) -> None:
-    """Row ``row`` of an answer equals a record of ``inctrl-run score --json``: every score
-    within 1e-5, and the decision fields (NaN p_value / threshold, false anomalous: None)."""
-    for name in SCORE_FIELDS:
-        want = np.asarray(record[name], dtype=np.float64).reshape(-1)
-        got = answer[name][row].astype(np.float64)
-        assert got.shape == want.shape, name
-        assert np.abs(got - want).max() <= 1e-5, (name, got, want)
-    for name in ("p_value", "threshold"):
-        got = float(answer[name][row, 0])
-        if record[name] is None:
-            assert math.isnan(got), (name, got)
-        else:
-            assert abs(got - record[name]) <= 1e-6, (name, got, record[name])
-    assert bool(answer["anomalous"][row, 0]) == bool(record["anomalous"]), record
+    """Row ``row`` of an answer, read as the client reads it (``record_of``: NaN decisions
+    and region threshold, false anomalous and JSON null regions are None), is a record of
+    ``inctrl-run score --json``: every key, numbers within 1e-5 (``assert_same_records``)."""
+    served = record_of(record["image"], lambda name: answer[name][row : row + 1])
+    assert_same_records([served], [record])
 
 
 def query_files(folder: Path, count: int = 3, seed: int = 40) -> list[Path]:
@@ -142,6 +139,32 @@ def test_scores_and_decisions_are_inctrl_run_scores(triton_server, tmp_path, pro
     assert_answer_is(mixed, cli_records(triton_server.bundle, CATEGORY, files[:1], TRITON_FPR)[0])
     other = cli_records(triton_server.bundle, OTHER, files[1:2], TRITON_FPR)[0]
     assert_answer_is(mixed, other, row=1)
+
+
+def test_regions_are_inctrl_run_scores_for_two_calibrated_categories(tiny_bundle, tmp_path):
+    """Both categories calibrated, regions served at REGION_FPR: over gRPC, one request at a
+    time (batches of 1 in every model, one thread per engine), every record is the one
+    ``inctrl-run score --json --batch-size 1 --threads 1`` prints: regions exactly (the same
+    patch map to the bit), the rest within 1e-5 (decisions and thresholds are float32 on the
+    wire); varied frame sizes, and at least one query of each category with a region."""
+    require_serving()
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    register_served(bundle, calibrated=BUNDLE_CATEGORIES)
+    files = query_files(tmp_path / "queries", count=4, seed=90)
+    exact = ("--region-fpr", REGION_FPR, "--batch-size", 1, "--threads", 1)
+    with serve_bundle(bundle, tmp_path / "repository", region_fpr=REGION_FPR) as served:
+        client = TritonClient(served.grpc_url)
+        for category in BUNDLE_CATEGORIES:
+            want = cli_records(bundle, category, files, TRITON_FPR, *exact)
+            got = client.records(category, files)
+            assert_same_records(got, want)
+            assert [r["regions"] for r in got] == [r["regions"] for r in want], category
+            assert [r["patch_residual_map"] for r in got] == [r["patch_residual_map"] for r in want]
+            assert any(r["regions"] for r in got), category
+            assert {r["inspected_fraction"] < 1 for r in got} == {True, False}  # varied frames
+    ports = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    refused = run_main(inctrl_run, "serve", bundle, *ports, "--region-fpr", "1.5")
+    refused.assert_refused("--region-fpr must be a rate")
 
 
 def encoder_batches(url: str) -> dict[int, int]:
@@ -311,7 +334,7 @@ def test_serve_answers_and_leaves_nothing_after_sigterm(triton_server, tmp_path)
     ports = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     process = subprocess.Popen(
         [sys.executable, "-c", code, "serve", str(triton_server.bundle), *ports, "--threads",
-         "1", "--fpr", str(TRITON_FPR)],
+         "1", "--fpr", str(TRITON_FPR), "--region-fpr", str(REGION_FPR)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -319,7 +342,8 @@ def test_serve_answers_and_leaves_nothing_after_sigterm(triton_server, tmp_path)
         fields = dict(line.split(None, 1) for line in lines if line.startswith("  "))
         folder = Path(fields["repository"].split(" (")[0]).parent
         assert folder.is_dir() and _processes_naming(str(folder))
-        record = cli_records(triton_server.bundle, CATEGORY, [file], TRITON_FPR)[0]
+        options = ("--region-fpr", REGION_FPR)
+        record = cli_records(triton_server.bundle, CATEGORY, [file], TRITON_FPR, *options)[0]
         assert_answer_is(infer(fields["HTTP"].strip(), [file.read_bytes()], [CATEGORY]), record)
         process.send_signal(signal.SIGTERM)
         assert process.wait(TIMEOUT_S) == 128 + signal.SIGTERM

@@ -35,9 +35,11 @@ def run_serve(
     fpr: float = DEFAULT_FPR,
     threads: int | None = None,
     ready_timeout: float = 120.0,
+    region_fpr: float | None = None,
 ) -> None:
-    """Serve ``bundle`` until interrupted (a port of 0 is a free one); a server that dies is a
-    one-line error quoting its log's end."""
+    """Serve ``bundle`` until interrupted (a port of 0 is a free one), with decisions at rate
+    ``fpr`` and regions at ``region_fpr`` (None: ``fpr``); a server that dies is a one-line
+    error quoting its log's end."""
     from inctrl_runtime.triton.repository import write_repository
     from inctrl_runtime.triton.server import TritonServer, serving_problem
     from inctrl_runtime.triton.watchdog import StubWatchdog
@@ -51,7 +53,7 @@ def run_serve(
         server = TritonServer(repository, host, http_port, grpc_port, metrics_port, workdir=folder)
         write_repository(
             bundle, repository, max_batch=max_batch, instances=instances, fpr=fpr,
-            threads=threads,
+            region_fpr=region_fpr, threads=threads,
         )  # fmt: skip
         watchdog = None
         try:
@@ -102,6 +104,12 @@ def serve(
     instances: int = typer.Option(1, "--instances", help="Encoder instances."),
     max_batch: int = typer.Option(DEFAULT_MAX_BATCH, "--max-batch", help="Largest batch."),
     fpr: float = typer.Option(DEFAULT_FPR, "--fpr", help="False-positive rate of decisions."),
+    region_fpr: float = typer.Option(
+        None,
+        "--region-fpr",
+        help="Rate of good parts that may get any region (default: --fpr).",
+        show_default=False,
+    ),
     threads: int | None = ThreadsOption,
 ) -> None:
     """Serve a bundle on NVIDIA Triton Inference Server until Ctrl-C.
@@ -121,4 +129,5 @@ def serve(
         max_batch=max_batch,
         fpr=fpr,
         threads=threads,
+        region_fpr=region_fpr,
     )

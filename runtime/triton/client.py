@@ -28,11 +28,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from inctrl_runtime.decisions import DECISION_FIELDS, decoded_decision
+from inctrl_runtime.decisions import decoded_decision
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, image_sequence, load_image
 from inctrl_runtime.results import SCALAR_FIELDS, score_record
 from inctrl_runtime.triton.names import CATEGORY, ENSEMBLE, IMAGE, OUTPUTS
+from inctrl_runtime.triton.region_codec import decoded_regions
 
 # Triton's own default ports, for a URL that names none.
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
@@ -109,12 +110,13 @@ def parse_url(url: str) -> tuple[str, str]:
 
 def record_of(image: str, output: Callable[[str], np.ndarray]) -> dict:
     """The record ``Result.record()`` makes, from the entry point's outputs for one image
-    (``output(name)``), the decisions read by their codec (``decisions.decoded_decision``:
-    a NaN p-value is an uncalibrated category, a NaN threshold a calibration too small for the
-    rate asked)."""
-    values = {name: output(name).reshape(-1)[0] for name in SCALAR_FIELDS}
-    values |= decoded_decision({name: output(name) for name in DECISION_FIELDS}, 0)
-    return score_record(image, {**values, "patch_residual_map": output("patch_residual_map")})
+    (``output(name)``), the decisions and the region fields read by their codecs
+    (``decisions.decoded_decision``: a NaN p-value is an uncalibrated category, a NaN threshold
+    a calibration too small for the rate asked; ``region_codec.decoded_regions``)."""
+    arrays = {name: output(name) for name in OUTPUTS}
+    values = {name: arrays[name].reshape(-1)[0] for name in SCALAR_FIELDS}
+    values |= decoded_decision(arrays, 0) | decoded_regions(arrays, 0)
+    return score_record(image, {**values, "patch_residual_map": arrays["patch_residual_map"]})
 
 
 def _batch_size(batch: dict) -> int:

@@ -12,24 +12,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.decisions import ANOMALOUS
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.triton.names import (
     CATEGORY,
     ENCODER,
     ENCODERS,
     ENSEMBLE,
+    FRAME_SIZE,
     HEAD,
+    HEAD_OUTPUTS,
     IMAGE,
     OUTPUTS,
     PIXELS,
     PREPROCESS,
+    REGIONS,
 )
 
 DEFAULT_MAX_BATCH = 32
 # How long a model's scheduler waits for more requests to fill a batch: a small fraction of one
 # encoder pass on a CPU, enough for concurrent clients' requests to meet.
 QUEUE_DELAY_US = 2000
-_TYPES = {"float32": "TYPE_FP32", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
+_TYPES = {
+    "float32": "TYPE_FP32",
+    "int32": "TYPE_INT32",
+    "bool": "TYPE_BOOL",
+    "bytes": "TYPE_STRING",
+}
 # What runs each encoder, and where its instances go: a plan is built for a GPU; onnxruntime's
 # go on the server's GPUs when it has them (its CUDA provider), else on the CPU (KIND_AUTO), so
 # one repository loads on both; the python encoder runs the runtime on the CPU.
@@ -107,12 +116,17 @@ def encoder_tensors(bundle: Bundle) -> tuple[list[TensorConfig], list[TensorConf
     return inputs, outputs
 
 
-def output_tensors(bundle: Bundle) -> list[TensorConfig]:
-    """The entry point's outputs (the head's): a value per image, the patch map P values."""
-    patches = bundle.model.num_patches
-    dims = {name: (patches,) if name == "patch_residual_map" else (1,) for name in OUTPUTS}
-    dtypes = {name: "bool" if name == "anomalous" else "float32" for name in OUTPUTS}
-    return [TensorConfig(name, dtypes[name], dims[name]) for name in OUTPUTS]
+def output_tensors(bundle: Bundle, names: Sequence[str] = OUTPUTS) -> list[TensorConfig]:
+    """The entry point's outputs ``names``, as every model that makes or reads one declares
+    it: a float32 per image, but the patch map (P values), the decision (bool), the frame's
+    size (width and height, int32) and the regions (JSON text: ``region_codec``)."""
+    others = {
+        "patch_residual_map": ("float32", (bundle.model.num_patches,)),
+        ANOMALOUS: ("bool", (1,)),
+        FRAME_SIZE: ("int32", (2,)),
+        REGIONS: ("bytes", (1,)),
+    }
+    return [TensorConfig(name, *others.get(name, ("float32", (1,)))) for name in names]
 
 
 def _text(name: str) -> TensorConfig:
@@ -124,12 +138,12 @@ def preprocess_config(
     bundle: Bundle, max_batch: int, instances: int, parameters: Mapping[str, object]
 ) -> str:
     """Image bytes -> the encoder's input (as ``pixels``), preprocessed by the runtime (python
-    backend)."""
+    backend), and the image's frame size."""
     (encoder_input,) = encoder_tensors(bundle)[0]
     pixels = TensorConfig(PIXELS, encoder_input.dtype, encoder_input.dims)
     return model_config(
         PREPROCESS, 'backend: "python"', max_batch, [_text(IMAGE)],
-        [pixels], instances, parameters=parameters,
+        [pixels, *output_tensors(bundle, [FRAME_SIZE])], instances, parameters=parameters,
     )  # fmt: skip
 
 
@@ -153,24 +167,26 @@ def encoder_config(
 
 
 def head_config(bundle: Bundle, max_batch: int, parameters: Mapping[str, object]) -> str:
-    """The encoder's outputs and the category -> every entry output (python backend, one
-    instance holding every category's bank)."""
-    inputs = [*encoder_tensors(bundle)[1], _text(CATEGORY)]
+    """The encoder's outputs, the frame's size and the category -> every entry output but the
+    frame's size (python backend, one instance holding every category's bank)."""
+    inputs = [*encoder_tensors(bundle)[1], *output_tensors(bundle, [FRAME_SIZE]), _text(CATEGORY)]
     return model_config(
-        HEAD, 'backend: "python"', max_batch, inputs, output_tensors(bundle), 1,
+        HEAD, 'backend: "python"', max_batch, inputs, output_tensors(bundle, HEAD_OUTPUTS), 1,
         parameters=parameters,
     )  # fmt: skip
 
 
 def ensemble_config(bundle: Bundle, max_batch: int) -> str:
     """The entry point: preprocess -> encoder -> head, so that the encoder's dynamic batcher
-    merges the requests of every category."""
+    merges the requests of every category; the preprocessing's frame size goes to the head and
+    out."""
     features = [t.name for t in encoder_tensors(bundle)[1]]
     (encoder_input,) = encoder_tensors(bundle)[0]
+    head_inputs = [*features, FRAME_SIZE, CATEGORY]
     steps = [
-        _step(PREPROCESS, {IMAGE: IMAGE}, {PIXELS: PIXELS}),
+        _step(PREPROCESS, {IMAGE: IMAGE}, {PIXELS: PIXELS, FRAME_SIZE: FRAME_SIZE}),
         _step(ENCODER, {encoder_input.name: PIXELS}, {name: name for name in features}),
-        _step(HEAD, {**{n: n for n in features}, CATEGORY: CATEGORY}, {n: n for n in OUTPUTS}),
+        _step(HEAD, {n: n for n in head_inputs}, {n: n for n in HEAD_OUTPUTS}),
     ]
     scheduling = "ensemble_scheduling { step [\n" + ",\n".join(steps) + "\n] }"
     return model_config(

@@ -1,5 +1,5 @@
 """The head of a served bundle: every registered category's bank, and the head graph run once
-per category over the rows of a batch that name it, with the category's decisions.
+per category over the rows of a batch that name it, with the category's decisions and regions.
 
 Banks are the runtime's registered banks (``inctrl_runtime.references.RegisteredBanks``): read
 when a request first names a category and read again when their file's digest changes, so
@@ -21,8 +21,17 @@ from inctrl_runtime.engines import Engine
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.references import NumpyBank, RegisteredBanks, head_feeds
+from inctrl_runtime.regions import region_rule
 from inctrl_runtime.results import SCORE_FIELDS
-from inctrl_runtime.triton.names import CATEGORY, ENCODER, ENCODER_FILES, OUTPUTS, VERSION
+from inctrl_runtime.triton.names import (
+    CATEGORY,
+    ENCODER,
+    ENCODER_FILES,
+    FRAME_SIZE,
+    HEAD_OUTPUTS,
+    VERSION,
+)
+from inctrl_runtime.triton.region_codec import region_arrays
 from inctrl_runtime.triton.stages import Feeds, ModelArgs, Reply, concatenate, open_graph, texts
 
 # How a request for an unregistered category is answered: how to register it, and that the
@@ -51,16 +60,23 @@ def check_encoder_file(root: Path, bundle: Bundle) -> None:
 
 
 class HeadStage:
-    """Scores each row of a batch against its category's bank (python model ``inctrl_head``)."""
+    """Scores each row of a batch against its category's bank (python model ``inctrl_head``):
+    decisions at rate ``fpr``, regions at ``region_fpr`` (None: ``fpr``)."""
 
     def __init__(
-        self, bundle: Bundle, engine: Engine, fpr: float, categories: Sequence[str] = ()
+        self,
+        bundle: Bundle,
+        engine: Engine,
+        fpr: float,
+        categories: Sequence[str] = (),
+        region_fpr: float | None = None,
     ) -> None:
         self.bundle = bundle
         self.engine = engine
         self.fpr = fpr
+        self.region_fpr = fpr if region_fpr is None else region_fpr
         self.features = tuple(spec.name for spec in bundle.graphs["encoder"].outputs)
-        self.inputs = (*self.features, CATEGORY)
+        self.inputs = (*self.features, FRAME_SIZE, CATEGORY)
         self.banks = RegisteredBanks(bundle)
         for category in categories:  # read ahead; a damaged bank fails alone when asked for
             with contextlib.suppress(InputError):
@@ -72,7 +88,7 @@ class HeadStage:
         bundle = parsed.bundle(reads=lambda bundle: [bundle.graphs["head"].file.name, PRIORS])
         check_encoder_file(parsed.root, bundle)
         engine = open_graph(bundle, "head", parsed.threads)
-        return cls(bundle, engine, parsed.fpr, parsed.categories)
+        return cls(bundle, engine, parsed.fpr, parsed.categories, parsed.region_fpr)
 
     def bank(self, category: str) -> NumpyBank:
         """A category's registered bank, read again when its file changed on disk; an unknown
@@ -80,12 +96,19 @@ class HeadStage:
         self.bundle.prior(category)
         return self.banks.bank(category, then=_THEN_SERVED)
 
-    def outputs(self, features: Feeds, category: str, bank: NumpyBank) -> dict[str, np.ndarray]:
-        """Every entry output for B rows of one category, as B x 1 (the patch map B x P)."""
+    def outputs(
+        self, features: Feeds, frames: np.ndarray, category: str, bank: NumpyBank
+    ) -> dict[str, np.ndarray]:
+        """The head's outputs for B rows of one category (their features, and their frames'
+        sizes, B x 2), as B x 1 (the patch map B x P)."""
         feeds = head_feeds(bank, self.bundle.prior(category))
         found = self.engine.run({**features, **feeds})
         arrays = {name: found[name] for name in SCORE_FIELDS}
-        arrays |= decision_arrays(bank.calibration, arrays["score"], self.fpr)
+        calibration = bank.calibration
+        arrays |= decision_arrays(calibration, arrays["score"], self.fpr)
+        rule = None if calibration is None else region_rule(calibration, self.region_fpr)
+        size = self.bundle.preprocessing.size
+        arrays |= region_arrays(rule, arrays["patch_residual_map"], frames, size)
         return {name: a if a.ndim == 2 else a.reshape(-1, 1) for name, a in arrays.items()}
 
     def run(self, requests: Sequence[Feeds]) -> list[Reply]:
@@ -105,17 +128,19 @@ class HeadStage:
         if not good:
             return replies  # type: ignore[return-value]
         features, rows = concatenate([requests[i] for i in good], self.features)
+        frames = np.concatenate([requests[i][FRAME_SIZE] for i in good])
         categories = np.array([c for i in good for c in named[i]])
         joined: dict[str, np.ndarray] = {}
         for category in dict.fromkeys(categories.tolist()):
             where = np.flatnonzero(categories == category)
             part = {name: array[where] for name, array in features.items()}
-            for name, array in self.outputs(part, category, banks[category]).items():
+            found = self.outputs(part, frames[where], category, banks[category])
+            for name, array in found.items():
                 if name not in joined:
                     joined[name] = np.empty((len(categories), *array.shape[1:]), array.dtype)
                 joined[name][where] = array
         for index, part in zip(good, rows, strict=True):
-            replies[index] = {name: joined[name][part] for name in OUTPUTS}
+            replies[index] = {name: joined[name][part] for name in HEAD_OUTPUTS}
         return replies  # type: ignore[return-value]
 
     def close(self) -> None:

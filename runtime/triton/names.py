@@ -7,7 +7,7 @@ and the client use these, so that a name is spelled in one place.
 from __future__ import annotations
 
 from inctrl_runtime.decisions import DECISION_FIELDS
-from inctrl_runtime.results import SCORE_FIELDS
+from inctrl_runtime.results import REGION_FIELDS, SCORE_FIELDS
 
 # The models of a repository: the entry point (an ensemble) and its three steps.
 ENSEMBLE = "inctrl"
@@ -28,12 +28,18 @@ CATEGORY = "category"
 # The preprocessed image: the preprocess model's output, and the ensemble's tensor that feeds the
 # encoder's input (named by the encoder graph: ``image``).
 PIXELS = "pixels"
-# The entry point's outputs: the head's Scores, then the decisions (NaN / false when none).
-OUTPUTS = (*SCORE_FIELDS, *DECISION_FIELDS)
+# Where the defect is, as a record names it: the frame's size (width, height) is the preprocess
+# model's output, which the head reads too; the head gives the others.
+FRAME_SIZE, INSPECTED_FRACTION, REGION_THRESHOLD, REGIONS = REGION_FIELDS
+# The entry point's outputs: the head's Scores, the decisions (NaN / false when none), the region
+# fields (a NaN region_threshold and the JSON text null when there are no regions).
+OUTPUTS = (*SCORE_FIELDS, *DECISION_FIELDS, *REGION_FIELDS)
+HEAD_OUTPUTS = tuple(name for name in OUTPUTS if name != FRAME_SIZE)
 
 # The config parameters the python models read.
 PARAM_BUNDLE = "bundle"  # the bundle folder: absolute, or relative to the repository's root
 PARAM_FPR = "fpr"  # the false-positive rate of the decisions
+PARAM_REGION_FPR = "region_fpr"  # the rate of good parts that may get any region (absent: fpr)
 PARAM_THREADS = "threads"  # intra-op threads per instance ("" for onnxruntime's default)
 PARAM_CATEGORIES = "categories"  # comma-separated categories the head loads at start ("": all)
 

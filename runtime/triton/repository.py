@@ -1,10 +1,11 @@
 """Write a Triton model repository for a bundle (torch-free: ``inctrl-run serve`` writes one).
 
-    REPO/inctrl/             ensemble: image bytes + category -> scores and decisions
-    REPO/inctrl_preprocess/  python: the runtime's preprocessing
+    REPO/inctrl/             ensemble: image bytes + category -> scores, decisions, regions
+    REPO/inctrl_preprocess/  python: the runtime's preprocessing, and each image's frame size
     REPO/inctrl_encoder/     python (the runtime's CPU engine), onnxruntime (model.onnx) or
                              tensorrt (model.plan): shared by every category, batched
-    REPO/inctrl_head/        python: every category's bank, the head graph, the decisions
+    REPO/inctrl_head/        python: every category's bank, the head graph, the decisions and
+                             the regions
     REPO/inctrl_head/bundle/ with ``copy_bundle``: the bundle's checked files and banks
 
 The python models find the bundle through their ``bundle`` parameter and check it when they
@@ -45,6 +46,7 @@ from inctrl_runtime.triton.names import (
     PARAM_BUNDLE,
     PARAM_CATEGORIES,
     PARAM_FPR,
+    PARAM_REGION_FPR,
     PARAM_THREADS,
     PREPROCESS,
     PYTHON_MODEL,
@@ -112,6 +114,7 @@ def write_repository(
     instances: int = 1,
     categories: Sequence[str] | None = None,
     fpr: float = DEFAULT_FPR,
+    region_fpr: float | None = None,
     copy_bundle: bool = False,
     threads: int | None = None,
     encoder_file: str | os.PathLike | None = None,
@@ -129,6 +132,7 @@ def write_repository(
         categories: the categories the head loads at start, each registered (None: every
             registered one; others are read when a request first names them).
         fpr: the false-positive rate of the decisions.
+        region_fpr: the rate of good parts that may get any region (None: ``fpr``).
         copy_bundle: copy the bundle into ``inctrl_head/bundle`` (a repository that travels);
             otherwise the models read the bundle where it is (its absolute path).
         threads: intra-op threads per engine instance (None: onnxruntime's default).
@@ -137,6 +141,7 @@ def write_repository(
     checked = Bundle.open(bundle, check_files=True)
     check_serving_sizes(max_batch, instances)
     check_fpr(fpr)
+    region_fpr = fpr if region_fpr is None else check_fpr(region_fpr, "--region-fpr")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}")
     if encoder == "tensorrt" and encoder_file is None:
@@ -149,6 +154,7 @@ def write_repository(
     parameters = {
         PARAM_BUNDLE: where,
         PARAM_FPR: repr(float(fpr)),
+        PARAM_REGION_FPR: repr(float(region_fpr)),
         PARAM_THREADS: "" if threads is None else str(threads),
     }
     with staging_folder(target) as staging:

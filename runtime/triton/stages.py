@@ -22,15 +22,18 @@ from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
 from inctrl_runtime.engines import Engine, check_signature
 from inctrl_runtime.engines.ort import OrtEngine, place
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.preprocess import preprocess_many
+from inctrl_runtime.preprocess import decode
 from inctrl_runtime.triton.names import (
+    FRAME_SIZE,
     IMAGE,
     PARAM_BUNDLE,
     PARAM_CATEGORIES,
     PARAM_FPR,
+    PARAM_REGION_FPR,
     PARAM_THREADS,
     PIXELS,
 )
+from inctrl_runtime.triton.region_codec import frame_sizes
 
 Feeds = dict[str, np.ndarray]
 Reply = Feeds | InputError  # a stage's reply to one request: its outputs, or why it is refused
@@ -88,6 +91,12 @@ class ModelArgs:
         return check_fpr(float(text)) if text else DEFAULT_FPR
 
     @property
+    def region_fpr(self) -> float:
+        """The rate of good parts that may get any region (no parameter: ``fpr``)."""
+        text = self.parameters.get(PARAM_REGION_FPR, "")
+        return check_fpr(float(text), "--region-fpr") if text else self.fpr
+
+    @property
     def categories(self) -> tuple[str, ...]:
         return tuple(c for c in self.parameters.get(PARAM_CATEGORIES, "").split(",") if c)
 
@@ -123,7 +132,7 @@ def texts(column: np.ndarray, what: str) -> list[str]:
 
 class PreprocessStage:
     """Encoded image files -> the encoder's input, preprocessed as the bundle says (the size
-    guard and the one-line errors of ``inctrl-run score``)."""
+    guard and the one-line errors of ``inctrl-run score``), and each file's frame size."""
 
     inputs = (IMAGE,)
 
@@ -134,15 +143,21 @@ class PreprocessStage:
     def open(cls, args: Mapping[str, str]) -> PreprocessStage:
         return cls(ModelArgs.parse(args).bundle())
 
-    def pixels(self, images: np.ndarray) -> np.ndarray:
-        """B x 1 encoded files -> B x 3 x S x S float32."""
-        return preprocess_many([bytes(item) for item in images.reshape(-1)], self.preprocessing)
+    def outputs(self, images: np.ndarray) -> Feeds:
+        """B x 1 encoded files, each decoded once -> ``pixels`` (B x 3 x S x S float32) and
+        ``frame_size`` (B x 2 int32: width, height, as given)."""
+        config = self.preprocessing
+        decoded = [decode(bytes(item), config) for item in images.reshape(-1)]
+        return {
+            PIXELS: np.stack([image.pixels(config) for image in decoded]),
+            FRAME_SIZE: frame_sizes([image.frame for image in decoded]),
+        }
 
     def run(self, requests: Sequence[Feeds]) -> list[Reply]:
         replies: list[Reply] = []
         for request in requests:
             try:
-                replies.append({PIXELS: self.pixels(request[IMAGE])})
+                replies.append(self.outputs(request[IMAGE]))
             except InputError as err:
                 replies.append(err)
         return replies
