@@ -10,7 +10,15 @@ from pathlib import Path
 
 import typer
 
-from inctrl_runtime.console import Interrupted, new_app, run_app, say, status, stderr
+from inctrl_runtime.console import (
+    Interrupted,
+    RegionFpr,
+    new_app,
+    run_app,
+    say,
+    status,
+    stderr,
+)
 from inctrl_runtime.files import check_output_paths
 
 EXIT_PARITY_FAILED = 1
@@ -351,12 +359,7 @@ def triton(
         show_default=False,
     ),
     fpr: float = typer.Option(0.01, "--fpr", help="False-positive rate of the decisions."),
-    region_fpr: float = typer.Option(
-        None,
-        "--region-fpr",
-        help="Rate of good parts that may get any region (default: --fpr).",
-        show_default=False,
-    ),
+    region_fpr: RegionFpr = None,
     engine: str = typer.Option(
         None,
         "--engine",

@@ -44,6 +44,14 @@ Heatmaps = Annotated[
         show_default=False,
     ),
 ]
+RegionFpr = Annotated[
+    float | None,
+    typer.Option(
+        "--region-fpr",
+        help="Rate of good parts that may get any defect region (default: --fpr).",
+        show_default=False,
+    ),
+]
 HeatmapSize = Annotated[
     int,
     typer.Option(help="Longest side, in pixels, of a heatmap (larger frames are drawn smaller)."),

@@ -24,6 +24,7 @@ from inctrl_runtime.console import (
     HeatmapSize,
     JsonFlag,
     JsonlFlag,
+    RegionFpr,
     output_format,
     progress_bar,
     require_category,
@@ -151,12 +152,7 @@ def score(
         "--fpr",
         help="False-positive rate for a calibrated category's decisions (threshold, anomalous).",
     ),
-    region_fpr: float = typer.Option(
-        None,
-        "--region-fpr",
-        help="Rate of good parts that may get any region (default: --fpr).",
-        show_default=False,
-    ),
+    region_fpr: RegionFpr = None,
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
 ) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from inctrl_runtime.cli.common import BundleArgument, ThreadsOption, app
-from inctrl_runtime.console import say, status
+from inctrl_runtime.console import RegionFpr, say, status
 from inctrl_runtime.decisions import DEFAULT_FPR
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.triton.configs import DEFAULT_MAX_BATCH
@@ -104,12 +104,7 @@ def serve(
     instances: int = typer.Option(1, "--instances", help="Encoder instances."),
     max_batch: int = typer.Option(DEFAULT_MAX_BATCH, "--max-batch", help="Largest batch."),
     fpr: float = typer.Option(DEFAULT_FPR, "--fpr", help="False-positive rate of decisions."),
-    region_fpr: float = typer.Option(
-        None,
-        "--region-fpr",
-        help="Rate of good parts that may get any region (default: --fpr).",
-        show_default=False,
-    ),
+    region_fpr: RegionFpr = None,
     threads: int | None = ThreadsOption,
 ) -> None:
     """Serve a bundle on NVIDIA Triton Inference Server until Ctrl-C.
