@@ -65,8 +65,12 @@ def bench(
         "test/<defect>) or a folder of them (all are used). Every row that runs also scores "
         "each category's test images, its first k (smallest --shots) train/good images the "
         "prompts: image AUROC per category and mean, and the final score's drift against "
-        "torch-fp32 on the same images (run on them even if not benched, where torch is). "
-        "Its train/good images also calibrate the bench's int8 export of a real checkpoint.",
+        "torch-fp32 on the same images (run on them even if not benched, where torch is). Where "
+        "test images have masks (ground_truth/<defect>/<name>_mask.png): pixel AUROC, AUPRO to "
+        "a false-positive rate of 0.3, and at region thresholds for 0.05 and 0.1 (the map "
+        "maxima of the other train/good images) the share of defect regions touched and of "
+        "test normals given a region. Its train/good images also calibrate the bench's int8 "
+        "export of a real checkpoint.",
     ),
     json_file: Path = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot_file: Path = typer.Option(
@@ -78,8 +82,9 @@ def bench(
     """Measure latency per query (p50/p90/p99, stages), throughput per batch size, prompt
     registration, the text prior's one-time cost, memory, and achieved GFLOP/s against this
     machine's measured fp32 peak, for every backend (TensorRT plans also: build time, plan size,
-    GPU time per query from CUDA events; with --eval: image AUROC and score drift against
-    torch-fp32); unavailable ones are listed with the reason. Examples:
+    GPU time per query from CUDA events; with --eval: image AUROC, pixel metrics where masks
+    exist, and score drift against torch-fp32); unavailable ones are listed with the reason.
+    Examples:
 
         inctrl-bench --json bench.json --plot bench.png
 

@@ -10,7 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from inctrl_bench.accuracy import describe_data
+from inctrl_bench.accuracy import REGION_FPRS, describe_data
 from inctrl_bench.measure import QUERY_STAGES, BackendResult
 from inctrl_bench.suite import SPEEDUP_BASELINES, BenchReport
 from inctrl_bench.triton_backend import served_table
@@ -48,6 +48,30 @@ def _accuracy_columns() -> dict[str, Cell]:
         "max drift": lambda r: drift(r.accuracy.drift_max_abs),
         "mean drift": lambda r: drift(r.accuracy.drift_mean_abs),
     }
+
+
+def _metric(value: float | None) -> str:
+    """A metric in [0, 1], three decimals as the AUROC column."""
+    return MISSING if value is None else f"{value:.3f}"
+
+
+def _rates(values: tuple[float | None, float | None]) -> str:
+    """'recall/flagged' (two decimals, '-' for one that is undefined), or '-'."""
+    if values == (None, None):
+        return MISSING
+    return "/".join(MISSING if value is None else f"{value:.2f}" for value in values)
+
+
+def _pixel_columns(limit: float) -> dict[str, Cell]:
+    """With --eval on data with masks: pixel AUROC and AUPRO (means over the categories with
+    masks), then at each region rate the region recall / good-part region-flag rate."""
+    columns: dict[str, Cell] = {
+        "pixel AUROC": lambda r: _metric(r.accuracy.mean_pixel_auroc),
+        f"AUPRO@{limit:g}": lambda r: _metric(r.accuracy.mean_aupro),
+    }
+    for index, alpha in enumerate(REGION_FPRS):
+        columns[f"{alpha:g}: R/F"] = lambda r, i=index: _rates(r.accuracy.region_means(i))
+    return columns
 
 
 def _stage(result: BackendResult, stage: str | None) -> float | None:
@@ -123,6 +147,15 @@ def _tables(report: BenchReport) -> list[tuple[str, dict[str, Cell], list[Backen
             f"image AUROC (mean over categories, worst one); drift: {drifts}, max and mean"
         )
         found.append((title, _accuracy_columns(), scored))
+        if any(r.accuracy.mean_pixel_auroc is not None for r in scored):
+            limit = scored[0].accuracy.aupro_limit
+            title = (
+                f"Pixels on {data['name']} (categories with masks, mean): pixel AUROC, AUPRO to "
+                f"FPR {limit:g}; at each rate's region threshold (map maxima of train/good less "
+                "the k prompts), R: share of defect regions touched, F: share of test normals "
+                "with a region (-: too few images or no masks)"
+            )
+            found.append((title, _pixel_columns(limit), scored))
         if len(data["categories"]) > 1:
             room = WIDTH - max(len(r.name) for r in scored) - 1
             for names in _column_groups(list(data["categories"]), room):

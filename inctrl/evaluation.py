@@ -1,5 +1,5 @@
-"""Few-shot evaluation: image AUROC and AUPRC, pixel AUROC where masks exist, and operating
-points at target false-positive rates, per category.
+"""Few-shot evaluation: image AUROC and AUPRC, pixel AUROC and AUPRO where masks exist, and
+operating points at target false-positive rates, per category.
 
 A run is one set of k normal prompts: a seeded draw from the category's train/good images, or
 the authors' prompt file. Per category, every test image and every train/good image is encoded
@@ -8,9 +8,15 @@ deviation over runs.
 
 Each run is also calibrated (split-conformal, ``inctrl_runtime.decisions``) on the train/good
 images that are not its prompts; at each of ``TARGET_FPRS`` its threshold gives a measured
-false-positive rate on the test normals and a recall on the test anomalies. With drawn runs,
+false-positive rate on the test normals and a recall on the test anomalies, and the map maxima
+of the same images give its region threshold (``inctrl_runtime.regions``): where masks exist, the
+share of ground-truth regions it touches and of test normals it gives a region. With drawn runs,
 the k prompts that best cover train/good's patch tokens (``coverage_selection``) make one more
 run, reported beside the draws (it is not calibrated: it saw every train/good image).
+
+Pixel metrics are measured in each test image's own frame, at its resolution: the patch map
+carried into it (``regions.frame_map``) against the mask as the data set holds it; the pixels the
+preprocessing's crop cut off are not inspected and are left out (``inctrl_runtime.pixel_metrics``).
 
 The report's values and their rendering live in ``inctrl.evaluation_report``.
 """
@@ -34,7 +40,7 @@ from inctrl.evaluation_report import (
     OperatingPoint,
     RunResult,
 )
-from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
+from inctrl.metrics import image_metrics
 from inctrl.model import InCTRL
 from inctrl.prompt_files import read_prompt_file
 from inctrl.state import ReferenceBank, TextPrior
@@ -42,6 +48,7 @@ from inctrl_runtime.datasets import NORMAL, Sample
 from inctrl_runtime.decisions import TARGET_FPRS, decide
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import category_file
+from inctrl_runtime.pixel_metrics import PixelLabels, PixelValues, region_point
 from inctrl_runtime.preprocess import pixel_digest
 from inctrl_runtime.selection import coverage_selection, random_draw
 
@@ -53,23 +60,34 @@ def operating_points(
     targets: Sequence[int],
     scores: Sequence[float],
     target_fprs: Sequence[float] = TARGET_FPRS,
+    map_maxima: Sequence[float] = (),
+    pixels: PixelValues | None = None,
 ) -> tuple[OperatingPoint, ...]:
     """The operating points of test ``scores`` (``targets``: 0 normal, 1 anomalous) decided
-    against the scores of normal calibration images, in float32 as the runtime decides."""
+    against the scores of normal calibration images, in float32 as the runtime decides; and the
+    region threshold of the same images' ``map_maxima`` (their ``max_patch_residual``) with the
+    region recall and region-flag rate it gives on the test images' ``pixels`` (None: no
+    masks; see ``region_point``)."""
     calibration = np.sort(np.asarray(calibration, dtype=np.float32))
+    maxima = np.sort(np.asarray(map_maxima, dtype=np.float32))
     scores = np.asarray(scores, dtype=np.float32)
     anomalous = np.asarray(targets) != NORMAL
     points = []
     for alpha in target_fprs:
         decisions = decide(calibration, scores, alpha)
-        if decisions.anomalous is None:
-            points.append(OperatingPoint(alpha, None, None, None))
-            continue
-        flagged = decisions.anomalous
-        false_positives = float(flagged[~anomalous].mean())
+        regions = region_point(maxima, pixels, alpha)
+        rates = (None, None)
+        if decisions.anomalous is not None:
+            flagged = decisions.anomalous
+            rates = (float(flagged[~anomalous].mean()), float(flagged[anomalous].mean()))
         points.append(
             OperatingPoint(
-                alpha, decisions.threshold, false_positives, float(flagged[anomalous].mean())
+                alpha,
+                decisions.threshold,
+                *rates,
+                regions.region_threshold,
+                regions.region_recall,
+                regions.region_flag_rate,
             )
         )
     return tuple(points)
@@ -176,25 +194,6 @@ def _track(items: Sequence, description: str, progress: bool) -> Iterable:
     return track(items, description=description, console=Console(stderr=True), transient=True)
 
 
-class _PixelLabels(NamedTuple):
-    rows: list[int]  # the queries whose pixel labels are known
-    masks: np.ndarray  # len(rows) x S x S bool
-    selection: np.ndarray | None  # see pixel_selection
-
-
-def _pixel_labels(queries: Sequence[Sample], size: int) -> _PixelLabels | None:
-    """Pixel labels of the normal queries (all zero) and of the anomalous ones with a mask;
-    None when no anomalous query has a mask."""
-    if not any(s.mask_path for s in queries if s.target != NORMAL):
-        return None
-    rows = [i for i, s in enumerate(queries) if s.target == NORMAL or s.mask_path]
-    masks = np.zeros((len(rows), size, size), dtype=bool)
-    for index, row in enumerate(rows):
-        if queries[row].target != NORMAL:
-            masks[index] = mask_in_model_view(queries[row].mask_path, queries[row].image_path, size)
-    return _PixelLabels(rows, masks, pixel_selection(masks))
-
-
 def _batches(items: Sequence, size: int) -> list[Sequence]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -241,17 +240,56 @@ def _bank(model: InCTRL, prompts: _PromptSet, pool: _Pool, batch_size: int) -> R
     return ReferenceBank(patches.contiguous(), adapted_mean, shots, prompts.names, digests)
 
 
-def _calibration_scores(
+class _Calibration(NamedTuple):
+    """A run's calibration images' final scores and map maxima (``max_patch_residual``)."""
+
+    scores: np.ndarray  # n
+    map_maxima: np.ndarray  # n
+
+
+def _calibration(
     model: InCTRL, pool: _Pool, bank: ReferenceBank, prior: TextPrior, batch_size: int
-) -> np.ndarray:
-    """The scores of the pool images that are not the bank's prompts, by pixel digest (so a
-    prompt file's images and copies of a prompt are left out too: they would score near 0)."""
+) -> _Calibration:
+    """The pool images that are not the bank's prompts, by pixel digest (so a prompt file's
+    images and copies of a prompt are left out too: they would score near 0)."""
     prompts = set(bank.digests)
     rows = [row for row, digest in enumerate(pool.digests) if digest not in prompts]
-    scores = [
-        model.head(pool.rows(chunk), bank, prior).score for chunk in _batches(rows, batch_size)
-    ]
-    return torch.cat(scores).cpu().numpy() if scores else np.zeros(0, dtype=np.float32)
+    outputs = [model.head(pool.rows(chunk), bank, prior) for chunk in _batches(rows, batch_size)]
+    if not outputs:
+        return _Calibration(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
+    scores = torch.cat([out.score for out in outputs])
+    maxima = torch.cat([out.max_patch_residual for out in outputs])
+    return _Calibration(scores.cpu().numpy(), maxima.cpu().numpy())
+
+
+def _run_result(
+    prompts: _PromptSet,
+    targets: tuple[int, ...],
+    scores: np.ndarray,
+    patch_maps: np.ndarray,
+    labels: PixelLabels | None,
+    calibration: _Calibration | None,
+) -> RunResult:
+    """One run's metrics from its test images' ``scores`` (n) and ``patch_maps`` (n x P). Their
+    pixel values, as large as the test images' frames, live only while this runs."""
+    auroc, auprc = image_metrics(targets, scores)
+    pixels = None if labels is None else labels.values(patch_maps)
+    points = ()
+    if calibration is not None:
+        points = operating_points(
+            calibration.scores, targets, scores, map_maxima=calibration.map_maxima, pixels=pixels
+        )
+    return RunResult(
+        prompts.seed,
+        prompts.names,
+        tuple(float(v) for v in scores),
+        auroc,
+        auprc,
+        None if pixels is None else pixels.auroc(),
+        None if pixels is None else pixels.aupro(),
+        None if calibration is None else len(calibration.scores),
+        points,
+    )
 
 
 def _evaluate_category(
@@ -273,32 +311,18 @@ def _evaluate_category(
             scores[run].append(out.score.cpu())
             maps[run].append(out.patch_residual_map.cpu())
     targets = tuple(s.target for s in category.queries)
-    labels = _pixel_labels(category.queries, model.config.vision.image_size) if pixel else None
+    labels = None
+    if pixel:  # the masks themselves are read when a run uses them, one at a time
+        masks = [s.mask_path for s in category.queries]
+        labels = PixelLabels.of(paths, targets, masks, model.config.vision.image_size)
     runs = []
     for index, prompts in enumerate(prompt_sets):
-        run_scores = torch.cat(scores[index]).double().numpy()
-        auroc, auprc = image_metrics(targets, run_scores)
-        pixel_value = None
-        if labels is not None:
-            run_maps = torch.cat(maps[index])[labels.rows]
-            pixel_value = pixel_auroc(run_maps, labels.masks, labels.selection)
-        calibration, points = None, ()
+        calibration = None
         if index < len(category.prompt_sets):  # the selection saw every pool image: not these
-            normals = _calibration_scores(model, pool, banks[index], prior, batch_size)
-            calibration, points = len(normals), operating_points(normals, targets, run_scores)
-        scores_tuple = tuple(float(v) for v in run_scores)
-        runs.append(
-            RunResult(
-                prompts.seed,
-                prompts.names,
-                scores_tuple,
-                auroc,
-                auprc,
-                pixel_value,
-                calibration,
-                points,
-            )
-        )
+            calibration = _calibration(model, pool, banks[index], prior, batch_size)
+        run_scores = torch.cat(scores[index]).double().numpy()
+        run_maps = torch.cat(maps[index]).float().numpy()
+        runs.append(_run_result(prompts, targets, run_scores, run_maps, labels, calibration))
     selected = runs.pop() if category.select else None
     return CategoryResult(category.name, tuple(paths), targets, tuple(runs), selected)
 
@@ -320,12 +344,14 @@ def evaluate(
 
     Per category the queries are its test images; each run draws ``shots`` prompts from its
     train/good images (``draw_prompts``, one run per seed) or, with ``prompts_dir``, takes the
-    authors' ``<prompts_dir>/<category>.pt`` (one run). Pixel AUROC is computed where
-    anomalous test images have masks and ``pixel`` is set. Each run is calibrated on the
-    train/good images that are not its prompts (by pixel digest) and measured at
-    ``TARGET_FPRS``; with ``selection``, drawn runs get a coverage-selected run beside them (it
-    compares every pair of train/good images: n^2 patch blocks, minutes on a large pool with the
-    full model). ``progress`` shows bars on stderr; ``checkpoint_name`` is recorded in the
+    authors' ``<prompts_dir>/<category>.pt`` (one run). Pixel AUROC, AUPRO (to the
+    false-positive rate ``pixel_metrics.AUPRO_LIMIT``) and the region metrics are computed where
+    anomalous test images have masks and ``pixel`` is set, in each test image's frame at its
+    resolution (not-inspected pixels left out). Each run is calibrated on the train/good images
+    that are not its prompts (by pixel digest) and measured at ``TARGET_FPRS``; with
+    ``selection``, drawn runs get a coverage-selected run beside them (it compares every pair of
+    train/good images: n^2 patch blocks, minutes on a large pool with the full model).
+    ``progress`` shows bars on stderr; ``checkpoint_name`` is recorded in the
     report's settings.
     """
     seeds = tuple(seeds)

@@ -1,8 +1,9 @@
 """The values of a few-shot evaluation and how they render: per run its prompts, scores,
 metrics and operating points; per category and over categories the mean and standard deviation
-over runs, the operating points and the prompt choice; as JSON (``to_dict``), markdown
-(``to_markdown``) and table rows (``rows``, ``selection_rows``, ``operating_rows``) under the
-column names and titles below. ``inctrl.evaluation`` computes them.
+over runs, the operating points, the regions at them and the prompt choice; as JSON
+(``to_dict``), markdown (``to_markdown``) and table rows (``rows``, ``selection_rows``,
+``operating_rows``, ``region_rows``) under the column names and titles below.
+``inctrl.evaluation`` computes them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import numpy as np
 
 from inctrl_runtime.datasets import NORMAL
 from inctrl_runtime.decisions import TARGET_FPRS
+from inctrl_runtime.pixel_metrics import AUPRO_LIMIT
 
-TABLE_COLUMNS = ("category", "AUROC", "AUPRC", "pixel AUROC", "normal / anomalous")
+AUPRO_COLUMN = f"AUPRO@{AUPRO_LIMIT:g}"
+TABLE_COLUMNS = ("category", "AUROC", "AUPRC", "pixel AUROC", AUPRO_COLUMN, "normal / anomalous")
 SELECTION_COLUMNS = ("category", "coverage AUROC", "random AUROC", "random min")
 OPERATING_COLUMNS = ("category", "n", *(f"{alpha:g}: FPR / recall" for alpha in TARGET_FPRS))
 SELECTION_TITLE = (
@@ -27,6 +30,13 @@ OPERATING_TITLE = (
     "Operating points at target false-positive rates: calibrated on the n train/good images "
     "that are not prompts; false-positive rate on test normals / recall on test anomalies, "
     "mean over runs (-: n too small for the rate)"
+)
+REGION_COLUMNS = ("category", *(f"{alpha:g}: recall / flagged" for alpha in TARGET_FPRS))
+REGION_TITLE = (
+    "Regions at target false-positive rates: each run's region threshold from the map maxima "
+    "of the calibration images above; share of ground-truth regions with a pixel above it "
+    "(recall) / share of test normals with one (flagged), mean over runs (-: n too small for "
+    "the rate, or no masks)"
 )
 
 
@@ -49,22 +59,27 @@ def _stats(value: MeanStd | None) -> dict[str, float] | None:
     return None if value is None else value._asdict()
 
 
-def _rates(point: OperatingPointStats) -> str:
-    """'FPR / recall' (means over runs), or '-' where the calibration is too small."""
-    if point.false_positive_rate is None:
+def _means(*values: MeanStd | None) -> str:
+    """'a / b' of the means over runs, '-' for an undefined one; '-' alone when all are."""
+    if all(value is None for value in values):
         return "-"
-    return f"{point.false_positive_rate.mean:.3f} / {point.recall.mean:.3f}"
+    return " / ".join("-" if value is None else f"{value.mean:.3f}" for value in values)
 
 
 class OperatingPoint(NamedTuple):
     """One run at a target false-positive rate: the threshold its calibration gives and what
-    it measures on the test images; all three None when the calibration is too small for the
-    rate (``decisions.min_normals``)."""
+    it measures on the test images, all three None when the calibration is too small for the
+    rate (``decisions.min_normals``); then the region threshold of its calibration images' map
+    maxima and what it measures on the test images' frame maps, None when too few images or
+    (recall and flag rate) no masks (``metrics.RegionPoint``)."""
 
     target_fpr: float
     threshold: float | None
     false_positive_rate: float | None  # flagged test normals / test normals
     recall: float | None  # flagged test anomalies / test anomalies
+    region_threshold: float | None
+    region_recall: float | None  # ground-truth regions with a pixel above it / regions
+    region_flag_rate: float | None  # test normals with a pixel above it / test normals
 
 
 class OperatingPointStats(NamedTuple):
@@ -73,12 +88,16 @@ class OperatingPointStats(NamedTuple):
     target_fpr: float
     false_positive_rate: MeanStd | None
     recall: MeanStd | None
+    region_recall: MeanStd | None
+    region_flag_rate: MeanStd | None
 
     def to_dict(self) -> dict:
         return {
             "target_fpr": self.target_fpr,
             "false_positive_rate": _stats(self.false_positive_rate),
             "recall": _stats(self.recall),
+            "region_recall": _stats(self.region_recall),
+            "region_flag_rate": _stats(self.region_flag_rate),
         }
 
 
@@ -109,6 +128,7 @@ class RunResult:
     auroc: float
     auprc: float
     pixel_auroc: float | None  # None: no ground-truth masks
+    aupro: float | None  # to a false-positive rate of AUPRO_LIMIT; None: no ground-truth masks
     # The train/good images calibrated on (its prompts excluded), and the operating points at
     # TARGET_FPRS; None and () for the coverage selection, which saw every train/good image.
     calibration: int | None = None
@@ -121,6 +141,7 @@ class RunResult:
             "auroc": self.auroc,
             "auprc": self.auprc,
             "pixel_auroc": self.pixel_auroc,
+            "aupro": self.aupro,
             "calibration": self.calibration,
             "operating_points": [point._asdict() for point in self.operating_points],
             "scores": list(self.scores),
@@ -134,12 +155,15 @@ def _over_runs(values: Sequence[float | None]) -> MeanStd | None:
 def _operating_stats(
     mean_of: Callable[[Callable[[RunResult], float | None]], MeanStd | None],
 ) -> tuple[OperatingPointStats, ...]:
-    """Per target rate, ``mean_of`` a run's measured false-positive rate and recall."""
+    """Per target rate, ``mean_of`` a run's measured false-positive rate, recall, region
+    recall and region-flag rate (each field of the stats is named after the run's field)."""
     return tuple(
         OperatingPointStats(
             alpha,
-            mean_of(lambda run, i=index: run.operating_points[i].false_positive_rate),
-            mean_of(lambda run, i=index: run.operating_points[i].recall),
+            *(
+                mean_of(lambda run, i=index, name=name: getattr(run.operating_points[i], name))
+                for name in OperatingPointStats._fields[1:]
+            ),
         )
         for index, alpha in enumerate(TARGET_FPRS)
     )
@@ -177,6 +201,10 @@ class CategoryResult:
         return _over_runs([run.pixel_auroc for run in self.runs])
 
     @property
+    def aupro(self) -> MeanStd | None:
+        return _over_runs([run.aupro for run in self.runs])
+
+    @property
     def calibration(self) -> int:
         """The calibration images of a run (drawn runs all have train/good minus k)."""
         return self.runs[0].calibration or 0
@@ -201,6 +229,7 @@ class CategoryResult:
             "auroc": _stats(self.auroc),
             "auprc": _stats(self.auprc),
             "pixel_auroc": _stats(self.pixel_auroc),
+            "aupro": _stats(self.aupro),
             "calibration": self.calibration,
             "operating_points": [point.to_dict() for point in self.operating_points],
             "selection": None if selection is None else selection.to_dict(),
@@ -274,6 +303,11 @@ class EvaluationReport:
         return self._over_categories(lambda run: run.pixel_auroc)
 
     @property
+    def aupro(self) -> MeanStd | None:
+        """Over the categories that have masks; None if none has."""
+        return self._over_categories(lambda run: run.aupro)
+
+    @property
     def operating_points(self) -> tuple[OperatingPointStats, ...]:
         """Per target rate, over the categories whose calibration is large enough for it."""
         return _operating_stats(self._over_categories)
@@ -295,16 +329,18 @@ class EvaluationReport:
     def rows(self) -> list[tuple[str, ...]]:
         """The table of ``TABLE_COLUMNS``: one row per category, then the mean row."""
 
-        def row(name, auroc, auprc, pixel, normal, anomalous) -> tuple[str, ...]:
-            return (name, str(auroc), str(auprc), str(pixel or "-"), f"{normal} / {anomalous}")
+        def row(name, auroc, auprc, pixel, aupro, normal, anomalous) -> tuple[str, ...]:
+            pixels = (str(pixel or "-"), str(aupro or "-"))
+            return (name, str(auroc), str(auprc), *pixels, f"{normal} / {anomalous}")
 
         rows = [
-            row(c.category, c.auroc, c.auprc, c.pixel_auroc, c.normal, c.anomalous)
+            row(c.category, c.auroc, c.auprc, c.pixel_auroc, c.aupro, c.normal, c.anomalous)
             for c in self.categories
         ]
         normal = sum(c.normal for c in self.categories)
         anomalous = sum(c.anomalous for c in self.categories)
-        return [*rows, row("mean", self.auroc, self.auprc, self.pixel_auroc, normal, anomalous)]
+        means = (self.auroc, self.auprc, self.pixel_auroc, self.aupro)
+        return [*rows, row("mean", *means, normal, anomalous)]
 
     def selection_rows(self) -> list[tuple[str, ...]]:
         """The table of ``SELECTION_COLUMNS`` (empty without a selection), then the mean row."""
@@ -319,10 +355,22 @@ class EvaluationReport:
         """The table of ``OPERATING_COLUMNS``: one row per category, then the mean row."""
 
         def row(name: str, n: int, points: Sequence[OperatingPointStats]) -> tuple[str, ...]:
-            return (name, str(n), *(_rates(point) for point in points))
+            return (name, str(n), *(_means(p.false_positive_rate, p.recall) for p in points))
 
         rows = [row(c.category, c.calibration, c.operating_points) for c in self.categories]
         return [*rows, row("mean", self.calibration, self.operating_points)]
+
+    def region_rows(self) -> list[tuple[str, ...]]:
+        """The table of ``REGION_COLUMNS`` (empty without masks): one row per category, then
+        the mean row."""
+        if self.pixel_auroc is None:
+            return []
+
+        def row(name: str, points: Sequence[OperatingPointStats]) -> tuple[str, ...]:
+            return (name, *(_means(p.region_recall, p.region_flag_rate) for p in points))
+
+        rows = [row(c.category, c.operating_points) for c in self.categories]
+        return [*rows, row("mean", self.operating_points)]
 
     def to_dict(self) -> dict:
         """JSON-ready: settings, the means, and per category its runs and test images."""
@@ -337,11 +385,13 @@ class EvaluationReport:
                 "prompts": settings.prompts,
                 "pixel": settings.pixel,
                 "target_fprs": list(TARGET_FPRS),
+                "aupro_limit": AUPRO_LIMIT,
             },
             "mean": {
                 "auroc": _stats(self.auroc),
                 "auprc": _stats(self.auprc),
                 "pixel_auroc": _stats(self.pixel_auroc),
+                "aupro": _stats(self.aupro),
                 "operating_points": [point.to_dict() for point in self.operating_points],
                 "selection": None if selection is None else selection.to_dict(),
             },
@@ -350,11 +400,14 @@ class EvaluationReport:
 
     def to_markdown(self) -> str:
         """A heading line and markdown tables (mean ± std over runs): the metrics, the prompt
-        choice (with drawn runs) and the operating points."""
+        choice (with drawn runs), the operating points and (with masks) the regions at them."""
         lines = [self.settings.describe() + ".", "", *_markdown_table(TABLE_COLUMNS, self.rows())]
         selection = self.selection_rows()
         if selection:
             lines += ["", SELECTION_TITLE + ".", "", *_markdown_table(SELECTION_COLUMNS, selection)]
         operating = self.operating_rows()
         lines += ["", OPERATING_TITLE + ".", "", *_markdown_table(OPERATING_COLUMNS, operating)]
+        regions = self.region_rows()
+        if regions:
+            lines += ["", REGION_TITLE + ".", "", *_markdown_table(REGION_COLUMNS, regions)]
         return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
-"""inctrl-bench --eval DATA: image AUROC and the final score's drift against torch-fp32 in every
-row, on labelled MVTec-layout data the tests generate; the refusals of data that is not."""
+"""inctrl-bench --eval DATA: image AUROC, the pixel metrics and the final score's drift against
+torch-fp32 in every row, on labelled MVTec-layout data the tests generate; the refusals of data
+that is not."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ ACCURACY_KEYS = {
     "precision",
     "auroc",
     "mean_auroc",
+    "pixel_auroc",
+    "mean_pixel_auroc",
+    "aupro",
+    "mean_aupro",
+    "aupro_limit",
+    "calibration",
+    "regions",
+    "pixel_reason",
     "drift_max_abs",
     "drift_mean_abs",
     "drift_reference",
@@ -80,13 +89,64 @@ def test_eval_data_prompts_and_queries(eval_data: Path) -> None:
     assert list(fabric.normals) == train_good and len(train_good) == 4
     assert len(fabric.queries) == 7 and fabric.labels.count(1) == 5  # every test image
     assert all("/test/" in query for query in fabric.queries)
+    assert fabric.masks[0] is None and fabric.masks[-1].endswith("_mask.png") and fabric.has_masks
     record = data.to_dict()
     assert record["categories"]["synth_fabric"]["prompts"] == train_good[:2]  # the first k
+    assert record["categories"]["synth_fabric"]["masks"] == 5
     assert (record["images"], record["anomalous"], record["shots"]) == (14, 10, 2)
     one = load_eval_data(eval_data / "synth_washer", 1)  # a category folder is the data itself
     assert [c.name for c in one.categories] == ["synth_washer"] and one.images == 7
     assert describe_data(one.to_dict()).startswith(f"synth_washer ({eval_data / 'synth_washer'})")
     assert "7 test images (5 anomalous) in 1 category; k=1" in describe_data(one.to_dict())
+
+
+@pytest.mark.unit
+def test_pixel_accuracy_of_hand_made_outputs(eval_data: Path, tmp_path) -> None:
+    """``Accuracy.of`` on made-up outputs: pixel metrics are ``inctrl_runtime.pixel_metrics``' on
+    the frames and masks, region thresholds the conformal ones of the map maxima; a category
+    without masks has none and says why."""
+    import torch
+
+    from inctrl_bench.accuracy import REGION_FPRS, Accuracy, EvalOutputs, host_array, load_eval_data
+    from inctrl_runtime.pixel_metrics import PixelLabels, region_point
+
+    _copy_category(eval_data, "synth_washer", tmp_path / "data" / "plain", ("ground_truth",))
+    _copy_category(eval_data, "synth_fabric", tmp_path / "data" / "masked")
+    data = load_eval_data(tmp_path / "data", 2)
+    assert [c.has_masks for c in data.categories] == [True, False]  # masked, plain
+    rng = np.random.default_rng(0)
+    outputs = {
+        c.name: EvalOutputs(
+            rng.random(7),
+            rng.random((7, 225)).astype(np.float32),
+            np.sort(rng.random(19).astype(np.float32)),  # n = 19: thresholds at 0.05 and 0.1
+            240,
+        )
+        for c in data.categories
+    }
+    accuracy = Accuracy.of(data, "fp32", outputs)
+    masked, plain = data.categories
+    pixels = PixelLabels.of(masked.queries, masked.labels, masked.masks, 240).values(
+        outputs["masked"].maps
+    )
+    assert accuracy.pixel_auroc == {"masked": pixels.auroc(), "plain": None}
+    assert accuracy.aupro == {"masked": pixels.aupro(), "plain": None}
+    assert accuracy.mean_aupro == pixels.aupro() and accuracy.aupro_limit == 0.3
+    assert accuracy.calibration == {"masked": 19, "plain": 19}
+    assert accuracy.pixel_reason.startswith("no ground-truth masks (ground_truth/<defect>/")
+    assert accuracy.pixel_reason.endswith(" in plain: no pixel metrics there")
+    for name, values in (("masked", pixels), ("plain", None)):
+        maxima = outputs[name].map_maxima
+        want = [region_point(maxima, values, alpha)._asdict() for alpha in REGION_FPRS]
+        assert accuracy.regions[name] == want
+    at_05, at_10 = accuracy.regions["masked"]
+    assert at_10["region_threshold"] < at_05["region_threshold"]
+    assert 0 <= at_05["region_flag_rate"] <= at_10["region_flag_rate"] <= 1
+    assert 0 <= at_05["region_recall"] <= at_10["region_recall"] <= 1
+    assert accuracy.regions["plain"][0]["region_recall"] is None
+    assert accuracy.region_means(1) == (at_10["region_recall"], at_10["region_flag_rate"])
+    half = torch.tensor([0.5, 0.25], dtype=torch.float16)  # a torch row's output, made host
+    assert host_array(half).dtype == np.float32 and host_array(half).tolist() == [0.5, 0.25]
 
 
 def _copy_category(data: Path, category: str, to: Path, drop: tuple[str, ...] = ()) -> Path:
@@ -144,6 +204,7 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
     from inctrl.loading import load_model
     from inctrl.metrics import image_metrics
     from inctrl_bench.accuracy import load_eval_data
+    from inctrl_runtime.pixel_metrics import PixelLabels
 
     settings = BenchSettings(
         checkpoint=tiny_checkpoint,
@@ -172,6 +233,11 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
         assert accuracy["mean_auroc"] == pytest.approx(np.mean(list(accuracy["auroc"].values())))
         assert accuracy["drift_reference"] == "torch-fp32 on cpu" and not accuracy["drift_reason"]
         assert 0 <= accuracy["drift_mean_abs"] <= accuracy["drift_max_abs"], name
+        # Masks in both categories; 2 train/good images left to calibrate: no thresholds.
+        assert accuracy["pixel_reason"] is None and 0 < accuracy["mean_pixel_auroc"] < 1
+        assert all(0 <= value <= 1 for value in accuracy["aupro"].values())
+        assert accuracy["calibration"] == {"synth_fabric": 2, "synth_washer": 2}
+        assert [p["region_threshold"] for p in accuracy["regions"]["synth_fabric"]] == [None] * 2
     assert ran["torch-fp32"]["accuracy"]["drift_max_abs"] == 0.0
     assert ran["onnxruntime-cpu-fp32"]["accuracy"]["drift_max_abs"] < 1e-4
     assert ran["authors"]["accuracy"]["drift_max_abs"] < 1e-4  # same weights, batch 1
@@ -188,6 +254,10 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
         scores = model.score(list(category.queries), bank, model.text_prior(category.name))
         want, _ = image_metrics(category.labels, scores.score.double().numpy())
         assert ran["torch-fp32"]["accuracy"]["auroc"][category.name] == pytest.approx(want)
+        labels = PixelLabels.of(category.queries, category.labels, category.masks, 240)
+        pixels = labels.values(scores.patch_residual_map.numpy())
+        assert ran["torch-fp32"]["accuracy"]["pixel_auroc"][category.name] == pixels.auroc()
+        assert ran["torch-fp32"]["accuracy"]["aupro"][category.name] == pixels.aupro()
 
     import io
 
@@ -205,6 +275,13 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
     assert cells[1:4] == ["fp32", f"{fp32['mean_auroc']:.3f}", f"{min(fp32['auroc'].values()):.3f}"]
     assert cells[4:] == [f"{fp32['drift_max_abs']:.1e}", f"{fp32['drift_mean_abs']:.1e}"]
     assert _row(printed, "Accuracy on", "torch-fp32")[4:] == ["0.0e+00", "0.0e+00"]
+    pixel_cells = _row(printed, "Pixels on synth", "onnxruntime-cpu-fp32")
+    assert pixel_cells[1:] == [
+        f"{fp32['mean_pixel_auroc']:.3f}",
+        f"{fp32['mean_aupro']:.3f}",
+        "-",
+        "-",
+    ]
     per_category = _row(printed, "Image AUROC per category of synth", "onnxruntime-cpu-fp32")
     assert per_category[1:] == [f"{fp32['auroc'][c]:.3f}" for c in ("synth_fabric", "synth_washer")]
     assert max(len(line) for line in printed.splitlines()) <= 80
@@ -295,6 +372,7 @@ def test_a_bundle_benches_with_torch_unimportable(
     assert backends["onnxruntime-cpu-fp32"]["speedup_vs_authors"] is None
     accuracy = backends["onnxruntime-cpu-fp32"]["accuracy"]  # AUROC without torch; no drift
     assert set(accuracy["auroc"]) == {"candle"} and 0 <= accuracy["mean_auroc"] <= 1
+    assert 0 <= accuracy["mean_pixel_auroc"] <= 1 and 0 <= accuracy["aupro"]["candle"] <= 1
     assert accuracy["drift_max_abs"] is None and accuracy["drift_reference"] is None
     assert accuracy["drift_reason"].startswith(
         "torch-fp32 cannot run here: torch is not importable"

@@ -1,5 +1,6 @@
 """Evaluation's numbers: metrics against hand computations, one encoder pass per query,
-reproducible prompt draws, the coverage-selected run beside them, and pixel AUROC."""
+reproducible prompt draws, the coverage-selected run beside them, pixel AUROC and AUPRO, and the
+regions at the operating points."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import statistics
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from inctrl import InCTRL, InputError
+from inctrl import InCTRL
 from inctrl.data import index_to_json, load_samples
 from inctrl.evaluation import evaluate
-from inctrl.metrics import image_metrics, mask_in_model_view, pixel_auroc, pixel_selection
+from inctrl.evaluation_report import MeanStd
+from inctrl.metrics import image_metrics
+from inctrl.synth import synthesize
+from inctrl_runtime.decisions import threshold
+from inctrl_runtime.pixel_metrics import PixelValues
+from inctrl_runtime.regions import Framing, frame_map
 from inctrl_runtime.selection import coverage_selection
 
 from helpers import CATEGORIES, POOL_IMAGES, TEST_IMAGES
@@ -153,77 +159,106 @@ def test_no_selection_leaves_the_draws_as_they_are(model, samples, report) -> No
         assert [r.scores for r in without.runs] == [r.scores for r in with_it.runs]
 
 
-# --------------------------------------------------------------------------------- pixel AUROC
-@pytest.mark.unit
-def test_mask_is_brought_into_the_model_view(tmp_path) -> None:
-    mask = np.zeros((320, 480), dtype=np.uint8)  # H x W: resized to 240 x 360, crop left 60
-    mask[40:120, 200:280] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    Image.fromarray(np.zeros((320, 480, 3), dtype=np.uint8)).save(tmp_path / "image.png")
-    view = mask_in_model_view(tmp_path / "mask.png", tmp_path / "image.png")
-    assert view.shape == (240, 240) and view.dtype == bool
-    rows, cols = np.flatnonzero(view.any(axis=1)), np.flatnonzero(view.any(axis=0))
-    # x 200..280 -> 150..210 -> minus 60: 90..150; y 40..120 -> 30..90 (nearest: within 1 px).
-    assert abs(rows[0] - 30) <= 1 and abs(rows[-1] - 89) <= 1
-    assert abs(cols[0] - 90) <= 1 and abs(cols[-1] - 149) <= 1
-    Image.fromarray(np.zeros((320, 400, 3), dtype=np.uint8)).save(tmp_path / "other.png")
-    with pytest.raises(InputError, match="masks must have their image's size"):
-        mask_in_model_view(tmp_path / "mask.png", tmp_path / "other.png")
-
-
-@pytest.mark.unit
-def test_pixel_auroc_on_hand_made_maps() -> None:
-    maps = torch.zeros(2, 225)
-    maps[1, 3 * 15 + 4] = 1.0  # one hot patch: row 3, column 4
-    masks = np.zeros((2, 240, 240), dtype=bool)
-    masks[1, 48:64, 64:80] = True  # exactly that patch's pixels
-    assert pixel_auroc(maps, masks) > 0.95
-    assert pixel_auroc(-maps, masks) < 0.05
-    assert pixel_auroc(torch.full((2, 225), 0.3), masks) == pytest.approx(0.5)
-    assert pixel_auroc(maps, np.zeros_like(masks)) is None  # one class: undefined
-
-
-@pytest.mark.unit
-def test_pixel_sample_is_deterministic_and_gathers_the_right_pixels() -> None:
-    masks = np.zeros((40, 240, 240), dtype=bool)  # more images than one upsampling chunk
-    masks[::3, 96:144, 64:208] = True
-    maps = torch.rand(40, 15, 15, generator=torch.Generator().manual_seed(0))
-    maps[::3, 6:9, 4:13] += 0.5  # the masked patches score higher, with overlap
-    maps = maps.reshape(40, 225)
-    selection = pixel_selection(masks, limit=20_000)
-    assert len(selection) == 20_000 and np.all(np.diff(selection) > 0)
-    assert masks.reshape(-1)[selection].sum() == 10_000  # half from each class
-    assert np.array_equal(selection, pixel_selection(masks, limit=20_000))
-    assert pixel_selection(masks, limit=masks.size) is None
-    upsampled = F.interpolate(
-        maps.reshape(-1, 1, 15, 15), size=(240, 240), mode="bilinear", align_corners=False
-    ).ravel()
-    sampled = pixel_auroc(maps, masks, selection)
-    assert sampled == roc_auc_score(masks.ravel()[selection], upsampled[selection])
-    full = pixel_auroc(maps, masks)
-    assert 0.6 < full < 0.99 and sampled == pytest.approx(full, abs=0.01)
-
-
-@pytest.mark.unit
-def test_pixel_auroc_of_a_run_equals_a_direct_computation(model, report) -> None:
-    category = report.categories[1]
-    run = category.runs[0]
+# ------------------------------------------------------------------------------ pixel metrics
+def frame_maps_and_masks(model, category, prompts) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """A run's patch maps in the synthetic data's 64 x 64 frames (square: all inspected), and
+    each test image's mask read with Pillow (None: a normal image)."""
     with torch.no_grad():
         maps = model.head(
             model.encode(model.pixels(list(category.images))),
-            model.reference(list(run.prompts)),
+            model.reference(list(prompts)),
             model.text_prior(category.category),
         ).patch_residual_map
-    upsampled = F.interpolate(
-        maps.reshape(-1, 1, 15, 15), size=(240, 240), mode="bilinear", align_corners=False
+    frames = np.stack([frame_map(m, Framing(64, 64, 240)) for m in maps.numpy()])
+    masks = []
+    for image, target in zip(category.images, category.targets, strict=True):
+        mask = image.replace("/test/", "/ground_truth/").replace(".png", "_mask.png")
+        masks.append(np.asarray(Image.open(mask)) > 127 if target else None)
+    return frames, masks
+
+
+@pytest.mark.unit
+def test_pixel_metrics_of_a_run_equal_a_direct_computation(model, report) -> None:
+    """Pixel AUROC and AUPRO at the images' own resolution, from every pixel of every test
+    image (``tests/test_pixel_metrics.py`` holds the metrics themselves)."""
+    category = report.categories[1]
+    run = category.runs[0]
+    frames, masks = frame_maps_and_masks(model, category, run.prompts)
+    labels = np.stack([np.zeros((64, 64), bool) if m is None else m for m in masks])
+    assert labels.any() and 0 < run.pixel_auroc < 1
+    assert run.pixel_auroc == pytest.approx(roc_auc_score(labels.ravel(), frames.ravel()))
+    assert run.aupro == pytest.approx(PixelValues.of(frames, masks).aupro(), abs=1e-6)
+    assert 0 <= run.aupro <= 1 and category.aupro == MeanStd.of(r.aupro for r in category.runs)
+    data = report.to_dict()
+    assert data["settings"]["aupro_limit"] == 0.3
+    assert data["categories"][1]["runs"][0]["aupro"] == run.aupro
+    assert data["mean"]["aupro"] == report.aupro._asdict()
+
+
+@pytest.fixture(scope="module")
+def regions_report(eval_dir, model):
+    """One category with 21 train/good images: each run (k = 2) calibrates on 19, enough for
+    region thresholds at 0.05 and 0.1; 10 normal and 25 anomalous test images, with masks."""
+    root = eval_dir / "regions"
+    synthesize(root, 5, categories=1, images_per_category=21, size=64)
+    samples = load_samples([root])
+    return samples, evaluate(model, samples, shots=2, seeds=(0, 1), selection=False)
+
+
+@pytest.mark.unit
+def test_regions_at_the_operating_points(model, regions_report) -> None:
+    samples, report = regions_report
+    (category,) = report.categories
+    pool = sorted(s.image_path for s in samples if s.split == "train")
+    prior = model.text_prior(category.category)
+    for run in category.runs:
+        rest = [path for path in pool if path not in run.prompts]
+        with torch.no_grad():
+            maxima = model.score(rest, model.reference(list(run.prompts)), prior)
+        maxima = np.sort(maxima.max_patch_residual.numpy())
+        frames, masks = frame_maps_and_masks(model, category, run.prompts)
+        at_01, at_05, at_10 = run.operating_points
+        assert at_01.region_threshold is None and at_01.region_recall is None
+        assert at_01.region_flag_rate is None
+        for point in (at_05, at_10):
+            cut = threshold(maxima, point.target_fpr)
+            assert point.region_threshold == pytest.approx(cut, abs=1e-5)
+            # Regions: scipy's 8-connected components of the masks; touched when a pixel is
+            # above the threshold. Flagged: a normal image with any pixel above it.
+            touched = []
+            for frame, mask in zip(frames, masks, strict=True):
+                if mask is not None:
+                    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+                    touched += [(frame[labels == i] > cut).any() for i in range(1, count + 1)]
+            flagged = [(f > cut).any() for f, m in zip(frames, masks, strict=True) if m is None]
+            assert point.region_recall == pytest.approx(np.mean(touched))
+            assert point.region_flag_rate == pytest.approx(np.mean(flagged))
+            assert len(flagged) == category.normal == 10
+        # A lower rate's threshold is higher: fewer regions touched, fewer normals flagged.
+        assert at_10.region_threshold <= at_05.region_threshold
+        assert at_10.region_recall >= at_05.region_recall
+        assert at_10.region_flag_rate >= at_05.region_flag_rate
+    stats = category.operating_points[2]
+    recalls = [run.operating_points[2].region_recall for run in category.runs]
+    assert stats.region_recall == MeanStd.of(recalls)
+    assert stats.region_recall.mean > 0
+    data = report.to_dict()
+    assert data["mean"]["operating_points"][2]["region_flag_rate"] == (
+        stats.region_flag_rate._asdict()
     )
-    masks = np.zeros((TEST_IMAGES, 240, 240), dtype=bool)
-    for i, image in enumerate(category.images):
-        if category.targets[i]:
-            mask = image.replace("/test/", "/ground_truth/").replace(".png", "_mask.png")
-            masks[i] = mask_in_model_view(mask, image)
-    assert masks.any()
-    assert run.pixel_auroc == pytest.approx(roc_auc_score(masks.ravel(), upsampled.ravel()))
+    assert set(data["categories"][0]["runs"][0]["operating_points"][1]) == {
+        "target_fpr",
+        "threshold",
+        "false_positive_rate",
+        "recall",
+        "region_threshold",
+        "region_recall",
+        "region_flag_rate",
+    }
+    (row, mean) = report.region_rows()
+    assert row[0] == category.category and row[1] == "-" and mean[0] == "mean"
+    assert row[3] == f"{stats.region_recall.mean:.3f} / {stats.region_flag_rate.mean:.3f}"
+    assert "Regions at target false-positive rates" in report.to_markdown()
 
 
 @pytest.mark.unit
@@ -235,6 +270,7 @@ def test_json_lists_without_masks_give_no_pixel_auroc(eval_dir, model, report) -
     samples = load_samples([lists / f"{c}_{n}.json" for c in CATEGORIES for n in names])
     result = evaluate(model, samples, shots=2, seeds=(0, 1, 2))
     assert result.pixel_auroc is None and result.to_dict()["mean"]["pixel_auroc"] is None
+    assert result.aupro is None and result.region_rows() == []
     for mine, folder in zip(result.categories, report.categories, strict=True):
         assert (mine.normal, mine.anomalous) == (3, 5)
         assert mine.pixel_auroc is None and folder.pixel_auroc is not None

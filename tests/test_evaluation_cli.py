@@ -13,7 +13,12 @@ import torch
 from inctrl.cli import main
 from inctrl.cli.evaluate import run_evaluate
 from inctrl.evaluation import evaluate
-from inctrl.evaluation_report import OPERATING_COLUMNS, SELECTION_COLUMNS, TABLE_COLUMNS
+from inctrl.evaluation_report import (
+    OPERATING_COLUMNS,
+    REGION_COLUMNS,
+    SELECTION_COLUMNS,
+    TABLE_COLUMNS,
+)
 from inctrl.prompt_files import write_prompt_file
 
 from helpers import CATEGORIES, run_inctrl
@@ -46,12 +51,14 @@ def test_json_and_markdown_files(eval_dir, tmp_path) -> None:
     assert lines[4] == (
         f"| synth_fabric | {fabric.auroc.mean:.3f} ± {fabric.auroc.std:.3f} | "
         f"{fabric.auprc.mean:.3f} ± {fabric.auprc.std:.3f} | "
-        f"{fabric.pixel_auroc.mean:.3f} ± {fabric.pixel_auroc.std:.3f} | 3 / 5 |"
+        f"{fabric.pixel_auroc.mean:.3f} ± {fabric.pixel_auroc.std:.3f} | "
+        f"{fabric.aupro.mean:.3f} ± {fabric.aupro.std:.3f} | 3 / 5 |"
     )
     assert lines[6].startswith(f"| mean | {result.auroc.mean:.3f} ± ") and lines[6].endswith(
         "| 6 / 10 |"
     )
-    # Then the prompt choice and the operating points, each a title and a table of 2 + 3 rows.
+    # Then the prompt choice, the operating points and the regions at them, each a title and a
+    # table of 2 + 3 rows.
     assert lines[8].startswith("Prompt choice") and lines[10] == table_header(SELECTION_COLUMNS)
     choice = fabric.selection
     assert lines[12] == (
@@ -59,7 +66,10 @@ def test_json_and_markdown_files(eval_dir, tmp_path) -> None:
     )
     assert lines[16].startswith("Operating points") and lines[18] == table_header(OPERATING_COLUMNS)
     assert lines[20] == "| synth_fabric | 4 | - | - | - |"  # 6 train/good less 2 prompts
-    assert lines[22] == "| mean | 8 | - | - | - |" and len(lines) == 23
+    assert lines[22] == "| mean | 8 | - | - | - |"
+    assert lines[24].startswith("Regions at target") and lines[26] == table_header(REGION_COLUMNS)
+    assert lines[28] == "| synth_fabric | - | - | - |"  # 4 calibration images: no thresholds
+    assert lines[30] == "| mean | - | - | - |" and len(lines) == 31
 
 
 @pytest.mark.cli
@@ -73,6 +83,7 @@ def test_command_end_to_end(eval_dir, model, samples, tmp_path) -> None:
     assert printed["settings"] == expected.to_dict()["settings"]
     assert printed["mean"]["auroc"] == pytest.approx(expected.auroc._asdict())
     assert printed["mean"]["pixel_auroc"] == pytest.approx(expected.pixel_auroc._asdict())
+    assert printed["mean"]["aupro"] == pytest.approx(expected.aupro._asdict())
     assert (tmp_path / "r.md").read_text() == expected.to_markdown()
 
     table = run_inctrl(*common, "--seeds", "1", "--no-pixel", cwd=tmp_path)
@@ -80,6 +91,7 @@ def test_command_end_to_end(eval_dir, model, samples, tmp_path) -> None:
     assert "synth_fabric" in table.stdout and "mean" in table.stdout
     assert "± 0.000" in table.stdout and "3 / 5" in table.stdout
     assert "coverage AUROC" in table.stdout and "Operating points" in table.stdout
+    assert "Regions at target" not in table.stdout  # --no-pixel: no masks read
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_operating_points_on_hand_made_scores() -> None:
     targets = [0, 0, 0, 0, 1, 1, 1]
     scores = [0.5, 1.85, 1.95, 1.8, 1.85, 2.5, 1.0]
     at_01, at_05, at_10 = operating_points(calibration, targets, scores)
-    assert at_01 == (0.01, None, None, None)
+    assert at_01 == (0.01, *[None] * 6)  # without map maxima, no region threshold either
     assert at_05.threshold == pytest.approx(1.9 + TIE_TOLERANCE)
     assert (at_05.false_positive_rate, at_05.recall) == (1 / 4, 1 / 3)  # 1.95; 2.5
     assert at_10.threshold == pytest.approx(1.8 + TIE_TOLERANCE)
@@ -112,9 +112,11 @@ def test_each_run_is_calibrated_on_train_good_less_its_prompts(model, pool_of_20
         for point in run.operating_points:
             cut = threshold(normals, point.target_fpr)
             if min_normals(point.target_fpr) > 18:
-                assert cut is None and point == (point.target_fpr, None, None, None)
+                assert cut is None and point == (point.target_fpr, *[None] * 6)
                 continue
             assert point.threshold == pytest.approx(cut, abs=1e-5)
+            # The region threshold is measured without masks (pixel=False), not what it touches.
+            assert point.region_threshold is not None and point.region_recall is None
             assert point.false_positive_rate == np.mean(scores[targets == 0] > cut)
             assert point.recall == np.mean(scores[targets == 1] > cut)
     at_01, at_05, at_10 = category.operating_points

@@ -29,6 +29,7 @@ TORCH_FREE_BASE = {
     "inctrl_runtime.files",
     "inctrl_runtime.heatmap",
     "inctrl_runtime.output",
+    "inctrl_runtime.pixel_metrics",
     "inctrl_runtime.preprocess",
     "inctrl_runtime.regions",
     "inctrl_runtime.results",

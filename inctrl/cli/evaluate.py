@@ -1,5 +1,6 @@
-"""``inctrl evaluate``: image AUROC / AUPRC (and pixel AUROC) per category over prompt draws,
-coverage-selected prompts beside them, and operating points at target false-positive rates."""
+"""``inctrl evaluate``: image AUROC / AUPRC (and pixel AUROC, AUPRO) per category over prompt
+draws, coverage-selected prompts beside them, and operating points (and the regions at them) at
+target false-positive rates."""
 
 from __future__ import annotations
 
@@ -100,10 +101,12 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) ->
 
 def print_table(report: EvaluationReport) -> None:
     """The report as tables on stdout: mean ± std over runs per category, then the mean; the
-    prompt choice (with drawn runs); the operating points."""
+    prompt choice (with drawn runs); the operating points; the regions at them (with masks)."""
     from inctrl.evaluation_report import (
         OPERATING_COLUMNS,
         OPERATING_TITLE,
+        REGION_COLUMNS,
+        REGION_TITLE,
         SELECTION_COLUMNS,
         SELECTION_TITLE,
         TABLE_COLUMNS,
@@ -115,6 +118,9 @@ def print_table(report: EvaluationReport) -> None:
     if selection:
         console.print(_table(SELECTION_TITLE, SELECTION_COLUMNS, selection))
     console.print(_table(OPERATING_TITLE, OPERATING_COLUMNS, report.operating_rows()))
+    regions = report.region_rows()
+    if regions:
+        console.print(_table(REGION_TITLE, REGION_COLUMNS, regions))
 
 
 @app.command()
@@ -156,7 +162,10 @@ def evaluate(
     device: Device = "cpu",
     batch_size: int = typer.Option(16, help="Images per encoder pass."),
     pixel: bool = typer.Option(
-        True, "--pixel/--no-pixel", help="Pixel AUROC where ground-truth masks exist."
+        True,
+        "--pixel/--no-pixel",
+        help="Pixel AUROC, AUPRO and the regions at the operating points where ground-truth "
+        "masks exist (in each test image's frame, at its resolution).",
     ),
     selection: bool = typer.Option(
         True,
@@ -170,13 +179,16 @@ def evaluate(
         show_default=False,
     ),
 ) -> None:
-    """Image AUROC/AUPRC per category over prompt draws, pixel AUROC where masks exist.
+    """Image AUROC/AUPRC per category over prompt draws, pixel AUROC and AUPRO where masks exist.
 
     Mean ± std over runs that draw k prompts from train/good (or the authors' .pt prompts);
     with drawn runs, also the AUROC of the k train/good images that best cover its patch
     tokens. Operating points: each run calibrated on the train/good images that are not its
     prompts, the false-positive rate on test normals and recall on test anomalies at target
-    rates 0.01, 0.05 and 0.1 (none where too few images: 0.01 needs 99).
+    rates 0.01, 0.05 and 0.1 (none where too few images: 0.01 needs 99). With masks, pixel
+    AUROC and AUPRO (to a false-positive rate of 0.3) in each test image's frame, and at each
+    rate the region threshold of the calibration images' map maxima: the share of ground-truth
+    regions it touches and of test normals it gives a region.
 
     Example: inctrl evaluate -c inctrl_k2.pyth --data mvtec --shots 2 --json report.json
     """
