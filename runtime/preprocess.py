@@ -5,9 +5,9 @@ Normalize`` on a PIL image, including its size arithmetic, so grayscale, RGBA, p
 images come out as the authors' pipeline makes them.
 
 An image source is a path (an image file or ``.npy``), an encoded file's bytes, a PIL image or a
-numpy array. ``decode`` reads one once into a ``DecodedImage``: its name and the picture the
-model sees (the encoder's input is made from the view; heatmaps are drawn on it, never read
-from disk again).
+numpy array. ``decode`` reads one once into a ``DecodedImage``: its name, its size, the picture
+the model sees (the encoder's input is made from it) and, when heatmaps are asked for, a capped
+picture of the whole image to draw them on: nothing is read from disk again.
 """
 
 from __future__ import annotations

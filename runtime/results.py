@@ -6,8 +6,7 @@ its fields. A record is ``score_record``'s dict: the image, every scalar score, 
 fields (``inctrl_runtime.decisions``, their one codec), where the defect is (the frame's size,
 the share of it inspected, the region threshold and the regions: ``inctrl_runtime.regions``),
 then the patch map; ``inctrl score``, ``inctrl-run score`` and ``inctrl-run client`` all print
-it. Writing records, heatmap files and
-tables is ``inctrl_runtime.output``'s business.
+it. Writing records, heatmap and mask files and tables is ``inctrl_runtime.output``'s business.
 """
 
 from __future__ import annotations
