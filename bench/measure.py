@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inctrl_bench.accuracy import REFERENCE, Accuracy, EvalData, eval_scores
+from inctrl_bench.accuracy import REFERENCE, Accuracy, EvalData, EvalOutputs, eval_scores
 from inctrl_bench.artifacts import Artifacts, RowSource, engine_profile
 from inctrl_bench.backends import (
     CATALOGUE,
@@ -315,9 +315,9 @@ def bench_backend(
 
 def reference_scores(
     settings: BenchSettings, artifacts: Artifacts, data: EvalData, progress: Progress
-) -> dict[str, np.ndarray]:
-    """torch-fp32's final scores on ``data``, for the drift of the other rows when its own row
-    was not benched; ``Unavailable`` says why it cannot run here."""
+) -> dict[str, EvalOutputs]:
+    """torch-fp32's outputs on ``data`` (``eval_scores``), for the drift of the other rows when
+    its own row was not benched; ``Unavailable`` says why it cannot run here."""
     backend = next(b for b in CATALOGUE if b.name == REFERENCE)
     check_runnable(backend, settings.device)
     source = _source(backend, settings, artifacts)
