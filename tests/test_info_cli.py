@@ -57,6 +57,11 @@ def test_info_says_what_the_bundle_holds(bundle: Path, inputs: dict) -> None:
             "0.05": order_statistic(calibration.scores, 0.05),
             "0.1": order_statistic(calibration.scores, 0.1),
         },
+        "region_thresholds": {
+            "0.01": None,
+            "0.05": order_statistic(calibration.map_maxima, 0.05),
+            "0.1": order_statistic(calibration.map_maxima, 0.1),
+        },
     }  # fmt: skip
     damaged = found["categories"]["metal_nut"]
     assert metal_nut.shots == 1 and damaged["bank"]["shots"] is None

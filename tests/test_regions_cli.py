@@ -96,7 +96,7 @@ def test_the_region_rate_follows_the_decision_rate_unless_given(
     small.assert_refused("--heatmap-size must be a whole number of pixels")
 
 
-def test_masks_and_heatmaps_cannot_share_a_folder(
+def test_masks_need_a_folder_of_their_own_outside_bundles(
     bundle: Path, inputs: dict, frames: list[Path], tmp_path: Path
 ) -> None:
     calibrated(bundle, inputs)
@@ -104,6 +104,12 @@ def test_masks_and_heatmaps_cannot_share_a_folder(
                       "--heatmaps", tmp_path / "x", *frames)  # fmt: skip
     both.assert_refused("--heatmaps and --masks both name")
     assert not (tmp_path / "x").exists()
+    before = sorted(p.name for p in (bundle / "references").iterdir())
+    inside = inctrl_run("score", bundle, "--category", CATEGORY, "--masks",
+                        bundle / "references", *frames)  # fmt: skip
+    inside.assert_refused("--masks")
+    assert "lies inside the bundle" in inside.err
+    assert sorted(p.name for p in (bundle / "references").iterdir()) == before
 
 
 def test_a_calibration_made_before_regions_gives_null_regions_and_one_line(

@@ -159,17 +159,19 @@ def test_heatmaps_naming_a_file_is_refused_before_scoring(
 @pytest.mark.cli
 def test_a_failed_heatmap_prints_the_scores_first(score_command: ScoreCommand, tmp_path: Path):
     """The second heatmap's name is taken by a folder: the first heatmap is written, both
-    records are printed (the first with its heatmap), then the one-line error."""
+    records are printed (the first with its heatmap), then the one-line error. The same image
+    twice: both names take the folder, the second a ``_2``."""
     heatmaps = tmp_path / "heatmaps"
-    (heatmaps / "0001_query0.png").mkdir(parents=True)
+    (heatmaps / "queries_query0_2.png").mkdir(parents=True)
     queries = query_pngs(tmp_path / "queries", 1, seed=4, name="query") * 2
     outcome = score_command("--heatmaps", heatmaps, "--json", *queries)
-    outcome.assert_refused("a folder is in the way of a file writing", "0001_query0.png")
+    outcome.assert_refused("a folder is in the way of a file writing", "queries_query0_2.png")
     first, second = json.loads(outcome.out)
-    assert first["heatmap"] == str(heatmaps / "0000_query0.png") and "heatmap" not in second
+    assert first["heatmap"] == str(heatmaps / "queries_query0.png") and "heatmap" not in second
     assert second["score"] == pytest.approx(first["score"], abs=1e-6)
-    assert sorted(p.name for p in heatmaps.iterdir()) == ["0000_query0.png", "0001_query0.png"]
-    assert Image.open(heatmaps / "0000_query0.png").size[0] > 0
+    written = sorted(p.name for p in heatmaps.iterdir())
+    assert written == ["queries_query0.png", "queries_query0_2.png"]
+    assert Image.open(heatmaps / "queries_query0.png").size[0] > 0
 
 
 @pytest.mark.cli
@@ -177,10 +179,10 @@ def test_a_failed_heatmap_costs_no_score(score_command: ScoreCommand, tmp_path: 
     """A heatmap that cannot be written in the first batch: every later batch is still scored
     and its heatmaps written, every record is printed, and the error comes once, at the end."""
     heatmaps = tmp_path / "heatmaps"
-    (heatmaps / "0001_query1.png").mkdir(parents=True)
+    (heatmaps / "query1.png").mkdir(parents=True)
     queries = query_pngs(tmp_path / "queries", 6, seed=5, name="query")
     outcome = score_command("--heatmaps", heatmaps, "--batch-size", "2", "--json", *queries)
-    outcome.assert_refused("0001_query1.png", "1 heatmap not written", "every score is printed")
+    outcome.assert_refused("heatmaps/query1.png", "1 picture not written", "every score is printed")
     records = json.loads(outcome.out)
     assert [Path(r["image"]).name for r in records] == [q.name for q in queries]
     assert [("heatmap" in r) for r in records] == [True, False, True, True, True, True]
@@ -194,7 +196,7 @@ def test_heatmaps_on_a_full_disk_print_the_table_then_the_error(
     queries = query_pngs(tmp_path / "queries", 2, seed=4, name="query")
     fill(tmpfs)
     outcome = score_command("--heatmaps", tmpfs / "heatmaps", *queries)
-    outcome.assert_refused("no space left writing", "0000_query0.png")
+    outcome.assert_refused("no space left writing", "heatmaps/query0.png")
     assert "query0.png" in outcome.out and "query1.png" in outcome.out  # the table
     assert sorted(p.name for p in tmpfs.iterdir()) == ["filler", "heatmaps"]
     assert list((tmpfs / "heatmaps").iterdir()) == []  # no temporary left
@@ -208,7 +210,7 @@ def test_heatmaps_on_a_read_only_disk_print_the_scores_then_the_error(
     (tmpfs / "heatmaps").mkdir()
     read_only(tmpfs)
     outcome = score_command("--heatmaps", tmpfs / "heatmaps", "--json", *queries)
-    outcome.assert_refused("read-only file system writing", "0000_query0.png")
+    outcome.assert_refused("read-only file system writing", "heatmaps/query0.png")
     assert [r["image"] for r in json.loads(outcome.out)] == [str(q) for q in queries]
     assert list((tmpfs / "heatmaps").iterdir()) == []
 
