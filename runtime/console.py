@@ -52,6 +52,16 @@ RegionFpr = Annotated[
         show_default=False,
     ),
 ]
+TilesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tiles",
+        help="Cut each frame into ROWSxCOLUMNS overlapping square tiles, each scored as an "
+        "image of its own (e.g. 2x2, 3x4): small defects and the edges a centre crop loses are "
+        "seen. The frame's score is its largest tile score.",
+        show_default=False,
+    ),
+]
 HeatmapSize = Annotated[
     int,
     typer.Option(help="Longest side, in pixels, of a heatmap (larger frames are drawn smaller)."),

@@ -55,7 +55,8 @@ from inctrl_runtime.references import (
     read_digest,
 )
 from inctrl_runtime.regions import RegionRule, region_rule
-from inctrl_runtime.results import Result, Scores, to_results
+from inctrl_runtime.results import Result, Scores, frame_scores, to_results
+from inctrl_runtime.tiling import FrameTiling, Tiling
 
 if TYPE_CHECKING:
     from inctrl_runtime.engines.tensorrt.plans import Build
@@ -68,12 +69,18 @@ ProgressUpdate = Callable[[int], None]  # hears the number of images done after 
 @dataclass(frozen=True)
 class EncodedBatch:
     """One batch of the loop: its images decoded once (None for pixels given as they are),
-    the encoder's input made from their views, and the encoder's outputs."""
+    the encoder's input made from their views (one per image, or a tiled frame's T tiles),
+    and the encoder's outputs (a row per view)."""
 
     names: list[str]  # ``describe`` of each image
     decoded: list[DecodedImage] | None
-    pixels: np.ndarray  # B x 3 x S x S float32
+    pixels: np.ndarray  # (B * V) x 3 x S x S float32, V views per image
     features: Features
+
+    @property
+    def frame_pixels(self) -> np.ndarray:
+        """The encoder's input image by image: B x V x 3 x S x S."""
+        return self.pixels.reshape(len(self.names), -1, *self.pixels.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,21 @@ class Prepared:
     calibration: Calibration | None
     fpr: float
     regions: RegionRule | None = None  # the region threshold (None: no regions)
+
+    @property
+    def tiling(self) -> FrameTiling | None:
+        """The bank's tile grid and frame size: the queries' too (None: seen whole)."""
+        bank = self.bank
+        if bank.tiling is None or bank.frame_size is None:
+            return None
+        return FrameTiling(bank.tiling, bank.frame_size, f"the bank of {bank.category!r}")
+
+    def frames(self, scores: Scores) -> tuple[Scores, np.ndarray | None]:
+        """The head's scores per image: a tiled bank's tiles reduced to their frames
+        (``frame_scores``, with each frame's deciding tile), else as they are."""
+        if self.tiling is None:
+            return scores, None
+        return frame_scores(scores, self.tiling.count)
 
 
 class Detector:
@@ -178,17 +200,25 @@ class Detector:
 
     # ------------------------------------------------------------------------- few-shot state
     def reference(
-        self, prompt_images: ImageSource | Sequence[ImageSource], batch_size: int = 16
+        self,
+        prompt_images: ImageSource | Sequence[ImageSource],
+        batch_size: int = 16,
+        tiling: Tiling | None = None,
     ) -> NumpyBank:
         """Encode k normal prompt images (a single one is a list of one) into a NumpyBank (not
-        saved)."""
+        saved); with ``tiling``, the T tiles of each (every prompt a frame of one size, which
+        the bank's queries must have too)."""
         images = checked_images(prompt_images, batch_size, "no prompt images: give at least "
                                  "one normal image of the category")  # fmt: skip
-        patches, adapted, digests = [], [], []
-        for batch in self.encoded_batches(images, batch_size):
-            patches.append(batch.features["patches"])  # k x L x P x D
+        _check_tiled_sources(images, tiling)
+        patches, adapted, digests, frames = [], [], [], []
+        for batch in self.encoded_batches(images, batch_size, tiling=tiling):
+            patches.append(batch.features["patches"])  # k (x T) x L x P x D
             adapted.append(batch.features["adapted"])
-            digests += [pixel_digest(pixels) for pixels in batch.pixels]
+            digests += [pixel_digest(pixels) for pixels in batch.frame_pixels]
+            frames += [] if batch.decoded is None else [image.frame for image in batch.decoded]
+            if tiling is not None:
+                _check_frames(batch, frames[0])
         return NumpyBank(
             patches=np.ascontiguousarray(stack_prompts(np.concatenate(patches))),
             adapted_mean=np.concatenate(adapted).mean(axis=0, dtype=np.float32),
@@ -196,6 +226,8 @@ class Detector:
             sources=tuple(describe(source) for source in images),
             digests=tuple(digests),
             encoder_sha256=self.bundle.encoder_sha256,
+            tiling=tiling,
+            frame_size=None if tiling is None else frames[0],
         )
 
     def register(
@@ -204,12 +236,14 @@ class Detector:
         prompt_images: ImageSource | Sequence[ImageSource],
         batch_size: int = 16,
         selection: dict | None = None,
+        tiling: Tiling | None = None,
     ) -> NumpyBank:
         """Build a category's bank and save it as ``references/<category>.npz`` (atomically);
-        ``selection`` records how the prompts were chosen from a pool (``NumpyBank``)."""
+        ``selection`` records how the prompts were chosen from a pool (``NumpyBank``), and
+        ``tiling`` makes it a tiled bank (``reference``)."""
         self.bundle.prior(category)  # an unknown category fails before any work
         self.bundle.reference_path(category)  # a name that cannot be a file, too
-        bank = self.reference(prompt_images, batch_size)
+        bank = self.reference(prompt_images, batch_size, tiling)
         bank = replace(bank, category=category, selection=selection)
         self.banks.save(bank)
         return bank
@@ -236,8 +270,8 @@ class Detector:
         """
         prepared = self._prepare(category, images, bank, batch_size)
         chunks = [
-            self.head(batch.features, prepared.head_inputs)
-            for batch in self.encoded_batches(prepared.images, batch_size, True, progress)
+            prepared.frames(self.head(batch.features, prepared.head_inputs))[0]
+            for batch in self._batches(prepared, progress)
         ]
         return Scores(*(np.concatenate(field) for field in zip(*chunks, strict=True)))
 
@@ -289,9 +323,8 @@ class Detector:
         self, prepared: Prepared, heatmap_size: int | None
     ) -> Iterator[list[Result]]:
         preprocessing = self.bundle.preprocessing
-        loop = self.encoded_batches(prepared.images, prepared.batch_size, True, None, heatmap_size)
-        for batch in loop:
-            scores = self.head(batch.features, prepared.head_inputs)
+        for batch in self._batches(prepared, picture_size=heatmap_size):
+            scores, decisive = prepared.frames(self.head(batch.features, prepared.head_inputs))
             decisions = None
             if prepared.calibration is not None:
                 decisions = decision_fields(prepared.calibration, scores.score, prepared.fpr)
@@ -304,6 +337,8 @@ class Detector:
                 prepared.regions,
                 frames=None if decoded is None else [image.frame for image in decoded],
                 pictures=None if decoded is None else [image.picture for image in decoded],
+                layouts=None if decisive is None else [image.layout for image in decoded],
+                decisive=decisive,
             )
 
     def calibrate(
@@ -321,15 +356,15 @@ class Detector:
         prompts = set(prepared.bank.digests)
         digests: list[str] = []
         chunks, maxima = [], []
-        for batch in self.encoded_batches(prepared.images, batch_size, True, progress):
-            for name, pixels in zip(batch.names, batch.pixels, strict=True):
+        for batch in self._batches(prepared, progress):
+            for name, pixels in zip(batch.names, batch.frame_pixels, strict=True):
                 digests.append(pixel_digest(pixels))
                 if digests[-1] in prompts:  # it would score near 0 and bias the rate
                     raise InputError(
                         f"{name}: is one of the prompt images of {category!r}; calibrate on "
                         "normal images that are not prompts"
                     )
-            scores = self.head(batch.features, prepared.head_inputs)
+            scores, _ = prepared.frames(self.head(batch.features, prepared.head_inputs))
             chunks.append(scores.score)
             maxima.append(scores.max_patch_residual)
         bank = prepared.bank
@@ -376,10 +411,23 @@ class Detector:
             calibration = self._usable(bank.calibration, fpr, region_fpr)
         else:
             check_fits(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
+        _check_tiled_sources(found, bank.tiling, f"the bank of {category!r}")
         head_inputs = self.head_engine.upload(head_feeds(bank, prior))
         regions = None if calibration is None else region_rule(calibration, region_fpr)
         return Prepared(
             found, batch_size, bank, head_inputs, calibration, fpr or DEFAULT_FPR, regions
+        )
+
+    def _batches(
+        self,
+        prepared: Prepared,
+        progress: ProgressUpdate | None = None,
+        picture_size: int | None = None,
+    ) -> Iterator[EncodedBatch]:
+        """``encoded_batches`` of a prepared call's images, features on the device, tiled as
+        its bank is (each frame refused, in one line, unless it has the bank's size)."""
+        return self.encoded_batches(
+            prepared.images, prepared.batch_size, True, progress, picture_size, prepared.tiling
         )
 
     def encoded_batches(
@@ -389,12 +437,13 @@ class Detector:
         on_device: bool = False,
         progress: ProgressUpdate | None = None,
         picture_size: int | None = None,
+        tiling: Tiling | FrameTiling | None = None,
     ) -> Iterator[EncodedBatch]:
         """The one batch loop, for images checked by ``checked_images``: each batch's images
         decoded once (``picture_size``: keeping a picture of each frame that large, for
-        heatmaps), their pixels made from the views, and encoded (``on_device``: the features
-        stay on the GPU); ``progress`` hears of the images done once the caller has taken a
-        batch."""
+        heatmaps; ``tiling``: cut into tiles, all of a batch's tiles encoded together), their
+        pixels made from the views, and encoded (``on_device``: the features stay on the GPU);
+        ``progress`` hears of the images done once the caller has taken a batch."""
         preprocessing = self.bundle.preprocessing
         for start in range(0, len(images), batch_size):
             part = images[start : start + batch_size]
@@ -402,9 +451,9 @@ class Detector:
                 names = [f"<pixels {start + i}>" for i in range(len(part))]
                 decoded, pixels = None, part
             else:
-                decoded = [decode(source, preprocessing, picture_size) for source in part]
+                decoded = [decode(source, preprocessing, picture_size, tiling) for source in part]
                 names = [image.name for image in decoded]
-                pixels = np.stack([image.pixels(preprocessing) for image in decoded])
+                pixels = np.concatenate([image.pixels(preprocessing) for image in decoded])
             features = self.encode(pixels, on_device=on_device)
             yield EncodedBatch(names, decoded, pixels, features)
             if progress is not None:
@@ -426,3 +475,24 @@ class Detector:
             f"Detector({str(Path(self.bundle.path))!r}, device={self.device!r}, "
             f"categories={list(self.categories)})"
         )
+
+
+def _check_tiled_sources(images: Images, tiling: Tiling | None, what: str = "a tiled bank") -> None:
+    """Tiles are cut from frames: refuse pixels given already preprocessed for ``what``."""
+    if tiling is not None and isinstance(images, np.ndarray) and images.ndim == 4:
+        raise InputError(
+            f"{what} is tiled ({tiling}): give frames (files, bytes, pictures), not "
+            "preprocessed pixels"
+        )
+
+
+def _check_frames(batch: EncodedBatch, frame_size: tuple[int, int]) -> None:
+    """Refuse, in one line, a prompt of a tiled bank whose frame has not the first prompt's
+    size (a tiled bank's tiles lie where its queries' do)."""
+    for image in batch.decoded or ():
+        if tuple(image.frame) != tuple(frame_size):
+            width, height = image.frame
+            raise InputError(
+                f"{image.name}: a {width} x {height} frame, the first prompt's is "
+                f"{frame_size[0]} x {frame_size[1]}: a tiled bank's prompts are frames of one size"
+            )

@@ -1,8 +1,9 @@
 """Heatmaps: the patch residual map drawn over the user's whole frame (numpy and Pillow only).
 
-The map is carried into the frame by ``regions.frame_map``; the band the preprocessing's crop
-cut off is greyed (not inspected), regions are outlined, a colour bar on the right gives the
-scale (and the region threshold), and a strip under the picture holds the caption.
+The map is carried into the frame by ``regions.frame_map`` (a tiled frame's is stitched by
+``tiling.TileLayout.map``); the band the preprocessing's crop cut off is greyed (not inspected),
+regions are outlined, a colour bar on the right gives the scale (and the region threshold), and a
+strip under the picture holds the caption.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from inctrl_runtime.regions import Framing, Region, frame_map
+from inctrl_runtime.regions import Framing, Region
+from inctrl_runtime.tiling import TileLayout
 
 _ALPHA = 0.5  # how much of the colour covers the picture
 _CAPTION_HEIGHT = 20  # pixels of the strip under a heatmap that holds its caption
@@ -40,21 +42,22 @@ def _font(size: int) -> ImageFont.ImageFont:
 def heatmap_picture(
     picture: Image.Image,
     patch_map: np.ndarray,
-    framing: Framing,
+    framing: Framing | TileLayout,
     caption: str | None = None,
     regions: Sequence[Region] = (),
     region_threshold: float | None = None,
 ) -> Image.Image:
-    """The patch residual map (P values, row-major square grid) coloured over ``picture``, a
-    picture of the whole frame ``framing`` describes (any size: ``preprocess.capped``'s). The
-    not-inspected band is greyed, each region's box outlined, and a colour bar drawn right of
-    it; ``caption`` (e.g. the score and decision) goes on a strip under it.
+    """The patch residual map (P values, row-major square grid; a tiled frame's T * P)
+    coloured over ``picture``, a picture of the whole frame ``framing`` describes (any size:
+    ``preprocess.capped``'s). The not-inspected band is greyed, each region's box outlined, and
+    a colour bar drawn right of it; ``caption`` (e.g. the score and decision) goes on a strip
+    under it.
 
     The colour scale runs from 0 to twice the region threshold where there is one (the
     threshold in the middle of the bar, marked; every map of a category on one scale), else
     to the map's own maximum."""
     picture = picture.convert("RGB")
-    values = frame_map(patch_map, framing, (picture.height, picture.width))
+    values = framing.map(patch_map, (picture.height, picture.width))
     top = np.nanmax(values) if region_threshold is None else 2 * region_threshold
     vmax = float(top) if np.isfinite(top) and top > 0 else 1.0
     base = np.asarray(picture, dtype=np.float32)

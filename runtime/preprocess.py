@@ -18,11 +18,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from inctrl_runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from inctrl_runtime.tiling import FrameTiling, TileLayout, Tiling
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -258,18 +262,20 @@ def preprocess(image: Image.Image, config: Preprocessing = Preprocessing()) -> n
 @dataclass(frozen=True)
 class DecodedImage:
     """One image source decoded once: its name (``describe``), its size as given (``frame``:
-    width, height), the picture the model sees, and, when asked for, a picture of the whole
-    frame for people (``picture``: no larger than a cap, for heatmaps). The encoder's input
-    comes from ``view``; the full-size picture is let go once these are made."""
+    width, height), the pictures the model sees (``views``: the centred crop, or a tiled frame's
+    tiles in tile order, with their ``layout``), and, when asked for, a picture of the whole
+    frame for people (``picture``: no larger than a cap, for heatmaps). The encoder's inputs
+    come from ``views``; the full-size picture is let go once these are made."""
 
     name: str
-    view: Image.Image
+    views: tuple[Image.Image, ...]
     frame: tuple[int, int]
     picture: Image.Image | None = None
+    layout: TileLayout | None = None
 
     def pixels(self, config: Preprocessing = Preprocessing()) -> np.ndarray:
-        """The encoder's input: 3 x size x size float32 (``normalized``)."""
-        return normalized(self.view, config)
+        """The encoder's inputs: V x 3 x size x size float32 (``normalized``), one per view."""
+        return np.stack([normalized(view, config) for view in self.views])
 
 
 def check_heatmap_size(size: int | None) -> None:
@@ -294,15 +300,25 @@ def capped(image: Image.Image, longest: int) -> Image.Image:
 
 
 def decode(
-    source: ImageSource, config: Preprocessing = Preprocessing(), picture_size: int | None = None
+    source: ImageSource,
+    config: Preprocessing = Preprocessing(),
+    picture_size: int | None = None,
+    tiling: Tiling | FrameTiling | None = None,
 ) -> DecodedImage:
-    """Read an image source once (``load_image``, its checks included) and make the picture the
-    model sees from it; with ``picture_size``, also a picture of the whole frame whose longer
-    side is at most that many pixels (``capped``)."""
+    """Read an image source once (``load_image``, its checks included) and make the pictures
+    the model sees from it: its centred crop, or with ``tiling`` its tiles (``Tiling.layout``,
+    refused in one line where the grid does not fit the frame); with ``picture_size``, also a
+    picture of the whole frame whose longer side is at most that many pixels (``capped``)."""
     image = load_image(source, config.size)
-    view = model_view(image, config)
+    name = describe(source)
+    layout = None
+    if tiling is None:
+        views = (model_view(image, config),)
+    else:
+        layout = tiling.layout(image.width, image.height, config.size, name)
+        views = tuple(model_view(tile, config) for tile in layout.crops(image))
     picture = None if picture_size is None else capped(image, picture_size)
-    return DecodedImage(describe(source), view, image.size, picture)
+    return DecodedImage(name, views, image.size, picture, layout)
 
 
 def preprocess_many(
@@ -312,7 +328,7 @@ def preprocess_many(
     sources = image_sequence(sources)
     if len(sources) == 0:
         raise InputError("no images given")
-    return np.stack([decode(source, config).pixels(config) for source in sources])
+    return np.concatenate([decode(source, config).pixels(config) for source in sources])
 
 
 def pixel_digest(pixels: np.ndarray) -> str:

@@ -41,6 +41,7 @@ from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.errors import InputError, one_line
 from inctrl_runtime.fewshot import BankShape, check_category_name
 from inctrl_runtime.files import atomic_path
+from inctrl_runtime.tiling import TileLayout, Tiling
 
 if TYPE_CHECKING:
     from inctrl_runtime.bundle import Bundle
@@ -70,11 +71,14 @@ _CALIBRATION = {
 # Optional within a calibration: the images' map maxima (regions), digested as a further array.
 _MAP_MAXIMA = "calibration_map_maxima"
 _SELECTION = "selection"
-# Names the array ``requires`` may hold that this runtime knows how to read (none yet).
-KNOWN_REQUIREMENTS: tuple[str, ...] = ()
+# A tiled bank's grid and frame size (JSON), which changes what the bank means: required.
+_TILING = "tiling"
+TILES = "tiles"
+# Names the array ``requires`` may hold that this runtime knows how to read.
+KNOWN_REQUIREMENTS: tuple[str, ...] = (TILES,)
 REQUIRES = "requires"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_KNOWN = frozenset((*_ARRAYS, *_CALIBRATION, _MAP_MAXIMA, _SELECTION))
+_KNOWN = frozenset((*_ARRAYS, *_CALIBRATION, _MAP_MAXIMA, _SELECTION, _TILING, REQUIRES))
 # What a damaged .npz raises inside numpy and zipfile.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
@@ -96,6 +100,9 @@ class NumpyBank:
         selection: how the prompts were chosen from a pool, e.g. ``{"method": "coverage",
             "pool": 25, "seed": 0, "mean_residual": 0.0046}`` (None: given as they are).
         extras: arrays of later additions to the format, kept and digested as they are.
+        tiling: a tiled bank's grid (``tiling.Tiling``; None: prompts seen whole); its patch
+            tokens are then the k x T tiles' (N = k * T * P) and its adapted mean theirs.
+        frame_size: a tiled bank's frame (width, height): its queries must have it.
     """
 
     patches: np.ndarray
@@ -108,6 +115,8 @@ class NumpyBank:
     calibration: Calibration | None = None
     selection: dict | None = None
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    tiling: Tiling | None = None
+    frame_size: tuple[int, int] | None = None
 
     @functools.cached_property
     def digest(self) -> str:
@@ -126,7 +135,7 @@ class NumpyBank:
                          calibration.encoder_sha256, calibration.created):  # fmt: skip
                 digest.update(text.encode() + b"\0")
             digest.update(np.ascontiguousarray(calibration.scores, dtype=np.float32).tobytes())
-        further = {**self.extras, **self._map_maxima()}
+        further = {**self.extras, **self._map_maxima(), **self._tiling_arrays()}
         for name in sorted(further):
             array = np.ascontiguousarray(further[name])
             digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
@@ -139,6 +148,25 @@ class NumpyBank:
         if self.calibration is None or self.calibration.map_maxima is None:
             return {}
         return {_MAP_MAXIMA: np.asarray(self.calibration.map_maxima, dtype=np.float32)}
+
+    def _tiling_arrays(self) -> dict[str, np.ndarray]:
+        """A tiled bank's grid and frame size, and the requirement that a reader know tiles
+        (a later addition to the format: digested as every further array is)."""
+        if self.tiling is None or self.frame_size is None:
+            return {}
+        record = {**self.tiling.record(), "frame_size": list(self.frame_size)}
+        return {_TILING: np.str_(json.dumps(record)), REQUIRES: np.array([TILES], dtype=np.str_)}
+
+    @property
+    def images(self) -> int:
+        """How many images' patch tokens the bank holds: k, or k * T for a tiled bank."""
+        return self.shots * (1 if self.tiling is None else self.tiling.count)
+
+    def layout(self, size: int) -> TileLayout | None:
+        """A tiled bank's tiles over its frame for a model of input ``size`` (None: untiled)."""
+        if self.tiling is None or self.frame_size is None:
+            return None
+        return self.tiling.layout(*self.frame_size, size, f"the bank of {self.category}")
 
     def calibrated(self, calibration: Calibration) -> NumpyBank:
         """This bank with a new calibration, without the ``calibration_*`` extras of another."""
@@ -171,7 +199,7 @@ class NumpyBank:
     def _optional_arrays(self) -> dict[str, np.ndarray]:
         """The calibration's, the selection's and the extras' arrays, for the banks that have
         them."""
-        arrays = {**self.extras, **self._map_maxima()}
+        arrays = {**self.extras, **self._map_maxima(), **self._tiling_arrays()}
         if self.selection is not None:
             arrays[_SELECTION] = np.str_(json.dumps(self.selection))
         if self.calibration is None:
@@ -204,6 +232,7 @@ class NumpyBank:
                 arrays = {name: data[name] for name in data.files}
                 _check_requirements(path, arrays)
                 selection = json.loads(str(arrays[_SELECTION])) if _SELECTION in arrays else None
+                tiled = _tiled(json.loads(str(arrays[_TILING]))) if _TILING in arrays else {}
         except _DAMAGED as err:
             reason = str(err).split("\n")[0] or type(err).__name__
             raise InputError(
@@ -223,6 +252,7 @@ class NumpyBank:
             calibration=_calibration(arrays),
             selection=selection if isinstance(selection, dict) else None,
             extras={name: a for name, a in arrays.items() if name not in _KNOWN},
+            **tiled,
         )
         if bank.digest != str(arrays["digest"]):
             raise InputError(f"{path}: its contents do not match its digest (damaged); {again}")
@@ -237,9 +267,19 @@ class NumpyBank:
                 f"{where}: registered with another encoder (sha256 {self.encoder_sha256[:12]}...),"
                 f" not this bundle's ({encoder_sha256[:12]}...); {again}"
             )
-        problem = shape.problem(self.patches.shape, self.adapted_mean.shape, self.shots, model)
+        problem = shape.problem(self.patches.shape, self.adapted_mean.shape, self.images, model)
         if problem:
             raise InputError(f"{where}: does not fit ({problem}); {again}")
+
+
+def _tiled(record: dict) -> dict:
+    """A tiled bank's ``tiling`` and ``frame_size`` from the JSON it keeps; ValueError for one
+    that is not what a tiled bank writes."""
+    try:
+        width, height = (int(side) for side in record["frame_size"])
+        return {"tiling": Tiling.from_record(record), "frame_size": (width, height)}
+    except (KeyError, TypeError, ValueError, InputError) as err:
+        raise ValueError(f"its tiling {record!r} is not a grid and a frame size") from err
 
 
 def _check_requirements(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

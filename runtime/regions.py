@@ -92,6 +92,15 @@ class Framing:
         weights[rows, high] += fraction  # the same cell as ``low`` at the clamped edges
         return weights, inspected
 
+    def map(self, patch_map: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """``frame_map`` of a query's patch map in this frame (a tiled frame's
+        ``tiling.TileLayout`` answers the same)."""
+        return frame_map(patch_map, self, shape)
+
+    def regions(self, rule: RegionRule, patch_map: np.ndarray) -> list[Region]:
+        """A query's regions in this frame under ``rule`` (``RegionRule.regions``)."""
+        return rule.regions(patch_map, self)
+
     def knots(self, axis: int, samples: int, grid: int) -> np.ndarray:
         """For ``samples`` pixels spread evenly over the frame along ``axis``: the pixel that
         holds each grid column's (row's) centre, G indices."""

@@ -24,7 +24,8 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import atomic_path
 from inctrl_runtime.heatmap import heatmap_picture
 from inctrl_runtime.preprocess import Preprocessing
-from inctrl_runtime.regions import Framing, Region, RegionRule, frame_map, region_mask
+from inctrl_runtime.regions import Framing, Region, RegionRule, region_mask
+from inctrl_runtime.tiling import TileLayout
 
 
 class Scores(NamedTuple):
@@ -45,14 +46,36 @@ SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_m
 
 # What a record says of where a query's defect is, after its decision fields.
 REGION_FIELDS = ("frame_size", "inspected_fraction", "region_threshold", "regions")
+# What a record says of a tiled frame's tiles (None for a frame scored whole).
+TILE_FIELDS = ("tiling", "decisive_tile")
+
+
+def frame_scores(scores: Scores, tiles: int) -> tuple[Scores, np.ndarray]:
+    """B frames' scores from their B * T tiles' (frame by frame, each frame's tiles in tile
+    order): a frame's ``score`` is its tiles' largest, its holistic, image-residual and text
+    scores are that tile's, its ``max_patch_residual`` is the largest over all its tiles (the
+    stitched map's maximum), and its map is the T tiles' maps one after another (T * P values).
+    Also each frame's deciding tile (the index of its largest score)."""
+    frames = len(scores.score) // tiles
+    by_frame = {name: np.asarray(getattr(scores, name)).reshape(frames, tiles, -1)
+                for name in SCORE_FIELDS}  # fmt: skip
+    decisive = by_frame["score"][:, :, 0].argmax(axis=1)
+    rows = np.arange(frames)
+    picked = {name: by_frame[name][rows, decisive, 0] for name in SCALAR_FIELDS}
+    picked["max_patch_residual"] = by_frame["max_patch_residual"][:, :, 0].max(axis=1)
+    patch_maps = by_frame["patch_residual_map"].reshape(frames, -1)
+    return Scores(**picked, patch_residual_map=patch_maps), decisive
 
 
 def score_record(image: str, values: Mapping[str, Any]) -> dict:
     """The JSON record of one query: ``image``, every scalar score, the decision fields (None
     where there is no decision), the region fields (``frame_size`` [width, height],
     ``inspected_fraction``, ``region_threshold`` and ``regions``: None where there are no
-    regions, else a list of ``Region.record()``), then ``patch_residual_map`` as a list;
-    ``values`` maps each field name to its value."""
+    regions, else a list of ``Region.record()``), the tile fields (``tiling``: the grid, its
+    overlap, the tiles' side and boxes, and ``decisive_tile``: the tile whose score is the
+    frame's; None for a frame scored whole), then ``patch_residual_map`` as a list (a tiled
+    frame's: its tiles' maps one after another); ``values`` maps each field name to its
+    value."""
     regions = values.get("regions")
     threshold = values.get("region_threshold")
     return {
@@ -63,6 +86,10 @@ def score_record(image: str, values: Mapping[str, Any]) -> dict:
         "inspected_fraction": float(values["inspected_fraction"]),
         "region_threshold": None if threshold is None else float(threshold),
         "regions": None if regions is None else [dict(region) for region in regions],
+        "tiling": values.get("tiling"),
+        "decisive_tile": None
+        if values.get("decisive_tile") is None
+        else int(values["decisive_tile"]),
         "patch_residual_map": np.ravel(values["patch_residual_map"]).tolist(),
     }
 
@@ -78,14 +105,15 @@ class Result:
     image_residual_score: float
     text_score: float
     max_patch_residual: float
-    patch_residual_map: np.ndarray  # P, row-major over the patch grid
-    framing: Framing  # the frame's size and how the model's view lies in it
+    patch_residual_map: np.ndarray  # P, row-major over the patch grid (tiled: T * P)
+    framing: Framing | TileLayout  # the frame's size, and how the model's views lie in it
     picture: Image.Image | None = None  # the whole frame, capped (None: not kept)
     p_value: float | None = None  # (1 + #{calibration scores >= score}) / (n + 1)
     threshold: float | None = None  # the score threshold at the false-positive rate asked for
     anomalous: bool | None = None  # p_value <= that rate
     region_threshold: float | None = None  # a pixel above it is in a region (None: no regions)
     regions: tuple[Region, ...] | None = None  # largest peak first (None: no regions)
+    decisive_tile: int | None = None  # the tile whose score is the frame's (None: untiled)
 
     def record(self) -> dict:
         """The JSON record of ``inctrl score --json`` (``score_record``)."""
@@ -97,8 +125,14 @@ class Result:
                 "frame_size": (self.framing.width, self.framing.height),
                 "inspected_fraction": self.framing.inspected_fraction,
                 "regions": regions,
+                "tiling": self.tiling,
             },
         )
+
+    @property
+    def tiling(self) -> dict | None:
+        """A tiled frame's grid, overlap, tile side and boxes (None: scored whole)."""
+        return self.framing.record() if isinstance(self.framing, TileLayout) else None
 
     def caption(self) -> str:
         """One line for the heatmap: the score and, when calibrated, the decision and the
@@ -133,7 +167,7 @@ class Result:
     def mask(self) -> Image.Image:
         """The regions as an 8-bit mask of the frame's size (``regions.region_mask``: 255 in
         a region, 0 elsewhere, ``NOT_INSPECTED`` over the band the crop cut off)."""
-        values = frame_map(self.patch_residual_map, self.framing)
+        values = self.framing.map(self.patch_residual_map)
         return Image.fromarray(region_mask(values, self.region_threshold), mode="L")
 
     def save_heatmap(self, path: str | os.PathLike) -> None:
@@ -150,19 +184,26 @@ def to_results(
     rule: RegionRule | None = None,
     frames: Sequence[tuple[int, int]] | None = None,
     pictures: Sequence[Image.Image | None] | None = None,
+    layouts: Sequence[TileLayout] | None = None,
+    decisive: Sequence[int] | None = None,
 ) -> list[Result]:
     """One Result per query, in order: its name, its row of ``scores``, its decision fields
     (``decisions.decision_fields``; None: none), its regions under ``rule`` (None: no
     regions), its frame's size (width, height; None: the model's size, e.g. for pixels given
-    as they are) and the picture kept of it for heatmaps (None: none)."""
+    as they are) and the picture kept of it for heatmaps (None: none). Tiled frames come with
+    their ``layouts`` (which replace ``frames``; their ``scores`` are ``frame_scores``') and
+    ``decisive`` tiles."""
     count = len(names)
     scalars = {name: getattr(scores, name).tolist() for name in SCALAR_FIELDS}
     decided = decisions if decisions is not None else [{} for _ in names]
     size = preprocessing.size
-    framings = [Framing(w, h, size) for w, h in (frames or [(size, size)] * count)]
+    geometries: Sequence[Framing | TileLayout] = layouts or [
+        Framing(w, h, size) for w, h in (frames or [(size, size)] * count)
+    ]
     kept = pictures if pictures is not None else [None] * count
+    tiles = decisive if decisive is not None else [None] * count
     results = []
-    for i, (name, framing, picture) in enumerate(zip(names, framings, kept, strict=True)):
+    for i, (name, framing, picture) in enumerate(zip(names, geometries, kept, strict=True)):
         patch_map = scores.patch_residual_map[i]
         results.append(
             Result(
@@ -173,7 +214,8 @@ def to_results(
                 picture=picture,
                 **decided[i],
                 region_threshold=None if rule is None else rule.threshold,
-                regions=None if rule is None else tuple(rule.regions(patch_map, framing)),
+                regions=None if rule is None else tuple(framing.regions(rule, patch_map)),
+                decisive_tile=None if tiles[i] is None else int(tiles[i]),
             )
         )
     return results

@@ -67,12 +67,13 @@ def test_a_new_calibration_drops_the_calibration_additions_it_does_not_know(regi
 
 def test_a_bank_requiring_an_unknown_feature_is_refused(registered) -> None:
     detector, path = registered
-    requires = np.array(["tiles"], dtype=np.str_)
+    requires = np.array(["stereo_pairs"], dtype=np.str_)
     dataclasses.replace(NumpyBank.load(path), extras={REQUIRES: requires}).save(path)
     with pytest.raises(InputError) as refused:
         NumpyBank.load(path)
     message = str(refused.value)
-    assert "newer inctrl_runtime" in message and "tiles" in message and "\n" not in message
+    assert "newer inctrl_runtime" in message and "stereo_pairs" in message
+    assert "\n" not in message
     with pytest.raises(InputError, match="newer inctrl_runtime"):
         Detector.open(path.parent.parent).results(CATEGORY, random_images(1, seed=43))
 

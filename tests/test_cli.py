@@ -23,7 +23,8 @@ pytestmark = pytest.mark.cli
 # then the patch map.
 KEYS = [
     "image", *SCORE_FIELDS[:-1], "p_value", "threshold", "anomalous", "frame_size",
-    "inspected_fraction", "region_threshold", "regions", "patch_residual_map",
+    "inspected_fraction", "region_threshold", "regions", "tiling", "decisive_tile",
+    "patch_residual_map",
 ]  # fmt: skip
 
 

@@ -34,6 +34,7 @@ TORCH_FREE_BASE = {
     "inctrl_runtime.regions",
     "inctrl_runtime.results",
     "inctrl_runtime.selection",
+    "inctrl_runtime.tiling",
 }
 
 

@@ -111,11 +111,13 @@ def test_cli_round_trip_matches_inctrl_score(
     assert list(ours[0]) == [
         "image", "score", "holistic_score", "image_residual_score", "text_score",
         "max_patch_residual", "p_value", "threshold", "anomalous", "frame_size",
-        "inspected_fraction", "region_threshold", "regions", "patch_residual_map",
+        "inspected_fraction", "region_threshold", "regions", "tiling", "decisive_tile",
+        "patch_residual_map",
     ]  # fmt: skip
     for a, b in zip(ours, theirs, strict=True):
         assert a["image"] == b["image"]
-        nothing = ("p_value", "threshold", "anomalous", "region_threshold", "regions")
+        nothing = ("p_value", "threshold", "anomalous", "region_threshold", "regions", "tiling",
+                   "decisive_tile")  # fmt: skip
         assert all(a[key] is None and b[key] is None for key in nothing)  # not calibrated
         assert a["frame_size"] == b["frame_size"] and a["inspected_fraction"] > 0
         for key in (k for k in a if k not in ("image", "frame_size", *nothing)):

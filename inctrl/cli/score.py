@@ -16,6 +16,7 @@ from inctrl_runtime.console import (
     HeatmapSize,
     JsonFlag,
     QueryImages,
+    TilesOption,
     interactive,
     require_category,
     require_files,
@@ -26,7 +27,8 @@ from inctrl_runtime.console import (
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.output import check_picture_folders, print_scored, to_records
 from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, check_heatmap_size, decode
-from inctrl_runtime.results import Result, Scores, to_results
+from inctrl_runtime.results import Result, Scores, frame_scores, to_results
+from inctrl_runtime.tiling import FrameTiling, Tiling
 
 
 def run_score(
@@ -41,6 +43,7 @@ def run_score(
     heatmaps: Path | None = None,
     bank_file: Path | None = None,
     heatmap_size: int = DEFAULT_HEATMAP_SIZE,
+    tiles: str | None = None,
 ) -> list[dict]:
     """Score query images against k normal shots of a category; one record per query, in order.
 
@@ -48,13 +51,19 @@ def run_score(
     flat list of P floats (row-major over the patch grid); the decision and region fields are
     None (no calibration here: ``inctrl-run calibrate`` makes one). ``bank_file`` (a
     ReferenceBank saved by ``inctrl prompts make`` or the Python API) replaces the
-    ``shot_images``.
+    ``shot_images``. ``tiles`` (``RxC``) cuts shots and queries into tiles as the runtime does
+    (``inctrl_runtime.tiling``): every tile of every shot is a prompt, and each query frame's
+    record is its tiles' (``frame_scores``).
     """
     require_category(category)
     if not shot_images and bank_file is None:
         raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
     if shot_images and bank_file is not None:
         raise InputError("give either --shot images or --bank, not both")
+    tiling = None if tiles is None else Tiling.parse(tiles)
+    if tiling is not None and bank_file is not None:
+        raise InputError("--tiles cuts the --shot images into tiles: give --shot images, "
+                         "not --bank")  # fmt: skip
     if not queries:
         raise InputError("no query images given: list the images to score after the options")
     if batch_size < 1:
@@ -71,7 +80,15 @@ def run_score(
 
     with status("loading model"):
         model = load_model(checkpoint, clip_weights, device, precision, notice=warn)
-        bank = ReferenceBank.load(bank_file) if bank_file else model.reference(list(shot_images))
+        cut: Tiling | FrameTiling | None = None
+        if bank_file is not None:
+            bank = ReferenceBank.load(bank_file)
+        else:
+            first = decode(shot_images[0], model.preprocessing, tiling=tiling)
+            if tiling is not None:  # every shot and query a frame of the first shot's size
+                cut = FrameTiling(tiling, first.frame, "the first --shot image's")
+            shots = [first] + [decode(s, model.preprocessing, tiling=cut) for s in shot_images[1:]]
+            bank = model.reference([view for shot in shots for view in shot.views])
         prior = model.text_prior(category)
 
     scored: list[Result] = []
@@ -79,14 +96,21 @@ def run_score(
     for chunk in track(chunks, description="scoring", console=stderr, disable=not interactive()):
         picture_size = heatmap_size if heatmaps is not None else None
         # once: scores and heatmaps
-        decoded = [decode(query, model.preprocessing, picture_size) for query in chunk]
-        scores = model.score([image.view for image in decoded], bank, prior, batch_size=batch_size)
+        decoded = [decode(query, model.preprocessing, picture_size, cut) for query in chunk]
+        views = [view for image in decoded for view in image.views]
+        scores = model.score(views, bank, prior, batch_size=batch_size * len(decoded[0].views))
+        tile_scores = Scores(*(field.cpu().numpy() for field in scores))
+        frames, decisive = (
+            (tile_scores, None) if tiling is None else frame_scores(tile_scores, tiling.count)
+        )
         scored += to_results(
             [image.name for image in decoded],
-            Scores(*(field.cpu().numpy() for field in scores)),
+            frames,
             model.preprocessing,
             frames=[image.frame for image in decoded],
             pictures=[image.picture for image in decoded],
+            layouts=None if tiling is None else [image.layout for image in decoded],
+            decisive=decisive,
         )
     return to_records(scored, heatmaps=heatmaps)
 
@@ -114,6 +138,7 @@ def score(
     clip_weights: ClipWeights = None,
     heatmaps: Heatmaps = None,
     heatmap_size: HeatmapSize = DEFAULT_HEATMAP_SIZE,
+    tiles: TilesOption = None,
     bank: Path = typer.Option(
         None,
         help="A saved ReferenceBank (inctrl prompts make) instead of --shot images.",
@@ -138,6 +163,7 @@ def score(
             heatmaps=heatmaps,
             bank_file=bank,
             heatmap_size=heatmap_size,
+            tiles=tiles,
         ),
         as_json,
     )

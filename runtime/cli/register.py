@@ -19,6 +19,7 @@ from inctrl_runtime.cli.common import (
 )
 from inctrl_runtime.console import (
     BatchSize,
+    TilesOption,
     progress_bar,
     require_category,
     require_files,
@@ -45,9 +46,11 @@ def run_register(
     seed: int = 0,
     calibrate: bool = False,
     batch_size: int = 16,
+    tiles: str | None = None,
 ) -> Path:
     """Encode the ``shot_images`` of a category into ``references/<category>.npz``; returns
-    its path.
+    its path. ``tiles`` (``RxC``) makes a tiled bank: each shot's tiles are its prompts, and
+    the category's queries are then scored tile by tile (``inctrl_runtime.tiling``).
 
     With a ``pool`` folder instead, k = ``shots`` prompts are selected from its images
     (``select``: ``coverage``, the default, or ``random``, seeded by ``seed``) and registered;
@@ -58,8 +61,15 @@ def run_register(
     from inctrl_runtime.fewshot import list_images
     from inctrl_runtime.pool import register_from_pool
     from inctrl_runtime.selection import SELECTIONS, split_pool
+    from inctrl_runtime.tiling import Tiling
 
     require_category(category)
+    tiling = None if tiles is None else Tiling.parse(tiles)
+    if tiling is not None and pool is not None:
+        raise InputError(
+            "--tiles registers --shot images; selecting tiled prompts from a --pool is not "
+            "available yet: choose the shots and give them with --shot"
+        )
     if pool is None:
         if shots is not None or select is not None or calibrate:
             raise InputError("--shots, --select and --calibrate choose from a --pool DIR: add one")
@@ -67,8 +77,9 @@ def run_register(
             raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
         require_files(shot_images, "--shot image")
         detector = open_detector(bundle, device, threads)
-        with status(f"encoding {len(shot_images)} normal images"):
-            detector.register(category, list(shot_images))
+        tiled = "" if tiling is None else f", {tiling.count} tiles each"
+        with status(f"encoding {len(shot_images)} normal images{tiled}"):
+            detector.register(category, list(shot_images), batch_size, tiling=tiling)
         return detector.bundle.reference_path(category)
     if shot_images:
         raise InputError("--pool and --shot exclude each other: give a folder or the shots")
@@ -161,6 +172,7 @@ def register(
         help="Set half the pool apart (seeded), select from the other half, then calibrate on "
         "the half set apart.",
     ),
+    tiles: TilesOption = None,
     device: str = DeviceOption,
     threads: int = ThreadsOption,
     batch_size: BatchSize = 16,
@@ -176,6 +188,8 @@ def register(
         inctrl-run register bundle/ --category candle -s good1.png -s good2.png
 
         inctrl-run register bundle/ --category candle --pool good/ --shots 2 --calibrate
+
+        inctrl-run register bundle/ --category pcb --tiles 3x4 -s frame1.png -s frame2.png
     """
     path = run_register(
         bundle,
@@ -189,6 +203,7 @@ def register(
         seed=seed,
         calibrate=calibrate,
         batch_size=batch_size,
+        tiles=tiles,
     )
     say(f"registered {shots if pool else len(shot)} shots of {category!r} in {path}")
 

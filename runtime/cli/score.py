@@ -25,6 +25,7 @@ from inctrl_runtime.console import (
     JsonFlag,
     JsonlFlag,
     RegionFpr,
+    TilesOption,
     output_format,
     progress_bar,
     require_category,
@@ -50,6 +51,7 @@ def run_score(
     masks: Path | None = None,
     region_fpr: float | None = None,
     heatmap_size: int = DEFAULT_HEATMAP_SIZE,
+    tiles: str | None = None,
 ) -> Iterator[list[dict]]:
     """Score queries (image files, or folders: their images, sorted by name) batch by batch:
     the records of each batch as it finishes, as ``inctrl score --json`` writes them, with its
@@ -59,9 +61,12 @@ def run_score(
     A calibrated category's records carry its p-values and decisions at false-positive rate
     ``fpr``, and its regions at ``region_fpr`` (None: ``fpr``); ``masks`` names a folder for
     each query's region mask. ``shot_images`` replace the category's registered bank for this
-    call (nothing is saved, and there are no decisions or regions).
+    call (nothing is saved, and there are no decisions or regions). A tiled category's queries
+    are cut as its prompts were; ``tiles`` (``RxC``) cuts the ``shot_images`` and the queries,
+    or, for a registered bank, must be its grid.
     """
     from inctrl_runtime.output import check_picture_folders, record_batches
+    from inctrl_runtime.tiling import Tiling, check_grid
 
     require_category(category)
     if not queries:
@@ -72,12 +77,15 @@ def run_score(
     if region_fpr is not None:
         check_fpr(region_fpr, "--region-fpr")
     check_heatmap_size(heatmap_size)
+    tiling = None if tiles is None else Tiling.parse(tiles)
     require_files(shot_images, "--shot image")
     images = images_of(queries, "query image")
     check_picture_folders(heatmaps, masks)
     detector = open_detector(bundle, device, threads)
     detector.bundle.prior(category)
-    bank = detector.reference(list(shot_images)) if shot_images else None
+    if tiling is not None and not shot_images:
+        check_grid(tiling, detector.registered(category).tiling, category)
+    bank = detector.reference(list(shot_images), batch_size, tiling) if shot_images else None
     picture_size = heatmap_size if heatmaps is not None else None
     batches = detector.result_batches(
         category, images, bank, batch_size, fpr, region_fpr, picture_size
@@ -153,6 +161,7 @@ def score(
         help="False-positive rate for a calibrated category's decisions (threshold, anomalous).",
     ),
     region_fpr: RegionFpr = None,
+    tiles: TilesOption = None,
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
 ) -> None:
@@ -161,7 +170,8 @@ def score(
     Scores QUERIES (images, or folders of images) of a --category against its registered
     normal images (or --shot images). A calibrated category's results carry a p-value and, at
     the --fpr rate, the threshold and the decision, and its defect regions (boxes in the
-    image's pixels) at the --region-fpr rate. The JSON is that of `inctrl score --json`.
+    image's pixels) at the --region-fpr rate. A category registered with --tiles is scored
+    tile by tile. The JSON is that of `inctrl score --json`.
 
     Examples:
 
@@ -187,6 +197,7 @@ def score(
         masks=masks,
         region_fpr=region_fpr,
         heatmap_size=heatmap_size,
+        tiles=tiles,
     )
     print_streamed(batches, output)
 

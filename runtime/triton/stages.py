@@ -149,7 +149,7 @@ class PreprocessStage:
         config = self.preprocessing
         decoded = [decode(bytes(item), config) for item in images.reshape(-1)]
         return {
-            PIXELS: np.stack([image.pixels(config) for image in decoded]),
+            PIXELS: np.concatenate([image.pixels(config) for image in decoded]),
             FRAME_SIZE: frame_sizes([image.frame for image in decoded]),
         }
 

@@ -1,0 +1,236 @@
+"""Full-resolution inspection: a frame cut into square tiles, each scored as an image of its own,
+and the tiles' patch maps stitched back into one map of the whole frame (numpy and Pillow only;
+docs/tiling.md states the rules).
+
+A grid of R x C tiles (``Tiling``, written ``RxC``) lays out over a W x H frame as
+``Tiling.layout`` says: every tile is a square of side
+
+    t = ceil(max(W / (C - (C - 1) f), H / (R - (R - 1) f)))        (f: the overlap, 1/8)
+
+and the tiles of a row (column) start evenly spread from the frame's left (top) edge to its
+right (bottom) edge. So the tiles cover every pixel, and neighbouring tiles share at least
+f * t pixels along each axis (more along the axis the grid covers generously: square tiles on a
+non-square frame). A tile is a square, so the model's preprocessing (the shorter side to S, the
+centred crop) only resizes it: every pixel of the frame is inspected.
+
+Tiles are numbered row by row (tile ``r * C + c``). The stitched map takes, at each pixel, the
+largest of the maps of the tiles that hold it, so a defect seen by any tile shows, and the
+stitched map's maximum is the largest of the tiles' ``max_patch_residual`` (each tile's map
+reaches its grid's maximum: ``regions.frame_map``): the region threshold's rule holds for a
+tiled frame as for an untiled one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from PIL import Image
+
+from inctrl_runtime.errors import InputError
+from inctrl_runtime.regions import Framing, Region, RegionRule, frame_map
+
+# The least share of a tile's side that neighbouring tiles overlap by, along each axis.
+DEFAULT_OVERLAP = 0.125
+_GRID = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
+MAX_TILES = 64
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """A grid of ``rows`` x ``columns`` square tiles that overlap by at least ``overlap`` of a
+    tile's side."""
+
+    rows: int
+    columns: int
+    overlap: float = DEFAULT_OVERLAP
+
+    def __post_init__(self) -> None:
+        if min(self.rows, self.columns) < 1 or self.count > MAX_TILES:
+            raise InputError(
+                f"--tiles {self}: a grid has 1 to {MAX_TILES} tiles in all, e.g. 2x2 or 3x4"
+            )
+        if not 0 <= self.overlap < 1:
+            raise InputError(f"a tile overlap is a share of a tile's side in [0, 1), got "
+                             f"{self.overlap!r}")  # fmt: skip
+
+    @classmethod
+    def parse(cls, text: str) -> Tiling:
+        """``RxC`` (rows x columns, e.g. ``3x4``) as a Tiling with the default overlap."""
+        found = _GRID.fullmatch(str(text))
+        if found is None:
+            raise InputError(
+                f"--tiles {text!r}: give the grid as ROWSxCOLUMNS, e.g. --tiles 2x2 or 3x4"
+            )
+        return cls(int(found.group(1)), int(found.group(2)))
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.columns}"
+
+    @property
+    def count(self) -> int:
+        """T, the number of tiles."""
+        return self.rows * self.columns
+
+    def layout(self, width: int, height: int, size: int, name: str = "a frame") -> TileLayout:
+        """The tiles over a ``width`` x ``height`` frame for a model of input ``size`` (S);
+        refused in one line when square tiles of this grid cannot cover the frame, or would
+        be smaller than S (``name`` says which frame)."""
+        side = math.ceil(
+            max(width / self._spread(self.columns), height / self._spread(self.rows)) - 1e-9
+        )
+        if side > min(width, height):
+            more = "columns" if width > height else "rows"
+            raise InputError(
+                f"{name}: {self} square tiles cannot cover a {width} x {height} frame; use "
+                f"more {more}, e.g. --tiles {self._covering(width, height)}"
+            )
+        if side < size:
+            raise InputError(
+                f"{name}: {self} tiles of a {width} x {height} frame would be {side} px, smaller "
+                f"than the model's {size}-px input; use fewer tiles, or score it untiled"
+            )
+        xs, ys = _starts(width, side, self.columns), _starts(height, side, self.rows)
+        boxes = tuple((x, y, x + side, y + side) for y in ys for x in xs)
+        return TileLayout(self, width, height, side, size, boxes)
+
+    def _spread(self, tiles: int) -> float:
+        """How many tile sides ``tiles`` tiles in a line span, overlaps taken off."""
+        return tiles - (tiles - 1) * self.overlap
+
+    def _covering(self, width: int, height: int) -> Tiling:
+        """The nearest grid with this one's short-side count whose square tiles cover the
+        frame."""
+        short, long = sorted((width, height))
+        across = self.rows if width > height else self.columns
+        need = across
+        while long / self._spread(need) > short:
+            need += 1
+        return Tiling(across, need) if width > height else Tiling(need, across)
+
+    def record(self) -> dict:
+        """As a bank and a record keep it."""
+        return {"rows": self.rows, "columns": self.columns, "overlap": self.overlap}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Tiling:
+        return cls(int(record["rows"]), int(record["columns"]), float(record["overlap"]))
+
+
+@dataclass(frozen=True)
+class FrameTiling:
+    """A grid for frames of one size only (a tiled bank's, whose prompts' tiles lie where its
+    queries' do): a frame of another size is refused in one line, naming ``whose`` size it
+    must have."""
+
+    tiling: Tiling
+    frame_size: tuple[int, int]
+    whose: str  # e.g. "the bank of 'pcb'"
+
+    @property
+    def count(self) -> int:
+        return self.tiling.count
+
+    def __str__(self) -> str:
+        return str(self.tiling)
+
+    def layout(self, width: int, height: int, size: int, name: str = "a frame") -> TileLayout:
+        """``Tiling.layout`` of a frame of the one size."""
+        if (width, height) != tuple(self.frame_size):
+            frame_width, frame_height = self.frame_size
+            raise InputError(
+                f"{name}: a {width} x {height} frame; its tiles are compared with {self.whose}, "
+                f"cut from {frame_width} x {frame_height} frames: give frames of that size, or "
+                "register a tiled bank for this one"
+            )
+        return self.tiling.layout(width, height, size, name)
+
+
+def check_grid(asked: Tiling, registered: Tiling | None, category: str) -> None:
+    """Refuse, in one line, a ``--tiles`` grid other than the one the category's bank was
+    registered with (its queries are cut as its prompts were)."""
+    if registered is None:
+        raise InputError(
+            f"--tiles {asked}: {category!r} was registered untiled; register it again with "
+            f"--tiles {asked} to score it tile by tile"
+        )
+    if (asked.rows, asked.columns) != (registered.rows, registered.columns):
+        raise InputError(
+            f"--tiles {asked}: {category!r} was registered with {registered} tiles, and its "
+            f"queries are cut the same way; give --tiles {registered} (or leave it out), or "
+            f"register it again with --tiles {asked}"
+        )
+
+
+def _starts(length: int, side: int, tiles: int) -> list[int]:
+    """Where ``tiles`` tiles of ``side`` pixels start along an axis of ``length``, evenly spread
+    from one end to the other."""
+    if tiles == 1:
+        return [(length - side) // 2]
+    return [round(i * (length - side) / (tiles - 1)) for i in range(tiles)]
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """A ``Tiling`` laid over one frame: the tiles' boxes (x0, y0, x1, y1; ends exclusive), in
+    tile order, all squares of ``side`` pixels, and the model's input size S."""
+
+    tiling: Tiling
+    width: int
+    height: int
+    side: int
+    size: int  # S
+    boxes: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def inspected_fraction(self) -> float:
+        """Every pixel is in some tile."""
+        return 1.0
+
+    def inspected_box(self) -> tuple[int, int, int, int]:
+        return (0, 0, self.width, self.height)
+
+    @cached_property
+    def tile_framing(self) -> Framing:
+        """How one tile becomes the model's view (a square: resized, nothing cropped)."""
+        return Framing(self.side, self.side, self.size)
+
+    def crops(self, image: Image.Image) -> list[Image.Image]:
+        """The frame's tiles as pictures, in tile order (each ``side`` x ``side``)."""
+        return [image.crop(box) for box in self.boxes]
+
+    def tile_maps(self, patch_maps: np.ndarray) -> np.ndarray:
+        """The T tiles' patch maps (T * P values, tile by tile, each row-major) as T x P."""
+        return np.asarray(patch_maps, dtype=np.float32).reshape(self.count, -1)
+
+    def map(self, patch_maps: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The stitched map of the whole frame: a float32 ``shape`` (height, width; default the
+        frame's own) picture, each pixel the largest of the maps of the tiles that hold it."""
+        height, width = shape if shape is not None else (self.height, self.width)
+        down, across = height / self.height, width / self.width
+        stitched = np.full((height, width), -np.inf, dtype=np.float32)
+        for (x0, y0, x1, y1), cells in zip(self.boxes, self.tile_maps(patch_maps), strict=True):
+            top, bottom = round(y0 * down), max(round(y1 * down), round(y0 * down) + 1)
+            left, right = round(x0 * across), max(round(x1 * across), round(x0 * across) + 1)
+            bottom, right = min(bottom, height), min(right, width)
+            values = frame_map(cells, self.tile_framing, (bottom - top, right - left))
+            np.fmax(stitched[top:bottom, left:right], values, out=stitched[top:bottom, left:right])
+        return stitched
+
+    def regions(self, rule: RegionRule, patch_maps: np.ndarray) -> list[Region]:
+        """The regions of the stitched map above ``rule``'s threshold, largest peak first; a
+        frame whose tiles have no patch above it costs nothing."""
+        if not (self.tile_maps(patch_maps) > rule.threshold).any():
+            return []
+        return rule.regions_of(self.map(patch_maps), self)
+
+    def record(self) -> dict:
+        """What a scored frame's record says of its tiling."""
+        return {**self.tiling.record(), "side": self.side, "boxes": [list(b) for b in self.boxes]}
