@@ -178,3 +178,48 @@ def test_default_run_is_quick(tmp_path: Path) -> None:
     with Image.open(tmp_path / "data" / "synth_chip" / "test" / "hole" / "000.png") as image:
         assert image.size == (256, 256)
     assert elapsed < 30, f"default synthetic data set took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("size", [(320, 200), (200, 320)])
+def test_non_square_frames_cut_from_the_product_s_square(size: tuple[int, int]) -> None:
+    width, height = size
+    sample = render("synth_wood", "test", "stain", 0, size=size)
+    assert sample.image.shape == (height, width, 3) and sample.mask.shape == (height, width)
+    assert sample.mask.any()
+    # the normal frame is the middle of the square one, and the defect changes only its mask
+    square = render("synth_wood", "test", "stain", 0, size=max(size), clean=True).image
+    top, left = (max(size) - height) // 2, (max(size) - width) // 2
+    clean = render("synth_wood", "test", "stain", 0, size=size, clean=True).image
+    assert np.array_equal(clean, square[top : top + height, left : left + width])
+    changed_rows, changed_cols = np.nonzero((sample.image != clean).any(axis=2))
+    rows, cols = np.nonzero(sample.mask)  # the defect's anti-aliased rim may reach 2 px out
+    assert rows.min() - 2 <= changed_rows.min() and changed_rows.max() <= rows.max() + 2
+    assert cols.min() - 2 <= changed_cols.min() and changed_cols.max() <= cols.max() + 2
+
+
+def test_small_defects_are_small_and_a_third_lie_where_a_centre_crop_cannot_see() -> None:
+    width, height = 640, 400
+    band = (width - height) // 2  # the columns a centre crop of the shorter side cuts off
+    for category in ("synth_fabric", "synth_washer"):
+        for defect in DEFECTS:
+            for index in range(6):
+                mask = render(category, "test", defect, index, size=(width, height),
+                              defects="small").mask  # fmt: skip
+                rows, cols = np.nonzero(mask)
+                assert rows.size > 0, (category, defect, index)
+                across = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+                assert 3 <= across <= 64, (category, defect, index, across)
+                if index % 3 == 2:  # in a side band, whole
+                    assert cols.max() < band or cols.min() >= width - band, (defect, index)
+
+
+def test_frame_sizes_and_defect_sizes_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="width must be an integer between 32 and 1024"):
+        synthesize(tmp_path / "a", size=(2000, 500))
+    with pytest.raises(InputError, match="unknown defect size 'tiny'"):
+        synthesize(tmp_path / "b", size=64, defects="tiny")
+    summary = synthesize(tmp_path / "c", categories=1, images_per_category=1, size=(96, 64))
+    assert summary["size"] == [96, 64] and summary["defects"] == "default"
+    assert Image.open(tmp_path / "c" / "synth_fabric" / "train" / "good" / "000.png").size == (
+        96, 64,
+    )  # fmt: skip
