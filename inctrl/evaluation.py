@@ -18,6 +18,13 @@ Pixel metrics are measured in each test image's own frame, at its resolution: th
 carried into it (``regions.frame_map``) against the mask as the data set holds it; the pixels the
 preprocessing's crop cut off are not inspected and are left out (``inctrl_runtime.pixel_metrics``).
 
+With a tiling (``inctrl_runtime.tiling``), every image is cut into tiles and each tile encoded
+once; a frame's score is its tiles' largest (``results.frame_scores``), its map the tiles' maps
+stitched, and calibration is of frame scores. Its prompts are either every tile of the k prompt
+frames, each query tile compared with all of them (``every``, what ``inctrl-run register
+--tiles`` keeps), or the k prompts' tiles at the query tile's own position (``same``: one bank
+per position).
+
 The report's values and their rendering live in ``inctrl.evaluation_report``.
 """
 
@@ -49,10 +56,14 @@ from inctrl_runtime.decisions import TARGET_FPRS, decide
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import category_file
 from inctrl_runtime.pixel_metrics import PixelLabels, PixelValues, region_point
-from inctrl_runtime.preprocess import pixel_digest
+from inctrl_runtime.preprocess import decode, pixel_digest
+from inctrl_runtime.results import Scores, frame_scores
 from inctrl_runtime.selection import coverage_selection, random_draw
+from inctrl_runtime.tiling import Tiling
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+# Which prompt tiles a query tile is compared with: all of them, or those at its position.
+TILE_PROMPTS = ("every", "same")
 
 
 def operating_points(
@@ -117,9 +128,18 @@ class _Category(NamedTuple):
 
 
 def check_arguments(
-    shots: int, batch_size: int, seeds: Sequence[int], prompts_dir: str | os.PathLike | None
+    shots: int,
+    batch_size: int,
+    seeds: Sequence[int],
+    prompts_dir: str | os.PathLike | None,
+    tiling: Tiling | None = None,
+    tile_prompts: str = "every",
 ) -> None:
     """Refuse settings evaluation cannot run with (before anything slow happens)."""
+    if tile_prompts not in TILE_PROMPTS:
+        raise InputError(f"unknown --tile-prompts {tile_prompts!r}: choose every or same")
+    if tiling is not None and prompts_dir is not None:
+        raise InputError("--tiles cuts frames drawn from train/good: leave out --prompts")
     if shots < 1:
         raise InputError(f"--shots must be at least 1, got {shots}")
     if batch_size < 1:
@@ -200,27 +220,48 @@ def _batches(items: Sequence, size: int) -> list[Sequence]:
 
 class _Pool(NamedTuple):
     """A category's train/good images encoded once: prompts' banks and calibration scores come
-    from these features, the coverage selection from their patch tokens."""
+    from these features, the coverage selection from their patch tokens. A tiled pool holds
+    each image's T tiles, image by image (image r's tile t is row r * T + t)."""
 
-    features: ImageFeatures | None  # n x E and n x L x P x D on the model's device; None: n = 0
-    digests: tuple[str, ...]  # each image's pixel digest
+    features: ImageFeatures | None  # (n * T) x E and (n * T) x L x P x D; None: n = 0
+    digests: tuple[str, ...]  # each image's pixel digest (of its tiles, when tiled)
+    tiles: int = 1  # T
 
-    def rows(self, rows: Sequence[int]) -> ImageFeatures:
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.features.embedding.device)
+    def rows(self, rows: Sequence[int], position: int | None = None) -> ImageFeatures:
+        """The features of images ``rows``: all their tiles, or the tile at ``position``."""
+        tiles = range(self.tiles) if position is None else (position,)
+        index = torch.as_tensor(
+            [row * self.tiles + tile for row in rows for tile in tiles],
+            dtype=torch.long,
+            device=self.features.embedding.device,
+        )
         return ImageFeatures(self.features.embedding[index], self.features.patches[index])
 
 
-def _encode_pool(model: InCTRL, category: _Category, batch_size: int, progress: bool) -> _Pool:
+def _frame_pixels(model: InCTRL, paths: Sequence[str], tiling: Tiling | None) -> torch.Tensor:
+    """The encoder's input for images: one view each, or each image's T tiles in tile order."""
+    if tiling is None:
+        return model.pixels(paths)
+    config = model.preprocessing
+    tiles = [decode(path, config, tiling=tiling).pixels(config) for path in paths]
+    return torch.from_numpy(np.concatenate(tiles)).to(model.device)
+
+
+def _encode_pool(
+    model: InCTRL, category: _Category, batch_size: int, progress: bool, tiling: Tiling | None
+) -> _Pool:
     paths = [s.image_path for s in category.pool]
+    tiles = 1 if tiling is None else tiling.count
     features, digests = [], []
     for chunk in _track(_batches(paths, batch_size), f"{category.name} train/good", progress):
-        pixels = model.pixels(chunk)
-        digests.extend(pixel_digest(p) for p in pixels.cpu().numpy())
+        pixels = _frame_pixels(model, chunk, tiling)
+        by_image = pixels.cpu().numpy().reshape(len(chunk), -1, *pixels.shape[1:])
+        digests.extend(pixel_digest(p) for p in by_image)
         features.append(model.encode(pixels))
     if not features:
-        return _Pool(None, ())
+        return _Pool(None, (), tiles)
     return _Pool(
-        ImageFeatures(*(torch.cat(f) for f in zip(*features, strict=True))), tuple(digests)
+        ImageFeatures(*(torch.cat(f) for f in zip(*features, strict=True))), tuple(digests), tiles
     )
 
 
@@ -230,14 +271,48 @@ def _selected_prompts(category: _Category, pool: _Pool) -> _PromptSet:
     return _PromptSet(None, tuple(category.pool[row].image_path for row in chosen), chosen)
 
 
-def _bank(model: InCTRL, prompts: _PromptSet, pool: _Pool, batch_size: int) -> ReferenceBank:
-    """A run's bank: from its prompts' pool features, or a prompt file's images encoded."""
+class _Banks(NamedTuple):
+    """A run's banks: one for every query tile, or with ``same`` tile prompts one per tile
+    position (bank t for the query tiles at position t)."""
+
+    banks: tuple[ReferenceBank, ...]
+    digests: tuple[str, ...]  # the prompts' pixel digests (left out of calibration)
+
+    def scores(
+        self, model: InCTRL, features: ImageFeatures, prior: TextPrior, tiles: int
+    ) -> tuple[Scores, np.ndarray | None]:
+        """Frame scores of encoded images ((n * T) rows, image by image), with each frame's
+        deciding tile (None: untiled)."""
+        if len(self.banks) == 1:
+            out = model.head(features, self.banks[0], prior)
+        else:  # each position against its own bank, put back in row order
+            parts = [
+                model.head(ImageFeatures(features.embedding[t::tiles], features.patches[t::tiles]),
+                           bank, prior)
+                for t, bank in enumerate(self.banks)
+            ]  # fmt: skip
+            out = [torch.stack(field, dim=1).flatten(0, 1) for field in zip(*parts, strict=True)]
+        tile_scores = Scores(*(field.cpu().numpy() for field in out))
+        return (tile_scores, None) if tiles == 1 else frame_scores(tile_scores, tiles)
+
+
+def _banks(
+    model: InCTRL, prompts: _PromptSet, pool: _Pool, batch_size: int, same_position: bool
+) -> _Banks:
+    """A run's banks: from its prompts' pool features (every tile of them, or per position with
+    ``same_position``), or a prompt file's images encoded."""
     if prompts.pixels is not None:
-        return model.reference(prompts.pixels, batch_size)
-    patches, adapted_mean = model.inctrl_head.reference(pool.rows(prompts.pool_rows))
+        bank = model.reference(prompts.pixels, batch_size)
+        return _Banks((bank,), bank.digests)
     digests = tuple(pool.digests[row] for row in prompts.pool_rows)
-    shots = len(prompts.names)
-    return ReferenceBank(patches.contiguous(), adapted_mean, shots, prompts.names, digests)
+    positions = range(pool.tiles) if same_position and pool.tiles > 1 else (None,)
+    banks = []
+    for position in positions:
+        features = pool.rows(prompts.pool_rows, position)
+        patches, adapted_mean = model.inctrl_head.reference(features)
+        banks.append(ReferenceBank(patches.contiguous(), adapted_mean, len(features.embedding),
+                                   prompts.names, digests))  # fmt: skip
+    return _Banks(tuple(banks), digests)
 
 
 class _Calibration(NamedTuple):
@@ -248,18 +323,21 @@ class _Calibration(NamedTuple):
 
 
 def _calibration(
-    model: InCTRL, pool: _Pool, bank: ReferenceBank, prior: TextPrior, batch_size: int
+    model: InCTRL, pool: _Pool, banks: _Banks, prior: TextPrior, batch_size: int
 ) -> _Calibration:
     """The pool images that are not the bank's prompts, by pixel digest (so a prompt file's
     images and copies of a prompt are left out too: they would score near 0)."""
-    prompts = set(bank.digests)
+    prompts = set(banks.digests)
     rows = [row for row, digest in enumerate(pool.digests) if digest not in prompts]
-    outputs = [model.head(pool.rows(chunk), bank, prior) for chunk in _batches(rows, batch_size)]
+    outputs = [
+        banks.scores(model, pool.rows(chunk), prior, pool.tiles)[0]
+        for chunk in _batches(rows, batch_size)
+    ]
     if not outputs:
         return _Calibration(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
-    scores = torch.cat([out.score for out in outputs])
-    maxima = torch.cat([out.max_patch_residual for out in outputs])
-    return _Calibration(scores.cpu().numpy(), maxima.cpu().numpy())
+    scores = np.concatenate([out.score for out in outputs])
+    maxima = np.concatenate([out.max_patch_residual for out in outputs])
+    return _Calibration(scores, maxima)
 
 
 def _run_result(
@@ -293,35 +371,41 @@ def _run_result(
 
 
 def _evaluate_category(
-    model: InCTRL, category: _Category, batch_size: int, pixel: bool, progress: bool
+    model: InCTRL,
+    category: _Category,
+    batch_size: int,
+    pixel: bool,
+    progress: bool,
+    tiling: Tiling | None = None,
+    same_position: bool = False,
 ) -> CategoryResult:
     prior = model.text_prior(category.name)
-    pool = _encode_pool(model, category, batch_size, progress)
+    pool = _encode_pool(model, category, batch_size, progress, tiling)
     prompt_sets = list(category.prompt_sets)
     if category.select:
         prompt_sets.append(_selected_prompts(category, pool))
-    banks = [_bank(model, prompts, pool, batch_size) for prompts in prompt_sets]
+    banks = [_banks(model, prompts, pool, batch_size, same_position) for prompts in prompt_sets]
     paths = [s.image_path for s in category.queries]
-    scores: list[list[torch.Tensor]] = [[] for _ in banks]
-    maps: list[list[torch.Tensor]] = [[] for _ in banks]
+    scores: list[list[np.ndarray]] = [[] for _ in banks]
+    maps: list[list[np.ndarray]] = [[] for _ in banks]
     for chunk in _track(_batches(paths, batch_size), category.name, progress):
-        features = model.encode(model.pixels(chunk))  # once per query, for every run
-        for run, bank in enumerate(banks):
-            out = model.head(features, bank, prior)
-            scores[run].append(out.score.cpu())
-            maps[run].append(out.patch_residual_map.cpu())
+        features = model.encode(_frame_pixels(model, chunk, tiling))  # once, for every run
+        for run, run_banks in enumerate(banks):
+            out, _ = run_banks.scores(model, features, prior, pool.tiles)
+            scores[run].append(out.score)
+            maps[run].append(out.patch_residual_map)
     targets = tuple(s.target for s in category.queries)
     labels = None
     if pixel:  # the masks themselves are read when a run uses them, one at a time
         masks = [s.mask_path for s in category.queries]
-        labels = PixelLabels.of(paths, targets, masks, model.config.vision.image_size)
+        labels = PixelLabels.of(paths, targets, masks, model.config.vision.image_size, tiling)
     runs = []
     for index, prompts in enumerate(prompt_sets):
         calibration = None
         if index < len(category.prompt_sets):  # the selection saw every pool image: not these
             calibration = _calibration(model, pool, banks[index], prior, batch_size)
-        run_scores = torch.cat(scores[index]).double().numpy()
-        run_maps = torch.cat(maps[index]).float().numpy()
+        run_scores = np.concatenate(scores[index]).astype(np.float64)
+        run_maps = np.concatenate(maps[index]).astype(np.float32)
         runs.append(_run_result(prompts, targets, run_scores, run_maps, labels, calibration))
     selected = runs.pop() if category.select else None
     return CategoryResult(category.name, tuple(paths), targets, tuple(runs), selected)
@@ -339,6 +423,8 @@ def evaluate(
     progress: bool = False,
     checkpoint_name: str | None = None,
     selection: bool = True,
+    tiling: Tiling | None = None,
+    tile_prompts: str = "every",
 ) -> EvaluationReport:
     """Evaluate few-shot detection on every category of ``samples`` that has test images.
 
@@ -352,16 +438,22 @@ def evaluate(
     ``selection``, drawn runs get a coverage-selected run beside them (it compares every pair of
     train/good images: n^2 patch blocks, minutes on a large pool with the full model).
     ``progress`` shows bars on stderr; ``checkpoint_name`` is recorded in the
-    report's settings.
+    report's settings. With ``tiling``, images are scored tile by tile against ``tile_prompts``
+    (``every`` prompt tile, or those at the ``same`` position), with no coverage-selected run
+    (its pairwise comparison grows with the square of the tiles' patches).
     """
     seeds = tuple(seeds)
-    check_arguments(shots, batch_size, seeds, prompts_dir)
+    check_arguments(shots, batch_size, seeds, prompts_dir, tiling, tile_prompts)
     size = model.config.vision.image_size
+    selection = selection and tiling is None
     plan = _plan(list(samples), shots, seeds, prompts_dir, size, selection)
     was_training = model.training
     model.eval()  # BatchNorm running statistics, whatever the caller left the model in
     try:
-        results = [_evaluate_category(model, c, batch_size, pixel, progress) for c in plan]
+        same = tile_prompts == "same"
+        results = [
+            _evaluate_category(model, c, batch_size, pixel, progress, tiling, same) for c in plan
+        ]
     finally:
         model.train(was_training)
     settings = EvaluationSettings(
@@ -371,5 +463,6 @@ def evaluate(
         seeds=None if prompts_dir is not None else seeds,
         prompts="train/good draws" if prompts_dir is None else str(prompts_dir),
         pixel=pixel,
+        tiles=None if tiling is None else f"{tiling} ({tile_prompts} position)",
     )
     return EvaluationReport(settings, tuple(results))

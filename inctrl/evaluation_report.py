@@ -250,6 +250,7 @@ class EvaluationSettings:
     seeds: tuple[int, ...] | None  # None: prompts from the authors' files
     prompts: str  # "train/good draws" or the folder of prompt files
     pixel: bool
+    tiles: str | None = None  # e.g. "3x3 (every position)"; None: images seen whole
 
     def describe(self) -> str:
         runs = (
@@ -259,7 +260,8 @@ class EvaluationSettings:
             f"(seeds {', '.join(map(str, self.seeds))})"
         )
         checkpoint = self.checkpoint or "an unnamed checkpoint"
-        return f"InCTRL evaluation of {checkpoint} ({self.model}), k = {self.shots}, {runs}"
+        tiles = "" if self.tiles is None else f", tiles {self.tiles}"
+        return f"InCTRL evaluation of {checkpoint} ({self.model}), k = {self.shots}, {runs}{tiles}"
 
 
 def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -384,6 +386,7 @@ class EvaluationReport:
                 "seeds": None if settings.seeds is None else list(settings.seeds),
                 "prompts": settings.prompts,
                 "pixel": settings.pixel,
+                "tiles": settings.tiles,
                 "target_fprs": list(TARGET_FPRS),
                 "aupro_limit": AUPRO_LIMIT,
             },

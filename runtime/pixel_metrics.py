@@ -21,7 +21,8 @@ import numpy as np
 from inctrl_runtime.datasets import NORMAL
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import load_image
-from inctrl_runtime.regions import Framing, RegionRule, above, frame_map, label_components
+from inctrl_runtime.regions import Framing, RegionRule, above, label_components
+from inctrl_runtime.tiling import TileLayout, Tiling
 
 # AUPRO integrates the per-region overlap up to this false-positive rate (MVTec AD's protocol).
 AUPRO_LIMIT = 0.3
@@ -59,14 +60,26 @@ class PixelTruth:
     (None: a good part, every pixel defect-free)."""
 
     image: str
-    framing: Framing
+    framing: Framing | TileLayout
     mask: str | None
 
     @classmethod
-    def of(cls, image: str | os.PathLike, mask: str | os.PathLike | None, size: int) -> PixelTruth:
-        """The truth of ``image`` for a model that sees S = ``size`` pixels square."""
+    def of(
+        cls,
+        image: str | os.PathLike,
+        mask: str | os.PathLike | None,
+        size: int,
+        tiling: Tiling | None = None,
+    ) -> PixelTruth:
+        """The truth of ``image`` for a model that sees S = ``size`` pixels square (with
+        ``tiling``, tile by tile)."""
         width, height = load_image(image, size).size
-        return cls(str(image), Framing(width, height, size), None if mask is None else str(mask))
+        framing = (
+            Framing(width, height, size)
+            if tiling is None
+            else tiling.layout(width, height, size, str(image))
+        )
+        return cls(str(image), framing, None if mask is None else str(mask))
 
     def mask_pixels(self) -> np.ndarray | None:
         """The mask at the frame's resolution, H x W bool (> 127 is a defect); None for a good
@@ -218,9 +231,11 @@ class PixelLabels(NamedTuple):
         targets: Sequence[int],
         masks: Sequence[str | None],
         size: int,
+        tiling: Tiling | None = None,
     ) -> PixelLabels | None:
         """From the test images, their targets (0: normal) and mask files (None: none), for a
-        model that sees S = ``size`` pixels square; None when no anomalous image has a mask."""
+        model that sees S = ``size`` pixels square (with ``tiling``, tile by tile); None when
+        no anomalous image has a mask."""
         known = [
             row
             for row, (target, mask) in enumerate(zip(targets, masks, strict=True))
@@ -229,19 +244,19 @@ class PixelLabels(NamedTuple):
         if all(targets[row] == NORMAL for row in known):
             return None
         truths = [
-            PixelTruth.of(images[row], None if targets[row] == NORMAL else masks[row], size)
+            PixelTruth.of(images[row], None if targets[row] == NORMAL else masks[row], size, tiling)
             for row in known
         ]
         return cls(known, truths)
 
     def values(self, patch_maps: np.ndarray) -> PixelValues:
         """``PixelValues`` of the test images' patch maps (all n test images, n x P, each
-        row-major over the square patch grid): each known one's map carried into its frame
-        (``frame_map``) and its mask read, one image at a time."""
+        row-major over the square patch grid; tiled, n x T * P): each known one's map carried
+        into its frame (``frame_map``, or stitched) and its mask read, one image at a time."""
         maps = np.asarray(patch_maps, dtype=np.float32)[self.rows]
         pairs = list(zip(maps, self.truths, strict=True))
         return PixelValues.of(
-            (frame_map(patch_map, truth.framing) for patch_map, truth in pairs),
+            (truth.framing.map(patch_map) for patch_map, truth in pairs),
             (truth.mask_pixels() for _, truth in pairs),
         )
 

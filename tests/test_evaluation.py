@@ -5,6 +5,7 @@ regions at the operating points."""
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from inctrl_runtime.decisions import threshold
 from inctrl_runtime.pixel_metrics import PixelValues
 from inctrl_runtime.regions import Framing, frame_map
 from inctrl_runtime.selection import coverage_selection
+from inctrl_runtime.tiling import Tiling
 
 from helpers import CATEGORIES, POOL_IMAGES, TEST_IMAGES
 
@@ -276,3 +278,67 @@ def test_json_lists_without_masks_give_no_pixel_auroc(eval_dir, model, report) -
         assert mine.pixel_auroc is None and folder.pixel_auroc is not None
         assert [r.auroc for r in mine.runs] == pytest.approx([r.auroc for r in folder.runs])
     assert "| - |" in result.to_markdown()
+
+
+# ------------------------------------------------------------------------------------- tiles
+@pytest.fixture(scope="module")
+def tiled_reports(eval_dir, model):
+    """Non-square 520 x 300 frames of one category, scored tile by tile (1 x 2: two 300-px
+    tiles), against every prompt tile and against the same position's."""
+    root = eval_dir / "tiled"
+    synthesize(root, 2, categories=1, images_per_category=6, size=(520, 300), defects="small")
+    samples = load_samples([root])
+    common = {"shots": 2, "seeds": (0, 1), "tiling": Tiling(1, 2)}
+    return samples, {
+        prompts: evaluate(model, samples, tile_prompts=prompts, **common)
+        for prompts in ("every", "same")
+    }
+
+
+@pytest.mark.unit
+def test_tiled_evaluation_scores_frames_as_inctrl_score_tiles_does(
+    model, eval_dir, tiled_reports
+) -> None:
+    from inctrl.cli.score import run_score
+
+    samples, reports = tiled_reports
+    (category,) = reports["every"].categories
+    assert "tiles 1x2 (every position)" in reports["every"].settings.describe()
+    assert category.selected is None  # no coverage run with tiles
+    run = category.runs[0]
+    records = run_score(eval_dir / "tiny.safetensors", category.category,
+                        [Path(p) for p in run.prompts], [Path(p) for p in category.images],
+                        tiles="1x2")  # fmt: skip
+    assert np.abs(np.subtract(run.scores, [r["score"] for r in records])).max() < 1e-5
+    # pixel AUROC over the stitched maps: every pixel inspected
+    layout = Tiling(1, 2).layout(520, 300, 240)
+    frames = np.stack([layout.map(np.asarray(r["patch_residual_map"], np.float32))
+                       for r in records])  # fmt: skip
+    masks = []
+    for image, target in zip(category.images, category.targets, strict=True):
+        mask = image.replace("/test/", "/ground_truth/").replace(".png", "_mask.png")
+        masks.append(np.asarray(Image.open(mask)) > 127 if target else np.zeros((300, 520), bool))
+    assert np.isfinite(frames).all()
+    assert run.pixel_auroc == pytest.approx(roc_auc_score(np.ravel(masks), frames.ravel()))
+    assert run.calibration == len([s for s in samples if s.split == "train"]) - 2
+
+
+@pytest.mark.unit
+def test_same_position_prompts_compare_each_tile_with_the_prompts_tile_there(
+    model, tiled_reports
+) -> None:
+    _, reports = tiled_reports
+    (category,) = reports["same"].categories
+    run = category.runs[1]
+    layout = Tiling(1, 2).layout(520, 300, 240)
+    prior = model.text_prior(category.category)
+    by_position = []
+    with torch.no_grad():
+        for box in layout.boxes:
+            bank = model.reference([Image.open(p).crop(box) for p in run.prompts])
+            queries = [Image.open(p).crop(box) for p in category.images]
+            by_position.append(model.score(queries, bank, prior).score.numpy())
+    expected = np.max(by_position, axis=0)
+    assert np.abs(np.asarray(run.scores) - expected).max() < 1e-5
+    every = reports["every"].categories[0].runs[1]
+    assert every.prompts == run.prompts and every.scores != run.scores

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, app
 from inctrl.loading import load_model
-from inctrl_runtime.console import interactive, require_files, status, warn
+from inctrl_runtime.console import TilesOption, interactive, require_files, status, warn
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import check_output_paths, write_json, write_text
 
@@ -41,14 +41,18 @@ def run_evaluate(
     pixel: bool = True,
     plot: Path | None = None,
     selection: bool = True,
+    tiles: str | None = None,
+    tile_prompts: str = "every",
 ) -> EvaluationReport:
     """Evaluate a checkpoint (default: the embedded demo) on data sets; runs use seeds
     0..``seeds``-1, or the authors' prompt files in ``prompts``. Writes the report as JSON to
     ``json_out`` (unless it is ``-``, which the command prints) and as markdown to
     ``markdown_out`` and ROC curves with score histograms as a PNG to ``plot``, each
-    atomically, and returns it."""
+    atomically, and returns it. ``tiles`` (``RxC``) scores every image tile by tile against
+    ``tile_prompts`` (``every`` prompt tile, or the ``same`` position's)."""
     from inctrl.data import load_samples
     from inctrl.evaluation import check_arguments, evaluate
+    from inctrl_runtime.tiling import Tiling
 
     if not data:
         raise InputError("no --data given: name a data set root, category folder or JSON list")
@@ -57,7 +61,8 @@ def run_evaluate(
     if prompts is not None and seeds is not None:
         warn("--seeds is ignored with --prompts: the prompt files make a single run")
     runs = DEFAULT_RUNS if seeds is None else seeds
-    check_arguments(shots, batch_size, range(runs), prompts)
+    tiling = None if tiles is None else Tiling.parse(tiles)
+    check_arguments(shots, batch_size, range(runs), prompts, tiling, tile_prompts)
     check_output_paths({"--json": json_out, "--markdown": markdown_out, "--plot": plot})
     if checkpoint is not None:
         require_files([checkpoint], "checkpoint")
@@ -75,6 +80,8 @@ def run_evaluate(
         progress=interactive(),
         selection=selection,
         checkpoint_name=str(checkpoint) if checkpoint is not None else "the embedded DEMO model",
+        tiling=tiling,
+        tile_prompts=tile_prompts,
     )
     if json_out is not None and str(json_out) != STDOUT:
         write_json(json_out, report.to_dict())
@@ -178,6 +185,13 @@ def evaluate(
         help="Write ROC curves and score histograms per category as a PNG here.",
         show_default=False,
     ),
+    tiles: TilesOption = None,
+    tile_prompts: str = typer.Option(
+        "every",
+        "--tile-prompts",
+        help="With --tiles: compare each query tile with every prompt tile (as inctrl-run "
+        "register --tiles keeps them), or with the prompts' tiles at the same position (same).",
+    ),
 ) -> None:
     """Image AUROC/AUPRC per category over prompt draws, pixel AUROC and AUPRO where masks exist.
 
@@ -206,6 +220,8 @@ def evaluate(
         pixel=pixel,
         plot=plot,
         selection=selection,
+        tiles=tiles,
+        tile_prompts=tile_prompts,
     )
     if json_out is not None and str(json_out) == STDOUT:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
