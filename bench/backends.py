@@ -15,11 +15,15 @@ from inctrl_runtime.errors import InputError
 GPU_INDEX = 0
 # A VGA camera frame (height, width): the bench's queries are seeded random ones.
 FRAME = (480, 640)
+# With --tiles, a larger frame (height, width): the synthetic data's large frames.
+TILED_FRAME = (768, 1024)
 
 
-def random_frames(rng: np.random.Generator, count: int) -> list[np.ndarray]:
-    """``count`` random uint8 camera frames (``FRAME``, RGB)."""
-    return [rng.integers(0, 256, (*FRAME, 3), np.uint8) for _ in range(count)]
+def random_frames(
+    rng: np.random.Generator, count: int, frame: tuple[int, int] = FRAME
+) -> list[np.ndarray]:
+    """``count`` random uint8 camera frames (``frame``: height, width; RGB)."""
+    return [rng.integers(0, 256, (*frame, 3), np.uint8) for _ in range(count)]
 
 
 class Unavailable(Exception):

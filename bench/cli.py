@@ -72,6 +72,14 @@ def bench(
         "test normals given a region. Its train/good images also calibrate the bench's int8 "
         "export of a real checkpoint.",
     ),
+    tiles: str = typer.Option(
+        None,
+        "--tiles",
+        help="Time frames scored tile by tile (ROWSxCOLUMNS, as inctrl-run register --tiles): "
+        "1024 x 768 frames, their tiles encoded in one batch, the bank the k prompts' tiles. "
+        "Rows count frames, not tiles.",
+        show_default=False,
+    ),
     json_file: Path = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot_file: Path = typer.Option(
         None,
@@ -97,6 +105,8 @@ def bench(
         inctrl-bench --device cuda --backend tensorrt --backend onnxruntime-tensorrt
 
         inctrl-bench --backend triton --backend onnxruntime-cpu-fp32
+
+        inctrl-bench --tiles 3x3 --backend torch-fp32 --backend onnxruntime-cpu-fp32
     """
     from inctrl_bench.machine import Progress
     from inctrl_bench.report import print_report
@@ -113,6 +123,7 @@ def bench(
         device=device,
         repeats=repeats,
         eval_data=eval_data,
+        tiles=tiles,
     )
     with status("starting") as spinner:
         progress = Progress(spinner.update, say) if spinner else Progress(done=say)

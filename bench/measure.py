@@ -18,7 +18,9 @@ from inctrl_bench.accuracy import REFERENCE, Accuracy, EvalData, EvalOutputs, ev
 from inctrl_bench.artifacts import Artifacts, RowSource, engine_profile
 from inctrl_bench.backends import (
     CATALOGUE,
+    FRAME,
     GPU_INDEX,
+    TILED_FRAME,
     Backend,
     Unavailable,
     check_runnable,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from inctrl_bench.triton_backend import ServedRun
     from inctrl_runtime.detector import Detector
     from inctrl_runtime.engines.tensorrt.plans import Build
+    from inctrl_runtime.tiling import Tiling
 
 PREPROCESS, ENCODER, HEAD, REGISTER = "preprocess", "encoder", "head", "reference"
 QUERY_STAGES = (PREPROCESS, ENCODER, HEAD)
@@ -82,6 +85,42 @@ class Subject:
 
 
 Prepare = Callable[[Images, str], Subject]  # (prompt images, category) -> a prepared Subject
+
+
+def tiled(prepare: Prepare, tiling: Tiling) -> Prepare:
+    """``prepare`` for frames scored tile by tile (``inctrl-run register --tiles``): the
+    prompts' tiles make the bank, each query's tiles are cut as part of its preprocessing and
+    encoded in one batch with the other queries', and the head's scores are reduced to the
+    frames' (``frame_scores``). The arithmetic is T queries against k * T prompts."""
+    from inctrl_runtime.preprocess import decode
+    from inctrl_runtime.results import Scores, frame_scores
+
+    def views(frames: Images) -> list:
+        return [view for frame in frames for view in decode(frame, tiling=tiling).views]
+
+    def prepare_tiled(prompts: Images, category: str) -> Subject:
+        subject = prepare(views(prompts), category)
+        head, register, pixels = subject.head, subject.register, subject.pixels
+
+        def reduced(features: Any) -> Scores:
+            outputs = head(features)
+            fields = (_numpy(getattr(outputs, name)) for name in Scores._fields)
+            return frame_scores(Scores(*fields), tiling.count)[0]
+
+        subject.pixels = lambda frames: pixels(views(frames))
+        subject.head = reduced
+        subject.register = None if register is None else (lambda frames: register(views(frames)))
+        shots = len(prompts) * tiling.count
+        subject.flops_per_query = tiling.count * query_flops(subject.shape, shots)
+        subject.final_scores = lambda scores: np.asarray(scores.score, np.float64)
+        return subject
+
+    return prepare_tiled
+
+
+def _numpy(value: Any) -> np.ndarray:
+    """A head output as numpy: torch tensors are brought to the CPU."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
 
 def _open_detector(backend: Backend, bundle: Path, build: str | None) -> Detector:
@@ -205,8 +244,10 @@ class BackendResult:
         """Latency, throughput per batch, registration per k, arithmetic rate; the subject."""
         batches, shots = settings.batches, settings.shots
         rng = np.random.default_rng(settings.seed)
-        # Resizing and cropping a camera frame is part of each query.
-        frames, prompts = random_frames(rng, batches[-1]), random_frames(rng, shots[-1])
+        # Resizing and cropping a camera frame (or cutting its tiles) is part of each query.
+        frame = FRAME if settings.tiles is None else TILED_FRAME
+        frames = random_frames(rng, batches[-1], frame)
+        prompts = random_frames(rng, shots[-1], frame)
         subject = prepare(prompts[: shots[0]], category)
         timed = functools.partial(Timing.measure, repeats=settings.repeats, sync=subject.sync)
         progress.step(f"{self.name}: latency at batch 1")
@@ -272,6 +313,10 @@ def bench_backend(
 ) -> BackendResult:
     """Open and measure one backend, then score ``data`` with it (after the memory peak's
     window); an unavailable one comes back with the reason."""
+    if backend.kind == "triton" and settings.tiling is not None:
+        reason = "--tiles: a tiled category is not served yet (inctrl-run serve scores it whole)"
+        progress.done(f"{backend.name}: not available: {reason}")
+        return BackendResult(backend.name, backend.kind, backend.precision, "cpu", reason=reason)
     if backend.kind == "triton":
         from inctrl_bench.triton_backend import bench_triton
 
@@ -279,6 +324,8 @@ def bench_backend(
     device = settings.device
     result = BackendResult(backend.name, backend.kind, backend.precision, backend.device or device)
     try:
+        if settings.tiling is not None and backend.kind == "authors":
+            raise Unavailable("the authors' way scores one image at a time: no --tiles")
         check_runnable(backend, device)
         source = _source(backend, settings, artifacts)
         progress.step(f"{backend.name}: loading")
@@ -286,6 +333,8 @@ def bench_backend(
         with contextlib.ExitStack() as stack:
             with PeakRss() as rss:
                 prepare = _open(backend, device, source, stack)
+                if settings.tiling is not None:
+                    prepare = tiled(prepare, settings.tiling)
                 result.load_s = time.perf_counter() - began
                 subject = result.measure(prepare, settings, artifacts.category, progress)
             gpu_bytes = subject.gpu_peak_bytes()

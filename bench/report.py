@@ -210,6 +210,12 @@ def header_lines(report: BenchReport) -> list[str]:
         f"vector extensions: {', '.join(machine.get('vector_extensions') or ['unknown'])}",
         f"fp32 peak: {peak_text}",
     ]
+    tiles = report.settings.get("tiles")
+    if tiles:
+        lines.append(
+            f"tiles {tiles}: each query is a 1024 x 768 frame cut into {tiles} tiles, encoded "
+            "together, against the k prompts' tiles; times and images/s count frames"
+        )
     for name, flops in report.flops().items():
         heads = ", ".join(f"k={k} {v / 1e9:.3g}" for k, v in flops["head_per_query"].items())
         encoder = flops["encoder_per_image"]["total"] / 1e9

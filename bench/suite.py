@@ -20,6 +20,7 @@ from inctrl_bench.machine import Peak, Progress
 from inctrl_bench.measure import BackendResult, bench_backend, reference_scores
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json
+from inctrl_runtime.tiling import Tiling
 
 SCHEMA = "inctrl.bench/1"
 # The backends every other is compared with, and the result field that holds the speed-up.
@@ -52,6 +53,7 @@ class BenchSettings:
     repeats: int | None = None  # None: at least 2 runs and 1 s per measurement, at most 50
     seed: int = 0
     eval_data: Path | None = None  # labelled MVTec-layout data: each row's AUROC and drift
+    tiles: str | None = None  # RxC: frames scored tile by tile (None: whole)
 
     def __post_init__(self) -> None:
         # Sorted once here: the last batch is the largest, the first k the one queries use.
@@ -61,6 +63,16 @@ class BenchSettings:
             raise InputError(f"unknown device {self.device!r}; use cpu or cuda")
         if self.repeats is not None and self.repeats < 1:
             raise InputError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.tiles is not None and self.eval_data is not None:
+            raise InputError(
+                "--tiles times tiled frames; measure tiled accuracy with inctrl evaluate --tiles"
+            )
+        self.tiling  # noqa: B018 - a bad grid is refused here
+
+    @property
+    def tiling(self) -> Tiling | None:
+        """The grid of --tiles (None: frames scored whole)."""
+        return None if self.tiles is None else Tiling.parse(self.tiles)
 
     def command_line(self) -> str:
         """The inctrl-bench command that repeats this run."""
@@ -69,6 +81,7 @@ class BenchSettings:
         options = {"--checkpoint": self.checkpoint, "--preset": self.preset}
         options |= {"--repeats": self.repeats, "--device": self.device}
         options |= {"--batch": batches, "--shots": shots, "--eval": self.eval_data}
+        options |= {"--tiles": self.tiles}
         words += [w for o, v in options.items() if v is not None for w in (o, str(v))]
         words += [w for name in self.backends for w in ("--backend", name)]
         return shlex.join(words)

@@ -201,6 +201,26 @@ def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: P
     assert torch_fp32.speedup_vs_authors["throughput"] > 0
 
 
+@pytest.mark.unit
+def test_tiled_rows_time_frames_cut_into_tiles(tiny_checkpoint: Path) -> None:
+    """--tiles: each query a 1024 x 768 frame cut into 2x2 tiles (T = 4), the bank the k
+    prompts' tiles; the authors' way (one image at a time) and --eval are refused."""
+    settings = BenchSettings(checkpoint=tiny_checkpoint, batches=(1, 2), shots=(1,), repeats=1,
+                             backends=("authors", "torch-fp32", "onnxruntime-cpu-fp32"),
+                             tiles="2x2")  # fmt: skip
+    report = run_bench(settings)
+    authors, torch_fp32, runtime = report.backends
+    assert not authors.available and "no --tiles" in authors.reason
+    for row in (torch_fp32, runtime):
+        assert row.available and [t.batch for t in row.throughput] == [1, 2]
+        assert row.flops_per_query == 4 * query_flops(row.shape, 4)  # 4 tiles against 1 x 4
+    assert report.settings["tiles"] == "2x2"
+    with pytest.raises(InputError, match="inctrl evaluate --tiles"):
+        BenchSettings(tiles="2x2", eval_data=Path("data"))
+    with pytest.raises(InputError, match="ROWSxCOLUMNS"):
+        BenchSettings(tiles="2")
+
+
 def _report_with(results: list) -> str:
     """The printed report of ``results`` on a GPU machine, as an 80-column terminal shows it."""
     import io
