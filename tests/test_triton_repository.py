@@ -22,6 +22,7 @@ from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.manifest import read_manifest
+from inctrl_runtime.tiling import Tiling
 from inctrl_runtime.triton.client import record_of
 from inctrl_runtime.triton.configs import encoder_config
 from inctrl_runtime.triton.head_stage import HeadStage
@@ -309,6 +310,11 @@ def test_the_head_serves_a_bank_registered_anew(repository, served_bundle, tmp_p
     after = head.run([request])[0]["score"]
     assert abs(float(after[0, 0]) - float(before[0, 0])) > 1e-6
     assert abs(float(after[0, 0]) - detector.results(OTHER, image)[0].score) <= 1e-6
+    detector.register(OTHER, random_images(2, seed=82, size=(300, 520)), tiling=Tiling(1, 2))
+    (answer,) = head.run([request])  # a tiled category is not served (yet): refused, not wrong
+    assert isinstance(answer, InputError) and "registered with 1x2 tiles" in str(answer)
+    with pytest.raises(InputError, match="does not serve yet"):
+        write_repository(bundle, tmp_path / "tiled", categories=[OTHER])
     (bundle / "references" / f"{OTHER}.npz").unlink()
     (answer,) = head.run([request])
     assert f"category '{OTHER}' is not registered" in str(answer)

@@ -59,6 +59,17 @@ def check_encoder_file(root: Path, bundle: Bundle) -> None:
             )
 
 
+def check_served_whole(bank: NumpyBank, category: str) -> None:
+    """Refuse, in one line, a tiled category: the served path scores a frame whole (its entry
+    model cannot yet cut a frame into tiles), and a tiled bank scored so would be wrong."""
+    if bank.tiling is not None:
+        raise InputError(
+            f"category {category!r} is registered with {bank.tiling} tiles, which a Triton "
+            "repository does not serve yet; score it with inctrl-run score, or register it "
+            "without --tiles to serve it"
+        )
+
+
 class HeadStage:
     """Scores each row of a batch against its category's bank (python model ``inctrl_head``):
     decisions at rate ``fpr``, regions at ``region_fpr`` (None: ``fpr``)."""
@@ -94,7 +105,9 @@ class HeadStage:
         """A category's registered bank, read again when its file changed on disk; an unknown
         or unregistered category is a one-line error naming it."""
         self.bundle.prior(category)
-        return self.banks.bank(category, then=_THEN_SERVED)
+        bank = self.banks.bank(category, then=_THEN_SERVED)
+        check_served_whole(bank, category)
+        return bank
 
     def outputs(
         self, features: Feeds, frames: np.ndarray, category: str, bank: NumpyBank

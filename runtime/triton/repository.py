@@ -36,6 +36,7 @@ from inctrl_runtime.triton.configs import (
     head_config,
     preprocess_config,
 )
+from inctrl_runtime.triton.head_stage import check_served_whole
 from inctrl_runtime.triton.names import (
     BUNDLE_COPY,
     CONFIG,
@@ -79,7 +80,7 @@ def registered_categories(
             return categories
     for category in categories:
         bundle.prior(category)
-        load_registered(bundle, category, then=" first")
+        check_served_whole(load_registered(bundle, category, then=" first"), category)
     return list(categories)
 
 
