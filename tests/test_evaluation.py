@@ -342,3 +342,26 @@ def test_same_position_prompts_compare_each_tile_with_the_prompts_tile_there(
     assert np.abs(np.asarray(run.scores) - expected).max() < 1e-5
     every = reports["every"].categories[0].runs[1]
     assert every.prompts == run.prompts and every.scores != run.scores
+
+
+@pytest.mark.unit
+def test_reports_compare_side_by_side_with_the_defects_outside_the_crop_apart(
+    tiled_reports, tmp_path
+) -> None:
+    import json
+
+    from inctrl_bench.evaluations import outside_crop, report_row
+
+    _, reports = tiled_reports
+    report = reports["every"]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report.to_dict()))
+    row = report_row(path)
+    assert row[0] == "1x2 (every position)" and row[1] == str(report.auroc)
+    assert row[4] == str(report.pixel_auroc)
+    (category,) = report.categories
+    # 520 x 300 frames: the centre crop sees columns 110..409; the small defects of every third
+    # image lie in a side band
+    flags = [outside_crop(image) for image, target in zip(category.images, category.targets,
+                                                          strict=True) if target]  # fmt: skip
+    assert any(flags) and not all(flags)
