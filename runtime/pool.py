@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from inctrl_runtime.decisions import Calibration
-from inctrl_runtime.detector import Detector, ProgressUpdate
+from inctrl_runtime.detector import Detector, EncodedBatch, ProgressUpdate
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, checked_images, describe, pixel_digest
 from inctrl_runtime.selection import (
@@ -30,6 +30,7 @@ from inctrl_runtime.selection import (
     mean_residual,
     random_draw,
 )
+from inctrl_runtime.tiling import Tiling
 
 # A progress display: entered with what runs and how many items, it yields the update that
 # takes the number done (``detector.ProgressUpdate``).
@@ -62,25 +63,38 @@ def select_prompts(
     category: str = "",
     batch_size: int = 16,
     progress: ProgressUpdate | None = None,
+    tiling: Tiling | None = None,
 ) -> Selection:
     """Choose k = ``shots`` prompts from a pool of normal images (``inctrl_runtime.selection``):
     ``coverage`` covers the pool's patch tokens best; ``random`` is the seeded draw of
     ``inctrl evaluate`` for (seed, category), from the pool sorted by name (a path's text).
     The pool is encoded batch by batch (``progress`` gets the number done); its patch tokens
-    are held once (n x L x P x D float32). Returns indices into the pool and the pool's mean
-    patch residual with those prompts; ``Detector.register`` the chosen images."""
+    are held once (n x L x P x D float32). With ``tiling``, an image's patch tokens are all its
+    tiles' (n x L x T * P x D), as a tiled bank compares them: coverage then costs T^2 times
+    as much. Returns indices into the pool and the pool's mean patch residual with those
+    prompts; ``Detector.register`` the chosen images."""
     images = checked_images(pool, batch_size, empty=None)
     if method not in SELECTIONS:
         raise InputError(f"unknown selection {method!r}: choose {' or '.join(SELECTIONS)}")
     if not 0 < shots <= len(images):
         raise InputError(f"cannot select {shots} prompts from {len(images)} images")
-    batches = detector.encoded_batches(images, batch_size, progress=progress)
-    patches = np.concatenate([batch.features["patches"] for batch in batches])
+    batches = detector.encoded_batches(images, batch_size, progress=progress, tiling=tiling)
+    patches = np.concatenate([_by_image(batch) for batch in batches])
     if method == "coverage":
         return coverage_selection(patches, shots)
     names = [describe(source) for source in images]
     drawn = random_draw(range(len(images)), shots, seed, category, key=names.__getitem__)
     return Selection(tuple(drawn), mean_residual(patches, drawn))
+
+
+def _by_image(batch: EncodedBatch) -> np.ndarray:
+    """A batch's patch tokens image by image, n x L x (V * P) x D: a tiled frame's V tiles'
+    patches side by side, as a tiled bank holds them."""
+    patches = batch.features["patches"]  # (n * V) x L x P x D
+    n = len(batch.names)
+    views, layers, count, width = len(patches) // n, *patches.shape[1:]
+    by_image = patches.reshape(n, views, layers, count, width).transpose(0, 2, 1, 3, 4)
+    return by_image.reshape(n, layers, views * count, width)
 
 
 def register_from_pool(
@@ -94,10 +108,12 @@ def register_from_pool(
     batch_size: int = 16,
     progress: ProgressDisplay = no_progress,
     selected: Callable[[PoolRegistration], None] = lambda registration: None,
+    tiling: Tiling | None = None,
 ) -> PoolRegistration:
     """Select k = ``shots`` prompts from ``pool`` (``select_prompts``: ``select`` is coverage
     or random, seeded by ``seed``), register them with the record of how they were chosen, and
-    calibrate the category on the images ``set_apart``, if any.
+    calibrate the category on the images ``set_apart``, if any; with ``tiling``, the prompts
+    are selected and registered tile by tile (``select_prompts``).
 
     Every image of both parts is read before anything is written: one set apart with the
     pixels of a pool image is refused, as the selection would have seen it. ``selected`` hears
@@ -109,7 +125,7 @@ def register_from_pool(
     with progress(f"encoding {len(pool)} pool images", len(pool)) as update:
         selection = select_prompts(
             detector, pool, shots, select, seed=seed, category=category, batch_size=batch_size,
-            progress=update,
+            progress=update, tiling=tiling,
         )  # fmt: skip
     registration = PoolRegistration(
         chosen=tuple(pool[i] for i in selection.indices),
@@ -127,7 +143,9 @@ def register_from_pool(
         "calibration_set_apart": len(set_apart),
     }
     with progress(f"encoding {shots} prompts", shots) as update:
-        detector.register(category, list(registration.chosen), batch_size, selection=record)
+        detector.register(
+            category, list(registration.chosen), batch_size, selection=record, tiling=tiling
+        )
         update(shots)
     if not set_apart:
         return registration

@@ -173,6 +173,31 @@ def test_refusals_of_tiled_scoring(
                ).assert_refused("ROWSxCOLUMNS")  # fmt: skip
 
 
+def test_a_tiled_bank_from_a_pool_selects_by_the_coverage_of_the_tiles(
+    bundle: Path, tiled_inputs: dict, tmp_path: Path
+) -> None:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for image in tiled_inputs["normals"][:12]:
+        (pool / image.name).write_bytes(image.read_bytes())
+    outcome = inctrl_run("register", bundle, "--category", CATEGORY, "--pool", pool, "--shots",
+                         2, "--tiles", GRID, "--calibrate")  # fmt: skip
+    assert outcome.code == 0, outcome.err
+    bank = NumpyBank.load(bank_file(bundle))
+    assert bank.tiling == Tiling(1, 2) and bank.shots == 2 and bank.calibration.n == 6
+    # by hand: the six pool images the selection saw, each image's two tiles' patches side by
+    # side, greedy coverage
+    from inctrl_runtime.selection import coverage_selection, split_pool
+
+    part, _ = split_pool(sorted(pool.iterdir()), 0, CATEGORY, shots=2)
+    detector = Detector.open(bundle)
+    patches = detector.encode(np.concatenate(
+        [decode(path, tiling=Tiling(1, 2)).pixels() for path in part]))["patches"]  # fmt: skip
+    by_image = patches.reshape(len(part), 2, 3, 225, -1).transpose(0, 2, 1, 3, 4)
+    chosen = coverage_selection(by_image.reshape(len(part), 3, 450, -1), 2).indices
+    assert list(bank.sources) == [str(part[i]) for i in chosen]
+
+
 def test_torch_side_tiles_refuse_frames_of_another_size(
     tiny_checkpoint: Path, tiled_inputs: dict, tmp_path: Path
 ) -> None:

@@ -50,7 +50,8 @@ def run_register(
 ) -> Path:
     """Encode the ``shot_images`` of a category into ``references/<category>.npz``; returns
     its path. ``tiles`` (``RxC``) makes a tiled bank: each shot's tiles are its prompts, and
-    the category's queries are then scored tile by tile (``inctrl_runtime.tiling``).
+    the category's queries are then scored tile by tile (``inctrl_runtime.tiling``); from a
+    pool, prompts are then selected by the coverage of the pool's tiles.
 
     With a ``pool`` folder instead, k = ``shots`` prompts are selected from its images
     (``select``: ``coverage``, the default, or ``random``, seeded by ``seed``) and registered;
@@ -65,11 +66,6 @@ def run_register(
 
     require_category(category)
     tiling = None if tiles is None else Tiling.parse(tiles)
-    if tiling is not None and pool is not None:
-        raise InputError(
-            "--tiles registers --shot images; selecting tiled prompts from a --pool is not "
-            "available yet: choose the shots and give them with --shot"
-        )
     if pool is None:
         if shots is not None or select is not None or calibrate:
             raise InputError("--shots, --select and --calibrate choose from a --pool DIR: add one")
@@ -109,6 +105,7 @@ def run_register(
         batch_size=batch_size,
         progress=progress_bar,
         selected=_say_selected,
+        tiling=tiling,
     )
     calibration = registration.calibration
     if calibration is not None:
