@@ -4,6 +4,9 @@ each defect lies (wholly outside the centre crop the untiled model sees, or not)
 
     python -m inctrl_bench.evaluations whole.json t2x2.json t3x3.json
 
+For tiled reports it also scores other reductions of the tiles' scores to a frame's (the mean,
+the mean of the top two, the largest with the whole frame's own score from the untiled report).
+
 Each report's runs are scored again on those subsets from the per-image scores it holds (per run
 the mean over categories, then the mean ± std over runs, as the report does); where a defect
 lies is read from its ground-truth mask (``ground_truth/<defect>/<name>_mask.png``).
@@ -77,6 +80,42 @@ def report_row(path: Path) -> list[str]:
             stat("aupro"), regions]  # fmt: skip
 
 
+REDUCTIONS = {
+    "max (the frame score)": lambda tiles, whole: tiles.max(axis=1),
+    "mean": lambda tiles, whole: tiles.mean(axis=1),
+    "mean of the top 2": lambda tiles, whole: np.sort(tiles, axis=1)[:, -2:].mean(axis=1),
+    "max with the whole frame": lambda tiles, whole: np.maximum(tiles.max(axis=1), whole),
+}
+
+
+def reduction_row(path: Path, whole: Path | None) -> list[str] | None:
+    """A tiled report's image AUROC under other reductions of its tiles' scores to a frame's
+    (``REDUCTIONS``; the whole frame's own score from the untiled report ``whole``, whose runs
+    drew the same prompts); None for a report without tile scores."""
+    report = json.loads(path.read_text())
+    plain = json.loads(whole.read_text()) if whole is not None else None
+    table: dict[str, list[list[float]]] = {name: [] for name in REDUCTIONS}
+    for index, category in enumerate(report["categories"]):
+        normal = np.asarray(category["targets"]) == NORMAL
+        for name, reduce in REDUCTIONS.items():
+            values = []
+            for run_index, run in enumerate(category["runs"]):
+                if run.get("tile_scores") is None:
+                    return None
+                other = None
+                if plain is not None:
+                    twin = plain["categories"][index]["runs"][run_index]
+                    assert twin["prompts"] == run["prompts"], "the runs drew other prompts"
+                    other = np.asarray(twin["scores"])
+                elif "whole" in name:
+                    break
+                scores = reduce(np.asarray(run["tile_scores"]), other)
+                values.append(pair_auroc(np.sort(scores[normal]), scores[~normal]))
+            if values:
+                table[name].append(values)
+    return [report["settings"]["tiles"], *(_over_runs(table[name]) for name in REDUCTIONS)]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     paths = [Path(arg) for arg in (sys.argv[1:] if argv is None else argv)]
     if not paths:
@@ -87,6 +126,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| --- |" + " ---: |" * (len(columns) - 1))
     for path in paths:
         print("| " + " | ".join(report_row(path)) + " |")
+    whole = next((p for p in paths if json.loads(p.read_text())["settings"]["tiles"] is None),
+                 None)  # fmt: skip
+    rows = [row for row in (reduction_row(path, whole) for path in paths) if row is not None]
+    if rows:
+        print("\nImage AUROC of other reductions of the tiles' scores to a frame's:\n")
+        print("| tiles | " + " | ".join(REDUCTIONS) + " |")
+        print("| --- |" + " ---: |" * len(REDUCTIONS))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

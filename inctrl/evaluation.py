@@ -280,9 +280,9 @@ class _Banks(NamedTuple):
 
     def scores(
         self, model: InCTRL, features: ImageFeatures, prior: TextPrior, tiles: int
-    ) -> tuple[Scores, np.ndarray | None]:
-        """Frame scores of encoded images ((n * T) rows, image by image), with each frame's
-        deciding tile (None: untiled)."""
+    ) -> tuple[Scores, np.ndarray]:
+        """Frame scores of encoded images ((n * T) rows, image by image), and each frame's
+        tiles' scores (n x T; untiled, n x 1)."""
         if len(self.banks) == 1:
             out = model.head(features, self.banks[0], prior)
         else:  # each position against its own bank, put back in row order
@@ -293,7 +293,8 @@ class _Banks(NamedTuple):
             ]  # fmt: skip
             out = [torch.stack(field, dim=1).flatten(0, 1) for field in zip(*parts, strict=True)]
         tile_scores = Scores(*(field.cpu().numpy() for field in out))
-        return (tile_scores, None) if tiles == 1 else frame_scores(tile_scores, tiles)
+        by_tile = tile_scores.score.reshape(-1, tiles)
+        return (tile_scores if tiles == 1 else frame_scores(tile_scores, tiles)[0]), by_tile
 
 
 def _banks(
@@ -347,9 +348,11 @@ def _run_result(
     patch_maps: np.ndarray,
     labels: PixelLabels | None,
     calibration: _Calibration | None,
+    tile_scores: np.ndarray | None = None,
 ) -> RunResult:
-    """One run's metrics from its test images' ``scores`` (n) and ``patch_maps`` (n x P). Their
-    pixel values, as large as the test images' frames, live only while this runs."""
+    """One run's metrics from its test images' ``scores`` (n) and ``patch_maps`` (n x P; tiled,
+    with their ``tile_scores``, n x T). Their pixel values, as large as the test images'
+    frames, live only while this runs."""
     auroc, auprc = image_metrics(targets, scores)
     pixels = None if labels is None else labels.values(patch_maps)
     points = ()
@@ -367,6 +370,7 @@ def _run_result(
         None if pixels is None else pixels.aupro(),
         None if calibration is None else len(calibration.scores),
         points,
+        None if tile_scores is None else tuple(tuple(map(float, row)) for row in tile_scores),
     )
 
 
@@ -388,12 +392,14 @@ def _evaluate_category(
     paths = [s.image_path for s in category.queries]
     scores: list[list[np.ndarray]] = [[] for _ in banks]
     maps: list[list[np.ndarray]] = [[] for _ in banks]
+    tiles: list[list[np.ndarray]] = [[] for _ in banks]
     for chunk in _track(_batches(paths, batch_size), category.name, progress):
         features = model.encode(_frame_pixels(model, chunk, tiling))  # once, for every run
         for run, run_banks in enumerate(banks):
-            out, _ = run_banks.scores(model, features, prior, pool.tiles)
+            out, by_tile = run_banks.scores(model, features, prior, pool.tiles)
             scores[run].append(out.score)
             maps[run].append(out.patch_residual_map)
+            tiles[run].append(by_tile)
     targets = tuple(s.target for s in category.queries)
     labels = None
     if pixel:  # the masks themselves are read when a run uses them, one at a time
@@ -406,7 +412,10 @@ def _evaluate_category(
             calibration = _calibration(model, pool, banks[index], prior, batch_size)
         run_scores = np.concatenate(scores[index]).astype(np.float64)
         run_maps = np.concatenate(maps[index]).astype(np.float32)
-        runs.append(_run_result(prompts, targets, run_scores, run_maps, labels, calibration))
+        run_tiles = np.concatenate(tiles[index]) if tiling is not None else None
+        runs.append(
+            _run_result(prompts, targets, run_scores, run_maps, labels, calibration, run_tiles)
+        )
     selected = runs.pop() if category.select else None
     return CategoryResult(category.name, tuple(paths), targets, tuple(runs), selected)
 

@@ -133,6 +133,8 @@ class RunResult:
     # TARGET_FPRS; None and () for the coverage selection, which saw every train/good image.
     calibration: int | None = None
     operating_points: tuple[OperatingPoint, ...] = ()
+    # Tiled: each test image's tiles' scores, in tile order (its score is their largest).
+    tile_scores: tuple[tuple[float, ...], ...] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -145,6 +147,9 @@ class RunResult:
             "calibration": self.calibration,
             "operating_points": [point._asdict() for point in self.operating_points],
             "scores": list(self.scores),
+            "tile_scores": None
+            if self.tile_scores is None
+            else [list(t) for t in self.tile_scores],
         }
 
 

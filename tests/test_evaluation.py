@@ -350,7 +350,7 @@ def test_reports_compare_side_by_side_with_the_defects_outside_the_crop_apart(
 ) -> None:
     import json
 
-    from inctrl_bench.evaluations import outside_crop, report_row
+    from inctrl_bench.evaluations import outside_crop, reduction_row, report_row
 
     _, reports = tiled_reports
     report = reports["every"]
@@ -359,6 +359,10 @@ def test_reports_compare_side_by_side_with_the_defects_outside_the_crop_apart(
     row = report_row(path)
     assert row[0] == "1x2 (every position)" and row[1] == str(report.auroc)
     assert row[4] == str(report.pixel_auroc)
+    reduced = reduction_row(path, None)  # the largest tile score is the frame's score
+    assert reduced[1] == str(report.auroc) and reduced[4] == "-"  # no untiled report given
+    run = report.categories[0].runs[0]
+    assert [max(tiles) for tiles in run.tile_scores] == pytest.approx(run.scores, abs=1e-7)
     (category,) = report.categories
     # 520 x 300 frames: the centre crop sees columns 110..409; the small defects of every third
     # image lie in a side band
