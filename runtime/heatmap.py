@@ -21,6 +21,7 @@ _CAPTION_HEIGHT = 20  # pixels of the strip under a heatmap that holds its capti
 _BAR_WIDTH = 64  # pixels right of the picture holding the colour bar and its labels
 _NOT_INSPECTED_GREY = np.float32(128)
 _BOX = (255, 48, 48)
+_TILE = (235, 235, 235)  # a tiled frame's deciding tile's outline
 # A perceptually ordered dark-blue -> yellow ramp (viridis-like), interpolated in numpy.
 _RAMP = np.array(
     [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32
@@ -46,12 +47,13 @@ def heatmap_picture(
     caption: str | None = None,
     regions: Sequence[Region] = (),
     region_threshold: float | None = None,
+    tile: tuple[int, int, int, int] | None = None,
 ) -> Image.Image:
     """The patch residual map (P values, row-major square grid; a tiled frame's T * P)
     coloured over ``picture``, a picture of the whole frame ``framing`` describes (any size:
     ``preprocess.capped``'s). The not-inspected band is greyed, each region's box outlined, and
     a colour bar drawn right of it; ``caption`` (e.g. the score and decision) goes on a strip
-    under it.
+    under it; ``tile`` (a tiled frame's deciding tile: x0, y0, x1, y1) is outlined thinly.
 
     The colour scale runs from 0 to twice the region threshold where there is one (the
     threshold in the middle of the bar, marked; every map of a category on one scale), else
@@ -71,6 +73,10 @@ def heatmap_picture(
     drawn = Image.fromarray(blended.round().astype(np.uint8))
     draw = ImageDraw.Draw(drawn)
     across, down = picture.width / framing.width, picture.height / framing.height
+    if tile is not None:
+        x0, y0, x1, y1 = tile
+        box = (x0 * across, y0 * down, x1 * across - 1, y1 * down - 1)
+        draw.rectangle(box, outline=_TILE, width=1)
     for region in regions:
         x0, y0, x1, y1 = region.box
         box = (x0 * across, y0 * down, max(x0 * across, x1 * across - 1),

@@ -136,7 +136,7 @@ class Result:
 
     def caption(self) -> str:
         """One line for the heatmap: the score and, when calibrated, the decision and the
-        number of regions."""
+        number of regions; for a tiled frame, the deciding tile."""
         text = f"score {self.score:.4f}"
         if self.p_value is not None:
             text += f"  p {self.p_value:.3g}"
@@ -144,12 +144,15 @@ class Result:
             text += "  ANOMALOUS" if self.anomalous else "  normal"
         if self.regions is not None:
             text += f"  {len(self.regions)} region{'s' if len(self.regions) != 1 else ''}"
+        if self.decisive_tile is not None:
+            text += f"  tile {self.decisive_tile} of {self.framing.tiling}"
         return text
 
     def heatmap(self, caption: bool = True) -> Image.Image:
         """The patch residual map coloured over the whole frame (the picture kept when it was
-        decoded), the not-inspected band greyed, regions outlined, with a colour bar and, with
-        ``caption``, the score and decision (``caption()``) under it."""
+        decoded; a tiled frame's stitched map, its deciding tile outlined), the not-inspected
+        band greyed, regions outlined, with a colour bar and, with ``caption``, the score and
+        decision (``caption()``) under it."""
         if self.picture is None:
             raise InputError(
                 f"{self.image}: no picture kept for its heatmap; score with a heatmap size "
@@ -162,6 +165,7 @@ class Result:
             caption=self.caption() if caption else None,
             regions=self.regions or (),
             region_threshold=self.region_threshold,
+            tile=None if self.decisive_tile is None else self.framing.boxes[self.decisive_tile],
         )
 
     def mask(self) -> Image.Image:
