@@ -127,6 +127,7 @@ def _category_info(bundle: Bundle, category: str) -> dict:
             "shots": None,
             "sources": None,
             "selection": None,
+            "tiling": None,
         }
         return info
     info["bank"] = {
@@ -135,6 +136,9 @@ def _category_info(bundle: Bundle, category: str) -> dict:
         "shots": bank.shots,
         "sources": list(bank.sources),
         "selection": bank.selection,
+        "tiling": None
+        if bank.tiling is None
+        else {**bank.tiling.record(), "frame_size": list(bank.frame_size)},
     }
     calibration = bank.calibration
     if calibration is not None:
@@ -228,6 +232,14 @@ def _selection_rows(selection: dict | None) -> list[Row]:
     return [("selected", text)]
 
 
+def _tiling_rows(tiling: dict | None) -> list[Row]:
+    if not tiling:
+        return []
+    width, height = tiling["frame_size"]
+    grid = f"{tiling['rows']}x{tiling['columns']}"
+    return [("tiles", f"{grid} over {width} x {height} frames (overlap >= {tiling['overlap']:g})")]
+
+
 def _category_rows(name: str, category: dict) -> list[Row]:
     bank, calibration = category["bank"], category["calibration"]
     rows = [("category", name), ("text prior", "yes" if category["prior"] else "none")]
@@ -239,6 +251,7 @@ def _category_rows(name: str, category: dict) -> list[Row]:
         ("bank", f"k = {bank['shots']}, file written {bank['modified']}"),
         ("prompts", ", ".join(bank["sources"])),
         *_selection_rows(bank["selection"]),
+        *_tiling_rows(bank["tiling"]),
     ]
     if calibration is None:
         return [*rows, ("calibration", "none")]

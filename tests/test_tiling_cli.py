@@ -141,6 +141,10 @@ def test_refusals_of_tiled_scoring(
     shots, queries = tiled_inputs["shots"], tiled_inputs["queries"]
     register_tiled(bundle, shots)
     before = bank_file(bundle).read_bytes()
+    listed = json.loads(inctrl_run("info", bundle, "--json").out)["categories"][CATEGORY]
+    assert listed["bank"]["tiling"] == {"rows": 1, "columns": 2, "overlap": 0.125,
+                                        "frame_size": [520, 300]}  # fmt: skip
+    assert "1x2 over 520 x 300 frames" in inctrl_run("info", bundle).out
     # a query of another frame size: one line naming it
     (other,) = frames(tmp_path / "other", 1, seed=20, size=(600, 300))
     refused = inctrl_run("score", bundle, "--category", CATEGORY, queries[0], other)
