@@ -315,6 +315,8 @@ def test_the_head_serves_a_bank_registered_anew(repository, served_bundle, tmp_p
     assert isinstance(answer, InputError) and "registered with 1x2 tiles" in str(answer)
     with pytest.raises(InputError, match="does not serve yet"):
         write_repository(bundle, tmp_path / "tiled", categories=[OTHER])
+    with pytest.raises(InputError, match="name the categories to serve with --category"):
+        write_repository(bundle, tmp_path / "all", copy_bundle=True)  # every registered one
     (bundle / "references" / f"{OTHER}.npz").unlink()
     (answer,) = head.run([request])
     assert f"category '{OTHER}' is not registered" in str(answer)

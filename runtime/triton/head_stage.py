@@ -59,14 +59,15 @@ def check_encoder_file(root: Path, bundle: Bundle) -> None:
             )
 
 
-def check_served_whole(bank: NumpyBank, category: str) -> None:
+def check_served_whole(bank: NumpyBank, category: str, then: str = "") -> None:
     """Refuse, in one line, a tiled category: the served path scores a frame whole (its entry
-    model cannot yet cut a frame into tiles), and a tiled bank scored so would be wrong."""
+    model cannot yet cut a frame into tiles), and a tiled bank scored so would be wrong;
+    ``then`` ends the line."""
     if bank.tiling is not None:
         raise InputError(
             f"category {category!r} is registered with {bank.tiling} tiles, which a Triton "
             "repository does not serve yet; score it with inctrl-run score, or register it "
-            "without --tiles to serve it"
+            f"without --tiles to serve it{then}"
         )
 
 

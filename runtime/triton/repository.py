@@ -80,7 +80,8 @@ def registered_categories(
             return categories
     for category in categories:
         bundle.prior(category)
-        check_served_whole(load_registered(bundle, category, then=" first"), category)
+        check_served_whole(load_registered(bundle, category, then=" first"), category,
+                           "; name the categories to serve with --category")  # fmt: skip
     return list(categories)
 
 
