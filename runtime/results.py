@@ -46,8 +46,6 @@ SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_m
 
 # What a record says of where a query's defect is, after its decision fields.
 REGION_FIELDS = ("frame_size", "inspected_fraction", "region_threshold", "regions")
-# What a record says of a tiled frame's tiles (None for a frame scored whole).
-TILE_FIELDS = ("tiling", "decisive_tile")
 
 
 def frame_scores(scores: Scores, tiles: int) -> tuple[Scores, np.ndarray]:
