@@ -92,7 +92,7 @@ def tiled(prepare: Prepare, tiling: Tiling) -> Prepare:
     prompts' tiles make the bank, each query's tiles are cut as part of its preprocessing and
     encoded in one batch with the other queries', and the head's scores are reduced to the
     frames' (``frame_scores``). The arithmetic is T queries against k * T prompts."""
-    from inctrl_runtime.preprocess import decode
+    from inctrl_runtime.preprocess import Preprocessing, decode
     from inctrl_runtime.results import Scores, frame_scores
 
     def views(frames: Images) -> list:
@@ -100,6 +100,9 @@ def tiled(prepare: Prepare, tiling: Tiling) -> Prepare:
 
     def prepare_tiled(prompts: Images, category: str) -> Subject:
         subject = prepare(views(prompts), category)
+        if subject.shape.image_size != Preprocessing().size:  # the size tiles are cut for
+            raise Unavailable(f"--tiles cuts tiles for a {Preprocessing().size}-px model, this "
+                              f"one takes {subject.shape.image_size} px")  # fmt: skip
         head, register, pixels = subject.head, subject.register, subject.pixels
 
         def reduced(features: Any) -> Scores:
