@@ -294,7 +294,7 @@ class _Banks(NamedTuple):
             out = [torch.stack(field, dim=1).flatten(0, 1) for field in zip(*parts, strict=True)]
         tile_scores = Scores(*(field.cpu().numpy() for field in out))
         by_tile = tile_scores.score.reshape(-1, tiles)
-        return (tile_scores if tiles == 1 else frame_scores(tile_scores, tiles)[0]), by_tile
+        return frame_scores(tile_scores, tiles)[0], by_tile
 
 
 def _banks(

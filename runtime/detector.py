@@ -97,20 +97,10 @@ class Prepared:
     fpr: float
     regions: RegionRule | None = None  # the region threshold (None: no regions)
 
-    @property
-    def tiling(self) -> FrameTiling | None:
-        """The bank's tile grid and frame size: the queries' too (None: seen whole)."""
-        bank = self.bank
-        if bank.tiling is None or bank.frame_size is None:
-            return None
-        return FrameTiling(bank.tiling, bank.frame_size, f"the bank of {bank.category!r}")
-
     def frames(self, scores: Scores) -> tuple[Scores, np.ndarray | None]:
-        """The head's scores per image: a tiled bank's tiles reduced to their frames
-        (``frame_scores``, with each frame's deciding tile), else as they are."""
-        if self.tiling is None:
-            return scores, None
-        return frame_scores(scores, self.tiling.count)
+        """The head's scores per image: a tiled bank's tiles reduced to their frames, with each
+        frame's deciding tile (``frame_scores``)."""
+        return frame_scores(scores, self.bank.tiles)
 
 
 class Detector:
@@ -427,8 +417,9 @@ class Detector:
         """``encoded_batches`` of a prepared call's images, features on the device, tiled as
         its bank is (each frame refused, in one line, unless it has the bank's size)."""
         return self.encoded_batches(
-            prepared.images, prepared.batch_size, True, progress, picture_size, prepared.tiling
-        )
+            prepared.images, prepared.batch_size, True, progress, picture_size,
+            prepared.bank.frame_tiling,
+        )  # fmt: skip
 
     def encoded_batches(
         self,

@@ -22,6 +22,7 @@ import numpy as np
 from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.detector import Detector, EncodedBatch, ProgressUpdate
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import ImageSource, checked_images, describe, pixel_digest
 from inctrl_runtime.selection import (
     SELECTIONS,
@@ -89,12 +90,10 @@ def select_prompts(
 
 def _by_image(batch: EncodedBatch) -> np.ndarray:
     """A batch's patch tokens image by image, n x L x (V * P) x D: a tiled frame's V tiles'
-    patches side by side, as a tiled bank holds them."""
+    patches side by side, as a tiled bank holds them (``stack_prompts`` per image)."""
     patches = batch.features["patches"]  # (n * V) x L x P x D
     n = len(batch.names)
-    views, layers, count, width = len(patches) // n, *patches.shape[1:]
-    by_image = patches.reshape(n, views, layers, count, width).transpose(0, 2, 1, 3, 4)
-    return by_image.reshape(n, layers, views * count, width)
+    return stack_prompts(patches.reshape(n, len(patches) // n, *patches.shape[1:]))
 
 
 def register_from_pool(

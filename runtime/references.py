@@ -41,7 +41,7 @@ from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.errors import InputError, one_line
 from inctrl_runtime.fewshot import BankShape, check_category_name
 from inctrl_runtime.files import atomic_path
-from inctrl_runtime.tiling import TileLayout, Tiling
+from inctrl_runtime.tiling import FrameTiling, Tiling
 
 if TYPE_CHECKING:
     from inctrl_runtime.bundle import Bundle
@@ -158,15 +158,22 @@ class NumpyBank:
         return {_TILING: np.str_(json.dumps(record)), REQUIRES: np.array([TILES], dtype=np.str_)}
 
     @property
+    def tiles(self) -> int:
+        """T, the tiles each prompt (and query) is cut into: 1 for a bank seen whole."""
+        return 1 if self.tiling is None else self.tiling.count
+
+    @property
     def images(self) -> int:
         """How many images' patch tokens the bank holds: k, or k * T for a tiled bank."""
-        return self.shots * (1 if self.tiling is None else self.tiling.count)
+        return self.shots * self.tiles
 
-    def layout(self, size: int) -> TileLayout | None:
-        """A tiled bank's tiles over its frame for a model of input ``size`` (None: untiled)."""
+    @property
+    def frame_tiling(self) -> FrameTiling | None:
+        """A tiled bank's grid for frames of its one size: its queries are cut so (None:
+        untiled)."""
         if self.tiling is None or self.frame_size is None:
             return None
-        return self.tiling.layout(*self.frame_size, size, f"the bank of {self.category}")
+        return FrameTiling(self.tiling, self.frame_size, f"the bank of {self.category!r}")
 
     def calibrated(self, calibration: Calibration) -> NumpyBank:
         """This bank with a new calibration, without the ``calibration_*`` extras of another."""

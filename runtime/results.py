@@ -48,12 +48,15 @@ SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_m
 REGION_FIELDS = ("frame_size", "inspected_fraction", "region_threshold", "regions")
 
 
-def frame_scores(scores: Scores, tiles: int) -> tuple[Scores, np.ndarray]:
+def frame_scores(scores: Scores, tiles: int) -> tuple[Scores, np.ndarray | None]:
     """B frames' scores from their B * T tiles' (frame by frame, each frame's tiles in tile
     order): a frame's ``score`` is its tiles' largest, its holistic, image-residual and text
     scores are that tile's, its ``max_patch_residual`` is the largest over all its tiles (the
     stitched map's maximum), and its map is the T tiles' maps one after another (T * P values).
-    Also each frame's deciding tile (the index of its largest score)."""
+    Also each frame's deciding tile (the index of its largest score). With T = 1 (frames scored
+    whole) the scores are the frames' as they are, and there is no deciding tile (None)."""
+    if tiles == 1:
+        return scores, None
     frames = len(scores.score) // tiles
     by_frame = {name: np.asarray(getattr(scores, name)).reshape(frames, tiles, -1)
                 for name in SCORE_FIELDS}  # fmt: skip

@@ -100,9 +100,7 @@ def run_score(
         views = [view for image in decoded for view in image.views]
         scores = model.score(views, bank, prior, batch_size=batch_size * len(decoded[0].views))
         tile_scores = Scores(*(field.cpu().numpy() for field in scores))
-        frames, decisive = (
-            (tile_scores, None) if tiling is None else frame_scores(tile_scores, tiling.count)
-        )
+        frames, decisive = frame_scores(tile_scores, len(decoded[0].views))
         scored += to_results(
             [image.name for image in decoded],
             frames,
