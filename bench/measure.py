@@ -316,10 +316,6 @@ def bench_backend(
 ) -> BackendResult:
     """Open and measure one backend, then score ``data`` with it (after the memory peak's
     window); an unavailable one comes back with the reason."""
-    if backend.kind == "triton" and settings.tiling is not None:
-        reason = "--tiles: a tiled category is not served yet (inctrl-run serve scores it whole)"
-        progress.done(f"{backend.name}: not available: {reason}")
-        return BackendResult(backend.name, backend.kind, backend.precision, "cpu", reason=reason)
     if backend.kind == "triton":
         from inctrl_bench.triton_backend import bench_triton
 

@@ -1,8 +1,9 @@
 """The ``triton`` row of inctrl-bench: the bench's bundle served as ``inctrl-run serve`` serves it
 (the python-backend repository on the real ``tritonserver``), measured from a client.
 
-Each request is one camera frame, as the in-process rows' batch 1. At each concurrency c (1, 4
-and 16), c client threads keep c requests in flight; the row reports the client-observed
+Each request is one camera frame, as the in-process rows' batch 1 (with ``--tiles``, a 1024 x
+768 frame of a category registered tiled: the entry model cuts it and sends its tiles to the
+encoder as one batch). At each concurrency c (1, 4 and 16), c client threads keep c requests in flight; the row reports the client-observed
 latency per request (p50/p90/p99), the images per second over the run's wall time, and the
 batch sizes each model executed during the run (Triton's statistics API, the counts of the
 run alone): the dynamic batcher's merging of concurrent requests, seen from the server.
@@ -23,10 +24,11 @@ from rich import box
 from rich.table import Table
 
 from inctrl_bench.artifacts import Artifacts
-from inctrl_bench.backends import Backend, Unavailable, random_frames
+from inctrl_bench.backends import FRAME, TILED_FRAME, Backend, Unavailable, random_frames
 from inctrl_bench.machine import Progress, Timing
 from inctrl_bench.measure import BackendResult, Throughput
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.tiling import Tiling
 from inctrl_runtime.triton.names import ENCODER
 
 if TYPE_CHECKING:
@@ -80,9 +82,15 @@ def served_run(
     return ServedRun(concurrency, len(requests), timing, len(requests) / wall_s, executed), answers
 
 
-def served_copy(bundle: Path, folder: Path, category: str, prompts: Sequence[np.ndarray]) -> Path:
+def served_copy(
+    bundle: Path,
+    folder: Path,
+    category: str,
+    prompts: Sequence[np.ndarray],
+    tiling: Tiling | None = None,
+) -> Path:
     """A copy of ``bundle`` (hard links where possible; a given bundle is never written to)
-    with ``category`` registered on ``prompts``, as the other rows hold it."""
+    with ``category`` registered on ``prompts`` (``tiling``: tiled), as the other rows hold it."""
     from inctrl_runtime.bundle import REFERENCES_DIR
     from inctrl_runtime.detector import Detector
     from inctrl_runtime.triton.repository import link_or_copy
@@ -92,7 +100,7 @@ def served_copy(bundle: Path, folder: Path, category: str, prompts: Sequence[np.
     shutil.copytree(bundle, copy, copy_function=link_or_copy, ignore=lambda *_: skip)
     detector = Detector.open(copy)
     try:
-        detector.register(category, list(prompts))
+        detector.register(category, list(prompts), tiling=tiling)
     finally:
         detector.close()
     return copy
@@ -134,13 +142,15 @@ def _measure(
 
     bundle, category = artifacts.bundle(result.precision), artifacts.category
     rng = np.random.default_rng(settings.seed)
-    frames, prompts = random_frames(rng, FRAMES), random_frames(rng, settings.shots[0])
+    size = FRAME if settings.tiling is None else TILED_FRAME
+    frames = random_frames(rng, FRAMES, size)
+    prompts = random_frames(rng, settings.shots[0], size)
     rounds = settings.repeats or ROUNDS
     with tempfile.TemporaryDirectory(prefix="triton-", dir=artifacts.workdir) as folder:
         progress.step(f"{result.name}: writing and starting the server")
         began = time.perf_counter()
         try:
-            served = served_copy(bundle, Path(folder), category, prompts)
+            served = served_copy(bundle, Path(folder), category, prompts, settings.tiling)
             repository = write_repository(served, Path(folder) / "repository")
             server = TritonServer(repository, workdir=folder).start()
             try:

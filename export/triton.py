@@ -1,10 +1,10 @@
 """``inctrl-export triton``: a bundle -> a Triton Inference Server model repository that travels.
 
-The repository is the runtime's (``inctrl_runtime.triton.repository.write_repository``): an
-ensemble entry point ``inctrl`` (image bytes + category), the preprocessing and the head as
-python-backend models that run the runtime, and a copy of the bundle (manifest, checked files,
-banks) inside the head's folder, so that the folder can be mounted on another machine. This
-module chooses the encoder, shared by every category:
+The repository is the runtime's (``inctrl_runtime.triton.repository.write_repository``): the
+entry point ``inctrl`` (image bytes + category; a python-backend model that runs the runtime's
+decoding, tiling, head, decisions and regions, and calls the encoder model through the server),
+and a copy of the bundle (manifest, checked files, banks) inside the entry's folder, so that the
+folder can be mounted on another machine. This module chooses the encoder, shared by every category:
 
 - ``onnxruntime``: platform ``onnxruntime_onnx``, the bundle's ``encoder.onnx`` as
   ``1/model.onnx``, its instances KIND_AUTO: on the server's GPUs when it has them (Triton's
@@ -20,7 +20,7 @@ module chooses the encoder, shared by every category:
 
 Everything is checked before anything is written: the bundle (the writer checks its manifest and
 every file's sha256 before it writes), the sizes, the categories, and for ``tensorrt`` the build
-and that its profile takes ``max_batch``. The head checks the encoder file against the manifest
+and that its profile takes ``max_batch``. The entry checks the encoder file against the manifest
 when it loads.
 """
 
@@ -43,7 +43,7 @@ from inctrl_runtime.triton.names import (
     ENCODER,
     ENCODER_FILES,
     ENCODERS,
-    HEAD,
+    ENTRY,
     VERSION,
 )
 from inctrl_runtime.triton.repository import write_repository
@@ -97,8 +97,8 @@ def export_triton(
     Args:
         backend: what runs the encoder: ``onnxruntime``, ``tensorrt`` or ``python``.
         max_batch: ``max_batch_size`` of every model (a tensorrt plan's profile must take it).
-        instances: instances of the encoder (and of the preprocessing).
-        categories: the categories the head loads at start, each registered (default: every
+        instances: instances of the encoder (and of the entry model).
+        categories: the categories the entry loads at start, each registered (default: every
             registered one; others are read when a request first names them).
         fpr: the false-positive rate of the decisions.
         region_fpr: the rate of good parts that may get any region (None: ``fpr``).
@@ -146,7 +146,7 @@ def check_out(bundle: Path, out: Path, force: bool) -> None:
             f"--out {out}: holds the bundle {bundle}, which replacing it would delete; choose "
             "another --out"
         )
-    check_output_path(out, "--out", replaces=force, own=[f"{HEAD}/{BUNDLE_COPY}"])
+    check_output_path(out, "--out", replaces=force, own=[f"{ENTRY}/{BUNDLE_COPY}"])
     if out.exists() and not force:
         raise InputError(f"{out}: already exists; --force to replace it, or choose another --out")
 

@@ -270,7 +270,7 @@ def check_output_path(
     are written only by the bundle's own commands. ``may_be_bundle``: the path may itself be
     a bundle (``inctrl-export onnx --force`` replaces one); ``own``: where, relative to the
     path, the command's earlier output keeps a copy of a bundle (an exported Triton repository:
-    ``inctrl_head/bundle``). ``replaces``: the command replaces what is there, so every folder
+    ``inctrl/bundle``). ``replaces``: the command replaces what is there, so every folder
     below it is looked through; otherwise its first two levels (where a folder of outputs
     would hold a bundle by mistake)."""
     target = Path(path).resolve()

@@ -46,6 +46,9 @@ SCALAR_FIELDS = tuple(name for name in SCORE_FIELDS if name != "patch_residual_m
 
 # What a record says of where a query's defect is, after its decision fields.
 REGION_FIELDS = ("frame_size", "inspected_fraction", "region_threshold", "regions")
+# How a tiled frame was cut (the grid, its overlap, the tiles' side and boxes) and which tile
+# decided its score: None for a frame scored whole.
+TILE_FIELDS = ("tiling", "decisive_tile")
 
 
 def frame_scores(scores: Scores, tiles: int) -> tuple[Scores, np.ndarray | None]:

@@ -17,7 +17,7 @@ from inctrl_bench.report import print_report
 from inctrl_bench.suite import BenchSettings, run_bench
 from inctrl_bench.triton_backend import CONCURRENCIES, batch_sizes_text, executed_since
 from inctrl_runtime.triton.client import ModelStatistics
-from inctrl_runtime.triton.names import ENCODER, HEAD
+from inctrl_runtime.triton.names import ENCODER, ENTRY
 
 from helpers import require_serving, snapshot
 
@@ -42,10 +42,10 @@ def test_the_batches_of_a_run_are_the_difference_of_two_snapshots() -> None:
     before = {ENCODER: ModelStatistics(ENCODER, 5, 4, {1: 3, 2: 1})}
     after = {
         ENCODER: ModelStatistics(ENCODER, 17, 8, {1: 4, 2: 1, 4: 2, 3: 1}),
-        HEAD: ModelStatistics(HEAD, 2, 1, {2: 1}),  # loaded since the first snapshot
+        ENTRY: ModelStatistics(ENTRY, 2, 1, {2: 1}),  # loaded since the first snapshot
     }
     executed = executed_since(before, after)
-    assert executed == {ENCODER: {1: 1, 3: 1, 4: 2}, HEAD: {2: 1}}
+    assert executed == {ENCODER: {1: 1, 3: 1, 4: 2}, ENTRY: {2: 1}}
     assert batch_sizes_text(executed[ENCODER]) == "1x1 3x1 4x2"
     assert batch_sizes_text({}) == "-"
 
@@ -86,3 +86,19 @@ def test_the_triton_row_beside_the_runtime(tiny_bundle: Path, tmp_path: Path) ->
     assert "Served (one frame a request" in printed
     rows = [line.split()[:2] for line in printed.splitlines()]
     assert all(["triton", str(concurrency)] in rows for concurrency in CONCURRENCIES), printed
+
+
+def test_the_triton_row_serves_tiled_frames(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--tiles 2x2 --backend triton: the category is registered tiled and served, each request
+    a 1024 x 768 frame whose 4 tiles the entry model sends to the encoder."""
+    require_serving()
+    settings = BenchSettings(
+        bundle=tiny_bundle, backends=("triton",), batches=(1,), shots=(1,), repeats=1,
+        tiles="2x2",
+    )  # fmt: skip
+    run_bench(settings, tmp_path / "bench.json")
+    served = json.loads((tmp_path / "bench.json").read_text())["backends"]["triton"]
+    assert served["available"], served["reason"]
+    for run in served["served"]:
+        encoder = {int(size): times for size, times in run["executed"][ENCODER].items()}
+        assert sum(size * times for size, times in encoder.items()) == 4 * run["requests"]

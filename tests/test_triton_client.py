@@ -24,17 +24,17 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import describe, load_image, preprocess
 from inctrl_runtime.regions import Framing, RegionRule
 from inctrl_runtime.results import SCALAR_FIELDS, Result
+from inctrl_runtime.tiling import TileLayout, Tiling
 from inctrl_runtime.triton.client import (
     DEFAULT_PORTS,
     Request,
     TritonClient,
     encoded_image,
     parse_url,
-    record_of,
 )
-from inctrl_runtime.triton.names import ENCODER, FRAME_SIZE, OUTPUTS
-from inctrl_runtime.triton.region_codec import frame_sizes, region_arrays
+from inctrl_runtime.triton.names import ENCODER, OUTPUTS
 from inctrl_runtime.triton.server import TritonServer, free_port
+from inctrl_runtime.triton.wire import record_of, where_arrays
 
 from helpers import (
     BUNDLE_CATEGORIES,
@@ -94,18 +94,25 @@ RULES = {  # region rules whose thresholds fp32 holds exactly: the patch map bel
 
 
 def _outputs(
-    p_value: float, threshold: float, anomalous: bool, rule: RegionRule | None
+    p_value: float,
+    threshold: float,
+    anomalous: bool,
+    rule: RegionRule | None,
+    framing: Framing | TileLayout,
+    decisive: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """The entry point's outputs for one image, as the server sends them (batch axis first)."""
+    """The entry point's outputs for one image, as the server sends them (batch axis first):
+    a frame scored whole, or a tiled one (its ``decisive`` tile)."""
     scalars = {"score": 0.75, "holistic_score": 0.5, "image_residual_score": 0.25}
     scalars |= {"text_score": 0.125, "max_patch_residual": 1.5}
     scalars |= {"p_value": p_value, "threshold": threshold}
     outputs = {name: np.array([[value]], np.float32) for name, value in scalars.items()}
     outputs["anomalous"] = np.array([[anomalous]])
-    outputs["patch_residual_map"] = np.arange(9, dtype=np.float32).reshape(1, 9) / 8
-    outputs[FRAME_SIZE] = frame_sizes([FRAME])
-    regions = region_arrays(rule, outputs["patch_residual_map"], outputs[FRAME_SIZE], SIZE)
-    outputs |= {name: array.reshape(-1, 1) for name, array in regions.items()}
+    tiles = len(framing.boxes) if isinstance(framing, TileLayout) else 1
+    outputs["patch_residual_map"] = np.tile(np.arange(9, dtype=np.float32) / 8, (1, tiles))
+    tile = None if decisive is None else [decisive]
+    where = where_arrays(rule, outputs["patch_residual_map"], [framing], tile)
+    outputs |= {name: a if a.ndim == 2 else a.reshape(-1, 1) for name, a in where.items()}
     assert set(outputs) == set(OUTPUTS)
     return outputs
 
@@ -121,11 +128,13 @@ def _outputs(
         ((math.nan, math.nan, False), {}, "no rule"),  # uncalibrated
     ],
 )
-def test_records_are_the_runtimes_with_nan_decisions_as_none(sent, decided, rule) -> None:
-    outputs = _outputs(*sent, RULES[rule])
-    framing = Framing(*FRAME, SIZE)
+@pytest.mark.parametrize("tiled", [False, True])
+def test_records_are_the_runtimes_with_nan_decisions_as_none(sent, decided, rule, tiled) -> None:
+    framing = Tiling(1, 3).layout(*FRAME, SIZE) if tiled else Framing(*FRAME, SIZE)
+    decisive = 2 if tiled else None
+    outputs = _outputs(*sent, RULES[rule], framing, decisive)
     patch_map = outputs["patch_residual_map"][0]
-    found = None if RULES[rule] is None else tuple(RULES[rule].regions(patch_map, framing))
+    found = None if RULES[rule] is None else tuple(framing.regions(RULES[rule], patch_map))
     result = Result(
         image="q.png",
         **{name: float(outputs[name][0, 0]) for name in SCALAR_FIELDS},
@@ -134,6 +143,7 @@ def test_records_are_the_runtimes_with_nan_decisions_as_none(sent, decided, rule
         **decided,
         region_threshold=None if RULES[rule] is None else RULES[rule].threshold,
         regions=found,
+        decisive_tile=decisive,
     )
     if found is not None:  # the codec carries regions, and an empty list
         assert bool(found) == (rule == "regions")
@@ -141,7 +151,9 @@ def test_records_are_the_runtimes_with_nan_decisions_as_none(sent, decided, rule
     assert record == result.record()
     assert list(record) == list(result.record())  # the same keys in the same order
     assert json.dumps(record) == json.dumps(result.record())
-    assert record["inspected_fraction"] == 0.5 and record["frame_size"] == list(FRAME)
+    assert record["inspected_fraction"] == (1.0 if tiled else 0.5)
+    assert record["frame_size"] == list(FRAME)
+    assert (record["tiling"] is None) == (record["decisive_tile"] is None) == (not tiled)
 
 
 @pytest.mark.unit

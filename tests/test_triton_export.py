@@ -1,7 +1,7 @@
 """``inctrl-export triton`` (``inctrl_export.triton``): the repository of each ``--backend`` as
-Triton reads it: every config.pbtxt parsed into Triton's own ``ModelConfig``, the ensemble's
-wiring, the encoder's signature against the ONNX graph, the sizes asked for, the bundle copy
-and the head's check of the encoder file; and the exported python repository served by the real
+Triton reads it: every config.pbtxt parsed into Triton's own ``ModelConfig``, the encoder's
+signature against the ONNX graph, the sizes asked for, the bundle copy and the entry's check of
+the encoder file; and the exported python repository served by the real
 tritonserver. Refusals and the command line: tests/test_triton_export_checks.py.
 
 No GPU and no TensorRT here: the ``tensorrt`` variant is written from a manifest engines record
@@ -27,13 +27,12 @@ from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import BundleError
 from inctrl_runtime.manifest import read_manifest
-from inctrl_runtime.triton.head_stage import check_encoder_file
+from inctrl_runtime.triton.entry import check_encoder_file
 from inctrl_runtime.triton.names import (
     BUNDLE_COPY,
     ENCODER,
     ENCODER_FILES,
-    ENSEMBLE,
-    HEAD,
+    ENTRY,
     MODELS,
     VERSION,
 )
@@ -105,7 +104,7 @@ def test_every_config_parses_as_tritons_model_config(exported: tuple[str, Path])
     for name, config in configs.items():
         assert config.name == name
         assert (repository / name / VERSION).is_dir()
-    assert configs[ENSEMBLE].platform == "ensemble"
+    assert configs[ENTRY].backend == "python" and not configs[ENTRY].platform
     encoder = configs[ENCODER]
     if backend == "python":
         assert encoder.backend == "python" and not encoder.platform
@@ -113,30 +112,6 @@ def test_every_config_parses_as_tritons_model_config(exported: tuple[str, Path])
         assert encoder.platform == PLATFORMS[backend] and not encoder.backend
         assert (repository / ENCODER / VERSION / ENCODER_FILES[backend]).is_file()
         assert not (repository / ENCODER / VERSION / "model.py").exists()
-
-
-@pytest.mark.unit
-def test_the_ensemble_connects_tensors_that_exist(exported: tuple[str, Path]) -> None:
-    """Each step maps every input of its model from a tensor the ensemble already has (its
-    inputs or an earlier step's outputs) of the same type and dims, maps only outputs its model
-    has, and the ensemble's outputs are all produced, with their types and dims."""
-    configs = read_triton_configs(exported[1])
-    ensemble = configs[ENSEMBLE]
-    have = tensors(ensemble.input)
-    steps = ensemble.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == [m for m in MODELS if m != ENSEMBLE]
-    for step in steps:
-        model = configs[step.model_name]
-        inputs, outputs = tensors(model.input), tensors(model.output)
-        assert set(step.input_map) == set(inputs), step.model_name
-        for own, outer in step.input_map.items():
-            assert have[outer] == inputs[own], (step.model_name, own, outer)
-        assert set(step.output_map) <= set(outputs), step.model_name
-        for own, outer in step.output_map.items():
-            assert outer not in have, (step.model_name, outer)  # one producer per tensor
-            have[outer] = outputs[own]
-    for name, spec in tensors(ensemble.output).items():
-        assert have[name] == spec, name
 
 
 @pytest.mark.unit
@@ -186,19 +161,20 @@ def test_sizes_batching_and_instances_are_as_asked(exported: tuple[str, Path]) -
     assert group.count == 2
     kinds = {"tensorrt": KIND.KIND_GPU, "onnxruntime": KIND.KIND_AUTO, "python": KIND.KIND_CPU}
     assert group.kind == kinds[backend]
-    assert not configs[ENSEMBLE].HasField("dynamic_batching")
-    assert not configs[ENSEMBLE].instance_group
+    entry = configs[ENTRY]  # its instances decode and run the head beside the encoder's
+    assert list(entry.dynamic_batching.preferred_batch_size) == sizes
+    assert [(g.count, g.kind) for g in entry.instance_group] == [(2, KIND.KIND_CPU)]
 
 
 @pytest.mark.unit
 def test_the_bundle_travels_with_the_repository(
     exported: tuple[str, Path], exportable_bundle: Path
 ):
-    """The head's copy of the bundle opens with every checksum, holds the registered bank, and
-    records the encoder file Triton loads (the head checks that file against it): the bundle's
+    """The entry's copy of the bundle opens with every checksum, holds the registered bank, and
+    records the encoder file Triton loads (the entry checks that file against it): the bundle's
     encoder.onnx, or the recorded plan's bytes."""
     backend, repository = exported
-    copy = Bundle.open(repository / HEAD / BUNDLE_COPY, check_files=True)
+    copy = Bundle.open(repository / ENTRY / BUNDLE_COPY, check_files=True)
     assert read_manifest(copy.path) == read_manifest(exportable_bundle)
     assert (
         copy.reference_path("candle").read_bytes()
@@ -215,15 +191,15 @@ def test_the_bundle_travels_with_the_repository(
 
 @pytest.mark.unit
 @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
-def test_the_head_takes_the_exported_encoder_file_and_no_other(
+def test_the_entry_takes_the_exported_encoder_file_and_no_other(
     exportable_bundle: Path, tmp_path: Path, backend: str
 ) -> None:
-    """The head's load-time check (``check_encoder_file``) against the bundle copy: the file
+    """The entry's load-time check (``check_encoder_file``) against the bundle copy: the file
     as exported passes; one byte changed (a new file: the exported one is hard-linked to the
     bundle's) is refused."""
     out = tmp_path / "repo"
     export_triton(exportable_bundle, out, backend)
-    copy = Bundle.open(out / HEAD / BUNDLE_COPY)
+    copy = Bundle.open(out / ENTRY / BUNDLE_COPY)
     check_encoder_file(out, copy)
     served = out / ENCODER / VERSION / ENCODER_FILES[backend]
     data = bytearray(served.read_bytes())

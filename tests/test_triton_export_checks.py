@@ -15,7 +15,7 @@ import pytest
 from inctrl_export.cli import main
 from inctrl_export.triton import export_triton
 from inctrl_runtime.errors import BundleError, InputError
-from inctrl_runtime.triton.names import ENCODER, HEAD, VERSION
+from inctrl_runtime.triton.names import ENCODER, ENTRY, VERSION
 
 from helpers import (
     PLAN_BYTES,
@@ -143,10 +143,10 @@ def test_the_command_writes_and_replaces_only_with_force(exportable_bundle: Path
                      "--region-fpr", "0.5")  # fmt: skip
     assert first.code == 0, first.err
     assert f"wrote {out}: the onnxruntime encoder, on the CPU" in first.err
-    head = read_triton_configs(out)[HEAD]
-    assert head.parameters["categories"].string_value == "candle"
-    assert head.parameters["fpr"].string_value == "0.01"
-    assert head.parameters["region_fpr"].string_value == "0.5"
+    entry = read_triton_configs(out)[ENTRY]
+    assert entry.parameters["categories"].string_value == "candle"
+    assert entry.parameters["fpr"].string_value == "0.01"
+    assert entry.parameters["region_fpr"].string_value == "0.5"
     again = run_main(main, "triton", exportable_bundle, "--out", out, "--backend", "python")
     again.assert_refused(str(out), "--force")
     assert read_triton_configs(out)[ENCODER].platform == "onnxruntime_onnx"

@@ -1,9 +1,10 @@
 """The Triton repository of a bundle without a server: every config.pbtxt parses with Triton's
 own ``ModelConfig`` and is wired with the ONNX graphs' names; the writer's layout, refusals
 and bundle copy; and the python models' stages run on numpy, opened from the written configs
-as Triton opens them (scores, decisions and regions equal ``Detector.results``', rows grouped
-by category, bad requests refused alone, banks read again when registered anew, the encoder
-file checked)."""
+as Triton opens them, the entry calling the python encoder's stage where the server would call
+the encoder model (scores, decisions, regions and tiles equal ``Detector.results``', rows
+grouped by category, bad requests refused alone, banks read again when registered anew, the
+encoder file checked)."""
 
 from __future__ import annotations
 
@@ -23,37 +24,26 @@ from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256
 from inctrl_runtime.manifest import read_manifest
 from inctrl_runtime.tiling import Tiling
-from inctrl_runtime.triton.client import record_of
 from inctrl_runtime.triton.configs import encoder_config
-from inctrl_runtime.triton.head_stage import HeadStage
+from inctrl_runtime.triton.entry import EntryStage
 from inctrl_runtime.triton.names import (
     BUNDLE_COPY,
     CONFIG,
     ENCODER,
-    ENSEMBLE,
+    ENTRY,
     FRAME_SIZE,
-    HEAD,
-    HEAD_OUTPUTS,
     IMAGE,
     MODELS,
     OUTPUTS,
-    PIXELS,
-    PREPROCESS,
     PYTHON_MODEL,
     VERSION,
 )
 from inctrl_runtime.triton.names import (
     CATEGORY as CATEGORY_INPUT,
 )
-from inctrl_runtime.triton.region_codec import frame_sizes
 from inctrl_runtime.triton.repository import write_repository
-from inctrl_runtime.triton.stages import (
-    EncoderStage,
-    ModelArgs,
-    PreprocessStage,
-    concatenate,
-    split,
-)
+from inctrl_runtime.triton.stages import EncoderStage, ModelArgs, concatenate, split
+from inctrl_runtime.triton.wire import record_of
 
 from helpers import (
     BUNDLE_CATEGORIES,
@@ -118,43 +108,55 @@ def tensors(entries) -> dict[str, list[int]]:
 def test_configs_parse_and_are_wired_with_the_graphs(repository, served_bundle):
     configs = {model: parse(repository / model / CONFIG) for model in MODELS}
     encoder_in, encoder_out = onnx_signature(served_bundle / "encoder.onnx")
-    head_in, head_out = onnx_signature(served_bundle / "head.onnx")
     assert tensors(configs[ENCODER].input) == encoder_in
     assert tensors(configs[ENCODER].output) == encoder_out
-    assert tensors(configs[PREPROCESS].output) == {PIXELS: encoder_in["image"], FRAME_SIZE: [2]}
-    features = {k: v for k, v in head_in.items() if k in encoder_out}
-    assert features == encoder_out
-    assert tensors(configs[HEAD].input) == {**features, FRAME_SIZE: [2], CATEGORY_INPUT: [1]}
-    assert {k: tensors(configs[HEAD].output)[k] for k in head_out} == {
-        k: v or [1] for k, v in head_out.items()
-    }
-    assert [t.name for t in configs[ENSEMBLE].output] == list(OUTPUTS)
-    assert [t.name for t in configs[HEAD].output] == list(HEAD_OUTPUTS)
+    assert tensors(configs[ENTRY].input) == {IMAGE: [1], CATEGORY_INPUT: [1]}
+    assert [t.name for t in configs[ENTRY].output] == list(OUTPUTS)
     from tritonclient.grpc.model_config_pb2 import DataType
 
-    types = {t.name: DataType.Name(t.data_type) for t in configs[ENSEMBLE].output}
-    assert types[FRAME_SIZE] == "TYPE_INT32" and types["regions"] == "TYPE_STRING"
+    entry = configs[ENTRY]
+    types = {t.name: DataType.Name(t.data_type) for t in entry.output}
+    assert types[FRAME_SIZE] == types["decisive_tile"] == "TYPE_INT32"
+    assert types["regions"] == types["tiling"] == "TYPE_STRING"
     assert types["inspected_fraction"] == types["region_threshold"] == "TYPE_FP32"
-    # each step reads tensors the ensemble has by then, by its model's own input names
-    available = {t.name for t in configs[ENSEMBLE].input}
-    for step in configs[ENSEMBLE].ensemble_scheduling.step:
-        model = configs[step.model_name]
-        assert set(step.input_map) == {t.name for t in model.input}, step.model_name
-        assert set(step.input_map.values()) <= available, step.model_name
-        assert set(step.output_map) <= {t.name for t in model.output}, step.model_name
-        available |= set(step.output_map.values())
-    assert set(OUTPUTS) <= available
-    for model in (PREPROCESS, ENCODER, HEAD):
+    assert tensors(entry.output)["patch_residual_map"] == [-1]  # P values, or a tiled T * P
+    for model in MODELS:
         config = configs[model]
         assert config.backend == "python" and config.max_batch_size == 32
         assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
         assert config.dynamic_batching.max_queue_delay_microseconds > 0
-        source = resources.files("inctrl_runtime.triton.models") / f"{model.split('_')[1]}.py"
+        source = resources.files("inctrl_runtime.triton.models") / (
+            "entry.py" if model == ENTRY else "encoder.py"
+        )
         assert (repository / model / VERSION / PYTHON_MODEL).read_text() == source.read_text()
-    assert configs[HEAD].parameters["bundle"].string_value == str(served_bundle.resolve())
-    assert configs[HEAD].parameters["categories"].string_value == ",".join(BUNDLE_CATEGORIES)
-    rates = {key: configs[HEAD].parameters[key].string_value for key in ("fpr", "region_fpr")}
+    assert entry.parameters["bundle"].string_value == str(served_bundle.resolve())
+    assert entry.parameters["categories"].string_value == ",".join(BUNDLE_CATEGORIES)
+    rates = {key: entry.parameters[key].string_value for key in ("fpr", "region_fpr")}
     assert rates == {"fpr": repr(TRITON_FPR), "region_fpr": repr(TRITON_FPR)}  # regions: fpr
+
+
+def local_encoder(repository: Path):
+    """What the entry model's ``bls_encoder`` is on a server, without one: a function that
+    runs the repository's python encoder model (its stage, opened as Triton opens it) in
+    batches of at most its ``max_batch``."""
+
+    def encoder(bundle: Bundle, max_batch: int):
+        stage = EncoderStage.open(load_args(repository, ENCODER))
+
+        def encode(pixels: np.ndarray) -> dict[str, np.ndarray]:
+            parts = [stage.run([{"image": pixels[i : i + max_batch]}])[0]
+                     for i in range(0, len(pixels), max_batch)]  # fmt: skip
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+        return encode
+
+    return encoder
+
+
+def open_entry(repository: Path, encoder_repository: Path | None = None) -> EntryStage:
+    """The entry model's stage, opened as Triton opens it, its encoder ``local_encoder``'s."""
+    encoder = local_encoder(encoder_repository or repository)
+    return EntryStage.open(load_args(repository, ENTRY), encoder)
 
 
 def test_onnxruntime_and_tensorrt_encoders(served_bundle, tmp_path):
@@ -164,11 +166,12 @@ def test_onnxruntime_and_tensorrt_encoders(served_bundle, tmp_path):
     model = repository / ENCODER / VERSION / "model.onnx"
     assert model.read_bytes() == (served_bundle / "encoder.onnx").read_bytes()
     assert not (repository / ENCODER / VERSION / PYTHON_MODEL).exists()
-    HeadStage.open(load_args(repository, HEAD)).close()  # the head accepts the bundle's encoder
+    python = write_repository(served_bundle, tmp_path / "python")  # its encoder runs here
+    open_entry(repository, python).close()  # the entry accepts the bundle's encoder
     model.unlink()
     model.write_bytes(b"another model")
     with pytest.raises(BundleError, match="model.onnx: its sha256 is not the bundle manifest's"):
-        HeadStage.open(load_args(repository, HEAD))
+        open_entry(repository, python)
     bundle = Bundle.open(served_bundle)
     plan = encoder_config(bundle, "tensorrt", 16, 2)
     path = tmp_path / "plan.pbtxt"
@@ -186,8 +189,9 @@ def test_the_head_checks_a_plan_against_the_manifests_builds(served_bundle, tmp_
     plan.write_bytes(b"a serialized engine")
     repository = write_repository(bundle, tmp_path / "r", encoder="tensorrt", encoder_file=plan)
     assert (repository / ENCODER / VERSION / "model.plan").read_bytes() == plan.read_bytes()
+    python = write_repository(bundle, tmp_path / "python")
     with pytest.raises(BundleError, match="model.plan: its sha256 is not the bundle manifest's"):
-        HeadStage.open(load_args(repository, HEAD))  # the bundle records no such build
+        open_entry(repository, python)  # the bundle records no such build
     record = {"file": "engines/encoder.plan", "sha256": file_sha256(plan), "bytes": 19,
               "build_seconds": 1.0, "profiles": {}}  # fmt: skip
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -197,7 +201,7 @@ def test_the_head_checks_a_plan_against_the_manifests_builds(served_bundle, tmp_
         "plans": {"encoder": record},
     }}  # fmt: skip
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    HeadStage.open(load_args(repository, HEAD)).close()
+    open_entry(repository, python).close()
 
 
 def test_the_writer_refuses_and_leaves_nothing(served_bundle, tmp_path):
@@ -227,12 +231,13 @@ def test_a_copied_bundle_travels_with_the_repository(served_bundle, tiny_bundle,
     repository = write_repository(
         served_bundle, tmp_path / "r", categories=[CATEGORY], copy_bundle=True
     )
-    copy = repository / HEAD / BUNDLE_COPY
+    copy = repository / ENTRY / BUNDLE_COPY
     assert read_manifest(copy) == read_manifest(served_bundle)
     assert [p.name for p in (copy / "references").iterdir()] == [f"{CATEGORY}.npz"]
-    args = ModelArgs.parse(load_args(repository, HEAD))
-    assert args.parameters["bundle"] == f"{HEAD}/{BUNDLE_COPY}"
+    args = ModelArgs.parse(load_args(repository, ENTRY))
+    assert args.parameters["bundle"] == f"{ENTRY}/{BUNDLE_COPY}"
     assert args.bundle().path == copy and args.categories == (CATEGORY,) and args.threads is None
+    assert args.max_batch == 32
     unregistered = Path(shutil.copytree(tiny_bundle, tmp_path / "bare"))
     with pytest.raises(InputError, match=f"category '{CATEGORY}' is not registered"):
         write_repository(unregistered, tmp_path / "r2", categories=[CATEGORY])
@@ -246,82 +251,87 @@ def test_concatenate_and_split_keep_each_requests_rows():
         assert np.array_equal(request["x"], answer["x"])
 
 
-def rows_of(images: list[bytes]) -> np.ndarray:
-    return np.array(images, dtype=object).reshape(-1, 1)
+def rows_of(items: list[bytes]) -> np.ndarray:
+    return np.array(items, dtype=object).reshape(-1, 1)
 
 
-def test_stages_score_as_the_detector_and_refuse_requests_alone(repository, served_bundle):
-    preprocess = PreprocessStage.open(load_args(repository, PREPROCESS))
-    encoder = EncoderStage.open(load_args(repository, ENCODER))
-    head = HeadStage.open(load_args(repository, HEAD))
+def request(files: list[bytes], categories: list[str | bytes]) -> dict[str, np.ndarray]:
+    names = [c.encode() if isinstance(c, str) else c for c in categories]
+    return {IMAGE: rows_of(files), CATEGORY_INPUT: rows_of(names)}
+
+
+def assert_answers(answer, detector: Detector, images, categories, fpr: float) -> None:
+    """Each row of an entry answer, read as the client reads it, is ``Detector.results``'
+    record of its image."""
+    assert set(answer) == set(OUTPUTS)
+    for row, (image, category) in enumerate(zip(images, categories, strict=True)):
+        want = detector.results(category, [image], fpr=fpr)[0].record()
+        mine = {name: array[row : row + 1] for name, array in answer.items()}
+        got = record_of(want["image"], mine.__getitem__)
+        assert_same_records([got], [want])
+        calibrated = detector.registered(category).calibration is not None
+        assert (got["threshold"] is not None) == (got["regions"] is not None) == calibrated
+
+
+def test_the_entry_scores_as_the_detector_and_refuses_requests_alone(served_bundle, tmp_path):
+    bundle = Path(shutil.copytree(served_bundle, tmp_path / "bundle"))
+    tiled, frame = OTHER, (300, 520)  # registered anew, tiled
+    detector = Detector.open(bundle)
+    detector.register(tiled, random_images(2, seed=71, size=frame), tiling=Tiling(1, 2))
+    detector.calibrate(tiled, random_images(12, seed=72, size=frame))
+    repository = write_repository(bundle, tmp_path / "r", threads=1, fpr=TRITON_FPR)
+    entry = open_entry(repository)
     images = random_images(5, seed=70, size=VARIED_SIZES)
-    files = [png_bytes(image) for image in images]
-    requests = [
-        {IMAGE: rows_of(files[:2])},
-        {IMAGE: rows_of([b"junk"])},
-        {IMAGE: rows_of(files[2:])},
-    ]
-    made = preprocess.run(requests)
-    assert isinstance(made[1], InputError) and "not a readable image" in str(made[1])
-    frames = [made[0][FRAME_SIZE], made[2][FRAME_SIZE]]
-    assert [list(frame) for part in frames for frame in part] == [
-        [w, h] for h, w, _ in (image.shape for image in images)
-    ]
-    good = [{"image": made[0][PIXELS]}, {"image": made[2][PIXELS]}]  # the ensemble's map
-    encoded = encoder.run(good)
-    features = [{**f, FRAME_SIZE: frame} for f, frame in zip(encoded, frames, strict=True)]
-    assert [len(f["patches"]) for f in features] == [2, 3]
-    names = [[CATEGORY, OTHER], [OTHER, CATEGORY, CATEGORY]]
-    asked = [
-        {**features[0], CATEGORY_INPUT: rows_of([n.encode() for n in names[0]])},
-        {**features[1], CATEGORY_INPUT: rows_of([b"nope"] * 3)},
-        {**features[1], CATEGORY_INPUT: rows_of([n.encode() for n in names[1]])},
-        {**features[0], CATEGORY_INPUT: rows_of([b"\xff\xfe", CATEGORY.encode()])},
-    ]
-    answers = head.run(asked)
-    assert "category 'nope' has no text prior" in str(answers[1])
-    assert "not utf-8" in str(answers[3])
-    detector = Detector.open(served_bundle)
-    order = [(answers[0], 0, images[:2], names[0]), (answers[2], 1, images[2:], names[1])]
-    for answer, request, queries, categories in order:
-        assert set(answer) == set(HEAD_OUTPUTS)
-        outputs = {**answer, FRAME_SIZE: frames[request]}  # the ensemble's output
-        for row, (image, category) in enumerate(zip(queries, categories, strict=True)):
-            want = detector.results(category, [image], fpr=head.fpr)[0].record()
-            mine = {name: array[row : row + 1] for name, array in outputs.items()}
-            got = record_of(want["image"], mine.__getitem__)
-            assert_same_records([got], [want])
-            calibrated = category == CATEGORY  # decisions and regions at the rates served
-            assert (got["threshold"] is not None) == (got["regions"] is not None) == calibrated
-    for stage in (preprocess, encoder, head):
-        stage.close()
+    frames = random_images(3, seed=73, size=frame)
+    files, framed = [png_bytes(i) for i in images], [png_bytes(i) for i in frames]
+    names = [[CATEGORY, CATEGORY], [CATEGORY, CATEGORY, CATEGORY]]
+    answers = entry.run([
+        request(files[:2], names[0]),
+        request([b"junk"], [CATEGORY]),
+        request(files[2:], names[1]),
+        request(files[:1], ["nope"]),
+        request(files[:1], [b"\xff\xfe"]),
+        request(framed, [tiled] * 3),
+        request(files[:1], [tiled]),  # not the tiled bank's frame size
+        request([framed[0], files[0]], [tiled, CATEGORY]),  # a tiled and a whole map
+        request(files[:2], [CATEGORY]),  # two images, one category
+    ])  # fmt: skip
+    assert "not a readable image" in str(answers[1])
+    assert "category 'nope' has no text prior" in str(answers[3])
+    assert "not utf-8" in str(answers[4])
+    assert "a 240 x 240 frame; its tiles are compared with" in str(answers[6])
+    assert "scored with different tilings" in str(answers[7])
+    assert "names 1 categories: give one category per image" in str(answers[8])
+    assert_answers(answers[0], detector, images[:2], names[0], entry.fpr)
+    assert_answers(answers[2], detector, images[2:], names[1], entry.fpr)
+    assert_answers(answers[5], detector, frames, [tiled] * 3, entry.fpr)
+    assert (
+        answers[5]["patch_residual_map"].shape[1] == 2 * answers[0]["patch_residual_map"].shape[1]
+    )
+    assert answers[5]["decisive_tile"].min() >= 0 and (answers[0]["decisive_tile"] == -1).all()
+    entry.close()
 
 
-def test_the_head_serves_a_bank_registered_anew(repository, served_bundle, tmp_path):
+def test_the_entry_serves_a_bank_registered_anew(repository, served_bundle, tmp_path):
     bundle = Path(shutil.copytree(served_bundle, tmp_path / "bundle"))
     detector = Detector.open(bundle)
     image = random_images(1, seed=80)
-    features = detector.encode(detector.pixels(image))
-    head = HeadStage(detector.bundle, detector.head_engine, 0.1)
-    frame = frame_sizes([image[0].shape[1::-1]])
-    request = {**features, FRAME_SIZE: frame, CATEGORY_INPUT: rows_of([OTHER.encode()])}
-    before = head.run([request])[0]["score"]
+    entry = EntryStage(detector.bundle, detector.head_engine, detector.encode, 0.1)
+    asked = request([png_bytes(image[0])], [OTHER])
+    before = entry.run([asked])[0]["score"]
     detector.register(OTHER, random_images(3, seed=81))
-    after = head.run([request])[0]["score"]
+    after = entry.run([asked])[0]["score"]
     assert abs(float(after[0, 0]) - float(before[0, 0])) > 1e-6
     assert abs(float(after[0, 0]) - detector.results(OTHER, image)[0].score) <= 1e-6
-    detector.register(OTHER, random_images(2, seed=82, size=(300, 520)), tiling=Tiling(1, 2))
-    (answer,) = head.run([request])  # a tiled category is not served (yet): refused, not wrong
-    assert isinstance(answer, InputError) and "registered with 1x2 tiles" in str(answer)
-    with pytest.raises(InputError, match="does not serve yet"):
-        write_repository(bundle, tmp_path / "tiled", categories=[OTHER])
-    with pytest.raises(InputError, match="name the categories to serve with --category"):
-        write_repository(bundle, tmp_path / "all", copy_bundle=True)  # every registered one
+    frames = random_images(2, seed=82, size=(300, 520))
+    detector.register(OTHER, frames[:1], tiling=Tiling(1, 2))  # served tiled from now on
+    (answer,) = entry.run([request([png_bytes(frames[1])], [OTHER])])
+    assert abs(float(answer["score"][0, 0]) - detector.results(OTHER, frames[1:])[0].score) <= 1e-6
     (bundle / "references" / f"{OTHER}.npz").unlink()
-    (answer,) = head.run([request])
+    (answer,) = entry.run([asked])
     assert f"category '{OTHER}' is not registered" in str(answer)
-    hostile = {**features, FRAME_SIZE: frame, CATEGORY_INPUT: rows_of([b"a\n\x1b[31mb"])}
-    (answer,) = head.run([hostile])  # a served error quotes the name escaped, command included
+    hostile = request([png_bytes(image[0])], [b"a\n\x1b[31mb"])
+    (answer,) = entry.run([hostile])  # a served error quotes the name escaped, command included
     assert isinstance(answer, InputError) and str(answer).isprintable(), str(answer)
     assert "--category a\\n\\x1b[31mb" in str(answer)
 
@@ -352,7 +362,7 @@ def test_each_model_hashes_only_what_it_reads(served_bundle, tmp_path):
     data = bytearray((bundle / "encoder.onnx").read_bytes())
     data[len(data) // 2] ^= 1  # the same size, another sha256
     (bundle / "encoder.onnx").write_bytes(bytes(data))
-    PreprocessStage.open(load_args(repository, PREPROCESS)).close()  # reads the manifest
-    HeadStage.open(load_args(repository, HEAD)).close()  # reads head.onnx and priors.json
+    entry = EntryStage.open(load_args(repository, ENTRY), lambda bundle, size: None)
+    entry.close()  # reads the manifest, head.onnx and priors.json
     with pytest.raises(BundleError, match="encoder.onnx: sha256 differs"):
         EncoderStage.open(load_args(repository, ENCODER))

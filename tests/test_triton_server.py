@@ -29,12 +29,15 @@ import numpy as np
 import pytest
 
 from inctrl_runtime.cli import main as inctrl_run
+from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.triton.client import TritonClient, record_of
+from inctrl_runtime.tiling import Tiling
+from inctrl_runtime.triton.client import TritonClient
 from inctrl_runtime.triton.names import CATEGORY as CATEGORY_INPUT
-from inctrl_runtime.triton.names import ENCODER, ENSEMBLE, IMAGE, OUTPUTS
+from inctrl_runtime.triton.names import ENCODER, ENTRY, IMAGE, OUTPUTS
 from inctrl_runtime.triton.repository import write_repository
 from inctrl_runtime.triton.server import PYTHON_ENVS, SHARED_MEMORY, TritonServer
+from inctrl_runtime.triton.wire import record_of
 
 from helpers import (
     BUNDLE_CATEGORIES,
@@ -72,10 +75,10 @@ def infer(url: str, images: list[bytes], categories: list[str]) -> dict[str, np.
         inputs.append(tensor)
     if scheme == "http":
         client = module.InferenceServerClient(address, network_timeout=TIMEOUT_S)
-        result = client.infer(ENSEMBLE, inputs)
+        result = client.infer(ENTRY, inputs)
     else:
         client = module.InferenceServerClient(address)
-        result = client.infer(ENSEMBLE, inputs, client_timeout=TIMEOUT_S)
+        result = client.infer(ENTRY, inputs, client_timeout=TIMEOUT_S)
     client.close()
     return {name: result.as_numpy(name) for name in OUTPUTS}
 
@@ -167,6 +170,45 @@ def test_regions_are_inctrl_run_scores_for_two_calibrated_categories(tiny_bundle
     refused.assert_refused("--region-fpr must be a rate")
 
 
+def test_a_tiled_category_is_served_as_inctrl_run_scores_it(tiny_bundle, tmp_path):
+    """A category registered and calibrated with 1x2 tiles on 520 x 300 frames, served: each
+    frame's record (its tiles reduced to the frame, the deciding tile, the tiling, the
+    stitched map's regions) is ``inctrl-run score --json``'s, the encoder runs every frame's
+    2 tiles (called from the entry model), a whole category is served beside it, and a frame
+    of another size is refused alone, in one line."""
+    require_serving()
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    register_served(bundle, categories=(OTHER,), calibrated=())
+    frame = (300, 520)
+    detector = Detector.open(bundle)
+    detector.register(CATEGORY, random_images(2, seed=120, size=frame), tiling=Tiling(1, 2))
+    detector.calibrate(CATEGORY, random_images(12, seed=121, size=frame))
+    detector.close()
+    frames = [tmp_path / f"frame{i}.png" for i in range(3)]
+    for file, image in zip(frames, random_images(3, seed=122, size=frame), strict=True):
+        file.write_bytes(png_bytes(image))
+    other = query_files(tmp_path / "whole", count=2, seed=123)
+    exact = ("--region-fpr", REGION_FPR, "--batch-size", 1, "--threads", 1)
+    with serve_bundle(bundle, tmp_path / "repository", region_fpr=REGION_FPR) as served:
+        client = TritonClient(served.grpc_url)
+        before = encoder_batches(served.http_url)
+        got = client.records(CATEGORY, frames)
+        after = encoder_batches(served.http_url)
+        want = cli_records(bundle, CATEGORY, frames, TRITON_FPR, *exact)
+        assert_same_records(got, want)
+        assert all((r["tiling"]["rows"], r["tiling"]["columns"]) == (1, 2) for r in got)
+        assert [r["decisive_tile"] for r in got] == [r["decisive_tile"] for r in want]
+        assert all(r["inspected_fraction"] == 1.0 and r["regions"] is not None for r in got)
+        encoded = sum(size * (after.get(size, 0) - before.get(size, 0)) for size in after)
+        assert encoded == 2 * len(frames)
+        whole = client.records(OTHER, other)
+        assert_same_records(whole, cli_records(bundle, OTHER, other, TRITON_FPR))
+        assert all(r["tiling"] is None and r["decisive_tile"] is None for r in whole)
+        message = refusal(served.http_url, other[0].read_bytes(), CATEGORY)
+        assert "its tiles are compared with" in message and "\n" not in message, message
+        assert_same_records(client.records(CATEGORY, frames[:1]), want[:1])
+
+
 def encoder_batches(url: str) -> dict[int, int]:
     """Executed batch size -> count of the encoder's executions (Triton's statistics)."""
     import tritonclient.http
@@ -182,8 +224,6 @@ def encoder_batches(url: str) -> dict[int, int]:
 
 
 def test_concurrent_requests_of_both_categories_batch_in_the_encoder(triton_server, tmp_path):
-    from inctrl_runtime.detector import Detector
-
     images = random_images(16, seed=50, size=VARIED_SIZES)
     categories = [BUNDLE_CATEGORIES[i % 2] for i in range(len(images))]
     detector = Detector.open(triton_server.bundle)
@@ -292,7 +332,7 @@ def test_a_killed_server_leaves_no_shared_memory(tiny_bundle, tmp_path):
     server = TritonServer(write_repository(bundle, tmp_path / "repository", threads=1))
     with server:
         regions = list(SHARED_MEMORY.glob(f"{server.shm_prefix}*"))
-        assert len(regions) >= 3  # one a stub: preprocess, encoder, head
+        assert len(regions) >= 2  # one a stub: the entry, the encoder
         server.stop(timeout=0)
     assert not [region for region in regions if region.exists()]
     assert set(glob.glob(PYTHON_ENVS)) <= envs

@@ -21,7 +21,7 @@ from inctrl_runtime.console import RegionFpr, say, status
 from inctrl_runtime.decisions import DEFAULT_FPR
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.triton.configs import DEFAULT_MAX_BATCH
-from inctrl_runtime.triton.names import CATEGORY, ENSEMBLE, IMAGE
+from inctrl_runtime.triton.names import CATEGORY, ENTRY, IMAGE
 
 
 def run_serve(
@@ -84,7 +84,7 @@ def _print_endpoints(server, bundle: Path, waited: float) -> None:
         f"  gRPC     {server.grpc_url}",
         f"  metrics  {server.metrics_url}",
         f"  repository {server.repository} (removed when it stops)",
-        f"  model    {ENSEMBLE} (inputs {IMAGE}: the image file's bytes, {CATEGORY}: its name)",
+        f"  model    {ENTRY} (inputs {IMAGE}: the image file's bytes, {CATEGORY}: its name)",
         f"  registered categories: {served} (of {', '.join(checked.categories)})",
         f"add one while it runs: inctrl-run register {bundle} --category C --shot IMG ...",
         f"score: inctrl-run client {server.http_url} --category C IMG ...",

@@ -3,14 +3,19 @@
 ``python_model(open_stage)`` makes the ``TritonPythonModel`` class a model.py defines: the
 stage opens in ``initialize`` (a bundle that fails its checks fails the model's load, with the
 runtime's one line in the server's log), and ``execute`` answers every request of the batch,
-a refused one with a ``TritonError`` holding the runtime's one-line message.
+a refused one with a ``TritonError`` holding the runtime's one-line message. ``bls_encoder``
+runs the repository's encoder model from another model (business-logic scripting).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from inctrl_runtime.triton.stages import Stage
+import numpy as np
+
+from inctrl_runtime.bundle import Bundle
+from inctrl_runtime.triton.names import ENCODER
+from inctrl_runtime.triton.stages import Feeds, Stage
 
 
 def python_model(open_stage: Callable[[Mapping[str, str]], Stage]) -> type:
@@ -42,3 +47,32 @@ def python_model(open_stage: Callable[[Mapping[str, str]], Stage]) -> type:
             self.stage.close()
 
     return TritonPythonModel
+
+
+def bls_encoder(bundle: Bundle, max_batch: int) -> Callable[[np.ndarray], Feeds]:
+    """A function that runs the repository's encoder model (``inctrl_encoder``) on N x 3 x S x S
+    pixels through the server, in requests of at most ``max_batch`` rows (its
+    ``max_batch_size``), each a batch its dynamic batcher may merge with other models' calls;
+    an encoder that fails raises its error. Only the python backend's stub can call it."""
+    import triton_python_backend_utils as pb_utils
+
+    graph = bundle.graphs["encoder"]
+    (pixels_name,) = (spec.name for spec in graph.inputs)
+    names = [spec.name for spec in graph.outputs]
+
+    def encode(pixels: np.ndarray) -> Feeds:
+        parts = []
+        for start in range(0, len(pixels), max_batch):
+            request = pb_utils.InferenceRequest(
+                model_name=ENCODER,
+                inputs=[pb_utils.Tensor(pixels_name, pixels[start : start + max_batch])],
+                requested_output_names=names,
+            )
+            response = request.exec()
+            if response.has_error():
+                raise RuntimeError(f"{ENCODER}: {response.error().message()}")
+            parts.append({n: pb_utils.get_output_tensor_by_name(response, n).as_numpy()
+                          for n in names})  # fmt: skip
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+    return encode

@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +28,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from inctrl_runtime.decisions import decoded_decision
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, image_sequence, load_image
-from inctrl_runtime.results import SCALAR_FIELDS, score_record
-from inctrl_runtime.triton.names import CATEGORY, ENSEMBLE, IMAGE, OUTPUTS
-from inctrl_runtime.triton.region_codec import decoded_regions
+from inctrl_runtime.triton.names import CATEGORY, ENTRY, IMAGE, OUTPUTS
+from inctrl_runtime.triton.wire import record_of
 
 # Triton's own default ports, for a URL that names none.
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
@@ -108,17 +106,6 @@ def parse_url(url: str) -> tuple[str, str]:
     return protocol, f"{parts.hostname}:{port or DEFAULT_PORTS[protocol]}"
 
 
-def record_of(image: str, output: Callable[[str], np.ndarray]) -> dict:
-    """The record ``Result.record()`` makes, from the entry point's outputs for one image
-    (``output(name)``), the decisions and the region fields read by their codecs
-    (``decisions.decoded_decision``: a NaN p-value is an uncalibrated category, a NaN threshold
-    a calibration too small for the rate asked; ``region_codec.decoded_regions``)."""
-    arrays = {name: output(name) for name in OUTPUTS}
-    values = {name: arrays[name].reshape(-1)[0] for name in SCALAR_FIELDS}
-    values |= decoded_decision(arrays, 0) | decoded_regions(arrays, 0)
-    return score_record(image, {**values, "patch_residual_map": arrays["patch_residual_map"]})
-
-
 def _batch_size(batch: dict) -> int:
     return int(batch["batch_size"])
 
@@ -183,7 +170,7 @@ class TritonClient:
         """Whether a server answers at the URL and its entry point is ready."""
         try:
             with self._connection() as connection:
-                return bool(connection.is_model_ready(ENSEMBLE))
+                return bool(connection.is_model_ready(ENTRY))
         except InputError:
             return False
 
@@ -191,9 +178,9 @@ class TritonClient:
         """Raise the one line that says why the entry point cannot answer: no server, or the
         model not loaded."""
         with self._connection() as connection:
-            if not connection.is_model_ready(ENSEMBLE):
+            if not connection.is_model_ready(ENTRY):
                 raise InputError(
-                    f"{self.url}: the server runs but its model {ENSEMBLE!r} is not ready (it "
+                    f"{self.url}: the server runs but its model {ENTRY!r} is not ready (it "
                     "may still be loading, or failed to load: see the server's log)"
                 )
 
@@ -287,6 +274,6 @@ class TritonClient:
             deadline = {"client_timeout": self.timeout_s}
         began = time.perf_counter()
         with self._answered(request.image):
-            result = connection.infer(ENSEMBLE, inputs, outputs=outputs, **deadline)
+            result = connection.infer(ENTRY, inputs, outputs=outputs, **deadline)
         latency = time.perf_counter() - began
         return Answer(record_of(request.image, result.as_numpy), latency)

@@ -16,17 +16,15 @@ from inctrl_runtime.decisions import ANOMALOUS
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.triton.names import (
     CATEGORY,
+    DECISIVE_TILE,
     ENCODER,
     ENCODERS,
-    ENSEMBLE,
+    ENTRY,
     FRAME_SIZE,
-    HEAD,
-    HEAD_OUTPUTS,
     IMAGE,
     OUTPUTS,
-    PIXELS,
-    PREPROCESS,
     REGIONS,
+    TILING,
 )
 
 DEFAULT_MAX_BATCH = 32
@@ -80,27 +78,21 @@ def model_config(
     max_batch: int,
     inputs: Sequence[TensorConfig],
     outputs: Sequence[TensorConfig],
-    instances: int | None = 1,
+    instances: int = 1,
     kind: str = "KIND_CPU",
     parameters: Mapping[str, object] | None = None,
-    scheduling: str | None = None,
 ) -> str:
-    """A model's config text; ``runtime`` is its ``backend: ...`` or ``platform: ...`` line,
-    ``instances`` None leaves out the instance group (an ensemble has none), ``scheduling``
-    replaces the dynamic batcher (an ensemble's steps)."""
+    """A model's config text; ``runtime`` is its ``backend: ...`` or ``platform: ...`` line;
+    every model has a dynamic batcher."""
     lines = [f'name: "{name}"', runtime, f"max_batch_size: {max_batch}"]
     lines += ["input [", ",\n".join(t.text() for t in inputs), "]"]
     lines += ["output [", ",\n".join(t.text() for t in outputs), "]"]
-    if scheduling is None:
-        sizes = ", ".join(str(s) for s in preferred_batch_sizes(max_batch))
-        lines.append(
-            f"dynamic_batching {{ preferred_batch_size: [ {sizes} ] "
-            f"max_queue_delay_microseconds: {QUEUE_DELAY_US} }}"
-        )
-    else:
-        lines.append(scheduling)
-    if instances is not None:
-        lines.append(f"instance_group [ {{ count: {instances} kind: {kind} }} ]")
+    sizes = ", ".join(str(s) for s in preferred_batch_sizes(max_batch))
+    lines.append(
+        f"dynamic_batching {{ preferred_batch_size: [ {sizes} ] "
+        f"max_queue_delay_microseconds: {QUEUE_DELAY_US} }}"
+    )
+    lines.append(f"instance_group [ {{ count: {instances} kind: {kind} }} ]")
     for key, value in (parameters or {}).items():
         lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     return "\n".join(lines) + "\n"
@@ -116,35 +108,24 @@ def encoder_tensors(bundle: Bundle) -> tuple[list[TensorConfig], list[TensorConf
     return inputs, outputs
 
 
-def output_tensors(bundle: Bundle, names: Sequence[str] = OUTPUTS) -> list[TensorConfig]:
-    """The entry point's outputs ``names``, as every model that makes or reads one declares
-    it: a float32 per image, but the patch map (P values), the decision (bool), the frame's
-    size (width and height, int32) and the regions (JSON text: ``region_codec``)."""
+def output_tensors() -> list[TensorConfig]:
+    """The entry point's outputs, a row per image: a float32 but the patch map (P values, a
+    tiled frame's T * P: variable), the decision (bool), the frame's size (width and height,
+    int32), the regions and the tiling (JSON text) and the deciding tile (int32): ``wire``."""
     others = {
-        "patch_residual_map": ("float32", (bundle.model.num_patches,)),
+        "patch_residual_map": ("float32", (-1,)),
         ANOMALOUS: ("bool", (1,)),
         FRAME_SIZE: ("int32", (2,)),
         REGIONS: ("bytes", (1,)),
+        TILING: ("bytes", (1,)),
+        DECISIVE_TILE: ("int32", (1,)),
     }
-    return [TensorConfig(name, *others.get(name, ("float32", (1,)))) for name in names]
+    return [TensorConfig(name, *others.get(name, ("float32", (1,)))) for name in OUTPUTS]
 
 
 def _text(name: str) -> TensorConfig:
     """One string a request row: the image file's bytes, or the category's utf-8 name."""
     return TensorConfig(name, "bytes", (1,))
-
-
-def preprocess_config(
-    bundle: Bundle, max_batch: int, instances: int, parameters: Mapping[str, object]
-) -> str:
-    """Image bytes -> the encoder's input (as ``pixels``), preprocessed by the runtime (python
-    backend), and the image's frame size."""
-    (encoder_input,) = encoder_tensors(bundle)[0]
-    pixels = TensorConfig(PIXELS, encoder_input.dtype, encoder_input.dims)
-    return model_config(
-        PREPROCESS, 'backend: "python"', max_batch, [_text(IMAGE)],
-        [pixels, *output_tensors(bundle, [FRAME_SIZE])], instances, parameters=parameters,
-    )  # fmt: skip
 
 
 def encoder_config(
@@ -166,37 +147,11 @@ def encoder_config(
     )
 
 
-def head_config(bundle: Bundle, max_batch: int, parameters: Mapping[str, object]) -> str:
-    """The encoder's outputs, the frame's size and the category -> every entry output but the
-    frame's size (python backend, one instance holding every category's bank)."""
-    inputs = [*encoder_tensors(bundle)[1], *output_tensors(bundle, [FRAME_SIZE]), _text(CATEGORY)]
+def entry_config(max_batch: int, instances: int, parameters: Mapping[str, object]) -> str:
+    """The entry point: image file bytes and a category -> every output (python backend,
+    ``instances`` instances, each holding the banks and the head; the encoder is called from
+    it: ``inctrl_runtime.triton.entry``)."""
     return model_config(
-        HEAD, 'backend: "python"', max_batch, inputs, output_tensors(bundle, HEAD_OUTPUTS), 1,
-        parameters=parameters,
+        ENTRY, 'backend: "python"', max_batch, [_text(IMAGE), _text(CATEGORY)],
+        output_tensors(), instances, parameters=parameters,
     )  # fmt: skip
-
-
-def ensemble_config(bundle: Bundle, max_batch: int) -> str:
-    """The entry point: preprocess -> encoder -> head, so that the encoder's dynamic batcher
-    merges the requests of every category; the preprocessing's frame size goes to the head and
-    out."""
-    features = [t.name for t in encoder_tensors(bundle)[1]]
-    (encoder_input,) = encoder_tensors(bundle)[0]
-    head_inputs = [*features, FRAME_SIZE, CATEGORY]
-    steps = [
-        _step(PREPROCESS, {IMAGE: IMAGE}, {PIXELS: PIXELS, FRAME_SIZE: FRAME_SIZE}),
-        _step(ENCODER, {encoder_input.name: PIXELS}, {name: name for name in features}),
-        _step(HEAD, {n: n for n in head_inputs}, {n: n for n in HEAD_OUTPUTS}),
-    ]
-    scheduling = "ensemble_scheduling { step [\n" + ",\n".join(steps) + "\n] }"
-    return model_config(
-        ENSEMBLE, 'platform: "ensemble"', max_batch, [_text(IMAGE), _text(CATEGORY)],
-        output_tensors(bundle), instances=None, scheduling=scheduling,
-    )  # fmt: skip
-
-
-def _step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str]) -> str:
-    """One ensemble step: the model's tensor names -> the ensemble's."""
-    maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
-    maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
-    return f'  {{ model_name: "{model}" model_version: -1 ' + " ".join(maps) + " }"

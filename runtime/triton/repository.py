@@ -1,16 +1,15 @@
 """Write a Triton model repository for a bundle (torch-free: ``inctrl-run serve`` writes one).
 
-    REPO/inctrl/             ensemble: image bytes + category -> scores, decisions, regions
-    REPO/inctrl_preprocess/  python: the runtime's preprocessing, and each image's frame size
+    REPO/inctrl/             python: image bytes + category -> scores, decisions, regions; the
+                             runtime's decoding and tiling, every category's bank, the head
+                             graph, and the encoder called through the server (BLS)
     REPO/inctrl_encoder/     python (the runtime's CPU engine), onnxruntime (model.onnx) or
                              tensorrt (model.plan): shared by every category, batched
-    REPO/inctrl_head/        python: every category's bank, the head graph, the decisions and
-                             the regions
-    REPO/inctrl_head/bundle/ with ``copy_bundle``: the bundle's checked files and banks
+    REPO/inctrl/bundle/      with ``copy_bundle``: the bundle's checked files and banks
 
 The python models find the bundle through their ``bundle`` parameter and check it when they
-load (the manifest, every file's size, and the sha256 of the files each reads); the head checks
-a model.onnx / model.plan against the manifest too. ``inctrl_export.triton`` writes the
+load (the manifest, every file's size, and the sha256 of the files each reads); the entry
+checks a model.onnx / model.plan against the manifest too. ``inctrl_export.triton`` writes the
 onnxruntime and tensorrt variants with it.
 """
 
@@ -32,30 +31,25 @@ from inctrl_runtime.triton.configs import (
     DEFAULT_MAX_BATCH,
     check_serving_sizes,
     encoder_config,
-    ensemble_config,
-    head_config,
-    preprocess_config,
+    entry_config,
 )
-from inctrl_runtime.triton.head_stage import check_served_whole
 from inctrl_runtime.triton.names import (
     BUNDLE_COPY,
     CONFIG,
     ENCODER,
     ENCODER_FILES,
-    ENSEMBLE,
-    HEAD,
+    ENTRY,
     PARAM_BUNDLE,
     PARAM_CATEGORIES,
     PARAM_FPR,
     PARAM_REGION_FPR,
     PARAM_THREADS,
-    PREPROCESS,
     PYTHON_MODEL,
     VERSION,
 )
 
 # Each python model's source in inctrl_runtime.triton.models.
-_SOURCES = {PREPROCESS: "preprocess.py", ENCODER: "encoder.py", HEAD: "head.py"}
+_SOURCES = {ENTRY: "entry.py", ENCODER: "encoder.py"}
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -80,8 +74,7 @@ def registered_categories(
             return categories
     for category in categories:
         bundle.prior(category)
-        check_served_whole(load_registered(bundle, category, then=" first"), category,
-                           "; name the categories to serve with --category")  # fmt: skip
+        load_registered(bundle, category, then=" first")
     return list(categories)
 
 
@@ -130,12 +123,12 @@ def write_repository(
             default the bundle's encoder.onnx, as model.onnx) or ``tensorrt`` (``encoder_file``,
             a plan of the bundle, as model.plan).
         max_batch: every model's ``max_batch_size``; instances: the encoder's and the
-            preprocessing's instance count.
-        categories: the categories the head loads at start, each registered (None: every
+            entry's instance count.
+        categories: the categories the entry loads at start, each registered (None: every
             registered one; others are read when a request first names them).
         fpr: the false-positive rate of the decisions.
         region_fpr: the rate of good parts that may get any region (None: ``fpr``).
-        copy_bundle: copy the bundle into ``inctrl_head/bundle`` (a repository that travels);
+        copy_bundle: copy the bundle into ``inctrl/bundle`` (a repository that travels);
             otherwise the models read the bundle where it is (its absolute path).
         threads: intra-op threads per engine instance (None: onnxruntime's default).
         overwrite: replace an existing non-empty ``out`` (refused otherwise).
@@ -152,7 +145,7 @@ def write_repository(
     target = Path(out)
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"{target}: exists and is not empty; name a new folder or remove it")
-    where = f"{HEAD}/{BUNDLE_COPY}" if copy_bundle else str(checked.path.resolve())
+    where = f"{ENTRY}/{BUNDLE_COPY}" if copy_bundle else str(checked.path.resolve())
     parameters = {
         PARAM_BUNDLE: where,
         PARAM_FPR: repr(float(fpr)),
@@ -162,14 +155,8 @@ def write_repository(
     with staging_folder(target) as staging:
         repository = staging / "repository"
         repository.mkdir()
-        write_model(repository, ENSEMBLE, ensemble_config(checked, max_batch))
-        write_model(
-            repository, PREPROCESS,
-            preprocess_config(checked, max_batch, instances, {PARAM_BUNDLE: where}),
-            _SOURCES[PREPROCESS],
-        )  # fmt: skip
-        head = {**parameters, PARAM_CATEGORIES: ",".join(serving)}
-        write_model(repository, HEAD, head_config(checked, max_batch, head), _SOURCES[HEAD])
+        entry = {**parameters, PARAM_CATEGORIES: ",".join(serving)}
+        write_model(repository, ENTRY, entry_config(max_batch, instances, entry), _SOURCES[ENTRY])
         python = encoder == "python"
         version = write_model(
             repository, ENCODER,
@@ -180,7 +167,7 @@ def write_repository(
             model = encoder_file or checked.graphs["encoder"].file
             link_or_copy(Path(model), version / ENCODER_FILES[encoder])
         if copy_bundle:
-            copy_bundle_into(checked, repository / HEAD / BUNDLE_COPY, serving)
+            copy_bundle_into(checked, repository / ENTRY / BUNDLE_COPY, serving)
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(repository, target)

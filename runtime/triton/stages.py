@@ -22,18 +22,13 @@ from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
 from inctrl_runtime.engines import Engine, check_signature
 from inctrl_runtime.engines.ort import OrtEngine, place
 from inctrl_runtime.errors import InputError
-from inctrl_runtime.preprocess import decode
 from inctrl_runtime.triton.names import (
-    FRAME_SIZE,
-    IMAGE,
     PARAM_BUNDLE,
     PARAM_CATEGORIES,
     PARAM_FPR,
     PARAM_REGION_FPR,
     PARAM_THREADS,
-    PIXELS,
 )
-from inctrl_runtime.triton.region_codec import frame_sizes
 
 Feeds = dict[str, np.ndarray]
 Reply = Feeds | InputError  # a stage's reply to one request: its outputs, or why it is refused
@@ -55,13 +50,14 @@ class ModelArgs:
 
     folder: Path  # <repository>/<model>
     parameters: dict[str, str]
+    max_batch: int  # the model's max_batch_size
 
     @classmethod
     def parse(cls, args: Mapping[str, str]) -> ModelArgs:
         """From ``TritonPythonModel.initialize``'s ``args`` (the config as JSON)."""
         config = json.loads(args["model_config"])
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        return cls(Path(args["model_repository"]), parameters)
+        return cls(Path(args["model_repository"]), parameters, int(config["max_batch_size"]))
 
     @property
     def root(self) -> Path:
@@ -128,42 +124,6 @@ def texts(column: np.ndarray, what: str) -> list[str]:
         return [bytes(item).decode("utf-8") for item in column.reshape(-1)]
     except UnicodeDecodeError:
         raise InputError(f"the {what} is not utf-8 text") from None
-
-
-class PreprocessStage:
-    """Encoded image files -> the encoder's input, preprocessed as the bundle says (the size
-    guard and the one-line errors of ``inctrl-run score``), and each file's frame size."""
-
-    inputs = (IMAGE,)
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.preprocessing = bundle.preprocessing
-
-    @classmethod
-    def open(cls, args: Mapping[str, str]) -> PreprocessStage:
-        return cls(ModelArgs.parse(args).bundle())
-
-    def outputs(self, images: np.ndarray) -> Feeds:
-        """B x 1 encoded files, each decoded once -> ``pixels`` (B x 3 x S x S float32) and
-        ``frame_size`` (B x 2 int32: width, height, as given)."""
-        config = self.preprocessing
-        decoded = [decode(bytes(item), config) for item in images.reshape(-1)]
-        return {
-            PIXELS: np.concatenate([image.pixels(config) for image in decoded]),
-            FRAME_SIZE: frame_sizes([image.frame for image in decoded]),
-        }
-
-    def run(self, requests: Sequence[Feeds]) -> list[Reply]:
-        replies: list[Reply] = []
-        for request in requests:
-            try:
-                replies.append(self.outputs(request[IMAGE]))
-            except InputError as err:
-                replies.append(err)
-        return replies
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 class EncoderStage:

@@ -1,0 +1,208 @@
+"""The entry model of a served bundle: image files and categories in, the records' fields out.
+
+One python model (``inctrl``) does for a batch of requests what ``inctrl-run score`` does for a
+batch of images: each file decoded once and cut as its category's bank says (its centred crop,
+or a tiled bank's tiles: ``inctrl_runtime.tiling``), every view of every request encoded together
+by the shared encoder model (called through Triton's business-logic scripting, BLS, so that its
+dynamic batcher merges the calls of every entry instance: an ensemble cannot do this, since it
+keeps one batch size through its steps and a frame becomes T tiles), then per category one run
+of the head graph, the tiles reduced to their frames (``results.frame_scores``), the decisions
+and the regions. Requests that fail (an unreadable file, an unknown category, a frame of another
+size than a tiled bank's) are refused alone.
+
+Banks are the runtime's registered banks (``inctrl_runtime.references.RegisteredBanks``): read
+when a request first names a category and read again when their file's digest changes, so
+``inctrl-run register`` or ``calibrate`` on the bundle while the server runs is served from the
+next request on, without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from inctrl_runtime.bundle import PRIORS, Bundle
+from inctrl_runtime.decisions import decision_arrays
+from inctrl_runtime.engines import Engine
+from inctrl_runtime.errors import BundleError, InputError
+from inctrl_runtime.files import file_sha256
+from inctrl_runtime.preprocess import DecodedImage, decode
+from inctrl_runtime.references import NumpyBank, RegisteredBanks, head_feeds
+from inctrl_runtime.regions import Framing, region_rule
+from inctrl_runtime.results import SCORE_FIELDS, Scores, frame_scores
+from inctrl_runtime.triton.names import CATEGORY, ENCODER, ENCODER_FILES, IMAGE, OUTPUTS, VERSION
+from inctrl_runtime.triton.stages import Feeds, ModelArgs, Reply, open_graph, texts
+from inctrl_runtime.triton.wire import where_arrays
+
+# Runs the encoder: N x 3 x S x S pixels -> its outputs, N rows each.
+Encode = Callable[[np.ndarray], Feeds]
+# How a request for an unregistered category is answered: how to register it, and that the
+# running server then serves it.
+_THEN_SERVED = " (the running server serves it from then on)"
+
+
+def check_encoder_file(root: Path, bundle: Bundle) -> None:
+    """Refuse a repository whose encoder model file (``model.onnx`` / ``model.plan``, the
+    models Triton loads itself) is not the bundle's: its sha256 must be the manifest's record
+    of the encoder graph, or of an encoder plan of one of its TensorRT builds."""
+    for encoder, name in ENCODER_FILES.items():
+        file = root / ENCODER / VERSION / name
+        if not file.is_file():
+            continue
+        if encoder == "onnxruntime":
+            recorded = {bundle.encoder_sha256}
+        else:
+            builds = bundle.builds.values()
+            recorded = {b.plans["encoder"].sha256 for b in builds if "encoder" in b.plans}
+        if file_sha256(file) not in recorded:
+            raise BundleError(
+                f"{file}: its sha256 is not the bundle manifest's for the encoder "
+                f"({bundle.path}); write the repository again with inctrl-export triton"
+            )
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image of a request, decoded and cut as its category's bank says."""
+
+    request: int  # its request's index in the batch
+    category: str
+    image: DecodedImage
+
+    @property
+    def views(self) -> int:
+        return len(self.image.views)
+
+
+class EntryStage:
+    """Scores each image of a batch of requests against its category's bank (python model
+    ``inctrl``): decisions at rate ``fpr``, regions at ``region_fpr`` (None: ``fpr``);
+    ``encode`` runs the encoder."""
+
+    inputs = (IMAGE, CATEGORY)
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        engine: Engine,
+        encode: Encode,
+        fpr: float,
+        categories: Sequence[str] = (),
+        region_fpr: float | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.engine = engine
+        self.encode = encode
+        self.fpr = fpr
+        self.region_fpr = fpr if region_fpr is None else region_fpr
+        self.features = tuple(spec.name for spec in bundle.graphs["encoder"].outputs)
+        self.banks = RegisteredBanks(bundle)
+        for category in categories:  # read ahead; a damaged bank fails alone when asked for
+            with contextlib.suppress(InputError):
+                self.bank(category)
+
+    @classmethod
+    def open(cls, args: Mapping[str, str], encoder: Callable[[Bundle, int], Encode]) -> EntryStage:
+        """Open from Triton's ``initialize`` arguments; ``encoder(bundle, max_batch)`` makes
+        the function that runs the encoder in batches of at most ``max_batch``."""
+        parsed = ModelArgs.parse(args)
+        bundle = parsed.bundle(reads=lambda bundle: [bundle.graphs["head"].file.name, PRIORS])
+        check_encoder_file(parsed.root, bundle)
+        engine = open_graph(bundle, "head", parsed.threads)
+        encode = encoder(bundle, parsed.max_batch)
+        return cls(bundle, engine, encode, parsed.fpr, parsed.categories, parsed.region_fpr)
+
+    def bank(self, category: str) -> NumpyBank:
+        """A category's registered bank, read again when its file changed on disk; an unknown
+        or unregistered category is a one-line error naming it."""
+        self.bundle.prior(category)
+        return self.banks.bank(category, then=_THEN_SERVED)
+
+    def frames(self, index: int, request: Feeds, banks: dict[str, NumpyBank]) -> list[Frame]:
+        """A request's images, decoded and cut as their categories' banks say (read into
+        ``banks`` once per batch); one line refuses the request."""
+        categories = texts(request[CATEGORY], "category")
+        files = request[IMAGE].reshape(-1)
+        if len(categories) != len(files):
+            raise InputError(
+                f"a request of {len(files)} images names {len(categories)} categories: give "
+                "one category per image"
+            )
+        for category in dict.fromkeys(categories):
+            if category not in banks:
+                banks[category] = self.bank(category)
+        preprocessing = self.bundle.preprocessing
+        return [
+            Frame(index, category, decode(bytes(file), preprocessing, None,
+                                          banks[category].frame_tiling))
+            for file, category in zip(files, categories, strict=True)
+        ]  # fmt: skip
+
+    def run(self, requests: Sequence[Feeds]) -> list[Reply]:
+        """Requests that fail to decode or name an unknown or unregistered category are
+        refused; every view of the others goes through the encoder at once, then each
+        category's rows through the head at once."""
+        replies: list[Reply | None] = [None] * len(requests)
+        frames: list[Frame] = []
+        banks: dict[str, NumpyBank] = {}
+        for index, request in enumerate(requests):
+            try:
+                frames += self.frames(index, request, banks)
+            except InputError as err:
+                replies[index] = err
+        if not frames:
+            return replies  # type: ignore[return-value]
+        config = self.bundle.preprocessing
+        features = self.encode(np.concatenate([f.image.pixels(config) for f in frames]))
+        starts = np.cumsum([0, *(frame.views for frame in frames)])
+        answers: list[Feeds] = [{}] * len(frames)
+        for category in dict.fromkeys(frame.category for frame in frames):
+            mine = [i for i, frame in enumerate(frames) if frame.category == category]
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in mine])
+            found = self.outputs(
+                {name: features[name][rows] for name in self.features},
+                [frames[i].image for i in mine], category, banks[category],
+            )  # fmt: skip
+            for row, i in enumerate(mine):
+                answers[i] = {name: array[row : row + 1] for name, array in found.items()}
+        by_request: dict[int, list[Feeds]] = {}
+        for frame, answer in zip(frames, answers, strict=True):
+            by_request.setdefault(frame.request, []).append(answer)
+        for index, found in by_request.items():
+            replies[index] = joined(found)
+        return replies  # type: ignore[return-value]
+
+    def outputs(
+        self, features: Feeds, images: Sequence[DecodedImage], category: str, bank: NumpyBank
+    ) -> dict[str, np.ndarray]:
+        """Every entry output for B images of one category from their views' features (a row
+        per view: B, or B * T tiles), as B rows."""
+        found = self.engine.run({**features, **head_feeds(bank, self.bundle.prior(category))})
+        scores, decisive = frame_scores(Scores(**{n: found[n] for n in SCORE_FIELDS}), bank.tiles)
+        arrays = {name: np.asarray(getattr(scores, name)) for name in SCORE_FIELDS}
+        calibration = bank.calibration
+        arrays |= decision_arrays(calibration, scores.score, self.fpr)
+        rule = None if calibration is None else region_rule(calibration, self.region_fpr)
+        size = self.bundle.preprocessing.size
+        framings = [image.layout or Framing(*image.frame, size) for image in images]
+        arrays |= where_arrays(rule, scores.patch_residual_map, framings, decisive)
+        return {name: a if a.ndim == 2 else a.reshape(-1, 1) for name, a in arrays.items()}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def joined(answers: Sequence[Feeds]) -> Reply:
+    """One request's reply from its images' answers (a row each), in order; refused where its
+    images' patch maps differ in length (categories tiled differently in one request)."""
+    lengths = {answer["patch_residual_map"].shape[1] for answer in answers}
+    if len(lengths) > 1:
+        return InputError(
+            "a request's images are scored with different tilings (their maps have "
+            f"{' and '.join(str(n) for n in sorted(lengths))} values): send them apart"
+        )
+    return {name: np.concatenate([answer[name] for answer in answers]) for name in OUTPUTS}
