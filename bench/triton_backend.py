@@ -3,10 +3,11 @@
 
 Each request is one camera frame, as the in-process rows' batch 1 (with ``--tiles``, a 1024 x
 768 frame of a category registered tiled: the entry model cuts it and sends its tiles to the
-encoder as one batch). At each concurrency c (1, 4 and 16), c client threads keep c requests in flight; the row reports the client-observed
-latency per request (p50/p90/p99), the images per second over the run's wall time, and the
-batch sizes each model executed during the run (Triton's statistics API, the counts of the
-run alone): the dynamic batcher's merging of concurrent requests, seen from the server.
+encoder as one batch). At each concurrency c (1, 4 and 16), c client threads keep c requests in
+flight; the row reports the client-observed latency per request (p50/p90/p99), the images per
+second over the run's wall time, and the batch sizes each model executed during the run
+(Triton's statistics API, the counts of the run alone): the dynamic batcher's merging of
+concurrent requests, seen from the server.
 """
 
 from __future__ import annotations
