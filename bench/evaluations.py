@@ -4,8 +4,9 @@ each defect lies (wholly outside the centre crop the untiled model sees, or not)
 
     python -m inctrl_bench.evaluations whole.json t2x2.json t3x3.json
 
-For tiled reports it also scores other reductions of the tiles' scores to a frame's (the mean,
-the mean of the top two, the largest with the whole frame's own score from the untiled report).
+For tiled reports it also scores other reductions of the tiles to a frame's score than the frame
+score's (the largest patch residual over the tiles): the largest of the tiles' final scores, their
+mean, and the largest with the whole frame's own score from the untiled report.
 
 Each report's runs are scored again on those subsets from the per-image scores it holds (per run
 the mean over categories, then the mean ± std over runs, as the report does); where a defect
@@ -80,18 +81,21 @@ def report_row(path: Path) -> list[str]:
             stat("aupro"), regions]  # fmt: skip
 
 
+# Each: (the frame scores, the tiles' final scores, the whole frame's score) -> a frame's score.
 REDUCTIONS = {
-    "max (the frame score)": lambda tiles, whole: tiles.max(axis=1),
-    "mean": lambda tiles, whole: tiles.mean(axis=1),
-    "mean of the top 2": lambda tiles, whole: np.sort(tiles, axis=1)[:, -2:].mean(axis=1),
-    "max with the whole frame": lambda tiles, whole: np.maximum(tiles.max(axis=1), whole),
+    "largest patch residual (the frame score)": lambda frame, tiles, whole: frame,
+    "largest tile score": lambda frame, tiles, whole: tiles.max(axis=1),
+    "mean tile score": lambda frame, tiles, whole: tiles.mean(axis=1),
+    "largest tile score or the whole frame's": lambda frame, tiles, whole: np.maximum(
+        tiles.max(axis=1), whole
+    ),
 }
 
 
 def reduction_row(path: Path, whole: Path | None) -> list[str] | None:
-    """A tiled report's image AUROC under other reductions of its tiles' scores to a frame's
-    (``REDUCTIONS``; the whole frame's own score from the untiled report ``whole``, whose runs
-    drew the same prompts); None for a report without tile scores."""
+    """A tiled report's image AUROC under its frame score and other reductions of its tiles to
+    a frame's score (``REDUCTIONS``; the whole frame's own score from the untiled report
+    ``whole``, whose runs drew the same prompts); None for a report without tile scores."""
     report = json.loads(path.read_text())
     plain = json.loads(whole.read_text()) if whole is not None else None
     table: dict[str, list[list[float]]] = {name: [] for name in REDUCTIONS}
@@ -109,7 +113,7 @@ def reduction_row(path: Path, whole: Path | None) -> list[str] | None:
                     other = np.asarray(twin["scores"])
                 elif "whole" in name:
                     break
-                scores = reduce(np.asarray(run["tile_scores"]), other)
+                scores = reduce(np.asarray(run["scores"]), np.asarray(run["tile_scores"]), other)
                 values.append(pair_auroc(np.sort(scores[normal]), scores[~normal]))
             if values:
                 table[name].append(values)
@@ -130,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  None)  # fmt: skip
     rows = [row for row in (reduction_row(path, whole) for path in paths) if row is not None]
     if rows:
-        print("\nImage AUROC of other reductions of the tiles' scores to a frame's:\n")
+        print("\nImage AUROC of the frame score and other reductions of the tiles:\n")
         print("| tiles | " + " | ".join(REDUCTIONS) + " |")
         print("| --- |" + " ---: |" * len(REDUCTIONS))
         for row in rows:

@@ -19,11 +19,11 @@ carried into it (``regions.frame_map``) against the mask as the data set holds i
 preprocessing's crop cut off are not inspected and are left out (``inctrl_runtime.pixel_metrics``).
 
 With a tiling (``inctrl_runtime.tiling``), every image is cut into tiles and each tile encoded
-once; a frame's score is its tiles' largest (``results.frame_scores``), its map the tiles' maps
-stitched, and calibration is of frame scores. Its prompts are either every tile of the k prompt
-frames, each query tile compared with all of them (``every``, what ``inctrl-run register
---tiles`` keeps), or the k prompts' tiles at the query tile's own position (``same``: one bank
-per position).
+once; a frame's score is its tiles' largest patch residual (``results.frame_scores``), its map
+the tiles' maps stitched, and calibration is of frame scores. Its prompts are either every tile
+of the k prompt frames, each query tile compared with all of them (``every``, what
+``inctrl-run register --tiles`` keeps), or the k prompts' tiles at the query tile's own position
+(``same``: one bank per position).
 
 The report's values and their rendering live in ``inctrl.evaluation_report``.
 """

@@ -58,7 +58,7 @@ TilesOption = Annotated[
         "--tiles",
         help="Cut each frame into ROWSxCOLUMNS overlapping square tiles, each scored as an "
         "image of its own (e.g. 2x2, 3x4): small defects and the edges a centre crop loses are "
-        "seen. The frame's score is its largest tile score.",
+        "seen. The frame's score is the largest patch residual over its tiles.",
         show_default=False,
     ),
 ]

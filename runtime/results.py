@@ -53,20 +53,26 @@ TILE_FIELDS = ("tiling", "decisive_tile")
 
 def frame_scores(scores: Scores, tiles: int) -> tuple[Scores, np.ndarray | None]:
     """B frames' scores from their B * T tiles' (frame by frame, each frame's tiles in tile
-    order): a frame's ``score`` is its tiles' largest, its holistic, image-residual and text
-    scores are that tile's, its ``max_patch_residual`` is the largest over all its tiles (the
-    stitched map's maximum), and its map is the T tiles' maps one after another (T * P values).
-    Also each frame's deciding tile (the index of its largest score). With T = 1 (frames scored
-    whole) the scores are the frames' as they are, and there is no deciding tile (None)."""
+    order): a frame's ``score`` and ``max_patch_residual`` are the largest patch residual over
+    its tiles (the stitched map's maximum), its holistic, image-residual and text scores are
+    those of the tile that holds it, and its map is the T tiles' maps one after another (T * P
+    values). Also each frame's deciding tile (the index of that tile). With T = 1 (frames
+    scored whole) the scores are the frames' as they are, InCTRL's final score included, and
+    there is no deciding tile (None).
+
+    Why not the tiles' final scores: a tile's final score averages its largest patch residual
+    with its holistic score, which judges the tile as a whole; a small defect moves the first,
+    and the largest of T holistic scores grows with T on good frames too (docs/tiling.md
+    measures both reductions)."""
     if tiles == 1:
         return scores, None
     frames = len(scores.score) // tiles
     by_frame = {name: np.asarray(getattr(scores, name)).reshape(frames, tiles, -1)
                 for name in SCORE_FIELDS}  # fmt: skip
-    decisive = by_frame["score"][:, :, 0].argmax(axis=1)
+    decisive = by_frame["max_patch_residual"][:, :, 0].argmax(axis=1)
     rows = np.arange(frames)
     picked = {name: by_frame[name][rows, decisive, 0] for name in SCALAR_FIELDS}
-    picked["max_patch_residual"] = by_frame["max_patch_residual"][:, :, 0].max(axis=1)
+    picked["score"] = picked["max_patch_residual"]
     patch_maps = by_frame["patch_residual_map"].reshape(frames, -1)
     return Scores(**picked, patch_residual_map=patch_maps), decisive
 

@@ -337,9 +337,11 @@ def test_same_position_prompts_compare_each_tile_with_the_prompts_tile_there(
         for box in layout.boxes:
             bank = model.reference([Image.open(p).crop(box) for p in run.prompts])
             queries = [Image.open(p).crop(box) for p in category.images]
-            by_position.append(model.score(queries, bank, prior).score.numpy())
-    expected = np.max(by_position, axis=0)
-    assert np.abs(np.asarray(run.scores) - expected).max() < 1e-5
+            found = model.score(queries, bank, prior)
+            by_position.append((found.score.numpy(), found.max_patch_residual.numpy()))
+    scores, maxima = (np.stack(field, axis=1) for field in zip(*by_position, strict=True))
+    assert np.abs(np.asarray(run.scores) - maxima.max(axis=1)).max() < 1e-5  # the frame score
+    assert np.abs(np.asarray(run.tile_scores) - scores).max() < 1e-5
     every = reports["every"].categories[0].runs[1]
     assert every.prompts == run.prompts and every.scores != run.scores
 
@@ -359,10 +361,11 @@ def test_reports_compare_side_by_side_with_the_defects_outside_the_crop_apart(
     row = report_row(path)
     assert row[0] == "1x2 (every position)" and row[1] == str(report.auroc)
     assert row[4] == str(report.pixel_auroc)
-    reduced = reduction_row(path, None)  # the largest tile score is the frame's score
+    reduced = reduction_row(path, None)  # the frame score's column first
     assert reduced[1] == str(report.auroc) and reduced[4] == "-"  # no untiled report given
     run = report.categories[0].runs[0]
-    assert [max(tiles) for tiles in run.tile_scores] == pytest.approx(run.scores, abs=1e-7)
+    assert len(run.tile_scores) == len(run.scores) and len(run.tile_scores[0]) == 2
+    assert [max(tiles) for tiles in run.tile_scores] != pytest.approx(run.scores, abs=1e-7)
     (category,) = report.categories
     # 520 x 300 frames: the centre crop sees columns 110..409; the small defects of every third
     # image lie in a side band

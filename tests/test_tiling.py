@@ -156,7 +156,7 @@ def test_a_hot_patch_of_one_tile_lands_in_that_tile_of_the_frame() -> None:
     assert layout.regions(rule, np.zeros(layout.count * 225, np.float32)) == []
 
 
-def test_a_frame_s_score_is_its_largest_tile_score() -> None:
+def test_a_frame_s_score_is_its_largest_patch_residual() -> None:
     rng = np.random.default_rng(2)
     frames, tiles = 3, 4
     rows = frames * tiles
@@ -167,13 +167,14 @@ def test_a_frame_s_score_is_its_largest_tile_score() -> None:
     tile_scores = Scores(column(), column(), column(), column(), column(),
                          rng.random((rows, 225)).astype(np.float32))  # fmt: skip
     scores, decisive = frame_scores(tile_scores, tiles)
-    by_frame = tile_scores.score.reshape(frames, tiles)
+    by_frame = tile_scores.max_patch_residual.reshape(frames, tiles)
     assert np.array_equal(decisive, by_frame.argmax(axis=1))
     assert np.array_equal(scores.score, by_frame.max(axis=1))
+    assert np.array_equal(scores.max_patch_residual, by_frame.max(axis=1))
+    assert not np.array_equal(decisive, tile_scores.score.reshape(frames, tiles).argmax(axis=1))
     for name in ("holistic_score", "image_residual_score", "text_score"):
         picked = getattr(tile_scores, name).reshape(frames, tiles)[np.arange(frames), decisive]
         assert np.array_equal(getattr(scores, name), picked)
-    assert np.array_equal(
-        scores.max_patch_residual, tile_scores.max_patch_residual.reshape(frames, tiles).max(1)
-    )
+    whole, none = frame_scores(tile_scores, 1)  # scored whole: InCTRL's own final score
+    assert whole is tile_scores and none is None
     assert np.array_equal(scores.patch_residual_map, tile_scores.patch_residual_map.reshape(3, -1))
