@@ -33,6 +33,8 @@ from inctrl_runtime.decisions import (
     check_fpr,
     decision_fields,
 )
+from inctrl_runtime.drift import DEFAULT_DELTA, check_delta
+from inctrl_runtime.drift_store import DriftMonitor
 from inctrl_runtime.engines import Engine, open_engines
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
@@ -96,6 +98,8 @@ class Prepared:
     calibration: Calibration | None
     fpr: float
     regions: RegionRule | None = None  # the region threshold (None: no regions)
+    monitor: DriftMonitor | None = None  # the category's drift monitor (None: not monitored)
+    drift_delta: float = DEFAULT_DELTA  # its alarm's false-alarm probability
 
     def frames(self, scores: Scores) -> tuple[Scores, np.ndarray | None]:
         """The head's scores per image: a tiled bank's tiles reduced to their frames, with each
@@ -238,6 +242,13 @@ class Detector:
         self.banks.save(bank)
         return bank
 
+    def monitor(self, category: str) -> DriftMonitor:
+        """The drift monitor of a calibrated category (``inctrl_runtime.drift_store``): whether
+        its scored parts still look like its calibration's normals. Refused in one line for a
+        category that is not calibrated."""
+        self.bundle.prior(category)
+        return DriftMonitor(self.bundle.path, category, self.registered(category))
+
     def registered(self, category: str) -> NumpyBank:
         """The bank saved by ``register`` for a category, read from disk once (again only when
         the digest its file records changes, e.g. registered anew by another process)."""
@@ -275,17 +286,21 @@ class Detector:
         fpr: float = DEFAULT_FPR,
         region_fpr: float | None = None,
         heatmap_size: int | None = DEFAULT_HEATMAP_SIZE,
+        monitor: bool = False,
+        drift_delta: float = DEFAULT_DELTA,
     ) -> list[Result]:
         """Score query images of a category (a single one is a list of one): one Result per
         image, with ``heatmap()`` (drawn on a picture of the whole frame, kept when the image
         was decoded for scoring, its longer side at most ``heatmap_size``; None keeps none)
         and, when the category is calibrated and scored against its registered bank, its
         p-value and its decision at false-positive rate ``fpr``, and its regions at
-        ``region_fpr`` (None: ``fpr``)."""
+        ``region_fpr`` (None: ``fpr``). With ``monitor``, each image is also a part of the
+        category's drift monitor, in order (``Result.drift``; an alarm at ``drift_delta``)."""
         scored: list[Result] = []
         batches = self.result_batches(
-            category, images, bank, batch_size, fpr, region_fpr, heatmap_size
-        )
+            category, images, bank, batch_size, fpr, region_fpr, heatmap_size, monitor,
+            drift_delta,
+        )  # fmt: skip
         for batch in batches:
             scored.extend(batch)
             if progress is not None:
@@ -301,12 +316,22 @@ class Detector:
         fpr: float = DEFAULT_FPR,
         region_fpr: float | None = None,
         heatmap_size: int | None = DEFAULT_HEATMAP_SIZE,
+        monitor: bool = False,
+        drift_delta: float = DEFAULT_DELTA,
     ) -> Iterator[list[Result]]:
         """``results``, one batch at a time: everything is checked before this returns, then
         images are decoded batch by batch, so memory stays flat in the number of images if the
         caller lets each batch go."""
         check_heatmap_size(heatmap_size)
         prepared = self._prepare(category, images, bank, batch_size, fpr, region_fpr=region_fpr)
+        if monitor:
+            if bank is not None:
+                raise InputError(
+                    "the drift monitor watches a category's registered, calibrated bank: score "
+                    "without --shot images to monitor"
+                )
+            prepared = replace(prepared, monitor=DriftMonitor(self.bundle.path, category,
+                               prepared.bank), drift_delta=check_delta(drift_delta))  # fmt: skip
         return self._result_batches(prepared, heatmap_size)
 
     def _result_batches(
@@ -318,6 +343,10 @@ class Detector:
             decisions = None
             if prepared.calibration is not None:
                 decisions = decision_fields(prepared.calibration, scores.score, prepared.fpr)
+            drifts = None
+            if prepared.monitor is not None:
+                flagged = None if decisions is None else [bool(d["anomalous"]) for d in decisions]
+                drifts = prepared.monitor.take(scores.score, prepared.drift_delta, flagged)
             decoded = batch.decoded
             yield to_results(
                 batch.names,
@@ -329,6 +358,7 @@ class Detector:
                 pictures=None if decoded is None else [image.picture for image in decoded],
                 layouts=None if decisive is None else [image.layout for image in decoded],
                 decisive=decisive,
+                drifts=drifts,
             )
 
     def calibrate(

@@ -167,6 +167,6 @@ class MonitorState:
         first = self.observed + 1
         drifts = []
         for offset, value in enumerate(self.observe(scores)):
-            raised = raised or value >= 1.0 / delta
+            raised = raised or bool(value >= 1.0 / delta)
             drifts.append(Drift(float(value), raised, first + offset))
         return drifts

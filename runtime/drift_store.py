@@ -49,6 +49,12 @@ class Status:
     peak: float
     peak_at: int  # the part after which the evidence was ``peak`` (0: none yet)
     calibration: int  # the calibration's n
+    flagged: int  # the parts decided anomalous
+
+    @property
+    def flag_rate(self) -> float | None:
+        """The share of the parts seen that were decided anomalous (None: none seen)."""
+        return self.flagged / self.observed if self.observed else None
 
     def alarm(self, delta: float) -> bool:
         return self.peak >= 1.0 / delta
@@ -63,6 +69,8 @@ class Status:
             "peak": self.peak,
             "peak_at": self.peak_at,
             "calibration": self.calibration,
+            "flagged": self.flagged,
+            "flag_rate": self.flag_rate,
         }
 
 
@@ -83,14 +91,23 @@ class DriftMonitor:
         self.snapshot_path = self.folder / f"{category}.json"
         self.lock_path = self.folder / f"{category}.lock"
         self.state: MonitorState | None = None  # this process's copy, caught up under the lock
+        self.flagged = 0  # the parts decided anomalous (the committed count, under the lock)
 
     # ----------------------------------------------------------------------------- adding parts
-    def take(self, scores: Sequence[float] | np.ndarray, delta: float) -> list[Drift]:
-        """Add parts' scores, in order: each part's ``Drift`` at ``delta``."""
+    def take(
+        self,
+        scores: Sequence[float] | np.ndarray,
+        delta: float,
+        flagged: Sequence[bool] | None = None,
+    ) -> list[Drift]:
+        """Add parts' scores, in order, and how many of them were decided anomalous
+        (``flagged``: each part's decision; None: undecided): each part's ``Drift`` at
+        ``delta``."""
         scores = np.asarray(scores, dtype=np.float32)
         with self._locked():
             state = self._caught_up()
             drifts = state.take(scores, delta)
+            self.flagged += sum(map(bool, flagged or ()))
             records = np.empty(len(scores), RECORD)
             records["score"] = scores
             records["evidence"] = [drift.evidence for drift in drifts]
@@ -106,7 +123,7 @@ class DriftMonitor:
         with self._locked():
             state = self._caught_up()
         return Status(self.category, state.observed, state.evidence, state.peak, state.peak_at,
-                      len(self.bank.calibration.scores))  # fmt: skip
+                      len(self.bank.calibration.scores), self.flagged)  # fmt: skip
 
     def history(self) -> np.ndarray:
         """The committed parts' records (``RECORD``: score, evidence), in order."""
@@ -138,6 +155,7 @@ class DriftMonitor:
     def _start(self) -> MonitorState:
         """A monitor that has seen nothing, committed (an empty log, a fresh snapshot)."""
         self.state = MonitorState.start(self.bank.calibration.scores, self._seed())
+        self.flagged = 0
         with open(self.log, "wb"):
             pass
         self._write_snapshot(self.state)
@@ -167,6 +185,7 @@ class DriftMonitor:
         state.observed = observed
         state.capitals = np.asarray(snapshot["capitals"], dtype=np.float64)
         state.peak, state.peak_at = float(snapshot["peak"]), int(snapshot["peak_at"])
+        self.flagged = int(snapshot["flagged"])
         if self.log.stat().st_size > observed * RECORD.itemsize:
             os.truncate(self.log, observed * RECORD.itemsize)  # appended, never committed
         self.state = state
@@ -196,4 +215,5 @@ class DriftMonitor:
             "capitals": [float(c) for c in state.capitals],
             "peak": state.peak,
             "peak_at": state.peak_at,
+            "flagged": self.flagged,
         })  # fmt: skip

@@ -227,7 +227,7 @@ def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> No
     """A readable table of the scores (higher = more anomalous) on stdout. For a calibrated
     category the p-value, the decision and the number of regions come right after the score,
     in place of the score's parts (``--json`` has them all), and the thresholds go under the
-    table."""
+    table; a monitored call's records end with the drift evidence (and ALARM)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -244,13 +244,19 @@ def print_table(records: list[dict], title: str = "InCTRL anomaly scores") -> No
     parts = ("max_patch_residual",) if calibrated else SCALAR_FIELDS[1:]
     for name in parts:
         table.add_column(_HEADERS[name], justify="right")
+    monitored = any(record.get("drift") is not None for record in records)
+    if monitored:
+        table.add_column("drift", justify="right", no_wrap=True)
     for record in records:
         cells = [record["image"], f"{record['score']:.4f}"]
         if calibrated:
             cells += [_p_value_cell(record.get("p_value")), _decision_cell(record.get("anomalous"))]
         if with_regions:
             cells.append(_count_cell(record.get("regions")))
-        table.add_row(*cells, *(f"{record[name]:.4f}" for name in parts))
+        cells += [f"{record[name]:.4f}" for name in parts]
+        if monitored:
+            cells.append(_drift_cell(record.get("drift")))
+        table.add_row(*cells)
     # One threshold per run: the calibration's at the false-positive rate asked for.
     lines = []
     threshold = next((r["threshold"] for r in records if r.get("threshold") is not None), None)
@@ -271,6 +277,12 @@ _HEADERS = {
     "text_score": "text",
     "max_patch_residual": "max patch",
 }
+
+
+def _drift_cell(drift: dict | None) -> str:
+    if drift is None:
+        return "-"
+    return f"{drift['evidence']:.3g}" + (" ALARM" if drift["alarm"] else "")
 
 
 def _count_cell(regions: list | None) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from inctrl_runtime.decisions import DECISION_FIELDS
+from inctrl_runtime.drift import Drift
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import atomic_path
 from inctrl_runtime.heatmap import heatmap_picture
@@ -83,8 +84,9 @@ def score_record(image: str, values: Mapping[str, Any]) -> dict:
     ``inspected_fraction``, ``region_threshold`` and ``regions``: None where there are no
     regions, else a list of ``Region.record()``), the tile fields (``tiling``: the grid, its
     overlap, the tiles' side and boxes, and ``decisive_tile``: the tile whose score is the
-    frame's; None for a frame scored whole), then ``patch_residual_map`` as a list (a tiled
-    frame's: its tiles' maps one after another); ``values`` maps each field name to its
+    frame's; None for a frame scored whole), ``drift`` (the drift monitor after this part:
+    evidence, alarm, observed; None unmonitored), then ``patch_residual_map`` as a list (a
+    tiled frame's: its tiles' maps one after another); ``values`` maps each field name to its
     value."""
     regions = values.get("regions")
     threshold = values.get("region_threshold")
@@ -100,6 +102,7 @@ def score_record(image: str, values: Mapping[str, Any]) -> dict:
         "decisive_tile": None
         if values.get("decisive_tile") is None
         else int(values["decisive_tile"]),
+        "drift": values.get("drift"),
         "patch_residual_map": np.ravel(values["patch_residual_map"]).tolist(),
     }
 
@@ -124,6 +127,7 @@ class Result:
     region_threshold: float | None = None  # a pixel above it is in a region (None: no regions)
     regions: tuple[Region, ...] | None = None  # largest peak first (None: no regions)
     decisive_tile: int | None = None  # the tile whose score is the frame's (None: untiled)
+    drift: Drift | None = None  # the drift monitor after this part (None: not monitored)
 
     def record(self) -> dict:
         """The JSON record of ``inctrl score --json`` (``score_record``)."""
@@ -136,6 +140,7 @@ class Result:
                 "inspected_fraction": self.framing.inspected_fraction,
                 "regions": regions,
                 "tiling": self.tiling,
+                "drift": None if self.drift is None else self.drift.record(),
             },
         )
 
@@ -200,13 +205,14 @@ def to_results(
     pictures: Sequence[Image.Image | None] | None = None,
     layouts: Sequence[TileLayout] | None = None,
     decisive: Sequence[int] | None = None,
+    drifts: Sequence[Drift] | None = None,
 ) -> list[Result]:
     """One Result per query, in order: its name, its row of ``scores``, its decision fields
     (``decisions.decision_fields``; None: none), its regions under ``rule`` (None: no
     regions), its frame's size (width, height; None: the model's size, e.g. for pixels given
     as they are) and the picture kept of it for heatmaps (None: none). Tiled frames come with
     their ``layouts`` (which replace ``frames``; their ``scores`` are ``frame_scores``') and
-    ``decisive`` tiles."""
+    ``decisive`` tiles; a monitored call's parts with their ``drifts``."""
     count = len(names)
     scalars = {name: getattr(scores, name).tolist() for name in SCALAR_FIELDS}
     decided = decisions if decisions is not None else [{} for _ in names]
@@ -216,6 +222,7 @@ def to_results(
     ]
     kept = pictures if pictures is not None else [None] * count
     tiles = decisive if decisive is not None else [None] * count
+    monitored = drifts if drifts is not None else [None] * count
     results = []
     for i, (name, framing, picture) in enumerate(zip(names, geometries, kept, strict=True)):
         patch_map = scores.patch_residual_map[i]
@@ -230,6 +237,7 @@ def to_results(
                 region_threshold=None if rule is None else rule.threshold,
                 regions=None if rule is None else tuple(framing.regions(rule, patch_map)),
                 decisive_tile=None if tiles[i] is None else int(tiles[i]),
+                drift=monitored[i],
             )
         )
     return results

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # Importing the command modules registers their commands on the app.
-from inctrl_runtime.cli import client, info, register, score, serve  # noqa: F401
+from inctrl_runtime.cli import client, info, monitor, register, score, serve  # noqa: F401
 from inctrl_runtime.cli.common import app
 from inctrl_runtime.console import run_app
 

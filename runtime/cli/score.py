@@ -33,6 +33,7 @@ from inctrl_runtime.console import (
     say,
 )
 from inctrl_runtime.decisions import DEFAULT_FPR, Calibration, check_fpr, min_normals
+from inctrl_runtime.drift import DEFAULT_DELTA, check_delta
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, check_heatmap_size
 from inctrl_runtime.regions import NOT_INSPECTED, REGION
@@ -52,6 +53,8 @@ def run_score(
     region_fpr: float | None = None,
     heatmap_size: int = DEFAULT_HEATMAP_SIZE,
     tiles: str | None = None,
+    monitor: bool = False,
+    drift_delta: float = DEFAULT_DELTA,
 ) -> Iterator[list[dict]]:
     """Score queries (image files, or folders: their images, sorted by name) batch by batch:
     the records of each batch as it finishes, as ``inctrl score --json`` writes them, with its
@@ -63,7 +66,9 @@ def run_score(
     each query's region mask. ``shot_images`` replace the category's registered bank for this
     call (nothing is saved, and there are no decisions or regions). A tiled category's queries
     are cut as its prompts were; ``tiles`` (``RxC``) cuts the ``shot_images`` and the queries,
-    or, for a registered bank, must be its grid.
+    or, for a registered bank, must be its grid. With ``monitor``, every query is a part of the
+    category's drift monitor, in order: its record says the monitor's state after it
+    (``drift``), and the first record of an alarm at ``drift_delta`` is said on stderr.
     """
     from inctrl_runtime.output import check_picture_folders, record_batches
     from inctrl_runtime.tiling import Tiling, check_grid
@@ -77,6 +82,11 @@ def run_score(
     if region_fpr is not None:
         check_fpr(region_fpr, "--region-fpr")
     check_heatmap_size(heatmap_size)
+    check_delta(drift_delta)
+    if monitor and shot_images:
+        raise InputError(
+            "--monitor watches the category's registered, calibrated bank: leave out --shot"
+        )
     tiling = None if tiles is None else Tiling.parse(tiles)
     require_files(shot_images, "--shot image")
     images = images_of(queries, "query image")
@@ -88,10 +98,31 @@ def run_score(
     bank = detector.reference(list(shot_images), batch_size, tiling) if shot_images else None
     picture_size = heatmap_size if heatmaps is not None else None
     batches = detector.result_batches(
-        category, images, bank, batch_size, fpr, region_fpr, picture_size
+        category, images, bank, batch_size, fpr, region_fpr, picture_size, monitor, drift_delta
     )
     named = list(map(str, images))
-    return record_batches(_with_progress(batches, len(images)), named, heatmaps, masks)
+    records = record_batches(_with_progress(batches, len(images)), named, heatmaps, masks)
+    return _saying_alarms(records, bundle, category, drift_delta) if monitor else records
+
+
+def _saying_alarms(
+    batches: Iterator[list[dict]], bundle: Path, category: str, delta: float
+) -> Iterator[list[dict]]:
+    """The batches, and one stderr line at the first record whose drift monitor alarms."""
+    said = False
+    for batch in batches:
+        for record in batch:
+            drift = record["drift"]
+            if drift["alarm"] and not said:
+                say(
+                    f"drift alarm: {category}'s scores no longer look like its calibration's "
+                    f"(evidence {drift['evidence']:.4g} passed {1 / delta:g} = 1/--drift-delta "
+                    f"by part {drift['observed']}); check the line (light, camera, parts), "
+                    f"calibrate again, then `inctrl-run monitor {bundle} --category {category} "
+                    "--reset`"
+                )
+                said = True
+        yield batch
 
 
 def _with_progress(batches: Iterator[list], total: int) -> Iterator[list]:
@@ -162,6 +193,19 @@ def score(
     ),
     region_fpr: RegionFpr = None,
     tiles: TilesOption = None,
+    monitor: bool = typer.Option(
+        False,
+        "--monitor",
+        help="Watch for drift: each image is a part of the calibrated category's drift monitor "
+        "(kept in BUNDLE/monitors/), and its record says the monitor's evidence, alarm and "
+        "parts seen (inctrl-run monitor shows it).",
+    ),
+    drift_delta: float = typer.Option(
+        DEFAULT_DELTA,
+        "--drift-delta",
+        help="With --monitor: the alarm's false-alarm probability over the whole stream of good "
+        "parts; it fires when the evidence reaches 1/delta.",
+    ),
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
 ) -> None:
@@ -171,7 +215,8 @@ def score(
     normal images (or --shot images). A calibrated category's results carry a p-value and, at
     the --fpr rate, the threshold and the decision, and its defect regions (boxes in the
     image's pixels) at the --region-fpr rate. A category registered with --tiles is scored
-    tile by tile. The JSON is that of `inctrl score --json`.
+    tile by tile. With --monitor, each image is also a part of the category's drift monitor.
+    The JSON is that of `inctrl score --json`.
 
     Examples:
 
@@ -180,6 +225,8 @@ def score(
         inctrl-run score bundle/ --category candle --heatmaps maps/ --masks masks/ images/
 
         inctrl-run score bundle/ --category candle --jsonl images/ > scores.jsonl
+
+        inctrl-run score bundle/ --category candle --monitor --jsonl today/ >> line.jsonl
     """
     from inctrl_runtime.output import print_streamed
 
@@ -198,6 +245,8 @@ def score(
         region_fpr=region_fpr,
         heatmap_size=heatmap_size,
         tiles=tiles,
+        monitor=monitor,
+        drift_delta=drift_delta,
     )
     print_streamed(batches, output)
 
