@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from inctrl_runtime.console import (
+    DriftDelta,
     Interrupted,
     RegionFpr,
     new_app,
@@ -19,6 +20,7 @@ from inctrl_runtime.console import (
     status,
     stderr,
 )
+from inctrl_runtime.drift import DEFAULT_DELTA
 from inctrl_runtime.files import check_output_paths
 
 EXIT_PARITY_FAILED = 1
@@ -349,17 +351,18 @@ def triton(
     instances: int = typer.Option(
         1,
         "--instances",
-        help="Instances of the encoder (on every GPU for tensorrt) and of the preprocessing.",
+        help="Instances of the encoder (on every GPU for tensorrt) and of the entry model.",
     ),
     category: list[str] = typer.Option(
         None,
         "--category",
-        help="A category the head loads at start; repeat for several. Default: every registered "
+        help="A category the entry loads at start; repeat for several. Default: every registered "
         "one (others are loaded when first asked for).",
         show_default=False,
     ),
     fpr: float = typer.Option(0.01, "--fpr", help="False-positive rate of the decisions."),
     region_fpr: RegionFpr = None,
+    drift_delta: DriftDelta = DEFAULT_DELTA,
     engine: str = typer.Option(
         None,
         "--engine",
@@ -373,7 +376,9 @@ def triton(
 
     The entry model 'inctrl' takes an image file's bytes and a category name and returns what
     inctrl-run score --json records: the scores, the patch map, the decisions and the defect
-    regions (as JSON text); one encoder serves every category, with dynamic batching. The
+    regions (as JSON text); one encoder serves every category, with dynamic batching, and a
+    category registered with tiles is cut into them. Every calibrated category's drift monitor
+    is published on the metrics endpoint. The
     bundle's manifest and checksums are checked first, and a copy of the bundle travels inside
     the repository. Examples:
 
@@ -383,7 +388,7 @@ def triton(
             --out repo --backend tensorrt --instances 2
 
     On a GPU machine, serve it with NVIDIA's container (a release whose TensorRT built the
-    plan); its python models (preprocess, head) need the runtime in the container's Python:
+    plan); its python models (the entry) need the runtime in the container's Python:
     pip install "inctrl\[cpu]" "numpy<2" (onnxruntime, no torch; Triton's python backend needs
     numpy 1.x):
 
@@ -395,7 +400,7 @@ def triton(
 
     result = export_triton(
         bundle, out, backend, max_batch, instances, category or None, fpr, region_fpr, engine,
-        force,
+        force, drift_delta,
     )  # fmt: skip
     for line in result.summary():
         say(line)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.decisions import DEFAULT_FPR
+from inctrl_runtime.drift import DEFAULT_DELTA
 from inctrl_runtime.engines.tensorrt.plans import Build, PlanRecord, read_plan
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import check_output_path
@@ -91,6 +92,7 @@ def export_triton(
     region_fpr: float | None = None,
     engine: str | None = None,
     force: bool = False,
+    drift_delta: float = DEFAULT_DELTA,
 ) -> TritonExport:
     """Write the Triton model repository of ``bundle`` into ``out``, with a copy of the bundle.
 
@@ -105,6 +107,8 @@ def export_triton(
         engine: tensorrt only: the key of the build to serve the encoder plan of (default: the
             bundle's one build of its encoder precision).
         force: replace an existing ``out``.
+        drift_delta: the false-alarm probability of the calibrated categories' drift monitors
+            (the repository's copy of the bundle keeps its own monitors).
     """
     check_backend(backend, engine)
     out = Path(out)
@@ -119,7 +123,7 @@ def export_triton(
     write_repository(
         bundle, out, encoder=backend, max_batch=max_batch, instances=instances,
         categories=categories, fpr=fpr, region_fpr=region_fpr, copy_bundle=True,
-        encoder_file=encoder_file, overwrite=force,
+        encoder_file=encoder_file, overwrite=force, drift_delta=drift_delta,
     )  # fmt: skip
     served = out / ENCODER / VERSION / ENCODER_FILES[backend] if backend in ENCODER_FILES else None
     return TritonExport(out, backend, served, build)

@@ -52,6 +52,14 @@ RegionFpr = Annotated[
         show_default=False,
     ),
 ]
+DriftDelta = Annotated[
+    float,
+    typer.Option(
+        "--drift-delta",
+        help="The drift monitor's false-alarm probability over the whole stream of good parts: "
+        "it alarms when its evidence reaches 1/delta.",
+    ),
+]
 TilesOption = Annotated[
     str | None,
     typer.Option(

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from inctrl_runtime.cli.common import BundleArgument, CategoryOption, app
-from inctrl_runtime.console import require_category, say
+from inctrl_runtime.console import DriftDelta, require_category, say
 from inctrl_runtime.drift import DEFAULT_DELTA, check_delta
 from inctrl_runtime.drift_store import DriftMonitor, Status
 from inctrl_runtime.errors import InputError
@@ -78,9 +78,7 @@ def monitor(
         help="Start the monitor again (after the line is fixed and the category calibrated "
         "again; a new calibration or registration starts it again by itself).",
     ),
-    delta: float = typer.Option(
-        DEFAULT_DELTA, "--drift-delta", help="The alarm's false-alarm probability (1/delta)."
-    ),
+    delta: DriftDelta = DEFAULT_DELTA,
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Show a category's drift monitor: are its parts still like its calibration's?

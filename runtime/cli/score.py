@@ -20,6 +20,7 @@ from inctrl_runtime.cli.common import (
 )
 from inctrl_runtime.console import (
     BatchSize,
+    DriftDelta,
     Heatmaps,
     HeatmapSize,
     JsonFlag,
@@ -200,12 +201,7 @@ def score(
         "(kept in BUNDLE/monitors/), and its record says the monitor's evidence, alarm and "
         "parts seen (inctrl-run monitor shows it).",
     ),
-    drift_delta: float = typer.Option(
-        DEFAULT_DELTA,
-        "--drift-delta",
-        help="With --monitor: the alarm's false-alarm probability over the whole stream of good "
-        "parts; it fires when the evidence reaches 1/delta.",
-    ),
+    drift_delta: DriftDelta = DEFAULT_DELTA,
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
 ) -> None:

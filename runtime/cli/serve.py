@@ -17,11 +17,19 @@ from pathlib import Path
 import typer
 
 from inctrl_runtime.cli.common import BundleArgument, ThreadsOption, app
-from inctrl_runtime.console import RegionFpr, say, status
+from inctrl_runtime.console import DriftDelta, RegionFpr, say, status
 from inctrl_runtime.decisions import DEFAULT_FPR
+from inctrl_runtime.drift import DEFAULT_DELTA
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.triton.configs import DEFAULT_MAX_BATCH
-from inctrl_runtime.triton.names import CATEGORY, ENTRY, IMAGE
+from inctrl_runtime.triton.names import (
+    CATEGORY,
+    DRIFT_ALARM,
+    DRIFT_EVIDENCE,
+    ENTRY,
+    FLAGGED_RATE,
+    IMAGE,
+)
 
 
 def run_serve(
@@ -36,10 +44,12 @@ def run_serve(
     threads: int | None = None,
     ready_timeout: float = 120.0,
     region_fpr: float | None = None,
+    drift_delta: float = DEFAULT_DELTA,
 ) -> None:
     """Serve ``bundle`` until interrupted (a port of 0 is a free one), with decisions at rate
-    ``fpr`` and regions at ``region_fpr`` (None: ``fpr``); a server that dies is a one-line
-    error quoting its log's end."""
+    ``fpr``, regions at ``region_fpr`` (None: ``fpr``) and every calibrated category's drift
+    monitor alarming at ``drift_delta``; a server that dies is a one-line error quoting its
+    log's end."""
     from inctrl_runtime.triton.repository import write_repository
     from inctrl_runtime.triton.server import TritonServer, serving_problem
     from inctrl_runtime.triton.watchdog import StubWatchdog
@@ -53,7 +63,7 @@ def run_serve(
         server = TritonServer(repository, host, http_port, grpc_port, metrics_port, workdir=folder)
         write_repository(
             bundle, repository, max_batch=max_batch, instances=instances, fpr=fpr,
-            region_fpr=region_fpr, threads=threads,
+            region_fpr=region_fpr, threads=threads, drift_delta=drift_delta,
         )  # fmt: skip
         watchdog = None
         try:
@@ -88,6 +98,9 @@ def _print_endpoints(server, bundle: Path, waited: float) -> None:
         f"  registered categories: {served} (of {', '.join(checked.categories)})",
         f"add one while it runs: inctrl-run register {bundle} --category C --shot IMG ...",
         f"score: inctrl-run client {server.http_url} --category C IMG ...",
+        f"drift: each calibrated category's gauges {DRIFT_EVIDENCE}, {DRIFT_ALARM}, "
+        f"{FLAGGED_RATE} at {server.metrics_url}/metrics; inctrl-run monitor {bundle} "
+        "--category C",
         "Ctrl-C stops it",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
@@ -105,12 +118,14 @@ def serve(
     max_batch: int = typer.Option(DEFAULT_MAX_BATCH, "--max-batch", help="Largest batch."),
     fpr: float = typer.Option(DEFAULT_FPR, "--fpr", help="False-positive rate of decisions."),
     region_fpr: RegionFpr = None,
+    drift_delta: DriftDelta = DEFAULT_DELTA,
     threads: int | None = ThreadsOption,
 ) -> None:
     """Serve a bundle on NVIDIA Triton Inference Server until Ctrl-C.
 
     Runs the serve extra's tritonserver (python backend, CPU) on every registered category,
-    and on those registered while it runs.
+    and on those registered while it runs. Every calibrated category's parts feed its drift
+    monitor (in the bundle's monitors/), published on the metrics endpoint.
 
     Example: inctrl-run serve bundle/ --http-port 8000
     """
@@ -125,4 +140,5 @@ def serve(
         fpr=fpr,
         threads=threads,
         region_fpr=region_fpr,
+        drift_delta=drift_delta,
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from inctrl_runtime.bundle import Bundle
-from inctrl_runtime.triton.names import ENCODER
+from inctrl_runtime.triton.names import DRIFT_ALARM, DRIFT_EVIDENCE, ENCODER, FLAGGED_RATE
 from inctrl_runtime.triton.stages import Feeds, Stage
 
 
@@ -76,3 +76,34 @@ def bls_encoder(bundle: Bundle, max_batch: int) -> Callable[[np.ndarray], Feeds]
         return {name: np.concatenate([part[name] for part in parts]) for name in names}
 
     return encode
+
+
+# Each gauge's description on the metrics endpoint.
+_GAUGES = {
+    DRIFT_EVIDENCE: "the drift monitor's evidence that a category's parts are no longer like "
+    "its calibration's (a test martingale: 1 at the start, the alarm at 1/delta)",
+    DRIFT_ALARM: "1 once the drift monitor's evidence reached 1/delta since its last reset",
+    FLAGGED_RATE: "the share of a category's parts decided anomalous since the monitor's reset",
+}
+
+
+def metric_gauges() -> Callable[[str, float, bool, float], None]:
+    """A function that sets a category's drift gauges (label ``category``) on Triton's metrics
+    endpoint, through the python backend's custom metrics. Only the python backend's stub can
+    call it."""
+    import triton_python_backend_utils as pb_utils
+
+    families = {
+        name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
+        for name, text in _GAUGES.items()
+    }
+    held: dict[tuple[str, str], object] = {}
+
+    def publish(category: str, evidence: float, alarm: bool, flagged: float) -> None:
+        for name, value in ((DRIFT_EVIDENCE, evidence), (DRIFT_ALARM, float(alarm)),
+                            (FLAGGED_RATE, flagged)):  # fmt: skip
+            if (name, category) not in held:
+                held[name, category] = families[name].Metric(labels={"category": category})
+            held[name, category].set(float(value))
+
+    return publish

@@ -14,6 +14,11 @@ Banks are the runtime's registered banks (``inctrl_runtime.references.Registered
 when a request first names a category and read again when their file's digest changes, so
 ``inctrl-run register`` or ``calibrate`` on the bundle while the server runs is served from the
 next request on, without a restart.
+
+Every calibrated category's frames are parts of its drift monitor (``inctrl_runtime.drift_store``,
+in the bundle the entry reads, shared with every other instance and process under its lock);
+after each batch the entry publishes the monitor's evidence, its alarm and the share of parts
+flagged (``Gauges``: on Triton's metrics endpoint).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from inctrl_runtime.bundle import PRIORS, Bundle
-from inctrl_runtime.decisions import decision_arrays
+from inctrl_runtime.decisions import ANOMALOUS, decision_arrays
+from inctrl_runtime.drift import DEFAULT_DELTA
+from inctrl_runtime.drift_store import DriftMonitor
 from inctrl_runtime.engines import Engine
 from inctrl_runtime.errors import BundleError, InputError
 from inctrl_runtime.files import file_sha256
@@ -40,6 +47,8 @@ from inctrl_runtime.triton.wire import where_arrays
 
 # Runs the encoder: N x 3 x S x S pixels -> its outputs, N rows each.
 Encode = Callable[[np.ndarray], Feeds]
+# Publishes a category's drift gauges: (category, evidence, alarm, share of parts flagged).
+Gauges = Callable[[str, float, bool, float], None]
 # How a request for an unregistered category is answered: how to register it, and that the
 # running server then serves it.
 _THEN_SERVED = " (the running server serves it from then on)"
@@ -81,7 +90,8 @@ class Frame:
 class EntryStage:
     """Scores each image of a batch of requests against its category's bank (python model
     ``inctrl``): decisions at rate ``fpr``, regions at ``region_fpr`` (None: ``fpr``);
-    ``encode`` runs the encoder."""
+    ``encode`` runs the encoder; a calibrated category's drift monitor alarms at
+    ``drift_delta`` and is published through ``gauges`` (None: not published)."""
 
     inputs = (IMAGE, CATEGORY)
 
@@ -93,6 +103,8 @@ class EntryStage:
         fpr: float,
         categories: Sequence[str] = (),
         region_fpr: float | None = None,
+        drift_delta: float = DEFAULT_DELTA,
+        gauges: Gauges | None = None,
     ) -> None:
         self.bundle = bundle
         self.engine = engine
@@ -101,20 +113,30 @@ class EntryStage:
         self.region_fpr = fpr if region_fpr is None else region_fpr
         self.features = tuple(spec.name for spec in bundle.graphs["encoder"].outputs)
         self.banks = RegisteredBanks(bundle)
+        self.drift_delta = drift_delta
+        self.gauges = gauges
+        self.monitors: dict[str, DriftMonitor] = {}
         for category in categories:  # read ahead; a damaged bank fails alone when asked for
             with contextlib.suppress(InputError):
                 self.bank(category)
 
     @classmethod
-    def open(cls, args: Mapping[str, str], encoder: Callable[[Bundle, int], Encode]) -> EntryStage:
+    def open(
+        cls,
+        args: Mapping[str, str],
+        encoder: Callable[[Bundle, int], Encode],
+        gauges: Callable[[], Gauges] | None = None,
+    ) -> EntryStage:
         """Open from Triton's ``initialize`` arguments; ``encoder(bundle, max_batch)`` makes
-        the function that runs the encoder in batches of at most ``max_batch``."""
+        the function that runs the encoder in batches of at most ``max_batch``, ``gauges()``
+        the one that publishes the drift gauges."""
         parsed = ModelArgs.parse(args)
         bundle = parsed.bundle(reads=lambda bundle: [bundle.graphs["head"].file.name, PRIORS])
         check_encoder_file(parsed.root, bundle)
         engine = open_graph(bundle, "head", parsed.threads)
         encode = encoder(bundle, parsed.max_batch)
-        return cls(bundle, engine, encode, parsed.fpr, parsed.categories, parsed.region_fpr)
+        return cls(bundle, engine, encode, parsed.fpr, parsed.categories, parsed.region_fpr,
+                   parsed.drift_delta, None if gauges is None else gauges())  # fmt: skip
 
     def bank(self, category: str) -> NumpyBank:
         """A category's registered bank, read again when its file changed on disk; an unknown
@@ -190,7 +212,22 @@ class EntryStage:
         size = self.bundle.preprocessing.size
         framings = [image.layout or Framing(*image.frame, size) for image in images]
         arrays |= where_arrays(rule, scores.patch_residual_map, framings, decisive)
+        if calibration is not None:
+            self.watch(category, bank, scores.score, arrays[ANOMALOUS])
         return {name: a if a.ndim == 2 else a.reshape(-1, 1) for name, a in arrays.items()}
+
+    def watch(
+        self, category: str, bank: NumpyBank, scores: np.ndarray, flagged: np.ndarray
+    ) -> None:
+        """Add a calibrated category's frames to its drift monitor (one for the bank served:
+        a bank registered or calibrated anew starts it again) and publish its gauges."""
+        monitor = self.monitors.get(category)
+        if monitor is None or monitor.bank.digest != bank.digest:
+            monitor = self.monitors[category] = DriftMonitor(self.bundle.path, category, bank)
+        drifts = monitor.take(scores, self.drift_delta, flagged.tolist())
+        if self.gauges is not None:
+            last = drifts[-1]
+            self.gauges(category, last.evidence, last.alarm, monitor.flagged / last.observed)
 
     def close(self) -> None:
         self.engine.close()

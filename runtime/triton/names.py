@@ -39,6 +39,13 @@ PARAM_FPR = "fpr"  # the false-positive rate of the decisions
 PARAM_REGION_FPR = "region_fpr"  # the rate of good parts that may get any region (absent: fpr)
 PARAM_THREADS = "threads"  # intra-op threads per instance ("" for onnxruntime's default)
 PARAM_CATEGORIES = "categories"  # comma-separated categories the entry loads at start ("": all)
+PARAM_DRIFT_DELTA = "drift_delta"  # the drift monitor's false-alarm probability (absent: 0.01)
+
+# The gauges the entry model publishes on the metrics endpoint, per calibrated category (label
+# ``category``): the drift monitor's evidence and alarm, and the share of its parts flagged.
+DRIFT_EVIDENCE = "inctrl_drift_evidence"
+DRIFT_ALARM = "inctrl_drift_alarm"
+FLAGGED_RATE = "inctrl_flagged_rate"
 
 # The encoder's model file, for the encoders Triton runs itself.
 ENCODER_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}

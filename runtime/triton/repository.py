@@ -23,6 +23,7 @@ from pathlib import Path
 
 from inctrl_runtime.bundle import REFERENCES_DIR, Bundle
 from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
+from inctrl_runtime.drift import DEFAULT_DELTA, check_delta
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import staging_folder
 from inctrl_runtime.manifest import MANIFEST
@@ -41,6 +42,7 @@ from inctrl_runtime.triton.names import (
     ENTRY,
     PARAM_BUNDLE,
     PARAM_CATEGORIES,
+    PARAM_DRIFT_DELTA,
     PARAM_FPR,
     PARAM_REGION_FPR,
     PARAM_THREADS,
@@ -114,6 +116,7 @@ def write_repository(
     threads: int | None = None,
     encoder_file: str | os.PathLike | None = None,
     overwrite: bool = False,
+    drift_delta: float = DEFAULT_DELTA,
 ) -> Path:
     """Check a bundle and write its Triton repository at ``out``, atomically (built beside it,
     then renamed); returns ``out``.
@@ -132,10 +135,13 @@ def write_repository(
             otherwise the models read the bundle where it is (its absolute path).
         threads: intra-op threads per engine instance (None: onnxruntime's default).
         overwrite: replace an existing non-empty ``out`` (refused otherwise).
+        drift_delta: the false-alarm probability of every calibrated category's drift monitor
+            (kept in the bundle the entry reads: an exported repository's copy has its own).
     """
     checked = Bundle.open(bundle, check_files=True)
     check_serving_sizes(max_batch, instances)
     check_fpr(fpr)
+    check_delta(drift_delta)
     region_fpr = fpr if region_fpr is None else check_fpr(region_fpr, "--region-fpr")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}")
@@ -155,7 +161,11 @@ def write_repository(
     with staging_folder(target) as staging:
         repository = staging / "repository"
         repository.mkdir()
-        entry = {**parameters, PARAM_CATEGORIES: ",".join(serving)}
+        entry = {
+            **parameters,
+            PARAM_CATEGORIES: ",".join(serving),
+            PARAM_DRIFT_DELTA: repr(float(drift_delta)),
+        }
         write_model(repository, ENTRY, entry_config(max_batch, instances, entry), _SOURCES[ENTRY])
         python = encoder == "python"
         version = write_model(

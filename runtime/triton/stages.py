@@ -19,12 +19,14 @@ import numpy as np
 
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.decisions import DEFAULT_FPR, check_fpr
+from inctrl_runtime.drift import DEFAULT_DELTA, check_delta
 from inctrl_runtime.engines import Engine, check_signature
 from inctrl_runtime.engines.ort import OrtEngine, place
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.triton.names import (
     PARAM_BUNDLE,
     PARAM_CATEGORIES,
+    PARAM_DRIFT_DELTA,
     PARAM_FPR,
     PARAM_REGION_FPR,
     PARAM_THREADS,
@@ -91,6 +93,12 @@ class ModelArgs:
         """The rate of good parts that may get any region (no parameter: ``fpr``)."""
         text = self.parameters.get(PARAM_REGION_FPR, "")
         return check_fpr(float(text), "--region-fpr") if text else self.fpr
+
+    @property
+    def drift_delta(self) -> float:
+        """The drift monitor's false-alarm probability (no parameter: the default)."""
+        text = self.parameters.get(PARAM_DRIFT_DELTA, "")
+        return check_delta(float(text)) if text else DEFAULT_DELTA
 
     @property
     def categories(self) -> tuple[str, ...]:
