@@ -148,13 +148,14 @@ class DriftMonitor:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def _seed(self) -> int:
+    @property
+    def seed(self) -> int:
         """The tie-breaks' seed: a fixed function of the bank watched."""
         return int(self.bank.digest[:15], 16)
 
     def _start(self) -> MonitorState:
         """A monitor that has seen nothing, committed (an empty log, a fresh snapshot)."""
-        self.state = MonitorState.start(self.bank.calibration.scores, self._seed())
+        self.state = MonitorState.start(self.bank.calibration.scores, self.seed)
         self.flagged = 0
         with open(self.log, "wb"):
             pass

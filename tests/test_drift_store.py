@@ -42,7 +42,7 @@ def stream(count: int, seed: int = 0) -> np.ndarray:
 def replayed(bundle: Path, scores: np.ndarray) -> np.ndarray:
     """The evidence one process that took ``scores`` in this order from the start gets."""
     ours = monitor(bundle)
-    state = MonitorState.start(ours.bank.calibration.scores, ours._seed())
+    state = MonitorState.start(ours.bank.calibration.scores, ours.seed)
     return state.observe(scores)
 
 

@@ -30,6 +30,7 @@ import pytest
 
 from inctrl_runtime.cli import main as inctrl_run
 from inctrl_runtime.detector import Detector
+from inctrl_runtime.drift import MonitorState
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.tiling import Tiling
 from inctrl_runtime.triton.client import TritonClient
@@ -398,6 +399,67 @@ def test_serve_answers_and_leaves_nothing_after_sigterm(triton_server, tmp_path)
     assert "interrupted by SIGTERM" in process.stderr.read()
     assert not folder.exists()
     assert _processes_naming(str(folder)) == []
+
+
+def gauges(url: str) -> dict[tuple[str, str], float]:
+    """The inctrl gauges on a Prometheus metrics endpoint: (name, category) -> value."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as answer:
+        text = answer.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("inctrl_"):
+            name, rest = line.split("{", 1)
+            labels, value = rest.rsplit("}", 1)
+            category = dict(pair.split("=", 1) for pair in labels.replace('"', "").split(","))[
+                "category"
+            ]
+            found[name, category] = float(value)
+    return found
+
+
+@pytest.mark.cli
+def test_serve_publishes_each_calibrated_categorys_drift_gauges(tiny_bundle, tmp_path):
+    """A real ``inctrl-run serve`` with two entry instances: after concurrent requests, its
+    Prometheus endpoint shows the drift gauges of the calibrated category (the monitor's
+    evidence and alarm, the share flagged, as the monitor kept in the bundle says) and none of
+    the uncalibrated one; both instances' parts are in the monitor, in one order."""
+    require_serving()
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    register_served(bundle)  # candle calibrated, metal_nut not
+    files = query_files(tmp_path / "queries", count=3, seed=130)
+    code = "import sys; from inctrl_runtime.cli import main; main(sys.argv[1:])"
+    ports = ("--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", str(bundle), *ports, "--threads", "1", "--fpr",
+         str(TRITON_FPR), "--drift-delta", "0.05", "--instances", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = _read_until(process, "Ctrl-C stops it", TIMEOUT_S * 2)
+        fields = dict(line.split(None, 1) for line in lines if line.startswith("  "))
+        client = TritonClient(fields["HTTP"].strip())
+        records = client.records(CATEGORY, files * 4, concurrency=4)  # both entry instances
+        client.records(OTHER, files[:1])
+        found = gauges(fields["metrics"].strip())
+        monitor = Detector.open(bundle).monitor(CATEGORY)
+        status = monitor.status()
+        assert status.observed == 12 and status.flagged == sum(r["anomalous"] for r in records)
+        assert found["inctrl_drift_evidence", CATEGORY] == pytest.approx(status.evidence)
+        assert found["inctrl_drift_alarm", CATEGORY] == float(status.alarm(0.05)) == 0.0
+        assert found["inctrl_flagged_rate", CATEGORY] == pytest.approx(status.flag_rate)
+        assert not [key for key in found if key[1] == OTHER]
+        history = monitor.history()  # every part, in the one order the writers agreed on
+        assert sorted(history["score"]) == pytest.approx(sorted(r["score"] for r in records))
+        state = MonitorState.start(monitor.bank.calibration.scores, monitor.seed)
+        assert np.array_equal(state.observe(history["score"]), history["evidence"])
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT_S) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.cli

@@ -99,7 +99,7 @@ def _print_endpoints(server, bundle: Path, waited: float) -> None:
         f"add one while it runs: inctrl-run register {bundle} --category C --shot IMG ...",
         f"score: inctrl-run client {server.http_url} --category C IMG ...",
         f"drift: each calibrated category's gauges {DRIFT_EVIDENCE}, {DRIFT_ALARM}, "
-        f"{FLAGGED_RATE} at {server.metrics_url}/metrics; inctrl-run monitor {bundle} "
+        f"{FLAGGED_RATE} at {server.metrics_url}; inctrl-run monitor {bundle} "
         "--category C",
         "Ctrl-C stops it",
     ]
