@@ -67,38 +67,34 @@ class Ranks:
 
     def __init__(self, scores: Sequence[float] | np.ndarray = ()) -> None:
         self.sorted = np.sort(np.asarray(scores, dtype=np.float64))
-        self.recent: list[float] = []
+        self.recent = np.empty(_MERGE)
+        self.count = 0  # scores in ``recent``
 
     def __len__(self) -> int:
-        return len(self.sorted) + len(self.recent)
+        return len(self.sorted) + self.count
 
     def p_value(self, score: float, theta: float) -> float:
         """The smoothed conformal p-value of ``score`` against the scores held, which it then
         joins."""
-        low = int(np.searchsorted(self.sorted, score, "left"))
-        high = int(np.searchsorted(self.sorted, score, "right"))
+        low = int(self.sorted.searchsorted(score, "left"))
+        high = int(self.sorted.searchsorted(score, "right"))
         greater, equal = len(self.sorted) - high, high - low
-        if self.recent:
-            tail = np.asarray(self.recent)
-            greater += int((tail > score).sum())
-            equal += int((tail == score).sum())
+        if self.count:
+            tail = self.recent[: self.count]
+            greater += int(np.count_nonzero(tail > score))
+            equal += int(np.count_nonzero(tail == score))
         p = (greater + theta * (equal + 1)) / (len(self) + 1)
-        self.add([score])
+        self.add((score,))
         return p
 
     def add(self, scores: Sequence[float] | np.ndarray) -> None:
         """Scores that join the history without a p-value (another process's, read back)."""
-        self.recent.extend(float(s) for s in scores)
-        if len(self.recent) >= _MERGE:
-            self.sorted = np.sort(np.concatenate([self.sorted, self.recent]))
-            self.recent = []
-
-
-def jumper_step(capitals: np.ndarray, p: float, jump: float = JUMP) -> np.ndarray:
-    """The Simple Jumper's accounts after one p-value: a share ``jump`` of the total spread
-    evenly again, then each account multiplied by its bet f_e(p) = 1 + e (p - 1/2)."""
-    total = capitals.sum()
-    return ((1.0 - jump) * capitals + jump * total / len(capitals)) * (1.0 + BETS * (p - 0.5))
+        for score in scores:
+            self.recent[self.count] = score
+            self.count += 1
+            if self.count == _MERGE:
+                self.sorted = np.sort(np.concatenate([self.sorted, self.recent]))
+                self.count = 0
 
 
 @dataclass(frozen=True)
@@ -147,15 +143,20 @@ class MonitorState:
 
     def observe(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
         """Take parts' scores in order: each one's evidence after it (float64)."""
-        thetas = tie_breaks(self.seed, self.observed, len(scores))
+        thetas = tie_breaks(self.seed, self.observed, len(scores)).tolist()
         evidence = np.empty(len(scores))
-        capitals = self.capitals
-        for index, (score, theta) in enumerate(zip(scores, thetas, strict=True)):
-            capitals = jumper_step(capitals, self.ranks.p_value(float(score), float(theta)))
-            evidence[index] = capitals.sum()
-            if evidence[index] > self.peak:
-                self.peak, self.peak_at = float(evidence[index]), self.observed + index + 1
-        self.capitals = capitals
+        up, still, down = (float(c) for c in self.capitals)  # the accounts of BETS
+        for index, (score, theta) in enumerate(zip(np.asarray(scores).tolist(), thetas,
+                                                   strict=True)):  # fmt: skip
+            bet = self.ranks.p_value(score, theta) - 0.5
+            share = JUMP * (up + still + down) / 3.0
+            up = ((1.0 - JUMP) * up + share) * (1.0 - bet)
+            still = (1.0 - JUMP) * still + share
+            down = ((1.0 - JUMP) * down + share) * (1.0 + bet)
+            evidence[index] = total = up + still + down
+            if total > self.peak:
+                self.peak, self.peak_at = total, self.observed + index + 1
+        self.capitals = np.array([up, still, down])
         self.observed += len(scores)
         return evidence
 

@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from inctrl_runtime.drift import (
-    BETS,
-    JUMP,
-    MonitorState,
-    Ranks,
-    check_delta,
-    jumper_step,
-    tie_breaks,
-)
+from inctrl_runtime.drift import BETS, JUMP, MonitorState, Ranks, check_delta, tie_breaks
 from inctrl_runtime.errors import InputError
 
 pytestmark = pytest.mark.unit
@@ -65,15 +57,32 @@ def test_online_p_values_are_uniform_and_independent_under_exchangeability() -> 
     assert abs(lagged) < 4 / np.sqrt(p.size)
 
 
+def jumper_step(capitals: np.ndarray, p: float) -> np.ndarray:
+    """The Simple Jumper's accounts after one p-value, as the docs write it: a share J of the
+    total spread evenly again, then each account times its bet 1 + e (p - 1/2)."""
+    total = capitals.sum()
+    return ((1 - JUMP) * capitals + JUMP * total / 3) * (1 + BETS * (p - 0.5))
+
+
+def test_the_evidence_is_the_jumpers_total_over_the_online_p_values() -> None:
+    rng = np.random.default_rng(5)
+    calibration, parts = rng.random(50), rng.random(400)
+    state = MonitorState.start(calibration, seed=9)
+    evidence = np.concatenate([state.observe(parts[:150]), state.observe(parts[150:])])
+    ranks, capitals = Ranks(calibration), np.full(3, 1 / 3)
+    for index, (score, theta) in enumerate(zip(parts, tie_breaks(9, 0, 400), strict=True)):
+        capitals = jumper_step(capitals, ranks.p_value(score, theta))
+        assert evidence[index] == pytest.approx(capitals.sum(), rel=1e-12)
+    assert state.capitals == pytest.approx(capitals, rel=1e-12)
+    assert state.peak == evidence.max() and state.peak_at == evidence.argmax() + 1
+
+
 def test_the_jumper_bets_fairly_and_on_both_sides() -> None:
     capitals = np.array([0.2, 0.5, 0.3])
-    step = jumper_step(capitals, 0.1)
-    mixed = (1 - JUMP) * capitals + JUMP * capitals.sum() / 3
-    assert np.allclose(step, mixed * (1 + BETS * (0.1 - 0.5)))
-    # each bet averages 1 over a uniform p: the total is a martingale
     grid = (np.arange(1000) + 0.5) / 1000  # midpoints: exact for a bet linear in p
     mean = np.mean([jumper_step(capitals, p).sum() for p in grid])
-    assert mean == pytest.approx(capitals.sum(), rel=1e-6)
+    assert mean == pytest.approx(capitals.sum(), rel=1e-9)  # each bet averages 1: a martingale
+    assert jumper_step(capitals, 0.0)[0] > capitals[0] and jumper_step(capitals, 1.0)[2] > 0.3
 
 
 @pytest.mark.parametrize("shift", [0.6, -0.6])
