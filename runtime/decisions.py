@@ -65,17 +65,10 @@ def p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def threshold(calibration: np.ndarray, alpha: float) -> float | None:
     """The score above which a query is anomalous at rate ``alpha``: the ceil((n + 1)(1 -
     alpha))-th smallest calibration score plus ``TIE_TOLERANCE``; None when n is too small."""
-    cut = order_statistic(calibration, alpha)
-    return None if cut is None else cut + TIE_TOLERANCE
-
-
-def order_statistic(calibration: np.ndarray, alpha: float) -> float | None:
-    """The ceil((n + 1)(1 - alpha))-th smallest calibration score (sorted ascending): the
-    threshold at rate ``alpha`` without its tie tolerance; None when n is too small."""
     rank = math.ceil(_rounded((len(calibration) + 1) * (1 - alpha)))
     if not 1 <= rank <= len(calibration):
         return None
-    return float(calibration[rank - 1])
+    return float(calibration[rank - 1]) + TIE_TOLERANCE
 
 
 class CalibrationWarning(UserWarning):

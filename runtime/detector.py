@@ -346,9 +346,7 @@ class Detector:
             drifts = None
             if prepared.monitor is not None:
                 flagged = None if decisions is None else [bool(d["anomalous"]) for d in decisions]
-                drifts = prepared.monitor.take(
-                    scores.score, prepared.drift_delta, prepared.fpr, flagged
-                )
+                drifts = prepared.monitor.take(scores.score, prepared.drift_delta, flagged)
             decoded = batch.decoded
             yield to_results(
                 batch.names,

@@ -1,18 +1,13 @@
 """The drift monitor's arithmetic: online conformal p-values and a conformal test martingale.
 
-The null hypothesis is that the good parts scored after a category's calibration are, in order,
-exchangeable with its calibration's normals. The monitor watches the parts its decisions do not
-flag: with t the decisions' order statistic at rate alpha (the r-th smallest of the n calibration
-scores, r = ceil((n + 1)(1 - alpha)); ``decisions.order_statistic``), it ranks the parts scoring
-below t against the r - 1 calibration scores below t. Given t, those calibration scores are
-independent draws from the normals' score distribution cut at t, and so are the good parts below
-t (for continuous scores): the two are exchangeable, whatever t is, and defects the decisions
-flag never enter. Under the null, the online conformal p-value of watched part n,
+The null hypothesis is that a category's calibration scores and the scores of the stream of
+parts scored after them, in order, are exchangeable. Under it, the online conformal p-value of
+stream part n,
 
     p_n = (#{earlier scores > s_n} + theta_n * (#{earlier scores = s_n} + 1)) / (N_n + 1),
 
-where the earlier scores are the r - 1 calibration scores below t and the watched parts before
-it (N_n of them), and theta_n is uniform on [0, 1), are independent and uniform on [0, 1]: the
+where the earlier scores are the m calibration scores and the stream's first n - 1 (N_n = m + n
+- 1 of them) and theta_n is uniform on [0, 1), are independent and uniform on [0, 1]: the
 smoothed conformal p-values of an exchangeable sequence are (Vovk, Gammerman and Shafer,
 "Algorithmic Learning in a Random World", 2005, theorem 8.2), and the stream's are a
 subsequence of the whole sequence's. A small p-value is a score larger than usual.
@@ -120,12 +115,10 @@ class Drift:
 class MonitorState:
     """A category's monitor: the calibration's and the stream's scores, the Simple Jumper's
     accounts, the parts seen, and the largest evidence yet (``peak``, first reached after part
-    ``peak_at``), from which an alarm at any delta is read. It watches the parts scoring below
-    ``cut`` (the others, flagged, leave the evidence as it was); ``observed`` counts them all."""
+    ``peak_at``), from which an alarm at any delta is read."""
 
     ranks: Ranks
     seed: int
-    cut: float = math.inf
     observed: int = 0
     capitals: np.ndarray | None = None
     peak: float = 1.0
@@ -136,17 +129,9 @@ class MonitorState:
             self.capitals = np.full(len(BETS), 1.0 / len(BETS))
 
     @classmethod
-    def start(
-        cls, calibration: Sequence[float] | np.ndarray, seed: int, cut: float = math.inf
-    ) -> MonitorState:
-        """A monitor that has seen no part yet, watching the parts below ``cut`` against the
-        ``calibration`` scores below it."""
-        scores = np.asarray(calibration, dtype=np.float64)
-        return cls(Ranks(scores[scores < cut]), seed, cut)
-
-    def watched(self, scores: np.ndarray) -> np.ndarray:
-        """Which of ``scores`` the monitor ranks (those below its cut)."""
-        return np.asarray(scores, dtype=np.float64) < self.cut
+    def start(cls, calibration: Sequence[float] | np.ndarray, seed: int) -> MonitorState:
+        """A monitor that has seen no part yet, against ``calibration``'s scores."""
+        return cls(Ranks(calibration), seed)
 
     @property
     def evidence(self) -> float:
@@ -157,17 +142,12 @@ class MonitorState:
         return self.peak >= 1.0 / delta
 
     def observe(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Take parts' scores in order: each one's evidence after it (float64; a part at or
-        above the cut leaves it as it was)."""
+        """Take parts' scores in order: each one's evidence after it (float64)."""
         thetas = tie_breaks(self.seed, self.observed, len(scores)).tolist()
         evidence = np.empty(len(scores))
         up, still, down = (float(c) for c in self.capitals)  # the accounts of BETS
-        cut = self.cut
         for index, (score, theta) in enumerate(zip(np.asarray(scores).tolist(), thetas,
                                                    strict=True)):  # fmt: skip
-            if not score < cut:
-                evidence[index] = up + still + down
-                continue
             bet = self.ranks.p_value(score, theta) - 0.5
             share = JUMP * (up + still + down) / 3.0
             up = ((1.0 - JUMP) * up + share) * (1.0 - bet)

@@ -2,11 +2,9 @@
 
     BUNDLE/monitors/<category>.log    append-only, a record per part: its score (float32) and
                                       the evidence after it (float64): 12 bytes a part
-    BUNDLE/monitors/<category>.json   the snapshot: the bank it watches (its digest), the rate
-                                      of the decisions whose unflagged parts it ranks, the seed
-                                      of the tie-breaks, the parts committed, the Simple
-                                      Jumper's accounts, the largest evidence yet and the parts
-                                      flagged; written atomically
+    BUNDLE/monitors/<category>.json   the snapshot: the bank it watches (its digest), the seed of
+                                      the tie-breaks, the parts committed, the Simple Jumper's
+                                      accounts and the largest evidence yet; written atomically
     BUNDLE/monitors/<category>.lock   held (``flock``) while a process adds parts
 
 A process adds parts under the lock: it reads the snapshot, takes in the parts other processes
@@ -16,9 +14,7 @@ evidence, appends them and writes the snapshot. So parts are taken one at a time
 whatever the number of processes (``inctrl-run score`` runs, Triton model instances), and a
 restarted process continues the same martingale. A part costs an append and a snapshot of a
 few hundred bytes, never a rewrite of the history. A snapshot of another bank (registered or
-calibrated anew) starts the monitor again; so does ``reset``. The monitor takes the
-decisions' rate of its first part; a later part decided at another rate is refused (its
-watched parts would be another population).
+calibrated anew) starts the monitor again; so does ``reset``.
 """
 
 from __future__ import annotations
@@ -33,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inctrl_runtime.decisions import order_statistic
-from inctrl_runtime.drift import Drift, MonitorState
+from inctrl_runtime.drift import Drift, MonitorState, Ranks
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import write_json
 from inctrl_runtime.references import NumpyBank
@@ -55,7 +50,6 @@ class Status:
     peak_at: int  # the part after which the evidence was ``peak`` (0: none yet)
     calibration: int  # the calibration's n
     flagged: int  # the parts decided anomalous
-    fpr: float | None  # the decisions' rate it watches the unflagged parts of (None: no part)
 
     @property
     def flag_rate(self) -> float | None:
@@ -77,7 +71,6 @@ class Status:
             "calibration": self.calibration,
             "flagged": self.flagged,
             "flag_rate": self.flag_rate,
-            "fpr": self.fpr,
         }
 
 
@@ -99,29 +92,20 @@ class DriftMonitor:
         self.lock_path = self.folder / f"{category}.lock"
         self.state: MonitorState | None = None  # this process's copy, caught up under the lock
         self.flagged = 0  # the parts decided anomalous (the committed count, under the lock)
-        self.fpr: float | None = None  # the rate it watches the unflagged parts of
 
     # ----------------------------------------------------------------------------- adding parts
     def take(
         self,
         scores: Sequence[float] | np.ndarray,
         delta: float,
-        fpr: float,
         flagged: Sequence[bool] | None = None,
     ) -> list[Drift]:
-        """Add parts' scores, in order, decided at rate ``fpr`` (``flagged``: each part's
-        decision; None: undecided): each part's ``Drift`` at ``delta``."""
+        """Add parts' scores, in order, and how many of them were decided anomalous
+        (``flagged``: each part's decision; None: undecided): each part's ``Drift`` at
+        ``delta``."""
         scores = np.asarray(scores, dtype=np.float32)
         with self._locked():
             state = self._caught_up()
-            if self.fpr is None:
-                state = self._watching(fpr)
-            elif self.fpr != fpr:
-                raise InputError(
-                    f"the drift monitor of {self.category!r} watches the parts not flagged at "
-                    f"--fpr {self.fpr:g}: score with --fpr {self.fpr:g}, or start it again "
-                    "with inctrl-run monitor --reset"
-                )
             drifts = state.take(scores, delta)
             self.flagged += sum(map(bool, flagged or ()))
             records = np.empty(len(scores), RECORD)
@@ -139,7 +123,7 @@ class DriftMonitor:
         with self._locked():
             state = self._caught_up()
         return Status(self.category, state.observed, state.evidence, state.peak, state.peak_at,
-                      len(self.bank.calibration.scores), self.flagged, self.fpr)  # fmt: skip
+                      len(self.bank.calibration.scores), self.flagged)  # fmt: skip
 
     def history(self) -> np.ndarray:
         """The committed parts' records (``RECORD``: score, evidence), in order."""
@@ -169,22 +153,10 @@ class DriftMonitor:
         """The tie-breaks' seed: a fixed function of the bank watched."""
         return int(self.bank.digest[:15], 16)
 
-    def _cut(self, fpr: float | None) -> float:
-        """The score at and above which parts are flagged at rate ``fpr`` and not watched (the
-        decisions' order statistic; none: every part is watched)."""
-        cut = None if fpr is None else order_statistic(self.bank.calibration.scores, fpr)
-        return np.inf if cut is None else cut
-
-    def _watching(self, fpr: float) -> MonitorState:
-        """The fresh monitor, made to watch the parts not flagged at ``fpr``."""
-        self.fpr = fpr
-        self.state = MonitorState.start(self.bank.calibration.scores, self.seed, self._cut(fpr))
-        return self.state
-
     def _start(self) -> MonitorState:
         """A monitor that has seen nothing, committed (an empty log, a fresh snapshot)."""
         self.state = MonitorState.start(self.bank.calibration.scores, self.seed)
-        self.flagged, self.fpr = 0, None
+        self.flagged = 0
         with open(self.log, "wb"):
             pass
         self._write_snapshot(self.state)
@@ -198,11 +170,9 @@ class DriftMonitor:
         if snapshot is None or snapshot["bank"] != self.bank.digest:
             return self._start()
         observed = int(snapshot["observed"])
-        self.fpr = snapshot["fpr"]
-        cut = self._cut(self.fpr)
         state = self.state
-        if state is None or state.observed > observed or state.cut != cut:
-            state = MonitorState.start(self.bank.calibration.scores, self.seed, cut)
+        if state is None or state.observed > observed or state.seed != snapshot["seed"]:
+            state = MonitorState(Ranks(self.bank.calibration.scores), int(snapshot["seed"]))
         if state.observed < observed:
             with open(self.log, "rb") as log:
                 log.seek(state.observed * RECORD.itemsize)
@@ -212,8 +182,7 @@ class DriftMonitor:
                     f"{self.log}: holds {state.observed + len(new)} parts, its snapshot "
                     f"{observed}; start the monitor again with inctrl-run monitor --reset"
                 )
-            scores = new["score"].astype(np.float64)
-            state.ranks.add(scores[state.watched(scores)])
+            state.ranks.add(new["score"].astype(np.float64))
         state.observed = observed
         state.capitals = np.asarray(snapshot["capitals"], dtype=np.float64)
         state.peak, state.peak_at = float(snapshot["peak"]), int(snapshot["peak_at"])
@@ -242,7 +211,6 @@ class DriftMonitor:
             "version": SNAPSHOT_VERSION,
             "category": self.category,
             "bank": self.bank.digest,
-            "fpr": self.fpr,
             "seed": state.seed,
             "observed": state.observed,
             "capitals": [float(c) for c in state.capitals],

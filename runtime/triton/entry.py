@@ -224,7 +224,7 @@ class EntryStage:
         monitor = self.monitors.get(category)
         if monitor is None or monitor.bank.digest != bank.digest:
             monitor = self.monitors[category] = DriftMonitor(self.bundle.path, category, bank)
-        drifts = monitor.take(scores, self.drift_delta, self.fpr, flagged.tolist())
+        drifts = monitor.take(scores, self.drift_delta, flagged.tolist())
         if self.gauges is not None:
             last = drifts[-1]
             self.gauges(category, last.evidence, last.alarm, monitor.flagged / last.observed)
