@@ -1,7 +1,8 @@
 """The drift monitor measured: false alarms without drift, what a share of defects does, how
 soon each kind of drift is seen, and what a part costs (docs/drift.md).
 
-    python -m inctrl_bench.drift BUNDLE [--category synth_wood] [--normals 600] [--json out.json]
+    python -m inctrl_bench.drift BUNDLE [--category synth_wood] [--normals 1200] [--switch 1000]
+        [--json out.json]
 
 BUNDLE holds the category's text prior (the demo: ``inctrl-export onnx --out demo --category
 synth_wood --category synth_fabric``). The category's normals are rendered in memory
@@ -34,6 +35,7 @@ import typer
 from PIL import Image, ImageEnhance, ImageFilter
 
 from inctrl_bench.machine import machine_info
+from inctrl_runtime.decisions import threshold
 from inctrl_runtime.drift import MonitorState, tie_breaks
 
 CALIBRATION = 100  # normals per stream's calibration
@@ -42,6 +44,7 @@ SWITCH = 300  # in-control parts before a drift
 STREAMS = 200
 DELTAS = (0.01, 0.05)
 SHOTS = 2
+FPR = 0.01  # the decisions' rate, for the unflagged-parts alternative
 POWER_BETS = np.linspace(0.005, 0.995, 199)  # the power martingale's mixture over epsilon
 
 
@@ -62,6 +65,7 @@ DRIFTS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "brighter light (x1.3)": lambda image: ImageEnhance.Brightness(image).enhance(1.3),
     "darker light (x0.7)": lambda image: ImageEnhance.Brightness(image).enhance(0.7),
     "lower contrast (x0.6)": lambda image: ImageEnhance.Contrast(image).enhance(0.6),
+    "higher contrast (x1.5)": lambda image: ImageEnhance.Contrast(image).enhance(1.5),
     "Gaussian blur (2 px)": lambda image: image.filter(ImageFilter.GaussianBlur(2)),
     "rotated 3 degrees": lambda image: image.rotate(3, Image.BILINEAR),
     "shifted 4%": _shift,
@@ -80,15 +84,28 @@ def power_evidence(p_values: np.ndarray) -> np.ndarray:
 
 
 def stream_evidence(
-    calibration: np.ndarray, parts: np.ndarray, seed: int
+    calibration: np.ndarray, parts: np.ndarray, seed: int, unflagged: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The Simple Jumper's and the power martingale's evidence after each part of a stream
-    against its ``calibration`` (the same online p-values, ties broken with ``seed``)."""
+    against its ``calibration`` (the same online p-values, ties broken with ``seed``). The
+    monitor watches every part; ``unflagged`` measures the alternative docs/drift.md weighs:
+    only the parts the decisions at ``FPR`` do not flag, ranked against the calibration scores
+    below their order statistic (a flagged part leaves the evidence as it was)."""
+    watched = np.ones(len(parts), bool)
+    if unflagged:
+        cut = threshold(np.sort(calibration), FPR)
+        if cut is not None:
+            calibration, watched = calibration[calibration < cut], parts < cut
     state = MonitorState.start(calibration, seed)
-    thetas = tie_breaks(seed, 0, len(parts))
     ranks = MonitorState.start(calibration, seed).ranks
-    p = np.array([ranks.p_value(float(s), float(t)) for s, t in zip(parts, thetas, strict=True)])
-    return state.observe(parts), power_evidence(p)
+    thetas = tie_breaks(seed, 0, int(watched.sum()))
+    chosen = parts[watched]
+    p = np.array([ranks.p_value(float(s), float(t)) for s, t in zip(chosen, thetas, strict=True)])
+    before = np.cumsum(watched) - 1  # each part's last watched part (-1: none yet)
+    paths = []
+    for values in (state.observe(chosen), power_evidence(p)):
+        paths.append(np.where(before >= 0, values[np.maximum(before, 0)] if len(values) else 1, 1))
+    return paths[0], paths[1]
 
 
 def first_alarm(evidence: np.ndarray, delta: float) -> int | None:
@@ -113,6 +130,7 @@ def defect_streams(
     streams: int = STREAMS,
     length: int = 2 * LENGTH,
     seed: int = 1,
+    unflagged: bool = False,
 ):
     """Streams of normals with a ``share`` of defects mixed in at random places."""
     rng = np.random.default_rng(seed)
@@ -122,7 +140,7 @@ def defect_streams(
         goods = pool[rng.choice(order[CALIBRATION:], length)]
         bad = rng.random(length) < share
         goods[bad] = rng.choice(defects, int(bad.sum()))
-        yield stream_evidence(calibration, goods, index)
+        yield stream_evidence(calibration, goods, index, unflagged)
 
 
 def drift_streams(
@@ -132,6 +150,7 @@ def drift_streams(
     switch: int = SWITCH,
     length: int = LENGTH,
     seed: int = 2,
+    unflagged: bool = False,
 ):
     """Streams of ``switch`` normals and then ``length`` drifted ones (drawn from ``drifted``,
     the scores of the pool's normals after the drift, none of them the calibration's own)."""
@@ -142,7 +161,7 @@ def drift_streams(
         rest = order[CALIBRATION:]
         before = pool[rng.choice(rest, switch, replace=len(rest) < switch)]
         after = drifted[rng.choice(rest, length, replace=len(rest) < length)]
-        yield stream_evidence(calibration, np.concatenate([before, after]), index)
+        yield stream_evidence(calibration, np.concatenate([before, after]), index, unflagged)
 
 
 def summarize_drift(paths, switch: int = SWITCH, delta: float = 0.01) -> dict:
@@ -229,6 +248,7 @@ def main(
     other: str = typer.Option("synth_fabric", help="'Another material': this category's normals."),
     normals: int = typer.Option(600, help="Normals rendered and scored (the streams' pool)."),
     streams: int = typer.Option(STREAMS, help="Streams per case."),
+    switch: int = typer.Option(SWITCH, help="In-control parts before a drift."),
     out: Path = typer.Option(None, "--json", help="Write the report here."),
 ) -> None:
     from inctrl_runtime.detector import Detector
@@ -259,19 +279,34 @@ def main(
             "normals": len(pool),
             "streams": streams,
             "calibration": CALIBRATION,
+            "switch": switch,
             "scoring_s": scoring_s,
             "null": alarm_rates(null_streams(pool, streams)),
-            "defects_2pct": alarm_rates(defect_streams(pool, defects, 0.02, streams)),
-            "defects_20pct": alarm_rates(defect_streams(pool, defects, 0.2, streams)),
+            "defects": {
+                f"{share:g}": {
+                    "every part": alarm_rates(defect_streams(pool, defects, share, streams)),
+                    "unflagged parts": alarm_rates(
+                        defect_streams(pool, defects, share, streams, unflagged=True)
+                    ),
+                }
+                for share in (0.02, 0.2)
+            },
             "drifts": {},
         }
         detector.calibrate(category, pool_images[:CALIBRATION])
         parts = np.random.default_rng(3).choice(pool, 20_000).astype(np.float32)
         report["cost"] = cost_per_part(detector.monitor(category), parts)
         for name, values in drifted.items():
-            summary = summarize_drift(drift_streams(pool, values, streams))
+            summary = summarize_drift(drift_streams(pool, values, streams, switch), switch)
+            alternative = summarize_drift(
+                drift_streams(pool, values, streams, switch, unflagged=True), switch
+            )["jumper"]
             shift = float(np.median(values) - np.median(pool))
-            report["drifts"][name] = {"median_score_shift": shift, **summary}
+            report["drifts"][name] = {
+                "median_score_shift": shift,
+                **summary,
+                "jumper, unflagged parts": alternative,
+            }
     text = json.dumps(report, indent=1)
     if out is not None:
         out.write_text(text + "\n")
