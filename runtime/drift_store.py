@@ -50,6 +50,7 @@ class Status:
     peak_at: int  # the part after which the evidence was ``peak`` (0: none yet)
     calibration: int  # the calibration's n
     flagged: int  # the parts decided anomalous
+    direction: str  # "up" or "down": the way the bet holding more capital wins (scores)
 
     @property
     def flag_rate(self) -> float | None:
@@ -71,6 +72,7 @@ class Status:
             "calibration": self.calibration,
             "flagged": self.flagged,
             "flag_rate": self.flag_rate,
+            "direction": self.direction,
         }
 
 
@@ -122,8 +124,10 @@ class DriftMonitor:
         """What the monitor has seen (nothing yet: observed 0, evidence 1)."""
         with self._locked():
             state = self._caught_up()
+        up, _, down = state.capitals
         return Status(self.category, state.observed, state.evidence, state.peak, state.peak_at,
-                      len(self.bank.calibration.scores), self.flagged)  # fmt: skip
+                      len(self.bank.calibration.scores), self.flagged,
+                      "up" if up >= down else "down")  # fmt: skip
 
     def history(self) -> np.ndarray:
         """The committed parts' records (``RECORD``: score, evidence), in order."""

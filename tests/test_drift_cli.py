@@ -77,6 +77,7 @@ def test_an_alarm_is_said_once_and_shown(calibrated: Path, tmp_path: Path) -> No
     status = json.loads(shown.out)
     assert status["observed"] == 41 and status["alarm"] and status["delta"] == 0.01
     assert status["peak"] >= 100 and status["calibration"] == 12
+    assert status["direction"] == "down"  # the bet on lower scores won
     assert status["flagged"] == sum(bool(r["anomalous"]) for r in records) + int(table_flagged)
     plot = tmp_path / "drift.png"
     drawn = run_main(inctrl_run, "monitor", calibrated, "--category", CATEGORY, "--plot", plot)

@@ -121,6 +121,8 @@ def _print_status(status: Status, history: np.ndarray, delta: float) -> None:
         ("evidence", f"{status.evidence:.4g} now, {status.peak:.4g} at most (part "
                      f"{status.peak_at})"),
         ("alarm", f"{alarm} (at evidence {1 / delta:g} = 1/delta, delta {delta:g})"),
+        ("leaning", f"scores {status.direction}: the bet on scores drifting "
+                    f"{status.direction} holds more of the evidence"),
         ("flagged", rate),
     ]  # fmt: skip
     if len(history):
