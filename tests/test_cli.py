@@ -23,7 +23,7 @@ pytestmark = pytest.mark.cli
 # then the patch map.
 KEYS = [
     "image", *SCORE_FIELDS[:-1], "p_value", "threshold", "anomalous", "frame_size",
-    "inspected_fraction", "region_threshold", "regions", "tiling", "decisive_tile",
+    "inspected_fraction", "region_threshold", "regions", "tiling", "decisive_tile", "drift",
     "patch_residual_map",
 ]  # fmt: skip
 

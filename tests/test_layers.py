@@ -24,6 +24,7 @@ TORCH_FREE_BASE = {
     "inctrl_runtime.datasets",
     "inctrl_runtime.decisions",
     "inctrl_runtime.devices",
+    "inctrl_runtime.drift",
     "inctrl_runtime.errors",
     "inctrl_runtime.fewshot",
     "inctrl_runtime.files",

@@ -112,12 +112,12 @@ def test_cli_round_trip_matches_inctrl_score(
         "image", "score", "holistic_score", "image_residual_score", "text_score",
         "max_patch_residual", "p_value", "threshold", "anomalous", "frame_size",
         "inspected_fraction", "region_threshold", "regions", "tiling", "decisive_tile",
-        "patch_residual_map",
+        "drift", "patch_residual_map",
     ]  # fmt: skip
     for a, b in zip(ours, theirs, strict=True):
         assert a["image"] == b["image"]
         nothing = ("p_value", "threshold", "anomalous", "region_threshold", "regions", "tiling",
-                   "decisive_tile")  # fmt: skip
+                   "decisive_tile", "drift")  # fmt: skip
         assert all(a[key] is None and b[key] is None for key in nothing)  # not calibrated
         assert a["frame_size"] == b["frame_size"] and a["inspected_fraction"] > 0
         for key in (k for k in a if k not in ("image", "frame_size", *nothing)):
