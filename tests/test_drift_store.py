@@ -128,3 +128,13 @@ def test_an_alarm_is_read_from_the_peak_at_any_delta(calibrated: Path) -> None:
     assert monitor(calibrated).take(stream(1), 0.05)[0].alarm  # raised until a reset
     loose = [d for d in DriftMonitor(calibrated, CATEGORY, ours.bank).history()["evidence"]]
     assert loose[fired - 2] < 20 <= loose[fired - 1]
+
+
+def test_a_damaged_snapshot_is_one_line_and_a_reset_mends_it(calibrated: Path) -> None:
+    ours = monitor(calibrated)
+    ours.take(stream(5), 0.01)
+    ours.snapshot_path.write_text("{not json")
+    with pytest.raises(InputError, match=r"not a drift monitor snapshot.*monitor --reset"):
+        monitor(calibrated).status()
+    monitor(calibrated).reset()
+    assert monitor(calibrated).status().observed == 0
