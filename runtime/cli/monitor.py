@@ -71,7 +71,7 @@ def monitor(
         "--plot",
         help="Draw the evidence over the parts, with the alarm level, as a PNG.",
         show_default=False,
-    ),  # fmt: skip
+    ),
     reset: bool = typer.Option(
         False,
         "--reset",
