@@ -54,8 +54,9 @@ def run_monitor(
     if plot is not None:
         from inctrl_runtime.drift_plot import evidence_picture
 
-        title = f"drift evidence of {category}: {status.observed} parts, calibration n = " + str(
-            status.calibration
+        title = (
+            f"drift evidence of {category}: {status.observed} parts, calibration n = "
+            f"{status.calibration}"
         )
         with atomic_path(plot) as tmp:
             evidence_picture(history["evidence"], delta, title).save(tmp, format="PNG")
