@@ -217,8 +217,9 @@ def render_defects(category: str, count: int, size: int = 240) -> list:
 def cost_per_part(monitor, parts: np.ndarray) -> dict:
     """Microseconds a part costs the drift monitor: in memory (one part a call, and 16) and kept on
     disk (``DriftMonitor.take`` in batches of 16: the lock, the append with its fsync, the
-    snapshot), and the size of its log."""
-    from inctrl_runtime.drift_store import RECORD
+    snapshot); then a stream of 10^6 parts: its cost, the files' sizes, and how long a restarted
+    process takes to read the state back."""
+    from inctrl_runtime.drift_store import RECORD, DriftMonitor
 
     timings = {}
     for batch in (1, 16):
@@ -232,7 +233,20 @@ def cost_per_part(monitor, parts: np.ndarray) -> dict:
     for start in range(0, len(on_disk), 16):
         monitor.take(on_disk[start : start + 16], 0.01)
     disk_us = (time.perf_counter() - began) / len(on_disk) * 1e6
+    million = np.resize(parts, 10**6)  # a long stream: the state's size and a restart's cost
+    began = time.perf_counter()
+    for start in range(0, len(million), 10_000):
+        monitor.take(million[start : start + 10_000], 0.01)
+    long_us = (time.perf_counter() - began) / len(million) * 1e6
+    began = time.perf_counter()
+    restarted = DriftMonitor(monitor.folder.parent, monitor.category, monitor.bank).status()
+    restart_s = time.perf_counter() - began
     return {
+        "parts_after_the_long_stream": restarted.observed,
+        "on_disk_us_batch_10000_to_1e6": long_us,
+        "log_bytes": monitor.log.stat().st_size,
+        "snapshot_bytes": monitor.snapshot_path.stat().st_size,
+        "restart_s": restart_s,
         "in_memory_us_batch_1": timings[1],
         "in_memory_us_batch_16": timings[16],
         "on_disk_us_batch_16": disk_us,

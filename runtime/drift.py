@@ -89,12 +89,21 @@ class Ranks:
 
     def add(self, scores: Sequence[float] | np.ndarray) -> None:
         """Scores that join the history without a p-value (another process's, read back)."""
+        if len(scores) >= _MERGE:  # many at once: one merge
+            self._merge(np.concatenate([self.recent[: self.count], scores]))
+            return
         for score in scores:
             self.recent[self.count] = score
             self.count += 1
             if self.count == _MERGE:
-                self.sorted = np.sort(np.concatenate([self.sorted, self.recent]))
-                self.count = 0
+                self._merge(self.recent)
+
+    def _merge(self, scores: np.ndarray) -> None:
+        """``scores`` into the sorted array (a merge: linear in the history, no sort of it),
+        the tail emptied."""
+        tail = np.sort(np.asarray(scores, dtype=np.float64))
+        self.sorted = np.insert(self.sorted, self.sorted.searchsorted(tail), tail)
+        self.count = 0
 
 
 @dataclass(frozen=True)
