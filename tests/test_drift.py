@@ -105,3 +105,15 @@ def test_deltas_are_probabilities() -> None:
     for bad in (0, 1, -0.1, float("nan"), "0.1"):
         with pytest.raises(InputError, match="--drift-delta must be a probability"):
             check_delta(bad)
+
+
+def test_a_bulk_read_back_ranks_as_one_by_one() -> None:
+    rng = np.random.default_rng(6)
+    earlier = rng.integers(0, 50, 3000).astype(float)
+    one_by_one, bulk = Ranks(earlier[:10]), Ranks(earlier[:10])
+    for score in earlier[10:]:  # a tail merged every 1024 scores
+        one_by_one.add([score])
+    bulk.add(earlier[10:])  # 2990 scores at once: one merge
+    assert np.array_equal(np.sort(earlier), bulk.sorted) and len(one_by_one) == 3000
+    for score in (0.0, 17.0, 49.0, 60.0):
+        assert one_by_one.p_value(score, 0.5) == bulk.p_value(score, 0.5)
