@@ -330,8 +330,8 @@ class Detector:
                     "the drift monitor watches a category's registered, calibrated bank: score "
                     "without --shot images to monitor"
                 )
-            prepared = replace(prepared, monitor=DriftMonitor(self.bundle.path, category,
-                               prepared.bank), drift_delta=check_delta(drift_delta))  # fmt: skip
+            watching = DriftMonitor(self.bundle.path, category, prepared.bank)
+            prepared = replace(prepared, monitor=watching, drift_delta=check_delta(drift_delta))
         return self._result_batches(prepared, heatmap_size)
 
     def _result_batches(
