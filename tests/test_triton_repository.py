@@ -110,7 +110,8 @@ def test_configs_parse_and_are_wired_with_the_graphs(repository, served_bundle):
     encoder_in, encoder_out = onnx_signature(served_bundle / "encoder.onnx")
     assert tensors(configs[ENCODER].input) == encoder_in
     assert tensors(configs[ENCODER].output) == encoder_out
-    assert tensors(configs[ENTRY].input) == {IMAGE: [1], CATEGORY_INPUT: [1]}
+    assert tensors(configs[ENTRY].input) == {IMAGE: [1], CATEGORY_INPUT: [1], "watched": [1]}
+    assert [t.optional for t in configs[ENTRY].input] == [False, False, True]
     assert [t.name for t in configs[ENTRY].output] == list(OUTPUTS)
     from tritonclient.grpc.model_config_pb2 import DataType
 
@@ -300,14 +301,17 @@ def test_the_entry_scores_as_the_detector_and_refuses_requests_alone(served_bund
     assert "category 'nope' has no text prior" in str(answers[3])
     assert "not utf-8" in str(answers[4])
     assert "a 240 x 240 frame; its tiles are compared with" in str(answers[6])
-    assert "scored with different tilings" in str(answers[7])
+    assert "scored with 1 and 2 tiles a frame: send them apart" in str(answers[7])
     assert "names 1 categories: give one category per image" in str(answers[8])
     assert_answers(answers[0], detector, images[:2], names[0], entry.fpr)
     assert_answers(answers[2], detector, images[2:], names[1], entry.fpr)
     assert_answers(answers[5], detector, frames, [tiled] * 3, entry.fpr)
-    assert (
-        answers[5]["patch_residual_map"].shape[1] == 2 * answers[0]["patch_residual_map"].shape[1]
-    )
+    maps = [answers[i]["patch_residual_map"] for i in (0, 5)]
+    assert maps[1].shape[1] == 2 * maps[0].shape[1]  # a frame's two tiles' maps
+    assert detector.monitor(tiled).status().observed == 3  # the frames answered, no other
+    unwatched = request(framed[:1], [tiled]) | {"watched": np.array([[False]])}
+    assert set(entry.run([unwatched])[0]) == set(OUTPUTS)
+    assert detector.monitor(tiled).status().observed == 3  # a probe's image is not a part
     assert answers[5]["decisive_tile"].min() >= 0 and (answers[0]["decisive_tile"] == -1).all()
     entry.close()
 

@@ -424,7 +424,8 @@ def test_serve_publishes_each_calibrated_categorys_drift_gauges(tiny_bundle, tmp
     """A real ``inctrl-run serve`` with two entry instances: after concurrent requests, its
     Prometheus endpoint shows the drift gauges of the calibrated category (the monitor's
     evidence and alarm, the share flagged, as the monitor kept in the bundle says) and none of
-    the uncalibrated one; both instances' parts are in the monitor, in one order."""
+    the uncalibrated one; both instances' parts are in the monitor, in one order, and a
+    liveness probe's image is not."""
     require_serving()
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
     register_served(bundle)  # candle calibrated, metal_nut not
@@ -450,6 +451,10 @@ def test_serve_publishes_each_calibrated_categorys_drift_gauges(tiny_bundle, tmp
         assert found["inctrl_drift_alarm", CATEGORY] == float(status.alarm(0.05)) == 0.0
         assert found["inctrl_flagged_rate", CATEGORY] == pytest.approx(status.flag_rate)
         assert not [key for key in found if key[1] == OTHER]
+        probe = run_main(inctrl_run, "client", fields["HTTP"].strip(), "--category", CATEGORY,
+                         "--check")  # fmt: skip
+        assert probe.code == 0 and probe.err.startswith("ok: "), probe.err
+        assert monitor.status().observed == 12  # a liveness probe's image is not a part
         history = monitor.history()  # every part, in the one order the writers agreed on
         assert sorted(history["score"]) == pytest.approx(sorted(r["score"] for r in records))
         state = MonitorState.start(monitor.bank.calibration.scores, monitor.seed)

@@ -35,12 +35,14 @@ def run_check(url: str, category: str | None) -> str:
     import numpy as np
 
     from inctrl_runtime.results import SCALAR_FIELDS
-    from inctrl_runtime.triton.client import TritonClient
+    from inctrl_runtime.triton.client import Request, TritonClient
 
     require_category(category)
     image = np.random.default_rng(CHECK_SEED).integers(0, 256, CHECK_SIZE, dtype=np.uint8)
     began = time.perf_counter()
-    (record,) = TritonClient(url).records(category, [image])
+    # not a part of the category's drift monitor: a probe's generated image is no product
+    (answer,) = TritonClient(url).answers([Request.of(category, image, watched=False)])
+    record = answer.record
     seconds = time.perf_counter() - began
     patch_map = record["patch_residual_map"]
     values = [*(record[name] for name in SCALAR_FIELDS), *patch_map]

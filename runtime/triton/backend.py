@@ -28,11 +28,11 @@ def python_model(open_stage: Callable[[Mapping[str, str]], Stage]) -> type:
             self.stage = open_stage(args)
 
         def execute(self, requests: list) -> list:
-            feeds = [
-                {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in
-                 self.stage.inputs}
-                for r in requests
-            ]  # fmt: skip
+            feeds = []
+            for request in requests:
+                found = {name: pb_utils.get_input_tensor_by_name(request, name) for name in
+                         (*self.stage.inputs, *getattr(self.stage, "optional", ()))}  # fmt: skip
+                feeds.append({n: t.as_numpy() for n, t in found.items() if t is not None})
             responses = []
             for reply in self.stage.run(feeds):
                 if isinstance(reply, Exception):

@@ -30,7 +30,7 @@ import numpy as np
 
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, image_sequence, load_image
-from inctrl_runtime.triton.names import CATEGORY, ENTRY, IMAGE, OUTPUTS
+from inctrl_runtime.triton.names import CATEGORY, ENTRY, IMAGE, OUTPUTS, WATCHED
 from inctrl_runtime.triton.wire import record_of
 
 # Triton's own default ports, for a URL that names none.
@@ -48,10 +48,11 @@ class Request:
     category: str
     image: str
     data: bytes
+    watched: bool = True  # a part of the category's drift monitor (False: a probe's image)
 
     @classmethod
-    def of(cls, category: str, source: ImageSource) -> Request:
-        return cls(category, describe(source), encoded_image(source))
+    def of(cls, category: str, source: ImageSource, watched: bool = True) -> Request:
+        return cls(category, describe(source), encoded_image(source), watched)
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,10 @@ class TritonClient:
         for name, value in ((IMAGE, request.data), (CATEGORY, request.category.encode())):
             tensor = triton.InferInput(name, [1, 1], "BYTES")
             tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+            inputs.append(tensor)
+        if not request.watched:
+            tensor = triton.InferInput(WATCHED, [1, 1], "BOOL")
+            tensor.set_data_from_numpy(np.array([[False]]))
             inputs.append(tensor)
         if self.protocol == "http":
             outputs = [triton.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]

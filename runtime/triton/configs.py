@@ -25,6 +25,7 @@ from inctrl_runtime.triton.names import (
     OUTPUTS,
     REGIONS,
     TILING,
+    WATCHED,
 )
 
 DEFAULT_MAX_BATCH = 32
@@ -54,10 +55,15 @@ class TensorConfig:
     name: str
     dtype: str
     dims: tuple[int, ...]
+    optional: bool = False  # an input a request may leave out
 
     def text(self) -> str:
         dims = ", ".join(str(d) for d in self.dims)
-        return f'  {{ name: "{self.name}" data_type: {_TYPES[self.dtype]} dims: [ {dims} ] }}'
+        optional = " optional: true" if self.optional else ""
+        return (
+            f'  {{ name: "{self.name}" data_type: {_TYPES[self.dtype]} dims: [ {dims} ]'
+            f"{optional} }}"
+        )
 
 
 def preferred_batch_sizes(max_batch: int) -> list[int]:
@@ -152,6 +158,7 @@ def entry_config(max_batch: int, instances: int, parameters: Mapping[str, object
     ``instances`` instances, each holding the banks and the head; the encoder is called from
     it: ``inctrl_runtime.triton.entry``)."""
     return model_config(
-        ENTRY, 'backend: "python"', max_batch, [_text(IMAGE), _text(CATEGORY)],
+        ENTRY, 'backend: "python"', max_batch,
+        [_text(IMAGE), _text(CATEGORY), TensorConfig(WATCHED, "bool", (1,), optional=True)],
         output_tensors(), instances, parameters=parameters,
     )  # fmt: skip

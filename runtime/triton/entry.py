@@ -41,7 +41,15 @@ from inctrl_runtime.preprocess import DecodedImage, decode
 from inctrl_runtime.references import NumpyBank, RegisteredBanks, head_feeds
 from inctrl_runtime.regions import Framing, region_rule
 from inctrl_runtime.results import SCORE_FIELDS, Scores, frame_scores
-from inctrl_runtime.triton.names import CATEGORY, ENCODER, ENCODER_FILES, IMAGE, OUTPUTS, VERSION
+from inctrl_runtime.triton.names import (
+    CATEGORY,
+    ENCODER,
+    ENCODER_FILES,
+    IMAGE,
+    OUTPUTS,
+    VERSION,
+    WATCHED,
+)
 from inctrl_runtime.triton.stages import Feeds, ModelArgs, Reply, open_graph, texts
 from inctrl_runtime.triton.wire import where_arrays
 
@@ -81,6 +89,7 @@ class Frame:
     request: int  # its request's index in the batch
     category: str
     image: DecodedImage
+    watched: bool = True  # a part of its category's drift monitor
 
     @property
     def views(self) -> int:
@@ -94,6 +103,7 @@ class EntryStage:
     ``drift_delta`` and is published through ``gauges`` (None: not published)."""
 
     inputs = (IMAGE, CATEGORY)
+    optional = (WATCHED,)
 
     def __init__(
         self,
@@ -157,11 +167,18 @@ class EntryStage:
         for category in dict.fromkeys(categories):
             if category not in banks:
                 banks[category] = self.bank(category)
+        tiles = sorted({banks[category].tiles for category in categories})
+        if len(tiles) > 1:  # their maps would differ in length: no one tensor holds them
+            raise InputError(
+                f"a request's images are of categories scored with {' and '.join(map(str, tiles))}"
+                " tiles a frame: send them apart"
+            )
         preprocessing = self.bundle.preprocessing
+        watched = request.get(WATCHED, np.ones(len(files), bool)).reshape(-1)
         return [
             Frame(index, category, decode(bytes(file), preprocessing, None,
-                                          banks[category].frame_tiling))
-            for file, category in zip(files, categories, strict=True)
+                                          banks[category].frame_tiling), bool(watch))
+            for file, category, watch in zip(files, categories, watched, strict=True)
         ]  # fmt: skip
 
     def run(self, requests: Sequence[Feeds]) -> list[Reply]:
@@ -188,6 +205,7 @@ class EntryStage:
             found = self.outputs(
                 {name: features[name][rows] for name in self.features},
                 [frames[i].image for i in mine], category, banks[category],
+                np.array([frames[i].watched for i in mine]),
             )  # fmt: skip
             for row, i in enumerate(mine):
                 answers[i] = {name: array[row : row + 1] for name, array in found.items()}
@@ -195,14 +213,20 @@ class EntryStage:
         for frame, answer in zip(frames, answers, strict=True):
             by_request.setdefault(frame.request, []).append(answer)
         for index, found in by_request.items():
-            replies[index] = joined(found)
+            replies[index] = {name: np.concatenate([a[name] for a in found]) for name in OUTPUTS}
         return replies  # type: ignore[return-value]
 
     def outputs(
-        self, features: Feeds, images: Sequence[DecodedImage], category: str, bank: NumpyBank
+        self,
+        features: Feeds,
+        images: Sequence[DecodedImage],
+        category: str,
+        bank: NumpyBank,
+        watched: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Every entry output for B images of one category from their views' features (a row
-        per view: B, or B * T tiles), as B rows."""
+        per view: B, or B * T tiles), as B rows; the ``watched`` ones (B bools; None: all)
+        join the category's drift monitor when it is calibrated."""
         found = self.engine.run({**features, **head_feeds(bank, self.bundle.prior(category))})
         scores, decisive = frame_scores(Scores(**{n: found[n] for n in SCORE_FIELDS}), bank.tiles)
         arrays = {name: np.asarray(getattr(scores, name)) for name in SCORE_FIELDS}
@@ -212,8 +236,9 @@ class EntryStage:
         size = self.bundle.preprocessing.size
         framings = [image.layout or Framing(*image.frame, size) for image in images]
         arrays |= where_arrays(rule, scores.patch_residual_map, framings, decisive)
-        if calibration is not None:
-            self.watch(category, bank, scores.score, arrays[ANOMALOUS])
+        watched = np.ones(len(images), bool) if watched is None else watched
+        if calibration is not None and watched.any():
+            self.watch(category, bank, scores.score[watched], arrays[ANOMALOUS][watched])
         return {name: a if a.ndim == 2 else a.reshape(-1, 1) for name, a in arrays.items()}
 
     def watch(
@@ -231,15 +256,3 @@ class EntryStage:
 
     def close(self) -> None:
         self.engine.close()
-
-
-def joined(answers: Sequence[Feeds]) -> Reply:
-    """One request's reply from its images' answers (a row each), in order; refused where its
-    images' patch maps differ in length (categories tiled differently in one request)."""
-    lengths = {answer["patch_residual_map"].shape[1] for answer in answers}
-    if len(lengths) > 1:
-        return InputError(
-            "a request's images are scored with different tilings (their maps have "
-            f"{' and '.join(str(n) for n in sorted(lengths))} values): send them apart"
-        )
-    return {name: np.concatenate([answer[name] for answer in answers]) for name in OUTPUTS}

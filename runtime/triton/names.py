@@ -21,9 +21,12 @@ PYTHON_MODEL = "model.py"
 # its version folder: Triton ignores a folder whose name is not a version number).
 BUNDLE_COPY = "bundle"
 
-# The entry point's inputs: the encoded image file (png, jpg, ...) and the category, utf-8.
+# The entry point's inputs: the encoded image file (png, jpg, ...) and the category, utf-8;
+# and, optional, whether the image is a part of its category's drift monitor (absent: it is; a
+# liveness probe's generated image is not).
 IMAGE = "image"
 CATEGORY = "category"
+WATCHED = "watched"
 # Where the defect is, as a record names it, and how a tiled frame was cut.
 FRAME_SIZE, INSPECTED_FRACTION, REGION_THRESHOLD, REGIONS = REGION_FIELDS
 TILING, DECISIVE_TILE = TILE_FIELDS

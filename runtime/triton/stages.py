@@ -37,7 +37,9 @@ Reply = Feeds | InputError  # a stage's reply to one request: its outputs, or wh
 
 
 class Stage(Protocol):
-    """One python model: the inputs it reads, and ``run`` over a batch of requests."""
+    """One python model: the inputs it reads (and ``optional`` ones, where it has some: a
+    request that leaves one out has no array of that name), and ``run`` over a batch of
+    requests."""
 
     inputs: tuple[str, ...]
 
