@@ -68,10 +68,11 @@ def test_an_alarm_is_said_once_and_shown(calibrated: Path, tmp_path: Path) -> No
     first = alarmed.index(True)
     assert all(alarmed[first:]) and records[first]["drift"]["evidence"] >= 100
     assert err.count("drift alarm:") == 1, err
-    assert f"by part {first + 1}" in err and "--reset" in err
+    assert f"by part {first + 1}," in err and "--reset" in err
     table = run_main(inctrl_run, "score", calibrated, "--category", CATEGORY, "--monitor",
                      files[0])  # fmt: skip
     assert table.code == 0 and "ALARM" in table.out and "drift" in table.out
+    assert "by part 41," in table.err  # raised before this run: said again, once
     table_flagged = "ANOMALOUS" in table.out
     shown = run_main(inctrl_run, "monitor", calibrated, "--category", CATEGORY, "--json")
     status = json.loads(shown.out)

@@ -117,10 +117,10 @@ def _saying_alarms(
             if drift["alarm"] and not said:
                 say(
                     f"drift alarm: {category}'s scores no longer look like its calibration's "
-                    f"(evidence {drift['evidence']:.4g} passed {1 / delta:g} = 1/--drift-delta "
-                    f"by part {drift['observed']}); check the line (light, camera, parts), "
-                    f"calibrate again, then `inctrl-run monitor {bundle} --category {category} "
-                    "--reset`"
+                    f"(the evidence reached {1 / delta:g} = 1/--drift-delta by part "
+                    f"{drift['observed']}, now {drift['evidence']:.4g}); check the line (light, "
+                    f"camera, parts), calibrate again, then `inctrl-run monitor {bundle} "
+                    f"--category {category} --reset`"
                 )
                 said = True
         yield batch
