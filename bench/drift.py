@@ -36,7 +36,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from inctrl_bench.machine import machine_info
 from inctrl_runtime.decisions import threshold
-from inctrl_runtime.drift import MonitorState, tie_breaks
+from inctrl_runtime.drift import MonitorState, Ranks, tie_breaks
 
 CALIBRATION = 100  # normals per stream's calibration
 LENGTH = 500  # parts per null stream, and drifted parts after a switch
@@ -96,14 +96,13 @@ def stream_evidence(
         cut = threshold(np.sort(calibration), FPR)
         if cut is not None:
             calibration, watched = calibration[calibration < cut], parts < cut
-    state = MonitorState.start(calibration, seed)
-    ranks = MonitorState.start(calibration, seed).ranks
+    ranks = Ranks(calibration)
     thetas = tie_breaks(seed, 0, int(watched.sum()))
     chosen = parts[watched]
     p = np.array([ranks.p_value(float(s), float(t)) for s, t in zip(chosen, thetas, strict=True)])
     before = np.cumsum(watched) - 1  # each part's last watched part (-1: none yet)
     paths = []
-    for values in (state.observe(chosen), power_evidence(p)):
+    for values in (MonitorState(Ranks(), seed).bet(p), power_evidence(p)):
         paths.append(np.where(before >= 0, values[np.maximum(before, 0)] if len(values) else 1, 1))
     return paths[0], paths[1]
 

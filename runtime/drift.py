@@ -153,11 +153,15 @@ class MonitorState:
     def observe(self, scores: Sequence[float] | np.ndarray) -> np.ndarray:
         """Take parts' scores in order: each one's evidence after it (float64)."""
         thetas = tie_breaks(self.seed, self.observed, len(scores)).tolist()
-        evidence = np.empty(len(scores))
+        pairs = zip(np.asarray(scores).tolist(), thetas, strict=True)
+        return self.bet([self.ranks.p_value(score, theta) for score, theta in pairs])
+
+    def bet(self, p_values: Sequence[float]) -> np.ndarray:
+        """The Simple Jumper on the next parts' p-values: each one's evidence after it."""
+        evidence = np.empty(len(p_values))
         up, still, down = (float(c) for c in self.capitals)  # the accounts of BETS
-        for index, (score, theta) in enumerate(zip(np.asarray(scores).tolist(), thetas,
-                                                   strict=True)):  # fmt: skip
-            bet = self.ranks.p_value(score, theta) - 0.5
+        for index, p in enumerate(p_values):
+            bet = p - 0.5
             share = JUMP * (up + still + down) / 3.0
             up = ((1.0 - JUMP) * up + share) * (1.0 - bet)
             still = (1.0 - JUMP) * still + share
@@ -166,7 +170,7 @@ class MonitorState:
             if total > self.peak:
                 self.peak, self.peak_at = total, self.observed + index + 1
         self.capitals = np.array([up, still, down])
-        self.observed += len(scores)
+        self.observed += len(p_values)
         return evidence
 
     def take(self, scores: Sequence[float] | np.ndarray, delta: float) -> list[Drift]:
