@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from inctrl_runtime.machine import cpu_model, vector_extensions
+
 LIBRARIES = ("torch", "onnxruntime", "onnx", "numpy")
 GEMM_SIZE = {"cpu": 2048, "cuda": 8192}
-# The CPU flags int8 and bf16 speed depend on (/proc/cpuinfo names), in the order reported;
-# every amx_* flag is reported too.
-VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16")
 # Timed runs of a measurement unless --repeats: at least 2, more while under 1 s, at most 50.
 ADAPTIVE_REPEATS = (2, 50, 1.0)
 
@@ -37,31 +36,6 @@ def import_problem(*modules: str) -> str | None:
         except ImportError as err:
             return f"{module.split('.')[0]} is not importable ({err})"
     return None
-
-
-def _cpu_model() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform knows."""
-    with contextlib.suppress(OSError, IndexError), open("/proc/cpuinfo") as handle:
-        names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        return names[0]
-    return platform.processor() or platform.machine()
-
-
-def vector_extensions(cpuinfo: str | None = None) -> list[str]:
-    """The CPU's vector extensions among ``VECTOR_FLAGS`` and amx_*, from the flags of
-    ``cpuinfo`` (default: /proc/cpuinfo's text); empty where the flags are unknown."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":  # every core lists the same flags: the first line will do
-            flags = set(value.split())
-            break
-    return [f for f in VECTOR_FLAGS if f in flags] + sorted(f for f in flags if f.startswith("amx"))
 
 
 def _gpu_names() -> list[str]:
@@ -92,7 +66,7 @@ def machine_info(command: str) -> dict:
     versions |= {name: installed.get(name) for name in LIBRARIES}
     versions["onnxruntime"] = versions["onnxruntime"] or installed.get("onnxruntime-gpu")
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "vector_extensions": vector_extensions(),
         "gpu": _gpu_names(),

@@ -52,7 +52,7 @@ def test_flops_of_the_tiny_config_by_hand() -> None:
 
 @pytest.mark.unit
 def test_vector_extensions_from_the_cpu_flags() -> None:
-    from inctrl_bench.machine import vector_extensions
+    from inctrl_runtime.machine import vector_extensions
 
     cpuinfo = (
         "processor\t: 0\nmodel name\t: A CPU\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw "
