@@ -65,8 +65,9 @@ TilesOption = Annotated[
     typer.Option(
         "--tiles",
         help="Cut each frame into ROWSxCOLUMNS overlapping square tiles, each scored as an "
-        "image of its own (e.g. 2x2, 3x4): small defects and the edges a centre crop loses are "
-        "seen. The frame's score is the largest patch residual over its tiles.",
+        "image of its own (e.g. 2x2, 3x4), beside the whole frame's centred square seen at "
+        "once: small defects and the edges a centre crop loses are seen. The frame's score is "
+        "the largest patch residual over its views.",
         show_default=False,
     ),
 ]

@@ -160,7 +160,7 @@ class Result:
         if self.regions is not None:
             text += f"  {len(self.regions)} region{'s' if len(self.regions) != 1 else ''}"
         if self.decisive_tile is not None:
-            text += f"  tile {self.decisive_tile} of {self.framing.tiling}"
+            text += f"  {self.framing.view_name(self.decisive_tile)}"
         return text
 
     def heatmap(self, caption: bool = True) -> Image.Image:

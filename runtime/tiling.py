@@ -13,11 +13,14 @@ f * t pixels along each axis (more along the axis the grid covers generously: sq
 non-square frame). A tile is a square, so the model's preprocessing (the shorter side to S, the
 centred crop) only resizes it: every pixel of the frame is inspected.
 
-Tiles are numbered row by row (tile ``r * C + c``). The stitched map takes, at each pixel, the
-largest of the maps of the tiles that hold it, so a defect seen by any tile shows, and the
-stitched map's maximum is the largest of the tiles' ``max_patch_residual`` (each tile's map
-reaches its grid's maximum: ``regions.frame_map``): the region threshold's rule holds for a
-tiled frame as for an untiled one.
+Besides the grid's tiles, a tiling has by default one more view, the **whole view**: the
+frame's largest centred square (the part of the frame the untiled path sees), seen whole at the
+coarse scale, so that a defect as large as the tiles keeps the map the untiled view gives it.
+Tiles are numbered row by row (tile ``r * C + c``), the whole view last (tile ``R * C``). The
+stitched map takes, at each pixel, the largest of the maps of the views that hold it, so a
+defect seen by any view shows, and the stitched map's maximum is the largest of the views'
+``max_patch_residual`` (each view's map reaches its grid's maximum: ``regions.frame_map``): the
+region threshold's rule holds for a tiled frame as for an untiled one.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -47,9 +49,10 @@ class Tiling:
     rows: int
     columns: int
     overlap: float = DEFAULT_OVERLAP
+    whole: bool = True  # the whole view (the frame's largest centred square) as a last tile
 
     def __post_init__(self) -> None:
-        if min(self.rows, self.columns) < 1 or self.count > MAX_TILES:
+        if min(self.rows, self.columns) < 1 or self.rows * self.columns > MAX_TILES:
             raise InputError(
                 f"--tiles {self}: a grid has 1 to {MAX_TILES} tiles in all, e.g. 2x2 or 3x4"
             )
@@ -72,8 +75,12 @@ class Tiling:
 
     @property
     def count(self) -> int:
-        """T, the number of tiles."""
-        return self.rows * self.columns
+        """T, the number of views a frame is scored in: the grid's tiles and the whole view."""
+        return self.rows * self.columns + self.whole
+
+    def describe(self) -> str:
+        """The views in words, e.g. "4 tiles and the whole view"."""
+        return f"{self.rows * self.columns} tiles" + (" and the whole view" if self.whole else "")
 
     def layout(self, width: int, height: int, size: int, name: str = "a frame") -> TileLayout:
         """The tiles over a ``width`` x ``height`` frame for a model of input ``size`` (S);
@@ -94,8 +101,12 @@ class Tiling:
                 f"than the model's {size}-px input; use fewer tiles, or score it untiled"
             )
         xs, ys = _starts(width, side, self.columns), _starts(height, side, self.rows)
-        boxes = tuple((x, y, x + side, y + side) for y in ys for x in xs)
-        return TileLayout(self, width, height, side, size, boxes)
+        boxes = [(x, y, x + side, y + side) for y in ys for x in xs]
+        if self.whole:
+            square = min(width, height)
+            x, y = (width - square) // 2, (height - square) // 2
+            boxes.append((x, y, x + square, y + square))
+        return TileLayout(self, width, height, side, size, tuple(boxes))
 
     def _spread(self, tiles: int) -> float:
         """How many tile sides ``tiles`` tiles in a line span, overlaps taken off."""
@@ -113,11 +124,14 @@ class Tiling:
 
     def record(self) -> dict:
         """As a bank and a record keep it."""
-        return {"rows": self.rows, "columns": self.columns, "overlap": self.overlap}
+        return {"rows": self.rows, "columns": self.columns, "overlap": self.overlap,
+                "whole": self.whole}  # fmt: skip
 
     @classmethod
     def from_record(cls, record: dict) -> Tiling:
-        return cls(int(record["rows"]), int(record["columns"]), float(record["overlap"]))
+        """A kept tiling; one kept before the whole view existed has none."""
+        return cls(int(record["rows"]), int(record["columns"]), float(record["overlap"]),
+                   bool(record.get("whole", False)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -176,7 +190,8 @@ def _starts(length: int, side: int, tiles: int) -> list[int]:
 @dataclass(frozen=True)
 class TileLayout:
     """A ``Tiling`` laid over one frame: the tiles' boxes (x0, y0, x1, y1; ends exclusive), in
-    tile order, all squares of ``side`` pixels, and the model's input size S."""
+    tile order, the grid's squares of ``side`` pixels then the whole view's square, and the
+    model's input size S."""
 
     tiling: Tiling
     width: int
@@ -197,13 +212,14 @@ class TileLayout:
     def inspected_box(self) -> tuple[int, int, int, int]:
         return (0, 0, self.width, self.height)
 
-    @cached_property
-    def tile_framing(self) -> Framing:
-        """How one tile becomes the model's view (a square: resized, nothing cropped)."""
-        return Framing(self.side, self.side, self.size)
+    def view_name(self, index: int) -> str:
+        """View ``index`` in words: a tile of the grid, or the whole view."""
+        if self.tiling.whole and index == self.count - 1:
+            return f"the whole view of {self.tiling}"
+        return f"tile {index} of {self.tiling}"
 
     def crops(self, image: Image.Image) -> list[Image.Image]:
-        """The frame's tiles as pictures, in tile order (each ``side`` x ``side``)."""
+        """The frame's tiles as pictures, in tile order (each a square)."""
         return [image.crop(box) for box in self.boxes]
 
     def tile_maps(self, patch_maps: np.ndarray) -> np.ndarray:
@@ -220,7 +236,9 @@ class TileLayout:
             top, bottom = round(y0 * down), max(round(y1 * down), round(y0 * down) + 1)
             left, right = round(x0 * across), max(round(x1 * across), round(x0 * across) + 1)
             bottom, right = min(bottom, height), min(right, width)
-            values = frame_map(cells, self.tile_framing, (bottom - top, right - left))
+            # a tile is a square: resized into the model, nothing cropped
+            framing = Framing(x1 - x0, y1 - y0, self.size)
+            values = frame_map(cells, framing, (bottom - top, right - left))
             np.fmax(stitched[top:bottom, left:right], values, out=stitched[top:bottom, left:right])
         return stitched
 

@@ -90,7 +90,7 @@ def test_the_triton_row_beside_the_runtime(tiny_bundle: Path, tmp_path: Path) ->
 
 def test_the_triton_row_serves_tiled_frames(tiny_bundle: Path, tmp_path: Path) -> None:
     """--tiles 2x2 --backend triton: the category is registered tiled and served, each request
-    a 1024 x 768 frame whose 4 tiles the entry model sends to the encoder."""
+    a 1024 x 768 frame whose 4 tiles and whole view the entry model sends to the encoder."""
     require_serving()
     settings = BenchSettings(
         bundle=tiny_bundle, backends=("triton",), batches=(1,), shots=(1,), repeats=1,
@@ -101,4 +101,4 @@ def test_the_triton_row_serves_tiled_frames(tiny_bundle: Path, tmp_path: Path) -
     assert served["available"], served["reason"]
     for run in served["served"]:
         encoder = {int(size): times for size, times in run["executed"][ENCODER].items()}
-        assert sum(size * times for size, times in encoder.items()) == 4 * run["requests"]
+        assert sum(size * times for size, times in encoder.items()) == 5 * run["requests"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import Preprocessing, decode
-from inctrl_runtime.regions import RegionRule
+from inctrl_runtime.regions import Framing, RegionRule
 from inctrl_runtime.results import Scores, frame_scores
 from inctrl_runtime.tiling import DEFAULT_OVERLAP, Tiling, check_grid
 
@@ -45,15 +45,24 @@ def test_tiles_are_squares_that_cover_every_pixel_with_the_stated_overlap(
     assert side == math.ceil(max(width / (tiling.columns - (tiling.columns - 1) / 8),
                                  height / (tiling.rows - (tiling.rows - 1) / 8)))  # fmt: skip
     assert S <= side <= min(width, height)
+    grid = tiling.rows * tiling.columns
     covered = np.zeros((height, width), dtype=np.int32)
-    for x0, y0, x1, y1 in layout.boxes:
+    for x0, y0, x1, y1 in layout.boxes[:grid]:
         assert (x1 - x0, y1 - y0) == (side, side)
         assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
         covered[y0:y1, x0:x1] += 1
-    assert covered.min() >= 1  # every pixel is in a tile
+    assert covered.min() >= 1  # every pixel is in a tile of the grid
+    # the whole view, last: the largest centred square, where the untiled path looks (its
+    # inspected box, up to the resize's rounding: a pixel of the view, and one more)
+    square = min(width, height)
+    x0, y0, x1, y1 = layout.boxes[grid]
+    assert (x1 - x0, y1 - y0) == (square, square) and x0 >= 0 and y0 >= 0
+    assert abs((width - x1) - x0) <= 1 and abs((height - y1) - y0) <= 1
+    untiled = Framing(width, height, S).inspected_box()
+    assert np.abs(np.subtract(layout.boxes[grid], untiled)).max() <= math.ceil(square / S) + 1
     # tiles numbered row by row; neighbours overlap by at least 1/8 of a side (one pixel of
     # rounding), along each axis
-    boxes = np.array(layout.boxes).reshape(tiling.rows, tiling.columns, 4)
+    boxes = np.array(layout.boxes[:grid]).reshape(tiling.rows, tiling.columns, 4)
     assert (np.diff(boxes[:, :, 0], axis=1) > 0).all() and (
         np.diff(boxes[:, :, 1], axis=0) > 0
     ).all()
@@ -62,6 +71,8 @@ def test_tiles_are_squares_that_cover_every_pixel_with_the_stated_overlap(
     for shared in (across, down):
         assert (shared >= math.floor(DEFAULT_OVERLAP * side) - 1).all()
     assert layout.inspected_fraction == 1.0
+    alone = Tiling(tiling.rows, tiling.columns, whole=False).layout(width, height, S)
+    assert alone.boxes == layout.boxes[:grid] and alone.count == grid
 
 
 def test_a_tile_holds_the_frame_s_pixels_and_the_model_sees_it_resized_whole() -> None:
@@ -69,14 +80,15 @@ def test_a_tile_holds_the_frame_s_pixels_and_the_model_sees_it_resized_whole() -
     frame = rng.integers(0, 256, (300, 520, 3), dtype=np.uint8)
     decoded = decode(frame, Preprocessing(), tiling=Tiling(1, 2))
     layout = decoded.layout
-    assert decoded.frame == (520, 300) and len(decoded.views) == 2
+    assert decoded.frame == (520, 300) and len(decoded.views) == 3  # two tiles, the whole view
+    assert layout.boxes[2] == (110, 0, 410, 300)
     for (x0, y0, x1, y1), tile, view in zip(
         layout.boxes, layout.crops(Image.fromarray(frame)), decoded.views, strict=True
     ):
         assert np.array_equal(np.asarray(tile), frame[y0:y1, x0:x1])
         resized = Image.fromarray(frame[y0:y1, x0:x1]).resize((S, S), Image.BICUBIC)
         assert np.array_equal(np.asarray(view), np.asarray(resized))
-    assert decoded.pixels().shape == (2, 3, S, S)
+    assert decoded.pixels().shape == (3, 3, S, S)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +121,10 @@ def test_a_grid_is_rows_x_columns_of_1_to_64_tiles(text: str) -> None:
 def test_a_grid_reads_either_case_and_prints_as_written() -> None:
     assert Tiling.parse(" 3X4 ") == Tiling(3, 4) and str(Tiling(3, 4)) == "3x4"
     assert Tiling.from_record(Tiling(2, 5).record()) == Tiling(2, 5)
+    alone = Tiling(2, 5, whole=False)
+    assert Tiling.from_record(alone.record()) == alone and alone.count == 10
+    # a tiling kept before the whole view existed has none
+    assert Tiling.from_record({"rows": 2, "columns": 5, "overlap": 0.125}) == alone
 
 
 def test_the_grid_asked_for_must_be_the_bank_s() -> None:
@@ -125,13 +141,14 @@ def _tile_maps(count: int, grid: int = 15, seed: int = 0) -> np.ndarray:
 
 def test_the_stitched_map_is_each_pixel_s_largest_tile_value() -> None:
     layout = Tiling(2, 3).layout(800, 600, S)
+    assert layout.count == 7 and layout.boxes[6] == (100, 0, 700, 600)  # the whole view
     maps = _tile_maps(layout.count)
     stitched = layout.map(maps.ravel())
     assert stitched.shape == (600, 800) and np.isfinite(stitched).all()
     # by hand: each tile's map at the tile's size, the largest where tiles overlap
     by_hand = np.full((600, 800), -np.inf, dtype=np.float32)
     for (x0, y0, x1, y1), cells in zip(layout.boxes, maps, strict=True):
-        values = layout.tile_framing.map(cells)
+        values = Framing(x1 - x0, y1 - y0, S).map(cells)
         by_hand[y0:y1, x0:x1] = np.maximum(by_hand[y0:y1, x0:x1], values)
     assert np.array_equal(stitched, by_hand)
     # its maximum is the largest tile maximum: the region rule's statistic

@@ -26,6 +26,7 @@ from helpers import CATEGORY, bank_file, inctrl_run, random_images
 pytestmark = pytest.mark.cli
 
 FRAME = (520, 300)  # width, height: two 300-px tiles side by side, overlapping by 80 px
+VIEWS = 3  # the two tiles and the whole view (the centred 300-px square)
 GRID = "1x2"
 
 
@@ -68,7 +69,7 @@ def test_tiled_scores_match_the_torch_side_tile_by_tile_and_frame_by_frame(
     register_tiled(bundle, shots)
     bank = NumpyBank.load(bank_file(bundle))
     assert (bank.tiling, bank.frame_size, bank.shots) == (Tiling(1, 2), FRAME, 2)
-    assert bank.patches.shape[1] == 2 * 2 * 225  # k x T tiles' patches
+    assert bank.patches.shape[1] == 2 * VIEWS * 225  # k x T views' patches
     ours = runtime_records(bundle, "--batch-size", 2, *queries)
     torch = torch_score(tiny_checkpoint, CATEGORY, shots, queries, tiles=GRID, batch_size=3)
     assert len(ours) == len(torch) == len(queries)
@@ -80,10 +81,10 @@ def test_tiled_scores_match_the_torch_side_tile_by_tile_and_frame_by_frame(
             np.abs(np.subtract(mine["patch_residual_map"], theirs["patch_residual_map"])).max()
             < 1e-4
         )
-        assert len(mine["patch_residual_map"]) == 2 * 225
+        assert len(mine["patch_residual_map"]) == VIEWS * 225
         assert mine["decisive_tile"] == theirs["decisive_tile"]
         assert mine["tiling"] == theirs["tiling"]
-        assert mine["tiling"]["boxes"] == [[0, 0, 300, 300], [220, 0, 520, 300]]
+        assert mine["tiling"]["boxes"] == [[0, 0, 300, 300], [220, 0, 520, 300], [110, 0, 410, 300]]
         assert (mine["frame_size"], mine["inspected_fraction"]) == ([520, 300], 1.0)
         assert mine["regions"] is None  # not calibrated
     # tile by tile: each tile scored as an image of its own against the same bank
@@ -92,7 +93,7 @@ def test_tiled_scores_match_the_torch_side_tile_by_tile_and_frame_by_frame(
     tiles = [tile for query in queries for tile in layout.crops(Image.open(query))]
     untiled = replace(bank, tiling=None, frame_size=None, shots=bank.images)  # k x T images
     per_tile = detector.score_arrays(CATEGORY, tiles, bank=untiled)
-    reduced, decisive = frame_scores(per_tile, 2)
+    reduced, decisive = frame_scores(per_tile, VIEWS)
     assert np.abs(reduced.score - [r["score"] for r in ours]).max() < 1e-5
     assert decisive.tolist() == [r["decisive_tile"] for r in ours]
 
@@ -143,8 +144,8 @@ def test_refusals_of_tiled_scoring(
     before = bank_file(bundle).read_bytes()
     listed = json.loads(inctrl_run("info", bundle, "--json").out)["categories"][CATEGORY]
     assert listed["bank"]["tiling"] == {"rows": 1, "columns": 2, "overlap": 0.125,
-                                        "frame_size": [520, 300]}  # fmt: skip
-    assert "1x2 over 520 x 300 frames" in inctrl_run("info", bundle).out
+                                        "whole": True, "frame_size": [520, 300]}  # fmt: skip
+    assert "1x2 + whole view over 520 x 300 frames" in inctrl_run("info", bundle).out
     # a query of another frame size: one line naming it
     (other,) = frames(tmp_path / "other", 1, seed=20, size=(600, 300))
     refused = inctrl_run("score", bundle, "--category", CATEGORY, queries[0], other)
@@ -189,7 +190,7 @@ def test_a_tiled_bank_from_a_pool_selects_by_the_coverage_of_the_tiles(
     assert outcome.code == 0, outcome.err
     bank = NumpyBank.load(bank_file(bundle))
     assert bank.tiling == Tiling(1, 2) and bank.shots == 2 and bank.calibration.n == 6
-    # by hand: the six pool images the selection saw, each image's two tiles' patches side by
+    # by hand: the six pool images the selection saw, each image's three views' patches side by
     # side, greedy coverage
     from inctrl_runtime.selection import coverage_selection, split_pool
 
@@ -197,8 +198,8 @@ def test_a_tiled_bank_from_a_pool_selects_by_the_coverage_of_the_tiles(
     detector = Detector.open(bundle)
     patches = detector.encode(np.concatenate(
         [decode(path, tiling=Tiling(1, 2)).pixels() for path in part]))["patches"]  # fmt: skip
-    by_image = patches.reshape(len(part), 2, 3, 225, -1).transpose(0, 2, 1, 3, 4)
-    chosen = coverage_selection(by_image.reshape(len(part), 3, 450, -1), 2).indices
+    by_image = patches.reshape(len(part), VIEWS, 3, 225, -1).transpose(0, 2, 1, 3, 4)
+    chosen = coverage_selection(by_image.reshape(len(part), 3, VIEWS * 225, -1), 2).indices
     assert list(bank.sources) == [str(part[i]) for i in chosen]
 
 

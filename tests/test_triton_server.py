@@ -201,7 +201,7 @@ def test_a_tiled_category_is_served_as_inctrl_run_scores_it(tiny_bundle, tmp_pat
         assert [r["decisive_tile"] for r in got] == [r["decisive_tile"] for r in want]
         assert all(r["inspected_fraction"] == 1.0 and r["regions"] is not None for r in got)
         encoded = sum(size * (after.get(size, 0) - before.get(size, 0)) for size in after)
-        assert encoded == 2 * len(frames)
+        assert encoded == 3 * len(frames)  # two tiles and the whole view a frame
         whole = client.records(OTHER, other)
         assert_same_records(whole, cli_records(bundle, OTHER, other, TRITON_FPR))
         assert all(r["tiling"] is None and r["decisive_tile"] is None for r in whole)

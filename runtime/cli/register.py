@@ -73,7 +73,7 @@ def run_register(
             raise InputError("no --shot given: add at least one normal image, e.g. --shot good.png")
         require_files(shot_images, "--shot image")
         detector = open_detector(bundle, device, threads)
-        tiled = "" if tiling is None else f", {tiling.count} tiles each"
+        tiled = "" if tiling is None else f", {tiling.describe()} each"
         with status(f"encoding {len(shot_images)} normal images{tiled}"):
             detector.register(category, list(shot_images), batch_size, tiling=tiling)
         return detector.bundle.reference_path(category)
