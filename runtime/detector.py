@@ -50,11 +50,13 @@ from inctrl_runtime.preprocess import (
     preprocess_many,
 )
 from inctrl_runtime.references import (
+    THUMBNAIL_SIZE,
     NumpyBank,
     RegisteredBanks,
     check_fits,
     head_feeds,
     read_digest,
+    thumbnail,
 )
 from inctrl_runtime.regions import RegionRule, region_rule
 from inctrl_runtime.results import Result, Scores, frame_scores, to_results
@@ -205,12 +207,16 @@ class Detector:
         images = checked_images(prompt_images, batch_size, "no prompt images: give at least "
                                  "one normal image of the category")  # fmt: skip
         _check_tiled_sources(images, tiling)
-        patches, adapted, digests, frames = [], [], [], []
-        for batch in self.encoded_batches(images, batch_size, tiling=tiling):
+        patches, adapted, digests, frames, thumbnails = [], [], [], [], []
+        batches = self.encoded_batches(images, batch_size, picture_size=THUMBNAIL_SIZE,
+                                       tiling=tiling)  # fmt: skip
+        for batch in batches:
             patches.append(batch.features["patches"])  # k (x T) x L x P x D
             adapted.append(batch.features["adapted"])
             digests += [pixel_digest(pixels) for pixels in batch.frame_pixels]
-            frames += [] if batch.decoded is None else [image.frame for image in batch.decoded]
+            decoded = batch.decoded or []
+            frames += [image.frame for image in decoded]
+            thumbnails += [thumbnail(image.picture) for image in decoded if image.picture]
             if tiling is not None:
                 _check_frames(batch, frames[0])
         return NumpyBank(
@@ -222,6 +228,7 @@ class Detector:
             encoder_sha256=self.bundle.encoder_sha256,
             tiling=tiling,
             frame_size=None if tiling is None else frames[0],
+            thumbnails=np.stack(thumbnails) if len(thumbnails) == len(digests) else None,
         )
 
     def register(

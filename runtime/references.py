@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.errors import InputError, one_line
@@ -71,6 +72,9 @@ _CALIBRATION = {
 # Optional within a calibration: the images' map maxima (regions), digested as a further array.
 _MAP_MAXIMA = "calibration_map_maxima"
 _SELECTION = "selection"
+# Optional: a small picture of each prompt (k x S x S x 3 uint8, letterboxed), for reports.
+_THUMBNAILS = "prompt_thumbnails"
+THUMBNAIL_SIZE = 96
 # A tiled bank's grid and frame size (JSON), which changes what the bank means: required.
 _TILING = "tiling"
 TILES = "tiles"
@@ -78,7 +82,9 @@ TILES = "tiles"
 KNOWN_REQUIREMENTS: tuple[str, ...] = (TILES,)
 REQUIRES = "requires"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_KNOWN = frozenset((*_ARRAYS, *_CALIBRATION, _MAP_MAXIMA, _SELECTION, _TILING, REQUIRES))
+_KNOWN = frozenset(
+    (*_ARRAYS, *_CALIBRATION, _MAP_MAXIMA, _SELECTION, _TILING, REQUIRES, _THUMBNAILS)
+)
 # What a damaged .npz raises inside numpy and zipfile.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
@@ -103,6 +109,8 @@ class NumpyBank:
         tiling: a tiled bank's grid (``tiling.Tiling``; None: prompts seen whole); its patch
             tokens are then the k x T tiles' (N = k * T * P) and its adapted mean theirs.
         frame_size: a tiled bank's frame (width, height): its queries must have it.
+        thumbnails: k x S x S x 3 uint8, a small picture of each prompt, letterboxed (None:
+            not kept, e.g. a bank registered before they were).
     """
 
     patches: np.ndarray
@@ -117,6 +125,7 @@ class NumpyBank:
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     tiling: Tiling | None = None
     frame_size: tuple[int, int] | None = None
+    thumbnails: np.ndarray | None = None
 
     @functools.cached_property
     def digest(self) -> str:
@@ -135,7 +144,8 @@ class NumpyBank:
                          calibration.encoder_sha256, calibration.created):  # fmt: skip
                 digest.update(text.encode() + b"\0")
             digest.update(np.ascontiguousarray(calibration.scores, dtype=np.float32).tobytes())
-        further = {**self.extras, **self._map_maxima(), **self._tiling_arrays()}
+        further = {**self.extras, **self._map_maxima(), **self._tiling_arrays(),
+                   **self._thumbnail_arrays()}  # fmt: skip
         for name in sorted(further):
             array = np.ascontiguousarray(further[name])
             digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
@@ -156,6 +166,12 @@ class NumpyBank:
             return {}
         record = {**self.tiling.record(), "frame_size": list(self.frame_size)}
         return {_TILING: np.str_(json.dumps(record)), REQUIRES: np.array([TILES], dtype=np.str_)}
+
+    def _thumbnail_arrays(self) -> dict[str, np.ndarray]:
+        """The prompts' thumbnails (a later addition: digested as every further array is)."""
+        if self.thumbnails is None:
+            return {}
+        return {_THUMBNAILS: np.ascontiguousarray(self.thumbnails, dtype=np.uint8)}
 
     @property
     def tiles(self) -> int:
@@ -206,7 +222,8 @@ class NumpyBank:
     def _optional_arrays(self) -> dict[str, np.ndarray]:
         """The calibration's, the selection's and the extras' arrays, for the banks that have
         them."""
-        arrays = {**self.extras, **self._map_maxima(), **self._tiling_arrays()}
+        arrays = {**self.extras, **self._map_maxima(), **self._tiling_arrays(),
+                  **self._thumbnail_arrays()}  # fmt: skip
         if self.selection is not None:
             arrays[_SELECTION] = np.str_(json.dumps(self.selection))
         if self.calibration is None:
@@ -260,6 +277,7 @@ class NumpyBank:
             selection=selection if isinstance(selection, dict) else None,
             extras={name: a for name, a in arrays.items() if name not in _KNOWN},
             **tiled,
+            thumbnails=arrays.get(_THUMBNAILS),
         )
         if bank.digest != str(arrays["digest"]):
             raise InputError(f"{path}: its contents do not match its digest (damaged); {again}")
@@ -328,6 +346,14 @@ def _problem(arrays: dict[str, np.ndarray]) -> str:
         return f"its {int(shots)} prompts do not each have a source and a digest"
     if not (np.isfinite(patches).all() and np.isfinite(adapted).all()):
         return "it holds values that are not finite numbers"
+    thumbnails = arrays.get(_THUMBNAILS)
+    if thumbnails is not None and (
+        thumbnails.dtype != np.uint8
+        or thumbnails.ndim != 4
+        or len(thumbnails) != int(shots)
+        or thumbnails.shape[3] != 3
+    ):
+        return f"its prompt thumbnails are {thumbnails.dtype} of shape {thumbnails.shape}"
     if not _SHA256.fullmatch(str(arrays["encoder_sha256"])):
         return "its encoder sha256 is not a sha256"
     try:
@@ -443,3 +469,13 @@ class RegisteredBanks:
             raise ValueError("a registered bank has a category: give it one (dataclasses.replace)")
         bank.save(self.bundle.reference_path(bank.category))
         self._held[bank.category] = bank
+
+
+def thumbnail(picture: Image.Image, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """A picture as a ``size`` x ``size`` x 3 uint8 thumbnail, letterboxed in white (a prompt's,
+    as a bank keeps it)."""
+    small = picture.convert("RGB")
+    small.thumbnail((size, size), Image.BILINEAR)
+    square = Image.new("RGB", (size, size), (255, 255, 255))
+    square.paste(small, ((size - small.width) // 2, (size - small.height) // 2))
+    return np.asarray(square)
