@@ -38,6 +38,7 @@ from inctrl_runtime.drift import DEFAULT_DELTA, check_delta
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, check_heatmap_size
 from inctrl_runtime.regions import NOT_INSPECTED, REGION
+from inctrl_runtime.report import ReportWriter, check_report_path
 
 
 def run_score(
@@ -56,6 +57,7 @@ def run_score(
     tiles: str | None = None,
     monitor: bool = False,
     drift_delta: float = DEFAULT_DELTA,
+    report: Path | None = None,
 ) -> Iterator[list[dict]]:
     """Score queries (image files, or folders: their images, sorted by name) batch by batch:
     the records of each batch as it finishes, as ``inctrl score --json`` writes them, with its
@@ -70,6 +72,8 @@ def run_score(
     or, for a registered bank, must be its grid. With ``monitor``, every query is a part of the
     category's drift monitor, in order: its record says the monitor's state after it
     (``drift``), and the first record of an alarm at ``drift_delta`` is said on stderr.
+    ``report`` names an HTML inspection report of the run, written once the last batch is out
+    (``inctrl_runtime.report``).
     """
     from inctrl_runtime.output import check_picture_folders, record_batches
     from inctrl_runtime.tiling import Tiling, check_grid
@@ -84,6 +88,8 @@ def run_score(
         check_fpr(region_fpr, "--region-fpr")
     check_heatmap_size(heatmap_size)
     check_delta(drift_delta)
+    if report is not None:
+        check_report_path(report)
     if monitor and shot_images:
         raise InputError(
             "--monitor watches the category's registered, calibrated bank: leave out --shot"
@@ -97,10 +103,15 @@ def run_score(
     if tiling is not None and not shot_images:
         check_grid(tiling, detector.registered(category).tiling, category)
     bank = detector.reference(list(shot_images), batch_size, tiling) if shot_images else None
-    picture_size = heatmap_size if heatmaps is not None else None
+    picture_size = heatmap_size if heatmaps is not None or report is not None else None
     batches = detector.result_batches(
         category, images, bank, batch_size, fpr, region_fpr, picture_size, monitor, drift_delta
     )
+    if report is not None:
+        from inctrl_runtime.cli.report import reporting, score_header
+
+        header = score_header(detector, category, bank, fpr, region_fpr)
+        batches = reporting(batches, ReportWriter(report, header))
     named = list(map(str, images))
     records = record_batches(_with_progress(batches, len(images)), named, heatmaps, masks)
     return _saying_alarms(records, bundle, category, drift_delta) if monitor else records
@@ -202,6 +213,15 @@ def score(
         "parts seen (inctrl-run monitor shows it).",
     ),
     drift_delta: DriftDelta = DEFAULT_DELTA,
+    report: Path = typer.Option(
+        None,
+        "--report",
+        help="Write an HTML inspection report of the run here: one self-contained file "
+        "(pictures inlined; opens with no network) with the scores against the calibration, "
+        "the flagged parts and their heatmaps, and, for labelled folders (test/<defect>/), "
+        "ROC and recall.",
+        show_default=False,
+    ),
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
 ) -> None:
@@ -223,6 +243,8 @@ def score(
         inctrl-run score bundle/ --category candle --jsonl images/ > scores.jsonl
 
         inctrl-run score bundle/ --category candle --monitor --jsonl today/ >> line.jsonl
+
+        inctrl-run score bundle/ --category candle --report report.html images/
     """
     from inctrl_runtime.output import print_streamed
 
@@ -243,8 +265,11 @@ def score(
         tiles=tiles,
         monitor=monitor,
         drift_delta=drift_delta,
+        report=report,
     )
     print_streamed(batches, output)
+    if report is not None:
+        say(f"report: {report}")
 
 
 @app.command()

@@ -1,0 +1,105 @@
+"""``--report FILE.html`` of ``inctrl-run score``: the header a run's report starts with, and the
+cards of each batch, as the batch finishes (``inctrl_runtime.report`` writes the page)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import shlex
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image
+
+from inctrl_runtime.decisions import threshold
+from inctrl_runtime.detector import Detector
+from inctrl_runtime.drift import Drift
+from inctrl_runtime.machine import describe_machine
+from inctrl_runtime.references import NumpyBank
+from inctrl_runtime.regions import region_rule
+from inctrl_runtime.report import Header, ReportWriter, card_of, mvtec_label
+from inctrl_runtime.results import Result
+
+
+def command_line(program: str = "inctrl-run") -> str:
+    """The command this process runs, as a shell would take it."""
+    return shlex.join([program, *sys.argv[1:]])
+
+
+def run_fields() -> tuple[tuple[str, str], ...]:
+    """The machine, the date and the command: every report says them."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return (("machine", describe_machine()), ("date", now), ("command", command_line()))
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def score_header(
+    detector: Detector, category: str, bank: NumpyBank | None, fpr: float,
+    region_fpr: float | None,
+) -> Header:  # fmt: skip
+    """The header of a scored run: the bundle, its model (the demo said so), precision and
+    backend, the category, its prompts (thumbnails where the bank keeps them), its calibration,
+    the rate and the thresholds, then the machine, date and command. ``bank`` is the run's own
+    (``--shot``; None: the registered one)."""
+    bundle = detector.bundle
+    used = bank if bank is not None else detector.registered(category)
+    model = f"{bundle.model.preset}: {bundle.model.backbone}"
+    if bundle.is_demo:
+        model += " (the embedded DEMO model: synthetic data only, not for real inspection)"
+    fields = [("bundle", str(bundle.path)), ("model", model),
+              ("precision, backend", f"{detector.precision}, {detector.backend}"),
+              ("category", category), ("prompts (k)", str(used.shots))]  # fmt: skip
+    if used.tiling is not None:
+        width, height = used.frame_size
+        grid = f"{used.tiling} over {width} x {height} frames: {used.tiling.describe()}"
+        fields.append(("tiles", grid))
+    calibration = None if bank is not None else used.calibration
+    cut = None
+    if calibration is None:
+        fields.append(("calibration", "none: no p-values or decisions (inctrl-run calibrate)"))
+    else:
+        cut = threshold(calibration.scores, fpr)
+        made = f"{calibration.backend} {calibration.precision}"
+        fields.append(("calibration", f"n = {calibration.n} normal images ({made})"))
+        fields.append(("target false-positive rate", f"{fpr:g}"))
+        fields.append(("threshold", "none: too few calibration images for this rate"
+                       if cut is None else f"{cut:.4f}"))  # fmt: skip
+        rule = region_rule(calibration, fpr if region_fpr is None else region_fpr)
+        if rule is not None:
+            fields.append(("region threshold", f"{rule.threshold:.4f}"))
+    thumbnails = used.thumbnails
+    prompts = tuple(
+        (source, None if thumbnails is None else _png(thumbnails[i]))
+        for i, source in enumerate(used.sources)
+    )
+    return Header(
+        f"inctrl inspection report: {category}",
+        (*fields, *run_fields()),
+        prompts,
+        calibration=None if calibration is None else calibration.scores,
+        threshold=cut,
+        target_fpr=None if calibration is None else fpr,
+    )
+
+
+def reporting(batches: Iterator[list[Result]], writer: ReportWriter) -> Iterator[list[Result]]:
+    """The batches as they come, each batch's cards added to the report first; once the last
+    has passed, the report is written (with the drift monitor's state after the last part)."""
+    drift = None
+    with writer:
+        for batch in batches:
+            writer.add(card_of(result, mvtec_label(result.image)) for result in batch)
+            drift = batch[-1].drift if batch else drift
+            yield batch
+        writer.finish(None if drift is None else _drift_line(drift))
+
+
+def _drift_line(drift: Drift) -> str:
+    state = "ALARM" if drift.alarm else "no alarm"
+    return f"{state}: evidence {drift.evidence:.3g} after {drift.observed} parts"
