@@ -26,7 +26,7 @@ from inctrl_runtime.files import atomic_path
 from inctrl_runtime.heatmap import heatmap_picture
 from inctrl_runtime.preprocess import Preprocessing
 from inctrl_runtime.regions import Framing, Region, RegionRule, region_mask
-from inctrl_runtime.tiling import TileLayout
+from inctrl_runtime.tiling import TileLayout, Tiling
 
 
 class Scores(NamedTuple):
@@ -128,6 +128,35 @@ class Result:
     regions: tuple[Region, ...] | None = None  # largest peak first (None: no regions)
     decisive_tile: int | None = None  # the tile whose score is the frame's (None: untiled)
     drift: Drift | None = None  # the drift monitor after this part (None: not monitored)
+
+    @classmethod
+    def of_record(
+        cls, record: Mapping[str, Any], size: int, picture: Image.Image | None = None
+    ) -> Result:
+        """A Result from its JSON record (e.g. a served answer's) for a model of input side
+        ``size``, with ``picture`` of its frame to draw its heatmap on; its drift is left
+        out."""
+        width, height = record["frame_size"]
+        tiling = record.get("tiling")
+        framing: Framing | TileLayout = Framing(width, height, size)
+        if tiling is not None:
+            boxes = tuple(tuple(box) for box in tiling["boxes"])
+            framing = TileLayout(Tiling.from_record(tiling), width, height, tiling["side"], size,
+                                 boxes)  # fmt: skip
+        regions = record.get("regions")
+        return cls(
+            image=record["image"],
+            **{name: float(record[name]) for name in SCALAR_FIELDS},
+            patch_residual_map=np.asarray(record["patch_residual_map"], dtype=np.float32),
+            framing=framing,
+            picture=picture,
+            **{name: record.get(name) for name in DECISION_FIELDS},
+            region_threshold=record.get("region_threshold"),
+            regions=None
+            if regions is None
+            else tuple(Region(**{**r, "box": tuple(r["box"])}) for r in regions),
+            decisive_tile=record.get("decisive_tile"),
+        )
 
     def record(self) -> dict:
         """The JSON record of ``inctrl score --json`` (``score_record``)."""

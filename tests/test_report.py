@@ -127,3 +127,16 @@ def test_score_writes_a_report_of_a_labelled_calibrated_run(
     assert "Against the labels" in page and 'id="confusion"' in page and "crack" in page
     assert f"{records[0]['threshold']:.4f}" in page and "target false-positive rate" in page
     assert "DEMO" not in page  # the tiny checkpoint is not the demo
+
+
+def test_a_result_made_again_from_its_record_draws_the_same_heatmap(
+    bundle: Path, inputs: dict
+) -> None:
+    from inctrl_runtime.detector import Detector
+    from inctrl_runtime.results import Result
+
+    detector = Detector.open(calibrated(bundle, inputs))
+    for result in detector.results(CATEGORY, inputs["queries"][:3], fpr=0.1):
+        again = Result.of_record(result.record(), 240, result.picture)
+        assert again.record() == {**result.record(), "drift": None}
+        assert np.array_equal(np.asarray(again.heatmap()), np.asarray(result.heatmap()))

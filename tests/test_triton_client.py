@@ -329,6 +329,16 @@ def test_client_command_prints_what_score_prints(triton_server, tmp_path) -> Non
     assert table.code == 0 and "InCTRL anomaly scores" in table.out and "p-value" in table.out
     refused = run_main(inctrl_run, "client", url, "--category", "nope", files[0])
     refused.assert_refused(str(files[0]), "category 'nope' has no text prior")
+    # --report: the answers' page, a card per answer with its heatmap, the answers' threshold,
+    # and a note of what the server does not tell
+    page = tmp_path / "served.html"
+    reported = run_main(inctrl_run, "client", url, "--category", CATEGORY, "--json",
+                        "--report", page, *files)  # fmt: skip
+    assert reported.code == 0, reported.err
+    text = page.read_text()
+    assert text.count('class="card"') == 3 and text.count("data:image/jpeg;base64,") == 3
+    assert f"{want[0]['threshold']:.4f}" in text and "the server does not tell" in text
+    assert text.count('data-flagged="true"') == sum(r["anomalous"] for r in want)
 
 
 @pytest.mark.parity

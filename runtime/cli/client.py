@@ -52,15 +52,24 @@ def run_check(url: str, category: str | None) -> str:
 
 
 def run_client(
-    url: str, category: str | None, queries: Sequence[Path], concurrency: int = 1
+    url: str,
+    category: str | None,
+    queries: Sequence[Path],
+    concurrency: int = 1,
+    report: Path | None = None,
 ) -> Iterator[list[dict]]:
     """Score queries (image files, or folders: their images, sorted by name) on the server at
     ``url``, ``concurrency`` requests at once: the records of each batch as it is answered, as
     ``inctrl-run score --json`` writes them. Everything the client can check is checked before
-    the first request."""
+    the first request. ``report`` names an HTML inspection report of the answers, written
+    once the last batch is out."""
+    from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE
+    from inctrl_runtime.report import ReportWriter, check_report_path
     from inctrl_runtime.triton.client import Request, TritonClient
 
     require_category(category)
+    if report is not None:
+        check_report_path(report)
     client = TritonClient(url)
     if concurrency < 1:
         raise InputError(f"--concurrency {concurrency}: give at least 1")
@@ -75,7 +84,12 @@ def run_client(
             requests = [Request.of(category, image) for image in images[start : start + step]]
             yield [answer.record for answer in client.answers(requests, concurrency)]
 
-    return batches()
+    if report is None:
+        return batches()
+    from inctrl_runtime.cli.report import client_header, reporting_records
+
+    writer = ReportWriter(report, client_header(url, category))
+    return reporting_records(batches(), writer, client.image_size(), DEFAULT_HEATMAP_SIZE)
 
 
 @app.command()
@@ -90,6 +104,13 @@ def client(
     ),
     as_json: JsonFlag = False,
     as_jsonl: JsonlFlag = False,
+    report: Path = typer.Option(
+        None,
+        "--report",
+        help="Write an HTML inspection report of the answers here (self-contained; heatmaps "
+        "drawn on the local image files).",
+        show_default=False,
+    ),
     check: bool = typer.Option(
         False,
         "--check",
@@ -108,6 +129,8 @@ def client(
 
         inctrl-run client grpc://127.0.0.1:8001 --category candle --concurrency 8 images/
 
+        inctrl-run client http://127.0.0.1:8000 --category candle --report report.html images/
+
         inctrl-run client http://127.0.0.1:8000 --category candle --check
     """
     from inctrl_runtime.output import print_streamed
@@ -118,5 +141,7 @@ def client(
         say(run_check(url, category))
         return
     output = output_format(as_json, as_jsonl)
-    batches = run_client(url, category, queries or [], concurrency=concurrency)
+    batches = run_client(url, category, queries or [], concurrency=concurrency, report=report)
     print_streamed(batches, output)
+    if report is not None:
+        say(f"report: {report}")

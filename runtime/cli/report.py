@@ -8,6 +8,7 @@ import io
 import shlex
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -16,6 +17,7 @@ from inctrl_runtime.decisions import threshold
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.drift import Drift
 from inctrl_runtime.machine import describe_machine
+from inctrl_runtime.preprocess import capped, load_image
 from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.regions import region_rule
 from inctrl_runtime.report import Header, ReportWriter, card_of, mvtec_label
@@ -103,3 +105,55 @@ def reporting(batches: Iterator[list[Result]], writer: ReportWriter) -> Iterator
 def _drift_line(drift: Drift) -> str:
     state = "ALARM" if drift.alarm else "no alarm"
     return f"{state}: evidence {drift.evidence:.3g} after {drift.observed} parts"
+
+
+# What a served answer does not carry, said in a client's report.
+_NOT_SERVED = (
+    "Made from the server's answers: the server does not tell the bundle, its model, precision "
+    "or backend, the category's prompts, or its calibration (so the histogram shows this run "
+    "alone, with the threshold the answers carry). inctrl-run score --report on the bundle "
+    "says them all."
+)
+
+
+def client_header(url: str, category: str) -> Header:
+    """The header of a client's run: what the client knows (its threshold is filled in from
+    the answers, ``answered``)."""
+    fields = (("server", url), ("category", category), *run_fields())
+    return Header(f"inctrl inspection report: {category} (served)", fields, notes=(_NOT_SERVED,))
+
+
+def answered(header: Header, records: list[dict], fpr_seen: float | None) -> Header:
+    """``header`` with what the answers said of the decisions: the threshold and the region
+    threshold (the same for every answer of one category)."""
+    cut = next((r["threshold"] for r in records if r.get("threshold") is not None), None)
+    region = next(
+        (r["region_threshold"] for r in records if r.get("region_threshold") is not None), None
+    )
+    fields = list(header.fields)
+    if cut is not None:
+        fields.insert(2, ("threshold (from the answers)", f"{cut:.4f}"))
+    if region is not None:
+        fields.insert(3, ("region threshold (from the answers)", f"{region:.4f}"))
+    return replace(header, fields=tuple(fields), threshold=cut, target_fpr=fpr_seen)
+
+
+def reporting_records(
+    batches: Iterator[list[dict]], writer: ReportWriter, size: int, picture_size: int
+) -> Iterator[list[dict]]:
+    """Served records as they come, each batch's cards added to the report first (each
+    heatmap drawn on the local image file the request sent, for a model of input side
+    ``size``); once the last has passed, the report is written."""
+    kept: list[dict] = []
+    with writer:
+        for batch in batches:
+            cards = []
+            for record in batch:
+                picture = capped(load_image(record["image"]), picture_size)
+                result = Result.of_record(record, size, picture)
+                cards.append(card_of(result, mvtec_label(record["image"])))
+            writer.add(cards)
+            kept += [{k: r.get(k) for k in ("threshold", "region_threshold")} for r in batch]
+            yield batch
+        writer.header = answered(writer.header, kept, None)
+        writer.finish()

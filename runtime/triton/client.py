@@ -30,7 +30,7 @@ import numpy as np
 
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, describe, image_sequence, load_image
-from inctrl_runtime.triton.names import CATEGORY, ENTRY, IMAGE, OUTPUTS, WATCHED
+from inctrl_runtime.triton.names import CATEGORY, ENCODER, ENTRY, IMAGE, OUTPUTS, WATCHED
 from inctrl_runtime.triton.wire import record_of
 
 # Triton's own default ports, for a URL that names none.
@@ -184,6 +184,16 @@ class TritonClient:
                     f"{self.url}: the server runs but its model {ENTRY!r} is not ready (it "
                     "may still be loading, or failed to load: see the server's log)"
                 )
+
+    def image_size(self) -> int:
+        """S, the side of the model's input, from the encoder's configuration: how the
+        server's frames became the model's views."""
+        with self._connection() as connection:
+            if self.protocol == "http":
+                config = connection.get_model_config(ENCODER)
+            else:
+                config = connection.get_model_config(ENCODER, as_json=True)["config"]
+        return int(config["input"][0]["dims"][-1])
 
     def statistics(self) -> dict[str, ModelStatistics]:
         """Per model, what it ran since it loaded (Triton's inference statistics API)."""
