@@ -110,9 +110,11 @@ def check_report_path(path: str | os.PathLike, option: str = "--report") -> Path
 
 
 @dataclass
-class _Index:
-    """What the writer keeps of each part: a few numbers, and where its card is spooled."""
+class _Section:
+    """One section of a report (a run of one category): its header, and what the writer keeps
+    of each part: a few numbers, and where its card is spooled."""
 
+    header: Header
     scores: list[float] = field(default_factory=list)
     flagged: list[bool | None] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
@@ -121,7 +123,9 @@ class _Index:
 
 class ReportWriter:
     """Writes one report: ``add`` each batch's cards as it finishes, then ``finish`` (use it as
-    a context manager: a run that fails leaves no report and no spool)."""
+    a context manager: a run that fails leaves no report and no spool). The page's ``header``
+    heads its one section, or, where ``section`` begins others (the categories of an
+    evaluation), the page, each section then under its own."""
 
     def __init__(self, path: str | os.PathLike, header: Header, cap: int = DEFAULT_CAP) -> None:
         self.path = check_report_path(path)
@@ -131,7 +135,7 @@ class ReportWriter:
             make_folder(self.path.parent)
             # closed by __exit__: the spool lives as long as the writer
             self._spool = tempfile.TemporaryFile(dir=self.path.parent, prefix=".report-")  # noqa: SIM115
-        self._index = _Index()
+        self._sections: list[_Section] = []
 
     def __enter__(self) -> ReportWriter:
         return self
@@ -139,36 +143,51 @@ class ReportWriter:
     def __exit__(self, *exc: object) -> None:
         self._spool.close()
 
+    def section(self, header: Header) -> None:
+        """Begin a section: the parts added from now on are its."""
+        self._sections.append(_Section(header))
+
     def add(self, cards: Iterable[Card]) -> None:
         """Spool the cards of a batch (their pictures leave memory with them)."""
+        if not self._sections:
+            self._sections.append(_Section(self.header))
+        section = self._sections[-1]
         for card in cards:
             html = _card_html(card).encode()
             start = self._spool.seek(0, io.SEEK_END)
             with writing(self.path):
                 self._spool.write(html)
-            index = self._index
-            index.scores.append(float(card.score))
-            index.flagged.append(card.anomalous)
-            index.labels.append(card.label)
-            index.spans.append((start, len(html)))
+            section.scores.append(float(card.score))
+            section.flagged.append(card.anomalous)
+            section.labels.append(card.label)
+            section.spans.append((start, len(html)))
 
     def finish(self, monitor: str | None = None) -> Path:
         """Write the report (atomically) with the drift monitor's state line (None: not
         monitored) and return its path."""
-        index = self._index
-        shown, cut_note = gallery_rows(index.scores, index.flagged, self.cap)
+        sections = self._sections or [_Section(self.header)]
         with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as out:
             out.write(_page_top(self.header))
-            out.write(_summary(self.header, index, monitor))
-            out.write(_distribution(self.header, index))
-            out.write(_labelled(index))
-            out.write(_gallery_top(len(index.scores), len(shown), cut_note))
-            for row in shown:
-                start, length = index.spans[row]
-                self._spool.seek(start)
-                out.write(self._spool.read(length).decode())
+            for section in sections:
+                out.write("<section>")
+                if section.header is not self.header:
+                    out.write(_section_top(section.header))
+                self._write_section(out, section, monitor)
+                out.write("</section>")
             out.write(_PAGE_END)
         return self.path
+
+    def _write_section(self, out: io.TextIOBase, section: _Section, monitor: str | None) -> None:
+        shown, cut_note = gallery_rows(section.scores, section.flagged, self.cap)
+        out.write(_summary(section.header, section, monitor))
+        out.write(_distribution(section.header, section))
+        out.write(_labelled(section))
+        out.write(_gallery_top(len(section.scores), len(shown), cut_note))
+        for row in shown:
+            start, length = section.spans[row]
+            self._spool.seek(start)
+            out.write(self._spool.read(length).decode())
+        out.write("</div>")
 
 
 def gallery_rows(
@@ -201,7 +220,8 @@ def gallery_rows(
 # ------------------------------------------------------------------------------------ the page
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1180px;padding:16px;color:#222}
-h1{font-size:22px;margin:4px 0 12px}h2{font-size:17px;margin:22px 0 8px}
+h1{font-size:22px;margin:4px 0 12px}h2{font-size:19px;margin:30px 0 8px;border-top:2px solid #333}
+h3{font-size:16px;margin:20px 0 8px}
 table.fields td{padding:1px 12px 1px 0;vertical-align:top}table.fields td:first-child{color:#666}
 .prompts{display:flex;gap:8px;flex-wrap:wrap}.prompts figure{margin:0;font-size:11px;width:96px}
 .prompts img{display:block;max-width:96px;max-height:96px;border:1px solid #ccc}
@@ -213,8 +233,8 @@ table.fields td{padding:1px 12px 1px 0;vertical-align:top}table.fields td:first-
 .labelled{display:flex;gap:32px;flex-wrap:wrap;align-items:flex-start}
 table.grid{border-collapse:collapse}
 table.grid td,table.grid th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-#filter button{margin-right:6px;padding:4px 10px;border:1px solid #999;background:#fff}
-#filter button.on{background:#333;color:#fff}
+.filter button{margin-right:6px;padding:4px 10px;border:1px solid #999;background:#fff}
+.filter button.on{background:#333;color:#fff}
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin-top:10px}
 .card{margin:0;width:260px;border:1px solid #ddd;padding:4px;background:#fff}
 .card[hidden]{display:none}.card img{display:block;max-width:256px;max-height:256px}
@@ -223,18 +243,20 @@ table.grid td,table.grid th{border:1px solid #ccc;padding:3px 8px;text-align:rig
 """
 
 _SCRIPT = """
-const buttons=document.querySelectorAll('#filter button');
-buttons.forEach(b=>b.addEventListener('click',()=>{
-  let shown=0;
-  document.querySelectorAll('.card').forEach(c=>{
-    c.hidden=!(b.dataset.show==='all'||c.dataset.flagged===b.dataset.show);
-    if(!c.hidden)shown++;});
-  buttons.forEach(o=>o.classList.toggle('on',o===b));
-  document.getElementById('shown').textContent=shown;
-}));
+document.querySelectorAll('.filter').forEach(bar=>{
+  const section=bar.closest('section'), buttons=bar.querySelectorAll('button');
+  buttons.forEach(b=>b.addEventListener('click',()=>{
+    let shown=0;
+    section.querySelectorAll('.card').forEach(c=>{
+      c.hidden=!(b.dataset.show==='all'||c.dataset.flagged===b.dataset.show);
+      if(!c.hidden)shown++;});
+    buttons.forEach(o=>o.classList.toggle('on',o===b));
+    bar.querySelector('.shown').textContent=shown;
+  }));
+});
 """
 
-_PAGE_END = f"</div></section><script>{_SCRIPT}</script></body></html>\n"
+_PAGE_END = f"<script>{_SCRIPT}</script></body></html>\n"
 
 
 def _picture(kind: str, data: bytes | None) -> str:
@@ -244,7 +266,8 @@ def _picture(kind: str, data: bytes | None) -> str:
     return f'<img src="data:image/{kind};base64,{base64.b64encode(data).decode()}" alt="">'
 
 
-def _page_top(header: Header) -> str:
+def _described(header: Header) -> str:
+    """A header's fields as a table, its notes, and its prompts' thumbnails."""
     rows = "".join(f"<tr><td>{escape(name)}</td><td>{escape(value)}</td></tr>"
                    for name, value in header.fields)  # fmt: skip
     prompts = ""
@@ -253,19 +276,27 @@ def _page_top(header: Header) -> str:
             f"<figure>{_picture('png', data)}{escape(Path(name).name)}</figure>"
             for name, data in header.prompts
         )
-        prompts = f'<h2>Prompts</h2><div class="prompts">{figures}</div>'
+        prompts = f'<h3>Prompts</h3><div class="prompts">{figures}</div>'
     notes = "".join(f'<p class="note">{escape(note)}</p>' for note in header.notes)
+    return f'<table class="fields">{rows}</table>{notes}{prompts}'
+
+
+def _section_top(header: Header) -> str:
+    return f'<h2 class="section">{escape(header.title)}</h2>{_described(header)}'
+
+
+def _page_top(header: Header) -> str:
     policy = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
               "script-src 'unsafe-inline'")  # fmt: skip
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
         f"<title>{escape(header.title)}</title><style>{_STYLE}</style></head><body>"
-        f'<h1>{escape(header.title)}</h1><table class="fields">{rows}</table>{notes}{prompts}'
+        f"<h1>{escape(header.title)}</h1>{_described(header)}"
     )
 
 
-def _summary(header: Header, index: _Index, monitor: str | None) -> str:
+def _summary(header: Header, index: _Section, monitor: str | None) -> str:
     count = len(index.scores)
     decided = [flag for flag in index.flagged if flag is not None]
     boxes = [("parts scored", str(count))]
@@ -285,12 +316,12 @@ def _summary(header: Header, index: _Index, monitor: str | None) -> str:
         boxes.append(("decisions", "none: the category is not calibrated"))
     if monitor is not None:
         boxes.append(("drift monitor", monitor))
-    cells = "".join(f'<div id="summary-{escape(name.split()[0])}">{escape(name)}'
+    cells = "".join(f'<div class="summary-{escape(name.split()[0])}">{escape(name)}'
                     f"<b>{escape(value)}</b></div>" for name, value in boxes)  # fmt: skip
-    return f'<h2>Summary</h2><div class="summary">{cells}</div>'
+    return f'<h3>Summary</h3><div class="summary">{cells}</div>'
 
 
-def _distribution(header: Header, index: _Index) -> str:
+def _distribution(header: Header, index: _Section) -> str:
     calibration = np.asarray([] if header.calibration is None else header.calibration)
     run = np.asarray(index.scores)
     if not run.size:
@@ -302,10 +333,10 @@ def _distribution(header: Header, index: _Index) -> str:
         legend += (f'<span style="background:#c0392b;width:3px"></span>threshold '
                    f"{header.threshold:.4f}")  # fmt: skip
     chart = histogram(calibration, run, header.threshold)
-    return f"<h2>Scores</h2>{legend}</p>{chart}"
+    return f"<h3>Scores</h3>{legend}</p>{chart}"
 
 
-def _labelled(index: _Index) -> str:
+def _labelled(index: _Section) -> str:
     """ROC, AUROC, confusion matrix and recall per defect type, where every part is labelled
     and both kinds are present ("" otherwise)."""
     labels = index.labels
@@ -322,7 +353,7 @@ def _labelled(index: _Index) -> str:
         cells = [[int((normal & ~flagged).sum()), int((normal & flagged).sum())],
                  [int((~normal & ~flagged).sum()), int((~normal & flagged).sum())]]  # fmt: skip
         parts.append(
-            '<div><table class="grid" id="confusion"><tr><th></th><th>not flagged</th>'
+            '<div><table class="grid confusion"><tr><th></th><th>not flagged</th>'
             f"<th>flagged</th></tr><tr><th>good</th><td>{cells[0][0]}</td><td>{cells[0][1]}</td>"
             f"</tr><tr><th>defective</th><td>{cells[1][0]}</td><td>{cells[1][1]}</td></tr>"
             "</table><p>at the calibrated threshold</p></div>"
@@ -334,19 +365,19 @@ def _labelled(index: _Index) -> str:
             found = int((of_kind & flagged).sum())
             rows += (f"<tr><th>{escape(kind)}</th><td>{found} / {int(of_kind.sum())}</td>"
                      f"<td>{found / of_kind.sum():.0%}</td></tr>")  # fmt: skip
-        parts.append('<div><table class="grid" id="recall"><tr><th>defect</th><th>flagged</th>'
+        parts.append('<div><table class="grid recall"><tr><th>defect</th><th>flagged</th>'
                      f"<th>recall</th></tr>{rows}</table></div>")  # fmt: skip
-    return (f'<h2>Against the labels (AUROC {auroc:.3f})</h2><div class="labelled">'
+    return (f'<h3>Against the labels (AUROC {auroc:.3f})</h3><div class="labelled">'
             f"{''.join(parts)}</div>")  # fmt: skip
 
 
 def _gallery_top(count: int, shown: int, cut_note: str | None) -> str:
-    note = "" if cut_note is None else f'<p class="note" id="cap">{escape(cut_note)}</p>'
+    note = "" if cut_note is None else f'<p class="note cap">{escape(cut_note)}</p>'
     return (
-        f"<section><h2>Parts, most anomalous first</h2>{note}"
-        '<div id="filter"><button class="on" data-show="all">all</button>'
+        f"<h3>Parts, most anomalous first</h3>{note}"
+        '<div class="filter"><button class="on" data-show="all">all</button>'
         '<button data-show="true">flagged</button><button data-show="false">not flagged</button>'
-        f' showing <span id="shown">{shown}</span> of {count}</div><div class="gallery">'
+        f' showing <span class="shown">{shown}</span> of {count}</div><div class="gallery">'
     )
 
 

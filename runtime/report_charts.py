@@ -28,9 +28,9 @@ def histogram(
 ) -> str:
     """The calibration's and the run's scores as two outlined histograms over shared bins, each
     normalized to its own count (so a run of 20 parts compares with a calibration of 200), and
-    a vertical line at ``threshold`` (None: none). The ``svg`` element carries its score range
-    and plot area (``data-low``, ``data-high``, ``data-left``, ``data-width``) so a reader can
-    map a score to its x."""
+    a vertical line (class ``threshold-line``) at ``threshold`` (None: none). The ``svg``
+    carries its score range and plot area (``data-low``, ``data-high``, ``data-left``,
+    ``data-width``) so a reader can map a score to its x."""
     calibration = np.asarray(calibration, dtype=np.float64)
     run = np.asarray(run, dtype=np.float64)
     shown = [calibration, run] + ([np.array([threshold])] if threshold is not None else [])
@@ -44,7 +44,7 @@ def histogram(
     shares = [np.histogram(v, edges)[0] / max(v.size, 1) for v in (calibration, run)]
     top = max(float(max(s.max() for s in shares)), 1e-9)
     parts = [
-        f'<svg class="chart" id="histogram" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'<svg class="chart histogram" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'data-low="{low!r}" data-high="{high!r}" data-left="{LEFT}" data-width="{width}" '
         f'data-total-width="{WIDTH}" aria-label="score histogram">',
         f'<rect x="{LEFT}" y="{TOP}" width="{width}" height="{height}" class="plot"/>',
@@ -60,7 +60,7 @@ def histogram(
                      f'fill-opacity="0.35" stroke="{colour}" stroke-width="1.5"/>')  # fmt: skip
     if threshold is not None:
         x = x_of(threshold)
-        parts.append(f'<line id="threshold-line" x1="{x:.3f}" x2="{x:.3f}" y1="{TOP}" '
+        parts.append(f'<line class="threshold-line" x1="{x:.3f}" x2="{x:.3f}" y1="{TOP}" '
                      f'y2="{TOP + height}" stroke="{THRESHOLD_COLOUR}" stroke-width="2" '
                      f'data-threshold="{threshold!r}"/>')  # fmt: skip
     for tick in np.linspace(low, high, 5):

@@ -50,7 +50,7 @@ def test_the_threshold_line_sits_where_the_threshold_is_on_the_score_axis() -> N
     attrs = dict(re.findall(r'(data-[a-z-]+)="([^"]+)"', svg.split(">")[0]))
     low, high = float(attrs["data-low"]), float(attrs["data-high"])
     left, width = float(attrs["data-left"]), float(attrs["data-width"])
-    x = float(re.search(r'id="threshold-line" x1="([0-9.]+)"', svg).group(1))
+    x = float(re.search(r'class="threshold-line" x1="([0-9.]+)"', svg).group(1))
     assert (low, high) == (0.1, 0.9)
     assert x == pytest.approx(left + (0.4 - low) / (high - low) * width, abs=1e-3)
     assert "threshold-line" not in histogram(np.array([]), np.array([0.5]), None)
@@ -81,8 +81,12 @@ def test_a_report_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     assert not target.exists() and list(target.parent.iterdir()) == []  # no spool left
     with ReportWriter(target, _header(), cap=1) as writer:
         writer.add([Card(f"{i}.png", i / 10, 0.5, i == 2, 0, picture) for i in range(3)])
-        # the writer keeps numbers, not pictures, for each part
-        assert all(isinstance(v, (float, bool, type(None))) for v in writer._index.scores)
+        # the writer keeps a few numbers of each part, never its picture or card
+        (section,) = writer._sections
+        kept = [section.scores, section.flagged, section.labels, section.spans]
+        assert all(not isinstance(v, (bytes, str, Card)) or v is None
+                   for values in kept[:2] for v in values)  # fmt: skip
+        assert all(isinstance(span, tuple) and len(span) == 2 for span in section.spans)
         writer.finish("no alarm")
     page = target.read_text()
     assert list(target.parent.iterdir()) == [target]
@@ -123,8 +127,8 @@ def test_score_writes_a_report_of_a_labelled_calibrated_run(
     assert page.count("data:image/jpeg;base64,") == 6  # a heatmap a card
     flagged = sum(r["anomalous"] for r in records)
     assert page.count('data-flagged="true"') == flagged
-    assert f'id="summary-flagged">flagged<b>{flagged}</b>' in page
-    assert "Against the labels" in page and 'id="confusion"' in page and "crack" in page
+    assert f'class="summary-flagged">flagged<b>{flagged}</b>' in page
+    assert "Against the labels" in page and 'class="grid confusion"' in page and "crack" in page
     assert f"{records[0]['threshold']:.4f}" in page and "target false-positive rate" in page
     assert "DEMO" not in page  # the tiny checkpoint is not the demo
 

@@ -95,19 +95,19 @@ def test_a_scored_run_s_report_in_chromium(
     assert all(card.find_element(By.TAG_NAME, "img").get_property("naturalWidth") > 0
                for card in cards)  # fmt: skip
 
-    browser.find_element(By.CSS_SELECTOR, '#filter button[data-show="true"]').click()
+    browser.find_element(By.CSS_SELECTOR, '.filter button[data-show="true"]').click()
     shown = [card for card in cards if card.is_displayed()]
     names = sorted(card.find_element(By.CLASS_NAME, "name").text for card in shown)
     assert names == flagged
-    assert browser.find_element(By.ID, "shown").text == str(len(flagged))
-    browser.find_element(By.CSS_SELECTOR, '#filter button[data-show="false"]').click()
+    assert browser.find_element(By.CLASS_NAME, "shown").text == str(len(flagged))
+    browser.find_element(By.CSS_SELECTOR, '.filter button[data-show="false"]').click()
     assert sum(card.is_displayed() for card in cards) == len(records) - len(flagged)
-    browser.find_element(By.CSS_SELECTOR, '#filter button[data-show="all"]').click()
+    browser.find_element(By.CSS_SELECTOR, '.filter button[data-show="all"]').click()
     assert all(card.is_displayed() for card in cards)
 
     # the threshold line, in screen pixels, where the threshold falls on the score axis
-    chart = browser.find_element(By.ID, "histogram")
-    line = browser.find_element(By.ID, "threshold-line")
+    chart = browser.find_element(By.CLASS_NAME, "histogram")
+    line = browser.find_element(By.CLASS_NAME, "threshold-line")
     value = lambda name: float(chart.get_attribute(name))  # noqa: E731
     scale = chart.rect["width"] / value("data-total-width")
     threshold = records[0]["threshold"]
@@ -136,7 +136,7 @@ def test_a_capped_gallery_says_so_in_chromium(browser, tmp_path: Path) -> None:
     _open(browser, page)
     _no_errors_and_no_requests(browser)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".card")) == 20
-    note = browser.find_element(By.ID, "cap").text
+    note = browser.find_element(By.CLASS_NAME, "cap").text
     assert note.startswith("Showing 20 of 300 parts: all 10 flagged")
-    browser.find_element(By.CSS_SELECTOR, '#filter button[data-show="true"]').click()
-    assert browser.find_element(By.ID, "shown").text == "10"
+    browser.find_element(By.CSS_SELECTOR, '.filter button[data-show="true"]').click()
+    assert browser.find_element(By.CLASS_NAME, "shown").text == "10"
