@@ -17,8 +17,11 @@ so; the charts and counts always cover every part.
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import os
+import shlex
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from PIL import Image
 
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import atomic_path, check_output_path, make_folder, writing
+from inctrl_runtime.machine import describe_machine
 from inctrl_runtime.pixel_metrics import pair_auroc
 from inctrl_runtime.report_charts import histogram, roc
 from inctrl_runtime.results import Result
@@ -79,6 +83,24 @@ def jpeg(picture: Image.Image, size: int = CARD_SIZE) -> bytes:
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=82)
     return buffer.getvalue()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """An H x W x 3 uint8 picture (e.g. a bank's prompt thumbnail) as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def command_line(program: str) -> str:
+    """The command this process runs, as a shell would take it."""
+    return shlex.join([program, *sys.argv[1:]])
+
+
+def run_fields(program: str = "inctrl-run") -> tuple[tuple[str, str], ...]:
+    """The machine, the date and the command: every report says them."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return (("machine", describe_machine()), ("date", now), ("command", command_line(program)))
 
 
 def card_of(result: Result, label: str | None = None) -> Card:

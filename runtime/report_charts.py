@@ -8,7 +8,7 @@ from html import escape
 import numpy as np
 
 WIDTH, HEIGHT = 640, 220  # the drawing, in SVG units (it scales with the page)
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 36  # margins around the plot area
+LEFT, RIGHT, TOP, BOTTOM = 48, 28, 12, 36  # margins around the plot area
 CALIBRATION_COLOUR, RUN_COLOUR, THRESHOLD_COLOUR = "#8aa4c8", "#e07b39", "#c0392b"
 
 

@@ -3,42 +3,17 @@ cards of each batch, as the batch finishes (``inctrl_runtime.report`` writes the
 
 from __future__ import annotations
 
-import datetime
-import io
-import shlex
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
-
-import numpy as np
-from PIL import Image
 
 from inctrl_runtime.decisions import threshold
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.drift import Drift
-from inctrl_runtime.machine import describe_machine
 from inctrl_runtime.preprocess import capped, load_image
 from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.regions import region_rule
-from inctrl_runtime.report import Header, ReportWriter, card_of, mvtec_label
+from inctrl_runtime.report import Header, ReportWriter, card_of, mvtec_label, png, run_fields
 from inctrl_runtime.results import Result
-
-
-def command_line(program: str = "inctrl-run") -> str:
-    """The command this process runs, as a shell would take it."""
-    return shlex.join([program, *sys.argv[1:]])
-
-
-def run_fields() -> tuple[tuple[str, str], ...]:
-    """The machine, the date and the command: every report says them."""
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return (("machine", describe_machine()), ("date", now), ("command", command_line()))
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def score_header(
@@ -77,7 +52,7 @@ def score_header(
             fields.append(("region threshold", f"{rule.threshold:.4f}"))
     thumbnails = used.thumbnails
     prompts = tuple(
-        (source, None if thumbnails is None else _png(thumbnails[i]))
+        (source, None if thumbnails is None else png(thumbnails[i]))
         for i, source in enumerate(used.sources)
     )
     return Header(
