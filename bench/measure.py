@@ -88,33 +88,51 @@ Prepare = Callable[[Images, str], Subject]  # (prompt images, category) -> a pre
 
 
 def tiled(prepare: Prepare, tiling: Tiling) -> Prepare:
-    """``prepare`` for frames scored tile by tile (``inctrl-run register --tiles``): the
-    prompts' tiles make the bank, each query's tiles are cut as part of its preprocessing and
-    encoded in one batch with the other queries', and the head's scores are reduced to the
-    frames' (``frame_scores``). The arithmetic is T queries against k * T prompts."""
+    """``prepare`` for frames scored view by view (``inctrl-run register --tiles``): a bank per
+    group of view positions (``Tiling.groups``: the grid's tiles, the whole view) from the
+    prompts' views at those positions; each query's views are cut as part of its
+    preprocessing, each group's views of every query encoded in one batch and scored against
+    its bank, and the views' scores reduced to the frames' (``view_scores``,
+    ``frame_scores``), as the runtime does. The arithmetic is, per group g, |g| queries
+    against k * |g| prompts."""
     from inctrl_runtime.preprocess import Preprocessing, decode
-    from inctrl_runtime.results import Scores, frame_scores
+    from inctrl_runtime.results import Scores, frame_scores, view_scores
 
-    def views(frames: Images) -> list:
-        return [view for frame in frames for view in decode(frame, tiling=tiling).views]
+    groups = tiling.groups()
+
+    def grouped(frames: Images) -> list[list]:
+        """The frames' views, a list per group, frame by frame within it."""
+        cut = [decode(frame, tiling=tiling).views for frame in frames]
+        return [[views[t] for views in cut for t in group] for group in groups]
 
     def prepare_tiled(prompts: Images, category: str) -> Subject:
-        subject = prepare(views(prompts), category)
+        subjects = [prepare(views, category) for views in grouped(prompts)]
+        subject = subjects[0]
         if subject.shape.image_size != Preprocessing().size:  # the size tiles are cut for
             raise Unavailable(f"--tiles cuts tiles for a {Preprocessing().size}-px model, this "
                               f"one takes {subject.shape.image_size} px")  # fmt: skip
-        head, register, pixels = subject.head, subject.register, subject.pixels
+        # each group's own stages, taken before the first subject's are replaced
+        stages = [(s.pixels, s.encode, s.head) for s in subjects]
+        register = subject.register
 
-        def reduced(features: Any) -> Scores:
-            outputs = head(features)
-            fields = (_numpy(getattr(outputs, name)) for name in Scores._fields)
-            return frame_scores(Scores(*fields), tiling.count)[0]
+        def pixels(frames: Images) -> tuple:
+            return tuple(stage[0](views) for stage, views in zip(stages, grouped(frames),
+                                                                 strict=True))  # fmt: skip
 
-        subject.pixels = lambda frames: pixels(views(frames))
-        subject.head = reduced
-        subject.register = None if register is None else (lambda frames: register(views(frames)))
-        shots = len(prompts) * tiling.count
-        subject.flops_per_query = tiling.count * query_flops(subject.shape, shots)
+        def encode(pixel_groups: tuple) -> tuple:
+            return tuple(stage[1](part) for stage, part in zip(stages, pixel_groups, strict=True))
+
+        def head(features: tuple) -> Scores:
+            parts = [Scores(*(_numpy(getattr(stage[2](f), name)) for name in Scores._fields))
+                     for stage, f in zip(stages, features, strict=True)]  # fmt: skip
+            return frame_scores(view_scores(parts, groups, tiling.count), tiling.count)[0]
+
+        subject.pixels, subject.encode, subject.head = pixels, encode, head
+        subject.register = None if register is None else (
+            lambda frames: [register(views) for views in grouped(frames)])  # fmt: skip
+        subject.flops_per_query = sum(
+            len(group) * query_flops(subject.shape, len(prompts) * len(group)) for group in groups
+        )
         subject.final_scores = lambda scores: np.asarray(scores.score, np.float64)
         return subject
 
@@ -162,7 +180,7 @@ def open_runtime(backend: Backend, bundle: Path, build: str | None = None) -> It
             shape,
             detector.pixels,
             functools.partial(detector.encode, on_device=True),
-            lambda features: detector.head(features, bank_inputs),
+            lambda features: detector.head(features, bank_inputs[0]),
             detector.reference,
             query_flops(shape, len(prompts)),
             engine=detector.backend,

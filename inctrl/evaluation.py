@@ -40,6 +40,7 @@ import torch
 
 from inctrl.backbone import ImageFeatures
 from inctrl.data import by_category, normal_pool
+from inctrl.evaluation_gallery import EvaluationGallery, FirstRun
 from inctrl.evaluation_report import (
     CategoryResult,
     EvaluationReport,
@@ -227,15 +228,23 @@ class _Pool(NamedTuple):
     digests: tuple[str, ...]  # each image's pixel digest (of its tiles, when tiled)
     tiles: int = 1  # T
 
-    def rows(self, rows: Sequence[int], position: int | None = None) -> ImageFeatures:
-        """The features of images ``rows``: all their tiles, or the tile at ``position``."""
-        tiles = range(self.tiles) if position is None else (position,)
-        index = torch.as_tensor(
-            [row * self.tiles + tile for row in rows for tile in tiles],
-            dtype=torch.long,
-            device=self.features.embedding.device,
-        )
-        return ImageFeatures(self.features.embedding[index], self.features.patches[index])
+    def rows(self, rows: Sequence[int], positions: Sequence[int] | None = None) -> ImageFeatures:
+        """The features of images ``rows``: all their views, or those at ``positions``."""
+        return _views(self.features, rows, self.tiles, positions)
+
+
+def _views(
+    features: ImageFeatures, rows: Sequence[int], tiles: int, positions: Sequence[int] | None
+) -> ImageFeatures:
+    """The rows of ``features`` (T views an image, image by image) of images ``rows`` at view
+    ``positions`` (None: all), image by image."""
+    views = range(tiles) if positions is None else positions
+    index = torch.as_tensor(
+        [row * tiles + view for row in rows for view in views],
+        dtype=torch.long,
+        device=features.embedding.device,
+    )
+    return ImageFeatures(features.embedding[index], features.patches[index])
 
 
 def _frame_pixels(model: InCTRL, paths: Sequence[str], tiling: Tiling | None) -> torch.Tensor:
@@ -272,47 +281,58 @@ def _selected_prompts(category: _Category, pool: _Pool) -> _PromptSet:
 
 
 class _Banks(NamedTuple):
-    """A run's banks: one for every query tile, or with ``same`` tile prompts one per tile
-    position (bank t for the query tiles at position t)."""
+    """A run's banks, each for a group of view positions (``Tiling.groups``): the tiles' and
+    the whole view's, or with ``same`` tile prompts one per position (bank g for the query
+    views at the positions of group g)."""
 
-    banks: tuple[ReferenceBank, ...]
+    groups: tuple[tuple[tuple[int, ...], ReferenceBank], ...]
     digests: tuple[str, ...]  # the prompts' pixel digests (left out of calibration)
 
     def scores(
         self, model: InCTRL, features: ImageFeatures, prior: TextPrior, tiles: int
     ) -> tuple[Scores, np.ndarray]:
         """Frame scores of encoded images ((n * T) rows, image by image), and each frame's
-        tiles' scores (n x T; untiled, n x 1)."""
-        if len(self.banks) == 1:
-            out = model.head(features, self.banks[0], prior)
-        else:  # each position against its own bank, put back in row order
-            parts = [
-                model.head(ImageFeatures(features.embedding[t::tiles], features.patches[t::tiles]),
-                           bank, prior)
-                for t, bank in enumerate(self.banks)
-            ]  # fmt: skip
-            out = [torch.stack(field, dim=1).flatten(0, 1) for field in zip(*parts, strict=True)]
-        tile_scores = Scores(*(field.cpu().numpy() for field in out))
-        by_tile = tile_scores.score.reshape(-1, tiles)
-        return frame_scores(tile_scores, tiles)[0], by_tile
+        views' scores (n x T; untiled, n x 1)."""
+        if len(self.groups) == 1:
+            out = [field.cpu().numpy() for field in model.head(features, self.groups[0][1], prior)]
+        else:  # each group against its own bank, put back in row order
+            images = range(len(features.embedding) // tiles)
+            out = None
+            for positions, bank in self.groups:
+                part = model.head(_views(features, images, tiles, positions), bank, prior)
+                rows = [r * tiles + t for r in images for t in positions]
+                if out is None:
+                    out = [np.zeros((len(features.embedding), *f.shape[1:]), np.float32)
+                           for f in part]  # fmt: skip
+                for field, values in zip(out, part, strict=True):
+                    field[rows] = values.cpu().numpy()
+        view_scores = Scores(*out)
+        by_view = view_scores.score.reshape(-1, tiles)
+        return frame_scores(view_scores, tiles)[0], by_view
 
 
 def _banks(
-    model: InCTRL, prompts: _PromptSet, pool: _Pool, batch_size: int, same_position: bool
+    model: InCTRL,
+    prompts: _PromptSet,
+    pool: _Pool,
+    batch_size: int,
+    tiling: Tiling | None,
+    same_position: bool,
 ) -> _Banks:
-    """A run's banks: from its prompts' pool features (every tile of them, or per position with
-    ``same_position``), or a prompt file's images encoded."""
+    """A run's banks: from its prompts' pool features (a bank per group of view positions,
+    ``Tiling.groups``), or a prompt file's images encoded."""
     if prompts.pixels is not None:
         bank = model.reference(prompts.pixels, batch_size)
-        return _Banks((bank,), bank.digests)
+        return _Banks((((0,), bank),), bank.digests)
     digests = tuple(pool.digests[row] for row in prompts.pool_rows)
-    positions = range(pool.tiles) if same_position and pool.tiles > 1 else (None,)
+    groups = ((0,),) if tiling is None else tiling.groups(same_position)
     banks = []
-    for position in positions:
-        features = pool.rows(prompts.pool_rows, position)
+    for positions in groups:
+        features = pool.rows(prompts.pool_rows, positions)
         patches, adapted_mean = model.inctrl_head.reference(features)
-        banks.append(ReferenceBank(patches.contiguous(), adapted_mean, len(features.embedding),
-                                   prompts.names, digests))  # fmt: skip
+        bank = ReferenceBank(patches.contiguous(), adapted_mean, len(features.embedding),
+                             prompts.names, digests)  # fmt: skip
+        banks.append((positions, bank))
     return _Banks(tuple(banks), digests)
 
 
@@ -382,17 +402,20 @@ def _evaluate_category(
     progress: bool,
     tiling: Tiling | None = None,
     same_position: bool = False,
+    gallery: EvaluationGallery | None = None,
 ) -> CategoryResult:
     prior = model.text_prior(category.name)
     pool = _encode_pool(model, category, batch_size, progress, tiling)
     prompt_sets = list(category.prompt_sets)
     if category.select:
         prompt_sets.append(_selected_prompts(category, pool))
-    banks = [_banks(model, prompts, pool, batch_size, same_position) for prompts in prompt_sets]
+    banks = [_banks(model, prompts, pool, batch_size, tiling, same_position)
+             for prompts in prompt_sets]  # fmt: skip
     paths = [s.image_path for s in category.queries]
     scores: list[list[np.ndarray]] = [[] for _ in banks]
     maps: list[list[np.ndarray]] = [[] for _ in banks]
     tiles: list[list[np.ndarray]] = [[] for _ in banks]
+    first: list[Scores] = []  # the first run's every score, for its report
     for chunk in _track(_batches(paths, batch_size), category.name, progress):
         features = model.encode(_frame_pixels(model, chunk, tiling))  # once, for every run
         for run, run_banks in enumerate(banks):
@@ -400,6 +423,8 @@ def _evaluate_category(
             scores[run].append(out.score)
             maps[run].append(out.patch_residual_map)
             tiles[run].append(by_tile)
+            if run == 0 and gallery is not None:
+                first.append(out)
     targets = tuple(s.target for s in category.queries)
     labels = None
     if pixel:  # the masks themselves are read when a run uses them, one at a time
@@ -416,6 +441,12 @@ def _evaluate_category(
         runs.append(
             _run_result(prompts, targets, run_scores, run_maps, labels, calibration, run_tiles)
         )
+        if index == 0 and gallery is not None:
+            gallery.add(FirstRun(
+                category.name, paths, [s.defect for s in category.queries],
+                Scores(*(np.concatenate(field) for field in zip(*first, strict=True))),
+                prompts.names, None if calibration is None else tuple(calibration),
+            ))  # fmt: skip
     selected = runs.pop() if category.select else None
     return CategoryResult(category.name, tuple(paths), targets, tuple(runs), selected)
 
@@ -434,6 +465,7 @@ def evaluate(
     selection: bool = True,
     tiling: Tiling | None = None,
     tile_prompts: str = "every",
+    gallery: EvaluationGallery | None = None,
 ) -> EvaluationReport:
     """Evaluate few-shot detection on every category of ``samples`` that has test images.
 
@@ -449,7 +481,8 @@ def evaluate(
     ``progress`` shows bars on stderr; ``checkpoint_name`` is recorded in the
     report's settings. With ``tiling``, images are scored tile by tile against ``tile_prompts``
     (``every`` prompt tile, or those at the ``same`` position), with no coverage-selected run
-    (its pairwise comparison grows with the square of the tiles' patches).
+    (its pairwise comparison grows with the square of the tiles' patches). ``gallery`` gets
+    each category's first run for an inspection report.
     """
     seeds = tuple(seeds)
     check_arguments(shots, batch_size, seeds, prompts_dir, tiling, tile_prompts)
@@ -461,7 +494,8 @@ def evaluate(
     try:
         same = tile_prompts == "same"
         results = [
-            _evaluate_category(model, c, batch_size, pixel, progress, tiling, same) for c in plan
+            _evaluate_category(model, c, batch_size, pixel, progress, tiling, same, gallery)
+            for c in plan
         ]
     finally:
         model.train(was_training)

@@ -59,7 +59,7 @@ from inctrl_runtime.references import (
     thumbnail,
 )
 from inctrl_runtime.regions import RegionRule, region_rule
-from inctrl_runtime.results import Result, Scores, frame_scores, to_results
+from inctrl_runtime.results import Result, Scores, frame_scores, to_results, view_scores
 from inctrl_runtime.tiling import FrameTiling, Tiling
 
 if TYPE_CHECKING:
@@ -73,13 +73,14 @@ ProgressUpdate = Callable[[int], None]  # hears the number of images done after 
 @dataclass(frozen=True)
 class EncodedBatch:
     """One batch of the loop: its images decoded once (None for pixels given as they are),
-    the encoder's input made from their views (one per image, or a tiled frame's T tiles),
-    and the encoder's outputs (a row per view)."""
+    the encoder's input made from their views (one per image, or a tiled frame's T views),
+    and the encoder's outputs: a row per view, image by image; for a bank of several view
+    groups (``Tiling.groups``), one encoder run per group, of the views at its positions."""
 
     names: list[str]  # ``describe`` of each image
     decoded: list[DecodedImage] | None
     pixels: np.ndarray  # (B * V) x 3 x S x S float32, V views per image
-    features: Features
+    features: tuple[Features, ...]  # one per view group (one: every view)
 
     @property
     def frame_pixels(self) -> np.ndarray:
@@ -96,17 +97,12 @@ class Prepared:
     images: Images
     batch_size: int
     bank: NumpyBank
-    head_inputs: dict
+    head_inputs: list[dict]  # one per view group of the bank
     calibration: Calibration | None
     fpr: float
     regions: RegionRule | None = None  # the region threshold (None: no regions)
     monitor: DriftMonitor | None = None  # the category's drift monitor (None: not monitored)
     drift_delta: float = DEFAULT_DELTA  # its alarm's false-alarm probability
-
-    def frames(self, scores: Scores) -> tuple[Scores, np.ndarray | None]:
-        """The head's scores per image: a tiled bank's tiles reduced to their frames, with each
-        frame's deciding tile (``frame_scores``)."""
-        return frame_scores(scores, self.bank.tiles)
 
 
 class Detector:
@@ -189,10 +185,22 @@ class Detector:
         outputs = self.head_engine.run({**inputs, **head_inputs})
         return Scores(**{name: outputs[name] for name in Scores._fields})
 
-    def bank_inputs(self, category: str, bank: NumpyBank | None = None) -> dict:
+    def bank_inputs(self, category: str, bank: NumpyBank | None = None) -> list[dict]:
         """The head's few-shot inputs for a category (its registered bank unless ``bank`` is
-        given), uploaded once to the GPU when the head runs there; pass them to ``head``."""
+        given), one set per view group of the bank, uploaded once to the GPU when the head
+        runs there; pass them to ``frame_scores``."""
         return self._prepare(category, (), bank, what=None).head_inputs
+
+    def frame_scores(
+        self, bank: NumpyBank, features: Sequence[Features], head_inputs: Sequence[dict]
+    ) -> tuple[Scores, np.ndarray | None]:
+        """The frames' scores from a batch's features (one per view group of ``bank``, as
+        ``encoded_batches`` gives them): the head on each group, the views put back in order
+        (``view_scores``) and a tiled bank's views reduced to their frames, with each frame's
+        deciding view (``frame_scores``)."""
+        parts = [self.head(found, inputs) for found, inputs in zip(features, head_inputs,
+                                                                   strict=True)]  # fmt: skip
+        return frame_scores(view_scores(parts, bank.groups, bank.tiles), bank.tiles)
 
     # ------------------------------------------------------------------------- few-shot state
     def reference(
@@ -211,17 +219,22 @@ class Detector:
         batches = self.encoded_batches(images, batch_size, picture_size=THUMBNAIL_SIZE,
                                        tiling=tiling)  # fmt: skip
         for batch in batches:
-            patches.append(batch.features["patches"])  # k (x T) x L x P x D
-            adapted.append(batch.features["adapted"])
+            (features,) = batch.features  # every view, prompt by prompt
+            patches.append(features["patches"])  # k (x T) x L x P x D
+            adapted.append(features["adapted"])
             digests += [pixel_digest(pixels) for pixels in batch.frame_pixels]
             decoded = batch.decoded or []
             frames += [image.frame for image in decoded]
             thumbnails += [thumbnail(image.picture) for image in decoded if image.picture]
             if tiling is not None:
                 _check_frames(batch, frames[0])
+        adapted = np.concatenate(adapted)  # (k * T) x E
+        views = None
+        if tiling is not None and tiling.whole:  # each view position's mean, for its group
+            views = adapted.reshape(len(digests), tiling.count, -1).mean(axis=0, dtype=np.float32)
         return NumpyBank(
             patches=np.ascontiguousarray(stack_prompts(np.concatenate(patches))),
-            adapted_mean=np.concatenate(adapted).mean(axis=0, dtype=np.float32),
+            adapted_mean=adapted.mean(axis=0, dtype=np.float32),
             shots=len(digests),
             sources=tuple(describe(source) for source in images),
             digests=tuple(digests),
@@ -229,6 +242,7 @@ class Detector:
             tiling=tiling,
             frame_size=None if tiling is None else frames[0],
             thumbnails=np.stack(thumbnails) if len(thumbnails) == len(digests) else None,
+            view_adapted=views,
         )
 
     def register(
@@ -278,7 +292,7 @@ class Detector:
         """
         prepared = self._prepare(category, images, bank, batch_size)
         chunks = [
-            prepared.frames(self.head(batch.features, prepared.head_inputs))[0]
+            self.frame_scores(prepared.bank, batch.features, prepared.head_inputs)[0]
             for batch in self._batches(prepared, progress)
         ]
         return Scores(*(np.concatenate(field) for field in zip(*chunks, strict=True)))
@@ -346,7 +360,8 @@ class Detector:
     ) -> Iterator[list[Result]]:
         preprocessing = self.bundle.preprocessing
         for batch in self._batches(prepared, picture_size=heatmap_size):
-            scores, decisive = prepared.frames(self.head(batch.features, prepared.head_inputs))
+            scores, decisive = self.frame_scores(prepared.bank, batch.features,
+                                                 prepared.head_inputs)  # fmt: skip
             decisions = None
             if prepared.calibration is not None:
                 decisions = decision_fields(prepared.calibration, scores.score, prepared.fpr)
@@ -391,7 +406,7 @@ class Detector:
                         f"{name}: is one of the prompt images of {category!r}; calibrate on "
                         "normal images that are not prompts"
                     )
-            scores, _ = prepared.frames(self.head(batch.features, prepared.head_inputs))
+            scores, _ = self.frame_scores(prepared.bank, batch.features, prepared.head_inputs)
             chunks.append(scores.score)
             maxima.append(scores.max_patch_residual)
         bank = prepared.bank
@@ -439,7 +454,7 @@ class Detector:
         else:
             check_fits(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
         _check_tiled_sources(found, bank.tiling, f"the bank of {category!r}")
-        head_inputs = self.head_engine.upload(head_feeds(bank, prior))
+        head_inputs = [self.head_engine.upload(feeds) for feeds in head_feeds(bank, prior)]
         regions = None if calibration is None else region_rule(calibration, region_fpr)
         return Prepared(
             found, batch_size, bank, head_inputs, calibration, fpr or DEFAULT_FPR, regions
@@ -451,11 +466,13 @@ class Detector:
         progress: ProgressUpdate | None = None,
         picture_size: int | None = None,
     ) -> Iterator[EncodedBatch]:
-        """``encoded_batches`` of a prepared call's images, features on the device, tiled as
-        its bank is (each frame refused, in one line, unless it has the bank's size)."""
+        """``encoded_batches`` of a prepared call's images, features on the device, tiled and
+        grouped as its bank is (each frame refused, in one line, unless it has the bank's
+        size)."""
+        bank = prepared.bank
         return self.encoded_batches(
             prepared.images, prepared.batch_size, True, progress, picture_size,
-            prepared.bank.frame_tiling,
+            bank.frame_tiling, bank.groups if len(bank.groups) > 1 else None,
         )  # fmt: skip
 
     def encoded_batches(
@@ -466,12 +483,14 @@ class Detector:
         progress: ProgressUpdate | None = None,
         picture_size: int | None = None,
         tiling: Tiling | FrameTiling | None = None,
+        groups: Sequence[Sequence[int]] | None = None,
     ) -> Iterator[EncodedBatch]:
         """The one batch loop, for images checked by ``checked_images``: each batch's images
         decoded once (``picture_size``: keeping a picture of each frame that large, for
-        heatmaps; ``tiling``: cut into tiles, all of a batch's tiles encoded together), their
-        pixels made from the views, and encoded (``on_device``: the features stay on the GPU);
-        ``progress`` hears of the images done once the caller has taken a batch."""
+        heatmaps; ``tiling``: cut into views, all of a batch's views encoded together, or with
+        ``groups``, those of each group of view positions together), their pixels made from
+        the views, and encoded (``on_device``: the features stay on the GPU); ``progress``
+        hears of the images done once the caller has taken a batch."""
         preprocessing = self.bundle.preprocessing
         for start in range(0, len(images), batch_size):
             part = images[start : start + batch_size]
@@ -482,7 +501,15 @@ class Detector:
                 decoded = [decode(source, preprocessing, picture_size, tiling) for source in part]
                 names = [image.name for image in decoded]
                 pixels = np.concatenate([image.pixels(preprocessing) for image in decoded])
-            features = self.encode(pixels, on_device=on_device)
+            if groups is None:
+                features = (self.encode(pixels, on_device=on_device),)
+            else:
+                by_image = pixels.reshape(len(part), -1, *pixels.shape[1:])
+                features = tuple(
+                    self.encode(np.ascontiguousarray(by_image[:, list(group)].reshape(
+                        -1, *pixels.shape[1:])), on_device=on_device)
+                    for group in groups
+                )  # fmt: skip
             yield EncodedBatch(names, decoded, pixels, features)
             if progress is not None:
                 progress(start + len(part))

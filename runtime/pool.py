@@ -91,7 +91,7 @@ def select_prompts(
 def _by_image(batch: EncodedBatch) -> np.ndarray:
     """A batch's patch tokens image by image, n x L x (V * P) x D: a tiled frame's V tiles'
     patches side by side, as a tiled bank holds them (``stack_prompts`` per image)."""
-    patches = batch.features["patches"]  # (n * V) x L x P x D
+    patches = batch.features[0]["patches"]  # (n * V) x L x P x D
     n = len(batch.names)
     return stack_prompts(patches.reshape(n, len(patches) // n, *patches.shape[1:]))
 

@@ -78,12 +78,25 @@ THUMBNAIL_SIZE = 96
 # A tiled bank's grid and frame size (JSON), which changes what the bank means: required.
 _TILING = "tiling"
 TILES = "tiles"
+# A tiled bank with a whole view: each view position's mean adapted embedding (T x E), for the
+# banks of its view groups (``Tiling.groups``); required with it.
+_VIEW_ADAPTED = "view_adapted_means"
+WHOLE_VIEW = "whole_view"
 # Names the array ``requires`` may hold that this runtime knows how to read.
-KNOWN_REQUIREMENTS: tuple[str, ...] = (TILES,)
+KNOWN_REQUIREMENTS: tuple[str, ...] = (TILES, WHOLE_VIEW)
 REQUIRES = "requires"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KNOWN = frozenset(
-    (*_ARRAYS, *_CALIBRATION, _MAP_MAXIMA, _SELECTION, _TILING, REQUIRES, _THUMBNAILS)
+    (
+        *_ARRAYS,
+        *_CALIBRATION,
+        _MAP_MAXIMA,
+        _SELECTION,
+        _TILING,
+        REQUIRES,
+        _THUMBNAILS,
+        _VIEW_ADAPTED,
+    )  # fmt: skip
 )
 # What a damaged .npz raises inside numpy and zipfile.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
@@ -111,6 +124,8 @@ class NumpyBank:
         frame_size: a tiled bank's frame (width, height): its queries must have it.
         thumbnails: k x S x S x 3 uint8, a small picture of each prompt, letterboxed (None:
             not kept, e.g. a bank registered before they were).
+        view_adapted: T x E float32, a tiled bank's mean adapted embedding at each view
+            position, for the banks of its view groups (a bank with a whole view has it).
     """
 
     patches: np.ndarray
@@ -126,6 +141,7 @@ class NumpyBank:
     tiling: Tiling | None = None
     frame_size: tuple[int, int] | None = None
     thumbnails: np.ndarray | None = None
+    view_adapted: np.ndarray | None = None
 
     @functools.cached_property
     def digest(self) -> str:
@@ -160,18 +176,42 @@ class NumpyBank:
         return {_MAP_MAXIMA: np.asarray(self.calibration.map_maxima, dtype=np.float32)}
 
     def _tiling_arrays(self) -> dict[str, np.ndarray]:
-        """A tiled bank's grid and frame size, and the requirement that a reader know tiles
-        (a later addition to the format: digested as every further array is)."""
+        """A tiled bank's grid and frame size, its views' adapted means where it has a whole
+        view, and the requirement that a reader know them (later additions to the format:
+        digested as every further array is)."""
         if self.tiling is None or self.frame_size is None:
             return {}
         record = {**self.tiling.record(), "frame_size": list(self.frame_size)}
-        return {_TILING: np.str_(json.dumps(record)), REQUIRES: np.array([TILES], dtype=np.str_)}
+        required = [TILES]
+        arrays = {_TILING: np.str_(json.dumps(record))}
+        if self.tiling.whole:
+            required.append(WHOLE_VIEW)
+            arrays[_VIEW_ADAPTED] = np.ascontiguousarray(self.view_adapted, dtype=np.float32)
+        return {**arrays, REQUIRES: np.array(required, dtype=np.str_)}
 
     def _thumbnail_arrays(self) -> dict[str, np.ndarray]:
         """The prompts' thumbnails (a later addition: digested as every further array is)."""
         if self.thumbnails is None:
             return {}
         return {_THUMBNAILS: np.ascontiguousarray(self.thumbnails, dtype=np.uint8)}
+
+    @property
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """The view positions that share a bank (``Tiling.groups``); one group untiled."""
+        return ((0,),) if self.tiling is None else self.tiling.groups()
+
+    def group_banks(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per view group, the patch tokens (L x k|g|P x D) and adapted mean (E) its query
+        views are compared with: the prompts' views at the group's positions."""
+        if len(self.groups) == 1:
+            return [(self.patches, self.adapted_mean)]
+        layers, _, width = self.patches.shape
+        by_view = self.patches.reshape(layers, self.shots, self.tiles, -1, width)
+        return [
+            (np.ascontiguousarray(by_view[:, :, list(group)].reshape(layers, -1, width)),
+             self.view_adapted[list(group)].mean(axis=0, dtype=np.float32))
+            for group in self.groups
+        ]  # fmt: skip
 
     @property
     def tiles(self) -> int:
@@ -262,7 +302,7 @@ class NumpyBank:
             raise InputError(
                 f"{path}: not a readable reference bank (damaged or truncated: {reason}); {again}"
             ) from None
-        problem = _problem(arrays) or _calibration_problem(arrays)
+        problem = _problem(arrays) or _calibration_problem(arrays) or _views_problem(arrays, tiled)
         if problem:
             raise InputError(f"{path}: not a valid reference bank ({problem}); {again}")
         bank = cls(
@@ -278,6 +318,7 @@ class NumpyBank:
             extras={name: a for name, a in arrays.items() if name not in _KNOWN},
             **tiled,
             thumbnails=arrays.get(_THUMBNAILS),
+            view_adapted=arrays.get(_VIEW_ADAPTED),
         )
         if bank.digest != str(arrays["digest"]):
             raise InputError(f"{path}: its contents do not match its digest (damaged); {again}")
@@ -305,6 +346,18 @@ def _tiled(record: dict) -> dict:
         return {"tiling": Tiling.from_record(record), "frame_size": (width, height)}
     except (KeyError, TypeError, ValueError, InputError) as err:
         raise ValueError(f"its tiling {record!r} is not a grid and a frame size") from err
+
+
+def _views_problem(arrays: Mapping[str, np.ndarray], tiled: dict) -> str:
+    """What is wrong with a tiled bank's views ("" if nothing): a whole view needs each view
+    position's adapted mean."""
+    tiling = tiled.get("tiling")
+    if tiling is None or not tiling.whole:
+        return ""
+    views = arrays.get(_VIEW_ADAPTED)
+    if views is None or len(views) != tiling.count:
+        return f"its {tiling.count} views lack their adapted means"
+    return ""
 
 
 def _check_requirements(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -346,6 +399,14 @@ def _problem(arrays: dict[str, np.ndarray]) -> str:
         return f"its {int(shots)} prompts do not each have a source and a digest"
     if not (np.isfinite(patches).all() and np.isfinite(adapted).all()):
         return "it holds values that are not finite numbers"
+    view_adapted = arrays.get(_VIEW_ADAPTED)
+    if view_adapted is not None and (
+        view_adapted.dtype != np.float32
+        or view_adapted.ndim != 2
+        or view_adapted.shape[1] != adapted.shape[0]
+        or not np.isfinite(view_adapted).all()
+    ):
+        return f"its views' adapted means are {view_adapted.dtype} of shape {view_adapted.shape}"
     thumbnails = arrays.get(_THUMBNAILS)
     if thumbnails is not None and (
         thumbnails.dtype != np.uint8
@@ -441,10 +502,13 @@ def check_fits(bundle: Bundle, bank: NumpyBank, where: str) -> None:
     bank.check(bundle.bank_shape, bundle.encoder_sha256, "the bundle's model", where)
 
 
-def head_feeds(bank: NumpyBank, prior: np.ndarray) -> dict[str, np.ndarray]:
-    """The head graph's few-shot inputs: the bank's patch tokens and adapted mean, and the
-    category's 2 x E text prior."""
-    return {"ref_patches": bank.patches, "ref_adapted": bank.adapted_mean, "text_prior": prior}
+def head_feeds(bank: NumpyBank, prior: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """The head graph's few-shot inputs, one set per view group of the bank (one untiled): the
+    group's patch tokens and adapted mean, and the category's 2 x E text prior."""
+    return [
+        {"ref_patches": patches, "ref_adapted": adapted, "text_prior": prior}
+        for patches, adapted in bank.group_banks()
+    ]
 
 
 class RegisteredBanks:

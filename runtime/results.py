@@ -52,6 +52,24 @@ REGION_FIELDS = ("frame_size", "inspected_fraction", "region_threshold", "region
 TILE_FIELDS = ("tiling", "decisive_tile")
 
 
+def view_scores(parts: Sequence[Scores], groups: Sequence[Sequence[int]], views: int) -> Scores:
+    """The scores of B frames' T views (B * T rows, frame by frame, each frame's views in order)
+    from the head's run on each view group (``Tiling.groups``: B * |g| rows, frame by frame, the
+    group's views in order); one group's scores are returned as they are."""
+    if len(parts) == 1:
+        return parts[0]
+    frames = len(parts[0].score) // len(groups[0])
+    fields = []
+    for name in Scores._fields:
+        first = np.asarray(getattr(parts[0], name))
+        out = np.empty((frames, views, *first.shape[1:]), dtype=first.dtype)
+        for part, group in zip(parts, groups, strict=True):
+            values = np.asarray(getattr(part, name))
+            out[:, list(group)] = values.reshape(frames, len(group), *first.shape[1:])
+        fields.append(out.reshape(frames * views, *first.shape[1:]))
+    return Scores(*fields)
+
+
 def frame_scores(scores: Scores, tiles: int) -> tuple[Scores, np.ndarray | None]:
     """B frames' scores from their B * T tiles' (frame by frame, each frame's tiles in tile
     order): a frame's ``score`` and ``max_patch_residual`` are the largest patch residual over

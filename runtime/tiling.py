@@ -78,6 +78,15 @@ class Tiling:
         """T, the number of views a frame is scored in: the grid's tiles and the whole view."""
         return self.rows * self.columns + self.whole
 
+    def groups(self, same_position: bool = False) -> tuple[tuple[int, ...], ...]:
+        """The view positions that share a bank: the grid's tiles (every prompt tile meets
+        every query tile) and the whole view apart (it meets the prompts' whole views: another
+        scale); with ``same_position``, each position apart."""
+        if same_position:
+            return tuple((view,) for view in range(self.count))
+        grid = tuple(range(self.rows * self.columns))
+        return (grid, (len(grid),)) if self.whole else (grid,)
+
     def describe(self) -> str:
         """The views in words, e.g. "4 tiles and the whole view"."""
         return f"{self.rows * self.columns} tiles" + (" and the whole view" if self.whole else "")

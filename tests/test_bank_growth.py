@@ -123,3 +123,33 @@ def test_calibration_map_maxima_are_an_addition_earlier_readers_verify(registere
     np.savez(path, **arrays)
     with pytest.raises(InputError, match="map maxima"):
         NumpyBank.load(path)
+
+
+def test_tiled_banks_before_and_with_the_whole_view(bundle: Path, tmp_path: Path) -> None:
+    """A tiled bank kept before the whole view existed (its tiling without ``whole``) still
+    loads and is scored tiles only, one view group; a bank with the whole view requires it
+    and its views' adapted means, and is refused in one line without them."""
+    from inctrl_runtime.tiling import Tiling
+
+    detector = Detector.open(bundle)
+    frames = random_images(2, seed=70, size=(300, 520))
+    whole = detector.reference(frames, tiling=Tiling(1, 2))
+    assert whole.groups == ((0, 1), (2,)) and whole.view_adapted.shape == (3, 32)
+    path = tmp_path / "whole.npz"
+    dataclasses.replace(whole, category="candle").save(path)
+    with np.load(path) as data:
+        assert set(map(str, data[REQUIRES])) == {"tiles", "whole_view"}
+        arrays = {name: data[name] for name in data.files}
+    del arrays["view_adapted_means"]
+    np.savez(path, **arrays)
+    with pytest.raises(InputError, match="not a valid reference bank .*lack their adapted means"):
+        NumpyBank.load(path)
+    # before the whole view: two tiles a frame, one group, the patches of the k x 2 tiles
+    older = detector.reference(frames, tiling=Tiling(1, 2, whole=False))
+    assert older.groups == ((0, 1),) and older.view_adapted is None
+    dataclasses.replace(older, category="candle").save(path)
+    loaded = NumpyBank.load(path)
+    assert loaded.tiling == Tiling(1, 2, whole=False) and loaded.patches.shape[1] == 2 * 2 * 225
+    scores = detector.score_arrays("candle", random_images(2, seed=71, size=(300, 520)),
+                                   bank=loaded)  # fmt: skip
+    assert scores.patch_residual_map.shape == (2, 2 * 225)

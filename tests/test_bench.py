@@ -203,8 +203,8 @@ def test_sizes_in_any_order_and_a_batch_too_large_for_authors(tiny_checkpoint: P
 
 @pytest.mark.unit
 def test_tiled_rows_time_frames_cut_into_tiles(tiny_checkpoint: Path) -> None:
-    """--tiles: each query a 1024 x 768 frame cut into 2x2 tiles and the whole view (T = 5), the
-    bank the k prompts' views; the authors' way (one image at a time) and --eval are refused."""
+    """--tiles: each query a 1024 x 768 frame cut into 2x2 tiles and the whole view (T = 5), a
+    bank per view group; the authors' way (one image at a time) and --eval are refused."""
     settings = BenchSettings(checkpoint=tiny_checkpoint, batches=(1, 2), shots=(1,), repeats=1,
                              backends=("authors", "torch-fp32", "onnxruntime-cpu-fp32"),
                              tiles="2x2")  # fmt: skip
@@ -213,7 +213,8 @@ def test_tiled_rows_time_frames_cut_into_tiles(tiny_checkpoint: Path) -> None:
     assert not authors.available and "no --tiles" in authors.reason
     for row in (torch_fp32, runtime):
         assert row.available and [t.batch for t in row.throughput] == [1, 2]
-        assert row.flops_per_query == 5 * query_flops(row.shape, 5)  # 5 views against 1 x 5
+        # 4 tiles against the prompt's 4, the whole view against its whole view
+        assert row.flops_per_query == 4 * query_flops(row.shape, 4) + query_flops(row.shape, 1)
     assert report.settings["tiles"] == "2x2"
     with pytest.raises(InputError, match="inctrl evaluate --tiles"):
         BenchSettings(tiles="2x2", eval_data=Path("data"))

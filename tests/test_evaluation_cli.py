@@ -156,3 +156,23 @@ def test_plot_shows_every_category(report, tmp_path) -> None:
         assert picture.format == "PNG"
         # one column (ROC above, histogram below) per category
         assert picture.width > picture.height * 0.8 * len(report.categories) / 2
+
+
+@pytest.mark.cli
+def test_the_report_shows_each_category_s_first_run(eval_dir, tmp_path) -> None:
+    page = tmp_path / "evaluation.html"
+    result = run_evaluate(
+        [eval_dir / "synth"], 2, checkpoint=eval_dir / "tiny.safetensors", seeds=2, report=page
+    )
+    text = page.read_text()
+    assert text.count('<h2 class="section">') == len(result.categories) == len(CATEGORIES)
+    for category in result.categories:
+        first = category.runs[0]  # the first seed's draw: its AUROC, its test images
+        assert f"{category.category}</h2>" in text
+        assert f"Against the labels (AUROC {first.auroc:.3f})" in text
+        for prompt in first.prompts:
+            assert f"{Path(prompt).name}</figure>" in text
+    cards = sum(len(category.images) for category in result.categories)
+    assert text.count('class="card"') == text.count("data:image/jpeg;base64,") == cards
+    # 4 calibration images are too few for a rate of 0.1: no decisions, said so
+    assert "too few calibration images for this rate" in text and 'data-flagged="true"' not in text

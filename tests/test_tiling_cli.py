@@ -5,7 +5,6 @@ and a defect the centre crop cuts off, seen by the tiles (the embedded demo mode
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import decode
 from inctrl_runtime.references import NumpyBank
 from inctrl_runtime.regions import NOT_INSPECTED, REGION, RegionRule
-from inctrl_runtime.results import frame_scores
 from inctrl_runtime.tiling import Tiling
 
 from helpers import CATEGORY, bank_file, inctrl_run, random_images
@@ -87,14 +85,23 @@ def test_tiled_scores_match_the_torch_side_tile_by_tile_and_frame_by_frame(
         assert mine["tiling"]["boxes"] == [[0, 0, 300, 300], [220, 0, 520, 300], [110, 0, 410, 300]]
         assert (mine["frame_size"], mine["inspected_fraction"]) == ([520, 300], 1.0)
         assert mine["regions"] is None  # not calibrated
-    # tile by tile: each tile scored as an image of its own against the same bank
+    # view by view: each tile scored as an image of its own against the two tiles of the
+    # prompts, the whole view against the prompts' whole views; the frame's score the largest
+    # patch residual of its views
     detector = Detector.open(bundle)
     layout = Tiling(1, 2).layout(*FRAME, 240)
-    tiles = [tile for query in queries for tile in layout.crops(Image.open(query))]
-    untiled = replace(bank, tiling=None, frame_size=None, shots=bank.images)  # k x T images
-    per_tile = detector.score_arrays(CATEGORY, tiles, bank=untiled)
-    reduced, decisive = frame_scores(per_tile, VIEWS)
-    assert np.abs(reduced.score - [r["score"] for r in ours]).max() < 1e-5
+    assert bank.groups == ((0, 1), (2,))
+    crops = [layout.crops(Image.open(image)) for image in (*shots, *queries)]
+    prompts, query_views = crops[: len(shots)], crops[len(shots) :]
+    residuals = np.zeros((len(queries), VIEWS))
+    for group in bank.groups:
+        alone = detector.reference([views[t] for views in prompts for t in group])
+        scored = detector.score_arrays(
+            CATEGORY, [views[t] for views in query_views for t in group], bank=alone
+        )
+        residuals[:, list(group)] = scored.max_patch_residual.reshape(len(queries), len(group))
+    assert np.abs(residuals.max(axis=1) - [r["score"] for r in ours]).max() < 1e-5
+    decisive = residuals.argmax(axis=1)
     assert decisive.tolist() == [r["decisive_tile"] for r in ours]
 
 
@@ -203,7 +210,7 @@ def test_a_tiled_bank_from_a_pool_selects_by_the_coverage_of_the_tiles(
     assert list(bank.sources) == [str(part[i]) for i in chosen]
 
 
-def test_torch_side_tiles_refuse_frames_of_another_size(
+def test_torch_side_tiles_refuse_query_viewsof_another_size(
     tiny_checkpoint: Path, tiled_inputs: dict, tmp_path: Path
 ) -> None:
     (other,) = frames(tmp_path / "other", 1, seed=21, size=(600, 300))

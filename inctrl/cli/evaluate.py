@@ -16,9 +16,10 @@ from rich.table import Table
 
 from inctrl.cli.common import ClipWeights, Device, ModelCheckpoint, app
 from inctrl.loading import load_model
-from inctrl_runtime.console import TilesOption, interactive, require_files, status, warn
+from inctrl_runtime.console import TilesOption, interactive, require_files, say, status, warn
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import check_output_paths, write_json, write_text
+from inctrl_runtime.report import Header, ReportWriter, check_report_path, run_fields
 
 if TYPE_CHECKING:
     from inctrl.evaluation_report import EvaluationReport
@@ -43,13 +44,15 @@ def run_evaluate(
     selection: bool = True,
     tiles: str | None = None,
     tile_prompts: str = "every",
+    report: Path | None = None,
 ) -> EvaluationReport:
     """Evaluate a checkpoint (default: the embedded demo) on data sets; runs use seeds
     0..``seeds``-1, or the authors' prompt files in ``prompts``. Writes the report as JSON to
     ``json_out`` (unless it is ``-``, which the command prints) and as markdown to
     ``markdown_out`` and ROC curves with score histograms as a PNG to ``plot``, each
     atomically, and returns it. ``tiles`` (``RxC``) scores every image tile by tile against
-    ``tile_prompts`` (``every`` prompt tile, or the ``same`` position's)."""
+    ``tile_prompts`` (``every`` prompt tile, or the ``same`` position's). ``report`` names an
+    HTML inspection report: a section per category showing its first run."""
     from inctrl.data import load_samples
     from inctrl.evaluation import check_arguments, evaluate
     from inctrl_runtime.tiling import Tiling
@@ -64,34 +67,41 @@ def run_evaluate(
     tiling = None if tiles is None else Tiling.parse(tiles)
     check_arguments(shots, batch_size, range(runs), prompts, tiling, tile_prompts)
     check_output_paths({"--json": json_out, "--markdown": markdown_out, "--plot": plot})
+    if report is not None:
+        check_report_path(report)
     if checkpoint is not None:
         require_files([checkpoint], "checkpoint")
     samples = load_samples(data)
     with status("loading model"):
         model = load_model(checkpoint, clip_weights, device, notice=warn)
-    report = evaluate(
-        model,
-        samples,
-        shots,
-        seeds=range(runs),
-        prompts_dir=prompts,
-        batch_size=batch_size,
-        pixel=pixel,
-        progress=interactive(),
-        selection=selection,
-        checkpoint_name=str(checkpoint) if checkpoint is not None else "the embedded DEMO model",
-        tiling=tiling,
-        tile_prompts=tile_prompts,
-    )
+    name = str(checkpoint) if checkpoint is not None else "the embedded DEMO model"
+    common = {
+        "seeds": range(runs), "prompts_dir": prompts, "batch_size": batch_size, "pixel": pixel,
+        "progress": interactive(), "selection": selection, "checkpoint_name": name,
+        "tiling": tiling, "tile_prompts": tile_prompts,
+    }  # fmt: skip
+    if report is None:
+        result = evaluate(model, samples, shots, **common)
+    else:
+        from inctrl.evaluation_gallery import REPORT_FPR, EvaluationGallery
+
+        fields = (("data", ", ".join(map(str, data))), ("model", name),
+                  ("prompts (k)", str(shots)), ("tiles", tiles or "none"),
+                  ("decisions", f"at a false-positive rate of {REPORT_FPR:g}"))  # fmt: skip
+        header = Header("inctrl evaluation report", (*fields, *run_fields("inctrl")))
+        with ReportWriter(report, header) as writer:
+            gallery = EvaluationGallery(writer, model.preprocessing, tiling, batch_size)
+            result = evaluate(model, samples, shots, **common, gallery=gallery)
+            writer.finish()
     if json_out is not None and str(json_out) != STDOUT:
-        write_json(json_out, report.to_dict())
+        write_json(json_out, result.to_dict())
     if markdown_out is not None:
-        write_text(markdown_out, report.to_markdown())
+        write_text(markdown_out, result.to_markdown())
     if plot is not None:
         from inctrl.plots import plot_report
 
-        plot_report(report, plot)
-    return report
+        plot_report(result, plot)
+    return result
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
@@ -192,6 +202,13 @@ def evaluate(
         help="With --tiles: compare each query tile with every prompt tile (as inctrl-run "
         "register --tiles keeps them), or with the prompts' tiles at the same position (same).",
     ),
+    report_file: Path = typer.Option(
+        None,
+        "--report",
+        help="Write an HTML inspection report here: per category, its first run's test images "
+        "(heatmaps, decisions at a rate of 0.1), score histogram, ROC and recall per defect.",
+        show_default=False,
+    ),
 ) -> None:
     """Image AUROC/AUPRC per category over prompt draws, pixel AUROC and AUPRO where masks exist.
 
@@ -222,7 +239,10 @@ def evaluate(
         selection=selection,
         tiles=tiles,
         tile_prompts=tile_prompts,
+        report=report_file,
     )
+    if report_file is not None:
+        say(f"report: {report_file}")
     if json_out is not None and str(json_out) == STDOUT:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
     else:

@@ -27,7 +27,7 @@ from inctrl_runtime.console import (
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.output import check_picture_folders, print_scored, to_records
 from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, check_heatmap_size, decode
-from inctrl_runtime.results import Result, Scores, frame_scores, to_results
+from inctrl_runtime.results import Result, Scores, frame_scores, to_results, view_scores
 from inctrl_runtime.tiling import FrameTiling, Tiling
 
 
@@ -81,14 +81,17 @@ def run_score(
     with status("loading model"):
         model = load_model(checkpoint, clip_weights, device, precision, notice=warn)
         cut: Tiling | FrameTiling | None = None
+        groups = ((0,),) if tiling is None else tiling.groups()
         if bank_file is not None:
-            bank = ReferenceBank.load(bank_file)
+            banks = [ReferenceBank.load(bank_file)]
         else:
             first = decode(shot_images[0], model.preprocessing, tiling=tiling)
             if tiling is not None:  # every shot and query a frame of the first shot's size
                 cut = FrameTiling(tiling, first.frame, "the first --shot image's")
             shots = [first] + [decode(s, model.preprocessing, tiling=cut) for s in shot_images[1:]]
-            bank = model.reference([view for shot in shots for view in shot.views])
+            # a bank per group of view positions: the grid's tiles, the whole view
+            banks = [model.reference([shot.views[t] for shot in shots for t in group])
+                     for group in groups]  # fmt: skip
         prior = model.text_prior(category)
 
     scored: list[Result] = []
@@ -97,10 +100,13 @@ def run_score(
         picture_size = heatmap_size if heatmaps is not None else None
         # once: scores and heatmaps
         decoded = [decode(query, model.preprocessing, picture_size, cut) for query in chunk]
-        views = [view for image in decoded for view in image.views]
-        scores = model.score(views, bank, prior, batch_size=batch_size * len(decoded[0].views))
-        tile_scores = Scores(*(field.cpu().numpy() for field in scores))
-        frames, decisive = frame_scores(tile_scores, len(decoded[0].views))
+        parts = []
+        for group, group_bank in zip(groups, banks, strict=True):
+            views = [image.views[t] for image in decoded for t in group]
+            scores = model.score(views, group_bank, prior, batch_size=len(views))
+            parts.append(Scores(*(field.cpu().numpy() for field in scores)))
+        count = len(decoded[0].views)
+        frames, decisive = frame_scores(view_scores(parts, groups, count), count)
         scored += to_results(
             [image.name for image in decoded],
             frames,

@@ -40,7 +40,7 @@ from inctrl_runtime.files import file_sha256
 from inctrl_runtime.preprocess import DecodedImage, decode
 from inctrl_runtime.references import NumpyBank, RegisteredBanks, head_feeds
 from inctrl_runtime.regions import Framing, region_rule
-from inctrl_runtime.results import SCORE_FIELDS, Scores, frame_scores
+from inctrl_runtime.results import SCORE_FIELDS, Scores, frame_scores, view_scores
 from inctrl_runtime.triton.names import (
     CATEGORY,
     ENCODER,
@@ -225,10 +225,17 @@ class EntryStage:
         watched: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Every entry output for B images of one category from their views' features (a row
-        per view: B, or B * T tiles), as B rows; the ``watched`` ones (B bools; None: all)
+        per view: B, or B * T views, image by image; the head runs on each of the bank's view
+        groups), as B rows; the ``watched`` ones (B bools; None: all)
         join the category's drift monitor when it is calibrated."""
-        found = self.engine.run({**features, **head_feeds(bank, self.bundle.prior(category))})
-        scores, decisive = frame_scores(Scores(**{n: found[n] for n in SCORE_FIELDS}), bank.tiles)
+        parts = []
+        for group, feeds in zip(bank.groups, head_feeds(bank, self.bundle.prior(category)),
+                                strict=True):  # fmt: skip
+            rows = _view_rows(len(images), bank.tiles, group)
+            found = self.engine.run({**{n: a[rows] for n, a in features.items()}, **feeds})
+            parts.append(Scores(**{n: found[n] for n in SCORE_FIELDS}))
+        views = view_scores(parts, bank.groups, bank.tiles)
+        scores, decisive = frame_scores(views, bank.tiles)
         arrays = {name: np.asarray(getattr(scores, name)) for name in SCORE_FIELDS}
         calibration = bank.calibration
         arrays |= decision_arrays(calibration, scores.score, self.fpr)
@@ -256,3 +263,9 @@ class EntryStage:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _view_rows(images: int, views: int, group: Sequence[int]) -> np.ndarray:
+    """The feature rows (image by image, ``views`` a frame) of the views at ``group``'s
+    positions, image by image."""
+    return (np.arange(images)[:, None] * views + np.asarray(group)[None, :]).reshape(-1)
