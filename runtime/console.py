@@ -65,9 +65,10 @@ TilesOption = Annotated[
     typer.Option(
         "--tiles",
         help="Cut each frame into ROWSxCOLUMNS overlapping square tiles, each scored as an "
-        "image of its own (e.g. 2x2, 3x4), beside the whole frame's centred square seen at "
-        "once: small defects and the edges a centre crop loses are seen. The frame's score is "
-        "the largest patch residual over its views.",
+        "image of its own (e.g. 2x2, 3x4): small defects and the edges a centre crop loses are "
+        "seen. Add +whole (2x2+whole) to also score the frame's centred square whole, for "
+        "defects as large as a tile. The frame's score is the largest patch residual over its "
+        "views.",
         show_default=False,
     ),
 ]

@@ -236,7 +236,7 @@ def _tiling_rows(tiling: dict | None) -> list[Row]:
     if not tiling:
         return []
     width, height = tiling["frame_size"]
-    grid = f"{tiling['rows']}x{tiling['columns']}" + (" + whole view" if tiling["whole"] else "")
+    grid = f"{tiling['rows']}x{tiling['columns']}" + ("+whole" if tiling["whole"] else "")
     return [("tiles", f"{grid} over {width} x {height} frames (overlap >= {tiling['overlap']:g})")]
 
 

@@ -13,9 +13,10 @@ f * t pixels along each axis (more along the axis the grid covers generously: sq
 non-square frame). A tile is a square, so the model's preprocessing (the shorter side to S, the
 centred crop) only resizes it: every pixel of the frame is inspected.
 
-Besides the grid's tiles, a tiling has by default one more view, the **whole view**: the
-frame's largest centred square (the part of the frame the untiled path sees), seen whole at the
-coarse scale, so that a defect as large as the tiles keeps the map the untiled view gives it.
+Besides the grid's tiles, a tiling may have one more view, the **whole view** (``RxC+whole``):
+the frame's largest centred square (the part of the frame the untiled path sees), seen whole at
+the coarse scale, in a bank of its own, so that a defect as large as the tiles keeps the map the
+untiled view gives it.
 Tiles are numbered row by row (tile ``r * C + c``), the whole view last (tile ``R * C``). The
 stitched map takes, at each pixel, the largest of the maps of the views that hold it, so a
 defect seen by any view shows, and the stitched map's maximum is the largest of the views'
@@ -37,7 +38,7 @@ from inctrl_runtime.regions import Framing, Region, RegionRule, frame_map
 
 # The least share of a tile's side that neighbouring tiles overlap by, along each axis.
 DEFAULT_OVERLAP = 0.125
-_GRID = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
+_GRID = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*(\+\s*whole)?\s*")
 MAX_TILES = 64
 
 
@@ -49,7 +50,7 @@ class Tiling:
     rows: int
     columns: int
     overlap: float = DEFAULT_OVERLAP
-    whole: bool = True  # the whole view (the frame's largest centred square) as a last tile
+    whole: bool = False  # the whole view (the frame's largest centred square) as a last view
 
     def __post_init__(self) -> None:
         if min(self.rows, self.columns) < 1 or self.rows * self.columns > MAX_TILES:
@@ -62,16 +63,18 @@ class Tiling:
 
     @classmethod
     def parse(cls, text: str) -> Tiling:
-        """``RxC`` (rows x columns, e.g. ``3x4``) as a Tiling with the default overlap."""
+        """``RxC`` (rows x columns, e.g. ``3x4``), or ``RxC+whole`` with the whole view, as a
+        Tiling with the default overlap."""
         found = _GRID.fullmatch(str(text))
         if found is None:
             raise InputError(
-                f"--tiles {text!r}: give the grid as ROWSxCOLUMNS, e.g. --tiles 2x2 or 3x4"
+                f"--tiles {text!r}: give the grid as ROWSxCOLUMNS, e.g. --tiles 2x2 or 3x4, and "
+                "+whole for the whole view beside them (2x2+whole)"
             )
-        return cls(int(found.group(1)), int(found.group(2)))
+        return cls(int(found.group(1)), int(found.group(2)), whole=found.group(3) is not None)
 
     def __str__(self) -> str:
-        return f"{self.rows}x{self.columns}"
+        return f"{self.rows}x{self.columns}" + ("+whole" if self.whole else "")
 
     @property
     def count(self) -> int:
@@ -180,7 +183,8 @@ def check_grid(asked: Tiling, registered: Tiling | None, category: str) -> None:
             f"--tiles {asked}: {category!r} was registered untiled; register it again with "
             f"--tiles {asked} to score it tile by tile"
         )
-    if (asked.rows, asked.columns) != (registered.rows, registered.columns):
+    if (asked.rows, asked.columns, asked.whole) != (registered.rows, registered.columns,
+                                                    registered.whole):  # fmt: skip
         raise InputError(
             f"--tiles {asked}: {category!r} was registered with {registered} tiles, and its "
             f"queries are cut the same way; give --tiles {registered} (or leave it out), or "

@@ -133,7 +133,7 @@ def test_tiled_banks_before_and_with_the_whole_view(bundle: Path, tmp_path: Path
 
     detector = Detector.open(bundle)
     frames = random_images(2, seed=70, size=(300, 520))
-    whole = detector.reference(frames, tiling=Tiling(1, 2))
+    whole = detector.reference(frames, tiling=Tiling(1, 2, whole=True))
     assert whole.groups == ((0, 1), (2,)) and whole.view_adapted.shape == (3, 32)
     path = tmp_path / "whole.npz"
     dataclasses.replace(whole, category="candle").save(path)

@@ -207,7 +207,7 @@ def test_tiled_rows_time_frames_cut_into_tiles(tiny_checkpoint: Path) -> None:
     bank per view group; the authors' way (one image at a time) and --eval are refused."""
     settings = BenchSettings(checkpoint=tiny_checkpoint, batches=(1, 2), shots=(1,), repeats=1,
                              backends=("authors", "torch-fp32", "onnxruntime-cpu-fp32"),
-                             tiles="2x2")  # fmt: skip
+                             tiles="2x2+whole")  # fmt: skip
     report = run_bench(settings)
     authors, torch_fp32, runtime = report.backends
     assert not authors.available and "no --tiles" in authors.reason
@@ -215,7 +215,7 @@ def test_tiled_rows_time_frames_cut_into_tiles(tiny_checkpoint: Path) -> None:
         assert row.available and [t.batch for t in row.throughput] == [1, 2]
         # 4 tiles against the prompt's 4, the whole view against its whole view
         assert row.flops_per_query == 4 * query_flops(row.shape, 4) + query_flops(row.shape, 1)
-    assert report.settings["tiles"] == "2x2"
+    assert report.settings["tiles"] == "2x2+whole"
     with pytest.raises(InputError, match="inctrl evaluate --tiles"):
         BenchSettings(tiles="2x2", eval_data=Path("data"))
     with pytest.raises(InputError, match="ROWSxCOLUMNS"):

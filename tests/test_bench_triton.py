@@ -89,12 +89,12 @@ def test_the_triton_row_beside_the_runtime(tiny_bundle: Path, tmp_path: Path) ->
 
 
 def test_the_triton_row_serves_tiled_frames(tiny_bundle: Path, tmp_path: Path) -> None:
-    """--tiles 2x2 --backend triton: the category is registered tiled and served, each request
+    """--tiles 2x2+whole --backend triton: the category is registered tiled and served, each request
     a 1024 x 768 frame whose 4 tiles and whole view the entry model sends to the encoder."""
     require_serving()
     settings = BenchSettings(
         bundle=tiny_bundle, backends=("triton",), batches=(1,), shots=(1,), repeats=1,
-        tiles="2x2",
+        tiles="2x2+whole",
     )  # fmt: skip
     run_bench(settings, tmp_path / "bench.json")
     served = json.loads((tmp_path / "bench.json").read_text())["backends"]["triton"]

@@ -364,7 +364,7 @@ def test_reports_compare_side_by_side_with_the_defects_outside_the_crop_apart(
     reduced = reduction_row(path, None)  # the frame score's column first
     assert reduced[1] == str(report.auroc) and reduced[4] == "-"  # no untiled report given
     run = report.categories[0].runs[0]
-    assert len(run.tile_scores) == len(run.scores) and len(run.tile_scores[0]) == 3  # + whole
+    assert len(run.tile_scores) == len(run.scores) and len(run.tile_scores[0]) == 2
     assert [max(tiles) for tiles in run.tile_scores] != pytest.approx(run.scores, abs=1e-7)
     (category,) = report.categories
     # 520 x 300 frames: the centre crop sees columns 110..409; the small defects of every third

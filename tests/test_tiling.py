@@ -38,7 +38,8 @@ LAYOUTS = [
 def test_tiles_are_squares_that_cover_every_pixel_with_the_stated_overlap(
     width: int, height: int, grid: str
 ) -> None:
-    tiling = Tiling.parse(grid)
+    tiling = Tiling.parse(f"{grid}+whole")
+    assert tiling.whole and str(tiling) == f"{grid}+whole"
     layout = tiling.layout(width, height, S)
     assert layout.count == tiling.count == len(layout.boxes)
     side = layout.side
@@ -78,7 +79,7 @@ def test_tiles_are_squares_that_cover_every_pixel_with_the_stated_overlap(
 def test_a_tile_holds_the_frame_s_pixels_and_the_model_sees_it_resized_whole() -> None:
     rng = np.random.default_rng(4)
     frame = rng.integers(0, 256, (300, 520, 3), dtype=np.uint8)
-    decoded = decode(frame, Preprocessing(), tiling=Tiling(1, 2))
+    decoded = decode(frame, Preprocessing(), tiling=Tiling(1, 2, whole=True))
     layout = decoded.layout
     assert decoded.frame == (520, 300) and len(decoded.views) == 3  # two tiles, the whole view
     assert layout.boxes[2] == (110, 0, 410, 300)
@@ -112,7 +113,9 @@ def test_grids_that_do_not_fit_the_frame_are_refused_in_one_line(
         assert phrase in message, message
 
 
-@pytest.mark.parametrize("text", ["3", "3x", "x3", "0x2", "2x0", "9x9", "2 by 2", "-1x2"])
+@pytest.mark.parametrize(
+    "text", ["3", "3x", "x3", "0x2", "2x0", "9x9", "2 by 2", "-1x2", "2x2+", "2x2 whole"]
+)
 def test_a_grid_is_rows_x_columns_of_1_to_64_tiles(text: str) -> None:
     with pytest.raises(InputError, match="--tiles"):
         Tiling.parse(text)
@@ -120,8 +123,10 @@ def test_a_grid_is_rows_x_columns_of_1_to_64_tiles(text: str) -> None:
 
 def test_a_grid_reads_either_case_and_prints_as_written() -> None:
     assert Tiling.parse(" 3X4 ") == Tiling(3, 4) and str(Tiling(3, 4)) == "3x4"
-    assert Tiling.from_record(Tiling(2, 5).record()) == Tiling(2, 5)
-    alone = Tiling(2, 5, whole=False)
+    assert Tiling.parse("3x4 + whole") == Tiling(3, 4, whole=True)
+    whole = Tiling(2, 5, whole=True)
+    assert Tiling.from_record(whole.record()) == whole and whole.count == 11
+    alone = Tiling(2, 5)
     assert Tiling.from_record(alone.record()) == alone and alone.count == 10
     # a tiling kept before the whole view existed has none
     assert Tiling.from_record({"rows": 2, "columns": 5, "overlap": 0.125}) == alone
@@ -129,6 +134,8 @@ def test_a_grid_reads_either_case_and_prints_as_written() -> None:
 
 def test_the_grid_asked_for_must_be_the_bank_s() -> None:
     check_grid(Tiling(2, 2), Tiling(2, 2), "pcb")
+    with pytest.raises(InputError, match="registered with 2x2\\+whole tiles.*--tiles 2x2\\+whole"):
+        check_grid(Tiling(2, 2), Tiling(2, 2, whole=True), "pcb")
     with pytest.raises(InputError, match="registered with 3x4 tiles.*--tiles 3x4"):
         check_grid(Tiling(2, 2), Tiling(3, 4), "pcb")
     with pytest.raises(InputError, match="registered untiled"):
@@ -140,7 +147,7 @@ def _tile_maps(count: int, grid: int = 15, seed: int = 0) -> np.ndarray:
 
 
 def test_the_stitched_map_is_each_pixel_s_largest_tile_value() -> None:
-    layout = Tiling(2, 3).layout(800, 600, S)
+    layout = Tiling(2, 3, whole=True).layout(800, 600, S)
     assert layout.count == 7 and layout.boxes[6] == (100, 0, 700, 600)  # the whole view
     maps = _tile_maps(layout.count)
     stitched = layout.map(maps.ravel())

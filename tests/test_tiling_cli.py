@@ -25,7 +25,8 @@ pytestmark = pytest.mark.cli
 
 FRAME = (520, 300)  # width, height: two 300-px tiles side by side, overlapping by 80 px
 VIEWS = 3  # the two tiles and the whole view (the centred 300-px square)
-GRID = "1x2"
+GRID = "1x2+whole"
+TILED = Tiling(1, 2, whole=True)
 
 
 def frames(folder: Path, count: int, seed: int, size: tuple[int, int] = FRAME) -> list[Path]:
@@ -66,7 +67,7 @@ def test_tiled_scores_match_the_torch_side_tile_by_tile_and_frame_by_frame(
     shots, queries = tiled_inputs["shots"], tiled_inputs["queries"]
     register_tiled(bundle, shots)
     bank = NumpyBank.load(bank_file(bundle))
-    assert (bank.tiling, bank.frame_size, bank.shots) == (Tiling(1, 2), FRAME, 2)
+    assert (bank.tiling, bank.frame_size, bank.shots) == (TILED, FRAME, 2)
     assert bank.patches.shape[1] == 2 * VIEWS * 225  # k x T views' patches
     ours = runtime_records(bundle, "--batch-size", 2, *queries)
     torch = torch_score(tiny_checkpoint, CATEGORY, shots, queries, tiles=GRID, batch_size=3)
@@ -89,7 +90,7 @@ def test_tiled_scores_match_the_torch_side_tile_by_tile_and_frame_by_frame(
     # prompts, the whole view against the prompts' whole views; the frame's score the largest
     # patch residual of its views
     detector = Detector.open(bundle)
-    layout = Tiling(1, 2).layout(*FRAME, 240)
+    layout = TILED.layout(*FRAME, 240)
     assert bank.groups == ((0, 1), (2,))
     crops = [layout.crops(Image.open(image)) for image in (*shots, *queries)]
     prompts, query_views = crops[: len(shots)], crops[len(shots) :]
@@ -152,14 +153,16 @@ def test_refusals_of_tiled_scoring(
     listed = json.loads(inctrl_run("info", bundle, "--json").out)["categories"][CATEGORY]
     assert listed["bank"]["tiling"] == {"rows": 1, "columns": 2, "overlap": 0.125,
                                         "whole": True, "frame_size": [520, 300]}  # fmt: skip
-    assert "1x2 + whole view over 520 x 300 frames" in inctrl_run("info", bundle).out
+    assert "1x2+whole over 520 x 300 frames" in inctrl_run("info", bundle).out
     # a query of another frame size: one line naming it
     (other,) = frames(tmp_path / "other", 1, seed=20, size=(600, 300))
     refused = inctrl_run("score", bundle, "--category", CATEGORY, queries[0], other)
     refused.assert_refused(str(other), "a 600 x 300 frame", "520 x 300", "the bank of")
     # another grid than the bank's
     inctrl_run("score", bundle, "--category", CATEGORY, "--tiles", "2x2", *queries
-               ).assert_refused("--tiles 2x2", "registered with 1x2 tiles")  # fmt: skip
+               ).assert_refused("--tiles 2x2", "registered with 1x2+whole tiles")  # fmt: skip
+    inctrl_run("score", bundle, "--category", CATEGORY, "--tiles", "1x2", *queries
+               ).assert_refused("--tiles 1x2", "give --tiles 1x2+whole")  # fmt: skip
     # a grid too fine for the frame, and one whose square tiles cannot cover it
     fine = inctrl_run("register", bundle, "--category", CATEGORY, "--tiles", "2x3", *[
         arg for shot in shots for arg in ("--shot", shot)])  # fmt: skip
@@ -175,7 +178,7 @@ def test_refusals_of_tiled_scoring(
     mixed.assert_refused(str(wider), "a 560 x 300 frame, the first prompt's is 520 x 300")
     # the Python API: pixels given already preprocessed cannot be tiled
     detector = Detector.open(bundle)
-    with pytest.raises(InputError, match="is tiled \\(1x2\\): give frames"):
+    with pytest.raises(InputError, match="is tiled \\(1x2\\+whole\\): give frames"):
         detector.results(CATEGORY, detector.pixels(queries[:1]))
     # --tiles on an untiled bank, and a badly written grid
     Detector.open(bundle).register(CATEGORY, inputs["shots"])
@@ -196,7 +199,7 @@ def test_a_tiled_bank_from_a_pool_selects_by_the_coverage_of_the_tiles(
                          2, "--tiles", GRID, "--calibrate")  # fmt: skip
     assert outcome.code == 0, outcome.err
     bank = NumpyBank.load(bank_file(bundle))
-    assert bank.tiling == Tiling(1, 2) and bank.shots == 2 and bank.calibration.n == 6
+    assert bank.tiling == TILED and bank.shots == 2 and bank.calibration.n == 6
     # by hand: the six pool images the selection saw, each image's three views' patches side by
     # side, greedy coverage
     from inctrl_runtime.selection import coverage_selection, split_pool
@@ -204,7 +207,7 @@ def test_a_tiled_bank_from_a_pool_selects_by_the_coverage_of_the_tiles(
     part, _ = split_pool(sorted(pool.iterdir()), 0, CATEGORY, shots=2)
     detector = Detector.open(bundle)
     patches = detector.encode(np.concatenate(
-        [decode(path, tiling=Tiling(1, 2)).pixels() for path in part]))["patches"]  # fmt: skip
+        [decode(path, tiling=TILED).pixels() for path in part]))["patches"]  # fmt: skip
     by_image = patches.reshape(len(part), VIEWS, 3, 225, -1).transpose(0, 2, 1, 3, 4)
     chosen = coverage_selection(by_image.reshape(len(part), 3, VIEWS * 225, -1), 2).indices
     assert list(bank.sources) == [str(part[i]) for i in chosen]

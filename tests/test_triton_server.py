@@ -182,7 +182,9 @@ def test_a_tiled_category_is_served_as_inctrl_run_scores_it(tiny_bundle, tmp_pat
     register_served(bundle, categories=(OTHER,), calibrated=())
     frame = (300, 520)
     detector = Detector.open(bundle)
-    detector.register(CATEGORY, random_images(2, seed=120, size=frame), tiling=Tiling(1, 2))
+    detector.register(
+        CATEGORY, random_images(2, seed=120, size=frame), tiling=Tiling(1, 2, whole=True)
+    )
     detector.calibrate(CATEGORY, random_images(12, seed=121, size=frame))
     detector.close()
     frames = [tmp_path / f"frame{i}.png" for i in range(3)]
