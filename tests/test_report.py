@@ -79,6 +79,12 @@ def test_a_report_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
         writer.add([Card("a.png", 0.5, picture=picture)])
         raise RuntimeError("the run failed")
     assert not target.exists() and list(target.parent.iterdir()) == []  # no spool left
+    target.write_text("the report of an earlier run")
+    with pytest.raises(KeyboardInterrupt), ReportWriter(target, _header()) as writer:
+        writer.add([Card("a.png", 0.5, picture=picture)])
+        raise KeyboardInterrupt
+    assert target.read_text() == "the report of an earlier run"  # kept whole
+    assert list(target.parent.iterdir()) == [target]
     with ReportWriter(target, _header(), cap=1) as writer:
         writer.add([Card(f"{i}.png", i / 10, 0.5, i == 2, 0, picture) for i in range(3)])
         # the writer keeps a few numbers of each part, never its picture or card

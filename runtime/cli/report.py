@@ -1,5 +1,6 @@
-"""``--report FILE.html`` of ``inctrl-run score``: the header a run's report starts with, and the
-cards of each batch, as the batch finishes (``inctrl_runtime.report`` writes the page)."""
+"""``--report FILE.html`` of ``inctrl-run score`` and ``inctrl-run client``: the header a run's
+report starts with, and the cards of each batch as the batch finishes (``inctrl_runtime.report``
+writes the page)."""
 
 from __future__ import annotations
 
