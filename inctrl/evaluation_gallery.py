@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from inctrl_runtime.decisions import Calibration, decision_fields, threshold
-from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, Preprocessing, decode, load_image
+from inctrl_runtime.preprocess import Preprocessing, decode, load_image
 from inctrl_runtime.references import thumbnail
 from inctrl_runtime.regions import region_rule
-from inctrl_runtime.report import Header, ReportWriter, card_of, png
+from inctrl_runtime.report import CARD_SIZE, Header, ReportWriter, card_of, png
 from inctrl_runtime.results import Scores, to_results
 from inctrl_runtime.tiling import Tiling
 
@@ -72,7 +72,7 @@ class EvaluationGallery:
         for start in range(0, len(run.images), self.batch_size):
             rows = slice(start, start + self.batch_size)
             names = list(run.images[rows])
-            decoded = [decode(name, self.preprocessing, DEFAULT_HEATMAP_SIZE, self.tiling)
+            decoded = [decode(name, self.preprocessing, CARD_SIZE, self.tiling)
                        for name in names]  # fmt: skip
             part = Scores(*(np.asarray(field)[rows] for field in run.scores))
             decisive = None

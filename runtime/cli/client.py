@@ -63,8 +63,7 @@ def run_client(
     ``inctrl-run score --json`` writes them. Everything the client can check is checked before
     the first request. ``report`` names an HTML inspection report of the answers, written
     once the last batch is out."""
-    from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE
-    from inctrl_runtime.report import ReportWriter, check_report_path
+    from inctrl_runtime.report import CARD_SIZE, ReportWriter, check_report_path
     from inctrl_runtime.triton.client import Request, TritonClient
 
     require_category(category)
@@ -89,7 +88,7 @@ def run_client(
     from inctrl_runtime.cli.report import client_header, reporting_records
 
     writer = ReportWriter(report, client_header(url, category))
-    return reporting_records(batches(), writer, client.image_size(), DEFAULT_HEATMAP_SIZE)
+    return reporting_records(batches(), writer, client.image_size(), CARD_SIZE)
 
 
 @app.command()

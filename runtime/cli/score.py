@@ -38,7 +38,7 @@ from inctrl_runtime.drift import DEFAULT_DELTA, check_delta
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import DEFAULT_HEATMAP_SIZE, check_heatmap_size
 from inctrl_runtime.regions import NOT_INSPECTED, REGION
-from inctrl_runtime.report import ReportWriter, check_report_path
+from inctrl_runtime.report import CARD_SIZE, ReportWriter, check_report_path
 
 
 def run_score(
@@ -103,7 +103,9 @@ def run_score(
     if tiling is not None and not shot_images:
         check_grid(tiling, detector.registered(category).tiling, category)
     bank = detector.reference(list(shot_images), batch_size, tiling) if shot_images else None
-    picture_size = heatmap_size if heatmaps is not None or report is not None else None
+    picture_size = None  # a picture of each frame is kept for heatmaps, or the report's cards
+    if heatmaps is not None or report is not None:
+        picture_size = heatmap_size if heatmaps is not None else CARD_SIZE
     batches = detector.result_batches(
         category, images, bank, batch_size, fpr, region_fpr, picture_size, monitor, drift_delta
     )
