@@ -2,13 +2,15 @@
 without ``--report``, each in a process of its own: wall time, the report's size, and the peak
 memory of the process (which must not grow with N: the report spools its cards to disk).
 
-    python -m inctrl_bench.report_cost BUNDLE --category synth_fabric IMAGES_DIR [--parts 100,2000]
+    python -m inctrl_bench.report_cost BUNDLE --category synth_fabric DIR ... [--parts 100,2000]
 
-The parts are IMAGES_DIR's images in name order, repeated until there are N of them.
+The parts are the folders' images taken in turn (the first of each folder, then the second,
+...), repeated until there are N of them.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -50,11 +52,12 @@ def measure(bundle: Path, category: str, images: list[Path], parts: int) -> dict
 
 def main(
     bundle: Path = typer.Argument(..., help="A bundle whose category is registered."),
-    images: Path = typer.Argument(..., help="A folder of the category's images."),
+    folders: list[Path] = typer.Argument(..., help="Folders of the category's images."),
     category: str = typer.Option(..., "--category"),
     parts: str = typer.Option("100,2000", help="Comma-separated numbers of parts."),
 ) -> None:
-    found = list_images(images)
+    listed = [list_images(folder) for folder in folders]
+    found = [image for turn in itertools.zip_longest(*listed) for image in turn if image]
     machine = machine_info(" ".join(["python -m inctrl_bench.report_cost", *sys.argv[1:]]))
     print(f"{machine['cpu']}, {machine['cores']} cores, "
           f"{', '.join(machine['vector_extensions'])}; {machine['date']}")  # fmt: skip
