@@ -225,7 +225,9 @@ class Detector:
             digests += [pixel_digest(pixels) for pixels in batch.frame_pixels]
             decoded = batch.decoded or []
             frames += [image.frame for image in decoded]
-            thumbnails += [thumbnail(image.picture) for image in decoded if image.picture]
+            thumbnails += [
+                thumbnail(image.picture) for image in decoded if image.picture is not None
+            ]
             if tiling is not None:
                 _check_frames(batch, frames[0])
         adapted = np.concatenate(adapted)  # (k * T) x E
