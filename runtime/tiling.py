@@ -17,6 +17,7 @@ Besides the grid's tiles, a tiling may have one more view, the **whole view** (`
 the frame's largest centred square (the part of the frame the untiled path sees), seen whole at
 the coarse scale, in a bank of its own, so that a defect as large as the tiles keeps the map the
 untiled view gives it.
+
 Tiles are numbered row by row (tile ``r * C + c``), the whole view last (tile ``R * C``). The
 stitched map takes, at each pixel, the largest of the maps of the views that hold it, so a
 defect seen by any view shows, and the stitched map's maximum is the largest of the views'
@@ -132,7 +133,8 @@ class Tiling:
         need = across
         while long / self._spread(need) > short:
             need += 1
-        return Tiling(across, need) if width > height else Tiling(need, across)
+        rows, columns = (across, need) if width > height else (need, across)
+        return Tiling(rows, columns, self.overlap, self.whole)
 
     def record(self) -> dict:
         """As a bank and a record keep it."""

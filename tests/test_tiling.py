@@ -13,7 +13,7 @@ from PIL import Image
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import Preprocessing, decode
 from inctrl_runtime.regions import Framing, RegionRule
-from inctrl_runtime.results import Scores, frame_scores
+from inctrl_runtime.results import Scores, frame_scores, view_scores
 from inctrl_runtime.tiling import DEFAULT_OVERLAP, Tiling, check_grid
 
 pytestmark = pytest.mark.unit
@@ -202,3 +202,16 @@ def test_a_frame_s_score_is_its_largest_patch_residual() -> None:
     whole, none = frame_scores(tile_scores, 1)  # scored whole: InCTRL's own final score
     assert whole is tile_scores and none is None
     assert np.array_equal(scores.patch_residual_map, tile_scores.patch_residual_map.reshape(3, -1))
+
+
+def test_view_groups_and_their_scores_put_back_in_view_order() -> None:
+    assert Tiling(2, 2).groups() == ((0, 1, 2, 3),)
+    assert Tiling(2, 2, whole=True).groups() == ((0, 1, 2, 3), (4,))
+    assert Tiling(1, 2, whole=True).groups(same_position=True) == ((0,), (1,), (2,))
+    # 2 frames, views 0 and 1 (tiles) scored in one run, view 2 (whole) in another
+    tiles = Scores(*(np.array([1.0, 2.0, 3.0, 4.0]),) * 5, np.arange(8.0).reshape(4, 2))
+    whole = Scores(*(np.array([10.0, 20.0]),) * 5, np.array([[8.0, 9.0], [10.0, 11.0]]))
+    views = view_scores([tiles, whole], ((0, 1), (2,)), 3)
+    assert views.score.tolist() == [1.0, 2.0, 10.0, 3.0, 4.0, 20.0]  # frame by frame
+    assert views.patch_residual_map[:, 0].tolist() == [0.0, 2.0, 8.0, 4.0, 6.0, 10.0]
+    assert view_scores([tiles], ((0, 1),), 2) is tiles
