@@ -137,6 +137,12 @@ def test_score_writes_a_report_of_a_labelled_calibrated_run(
     assert "Against the labels" in page and 'class="grid confusion"' in page and "crack" in page
     assert f"{records[0]['threshold']:.4f}" in page and "target false-positive rate" in page
     assert "DEMO" not in page  # the tiny checkpoint is not the demo
+    # with the drift monitor: its state after the last part
+    watched = inctrl_run("score", bundle, "--category", CATEGORY, "--fpr", 0.1, "--monitor",
+                         "--jsonl", "--report", report, test / "good")  # fmt: skip
+    assert watched.code == 0, watched.err
+    last = json.loads(watched.out.splitlines()[-1])["drift"]
+    assert f"evidence {last['evidence']:.3g} after 3 parts" in report.read_text()
 
 
 def test_a_result_made_again_from_its_record_draws_the_same_heatmap(
