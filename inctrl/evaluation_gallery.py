@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from inctrl_runtime.decisions import Calibration, decision_fields, threshold
-from inctrl_runtime.preprocess import Preprocessing, decode, load_image
-from inctrl_runtime.references import thumbnail
+from inctrl_runtime.preprocess import Preprocessing, decode, load_image, thumbnail
 from inctrl_runtime.regions import region_rule
 from inctrl_runtime.report import CARD_SIZE, Header, ReportWriter, card_of, png
 from inctrl_runtime.results import Scores, to_results

@@ -40,6 +40,7 @@ from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import (
     DEFAULT_HEATMAP_SIZE,
+    THUMBNAIL_SIZE,
     DecodedImage,
     ImageSource,
     check_heatmap_size,
@@ -48,15 +49,14 @@ from inctrl_runtime.preprocess import (
     describe,
     pixel_digest,
     preprocess_many,
+    thumbnail,
 )
 from inctrl_runtime.references import (
-    THUMBNAIL_SIZE,
     NumpyBank,
     RegisteredBanks,
     check_fits,
     head_feeds,
     read_digest,
-    thumbnail,
 )
 from inctrl_runtime.regions import RegionRule, region_rule
 from inctrl_runtime.results import Result, Scores, frame_scores, to_results, view_scores

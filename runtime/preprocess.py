@@ -334,3 +334,17 @@ def preprocess_many(
 def pixel_digest(pixels: np.ndarray) -> str:
     """sha256 of one preprocessed image, identifying a prompt image whatever its source."""
     return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.float32).tobytes()).hexdigest()
+
+
+# The side of the square thumbnail a bank keeps of each prompt.
+THUMBNAIL_SIZE = 96
+
+
+def thumbnail(picture: Image.Image, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """A picture as a ``size`` x ``size`` x 3 uint8 thumbnail, letterboxed in white (a prompt's,
+    as a bank keeps it)."""
+    small = picture.convert("RGB")
+    small.thumbnail((size, size), Image.BILINEAR)
+    square = Image.new("RGB", (size, size), (255, 255, 255))
+    square.paste(small, ((size - small.width) // 2, (size - small.height) // 2))
+    return np.asarray(square)

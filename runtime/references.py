@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from inctrl_runtime.decisions import Calibration
 from inctrl_runtime.errors import InputError, one_line
@@ -74,7 +73,6 @@ _MAP_MAXIMA = "calibration_map_maxima"
 _SELECTION = "selection"
 # Optional: a small picture of each prompt (k x S x S x 3 uint8, letterboxed), for reports.
 _THUMBNAILS = "prompt_thumbnails"
-THUMBNAIL_SIZE = 96
 # A tiled bank's grid and frame size (JSON), which changes what the bank means: required.
 _TILING = "tiling"
 TILES = "tiles"
@@ -533,13 +531,3 @@ class RegisteredBanks:
             raise ValueError("a registered bank has a category: give it one (dataclasses.replace)")
         bank.save(self.bundle.reference_path(bank.category))
         self._held[bank.category] = bank
-
-
-def thumbnail(picture: Image.Image, size: int = THUMBNAIL_SIZE) -> np.ndarray:
-    """A picture as a ``size`` x ``size`` x 3 uint8 thumbnail, letterboxed in white (a prompt's,
-    as a bank keeps it)."""
-    small = picture.convert("RGB")
-    small.thumbnail((size, size), Image.BILINEAR)
-    square = Image.new("RGB", (size, size), (255, 255, 255))
-    square.paste(small, ((size - small.width) // 2, (size - small.height) // 2))
-    return np.asarray(square)
