@@ -18,14 +18,16 @@ Pixel metrics are measured in each test image's own frame, at its resolution: th
 carried into it (``regions.frame_map``) against the mask as the data set holds it; the pixels the
 preprocessing's crop cut off are not inspected and are left out (``inctrl_runtime.pixel_metrics``).
 
-With a tiling (``inctrl_runtime.tiling``), every image is cut into tiles and each tile encoded
-once; a frame's score is its tiles' largest patch residual (``results.frame_scores``), its map
-the tiles' maps stitched, and calibration is of frame scores. Its prompts are either every tile
-of the k prompt frames, each query tile compared with all of them (``every``, what
-``inctrl-run register --tiles`` keeps), or the k prompts' tiles at the query tile's own position
+With a tiling (``inctrl_runtime.tiling``), every image is cut into views (its tiles, and the
+whole view with ``RxC+whole``), each encoded once; a frame's score is its views' largest patch
+residual (``results.frame_scores``), its map the views' maps stitched, and calibration is of
+frame scores. Its prompts are either every tile of the k prompt frames, each query tile compared
+with all of them and the whole view with the prompts' whole views (``every``: the view groups
+``inctrl-run register --tiles`` keeps), or the k prompts' views at the query view's own position
 (``same``: one bank per position).
 
-The report's values and their rendering live in ``inctrl.evaluation_report``.
+The report's values and their rendering live in ``inctrl.evaluation_report``; the inspection
+report of each category's first run in ``inctrl.evaluation_gallery``.
 """
 
 from __future__ import annotations
