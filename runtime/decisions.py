@@ -153,10 +153,11 @@ class Calibration:
     ) -> list[str]:
         """Why decisions at rate ``alpha`` (and regions at ``region_alpha``; None: none asked)
         on ``backend`` at ``precision`` are not exactly what this calibration promises (none:
-        they are): another backend or precision scored it, it is too small for a rate
-        (p-values are still given), or it keeps no map maxima (no regions)."""
+        they are): another backend at the same precision scored it, it is too small for a rate
+        (p-values are still given), or it keeps no map maxima (no regions). A calibration of
+        another precision gives no decisions at all (``other_precision``)."""
         found = []
-        if (self.backend, self.precision) != (backend, precision):
+        if self.precision == precision and self.backend != backend:
             found.append(
                 f"the calibration was scored with {self.backend} {self.precision}, this is "
                 f"{backend} {precision}: scores may differ slightly, so may the false-positive "
@@ -171,6 +172,17 @@ class Calibration:
         elif region_alpha is not None and region_alpha != alpha:
             found.append(self.too_small_for(region_alpha, "region false-positive rate"))
         return [line for line in found if line]
+
+    def other_precision(self, precision: str) -> str:
+        """Why this calibration gives no decisions for an encoder at ``precision`` ("" if it
+        does): one made at another precision scored another model, in effect (an int8 encoder
+        ranks parts a little differently), so its rate would not hold."""
+        if self.precision == precision:
+            return ""
+        return (
+            f"the calibration was made at {self.precision}, this encoder runs {precision}: no "
+            f"p-values or decisions; run inctrl-run calibrate again to decide at {precision}"
+        )
 
     def too_small_for(self, alpha: float, rate: str = "false-positive rate") -> str:
         """Why this calibration cannot decide at rate ``alpha`` ("" if it can)."""

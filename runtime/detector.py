@@ -353,6 +353,10 @@ class Detector:
                     "the drift monitor watches a category's registered, calibrated bank: score "
                     "without --shot images to monitor"
                 )
+            calibration = prepared.bank.calibration
+            if calibration is not None and calibration.other_precision(self.precision):
+                # its parts' scores would be ranked against another model's
+                raise InputError(f"--monitor: {calibration.other_precision(self.precision)}")
             watching = DriftMonitor(self.bundle.path, category, prepared.bank)
             prepared = replace(prepared, monitor=watching, drift_delta=check_delta(drift_delta))
         return self._result_batches(prepared, heatmap_size)
@@ -519,9 +523,14 @@ class Detector:
     def _usable(
         self, calibration: Calibration | None, fpr: float | None, region_fpr: float | None
     ) -> Calibration | None:
-        """The calibration to decide with (None for a call that makes no decisions), warned
-        about where it does not quite fit (``Calibration.misfits``)."""
+        """The calibration to decide with (None for a call that makes no decisions, and, with a
+        warning, for one made at another precision than the encoder's), warned about where it
+        does not quite fit (``Calibration.misfits``)."""
         if calibration is None or fpr is None:
+            return None
+        other = calibration.other_precision(self.precision)
+        if other:
+            warnings.warn(other, CalibrationWarning, stacklevel=4)
             return None
         for misfit in calibration.misfits(self.backend, self.precision, fpr, region_fpr):
             warnings.warn(misfit, CalibrationWarning, stacklevel=4)

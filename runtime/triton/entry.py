@@ -62,24 +62,28 @@ Gauges = Callable[[str, float, bool, float], None]
 _THEN_SERVED = " (the running server serves it from then on)"
 
 
-def check_encoder_file(root: Path, bundle: Bundle) -> None:
+def check_encoder_file(root: Path, bundle: Bundle) -> str:
     """Refuse a repository whose encoder model file (``model.onnx`` / ``model.plan``, the
     models Triton loads itself) is not the bundle's: its sha256 must be the manifest's record
-    of the encoder graph, or of an encoder plan of one of its TensorRT builds."""
+    of the encoder graph, or of an encoder plan of one of its TensorRT builds. Returns the
+    served encoder's precision (the bundle's encoder graph's where Triton loads no file)."""
     for encoder, name in ENCODER_FILES.items():
         file = root / ENCODER / VERSION / name
         if not file.is_file():
             continue
         if encoder == "onnxruntime":
-            recorded = {bundle.encoder_sha256}
+            recorded = {bundle.encoder_sha256: bundle.graphs["encoder"].precision}
         else:
-            builds = bundle.builds.values()
-            recorded = {b.plans["encoder"].sha256 for b in builds if "encoder" in b.plans}
-        if file_sha256(file) not in recorded:
+            recorded = {b.plans["encoder"].sha256: b.precision
+                        for b in bundle.builds.values() if "encoder" in b.plans}  # fmt: skip
+        precision = recorded.get(file_sha256(file))
+        if precision is None:
             raise BundleError(
                 f"{file}: its sha256 is not the bundle manifest's for the encoder "
                 f"({bundle.path}); write the repository again with inctrl-export triton"
             )
+        return precision
+    return bundle.graphs["encoder"].precision
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,10 @@ class Frame:
 class EntryStage:
     """Scores each image of a batch of requests against its category's bank (python model
     ``inctrl``): decisions at rate ``fpr``, regions at ``region_fpr`` (None: ``fpr``);
-    ``encode`` runs the encoder; a calibrated category's drift monitor alarms at
-    ``drift_delta`` and is published through ``gauges`` (None: not published)."""
+    ``encode`` runs the encoder (at ``precision``; None: the bundle's encoder graph's); a
+    calibrated category's drift monitor alarms at ``drift_delta`` and is published through
+    ``gauges`` (None: not published). A calibration of another precision than the encoder's
+    gives no decisions."""
 
     inputs = (IMAGE, CATEGORY)
     optional = (WATCHED,)
@@ -115,8 +121,11 @@ class EntryStage:
         region_fpr: float | None = None,
         drift_delta: float = DEFAULT_DELTA,
         gauges: Gauges | None = None,
+        precision: str | None = None,
     ) -> None:
         self.bundle = bundle
+        # the served encoder's: a calibration of another precision decides nothing
+        self.precision = precision or bundle.graphs["encoder"].precision
         self.engine = engine
         self.encode = encode
         self.fpr = fpr
@@ -142,11 +151,12 @@ class EntryStage:
         the one that publishes the drift gauges."""
         parsed = ModelArgs.parse(args)
         bundle = parsed.bundle(reads=lambda bundle: [bundle.graphs["head"].file.name, PRIORS])
-        check_encoder_file(parsed.root, bundle)
+        precision = check_encoder_file(parsed.root, bundle)
         engine = open_graph(bundle, "head", parsed.threads)
         encode = encoder(bundle, parsed.max_batch)
         return cls(bundle, engine, encode, parsed.fpr, parsed.categories, parsed.region_fpr,
-                   parsed.drift_delta, None if gauges is None else gauges())  # fmt: skip
+                   parsed.drift_delta, None if gauges is None else gauges(),
+                   precision)  # fmt: skip
 
     def bank(self, category: str) -> NumpyBank:
         """A category's registered bank, read again when its file changed on disk; an unknown
@@ -238,6 +248,8 @@ class EntryStage:
         scores, decisive = frame_scores(views, bank.tiles)
         arrays = {name: np.asarray(getattr(scores, name)) for name in SCORE_FIELDS}
         calibration = bank.calibration
+        if calibration is not None and calibration.other_precision(self.precision):
+            calibration = None  # no decisions, regions or monitor: calibrate again
         arrays |= decision_arrays(calibration, scores.score, self.fpr)
         rule = None if calibration is None else region_rule(calibration, self.region_fpr)
         size = self.bundle.preprocessing.size
