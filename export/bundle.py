@@ -51,6 +51,10 @@ EXPORT_PRECISIONS = tuple(DEFAULT_ATOL)
 CHECK_SHOTS = 3
 CHECK_QUERIES = 3
 CHECK_SEED = 20240617
+# An int8 export's self-check scores at least this many queries (its drift is larger and
+# uneven: three would understate it): the demo's own normals and generated defects of the
+# category, labelled (its AUROC change judged); for a checkpoint, its calibration images.
+INT8_CHECK_QUERIES = 32
 
 Log = Callable[[str], None]
 
@@ -134,7 +138,9 @@ def export_bundle(
         report = None
         if verify:
             with _timed(seconds, "verify", log, "checked against PyTorch"):
-                report = self_check(model, staging, categories[0], atol)
+                checked = None if int8 is None else int8_check_images(
+                    categories[0], is_demo, int8.images())  # fmt: skip
+                report = self_check(model, staging, categories[0], atol, checked)
             manifest["verification"] = report.to_dict()
         manifest["export_seconds"] = seconds
         write_json(staging / MANIFEST, manifest)
@@ -295,15 +301,54 @@ def check_images(count: int, seed: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(count)]
 
 
-def self_check(model: InCTRL, folder: Path, category: str, atol: float) -> ParityReport:
-    """The bundle in ``folder`` vs PyTorch on seeded images: k = 3 prompts, a batch of 3."""
+@dataclass(frozen=True)
+class CheckImages:
+    """What a self-check scores: k prompts, the queries, and their labels (None: unlabelled)."""
+
+    prompts: list
+    queries: list
+    labels: list[int] | None = None
+
+
+def int8_check_images(category: str, is_demo: bool, calibration: Sequence) -> CheckImages:
+    """An int8 export's check images: for the demo and one of its synthetic categories, that
+    category's normals and generated defects (half each, labelled); otherwise the calibration
+    images (the first k the prompts, up to ``INT8_CHECK_QUERIES`` of the rest the queries, all
+    of them if fewer; seeded images added where there are no more than k)."""
+    from inctrl.demo import HELD_OUT_CATEGORIES, TRAIN_CATEGORIES
+
+    if is_demo and category in (*TRAIN_CATEGORIES, *HELD_OUT_CATEGORIES):
+        from inctrl.synth import DEFECTS, render
+
+        def image(split: str, label: str, index: int) -> np.ndarray:
+            return render(category, split, label, index, seed=CHECK_SEED).image
+
+        half = INT8_CHECK_QUERIES // 2
+        prompts = [image("train", "good", i) for i in range(CHECK_SHOTS)]
+        defects = [image("test", DEFECTS[i % len(DEFECTS)], i // len(DEFECTS))
+                   for i in range(half)]  # fmt: skip
+        normals = [image("test", "good", i) for i in range(half)]
+        return CheckImages(prompts, normals + defects, [0] * half + [1] * half)
+    images = list(calibration)
+    if len(images) <= CHECK_SHOTS:  # too few to spare queries: the seeded check images
+        images += check_images(CHECK_SHOTS + INT8_CHECK_QUERIES - len(images), CHECK_SEED)
+    return CheckImages(images[:CHECK_SHOTS], images[CHECK_SHOTS:][:INT8_CHECK_QUERIES])
+
+
+def self_check(
+    model: InCTRL, folder: Path, category: str, atol: float, images: CheckImages | None = None
+) -> ParityReport:
+    """The bundle in ``folder`` vs PyTorch on ``images`` (default: seeded images, k = 3
+    prompts, a batch of 3)."""
     from inctrl_runtime.detector import Detector
 
     detector = Detector.open(folder, device="cpu", check_files=False)  # hashed a moment ago
     _check_signatures(detector, model.config)
-    images = check_images(CHECK_SHOTS + CHECK_QUERIES, CHECK_SEED)
-    prompts, queries = images[:CHECK_SHOTS], images[CHECK_SHOTS:]
-    return compare(model, detector, category, prompts, queries, atol, batch_size=CHECK_QUERIES)
+    if images is None:
+        seeded = check_images(CHECK_SHOTS + CHECK_QUERIES, CHECK_SEED)
+        images = CheckImages(seeded[:CHECK_SHOTS], seeded[CHECK_SHOTS:])
+    return compare(model, detector, category, images.prompts, images.queries, atol,
+                   batch_size=CHECK_QUERIES, labels=images.labels)  # fmt: skip
 
 
 def _check_signatures(detector: Detector, config: InCTRLConfig) -> None:

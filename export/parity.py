@@ -22,15 +22,16 @@ from inctrl_runtime.preprocess import ImageSource
 from inctrl_runtime.results import SCORE_FIELDS
 
 # The contract, max abs difference from inctrl fp32: fp32 1e-4 and fp16 5e-3 on every head
-# output and the text prior; int8 1e-2 on the final score alone (JUDGED), its other outputs
-# reported (the image residual score, a difference of adapted embeddings, moves by several
-# times that while the final score and the ranking hold). A drift of 1e-2 in a score in [0, 1]
-# can only swap queries whose scores are that close, so int8 is judged by its AUROC change too.
+# output and the text prior. An int8 encoder is a slightly different model: its outputs' drift
+# is reported, not judged (JUDGED: none), and it is judged by what a user must keep, the
+# ranking of parts: its AUROC change on labelled images. Without labelled images nothing of an
+# int8 bundle is judged, and the report says how to judge it.
 DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 5e-3, "int8": 1e-2}
-JUDGED = {"int8": ("score",)}  # precision -> the judged outputs; others: all but INTERMEDIATES
-# The most the image AUROC may change on labelled images (verify --images): one query pair in
-# a hundred ordered the other way. Judged for int8 only: the float precisions' marks on every
-# score already keep their AUROC where PyTorch's is (theirs is reported).
+JUDGED: dict[str, tuple[str, ...]] = {"int8": ()}  # precision -> the judged outputs; others:
+# all but INTERMEDIATES
+# The most the image AUROC may change on labelled images: one query pair in a hundred ordered
+# the other way (a rise is as much another ranking as a fall). Judged for int8 only: the float
+# precisions' marks on every score already keep their AUROC where PyTorch's is (reported).
 AUROC_MARKS = {"int8": 0.01}
 # Relative differences are taken against max(|reference|, this), so exact zeros do not blow up.
 _REL_FLOOR = 1e-6
@@ -98,8 +99,19 @@ class ParityReport:
 
     @property
     def max_abs_diff(self) -> float:
-        """The largest difference among the judged outputs (the head's)."""
-        return max(diff.max_abs for diff in self.outputs if diff.judged)
+        """The largest difference among the judged outputs (the head's); where none is judged
+        (int8), the final score's drift."""
+        judged = [diff for diff in self.outputs if diff.judged]
+        shown = judged or [diff for diff in self.outputs if diff.name == "score"]
+        return max(diff.max_abs for diff in shown)
+
+    @property
+    def judges(self) -> str:
+        """What the verdict rests on: ``outputs`` (their differences), ``auroc`` (int8 with
+        labelled images: its AUROC change) or ``nothing`` (int8 without them)."""
+        if any(diff.judged for diff in self.outputs):
+            return "outputs"
+        return "auroc" if self.auroc is not None and self.auroc_mark is not None else "nothing"
 
     def to_dict(self) -> dict:
         """The summary stored in the manifest and written by ``--json``."""
@@ -108,7 +120,8 @@ class ParityReport:
             {**asdict(d), "shape": list(d.shape), "tolerance_to_pass": d.tolerance_to_pass}
             for d in self.outputs
         ]
-        return {"passed": self.passed, "max_abs_diff": self.max_abs_diff, **record}
+        return {"passed": self.passed, "judges": self.judges, "max_abs_diff": self.max_abs_diff,
+                **record}  # fmt: skip
 
     def table(self):
         """A rich renderable: one table row per output, then rank agreement, AUROC, batch
@@ -146,9 +159,21 @@ class ParityReport:
                 verdict = "within" if self.auroc_holds else "PAST"
                 line += f" ({verdict} the mark {self.auroc_mark:g})"
             lines.append(line)
-        if any(not d.judged and d.name not in INTERMEDIATES for d in self.outputs):
-            judged = ", ".join(d.name for d in self.outputs if d.judged)
-            lines.append(f"the {self.precision} contract judges {judged}; the rest is reported")
+        if self.judges == "nothing":
+            lines.append(
+                f"{self.precision} is judged by its AUROC change on labelled images (at most "
+                f"{AUROC_MARKS[self.precision]:g}), and none were given: nothing is judged; check "
+                "it with inctrl-export verify BUNDLE --images LABELLED_CATEGORY_DIR"
+            )
+            lines.append(f"score drift: max abs {self.max_abs_diff:.2e} (reported)")
+            return Group(table, *(Text(line) for line in lines))
+        if self.judges == "auroc":
+            lines.append(f"the {self.precision} contract judges the AUROC change; the outputs' "
+                         "drift is reported")  # fmt: skip
+            verdict = "PASSED" if self.passed else "FAILED"
+            lines.append(f"parity {verdict}: AUROC change {self.auroc['change']:+.4f}, mark "
+                         f"{self.auroc_mark:g}; score drift {self.max_abs_diff:.2e}")  # fmt: skip
+            return Group(table, *(Text(line) for line in lines))
         verdict = "PASSED" if self.passed else "FAILED"
         lines.append(f"parity {verdict}: max abs diff {self.max_abs_diff:.2e}, atol {self.atol:g}")
         return Group(table, *(Text(line) for line in lines))
