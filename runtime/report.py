@@ -318,9 +318,9 @@ def _page_top(header: Header) -> str:
     )
 
 
-def _summary(header: Header, index: _Section, monitor: str | None) -> str:
-    count = len(index.scores)
-    decided = [flag for flag in index.flagged if flag is not None]
+def _summary(header: Header, section: _Section, monitor: str | None) -> str:
+    count = len(section.scores)
+    decided = [flag for flag in section.flagged if flag is not None]
     boxes = [("parts scored", str(count))]
     if decided:
         flagged = sum(decided)
@@ -329,13 +329,13 @@ def _summary(header: Header, index: _Section, monitor: str | None) -> str:
         if header.target_fpr is not None:
             rate += f" (target rate {header.target_fpr:g})"
         boxes.append(("flag rate", rate))
-        labels = index.labels
+        labels = section.labels
         if all(label is not None for label in labels) and NORMAL_LABEL in labels:
-            good = [flag for flag, label in zip(index.flagged, labels, strict=True)
+            good = [flag for flag, label in zip(section.flagged, labels, strict=True)
                     if label == NORMAL_LABEL and flag is not None]  # fmt: skip
             boxes.append(("good parts flagged", f"{sum(good)} of {len(good)}"))
     else:
-        boxes.append(("decisions", "none: the category is not calibrated"))
+        boxes.append(("decisions", "none: no calibration decides this run"))
     if monitor is not None:
         boxes.append(("drift monitor", monitor))
     cells = "".join(f'<div class="summary-{escape(name.split()[0])}">{escape(name)}'
@@ -343,9 +343,9 @@ def _summary(header: Header, index: _Section, monitor: str | None) -> str:
     return f'<h3>Summary</h3><div class="summary">{cells}</div>'
 
 
-def _distribution(header: Header, index: _Section) -> str:
+def _distribution(header: Header, section: _Section) -> str:
     calibration = np.asarray([] if header.calibration is None else header.calibration)
-    run = np.asarray(index.scores)
+    run = np.asarray(section.scores)
     if not run.size:
         return ""
     legend = (f'<p class="legend"><span style="background:#8aa4c8"></span>calibration '
@@ -358,20 +358,20 @@ def _distribution(header: Header, index: _Section) -> str:
     return f"<h3>Scores</h3>{legend}</p>{chart}"
 
 
-def _labelled(index: _Section) -> str:
+def _labelled(section: _Section) -> str:
     """ROC, AUROC, confusion matrix and recall per defect type, where every part is labelled
     and both kinds are present ("" otherwise)."""
-    labels = index.labels
+    labels = section.labels
     if not labels or any(label is None for label in labels):
         return ""
-    scores = np.asarray(index.scores)
+    scores = np.asarray(section.scores)
     normal = np.array([label == NORMAL_LABEL for label in labels])
     if normal.all() or not normal.any():
         return ""
     auroc = pair_auroc(np.sort(scores[normal]), scores[~normal])
     parts = [f"<div>{roc(scores[normal], scores[~normal], auroc)}</div>"]
-    if all(flag is not None for flag in index.flagged):
-        flagged = np.array(index.flagged, dtype=bool)
+    if all(flag is not None for flag in section.flagged):
+        flagged = np.array(section.flagged, dtype=bool)
         cells = [[int((normal & ~flagged).sum()), int((normal & flagged).sum())],
                  [int((~normal & ~flagged).sum()), int((~normal & flagged).sum())]]  # fmt: skip
         parts.append(
