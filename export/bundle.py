@@ -315,8 +315,6 @@ def int8_check_images(category: str, is_demo: bool, calibration: Sequence) -> Ch
     category's normals and generated defects (half each, labelled); otherwise the calibration
     images (the first k the prompts, up to ``INT8_CHECK_QUERIES`` of the rest the queries, all
     of them if fewer; seeded images added where there are no more than k)."""
-    from inctrl.demo import HELD_OUT_CATEGORIES, TRAIN_CATEGORIES
-
     if is_demo and category in (*TRAIN_CATEGORIES, *HELD_OUT_CATEGORIES):
         from inctrl.synth import DEFECTS, render
 
