@@ -99,19 +99,15 @@ def client_header(url: str, category: str) -> Header:
     return Header(f"inctrl inspection report: {category} (served)", fields, notes=(_NOT_SERVED,))
 
 
-def answered(header: Header, records: list[dict], fpr_seen: float | None) -> Header:
+def answered(header: Header, cut: float | None, region: float | None) -> Header:
     """``header`` with what the answers said of the decisions: the threshold and the region
-    threshold (the same for every answer of one category)."""
-    cut = next((r["threshold"] for r in records if r.get("threshold") is not None), None)
-    region = next(
-        (r["region_threshold"] for r in records if r.get("region_threshold") is not None), None
-    )
+    threshold (the same for every answer of one category; None: none said)."""
     fields = list(header.fields)
     if cut is not None:
         fields.insert(2, ("threshold (from the answers)", f"{cut:.4f}"))
     if region is not None:
         fields.insert(3, ("region threshold (from the answers)", f"{region:.4f}"))
-    return replace(header, fields=tuple(fields), threshold=cut, target_fpr=fpr_seen)
+    return replace(header, fields=tuple(fields), threshold=cut)
 
 
 def reporting_records(
@@ -120,7 +116,7 @@ def reporting_records(
     """Served records as they come, each batch's cards added to the report first (each
     heatmap drawn on the local image file the request sent, for a model of input side
     ``size``); once the last has passed, the report is written."""
-    kept: list[dict] = []
+    cut = region = None  # the answers' thresholds, kept from the first that says them
     with writer:
         for batch in batches:
             cards = []
@@ -128,8 +124,9 @@ def reporting_records(
                 picture = capped(load_image(record["image"]), picture_size)
                 result = Result.of_record(record, size, picture)
                 cards.append(card_of(result, mvtec_label(record["image"])))
+                cut = cut if cut is not None else result.threshold
+                region = region if region is not None else result.region_threshold
             writer.add(cards)
-            kept += [{k: r.get(k) for k in ("threshold", "region_threshold")} for r in batch]
             yield batch
-        writer.header = answered(writer.header, kept, None)
+        writer.header = answered(writer.header, cut, region)
         writer.finish()
