@@ -38,8 +38,9 @@ class Artifacts:
     """What each backend runs, made on demand in ``workdir``: the torch rows a checkpoint
     (``--checkpoint``, ``--preset``'s or the demo), the runtime rows a bundle of each precision
     exported from it (for ``data``'s categories where given; int8 calibrated on its train/good
-    images), or the given BUNDLE (its precision only), and the tensorrt rows that bundle's
-    TensorRT plans, built here when it has none this GPU runs."""
+    images, ``keep_fp32``'s block products left in fp32), or the given BUNDLE (its precision
+    only), and the tensorrt rows that bundle's TensorRT plans, built here when it has none
+    this GPU runs."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Artifacts:
         seed: int = 0,
         progress: Progress | None = None,
         data: EvalData | None = None,
+        keep_fp32: Sequence[str] = (),
     ) -> None:
         if preset is not None and (bundle is not None or checkpoint is not None):
             raise InputError("--preset builds its own model: drop BUNDLE and --checkpoint")
@@ -60,6 +62,7 @@ class Artifacts:
         if checkpoint is not None and not checkpoint.is_file():
             raise InputError(f"{checkpoint}: no such checkpoint file")
         self.workdir, self.preset, self.seed, self.data = workdir, preset, seed, data
+        self.keep_fp32 = tuple(keep_fp32)  # the int8 export's split (``--keep-fp32``)
         self.progress = progress or Progress()
         self.notes: list[str] = []
         self.categories = [c.name for c in data.categories] if data else [DEFAULT_CATEGORY]
@@ -149,6 +152,7 @@ class Artifacts:
                 precision=precision,
                 verify=False,
                 calibration=self._calibration(checkpoint) if precision == "int8" else None,
+                keep_fp32=self.keep_fp32 if precision == "int8" else (),
             )
         except InputError as err:
             return Unavailable(f"inctrl-export cannot make a {precision} bundle: {err}")

@@ -80,6 +80,15 @@ def bench(
         "Rows count frames, not tiles.",
         show_default=False,
     ),
+    keep_fp32: list[str] = typer.Option(
+        None,
+        "--keep-fp32",
+        help="The int8 rows' split: the bench's own int8 export leaves these transformer block "
+        "products in fp32, as inctrl-export onnx --keep-fp32 (a kind, a block number, or "
+        "KIND:BLOCK); repeat for several. The int8 rows name their split. Default: none (a "
+        "given int8 BUNDLE keeps its own, e.g. one chosen by --accuracy-data).",
+        show_default=False,
+    ),
     json_file: Path = typer.Option(None, "--json", help="Write the full report as JSON here."),
     plot_file: Path = typer.Option(
         None,
@@ -124,6 +133,7 @@ def bench(
         repeats=repeats,
         eval_data=eval_data,
         tiles=tiles,
+        keep_fp32=tuple(keep_fp32 or ()),
     )
     with status("starting") as spinner:
         progress = Progress(spinner.update, say) if spinner else Progress(done=say)

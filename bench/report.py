@@ -38,11 +38,23 @@ def drift(value: float | None) -> str:
     return MISSING if value is None else f"{value:.1e}"
 
 
+def _precision(result: BackendResult) -> str:
+    """The row's precision; an int8 row's names its split (which block products are fp32)."""
+    quantization = result.quantization
+    if quantization is None:
+        return result.precision
+    fp32 = quantization.get("fp32_products") or []
+    if not fp32:
+        return f"{result.precision}, every product"
+    choices = quantization.get("fp32_choices") or [f"{len(fp32)} products"]
+    return f"{result.precision}, fp32 {', '.join(choices)}"
+
+
 def _accuracy_columns() -> dict[str, Cell]:
     """With --eval: the row's precision, image AUROC (mean and worst category) and its final
     score's drift against torch-fp32 on the same queries."""
     return {
-        "precision": lambda r: r.precision,
+        "precision": _precision,
         "AUROC": lambda r: f"{r.accuracy.mean_auroc:.3f}",
         "worst": lambda r: f"{min(r.accuracy.auroc.values()):.3f}",
         "max drift": lambda r: drift(r.accuracy.drift_max_abs),
@@ -233,10 +245,11 @@ def header_lines(report: BenchReport) -> list[str]:
     for result in report.backends:
         if result.quantization:
             q = result.quantization
+            because = f" ({q['fp32_because']})" if q.get("fp32_because") else ""
             lines.append(
                 f"{result.name}: {q.get('format')} int8, activations {q.get('activations')}, "
                 f"weights {q.get('weights')}, {q.get('method')} calibration on "
-                f"{q.get('images')} images"
+                f"{q.get('images')} images; split: {q.get('split')}{because}"
             )
     if report.eval_data is not None:
         lines.append(f"accuracy data: {describe_data(report.eval_data)}")

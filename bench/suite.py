@@ -54,6 +54,7 @@ class BenchSettings:
     seed: int = 0
     eval_data: Path | None = None  # labelled MVTec-layout data: each row's AUROC and drift
     tiles: str | None = None  # RxC: frames scored tile by tile (None: whole)
+    keep_fp32: tuple[str, ...] = ()  # the bench's own int8 export: block products left fp32
 
     def __post_init__(self) -> None:
         # Sorted once here: the last batch is the largest, the first k the one queries use.
@@ -68,6 +69,11 @@ class BenchSettings:
                 "--tiles times tiled frames; measure tiled accuracy with inctrl evaluate --tiles"
             )
         self.tiling  # noqa: B018 - a bad grid is refused here
+        if self.keep_fp32 and self.bundle is not None:
+            raise InputError(
+                "--keep-fp32 splits the bench's own int8 export; a given BUNDLE keeps its own "
+                "split (inctrl-run info shows it): drop one of them"
+            )
 
     @property
     def tiling(self) -> Tiling | None:
@@ -84,6 +90,7 @@ class BenchSettings:
         options |= {"--tiles": self.tiles}
         words += [w for o, v in options.items() if v is not None for w in (o, str(v))]
         words += [w for name in self.backends for w in ("--backend", name)]
+        words += [w for choice in self.keep_fp32 for w in ("--keep-fp32", choice)]
         return shlex.join(words)
 
     def to_dict(self) -> dict:
@@ -197,7 +204,9 @@ def run_bench(
     machine_record = machine.machine_info(settings.command_line())
     with tempfile.TemporaryDirectory(prefix="inctrl-bench-") as workdir:
         given = settings.bundle, settings.checkpoint, settings.preset
-        artifacts = Artifacts(Path(workdir), *given, settings.seed, progress, data)
+        artifacts = Artifacts(
+            Path(workdir), *given, settings.seed, progress, data, settings.keep_fp32
+        )
         progress.step("measuring the fp32 matrix-product peak")
         # torch only if loaded anyway: its libraries would count in every onnxruntime row's RSS.
         with_torch = any(b.uses_torch for b in backends) or "torch" in sys.modules

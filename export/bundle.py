@@ -12,9 +12,11 @@ import datetime
 import os
 import platform
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,11 +25,18 @@ import numpy as np
 from inctrl.demo import HELD_OUT_CATEGORIES, TRAIN_CATEGORIES
 from inctrl.loading import load_model, resolve_checkpoint
 from inctrl.model import InCTRL
+from inctrl_export.accuracy_control import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_MAX_AUROC_CHANGE,
+    DEFAULT_SHOTS,
+    AccuracyControl,
+    controlled_int8,
+)
 from inctrl_export.calibration_images import CalibrationImages, calibration_pixels
 from inctrl_export.graphs import graph_specs, wrappers
 from inctrl_export.onnx_files import TRACE_SHOTS, check_opset, export_graph
 from inctrl_export.parity import DEFAULT_ATOL, ParityReport, compare, pass_mark
-from inctrl_export.quantize import Int8Settings, quantize_encoder
+from inctrl_export.quantize import Int8Quantizer, Int8Settings, quantize_encoder
 from inctrl_runtime.bundle import PRIORS
 from inctrl_runtime.engines import TensorSpec, signature_difference
 from inctrl_runtime.errors import InputError
@@ -84,6 +93,7 @@ def export_bundle(
     calibration: CalibrationImages | None = None,
     calibration_method: str | None = None,
     keep_fp32: Sequence[str] = (),
+    accuracy: AccuracyOptions | None = None,
 ) -> ExportResult:
     """Export a checkpoint (default: the embedded demo) as a bundle for ``categories``.
 
@@ -102,6 +112,10 @@ def export_bundle(
         calibration_method: int8 only: ``percentile`` (default), ``minmax`` or ``entropy``.
         keep_fp32: int8 only: block products to leave in fp32, by kind, block or both
             (``quantize.fp32_choice``); none by default.
+        accuracy: int8 only: labelled data and a bound: the products to leave in fp32 are
+            chosen until every category's AUROC change holds it (``accuracy_control``);
+            with a checkpoint, the data's train/good images calibrate unless ``calibration``
+            says otherwise.
         verify: run the self-check; with ``atol`` (default: the contract's tolerance for
             ``precision``) as the pass mark.
         log: called with one line per finished step.
@@ -110,7 +124,9 @@ def export_bundle(
     given = model is not None
     checkpoint_path, is_demo = (None, False) if given else resolve_checkpoint(checkpoint)
     categories = _check_arguments(out, categories, is_demo, precision, opset, force)
-    int8 = _int8_settings(precision, calibration, calibration_method, is_demo, keep_fp32)
+    int8 = _int8_settings(
+        precision, calibration, calibration_method, is_demo, keep_fp32, accuracy, categories
+    )
     atol = pass_mark(atol, precision)
     seconds: dict[str, float] = {}
     if model is None:
@@ -123,15 +139,13 @@ def export_bundle(
             pixels = calibration_pixels(int8.images(), model.preprocessing)
     with staging_folder(out) as staging:
         _write_graphs(model, staging, opset, "fp32" if int8 else precision, seconds, log)
-        quantization = None
-        if int8 is not None:
-            done = f"quantized the encoder (int8, {int8.method} on {len(pixels)} images)"
-            with _timed(seconds, "quantize", log, done):
-                encoder = staging / graph_specs(model.config)["encoder"].file
-                quantization = quantize_encoder(encoder, pixels, int8.method, int8.keep_fp32)
         with _timed(seconds, "priors", log, f"text priors of {len(categories)} categories"):
             _write_priors(model, categories, staging / PRIORS)
-        manifest = _manifest(model, staging, checkpoint_path, is_demo, categories, opset, precision)
+        describe = partial(_manifest, model, staging, checkpoint_path, is_demo, categories, opset)
+        quantization = None
+        if int8 is not None:
+            quantization = _quantize(model, staging, int8, pixels, describe, seconds, log)
+        manifest = describe(precision)
         if quantization is not None:
             manifest["graphs"]["encoder"]["quantization"] = quantization
         write_json(staging / MANIFEST, manifest)
@@ -173,25 +187,71 @@ def _check_arguments(
     return categories
 
 
+@dataclass(frozen=True)
+class AccuracyOptions:
+    """``--accuracy-data`` and its options, as given (``accuracy_control.AccuracyControl``
+    checks them against the bundle's categories)."""
+
+    data: str | os.PathLike
+    max_auroc_change: float = DEFAULT_MAX_AUROC_CHANGE
+    granularity: str = DEFAULT_GRANULARITY
+    shots: int = DEFAULT_SHOTS
+
+
 def _int8_settings(
     precision: str,
     calibration: CalibrationImages | None,
     method: str | None,
     is_demo: bool,
-    keep_fp32: Sequence[str] = (),
+    keep_fp32: Sequence[str],
+    accuracy: AccuracyOptions | None,
+    categories: Sequence[str],
 ) -> Int8Settings | None:
     """The int8 export's settings (None for another precision, which takes none of them)."""
     if precision == "int8":
-        return Int8Settings.checked(calibration, method, is_demo, keep_fp32)
+        control = None if accuracy is None else AccuracyControl.checked(
+            accuracy.data, categories, accuracy.max_auroc_change, accuracy.granularity,
+            accuracy.shots)  # fmt: skip
+        return Int8Settings.checked(calibration, method, is_demo, keep_fp32, control)
     options = (
         ("--calibration", calibration),
         ("--calibration-method", method),
         ("--keep-fp32", list(keep_fp32) or None),
+        ("--accuracy-data", accuracy),
     )
     given = [option for option, value in options if value is not None]
     if given:
         raise InputError(f"{', '.join(given)}: only for --precision int8, not {precision}")
     return None
+
+
+def _quantize(
+    model: InCTRL,
+    staging: Path,
+    int8: Int8Settings,
+    pixels: np.ndarray,
+    describe: Callable[[str], dict],
+    seconds: dict[str, float],
+    log: Log,
+) -> dict:
+    """Quantize the staged fp32 encoder in place; returns the quantization record. With
+    accuracy control, the staged fp32 bundle (``describe`` makes its manifest) scores the
+    data first, each split quantized with the ranges of one calibration."""
+    encoder = staging / graph_specs(model.config)["encoder"].file
+    if int8.accuracy is None:
+        done = f"quantized the encoder (int8, {int8.method} on {len(pixels)} images)"
+        with _timed(seconds, "quantize", log, done):
+            return quantize_encoder(encoder, pixels, int8.method, int8.keep_fp32)
+    write_json(staging / MANIFEST, describe("fp32"))
+    control = int8.accuracy
+    done = (f"accuracy control on {control.images} images of {len(control.categories)} "
+            f"categories ({int8.method} calibration on {len(pixels)} images)")  # fmt: skip
+    with (
+        _timed(seconds, "accuracy_control", log, done),
+        tempfile.TemporaryDirectory(prefix=".int8-", dir=staging) as work,
+    ):
+        quantizer = Int8Quantizer(encoder, pixels, int8.method, Path(work))
+        return controlled_int8(model, staging, encoder, quantizer, control, log)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from inctrl_runtime.console import (
     stderr,
 )
 from inctrl_runtime.drift import DEFAULT_DELTA
+from inctrl_runtime.errors import InputError
 from inctrl_runtime.files import check_output_paths
 
 EXIT_PARITY_FAILED = 1
@@ -81,6 +82,38 @@ def _left_as_it_was(out: Path) -> Iterator[None]:
     except Interrupted:
         say(f"{out}: left as it was (the new bundle was not complete)")
         raise
+
+
+@contextlib.contextmanager
+def _exit_1_on(refusal: type[Exception]) -> Iterator[None]:
+    """A measured refusal (not a user's mistake): its line, and exit code 1."""
+    try:
+        yield
+    except refusal as err:
+        say(f"error: {err}")
+        raise typer.Exit(EXIT_PARITY_FAILED) from None
+
+
+def _accuracy_options(
+    data: Path | None, max_change: float | None, granularity: str | None, shots: int | None
+):
+    """``--accuracy-data`` and its options (None without it; its options alone are refused)."""
+    from inctrl_export.bundle import AccuracyOptions
+
+    given = {"--max-auroc-change": max_change, "--accuracy-granularity": granularity,
+             "--accuracy-shots": shots}  # fmt: skip
+    if data is None:
+        named = [option for option, value in given.items() if value is not None]
+        if named:
+            raise InputError(f"{', '.join(named)}: only with --accuracy-data")
+        return None
+    defaults = AccuracyOptions(data)
+    return AccuracyOptions(
+        data,
+        defaults.max_auroc_change if max_change is None else max_change,
+        granularity or defaults.granularity,
+        defaults.shots if shots is None else shots,
+    )
 
 
 def _log(message: str) -> None:
@@ -155,6 +188,40 @@ def onnx(
         "manifest records which stayed fp32. Default: none.",
         show_default=False,
     ),
+    accuracy_data: Path = typer.Option(
+        None,
+        "--accuracy-data",
+        help="int8: choose the block products left in fp32 on this labelled data (MVTec-layout "
+        "categories of the bundle, test/good and test/<defect>): each category's image AUROC "
+        "with int8 is measured against PyTorch fp32 (k prompts drawn from train/good as inctrl "
+        "evaluate draws them, seed 0), and products return to fp32, most sensitive first, "
+        "until every category's change is within --max-auroc-change; exit 1 if only an "
+        "all-fp32 encoder holds it. For a checkpoint, its train/good images also calibrate "
+        "unless --calibration is given. The manifest records the split, the data and every "
+        "measured change.",
+        show_default=False,
+    ),
+    max_auroc_change: float = typer.Option(
+        None,
+        "--max-auroc-change",
+        help="--accuracy-data: the most any category's image AUROC may change, either way. "
+        "Default: 0.01.",
+        show_default=False,
+    ),
+    accuracy_granularity: str = typer.Option(
+        None,
+        "--accuracy-granularity",
+        help="--accuracy-data: what returns to fp32 at a time: kind (each of the four kinds in "
+        "every block; default, the fewest trials), block (each block's four) or product "
+        "(each alone: the most trials, the finest split).",
+        show_default=False,
+    ),
+    accuracy_shots: int = typer.Option(
+        None,
+        "--accuracy-shots",
+        help="--accuracy-data: prompt images per category (k). Default: 2.",
+        show_default=False,
+    ),
     clip_weights: Path = ClipWeights,
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Check the bundle against PyTorch after writing it."
@@ -175,11 +242,21 @@ def onnx(
 
         inctrl-export onnx -c inctrl_k2.pyth --category candle --precision int8 \\
             --calibration mvtec/candle --out candle_int8
+
+        inctrl-export onnx --precision int8 --accuracy-data synth --out demo_int8
     """
+    from inctrl_export.accuracy_control import Int8BringsNothing
     from inctrl_export.bundle import export_bundle
 
     check_output_paths({"--json": json_file})
-    with status("exporting (tracing, text priors, self-check)"), _left_as_it_was(out):
+    accuracy = _accuracy_options(
+        accuracy_data, max_auroc_change, accuracy_granularity, accuracy_shots
+    )
+    with (
+        status("exporting (tracing, text priors, self-check)"),
+        _left_as_it_was(out),
+        _exit_1_on(Int8BringsNothing),
+    ):
         result = export_bundle(
             out,
             checkpoint,
@@ -194,6 +271,7 @@ def onnx(
             calibration=calibration,
             calibration_method=calibration_method,
             keep_fp32=keep_fp32 or [],
+            accuracy=accuracy,
         )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.file_bytes.items())
     say(f"wrote {out}: {sizes}")
@@ -210,9 +288,9 @@ def verify_command(
         None,
         "--images",
         help="A folder of images (--shots prompts drawn with --seed, the rest the queries), or "
-        "a category folder in MVTec layout (prompts from train/good, labelled test images: "
-        "AUROC on both sides; int8's change is judged: at most 0.01). Default: the export's "
-        "seeded check images (for int8: nothing judged, only reported).",
+        "a category folder in MVTec layout (prompts drawn so from train/good, labelled test "
+        "images: AUROC on both sides; int8's change is judged: at most 0.01). Default: the "
+        "export's seeded check images (for int8: nothing judged, only reported).",
         show_default=False,
     ),
     category: str = typer.Option(
@@ -226,8 +304,8 @@ def verify_command(
     seed: int = typer.Option(
         0,
         "--seed",
-        help="Seed of the prompts' draw from a plain --images folder: the draw inctrl evaluate "
-        "makes for the category with that seed.",
+        help="Seed of the prompts' draw from --images: the draw inctrl evaluate makes for the "
+        "category with that seed.",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] (both sides)."),
     atol: float = Atol,

@@ -12,7 +12,8 @@ the quantized products are not re-quantized, so each one returns fp32.
 Mixed precision: ``keep_fp32`` names block products to leave in fp32 as well, by kind
 (``PRODUCT_KINDS``), by block (``3``: its four) or both (``c_proj:3``); the manifest records which
 stayed fp32 and the choices that kept them. None by default (docs/int8.md, "Mixed precision",
-has the measurements behind that choice).
+has the measurements behind that choice); ``inctrl_export.accuracy_control`` chooses them from
+labelled data instead.
 
 Every scale is a constant of the graph, so an image's scores do not depend on the batch it is
 scored in.
@@ -27,6 +28,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -39,6 +41,9 @@ from inctrl_export.calibration_images import (
 from inctrl_export.onnx_files import sort_nodes
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.preprocess import ImageSource, pixel_digest
+
+if TYPE_CHECKING:
+    from inctrl_export.accuracy_control import AccuracyControl
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Percentile: the 99.999th percentile of |x| (docs/int8.md compares the methods).
@@ -64,11 +69,13 @@ CALIBRATION_BATCH = 4
 @dataclass(frozen=True)
 class Int8Settings:
     """How an int8 export quantizes: where its calibration images come from (None: the demo's
-    own synthetic normals) and the calibration method."""
+    own synthetic normals), the calibration method, and which block products stay fp32: those
+    ``keep_fp32`` names, or those the accuracy control (``accuracy``) chooses."""
 
     calibration: CalibrationImages | None = None
     method: str = DEFAULT_CALIBRATION_METHOD
     keep_fp32: tuple[str, ...] = ()  # block products left in fp32 (``fp32_choice``)
+    accuracy: AccuracyControl | None = None
 
     @classmethod
     def checked(
@@ -77,14 +84,23 @@ class Int8Settings:
         method: str | None,
         is_demo: bool,
         keep_fp32: Sequence[str] = (),
+        accuracy: AccuracyControl | None = None,
     ) -> Int8Settings:
         """The settings, refused in one line where they cannot work: no ``calibration`` for
-        a model other than the demo, an unknown method, a folder without images, a
-        ``keep_fp32`` choice that is not a product kind, a block or both."""
+        a model other than the demo (the ``accuracy`` data's normals serve where given), an
+        unknown method, a folder without images, a ``keep_fp32`` choice that is not a product
+        kind, a block or both, or one given with ``accuracy``."""
         method = method or DEFAULT_CALIBRATION_METHOD
         if method not in CALIBRATION_METHODS:
             choices = ", ".join(CALIBRATION_METHODS)
             raise InputError(f"unknown --calibration-method {method!r}; choose {choices}")
+        if keep_fp32 and accuracy is not None:
+            raise InputError(
+                "--keep-fp32 and --accuracy-data both choose the products left in fp32: give "
+                "your split with --keep-fp32, or let --accuracy-data choose one"
+            )
+        if calibration is None and accuracy is not None and not is_demo:
+            calibration = accuracy.data  # its categories' train/good images
         if calibration is None and not is_demo:
             raise InputError(
                 "--precision int8 needs --calibration DIR: normal images of the bundle's "
@@ -93,7 +109,7 @@ class Int8Settings:
             )
         for choice in keep_fp32:
             fp32_choice(choice)
-        settings = cls(calibration, method, tuple(dict.fromkeys(keep_fp32)))
+        settings = cls(calibration, method, tuple(dict.fromkeys(keep_fp32)), accuracy)
         if calibration is not None:
             settings.images()  # a folder without images is refused before any work
         return settings
@@ -134,6 +150,13 @@ def fp32_choice(choice: str) -> tuple[str | None, int | None]:
             "from 0, or both as KIND:BLOCK, e.g. c_proj:3"
         )
     return kind or None, int(block) if block else None
+
+
+def product_choice(node: str) -> str:
+    """A block product's own ``--keep-fp32`` name, ``KIND:BLOCK``."""
+    block = node.split(BLOCKS, 1)[1].split("/", 1)[0]
+    kind = next(kind for kind, part in PRODUCT_KINDS.items() if part in node)
+    return f"{kind}:{block}"
 
 
 def kept_in_fp32(nodes: Sequence[str], keep_fp32: Sequence[str]) -> list[str]:
@@ -193,21 +216,45 @@ def quantize_encoder(
     """Quantize the fp32 encoder at ``path`` in place (static Q/DQ, calibrated on ``pixels``),
     but for the block products that ``keep_fp32`` names (``kept_in_fp32``); returns the
     manifest's record of it (``graphs.encoder.quantization``)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    model = onnx.load(str(path))
-    _constant_identities_to_initializers(model)
-    candidates = quantized_nodes(model)
-    fp32 = kept_in_fp32(candidates, keep_fp32)
-    nodes = [node for node in candidates if node not in fp32]
-    _products_before_transposes(model, nodes)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=path.parent) as work:
-        source = Path(work) / "fp32.onnx"
-        onnx.save(model, str(source))
-        quantized = Path(work) / "int8.onnx"
+        return Int8Quantizer(path, pixels, method, Path(work)).write(path, keep_fp32)
+
+
+class Int8Quantizer:
+    """One fp32 encoder graph, made ready to quantize and calibrated once: ``write`` makes its
+    int8 graph for any split of the block products, every split with the same activation
+    ranges (computed by the first ``write``, then read from a cache file in ``work``)."""
+
+    def __init__(self, source: Path, pixels: np.ndarray, method: str, work: Path) -> None:
+        model = onnx.load(str(source))
+        _constant_identities_to_initializers(model)
+        self.products = quantized_nodes(model)
+        # Every candidate's, so that the calibrated tensors have the same names in every split.
+        _products_before_transposes(model, self.products)
+        self._source = work / "fp32.onnx"
+        onnx.save(model, str(self._source))
+        self.work = work
+        self._ranges = work / "ranges.json"
+        self._reader = _Reader(pixels, model.graph.input[0].name)
+        self._pixels, self.method = pixels, method
+
+    def write(self, out: Path, keep_fp32: Sequence[str] = (), because: str | None = None) -> dict:
+        """Write the int8 graph that leaves ``keep_fp32``'s products in fp32 to ``out``
+        (atomically); returns its quantization record, whose ``fp32_because`` is ``because``
+        (default: the ``--keep-fp32`` choices)."""
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        fp32 = kept_in_fp32(self.products, keep_fp32)
+        nodes = [node for node in self.products if node not in fp32]
+        quantized = self._ranges.with_name(f".{out.name}.int8.onnx")
         with _quiet():
             quantize_static(
-                source, quantized, _Reader(pixels, model.graph.input[0].name),
+                self._source, quantized, self._reader,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 per_channel=True,
@@ -218,7 +265,7 @@ def quantize_encoder(
                     "minmax": CalibrationMethod.MinMax,
                     "percentile": CalibrationMethod.Percentile,
                     "entropy": CalibrationMethod.Entropy,
-                }[method],
+                }[self.method],
                 extra_options={
                     "ActivationSymmetric": True,
                     "WeightSymmetric": True,
@@ -226,20 +273,24 @@ def quantize_encoder(
                     "CalibStridedMinMax": 1,  # one batch at a time, whatever the method
                     "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
                 },
+                calibration_cache_path=self._ranges,
             )  # fmt: skip
         onnx.checker.check_model(str(quantized), full_check=True)
-        os.replace(quantized, path)
-    return {
-        "format": "qdq",
-        "activations": ACTIVATIONS,
-        "weights": WEIGHTS,
-        "method": method,
-        "images": len(pixels),
-        "int8_products": len(nodes),
-        "fp32_products": fp32,
-        "fp32_because": f"--keep-fp32 {', '.join(keep_fp32)}" if keep_fp32 else None,
-        "image_digests": [pixel_digest(image) for image in pixels],
-    }
+        os.replace(quantized, out)
+        if because is None and keep_fp32:
+            because = f"--keep-fp32 {', '.join(keep_fp32)}"
+        return {
+            "format": "qdq",
+            "activations": ACTIVATIONS,
+            "weights": WEIGHTS,
+            "method": self.method,
+            "images": len(self._pixels),
+            "int8_products": len(nodes),
+            "fp32_products": fp32,
+            "fp32_choices": list(keep_fp32),
+            "fp32_because": because,
+            "image_digests": [pixel_digest(image) for image in self._pixels],
+        }
 
 
 def _constant_identities_to_initializers(model: onnx.ModelProto) -> None:

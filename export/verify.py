@@ -2,8 +2,9 @@
 
 Given a folder of images, k of them are the prompts, drawn for the category with a seed as
 ``inctrl evaluate`` draws them, and the rest the queries; given a category folder in MVTec
-layout, the prompts are the first k of ``train/good`` and the queries the test images, whose
-labels give AUROC on both sides.
+layout, the prompts are drawn so from ``train/good`` and the queries are the test images, whose
+labels give AUROC on both sides (the accuracy control of an int8 export draws its prompts the
+same way, with seed 0).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import os
 from pathlib import Path
 
 from inctrl.loading import load_model, resolve_checkpoint
+from inctrl_export.accuracy_control import labelled_category
 from inctrl_export.bundle import CHECK_QUERIES, CHECK_SEED, CHECK_SHOTS, check_images
 from inctrl_export.parity import ParityReport, compare, pass_mark
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.console import require_files
-from inctrl_runtime.datasets import is_category_folder, scan_category
+from inctrl_runtime.datasets import is_category_folder
 from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import choose_prompts, list_images, prompt_generator
@@ -91,15 +93,8 @@ def _images(
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder of images")
     if is_category_folder(folder):
-        samples = scan_category(folder)
-        normal = [s.image_path for s in samples if s.split == "train" and s.target == 0]
-        test = [s for s in samples if s.split == "test"]
-        if len(normal) < shots or not test:
-            raise InputError(
-                f"{folder}: needs at least {shots} images in train/good and some in test/ "
-                f"(found {len(normal)} and {len(test)})"
-            )
-        return normal[:shots], [s.image_path for s in test], [s.target for s in test]
+        found = labelled_category(folder, shots, seed, category)
+        return list(found.prompts), list(found.queries), list(found.labels)
     paths = list_images(folder)
     if len(paths) <= shots:
         raise InputError(

@@ -175,11 +175,9 @@ def _bundle_rows(found: dict) -> list[Row]:
                 f"{record.get('weights')}, calibrated by {record.get('method')} on "
                 f"{record.get('images')} images"
             )
-            if record.get("fp32_products"):
-                text += (
-                    f"; {len(record['fp32_products'])} block products kept fp32 "
-                    f"({record.get('fp32_because')})"
-                )
+            text += f"; {record['split']}"
+            if record.get("fp32_because"):
+                text += f" ({record['fp32_because']})"
         rows.append((f"{name} graph", text))
     if check is None:
         verdict = "none recorded"

@@ -145,6 +145,8 @@ class QuantizationRecord:
     fp32_products: tuple[str, ...]  # block products kept in fp32
     fp32_because: str | None
     raw: Mapping[str, Any]
+    int8_products: int | None = None
+    fp32_choices: tuple[str, ...] = ()  # the split, as --keep-fp32 names it (older: none)
 
     @classmethod
     def from_manifest(cls, record: object, what: str = "quantization") -> QuantizationRecord | None:
@@ -154,20 +156,36 @@ class QuantizationRecord:
             return None
         texts = {k: _field(record, k, str, what) for k in ("format", "activations", "weights",
                                                            "method", "fp32_because")}  # fmt: skip
-        products = _field(record, "fp32_products", list, what) or []
-        if not all(isinstance(product, str) for product in products):
-            raise ValueError(f"{what}.fp32_products holds something other than names")
+        names = {}
+        for key in ("fp32_products", "fp32_choices"):
+            names[key] = tuple(_field(record, key, list, what) or [])
+            if not all(isinstance(name, str) for name in names[key]):
+                raise ValueError(f"{what}.{key} holds something other than names")
         return cls(
             **texts,
+            **names,
             images=_field(record, "images", int, what),
-            fp32_products=tuple(products),
+            int8_products=_field(record, "int8_products", int, what),
             raw=dict(record),
         )
 
+    @property
+    def split(self) -> str:
+        """Which block products stayed fp32, in words: ``every block product int8``, or e.g.
+        ``fp32: out_proj, c_proj (12 of 24 block products)``."""
+        fp32 = len(self.fp32_products)
+        if not fp32:
+            return "every block product int8"
+        of = "" if self.int8_products is None else f" of {fp32 + self.int8_products}"
+        if not self.fp32_choices:
+            return f"{fp32}{of} block products fp32"
+        return f"fp32: {', '.join(self.fp32_choices)} ({fp32}{of} block products)"
+
     def summary(self) -> dict:
-        """The record without the calibration images' digests (their count stays), as ``info``
-        and the bench report it."""
-        return {k: v for k, v in self.raw.items() if k != "image_digests"}
+        """The record without the calibration images' digests (their count stays), and its
+        ``split`` in words, as ``info`` and the bench report it."""
+        record = {k: v for k, v in self.raw.items() if k != "image_digests"}
+        return {**record, "split": self.split}
 
 
 @dataclass(frozen=True)
