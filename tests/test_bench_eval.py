@@ -18,7 +18,7 @@ from inctrl_bench.artifacts import Artifacts
 from inctrl_bench.suite import BenchSettings, run_bench
 from inctrl_runtime.errors import InputError
 
-from helpers import synth_data
+from helpers import TINY, synth_data
 
 PROVIDER = ["onnxruntime-tensorrt-fp32", "onnxruntime-tensorrt-fp16"]
 # The accuracy record of a row benched with --eval.
@@ -213,8 +213,10 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
         shots=(2,),
         repeats=1,
         eval_data=eval_data,
+        keep_fp32=("c_proj",),
     )
     assert "--eval" in settings.command_line()
+    assert "--keep-fp32 c_proj" in settings.command_line()
     report = run_bench(settings, tmp_path / "bench.json", tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
     record = json.loads((tmp_path / "bench.json").read_text())
@@ -244,6 +246,10 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
     # int8 of a real checkpoint: calibrated on the data's train/good images, 4 per category.
     int8 = ran["onnxruntime-cpu-int8"]
     assert int8["quantization"]["images"] == 8 and int8["quantization"]["format"] == "qdq"
+    # Its split: --keep-fp32's, named in the record and in its rows.
+    assert int8["quantization"]["fp32_choices"] == ["c_proj"]
+    split = f"fp32: c_proj ({TINY.vision.layers} of {4 * TINY.vision.layers} block products)"
+    assert int8["quantization"]["split"] == split
     assert int8["accuracy"]["drift_max_abs"] < 1e-1
     assert not any("random camera frames" in note for note in record["notes"])
 
@@ -282,6 +288,11 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
         "-",
         "-",
     ]
+    int8_row = _row(printed, "Accuracy on", "onnxruntime-cpu-int8")
+    lines = printed.splitlines()
+    wrapped = lines[lines.index(next(line for line in lines if line.split() == int8_row)) + 1]
+    assert int8_row[1:3] == ["int8,", "fp32"] and wrapped.split() == ["c_proj"]  # 80 columns
+    assert f"split: {split} (--keep-fp32 c_proj)" in words
     per_category = _row(printed, "Image AUROC per category of synth", "onnxruntime-cpu-fp32")
     assert per_category[1:] == [f"{fp32['auroc'][c]:.3f}" for c in ("synth_fabric", "synth_washer")]
     assert max(len(line) for line in printed.splitlines()) <= 80
