@@ -283,7 +283,8 @@ def test_an_int8_row_names_its_quantization() -> None:
     record = {"format": "qdq", "activations": "int8-symmetric", "method": "minmax"}
     record |= {"weights": "int8-symmetric-per-channel", "images": 2, "image_digests": ["a", "b"]}
     kept = QuantizationRecord.from_manifest(record).summary()
-    assert kept == {k: v for k, v in record.items() if k != "image_digests"}
+    split = {"split": "every block product int8"}  # an older record: no products listed
+    assert kept == {**{k: v for k, v in record.items() if k != "image_digests"}, **split}
     assert QuantizationRecord.from_manifest(None) is None  # a float encoder records none
     int8 = BackendResult("onnxruntime-cpu-int8", "onnxruntime", "int8", "cpu", reason="x")
     int8.quantization = kept
@@ -291,5 +292,6 @@ def test_an_int8_row_names_its_quantization() -> None:
     printed = " ".join(_report_with([int8]).split())
     assert (
         "onnxruntime-cpu-int8: qdq int8, activations int8-symmetric, weights "
-        "int8-symmetric-per-channel, minmax calibration on 2 images"
+        "int8-symmetric-per-channel, minmax calibration on 2 images; split: every block "
+        "product int8"
     ) in printed

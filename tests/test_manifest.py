@@ -48,7 +48,16 @@ def test_quantization_and_check_records() -> None:
               "fp32_products": ["/a", "/b"], "image_digests": ["x", "y", "z"]}  # fmt: skip
     quantization = QuantizationRecord.from_manifest(record)
     assert quantization.fp32_products == ("/a", "/b") and quantization.images == 3
-    assert quantization.summary() == {k: v for k, v in record.items() if k != "image_digests"}
+    split = {"split": "2 block products fp32"}  # no int8 count, no choices: what is known
+    assert quantization.summary() == {
+        **{k: v for k, v in record.items() if k != "image_digests"}, **split
+    }
+    record |= {"int8_products": 22, "fp32_choices": ["c_proj:0", "c_proj:1"]}
+    assert QuantizationRecord.from_manifest(record).split == (
+        "fp32: c_proj:0, c_proj:1 (2 of 24 block products)"
+    )
+    with pytest.raises(ValueError, match="fp32_choices holds something other than names"):
+        QuantizationRecord.from_manifest({**record, "fp32_choices": [3]})
     assert QuantizationRecord.from_manifest(None) is None
     assert ExportCheck.from_manifest({}) is None and ExportCheck.from_manifest(None) is None
     failed = ExportCheck.from_manifest({"passed": False, "max_abs_diff": 0.5})
