@@ -50,7 +50,8 @@ def test_quantization_and_check_records() -> None:
     assert quantization.fp32_products == ("/a", "/b") and quantization.images == 3
     split = {"split": "2 block products fp32"}  # no int8 count, no choices: what is known
     assert quantization.summary() == {
-        **{k: v for k, v in record.items() if k != "image_digests"}, **split
+        **{k: v for k, v in record.items() if k != "image_digests"},
+        **split,
     }
     record |= {"int8_products": 22, "fp32_choices": ["c_proj:0", "c_proj:1"]}
     assert QuantizationRecord.from_manifest(record).split == (
