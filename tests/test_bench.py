@@ -1,6 +1,6 @@
 """inctrl-bench's backend rows: selection by name and prefix, why the TensorRT rows cannot run
 here (the real checks), the JSON report of a run of every backend on the tiny model, the native
-plans' runs on a GPU, and the printed report's TensorRT and int8 rows."""
+plans' runs on a GPU, the printed report's TensorRT and int8 rows, and encoders timed in turn."""
 
 from __future__ import annotations
 
@@ -295,3 +295,19 @@ def test_an_int8_row_names_its_quantization() -> None:
         "int8-symmetric-per-channel, minmax calibration on 2 images; split: every block "
         "product int8"
     ) in printed
+
+
+@pytest.mark.cli
+def test_encoders_timed_in_turn_give_one_row_a_bundle_against_the_first(
+    tiny_bundle: Path, capsys
+) -> None:
+    from inctrl_bench.encoders import main
+
+    main([tiny_bundle, tiny_bundle], batch="1,2", rounds=2, seconds=0.01)
+    printed = capsys.readouterr().out.splitlines()
+    assert "cores" in printed[0] and "median of 2 rounds" in printed[1]
+    assert printed[2] == "| bundle | encoder | b=1 | vs | b=2 | vs |"
+    rows = [line.split(" | ") for line in printed[4:]]
+    assert len(rows) == 2 and all(row[1] == "fp32" for row in rows)
+    assert rows[0][3] == rows[0][5].rstrip(" |") == "1.00x"  # the first against itself
+    assert all(float(row[2]) > 0 and float(row[4]) > 0 for row in rows)
