@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inctrl_export.parity import AUROC_MARKS
+from inctrl_export.parity import AUROC_MARKS, auroc_within
 from inctrl_export.quantize import Int8Quantizer, product_choice
 from inctrl_runtime.datasets import category_folders, normal_images, scan_category
 from inctrl_runtime.errors import InputError
@@ -180,7 +180,8 @@ class Measurement:
         return name, self.auroc_change[name]
 
     def holds(self, bound: float) -> bool:
-        return all(abs(change) <= bound for change in self.auroc_change.values())
+        """Whether every category's AUROC changed by at most ``bound`` either way."""
+        return all(auroc_within(change, bound) for change in self.auroc_change.values())
 
     def to_record(self) -> dict:
         changes = {name: round(change, 6) for name, change in self.auroc_change.items()}
