@@ -245,7 +245,7 @@ def header_lines(report: BenchReport) -> list[str]:
     for result in report.backends:
         if result.quantization:
             q = result.quantization
-            because = f" ({q['fp32_because']})" if q.get("fp32_because") else ""
+            because = f", chosen by {q['fp32_because']}" if q.get("fp32_because") else ""
             lines.append(
                 f"{result.name}: {q.get('format')} int8, activations {q.get('activations')}, "
                 f"weights {q.get('weights')}, {q.get('method')} calibration on "

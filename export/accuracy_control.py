@@ -334,8 +334,8 @@ def controlled_int8(
         scorer.close()
     chosen = search.chosen
     because = (
-        f"accuracy control: every category's AUROC change within {control.max_auroc_change:g} "
-        f"on {control.data.name} (by {control.granularity}, most sensitive first)"
+        f"accuracy control on {control.data.name}: every category's AUROC change within "
+        f"{control.max_auroc_change:g}, {control.granularity}s returned most sensitive first"
         if chosen.fp32 else None
     )  # fmt: skip
     record = quantizer.write(encoder, chosen.fp32, because)

@@ -177,7 +177,7 @@ def _bundle_rows(found: dict) -> list[Row]:
             )
             text += f"; {record['split']}"
             if record.get("fp32_because"):
-                text += f" ({record['fp32_because']})"
+                text += f", chosen by {record['fp32_because']}"
         rows.append((f"{name} graph", text))
     if check is None:
         verdict = "none recorded"

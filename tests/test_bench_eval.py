@@ -292,7 +292,7 @@ def test_eval_scores_every_row_that_runs(tiny_checkpoint: Path, eval_data: Path,
     lines = printed.splitlines()
     wrapped = lines[lines.index(next(line for line in lines if line.split() == int8_row)) + 1]
     assert int8_row[1:3] == ["int8,", "fp32"] and wrapped.split() == ["c_proj"]  # 80 columns
-    assert f"split: {split} (--keep-fp32 c_proj)" in words
+    assert f"split: {split}, chosen by --keep-fp32 c_proj" in words
     per_category = _row(printed, "Image AUROC per category of synth", "onnxruntime-cpu-fp32")
     assert per_category[1:] == [f"{fp32['auroc'][c]:.3f}" for c in ("synth_fabric", "synth_washer")]
     assert max(len(line) for line in printed.splitlines()) <= 80

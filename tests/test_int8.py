@@ -151,7 +151,7 @@ def test_keep_fp32_leaves_the_products_it_names_in_fp32_and_the_manifest_says_so
     assert record["fp32_choices"] == list(KEEP_FP32)
     total = 4 * TINY.vision.layers
     split = f"fp32: {', '.join(KEEP_FP32)} ({len(kept)} of {total} block products)"
-    assert f"{split} ({record['fp32_because']})" in row
+    assert f"{split}, chosen by {record['fp32_because']}" in row
     assert mixed_export.report.batch_invariance <= 1e-5
 
 

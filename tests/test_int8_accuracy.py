@@ -151,7 +151,8 @@ def test_the_chosen_split_holds_on_its_data_is_recorded_and_verify_measures_it(
         assert [step["fp32"] for step in control["tried"]] == [
             control["order"][:count] for count in range(1, len(chosen) + 1)
         ]
-        assert record["fp32_because"].startswith("accuracy control: every category's AUROC")
+        because = f"accuracy control on {labelled.name}: every category's AUROC change within"
+        assert record["fp32_because"].startswith(because)
     assert all(abs(change) <= BOUND for change in control["auroc_change"].values())
     assert (
         control["auroc_change"]
