@@ -74,6 +74,11 @@ class BenchSettings:
                 "--keep-fp32 splits the bench's own int8 export; a given BUNDLE keeps its own "
                 "split (inctrl-run info shows it): drop one of them"
             )
+        if self.keep_fp32 and machine.import_problem("inctrl_export.quantize") is None:
+            from inctrl_export.quantize import fp32_choice
+
+            for choice in self.keep_fp32:
+                fp32_choice(choice)  # a choice that names no kind or block is refused here
 
     @property
     def tiling(self) -> Tiling | None:

@@ -213,6 +213,8 @@ def test_unwritable_outputs_are_refused_before_measuring(tmp_path) -> None:
         (["--batch", "1,eight"], "--batch '1,eight'"),
         (["no_such_bundle"], "no_such_bundle: no such bundle folder"),
         (["--eval", "no_such_data"], "--eval no_such_data: no such folder; give labelled"),
+        (["--keep-fp32", "c_fc:x"], "--keep-fp32 'c_fc:x': give a product kind"),
+        (["a_bundle", "--keep-fp32", "c_fc"], "--keep-fp32 splits the bench's own int8 export"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path) -> None:
