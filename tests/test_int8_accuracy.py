@@ -1,5 +1,6 @@
 """Accuracy-controlled int8 (``inctrl-export onnx --precision int8 --accuracy-data``): the units,
-the most-sensitive-first order and its tie rule, the search; on the tiny model, the split chosen
+every split quantized with one calibration's ranges, the most-sensitive-first order and its tie
+rule, the search; on the tiny model, the split chosen
 holds on its data, is recorded, is what ``verify`` measures and is chosen again the same; a
 model whose activations have outlier channels exits 1; the options' refusals."""
 
@@ -23,7 +24,7 @@ from inctrl_export.accuracy_control import (
 )
 from inctrl_export.bundle import AccuracyOptions, export_bundle
 from inctrl_export.cli import main
-from inctrl_export.quantize import kept_in_fp32, quantized_nodes
+from inctrl_export.quantize import Int8Quantizer, kept_in_fp32, quantized_nodes
 from inctrl_export.verify import verify_bundle
 from inctrl_runtime.info import bundle_info, info_sections
 
@@ -73,6 +74,39 @@ def test_units_are_named_as_keep_fp32_names_them_and_split_the_products(tiny_bun
     for granularity in ("kind", "block", "product"):
         named = [kept_in_fp32(products, [unit]) for unit in units(products, granularity)]
         assert sorted(node for nodes in named for node in nodes) == sorted(products)
+
+
+@pytest.mark.unit
+def test_every_split_is_quantized_with_the_ranges_of_one_calibration(
+    tiny_bundle: Path, labelled: Path, tmp_path: Path
+) -> None:
+    from onnx import numpy_helper
+
+    from inctrl_export.calibration_images import calibration_images, calibration_pixels
+    from inctrl_runtime.bundle import Bundle
+
+    preprocessing = Bundle.open(tiny_bundle).preprocessing
+    pixels = calibration_pixels(calibration_images(labelled), preprocessing)
+    quantizer = Int8Quantizer(tiny_bundle / "encoder.onnx", pixels, "percentile", tmp_path)
+    first = quantizer.write(tmp_path / "a.onnx", ["c_proj"])
+    ranges = tmp_path / "ranges.json"
+    made = (ranges.stat().st_ino, ranges.read_bytes())
+    second = quantizer.write(tmp_path / "b.onnx", ["out_proj"])
+    assert (ranges.stat().st_ino, ranges.read_bytes()) == made  # read, not calibrated again
+    assert first["image_digests"] == second["image_digests"] and first["images"] == 16
+
+    def activation_scales(path: Path) -> dict:
+        model = onnx.load(str(path))
+        values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        return {
+            node.input[0]: float(values[node.input[1]])
+            for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and values[node.input[1]].ndim == 0
+        }
+
+    a, b = activation_scales(tmp_path / "a.onnx"), activation_scales(tmp_path / "b.onnx")
+    shared = set(a) & set(b)  # the inputs of the products int8 in both splits
+    assert len(shared) >= 2 * TINY.vision.layers and all(a[name] == b[name] for name in shared)
 
 
 def _measured(fp32: tuple[str, ...], drift: float, **changes: float) -> Measurement:
