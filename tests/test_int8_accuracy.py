@@ -1,8 +1,8 @@
 """Accuracy-controlled int8 (``inctrl-export onnx --precision int8 --accuracy-data``): the units,
 every split quantized with one calibration's ranges, the most-sensitive-first order and its tie
-rule, the search; on the tiny model, the split chosen
-holds on its data, is recorded, is what ``verify`` measures and is chosen again the same; a
-model whose activations have outlier channels exits 1; the options' refusals."""
+rule, the search; on the tiny model, the split chosen holds on its data, is recorded, is what
+``verify`` measures and is chosen again the same; a model whose activations have outlier
+channels exits 1; the options' refusals."""
 
 from __future__ import annotations
 
