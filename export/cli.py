@@ -213,7 +213,8 @@ def onnx(
         "--accuracy-granularity",
         help="--accuracy-data: what returns to fp32 at a time: kind (each of the four kinds in "
         "every block; default, the fewest trials), block (each block's four) or product "
-        "(each alone: the most trials, the finest split).",
+        "(each alone: the most trials and the finest split, the one that fits the data "
+        "closest: check it on other images with verify).",
         show_default=False,
     ),
     accuracy_shots: int = typer.Option(
