@@ -201,6 +201,14 @@ def test_no_server_is_one_line_naming_the_address(scheme: str) -> None:
         (["http://127.0.0.1:1", "--category", CATEGORY, "missing.png"], "no such query image"),
         (["http://127.0.0.1:1", "--category", CATEGORY, "-n", "0", "q.png"], "--concurrency 0"),
         (["http://127.0.0.1:1", "--category", CATEGORY, "--json", "--jsonl", "q.png"], "exclude"),
+        (
+            ["http://127.0.0.1:1", "--category", CATEGORY, "--check", "q.png", "q.png"],
+            "--check sends one image: give at most one QUERY",
+        ),
+        (
+            ["http://127.0.0.1:1", "--category", CATEGORY, "--check", "missing.png"],
+            "missing.png: no such image file",
+        ),
     ],
 )
 def test_client_command_refusals_are_one_line(

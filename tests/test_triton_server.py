@@ -210,6 +210,13 @@ def test_a_tiled_category_is_served_as_inctrl_run_scores_it(tiny_bundle, tmp_pat
         message = refusal(served.http_url, other[0].read_bytes(), CATEGORY)
         assert "its tiles are compared with" in message and "\n" not in message, message
         assert_same_records(client.records(CATEGORY, frames[:1]), want[:1])
+        # A liveness probe of a tiled category: its generated image is refused, with what to do;
+        # one of its frames answers.
+        probe = ["client", served.http_url, "--category", CATEGORY, "--check"]
+        refused = run_main(inctrl_run, *probe)
+        assert refused.code == 2 and "give --check an image of the category" in refused.err
+        answered = run_main(inctrl_run, *probe, frames[0])
+        assert answered.code == 0 and answered.err.startswith("ok: "), answered.err
 
 
 def encoder_batches(url: str) -> dict[int, int]:

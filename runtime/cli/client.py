@@ -15,6 +15,7 @@ from inctrl_runtime.console import (
     JsonlFlag,
     output_format,
     require_category,
+    require_files,
     say,
 )
 from inctrl_runtime.errors import InputError
@@ -25,10 +26,11 @@ REQUESTS_PER_THREAD = 8
 CHECK_SEED, CHECK_SIZE = 0, (480, 640, 3)
 
 
-def run_check(url: str, category: str | None) -> str:
-    """Send one image through the server's entry model and return a line saying it answered;
-    an answer that is missing, incomplete or not finite is a one-line error (a server that
-    says it is ready but cannot infer fails this)."""
+def run_check(url: str, category: str | None, image: Path | None = None) -> str:
+    """Send one image (``image``, else generated noise of a camera frame's shape) through the
+    server's entry model and return a line saying it answered; an answer that is missing,
+    incomplete or not finite is a one-line error (a server that says it is ready but cannot
+    infer fails this). A tiled category takes frames of its size only: give it one."""
     import math
     import time
 
@@ -38,10 +40,22 @@ def run_check(url: str, category: str | None) -> str:
     from inctrl_runtime.triton.client import Request, TritonClient
 
     require_category(category)
-    image = np.random.default_rng(CHECK_SEED).integers(0, 256, CHECK_SIZE, dtype=np.uint8)
+    if image is not None:
+        require_files([image], "image")
+    probe = image if image is not None else np.random.default_rng(CHECK_SEED).integers(
+        0, 256, CHECK_SIZE, dtype=np.uint8)  # fmt: skip
+    client = TritonClient(url)
     began = time.perf_counter()
-    # not a part of the category's drift monitor: a probe's generated image is no product
-    (answer,) = TritonClient(url).answers([Request.of(category, image, watched=False)])
+    try:
+        # not a part of the category's drift monitor: a probe's image is no product
+        (answer,) = client.answers([Request.of(category, probe, watched=False)])
+    except InputError as err:
+        if image is not None:
+            raise
+        raise InputError(
+            f"{err}; the generated probe image was refused: give --check an image of the "
+            "category as its one QUERY (a tiled category takes frames of its size only)"
+        ) from None
     record = answer.record
     seconds = time.perf_counter() - began
     patch_map = record["patch_residual_map"]
@@ -113,8 +127,9 @@ def client(
     check: bool = typer.Option(
         False,
         "--check",
-        help="Send one generated image instead of QUERIES; exit 0 only on a complete, finite "
-        "answer (a liveness probe).",
+        help="A liveness probe: send one image, the one QUERY given (a tiled category takes "
+        "frames of its size only) or else a generated one; exit 0 only on a complete, finite "
+        "answer.",
     ),
 ) -> None:
     """Score images on a running Triton server of a bundle.
@@ -131,13 +146,15 @@ def client(
         inctrl-run client http://127.0.0.1:8000 --category candle --report report.html images/
 
         inctrl-run client http://127.0.0.1:8000 --category candle --check
+
+        inctrl-run client http://127.0.0.1:8000 --category pcb_frames --check frame.png
     """
     from inctrl_runtime.output import print_streamed
 
     if check:
-        if queries:
-            raise InputError("--check sends its own image: give no QUERIES with it")
-        say(run_check(url, category))
+        if len(queries or []) > 1:
+            raise InputError("--check sends one image: give at most one QUERY with it")
+        say(run_check(url, category, queries[0] if queries else None))
         return
     output = output_format(as_json, as_jsonl)
     batches = run_client(url, category, queries or [], concurrency=concurrency, report=report)
