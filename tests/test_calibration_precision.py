@@ -59,7 +59,9 @@ def test_a_calibration_of_another_precision_decides_nothing(bundle: Path, inputs
     image = png_bytes(np.zeros((64, 64, 3), np.uint8))
     asked = {"image": np.array([[image]], dtype=object),
              "category": np.array([[CATEGORY.encode()]], dtype=object)}  # fmt: skip
-    (answer,) = entry.run([asked])
+    with pytest.warns(CalibrationWarning) as said:  # in the server's log
+        (answer,) = entry.run([asked])
+    assert [str(w.message) for w in said] == [f"category {CATEGORY!r}: {line}"]
     assert np.isnan(answer["p_value"]).all() and not answer["anomalous"].any()
     # calibrated again at this precision: decisions again
     detector.calibrate(CATEGORY, inputs["normals"])

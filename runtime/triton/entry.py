@@ -24,6 +24,7 @@ flagged (``Gauges``: on Triton's metrics endpoint).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from inctrl_runtime.bundle import PRIORS, Bundle
-from inctrl_runtime.decisions import ANOMALOUS, decision_arrays
+from inctrl_runtime.decisions import ANOMALOUS, CalibrationWarning, decision_arrays
 from inctrl_runtime.drift import DEFAULT_DELTA
 from inctrl_runtime.drift_store import DriftMonitor
 from inctrl_runtime.engines import Engine
@@ -248,8 +249,11 @@ class EntryStage:
         scores, decisive = frame_scores(views, bank.tiles)
         arrays = {name: np.asarray(getattr(scores, name)) for name in SCORE_FIELDS}
         calibration = bank.calibration
-        if calibration is not None and calibration.other_precision(self.precision):
-            calibration = None  # no decisions, regions or monitor: calibrate again
+        other = calibration.other_precision(self.precision) if calibration is not None else None
+        if other:  # no decisions, regions or monitor; said in the server's log (Python's
+            # warnings: once per category and message)
+            warnings.warn(f"category {category!r}: {other}", CalibrationWarning, stacklevel=2)
+            calibration = None
         arrays |= decision_arrays(calibration, scores.score, self.fpr)
         rule = None if calibration is None else region_rule(calibration, self.region_fpr)
         size = self.bundle.preprocessing.size
