@@ -292,9 +292,9 @@ class _Banks(NamedTuple):
 
     def scores(
         self, model: InCTRL, features: ImageFeatures, prior: TextPrior, tiles: int
-    ) -> tuple[Scores, np.ndarray]:
-        """Frame scores of encoded images ((n * T) rows, image by image), and each frame's
-        views' scores (n x T; untiled, n x 1)."""
+    ) -> tuple[Scores, np.ndarray, np.ndarray | None]:
+        """Frame scores of encoded images ((n * T) rows, image by image), each frame's views'
+        scores (n x T; untiled, n x 1) and its deciding view (``frame_scores``; untiled: None)."""
         if len(self.groups) == 1:
             out = [field.cpu().numpy() for field in model.head(features, self.groups[0][1], prior)]
         else:  # each group against its own bank, put back in row order
@@ -310,7 +310,8 @@ class _Banks(NamedTuple):
                     field[rows] = values.cpu().numpy()
         view_scores = Scores(*out)
         by_view = view_scores.score.reshape(-1, tiles)
-        return frame_scores(view_scores, tiles)[0], by_view
+        frames, decisive = frame_scores(view_scores, tiles)
+        return frames, by_view, decisive
 
 
 def _banks(
@@ -417,16 +418,16 @@ def _evaluate_category(
     scores: list[list[np.ndarray]] = [[] for _ in banks]
     maps: list[list[np.ndarray]] = [[] for _ in banks]
     tiles: list[list[np.ndarray]] = [[] for _ in banks]
-    first: list[Scores] = []  # the first run's every score, for its report
+    first: list[tuple[Scores, np.ndarray | None]] = []  # the first run's, for its report
     for chunk in _track(_batches(paths, batch_size), category.name, progress):
         features = model.encode(_frame_pixels(model, chunk, tiling))  # once, for every run
         for run, run_banks in enumerate(banks):
-            out, by_tile = run_banks.scores(model, features, prior, pool.tiles)
+            out, by_tile, decisive = run_banks.scores(model, features, prior, pool.tiles)
             scores[run].append(out.score)
             maps[run].append(out.patch_residual_map)
             tiles[run].append(by_tile)
             if run == 0 and gallery is not None:
-                first.append(out)
+                first.append((out, decisive))
     targets = tuple(s.target for s in category.queries)
     labels = None
     if pixel:  # the masks themselves are read when a run uses them, one at a time
@@ -444,10 +445,12 @@ def _evaluate_category(
             _run_result(prompts, targets, run_scores, run_maps, labels, calibration, run_tiles)
         )
         if index == 0 and gallery is not None:
+            found, decisive = zip(*first, strict=True)
             gallery.add(FirstRun(
                 category.name, paths, [s.defect for s in category.queries],
-                Scores(*(np.concatenate(field) for field in zip(*first, strict=True))),
+                Scores(*(np.concatenate(field) for field in zip(*found, strict=True))),
                 prompts.names, None if calibration is None else tuple(calibration),
+                None if tiling is None else np.concatenate(decisive),
             ))  # fmt: skip
     selected = runs.pop() if category.select else None
     return CategoryResult(category.name, tuple(paths), targets, tuple(runs), selected)

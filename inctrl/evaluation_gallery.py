@@ -28,8 +28,9 @@ REPORT_FPR = 0.1
 @dataclass(frozen=True)
 class FirstRun:
     """What a category's first run leaves for its report section: the test images with their
-    labels ("good" or the defect type), their scores (frames', for tiles), the prompts, and
-    the run's calibration (sorted scores and map maxima; None: none)."""
+    labels ("good" or the defect type), their scores (frames', for tiles), the prompts, the
+    run's calibration (sorted scores and map maxima; None: none) and, for tiles, each frame's
+    deciding view (``frame_scores``'s)."""
 
     category: str
     images: Sequence[str]
@@ -37,6 +38,7 @@ class FirstRun:
     scores: Scores
     prompts: Sequence[str]
     calibration: tuple[np.ndarray, np.ndarray] | None
+    decisive: np.ndarray | None = None
 
 
 class EvaluationGallery:
@@ -67,17 +69,13 @@ class EvaluationGallery:
         if calibration is not None and threshold(calibration.scores, REPORT_FPR) is not None:
             decisions = decision_fields(calibration, run.scores.score, REPORT_FPR)
             rule = region_rule(calibration, REPORT_FPR)
-        views = 1 if self.tiling is None else self.tiling.count
         for start in range(0, len(run.images), self.batch_size):
             rows = slice(start, start + self.batch_size)
             names = list(run.images[rows])
             decoded = [decode(name, self.preprocessing, CARD_SIZE, self.tiling)
                        for name in names]  # fmt: skip
             part = Scores(*(np.asarray(field)[rows] for field in run.scores))
-            decisive = None
-            if self.tiling is not None:  # the view that holds the frame's largest residual
-                by_view = part.patch_residual_map.reshape(len(names), views, -1).max(axis=2)
-                decisive = by_view.argmax(axis=1)
+            decisive = None if run.decisive is None else run.decisive[rows]
             results = to_results(
                 names, part, self.preprocessing,
                 None if decisions is None else decisions[rows], rule,
