@@ -18,13 +18,22 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from inctrl_runtime.batches import (
+    EncodedBatch,
+    Features,
+    Images,
+    ProgressUpdate,
+    check_frames,
+    check_tiled_sources,
+    encoded_batches,
+)
 from inctrl_runtime.bundle import Bundle
 from inctrl_runtime.decisions import (
     DEFAULT_FPR,
@@ -41,11 +50,9 @@ from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import (
     DEFAULT_HEATMAP_SIZE,
     THUMBNAIL_SIZE,
-    DecodedImage,
     ImageSource,
     check_heatmap_size,
     checked_images,
-    decode,
     describe,
     pixel_digest,
     preprocess_many,
@@ -64,28 +71,6 @@ from inctrl_runtime.tiling import FrameTiling, Tiling
 
 if TYPE_CHECKING:
     from inctrl_runtime.engines.tensorrt.plans import Build
-
-Features = dict[str, Any]  # numpy arrays, or the encoder engine's device values
-Images = Sequence[ImageSource] | np.ndarray  # sources, or preprocessed B x 3 x S x S pixels
-ProgressUpdate = Callable[[int], None]  # hears the number of images done after each batch
-
-
-@dataclass(frozen=True)
-class EncodedBatch:
-    """One batch of the loop: its images decoded once (None for pixels given as they are),
-    the encoder's input made from their views (one per image, or a tiled frame's T views),
-    and the encoder's outputs: a row per view, image by image; for a bank of several view
-    groups (``Tiling.groups``), one encoder run per group, of the views at its positions."""
-
-    names: list[str]  # ``describe`` of each image
-    decoded: list[DecodedImage] | None
-    pixels: np.ndarray  # (B * V) x 3 x S x S float32, V views per image
-    features: tuple[Features, ...]  # one per view group (one: every view)
-
-    @property
-    def frame_pixels(self) -> np.ndarray:
-        """The encoder's input image by image: B x V x 3 x S x S."""
-        return self.pixels.reshape(len(self.names), -1, *self.pixels.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -214,7 +199,7 @@ class Detector:
         the bank's queries must have too)."""
         images = checked_images(prompt_images, batch_size, "no prompt images: give at least "
                                  "one normal image of the category")  # fmt: skip
-        _check_tiled_sources(images, tiling)
+        check_tiled_sources(images, tiling)
         patches, adapted, digests, frames, thumbnails = [], [], [], [], []
         batches = self.encoded_batches(images, batch_size, picture_size=THUMBNAIL_SIZE,
                                        tiling=tiling)  # fmt: skip
@@ -229,7 +214,7 @@ class Detector:
                 thumbnail(image.picture) for image in decoded if image.picture is not None
             ]
             if tiling is not None:
-                _check_frames(batch, frames[0])
+                check_frames(batch, frames[0])
         adapted = np.concatenate(adapted)  # (k * T) x E
         views = None
         if tiling is not None and tiling.whole:  # each view position's mean, for its group
@@ -459,7 +444,7 @@ class Detector:
             calibration = self._usable(bank.calibration, fpr, region_fpr)
         else:
             check_fits(self.bundle, bank, f"the reference bank ({', '.join(bank.sources[:2])})")
-        _check_tiled_sources(found, bank.tiling, f"the bank of {category!r}")
+        check_tiled_sources(found, bank.tiling, f"the bank of {category!r}")
         head_inputs = [self.head_engine.upload(feeds) for feeds in head_feeds(bank, prior)]
         regions = None if calibration is None else region_rule(calibration, region_fpr)
         return Prepared(
@@ -491,34 +476,12 @@ class Detector:
         tiling: Tiling | FrameTiling | None = None,
         groups: Sequence[Sequence[int]] | None = None,
     ) -> Iterator[EncodedBatch]:
-        """The one batch loop, for images checked by ``checked_images``: each batch's images
-        decoded once (``picture_size``: keeping a picture of each frame that large, for
-        heatmaps; ``tiling``: cut into views, all of a batch's views encoded together, or with
-        ``groups``, those of each group of view positions together), their pixels made from
-        the views, and encoded (``on_device``: the features stay on the GPU); ``progress``
-        hears of the images done once the caller has taken a batch."""
-        preprocessing = self.bundle.preprocessing
-        for start in range(0, len(images), batch_size):
-            part = images[start : start + batch_size]
-            if isinstance(part, np.ndarray) and part.ndim == 4:  # preprocessed pixels
-                names = [f"<pixels {start + i}>" for i in range(len(part))]
-                decoded, pixels = None, part
-            else:
-                decoded = [decode(source, preprocessing, picture_size, tiling) for source in part]
-                names = [image.name for image in decoded]
-                pixels = np.concatenate([image.pixels(preprocessing) for image in decoded])
-            if groups is None:
-                features = (self.encode(pixels, on_device=on_device),)
-            else:
-                by_image = pixels.reshape(len(part), -1, *pixels.shape[1:])
-                features = tuple(
-                    self.encode(np.ascontiguousarray(by_image[:, list(group)].reshape(
-                        -1, *pixels.shape[1:])), on_device=on_device)
-                    for group in groups
-                )  # fmt: skip
-            yield EncodedBatch(names, decoded, pixels, features)
-            if progress is not None:
-                progress(start + len(part))
+        """The one batch loop (``batches.encoded_batches``) with this bundle's preprocessing
+        and encoder."""
+        return encoded_batches(
+            self.encode, self.bundle.preprocessing, images, batch_size, on_device, progress,
+            picture_size, tiling, groups,
+        )  # fmt: skip
 
     def _usable(
         self, calibration: Calibration | None, fpr: float | None, region_fpr: float | None
@@ -541,24 +504,3 @@ class Detector:
             f"Detector({str(Path(self.bundle.path))!r}, device={self.device!r}, "
             f"categories={list(self.categories)})"
         )
-
-
-def _check_tiled_sources(images: Images, tiling: Tiling | None, what: str = "a tiled bank") -> None:
-    """Tiles are cut from frames: refuse pixels given already preprocessed for ``what``."""
-    if tiling is not None and isinstance(images, np.ndarray) and images.ndim == 4:
-        raise InputError(
-            f"{what} is tiled ({tiling}): give frames (files, bytes, pictures), not "
-            "preprocessed pixels"
-        )
-
-
-def _check_frames(batch: EncodedBatch, frame_size: tuple[int, int]) -> None:
-    """Refuse, in one line, a prompt of a tiled bank whose frame has not the first prompt's
-    size (a tiled bank's tiles lie where its queries' do)."""
-    for image in batch.decoded or ():
-        if tuple(image.frame) != tuple(frame_size):
-            width, height = image.frame
-            raise InputError(
-                f"{image.name}: a {width} x {height} frame, the first prompt's is "
-                f"{frame_size[0]} x {frame_size[1]}: a tiled bank's prompts are frames of one size"
-            )

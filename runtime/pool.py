@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from inctrl_runtime.batches import EncodedBatch, ProgressUpdate
 from inctrl_runtime.decisions import Calibration
-from inctrl_runtime.detector import Detector, EncodedBatch, ProgressUpdate
+from inctrl_runtime.detector import Detector
 from inctrl_runtime.errors import InputError
 from inctrl_runtime.fewshot import stack_prompts
 from inctrl_runtime.preprocess import ImageSource, checked_images, describe, pixel_digest
@@ -34,7 +35,7 @@ from inctrl_runtime.selection import (
 from inctrl_runtime.tiling import Tiling
 
 # A progress display: entered with what runs and how many items, it yields the update that
-# takes the number done (``detector.ProgressUpdate``).
+# takes the number done (``batches.ProgressUpdate``).
 ProgressDisplay = Callable[[str, int], AbstractContextManager[ProgressUpdate]]
 
 
