@@ -41,6 +41,7 @@ from inctrl_export.parity import AUROC_MARKS, auroc_within
 from inctrl_export.quantize import Int8Quantizer, product_choice
 from inctrl_runtime.datasets import category_folders, normal_images, scan_category
 from inctrl_runtime.errors import InputError
+from inctrl_runtime.preprocess import preprocess_many
 from inctrl_runtime.selection import random_draw
 
 if TYPE_CHECKING:
@@ -262,9 +263,14 @@ class _Scorer:
         import torch
 
         from inctrl.metrics import image_metrics
-        from inctrl_runtime.detector import Detector
+        from inctrl_runtime.bundle import Bundle
+        from inctrl_runtime.engines.ort import OrtEngine, place
 
-        self.detector = Detector.open(bundle, check_files=False)  # written a moment ago
+        # The staged fp32 bundle's head and priors; its fp32 encoder is never run (PyTorch is
+        # the reference), so it is not opened.
+        self.bundle = Bundle.open(bundle, check_files=False)  # written a moment ago
+        self.placement = place("cpu")
+        self.head = OrtEngine.open(self.bundle.graphs["head"].file, self.placement)
         self.control, self.quantizer = control, quantizer
         self.candidate = quantizer.work / "candidate.onnx"
         self.pixels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -272,8 +278,8 @@ class _Scorer:
         self.fp32_auroc: dict[str, float] = {}
         digest = hashlib.sha256()
         for category in control.categories:
-            prompts = self.detector.pixels(list(category.prompts))
-            queries = self.detector.pixels(list(category.queries))
+            prompts = preprocess_many(list(category.prompts), self.bundle.preprocessing)
+            queries = preprocess_many(list(category.queries), self.bundle.preprocessing)
             for image in (*prompts, *queries):
                 digest.update(image.tobytes())
             self.pixels[category.name] = prompts, queries
@@ -291,9 +297,8 @@ class _Scorer:
         from inctrl_runtime.engines.ort import OrtEngine
 
         self.quantizer.write(self.candidate, fp32)
-        fp32_encoder = self.detector.encoder_engine
-        engine = OrtEngine.open(self.candidate, fp32_encoder.placement, precision="int8")
-        detector = Detector(self.detector.bundle, engine, self.detector.head_engine)
+        engine = OrtEngine.open(self.candidate, self.placement, precision="int8")
+        detector = Detector(self.bundle, engine, self.head)
         changes, drifts = {}, []
         try:
             for category in self.control.categories:
@@ -309,7 +314,7 @@ class _Scorer:
         return Measurement(fp32, changes, float(np.concatenate(drifts).mean()))
 
     def close(self) -> None:
-        self.detector.close()
+        self.head.close()
 
 
 def controlled_int8(

@@ -236,7 +236,8 @@ class Int8Quantizer:
         self.work = work
         self._ranges = work / "ranges.json"
         self._reader = _Reader(pixels, model.graph.input[0].name)
-        self._pixels, self.method = pixels, method
+        self.method, self._images = method, len(pixels)
+        self._digests = [pixel_digest(image) for image in pixels]  # the same for every split
 
     def write(self, out: Path, keep_fp32: Sequence[str] = (), because: str | None = None) -> dict:
         """Write the int8 graph that leaves ``keep_fp32``'s products in fp32 to ``out``
@@ -284,12 +285,12 @@ class Int8Quantizer:
             "activations": ACTIVATIONS,
             "weights": WEIGHTS,
             "method": self.method,
-            "images": len(self._pixels),
+            "images": self._images,
             "int8_products": len(nodes),
             "fp32_products": fp32,
             "fp32_choices": list(keep_fp32),
             "fp32_because": because,
-            "image_digests": [pixel_digest(image) for image in self._pixels],
+            "image_digests": list(self._digests),
         }
 
 
